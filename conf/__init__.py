@@ -1,0 +1,1 @@
+"""varexp's Hydra configs, shipped as the package `varexp.conf` (see pyproject.toml)."""

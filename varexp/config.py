@@ -1,0 +1,95 @@
+"""Fail-fast checks of a composed config: one line naming the key, the value and what is
+allowed, before any work is done."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig, OmegaConf
+
+from varexp.activations import ACTIVATIONS
+from varexp.errors import bad_value
+
+ARCH_NORMS = ("none", "batchnorm")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def get(cfg: DictConfig, key: str) -> object:
+    return OmegaConf.select(cfg, key, throw_on_missing=True)
+
+
+def positive_int(cfg: DictConfig, key: str, minimum: int = 1) -> int:
+    value = get(cfg, key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise bad_value(key, value, f"must be an integer >= {minimum}")
+    return value
+
+
+def positive_float(cfg: DictConfig, key: str, allow_none: bool = False) -> float | None:
+    value = get(cfg, key)
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        allowed = "must be a number > 0" + (" or null" if allow_none else "")
+        raise bad_value(key, value, allowed)
+    return float(value)
+
+
+def one_of(cfg: DictConfig, key: str, allowed: tuple[str, ...]) -> str:
+    value = get(cfg, key)
+    if value not in allowed:
+        raise bad_value(key, value, "choose one of " + ", ".join(allowed))
+    return value
+
+
+def check_common(cfg: DictConfig) -> None:
+    one_of(cfg, "device", DEVICES)
+    if get(cfg, "device") == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise bad_value("device", "cuda", "no CUDA device is visible; use device=auto or cpu")
+    seed = get(cfg, "seed")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise bad_value("seed", seed, "must be an integer >= 0")
+
+
+def check_arch(cfg: DictConfig) -> None:
+    if get(cfg, "arch.name") == "mlp":
+        positive_int(cfg, "arch.width")
+        positive_int(cfg, "arch.depth")
+        one_of(cfg, "arch.activation", tuple(ACTIVATIONS))
+    else:
+        positive_float(cfg, "arch.channels")
+    one_of(cfg, "arch.norm", ARCH_NORMS)
+
+
+def check_init(cfg: DictConfig) -> None:
+    if "gain" in cfg.init:
+        positive_float(cfg, "init.gain", allow_none=True)
+    if "batches" in cfg.init:
+        positive_int(cfg, "init.batches")
+    if "eps" in cfg.init:
+        positive_float(cfg, "init.eps")
+    if "tol" in cfg.init:
+        positive_float(cfg, "init.tol")
+        positive_int(cfg, "init.max_iters")
+
+
+def check_theory(cfg: DictConfig) -> None:
+    check_common(cfg)
+    check_arch(cfg)
+    check_init(cfg)
+    positive_float(cfg, "theory.input_second_moment")
+    positive_int(cfg, "theory.quadrature_points", minimum=2)
+    c = get(cfg, "theory.input_correlation")
+    if isinstance(c, bool) or not isinstance(c, int | float) or not -1.0 <= c <= 1.0:
+        raise bad_value("theory.input_correlation", c, "must be a number in [-1, 1]")
+
+
+def check_probe(cfg: DictConfig) -> None:
+    check_common(cfg)
+    check_arch(cfg)
+    check_init(cfg)
+    positive_int(cfg, "probe.networks")
+    positive_int(cfg, "probe.samples", minimum=2)
+    positive_int(cfg, "probe.neurons", minimum=0)
+    one_of(cfg, "probe.method", ("auto", "dense", "sampled"))

@@ -1,0 +1,73 @@
+"""Result files: atomic writes (an interrupted run never leaves a truncated file) and lookup of
+the latest results under outputs/."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from varexp.errors import VarexpError
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_csv(df: pd.DataFrame, path: str | Path) -> Path:
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False, encoding="utf-8")
+    return Path(path)
+
+
+def write_json(obj: object, path: str | Path) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return Path(path)
+
+
+def run_config(result_file: str | Path) -> DictConfig:
+    """The Hydra config recorded beside a result file (its run directory's .hydra/config.yaml)."""
+    cfg_path = Path(result_file).parent / ".hydra" / "config.yaml"
+    if not cfg_path.exists():
+        raise VarexpError(f"{result_file}: no .hydra/config.yaml beside it to say how it was made")
+    return OmegaConf.load(cfg_path)
+
+
+def find_results(filename: str, results: str | Path | None, outputs_root: str | Path, hint: str) -> list[Path]:
+    """Every `filename` under `results` (recursively); without `results`, the latest run under
+    `outputs_root` that wrote one, or all runs of the latest multirun it belongs to."""
+    if results is not None:
+        root = Path(results)
+        if not root.exists():
+            raise VarexpError(f"results={root} does not exist")
+        found = sorted(root.rglob(filename))
+        if not found:
+            raise VarexpError(f"no {filename} under {root}; {hint}")
+        return found
+    root = Path(outputs_root)
+    found = list(root.rglob(filename)) if root.exists() else []
+    if not found:
+        raise VarexpError(f"no {filename} under {root}/; {hint}")
+    latest = max(found, key=lambda p: p.stat().st_mtime)
+    sweep_dir = latest.parent.parent
+    if (sweep_dir / "multirun.yaml").exists():
+        return sorted(sweep_dir.rglob(filename))
+    return [latest]
