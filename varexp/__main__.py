@@ -1,0 +1,3 @@
+from varexp.cli import main
+
+main()
