@@ -1,0 +1,215 @@
+"""`varexp plot`: every figure renders from synthetic result directories built from the
+mean-field theory, runs are grouped by their recorded config, the gradient slope fit recovers a
+known slope, and bad inputs fail with one clear line."""
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import numpy as np
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+
+from varexp.cli import main
+from varexp.errors import VarexpError
+from varexp.plot import render
+from varexp.plot.common import PROBE_COLUMNS, lines, load_runs, panels
+from varexp.plot.figure3 import theory_slope
+from varexp.plot.stats import grad_slope, layer_summary
+from varexp.theory import gradient_slope, recursion
+
+DEPTH = 12
+
+
+def write_run(run_dir: Path, *, arch: str = "mlp", width: int = 100, init: str = "kaiming",
+              depth: int = DEPTH, networks: int = 4, grad_slope_: float = 0.0,
+              neurons: bool = False, seed: int = 0) -> pd.DataFrame:
+    """A probe run directory as `varexp probe` leaves it: probe.csv (theory values with noise),
+    optional neurons.csv, and .hydra/config.yaml."""
+    rng = np.random.default_rng(seed)
+    theory = recursion(depth, init=init)
+    rows = []
+    for net in range(networks):
+        for t in theory.itertuples():
+            mean_sq = t.m**2 * rng.uniform(0.8, 1.2) + 1e-3
+            var = t.v**2 * rng.uniform(0.8, 1.2)
+            grad = math.exp(grad_slope_ * (t.layer - depth)) * rng.uniform(0.9, 1.1)
+            rows.append(dict(network=net, layer=t.layer, name=f"layer{t.layer}", features=width,
+                             sample_mean_sq=mean_sq, sample_var=var,
+                             ratio=math.sqrt(mean_sq / var), second_moment=mean_sq + var,
+                             grad_sq=grad))
+    table = pd.DataFrame(rows, columns=list(PROBE_COLUMNS))
+    run_dir.mkdir(parents=True)
+    table.to_csv(run_dir / "probe.csv", index=False)
+    if neurons:
+        values = []
+        for net in range(networks):
+            for layer in (1, depth):
+                t = theory.iloc[layer - 1]
+                for neuron in rng.choice(width, 3, replace=False):
+                    mu = rng.normal(0, t.m)
+                    for sample, u in enumerate(mu + t.v * rng.normal(size=50)):
+                        values.append((net, layer, int(neuron), sample, u))
+        pd.DataFrame(values, columns=["network", "layer", "neuron", "sample", "value"]).to_csv(
+            run_dir / "neurons.csv", index=False)
+    cfg = dict(seed=seed, command="probe",
+               arch=dict(name=arch, width=width, depth=depth, activation="relu", norm="none",
+                         channels=1.0),
+               init=dict(name=init), dataset=dict(name="gaussian"),
+               probe=dict(networks=networks, samples=50))
+    (run_dir / ".hydra").mkdir()
+    OmegaConf.save(OmegaConf.create(cfg), run_dir / ".hydra" / "config.yaml")
+    return table
+
+
+def assert_png(path: Path) -> None:
+    assert path.exists() and path.stat().st_size > 0
+    image = mpimg.imread(path)
+    assert image.ndim == 3 and image.shape[0] > 200 and image.shape[1] > 200
+    assert image[..., :3].std() > 0.05  # something was drawn, not a blank canvas
+
+
+def test_layer_summary_is_mean_and_std_over_networks(tmp_path):
+    table = write_run(tmp_path / "r", networks=5)
+    summary = layer_summary(table, "ratio")
+    at3 = table[table.layer == 3].ratio
+    row = summary[summary.layer == 3].iloc[0]
+    assert row["mean"] == pytest.approx(at3.mean())
+    assert row["std"] == pytest.approx(at3.std(ddof=1))
+    assert row["count"] == 5 and row["name"] == "layer3"
+
+
+@pytest.mark.parametrize("slope", [-0.383, 0.0, 0.21])
+def test_grad_slope_recovers_known_exponential(slope):
+    layers = np.arange(1, 51)
+    rng = np.random.default_rng(1)
+    # per-network noise averages out in the network mean; the slope of its log is exact
+    rows = [dict(network=n, layer=k, grad_sq=3.0 * math.exp(slope * k) * rng.uniform(0.95, 1.05))
+            for n in range(30) for k in layers]
+    assert grad_slope(pd.DataFrame(rows)) == pytest.approx(slope, abs=2e-3)
+    noiseless = pd.DataFrame(dict(network=0, layer=layers, grad_sq=np.exp(slope * layers)))
+    assert grad_slope(noiseless, first=10, last=20) == pytest.approx(slope, abs=1e-9)
+
+
+def test_grad_slope_rejects_too_few_layers():
+    table = pd.DataFrame(dict(network=[0, 0], layer=[1, 2], grad_sq=[1.0, float("nan")]))
+    with pytest.raises(VarexpError, match="needs positive finite grad_sq at >= 2 layers"):
+        grad_slope(table)
+
+
+def test_theory_slope_matches_section_4():
+    assert theory_slope(("mlp", "batchnorm", "relu", "none")) == gradient_slope()
+    assert gradient_slope() == pytest.approx(-0.383, abs=5e-4)
+    assert theory_slope(("mlp", "kaiming", "relu", "none")) == 0.0
+    assert theory_slope(("unet", "kaiming", "relu", "none")) is None
+
+
+def test_runs_group_by_arch_init_and_width(tmp_path):
+    for width in (30, 300):
+        for seed in (0, 1):
+            write_run(tmp_path / f"w{width}_s{seed}", width=width, networks=3, seed=seed)
+    write_run(tmp_path / "sb", width=300, init="scale+bias")
+    write_run(tmp_path / "cnn", arch="allcnnc", depth=10)
+    runs = load_runs("probe.csv", PROBE_COLUMNS, str(tmp_path), "outputs", "hint")
+    groups = panels(runs)
+    assert [key[:2] for key, _ in groups] == [("mlp", "kaiming"), ("mlp", "scale+bias"),
+                                              ("allcnnc", "kaiming")]
+    kaiming = lines(groups[0][1])
+    assert [key for key, _ in kaiming] == [(30,), (300,)]
+    # two runs of one width pool their 3 + 3 networks instead of averaging run means
+    assert [table["network"].nunique() for _, table in kaiming] == [6, 6]
+
+
+def test_figure1_with_histograms(tmp_path):
+    write_run(tmp_path / "res" / "a", width=300, neurons=True)
+    paths = render("figure1", tmp_path / "res", "outputs", tmp_path / "out")
+    assert [p.name for p in paths] == ["figure1.png", "figure1.pdf"]
+    assert_png(paths[0])
+    assert paths[1].read_bytes().startswith(b"%PDF")
+
+
+@pytest.mark.parametrize("neurons_csv", [None, "network,layer,neuron,sample,value\n"])
+def test_figure1_without_neurons_draws_left_panel_only(tmp_path, caplog, neurons_csv):
+    write_run(tmp_path / "res" / "a")
+    if neurons_csv is not None:
+        (tmp_path / "res" / "a" / "neurons.csv").write_text(neurons_csv)
+    with caplog.at_level("INFO", logger="varexp.plot"):
+        paths = render("figure1", tmp_path / "res", "outputs", tmp_path / "out")
+    assert_png(paths[0])
+    assert "no neurons.csv" in caplog.text
+    assert mpimg.imread(paths[0]).shape[1] < 1500  # one panel, not the 5-column layout
+
+
+def test_figure2_mlp_widths_and_cnn_panels(tmp_path):
+    for width in (30, 100, 300):
+        write_run(tmp_path / "res" / f"w{width}", width=width)
+    write_run(tmp_path / "res" / "cnn", arch="allcnnc", depth=10)
+    write_run(tmp_path / "res" / "unet", arch="unet", depth=23)
+    paths = render("figure2", tmp_path / "res", "outputs", tmp_path / "out")
+    assert_png(paths[0])
+
+
+def test_figure3_panels_per_init(tmp_path):
+    for init, slope in (("kaiming", 0.0), ("scale+bias", -0.38), ("batchnorm", -0.38)):
+        write_run(tmp_path / "res" / init, init=init, width=300, grad_slope_=slope)
+    paths = render("figure3", tmp_path / "res", "outputs", tmp_path / "out")
+    assert_png(paths[0])
+
+
+def test_figure3_without_gradients_is_an_error(tmp_path):
+    table = write_run(tmp_path / "res" / "a")
+    table.assign(grad_sq=np.nan).to_csv(tmp_path / "res" / "a" / "probe.csv", index=False)
+    with pytest.raises(VarexpError, match=r"no grad_sq values .*probe\.grad=true"):
+        render("figure3", tmp_path / "res", "outputs", tmp_path / "out")
+
+
+@pytest.mark.parametrize(
+    "edit, needle",
+    [
+        (lambda t: t.drop(columns=["ratio"]), "missing column(s) ratio"),
+        (lambda t: t.iloc[:0], "has a header but no rows"),
+        (lambda t: t.assign(grad_sq="lots"), "column grad_sq has non-numeric value 'lots'"),
+    ],
+)
+def test_bad_probe_csv_names_file_and_problem(tmp_path, edit, needle):
+    table = write_run(tmp_path / "res" / "a")
+    edit(table).to_csv(tmp_path / "res" / "a" / "probe.csv", index=False)
+    with pytest.raises(VarexpError, match="probe.csv: " + needle.replace("(", r"\(")
+                       .replace(")", r"\)")):
+        render("figure2", tmp_path / "res", "outputs", tmp_path / "out")
+
+
+def test_missing_results_say_which_command_makes_them(tmp_path):
+    needle = r"no probe.csv under .*; run `varexp probe experiment=figure2_quick` first"
+    with pytest.raises(VarexpError, match=needle):
+        render("figure2", None, tmp_path / "outputs", tmp_path / "out")
+    with pytest.raises(VarexpError, match="does not exist"):
+        render("figure1", tmp_path / "nope", "outputs", tmp_path / "out")
+
+
+def test_unknown_figure_lists_the_figures(tmp_path):
+    with pytest.raises(VarexpError, match="figure='figure7' is not allowed; choose one of "
+                                          "figure1, figure2, figure3, figure4"):
+        render("figure7", None, "outputs", tmp_path)
+
+
+def test_cli_end_to_end(tmp_path):
+    write_run(tmp_path / "res" / "w100", width=100)
+    out = subprocess.run([sys.executable, "-m", "varexp", "plot", "figure2",
+                          f"results={tmp_path / 'res'}", f"hydra.run.dir={tmp_path / 'out'}"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert_png(tmp_path / "out" / "figure2.png")
+    assert (tmp_path / "out" / "figure2.pdf").stat().st_size > 0
+
+
+def test_cli_missing_results_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", list(sys.argv))  # cli.main hands its args to Hydra there
+    with pytest.raises(SystemExit) as exit_:
+        main(["plot", "figure2", f"results={tmp_path / 'empty'}", f"hydra.run.dir={tmp_path}"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"varexp plot: results={tmp_path / 'empty'} does not exist"]

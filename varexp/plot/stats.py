@@ -1,0 +1,50 @@
+"""Network averages of probe.csv columns, shared by the figures and the report."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from varexp.errors import VarexpError
+
+
+def layer_summary(table: pd.DataFrame, column: str) -> pd.DataFrame:
+    """Per layer: mean and std (ddof=1; 0 for one network) of `column` over networks, the count
+    of finite values, and the layer's name when the table has one."""
+    grouped = table.groupby("layer")[column]
+    out = pd.DataFrame({"mean": grouped.mean(), "std": grouped.std().fillna(0.0),
+                        "count": grouped.count()})
+    if "name" in table.columns:
+        out["name"] = table.groupby("layer")["name"].first()
+    return out.reset_index()
+
+
+def grad_fit(table: pd.DataFrame, first: int = 1, last: int | None = None) -> tuple[float, float]:
+    """(slope, intercept) of the least-squares line log(mean over networks of grad_sq) vs layer,
+    over layers first..last (default: every layer in the table); see grad_slope."""
+    if "grad_sq" not in table.columns or "layer" not in table.columns:
+        raise VarexpError("the gradient fit needs the columns layer and grad_sq of probe.csv")
+    means = table.groupby("layer")["grad_sq"].mean()
+    top = last if last is not None else np.inf
+    means = means[(means.index >= first) & (means.index <= top)]
+    means = means[np.isfinite(means) & (means > 0)]
+    if len(means) < 2:
+        raise VarexpError(f"the gradient fit needs positive finite grad_sq at >= 2 layers in "
+                          f"{first}..{last if last is not None else 'L'}; found {len(means)}")
+    slope, intercept = np.polyfit(means.index.to_numpy(float), np.log(means.to_numpy(float)), 1)
+    return float(slope), float(intercept)
+
+
+def grad_slope(table: pd.DataFrame, first: int = 1, last: int | None = None) -> float:
+    """Slope of log(mean over networks of grad_sq) vs layer (paper Fig. 3, Sec. 4: -0.379 for
+    scale+bias, -0.381 for batchnorm, ~0 for kaiming; theory log(1 - 1/pi) = -0.383).
+
+    The fit uses layers first..last, by default every layer in the table (1..L), as the paper's
+    values are reproduced that way: at width 3000 the per-layer steps are flat to the top. Two
+    departures from a straight line are real and kept in the default fit: with batchnorm the
+    step from L to L-1 goes the other way (BN's backward pass removes the sample mean of
+    dL/dx^L = w, which is the same for every sample; it shifts the slope by ~0.004), and at
+    widths <= 1000 the scale+bias steps shrink over the top ~15 layers, which is why narrower
+    nets give a smaller slope (issue 2). Pass first/last to fit a sub-range.
+    """
+    return grad_fit(table, first, last)[0]
