@@ -18,7 +18,9 @@ WEIGHT_TYPES = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
 class Unit(nn.Module):
     """One weight layer with its optional normalization and nonlinearity."""
 
-    def __init__(self, layer: nn.Module, norm: nn.Module | None = None, act: nn.Module | None = None):
+    def __init__(
+        self, layer: nn.Module, norm: nn.Module | None = None, act: nn.Module | None = None
+    ):
         super().__init__()
         if not isinstance(layer, WEIGHT_TYPES):
             raise TypeError(f"Unit needs a Linear, Conv2d or ConvTranspose2d, got {type(layer)}")
@@ -46,7 +48,9 @@ def weight_layers(model: nn.Module) -> list[WeightLayer]:
     """The model's weight layers in forward order (models register units in that order)."""
     units = [(name, m) for name, m in model.named_modules() if isinstance(m, Unit)]
     if not units:
-        raise ValueError(f"{type(model).__name__} has no weight layers (Linear, Conv2d, ConvTranspose2d)")
+        raise ValueError(
+            f"{type(model).__name__} has no weight layers (Linear, Conv2d, ConvTranspose2d)"
+        )
     return [WeightLayer(i, name, unit) for i, (name, unit) in enumerate(units, start=1)]
 
 
