@@ -1,0 +1,145 @@
+"""In-memory datasets and how one minibatch is cut from them. A source maps sample indices and a
+seeded generator to a batch (x float32, y), so a batch is a pure function of its seed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import Generator, Tensor
+
+from varexp.data.augment import (
+    crop_at,
+    dihedral,
+    elastic,
+    hflip,
+    pad_crop,
+    randint,
+    sample,
+    window_grid,
+)
+from varexp.errors import VarexpError
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run procedural generation on one intra-op thread: its many small, memory-bound ops
+    only wait on each other when a second thread competes for a busy core."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def generator(*keys: int) -> Generator:
+    """A torch generator seeded by a hash of the keys, e.g. (seed, purpose, batch index): nearby
+    keys give unrelated streams."""
+    state = np.random.SeedSequence(list(keys)).generate_state(2)
+    return torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
+
+
+class Source(Protocol):
+    def __len__(self) -> int: ...
+
+    def batch(self, index: Tensor, gen: Generator, augment: bool) -> tuple[Tensor, Tensor]: ...
+
+
+@dataclass(frozen=True)
+class Tensors:
+    """Ready float inputs with their targets (gaussian): no augmentation, no normalization."""
+
+    x: Tensor
+    y: Tensor
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def batch(self, index: Tensor, gen: Generator, augment: bool) -> tuple[Tensor, Tensor]:
+        return self.x[index], self.y[index]
+
+
+@dataclass(frozen=True)
+class Images:
+    """uint8 images (N, C, H, W) with class ids (N,); per-channel normalization; augmentation:
+    zero-pad `pad` pixels per side and crop back at random (paper Sec. 5.2), optional flip."""
+
+    images: Tensor
+    labels: Tensor
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    pad: int = 4
+    flip: bool = False
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def batch(self, index: Tensor, gen: Generator, augment: bool) -> tuple[Tensor, Tensor]:
+        x = self.images[index].float() / 255
+        if augment:
+            # Pad before normalizing: the padding is black pixels, as in torchvision's
+            # RandomCrop(32, padding=4) -> ToTensor -> Normalize recipe.
+            x = pad_crop(x, self.pad, gen)
+            if self.flip:
+                x = hflip(x, gen)
+        mean = torch.tensor(self.mean)[:, None, None]
+        std = torch.tensor(self.std)[:, None, None]
+        return (x - mean) / std, self.labels[index]
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A stack of grayscale slices (S, H, W), already normalized, with membrane maps (S, H, W)
+    in {0, 1}. A sample is a `crop` x `crop` window of slice `index` at a random position;
+    augmentation warps it elastically (std `elastic_std` px) and applies one of the 8 rotations
+    and reflections, identically to image and label."""
+
+    image: Tensor
+    membrane: Tensor
+    crop: int
+    elastic_std: float
+
+    def __len__(self) -> int:
+        return len(self.image)
+
+    def batch(self, index: Tensor, gen: Generator, augment: bool) -> tuple[Tensor, Tensor]:
+        n, (_, h, w) = len(index), self.image.shape
+        top = randint(h - self.crop + 1, n, gen)
+        left = randint(w - self.crop + 1, n, gen)
+        x, y = self.image[index, None], self.membrane[index, None]
+        if augment and self.elastic_std > 0:
+            grid = elastic(window_grid(top, left, self.crop, h, w), h, w, self.elastic_std, gen)
+            x, y = sample(x, grid, "bilinear"), sample(y, grid, "nearest")
+        else:
+            x, y = crop_at(x, top, left, self.crop), crop_at(y, top, left, self.crop)
+        if augment:
+            x, y = dihedral([x, y], gen)
+        return x, y
+
+
+def volume_splits(
+    image: Tensor, membrane: Tensor, crop: int, val_slices: int, elastic_std: float, name: str
+) -> dict[str, Volume]:
+    """Hold out the last `val_slices` slices as the test split; normalize both with the training
+    slices' mean and std. image: uint8 (S, H, W); membrane: bool (S, H, W)."""
+    s, h, w = image.shape
+    if val_slices >= s:
+        raise VarexpError(
+            f"dataset.val_slices={val_slices} leaves no training slices; {name} has {s} slices"
+        )
+    if crop > min(h, w):
+        raise VarexpError(f"dataset.crop={crop} is larger than the {h}x{w} slices of {name}")
+    x = image.float() / 255
+    train = x[: s - val_slices]
+    x = (x - train.mean()) / train.std().clamp_min(1e-8)
+    m = membrane.float()
+    cut = s - val_slices
+    return {
+        "train": Volume(x[:cut].contiguous(), m[:cut].contiguous(), crop, elastic_std),
+        "test": Volume(x[cut:].contiguous(), m[cut:].contiguous(), crop, elastic_std),
+    }
