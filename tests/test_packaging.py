@@ -19,7 +19,16 @@ def run(*cmd, **kw) -> subprocess.CompletedProcess:
 
 
 def test_wheel_finds_its_configs(tmp_path):
-    run(sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", tmp_path / "dist", ROOT)
+    run(
+        sys.executable,
+        "-m",
+        "build",
+        "--wheel",
+        "--no-isolation",
+        "--outdir",
+        tmp_path / "dist",
+        ROOT,
+    )
     wheel = next((tmp_path / "dist").glob("varexp-*.whl"))
     venv = tmp_path / "venv"
     run(sys.executable, "-m", "venv", venv)

@@ -21,6 +21,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plot": ("varexp.plot", "render paper Figure N (figure1..figure4) as PNG and PDF"),
     "reproduce": ("varexp.reproduce", "the main job: every figure, then REPORT.md"),
 }
+EXAMPLES = (
+    "varexp theory arch.depth=50",
+    "varexp probe arch=mlp arch.width=1000 probe.networks=30",
+    "varexp train init=scale+bias",
+    "varexp sweep experiment=figure4_quick",
+    "varexp plot figure4",
+    "varexp reproduce experiment=quick",
+)
 GROUPS = ("arch", "dataset", "init", "optim", "experiment")
 
 USAGE = "usage: varexp COMMAND [HYDRA OVERRIDES ...]   (varexp COMMAND --help for its config)"
@@ -30,8 +38,9 @@ def print_help() -> None:
     print(USAGE + "\n\ncommands:")
     for name, (_, about) in COMMANDS.items():
         print(f"  {name:<10} {about}")
-    print("\nexamples:\n  varexp theory arch.depth=50\n  varexp probe arch.width=1000 probe.networks=30")
-    print("  varexp plot figure2\n  varexp reproduce experiment=quick")
+    print("\nexamples:")
+    for example in EXAMPLES:
+        print(f"  {example}")
 
 
 def group_options(group: str) -> list[str]:
@@ -51,7 +60,9 @@ def check_group_overrides(args: list[str]) -> None:
         options = group_options(group)
         for option in value.split(","):
             if option and option != "null" and option not in options:
-                raise VarexpError(f"{group}={option!r} is not an option; choose one of {', '.join(options)}")
+                raise VarexpError(
+                    f"{group}={option!r} is not an option; choose one of {', '.join(options)}"
+                )
 
 
 def dispatch(command: str, cfg: DictConfig) -> None:
@@ -70,7 +81,10 @@ def main(argv: list[str] | None = None) -> None:
         return
     command, rest = args[0], args[1:]
     if command not in COMMANDS:
-        print(f"varexp: unknown command {command!r}; choose one of {', '.join(COMMANDS)}", file=sys.stderr)
+        print(
+            f"varexp: unknown command {command!r}; choose one of {', '.join(COMMANDS)}",
+            file=sys.stderr,
+        )
         sys.exit(2)
     if command == "plot" and rest and re.fullmatch(r"figure\d", rest[0]):
         rest[0] = f"figure={rest[0]}"

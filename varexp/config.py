@@ -92,4 +92,12 @@ def check_probe(cfg: DictConfig) -> None:
     positive_int(cfg, "probe.networks")
     positive_int(cfg, "probe.samples", minimum=2)
     positive_int(cfg, "probe.neurons", minimum=0)
-    one_of(cfg, "probe.method", ("auto", "dense", "sampled"))
+    for key in ("probe.grad", "probe.progress"):
+        if not isinstance(get(cfg, key), bool):
+            raise bad_value(key, get(cfg, key), "must be true or false")
+    if one_of(cfg, "probe.method", ("auto", "dense", "sampled")) == "sampled":
+        from varexp.sampled import unsupported
+
+        reason = unsupported(cfg.arch, cfg.init)
+        if reason is not None:
+            raise bad_value("probe.method", "sampled", f"{reason}; use probe.method=auto or dense")

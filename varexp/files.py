@@ -51,7 +51,9 @@ def run_config(result_file: str | Path) -> DictConfig:
     return OmegaConf.load(cfg_path)
 
 
-def find_results(filename: str, results: str | Path | None, outputs_root: str | Path, hint: str) -> list[Path]:
+def find_results(
+    filename: str, results: str | Path | None, outputs_root: str | Path, hint: str
+) -> list[Path]:
     """Every `filename` under `results` (recursively); without `results`, the latest run under
     `outputs_root` that wrote one, or all runs of the latest multirun it belongs to."""
     if results is not None:

@@ -40,7 +40,7 @@ def sample_std_after_relu() -> float:
 
 
 def gradient_slope() -> float:
-    """Slope of log <(dL/dx^l)^2> vs l when every layer is rescaled by 1/sigma_s: -log(sigma_s^-2)."""
+    """Slope of log <(dL/dx^l)^2> vs l when each layer is rescaled by 1/sigma_s: log(sigma_s^2)."""
     return math.log(1.0 - relu_kernel(0.0))
 
 
@@ -57,7 +57,7 @@ def _pieces(kinks: np.ndarray, points: int) -> tuple[np.ndarray, np.ndarray]:
     edges = np.sort(np.concatenate([-lo_hi, edges, lo_hi], axis=-1), axis=-1)
     a, b = edges[..., :-1, None], edges[..., 1:, None]
     nodes = (a + b) / 2 + (b - a) / 2 * x
-    weights = (b - a) / 2 * w * np.exp(-nodes**2 / 2) / math.sqrt(2 * math.pi)
+    weights = (b - a) / 2 * w * np.exp(-(nodes**2) / 2) / math.sqrt(2 * math.pi)
     shape = kinks.shape[:-1] + (-1,)
     return nodes.reshape(shape), weights.reshape(shape)
 
@@ -90,7 +90,9 @@ def cross_moment(act: Activation, q: float, q_ab: float, points: int = POINTS) -
 def second_moment(act: Activation, q: float, points: int = POINTS) -> float:
     """E[f(u)^2] for u ~ N(0, q)."""
     s = math.sqrt(q)
-    return gaussian_expectation(lambda z: act.numpy(s * z) ** 2, tuple(k / s for k in act.kinks), points)
+    return gaussian_expectation(
+        lambda z: act.numpy(s * z) ** 2, tuple(k / s for k in act.kinks), points
+    )
 
 
 @dataclass(frozen=True)
@@ -140,8 +142,14 @@ def recursion(
             raise ValueError(f"init={init!r} has no mean-field theory")
         m2, v2 = q_ab, q - q_ab
         rows.append(
-            dict(layer=layer, c=c, q=q, m=math.sqrt(max(m2, 0.0)), v=math.sqrt(max(v2, 0.0)),
-                 ratio=math.sqrt(max(m2, 0.0) / v2) if v2 > 0 else math.inf)
+            dict(
+                layer=layer,
+                c=c,
+                q=q,
+                m=math.sqrt(max(m2, 0.0)),
+                v=math.sqrt(max(v2, 0.0)),
+                ratio=math.sqrt(max(m2, 0.0) / v2) if v2 > 0 else math.inf,
+            )
         )
         x2, x_ab = moments(q, q_ab)
     return pd.DataFrame(rows, columns=["layer", "c", "q", "m", "v", "ratio"])
@@ -165,5 +173,7 @@ def run(cfg: DictConfig) -> None:
     )
     path = write_csv(table, f"{HydraConfig.get().runtime.output_dir}/theory.csv")
     last = table.iloc[-1]
-    print(f"theory: {len(table)} layers -> {path}  (layer {int(last.layer)}: m={last.m:.4f} "
-          f"v={last.v:.4f} ratio={last.ratio:.4f})")
+    print(
+        f"theory: {len(table)} layers -> {path}  (layer {int(last.layer)}: m={last.m:.4f} "
+        f"v={last.v:.4f} ratio={last.ratio:.4f})"
+    )

@@ -1,0 +1,103 @@
+"""`varexp probe` end to end: probe.csv and neurons.csv as DESIGN.md defines them, the dense and
+sampled paths, and one-line errors for bad input."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+
+from varexp.cli import main
+from varexp.probe import COLUMNS, choose_method
+
+
+@pytest.fixture(autouse=True)
+def keep_argv(monkeypatch):
+    monkeypatch.setattr(sys, "argv", list(sys.argv))  # the CLI hands its arguments to Hydra
+
+
+def varexp(capsys, *args: str) -> tuple[int, str]:
+    """`varexp ARGS` in this process (as the console script runs it): exit code and stderr."""
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exit:
+        code = exit.code
+    return code, capsys.readouterr().err
+
+
+def probe(capsys, tmp_path: Path, *args: str) -> tuple[pd.DataFrame, Path]:
+    code, err = varexp(capsys, "probe", "arch.width=24", "arch.depth=6", "probe.samples=8",
+                       "probe.networks=3", f"hydra.run.dir={tmp_path}", *args)
+    assert code == 0, err
+    assert "it/s" not in err and "net/s" not in err  # no progress bar off a terminal
+    return pd.read_csv(tmp_path / "probe.csv"), tmp_path
+
+
+@pytest.mark.parametrize("method", ["dense", "sampled"])
+def test_probe_csv_columns_rows_and_neurons(capsys, tmp_path, method):
+    table, run_dir = probe(capsys, tmp_path, f"probe.method={method}", "probe.neurons=2")
+    assert list(table.columns) == COLUMNS
+    assert list(table.columns) == ["network", "layer", "name", "features", "sample_mean_sq",
+                                   "sample_var", "ratio", "second_moment", "grad_sq"]
+    assert len(table) == 3 * 6
+    assert sorted(table.network.unique()) == [0, 1, 2]
+    assert list(table[table.network == 1].layer) == list(range(1, 7))
+    assert (table.features == 24).all() and (table.name == "layer" + table.layer.astype(str)).all()
+    assert np.allclose(table.second_moment, table.sample_mean_sq + table.sample_var)
+    assert np.allclose(table.ratio, np.sqrt(table.sample_mean_sq / table.sample_var))
+    top = table[table.layer == 6].grad_sq  # dL/dx^L = w ~ N(0, 1): mean of 24 squares
+    assert top.between(0.2, 3.0).all()
+    neurons = pd.read_csv(run_dir / "neurons.csv")
+    assert list(neurons.columns) == ["network", "layer", "neuron", "sample", "value"]
+    assert len(neurons) == 3 * 2 * 2 * 8  # networks x layers {1, L} x neurons x samples
+    assert set(neurons.layer) == {1, 6}
+    assert neurons.neuron.between(0, 23).all()
+
+
+@pytest.mark.parametrize("method", ["dense", "sampled"])
+def test_scale_bias_rows_have_zero_mean_unit_variance(capsys, tmp_path, method):
+    args = ("init=scale+bias", f"probe.method={method}", "probe.neurons=0")
+    table, _ = probe(capsys, tmp_path, *args)
+    assert table.sample_mean_sq.max() < 1e-8
+    assert np.allclose(table.sample_var, 1.0, atol=1e-4)  # eps = 1e-5 in Eq. 13-14
+    assert not (tmp_path / "neurons.csv").exists()
+
+
+def test_networks_differ_but_share_the_batch_and_runs_repeat(capsys, tmp_path):
+    a, _ = probe(capsys, tmp_path / "a", "probe.method=dense")
+    b, _ = probe(capsys, tmp_path / "b", "probe.method=dense")
+    pd.testing.assert_frame_equal(a, b)  # seeded from (seed, network)
+    layer1 = a[a.layer == 1]  # same inputs: layer-1 second moments differ only through W
+    assert layer1.ratio.nunique() == 3
+
+
+def test_auto_method_rule():
+    cfg = OmegaConf.create({
+        "arch": {"name": "mlp", "width": 101, "norm": "none"},
+        "init": {"name": "kaiming"}, "probe": {"method": "auto", "samples": 100},
+    })
+    assert choose_method(cfg) == "sampled"
+    cfg.arch.width = 100  # width <= T: dense only
+    assert choose_method(cfg) == "dense"
+    cfg.arch.width, cfg.init.name = 3000, "orthogonal"
+    assert choose_method(cfg) == "dense"
+
+
+@pytest.mark.parametrize(
+    "arg, needle",
+    [
+        ("probe.networks=0", "probe.networks=0 is not allowed"),
+        ("probe.samples=1", "probe.samples=1 is not allowed; must be an integer >= 2"),
+        ("arch.width=-3", "arch.width=-3 is not allowed"),
+        ("init=orthogonal probe.method=sampled", "probe.method='sampled' is not allowed"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(capsys, tmp_path, arg, needle):
+    code, err = varexp(capsys, "probe", *arg.split(), f"hydra.run.dir={tmp_path}")
+    assert code == 2
+    assert needle in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "probe.csv").exists()

@@ -1,0 +1,136 @@
+"""The exact O(n T^2) sampled MLP against the dense reference (nn.Linear + varexp.inits), the
+infinite-width theory (paper Fig. 2 left) and the gradient slopes (paper Fig. 3)."""
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from varexp.inits import initialize
+from varexp.models.mlp import MLP
+from varexp.sampled import sampled_mlp
+from varexp.stats import network_stats
+from varexp.theory import gradient_slope, recursion
+
+KEYS = ("ratio", "second_moment", "sample_var", "grad_sq")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small matrices: one thread is faster, and far faster on a loaded 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def dense(x: torch.Tensor, depth: int, width: int, init: str, seed: int) -> list[dict]:
+    torch.manual_seed(seed)
+    model = MLP(x.shape[1], width, depth, "relu", "batchnorm" if init == "batchnorm" else "none")
+    initialize(model, OmegaConf.create({"name": init, "batches": 1}), "relu", batches=[x])
+    return network_stats(model, x, grad=True, generator=torch.Generator().manual_seed(seed))[0]
+
+
+def sampled(x: torch.Tensor, depth: int, width: int, init: str, seed: int) -> list[dict]:
+    return sampled_mlp(x, depth, width, init=init, generator=torch.Generator().manual_seed(seed))[0]
+
+
+def collect(path, x, depth, width, init, networks, grad=True) -> dict[str, np.ndarray]:
+    """(networks, layers) array per statistic; grad_sq as its log, which is near Gaussian."""
+    runs = [path(x, depth, width, init, seed) for seed in range(networks)]
+    out = {k: np.array([[r[k].item() for r in rows] for rows in runs]) for k in KEYS}
+    out["grad_sq"] = np.log(out["grad_sq"])
+    return out
+
+
+def max_z(a: np.ndarray, b: np.ndarray) -> float:
+    """Largest |difference of per-layer means| in standard errors (Welch)."""
+    se = np.sqrt(a.var(0, ddof=1) / len(a) + b.var(0, ddof=1) / len(b))
+    return float(np.max(np.abs(a.mean(0) - b.mean(0)) / se))
+
+
+@pytest.mark.parametrize(
+    "init, width, samples, keys",
+    [
+        ("kaiming", 120, 40, ("ratio", "second_moment", "grad_sq")),
+        ("scale+bias", 120, 40, ("grad_sq",)),
+        ("batchnorm", 120, 40, ("grad_sq",)),
+        ("kaiming", 40, 3, ("ratio", "second_moment", "grad_sq")),  # T tiny
+        ("kaiming", 20, 30, ("ratio", "second_moment", "grad_sq")),  # n <= T: no Q_perp part
+    ],
+)
+def test_sampled_matches_dense_in_distribution(init, width, samples, keys):
+    x = torch.randn(samples, width, generator=torch.Generator().manual_seed(0))
+    d = collect(dense, x, 12, width, init, 24)
+    s = collect(sampled, x, 12, width, init, 24)
+    for key in keys:  # 12 layers x up to 3 statistics: |z| < 4 fails by chance with p < 0.003
+        assert max_z(d[key], s[key]) < 4.0, key
+    if init != "kaiming":  # both normalize every feature over the batch (Eq. 12, 14)
+        for run in (d, s):
+            assert np.abs(run["ratio"]).max() < 1e-3
+            assert np.abs(run["sample_var"] - 1).max() < 1e-3
+
+
+def test_sampled_layer_one_is_exact_for_a_known_input():
+    # one Kaiming layer on x: u_i ~ N(0, (2/n) X^T X) over networks, so <u_i^2>_t averages to
+    # 2 mean_t |x_t|^2 / n exactly
+    x = torch.randn(10, 500, generator=torch.Generator().manual_seed(3))
+    gen = torch.Generator().manual_seed(4)
+    m2 = [sampled_mlp(x, 1, 500, generator=gen, grad=False)[0][0]["second_moment"].item()
+          for _ in range(200)]
+    expected = 2 * x.double().square().sum(1).mean().item() / 500
+    assert np.mean(m2) == pytest.approx(expected, rel=4 * np.std(m2) / np.sqrt(200) / expected)
+
+
+def test_finite_width_ratio_approaches_theory_from_below():
+    """Paper Fig. 2 left: theory is an upper bound that wider networks approach."""
+    theory = recursion(50).ratio.to_numpy()
+    x = torch.randn(100, 1000, generator=torch.Generator().manual_seed(0))
+    gaps = {}
+    for width in (100, 300, 1000):
+        gen = torch.Generator().manual_seed(width)
+        ratios = np.array([
+            [r["ratio"].item() for r in sampled_mlp(x[:, :width], 50, width, generator=gen,
+                                                     grad=False)[0]]
+            for _ in range(12)
+        ])
+        mean, se = ratios.mean(0), ratios.std(0, ddof=1) / np.sqrt(12)
+        gaps[width] = theory - mean
+        for layer in (10, 25, 50):  # below the theory (within noise where it has caught up)
+            assert mean[layer - 1] < theory[layer - 1] + 3 * se[layer - 1], (width, layer)
+    for layer in (25, 50):
+        assert gaps[100][layer - 1] > gaps[300][layer - 1] > gaps[1000][layer - 1] > 0, layer
+    assert abs(gaps[1000][9]) < abs(gaps[100][9])
+
+
+def grad_slope(init: str, width: int, networks: int, layers: tuple[int, int]) -> float:
+    """Slope of log(mean over networks of grad_sq) vs layer over layers[0]..layers[1] (Fig. 3)."""
+    x = torch.randn(100, width, generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(1)
+    g = np.array([
+        [r["grad_sq"].item() for r in sampled_mlp(x, 50, width, init=init, generator=gen)[0]]
+        for _ in range(networks)
+    ])
+    lo, hi = layers
+    return float(np.polyfit(np.arange(lo, hi + 1), np.log(g.mean(0))[lo - 1 : hi], 1)[0])
+
+
+# Fit layers 1..L-1: dL/dx^L = w is set by the loss, not by backpropagation, and with BatchNorm
+# the step L -> L-1 removes the batch mean of a signal constant over samples (a drop, not the
+# per-layer growth the paper's Fig. 3 fits).
+FIT = (1, 49)
+
+
+def test_gradient_slope_at_moderate_width():
+    """Kaiming keeps gradients flat; BatchNorm makes them grow by 1 / (1 - 1/pi) per layer down
+    (paper Sec. 4: slope -0.383). Measured at width 300: kaiming -0.005, batchnorm -0.385."""
+    assert abs(grad_slope("kaiming", 300, 12, FIT)) < 0.02
+    assert grad_slope("batchnorm", 300, 12, FIT) == pytest.approx(gradient_slope(), abs=0.02)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("init, paper", [("scale+bias", -0.379), ("batchnorm", -0.381),
+                                         ("kaiming", 0.0)])
+def test_gradient_slope_at_paper_scale(init, paper):
+    """Paper Fig. 3: width 3000, 30 networks, T = 100, depth 50."""
+    assert grad_slope(init, 3000, 30, FIT) == pytest.approx(paper, abs=0.02)

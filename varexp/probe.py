@@ -1,0 +1,155 @@
+"""`varexp probe`: N random networks on one fixed batch of T inputs -> probe.csv, neurons.csv
+(paper Sec. 3.2 and 4: Fig. 1 right, Fig. 2, Fig. 3).
+
+Network i is seeded from (seed, i); the batch is the same for all networks (seeded from seed).
+Data-dependent inits (scale, scale+bias, lsuv) are fitted on the probe batch itself, so
+init.batches is not used here. BatchNorm normalizes with the batch statistics (paper Sec. 4).
+With probe.method=auto, Gaussian-weight MLPs wider than T are sampled exactly in O(n T^2) per
+layer (varexp.sampled); everything else runs the dense model (varexp.stats hooks).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
+from tqdm import tqdm
+
+from varexp.stats import STAT_NAMES, network_stats
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ["network", "layer", "name", "features", *STAT_NAMES, "grad_sq"]
+NEURON_COLUMNS = ["network", "layer", "neuron", "sample", "value"]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def network_seed(seed: int, network: int) -> int:
+    return int(np.random.SeedSequence([seed, network]).generate_state(1)[0])
+
+
+def choose_method(cfg: DictConfig) -> str:
+    """dense or sampled; `probe.method=auto` samples when it is exact and width > T.
+
+    bench/bench_probe.py measured the sampled path faster at every width from 50 to 3000 at
+    T = 100 (2.5x at 150, 17x at 3000), so the rule is the issue's bound: the dense path stays
+    the reference and the only path where width <= T."""
+    from varexp.sampled import unsupported
+
+    method = cfg.probe.method
+    if method != "auto":
+        return method
+    if unsupported(cfg.arch, cfg.init) is None and cfg.arch.width > cfg.probe.samples:
+        return "sampled"
+    return "dense"
+
+
+def dense_network(cfg: DictConfig, x: Tensor, generator: torch.Generator, neurons: bool):
+    """Build and initialize the model (torch's global RNG, seeded by the caller), then record."""
+    from varexp.inits import initialize
+    from varexp.models import build_model
+    from varexp.models.base import weight_layers
+
+    model = build_model(cfg.arch, tuple(x.shape[1:]), num_classes(cfg), cfg.init.name).to(x.device)
+    init_cfg = OmegaConf.merge(cfg.init, {"batches": 1}) if "batches" in cfg.init else cfg.init
+    initialize(model, init_cfg, activation=cfg.arch.get("activation", "relu"), batches=[x])
+    keep_u = (1, len(weight_layers(model))) if neurons else ()
+    return network_stats(model, x, cfg.probe.grad, generator, keep_u)
+
+
+def num_classes(cfg: DictConfig) -> int | None:
+    """The probe's MLP is the paper's Eq. 1 network, x^L = f(u^L) with no readout; CNNs keep
+    their output layer (ALL-CNN-C's fc is a weight layer of Fig. 2 middle)."""
+    from varexp.data import data_info
+
+    return None if cfg.arch.name == "mlp" else data_info(cfg.dataset, cfg.arch).num_classes
+
+
+def probe_network(cfg: DictConfig, x: Tensor, network: int, method: str):
+    """(per-layer rows, {layer: u^l (T, features)} at layers 1 and L) for network `network`."""
+    from varexp.sampled import sampled_mlp
+
+    seed = network_seed(cfg.seed, network)
+    torch.manual_seed(seed)
+    generator = torch.Generator(device=x.device).manual_seed(seed)
+    neurons = cfg.probe.neurons > 0
+    if method == "dense":
+        return dense_network(cfg, x, generator, neurons)
+    return sampled_mlp(
+        x, cfg.arch.depth, cfg.arch.width, cfg.arch.activation, cfg.init.name,
+        gain=cfg.init.get("gain"), eps=cfg.init.get("eps", 1e-5), grad=cfg.probe.grad,
+        generator=generator, keep_u=(1, cfg.arch.depth) if neurons else (),
+    )
+
+
+def neuron_rows(network: int, kept: dict[int, Tensor], count: int, seed: int) -> pd.DataFrame:
+    """`count` random neurons' raw pre-activations over the batch at each kept layer."""
+    gen = np.random.default_rng([seed, network, 1])
+    frames = []
+    for layer, u in sorted(kept.items()):
+        u = u.cpu().numpy()
+        picks = np.sort(gen.choice(u.shape[1], size=min(count, u.shape[1]), replace=False))
+        T = u.shape[0]
+        frames.append(pd.DataFrame({
+            "network": network, "layer": layer, "neuron": np.repeat(picks, T),
+            "sample": np.tile(np.arange(T), len(picks)), "value": u[:, picks].T.reshape(-1),
+        }))
+    return pd.concat(frames, ignore_index=True)
+
+
+def run(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    from varexp.config import check_probe
+    from varexp.data import probe_batch
+    from varexp.files import write_csv
+
+    check_probe(cfg)
+    out_dir = HydraConfig.get().runtime.output_dir
+    device = resolve_device(cfg.device)
+    method = choose_method(cfg)
+    x = probe_batch(cfg.dataset, cfg.arch, cfg.probe.samples, cfg.seed, device)
+    start = time.perf_counter()
+    tables, neurons = [], []
+    bar = tqdm(range(cfg.probe.networks), desc="probe", unit="net",
+               disable=None if cfg.probe.progress else True)
+    for i in bar:
+        rows, kept = probe_network(cfg, x, i, method)
+        tables.append(_to_frame(i, rows))
+        if cfg.probe.neurons > 0:
+            neurons.append(neuron_rows(i, kept, cfg.probe.neurons, cfg.seed))
+    table = pd.concat(tables, ignore_index=True)[COLUMNS]
+    path = write_csv(table, f"{out_dir}/probe.csv")
+    if neurons:
+        write_csv(pd.concat(neurons, ignore_index=True)[NEURON_COLUMNS], f"{out_dir}/neurons.csv")
+    last = table[table.layer == table.layer.max()]
+    log.info(
+        "probe: %d networks x %d layers, %s path, %.1f s -> %s (layer %d: mean ratio %.4f)",
+        cfg.probe.networks, table.layer.max(), method, time.perf_counter() - start, path,
+        table.layer.max(), last.ratio.mean(),
+    )
+
+
+def _to_frame(network: int, rows: list[dict]) -> pd.DataFrame:
+    """One device-to-host copy for all of a network's statistics (grad_sq NaN without grad)."""
+    keys = [*STAT_NAMES, "grad_sq"]
+    nan = torch.full((), float("nan"), dtype=torch.float64, device=rows[0]["ratio"].device)
+    values = torch.stack(
+        [torch.stack([nan if r[k] is None else r[k] for k in keys]) for r in rows]
+    ).cpu().numpy()
+    frame = pd.DataFrame(values, columns=keys)
+    frame.insert(0, "features", [r["features"] for r in rows])
+    frame.insert(0, "name", [r["name"] for r in rows])
+    frame.insert(0, "layer", [r["layer"] for r in rows])
+    frame.insert(0, "network", network)
+    return frame

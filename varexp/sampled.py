@@ -1,0 +1,187 @@
+"""Exact sampling of a random Gaussian-weight MLP on a batch of T inputs in O(n T^2) per layer.
+
+The dense probe draws n_out x n_in weights per layer and multiplies by them: O(n^2 T). When the
+width n exceeds T, the batch only ever sees a T-dimensional slice of each weight matrix.
+
+Forward. Let X (n_in x T) be the layer input and W (n_out x n_in) have iid N(0, s^2) entries,
+independent of X (X depends only on earlier layers). Take the thin QR X = Q R, Q (n_in x k)
+with orthonormal columns, k = min(n_in, T). Then W X = (W Q) R, and Z = W Q is n_out x k iid
+N(0, s^2): each row of W is an isotropic Gaussian, and its coordinates along orthonormal
+directions are iid N(0, s^2). So U = Z R has exactly the law of W X, in O(n T^2).
+
+Backward. Complete Q to an orthonormal basis [Q, Q_perp]; then W = Z Q^T + Z_perp Q_perp^T with
+Z_perp = W Q_perp iid N(0, s^2) and independent of Z (same isotropy argument). The forward pass
+and everything downstream (later layers, the loss weights w, hence the backprop signal g =
+dL/dU, n_out x T) depend on W only through Z, so Z_perp is independent of all of them, and
+
+    W^T g = Q Z^T g + Q_perp Z_perp^T g.
+
+Conditionally on g, with thin QR g = Q_g S (S: k' x T), each row z of Z_perp^T (z ~ N(0, s^2 I)
+in R^{n_out}) gives z^T g = (z^T Q_g) S with z^T Q_g ~ N(0, s^2 I_k'), so Z_perp^T g has the
+law of Y S with Y ((n_in - k) x k') iid N(0, s^2). And Q_perp Y has the law of (I - Q Q^T) Z'
+for Z' (n_in x k') iid N(0, s^2), since Q_perp^T Z' is again iid N(0, s^2) and
+(I - Q Q^T) = Q_perp Q_perp^T. Hence, exactly in distribution jointly with the forward pass,
+
+    W^T g  =_d  Q (Z^T g) + (I - Q Q^T) (Z' S),        all O(n T^2).
+
+Each layer's Z_perp is a fresh independent variable, so the layers compose exactly. Checked
+against the dense path in tests/test_sampled.py.
+
+Inits with iid Gaussian weights are supported: kaiming, xavier (std from fan_in, fan_out),
+batchnorm (kaiming weights, then per-feature normalization over the batch, with the backward
+through the batch statistics), scale and scale+bias (paper Eq. 13-14) fitted on this batch:
+scale divides U by sqrt(mean U^2 + eps); scale+bias subtracts the per-feature sample mean and
+divides by sqrt(mean sample variance + eps). Their scale and bias are constants in the backward,
+as for weights and biases fitted by an init in the dense path.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+from omegaconf import DictConfig
+from torch import Tensor
+
+from varexp.activations import get_activation
+from varexp.stats import sample_stats
+
+SAMPLED_INITS = ("kaiming", "xavier", "batchnorm", "scale", "scale+bias")
+BN_EPS = 1e-5  # nn.BatchNorm1d's default
+
+
+def unsupported(arch_cfg: DictConfig, init_cfg: DictConfig) -> str | None:
+    """Why the sampled path cannot run this setting exactly, or None if it can."""
+    if arch_cfg.name != "mlp":
+        return f"arch={arch_cfg.name} is not a fully connected network"
+    if init_cfg.name not in SAMPLED_INITS:
+        allowed = ", ".join(SAMPLED_INITS)
+        return f"init={init_cfg.name} has no iid Gaussian weights (sampled: {allowed})"
+    if arch_cfg.get("norm", "none") == "batchnorm" and init_cfg.name != "batchnorm":
+        return f"arch.norm=batchnorm with init={init_cfg.name} needs the dense path"
+    return None
+
+
+def weight_std(init: str, fan_in: int, fan_out: int, gain: float) -> float:
+    if init in ("kaiming", "batchnorm"):
+        return gain / math.sqrt(fan_in)
+    if init == "xavier":
+        return gain * math.sqrt(2.0 / (fan_in + fan_out))
+    return 1.0  # scale, scale+bias: unit Gaussian weights, rescaled by the init (Eq. 13)
+
+
+def normalizer(init: str, U: Tensor, eps: float) -> Callable[[Tensor], Tensor]:
+    """u = norm(U) for U (features x T); fitted constants are fixed, BN statistics are not."""
+    if init == "scale":
+        s = torch.rsqrt(U.square().mean() + eps)
+        return lambda V: V * s
+    if init == "scale+bias":
+        mu = U.mean(dim=1, keepdim=True)
+        s = torch.rsqrt((U - mu).square().mean() + eps)
+        return lambda V: (V - mu) * s
+
+    if init == "batchnorm":
+
+        def batchnorm(V: Tensor) -> Tensor:
+            mu = V.mean(dim=1, keepdim=True)
+            var = (V - mu).square().mean(dim=1, keepdim=True)
+            return (V - mu) * torch.rsqrt(var + BN_EPS)
+
+        return batchnorm
+    return lambda V: V
+
+
+@contextmanager
+def one_thread(device: torch.device) -> Iterator[None]:
+    """Run on one CPU thread: the sampled path is many small O(n T^2) ops, where threads gain
+    little and stall badly when another process holds a core (measured 5-8x slower with 2
+    threads on a loaded 2-core machine; a 3000 x 100 QR took 200 ms instead of 3 ms)."""
+    if device.type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def backward_through(f: Callable[[Tensor], Tensor], U: Tensor, g: Tensor) -> Tensor:
+    """dL/dU given g = dL/df(U), for the cheap O(n T) map f (norm then activation)."""
+    with torch.enable_grad():
+        leaf = U.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(f(leaf), leaf, g)
+    return grad
+
+
+@torch.no_grad()
+def sampled_mlp(
+    x: Tensor,
+    depth: int,
+    width: int,
+    activation: str = "relu",
+    init: str = "kaiming",
+    gain: float | None = None,
+    eps: float = 1e-5,
+    grad: bool = True,
+    generator: torch.Generator | None = None,
+    keep_u: Sequence[int] = (),
+) -> tuple[list[dict], dict[int, Tensor]]:
+    """One random MLP (Eq. 1, `depth` layers of `width`, zero biases unless the init fits them)
+    on the batch x (T, in_features), sampled exactly in O(width T^2) per layer.
+
+    Same return value as varexp.stats.network_stats: per layer l = 1..depth a dict with layer,
+    name, features, sample statistics and grad_sq (0-d float64 tensors; grad_sq for the random
+    linear loss L = sum_t w . x^L_t, w ~ N(0, 1)), and u^l (T, width) for the layers in keep_u.
+    """
+    if init not in SAMPLED_INITS:
+        raise ValueError(f"init={init!r} cannot be sampled; choose one of {SAMPLED_INITS}")
+    act = get_activation(activation)
+    f = act.module()
+    gain = act.gain if gain is None else gain
+    dev, dtype = x.device, x.dtype
+
+    def randn(*shape: int) -> Tensor:
+        return torch.randn(*shape, generator=generator, device=dev, dtype=dtype)
+
+    with one_thread(dev):
+        X = x.reshape(x.shape[0], -1).T  # features x samples
+        rows, kept, saved = [], {}, []
+        for layer in range(1, depth + 1):
+            Q, R = torch.linalg.qr(X)
+            std = weight_std(init, X.shape[0], width, gain)
+            Z = randn(width, Q.shape[1]).mul_(std)
+            U = Z @ R
+            norm = normalizer(init, U, eps)
+            u = norm(U)
+            X = f(u)
+            stats = sample_stats(u.T)
+            rows.append(dict(layer=layer, name=f"layer{layer}", features=width, **stats))
+            if layer in keep_u:
+                kept[layer] = u.T.clone()
+            if grad:
+                saved.append((Q, Z, U, norm, std))
+        grads = _backward(saved, f, randn) if grad else [None] * depth
+    for row, g in zip(rows, grads, strict=True):
+        row["grad_sq"] = g
+    return rows, kept
+
+
+def _backward(saved: list, f: Callable[[Tensor], Tensor], randn: Callable) -> list[Tensor]:
+    """grad_sq per layer, top down, sampling W^T g exactly (module docstring)."""
+    T = saved[-1][2].shape[1]
+    w = randn(saved[-1][2].shape[0], 1)
+    g_x = w.expand(-1, T)
+    out = [w.double().square().mean()]
+    for Q, Z, U, norm, std in reversed(saved[1:]):
+        g_U = backward_through(lambda V, norm=norm: f(norm(V)), U, g_x)
+        g_x = Q @ (Z.T @ g_U)
+        if Q.shape[0] > Q.shape[1]:  # Q_perp is empty when n_in <= T
+            S = torch.linalg.qr(g_U, mode="r").R
+            Y = randn(Q.shape[0], S.shape[0]).mul_(std) @ S
+            g_x = g_x + Y - Q @ (Q.T @ Y)
+        out.append(g_x.double().square().mean())
+    return out[::-1]

@@ -1,0 +1,138 @@
+"""Per-layer sample statistics of any model (DESIGN.md "Definitions"; paper Eq. 3-5, 9) and the
+gradient scale of a random linear loss (paper Fig. 3).
+
+Everything stays on the tensors' device as 0-d float64 tensors, so a caller looping over layers
+never copies to the host; convert once per network.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from varexp.models.base import weight_layers
+
+STAT_NAMES = ("sample_mean_sq", "sample_var", "ratio", "second_moment")
+
+
+def sample_stats(u: Tensor) -> dict[str, Tensor]:
+    """Sample statistics of pre-activations u of shape (T, ...features), biased 1/T (Eq. 4).
+
+    Features are all non-batch dims flattened (channel x position for convs). Returns 0-d
+    float64 tensors: sample_mean_sq = mean_i <u_i>_t^2, sample_var = mean_i (<u_i^2>_t -
+    <u_i>_t^2), ratio = sqrt(sample_mean_sq / sample_var) (Eq. 9), second_moment = mean_i
+    <u_i^2>_t.
+    """
+    u = u.detach().reshape(u.shape[0], -1).double()
+    mean = u.mean(dim=0)
+    # centre before squaring: in deep Kaiming layers <u>^2 dwarfs the variance (Sec. 3)
+    var = (u - mean).square().mean(dim=0)
+    mean_sq = mean.square().mean()
+    sample_var = var.mean()
+    return {
+        "sample_mean_sq": mean_sq,
+        "sample_var": sample_var,
+        "ratio": (mean_sq / sample_var).sqrt(),
+        "second_moment": mean_sq + sample_var,
+    }
+
+
+def features(u: Tensor) -> int:
+    return u[0].numel()
+
+
+class Recorder:
+    """Forward hooks on every weight layer (varexp.models.base.weight_layers) of `model`.
+
+    During a forward pass it computes the sample statistics of u^l (output of unit.norm) at once,
+    so in-place activations cannot spoil them, keeps x^l (output of the unit) for gradients, and
+    keeps u^l itself for the layers in `keep_u`. Use as a context manager; hooks go on exit.
+    """
+
+    def __init__(self, model: nn.Module, keep_u: Sequence[int] = ()):
+        self.layers = weight_layers(model)
+        self.keep_u = set(keep_u)
+        self.clear()
+        self._handles = []
+        for layer in self.layers:
+            self._handles.append(layer.unit.norm.register_forward_hook(self._on_u(layer.index)))
+            self._handles.append(layer.unit.register_forward_hook(self._on_x(layer.index)))
+
+    def clear(self) -> None:
+        self.stats: dict[int, dict[str, Tensor]] = {}
+        self.features: dict[int, int] = {}
+        self.x: dict[int, Tensor] = {}
+        self.u: dict[int, Tensor] = {}
+
+    def _on_u(self, index: int):
+        def hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:
+            self.stats[index] = sample_stats(output)
+            self.features[index] = features(output)
+            if index in self.keep_u:
+                self.u[index] = output.detach().reshape(output.shape[0], -1).clone()
+
+        return hook
+
+    def _on_x(self, index: int):
+        def hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:
+            self.x[index] = output
+
+        return hook
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def __enter__(self) -> Recorder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
+def grad_sq(
+    output: Tensor, xs: Sequence[Tensor], generator: torch.Generator | None = None
+) -> Tensor:
+    """Mean over features and samples of (dL/dx^l)^2 for each x^l in `xs` (paper Fig. 3).
+
+    L = sum_t w . x^L_t with w ~ N(0, 1) of the shape of one sample of `output` = x^L, drawn once
+    per call. Returns a float64 tensor of shape (len(xs),).
+    """
+    w = torch.randn(output.shape[1:], generator=generator, device=output.device, dtype=output.dtype)
+    loss = (output * w).sum()
+    grads = torch.autograd.grad(loss, list(xs))
+    return torch.stack([g.double().square().mean() for g in grads])
+
+
+def network_stats(
+    model: nn.Module,
+    x: Tensor,
+    grad: bool = True,
+    generator: torch.Generator | None = None,
+    keep_u: Sequence[int] = (),
+) -> tuple[list[dict], dict[int, Tensor]]:
+    """One forward pass of `model` on the batch x (plus one backward for grad_sq) in train mode,
+    so BatchNorm normalizes with batch statistics (paper Sec. 4; this updates its running stats).
+
+    Returns per weight layer l = 1..L a dict: layer, name, features, the STAT_NAMES as 0-d
+    float64 tensors and grad_sq (a 0-d tensor, or None without `grad`); and u^l for `keep_u`.
+    """
+    was_training = model.training
+    model.train()
+    try:
+        with Recorder(model, keep_u) as rec, torch.set_grad_enabled(grad):
+            output = model(x)
+            layers = rec.layers
+            g = grad_sq(output, [rec.x[wl.index] for wl in layers], generator) if grad else None
+    finally:
+        model.train(was_training)
+    rows = []
+    for i, wl in enumerate(layers):
+        rows.append(
+            dict(layer=wl.index, name=wl.name, features=rec.features[wl.index],
+                 **rec.stats[wl.index], grad_sq=None if g is None else g[i])
+        )
+    return rows, rec.u
