@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -52,24 +52,24 @@ def run_config(result_file: str | Path) -> DictConfig:
 
 
 def find_results(
-    filename: str, results: str | Path | None, outputs_root: str | Path, hint: str
+    filename: str,
+    results: str | Path | None,
+    outputs_root: str | Path,
+    hint: str,
+    accept: Callable[[Path], bool] = lambda path: True,
 ) -> list[Path]:
-    """Every `filename` under `results` (recursively); without `results`, the latest run under
-    `outputs_root` that wrote one, or all runs of the latest multirun it belongs to."""
-    if results is not None:
-        root = Path(results)
-        if not root.exists():
-            raise VarexpError(f"results={root} does not exist")
-        found = sorted(root.rglob(filename))
-        if not found:
-            raise VarexpError(f"no {filename} under {root}; {hint}")
-        return found
-    root = Path(outputs_root)
-    found = list(root.rglob(filename)) if root.exists() else []
+    """Every accepted `filename` under `results` (recursively); without `results`, the latest
+    accepted run under `outputs_root`, or all accepted runs of the latest multirun it belongs to."""
+    root = Path(results if results is not None else outputs_root)
+    if results is not None and not root.exists():
+        raise VarexpError(f"results={root} does not exist")
+    found = [p for p in sorted(root.rglob(filename)) if accept(p)] if root.exists() else []
     if not found:
-        raise VarexpError(f"no {filename} under {root}/; {hint}")
+        raise VarexpError(f"no {filename} under {root}/ for this figure; {hint}")
+    if results is not None:
+        return found
     latest = max(found, key=lambda p: p.stat().st_mtime)
     sweep_dir = latest.parent.parent
     if (sweep_dir / "multirun.yaml").exists():
-        return sorted(sweep_dir.rglob(filename))
+        return [p for p in found if sweep_dir in p.parents]
     return [latest]

@@ -103,10 +103,18 @@ def read_table(path: Path, columns: tuple[str, ...], allow_empty: bool = False) 
 
 
 def load_runs(filename: str, columns: tuple[str, ...], results: str | None,
-              outputs_root: str, hint: str) -> list[Run]:
-    """Every `filename` that `results` (or the latest run under `outputs_root`) holds, with its
-    run's config (see varexp.files.find_results)."""
-    paths = find_results(filename, results, outputs_root, hint)
+              outputs_root: str, hint: str, inits: tuple[str, ...] | None = None,
+              beside: str | None = None) -> list[Run]:
+    """Every `filename` that `results` (or the latest matching run under `outputs_root`) holds,
+    with its run's config (see varexp.files.find_results). `inits` keeps only runs of those
+    inits; `beside` only runs that also wrote that file."""
+
+    def accept(path: Path) -> bool:
+        if beside is not None and not (path.parent / beside).exists():
+            return False
+        return inits is None or str(OmegaConf.select(run_config(path), "init.name")) in inits
+
+    paths = find_results(filename, results, outputs_root, hint, accept)
     runs = [Run(p, run_config(p), read_table(p, columns)) for p in paths]
     log.info("read %d %s file(s): %s", len(runs), filename,
              ", ".join(str(r.path.parent) for r in runs[:5]) + (" ..." if len(runs) > 5 else ""))

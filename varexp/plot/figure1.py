@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from varexp.errors import VarexpError
 from varexp.plot.common import (
     ARCH_TITLES,
     NEURON_COLUMNS,
@@ -111,7 +112,11 @@ def load_neurons(run: Run) -> pd.DataFrame | None:
 
 
 def make(results: str | None, outputs_root: str, out_dir: str | Path) -> list[Path]:
-    runs = load_runs("probe.csv", PROBE_COLUMNS, results, outputs_root, HINT)
+    try:  # the paper's figure: a Kaiming run with raw pre-activations
+        runs = load_runs("probe.csv", PROBE_COLUMNS, results, outputs_root, HINT, ("kaiming",),
+                         beside="neurons.csv")
+    except VarexpError:
+        runs = load_runs("probe.csv", PROBE_COLUMNS, results, outputs_root, HINT)
     run = pick_run(runs)
     neurons = load_neurons(run)
     if neurons is not None:

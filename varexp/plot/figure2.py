@@ -55,7 +55,8 @@ def draw_panel(ax, key: tuple, runs: list[Run]) -> None:
 
 
 def make(results: str | None, outputs_root: str, out_dir: str | Path) -> list[Path]:
-    runs = load_runs("probe.csv", PROBE_COLUMNS, results, outputs_root, HINT)
+    # Fig. 2 is about Kaiming-initialized networks: other inits' probes are not its input
+    runs = load_runs("probe.csv", PROBE_COLUMNS, results, outputs_root, HINT, ("kaiming",))
     groups = panels(runs)
     ratios = [1.6 if key[0] == "unet" else 1.0 for key, _ in groups]
     fig = new_figure(5.2 * sum(ratios), 4.6)
