@@ -107,7 +107,7 @@ def table(seconds: float) -> None:
     ]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores\n")
     columns = ["dataset (augmented)", "batch", "loader, 0 workers", "loader, 1 worker",
-               "model (channels)", "train steps alone", "train + loader (0 workers)"]  # fmt: skip
+               "model (channels)", "training alone", "training + loader (0 workers)"]  # fmt: skip
     print("| " + " | ".join(columns) + " |")
     print("| --- | ---: | ---: | ---: | --- | ---: | ---: |")
     for label, name, overrides, arch_name, channels, batch in rows:
