@@ -2,12 +2,14 @@
 infinite-width theory (paper Fig. 2 left) and the gradient slopes (paper Fig. 3)."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from omegaconf import OmegaConf
 
 from varexp.inits import initialize
 from varexp.models.mlp import MLP
+from varexp.plot.stats import grad_slope as fitted_grad_slope
 from varexp.sampled import sampled_mlp
 from varexp.stats import network_stats
 from varexp.theory import gradient_slope, recursion
@@ -103,29 +105,23 @@ def test_finite_width_ratio_approaches_theory_from_below():
     assert abs(gaps[1000][9]) < abs(gaps[100][9])
 
 
-def grad_slope(init: str, width: int, networks: int, layers: tuple[int, int]) -> float:
-    """Slope of log(mean over networks of grad_sq) vs layer over layers[0]..layers[1] (Fig. 3)."""
+def grad_slope(init: str, width: int, networks: int) -> float:
+    """Fitted slope of log(mean over networks of grad_sq) vs layer, layers 1..L-1 (Fig. 3)."""
     x = torch.randn(100, width, generator=torch.Generator().manual_seed(0))
     gen = torch.Generator().manual_seed(1)
-    g = np.array([
-        [r["grad_sq"].item() for r in sampled_mlp(x, 50, width, init=init, generator=gen)[0]]
-        for _ in range(networks)
+    table = pd.DataFrame([
+        {"network": i, "layer": layer, "grad_sq": r["grad_sq"].item()}
+        for i in range(networks)
+        for layer, r in enumerate(sampled_mlp(x, 50, width, init=init, generator=gen)[0], 1)
     ])
-    lo, hi = layers
-    return float(np.polyfit(np.arange(lo, hi + 1), np.log(g.mean(0))[lo - 1 : hi], 1)[0])
-
-
-# Fit layers 1..L-1: dL/dx^L = w is set by the loss, not by backpropagation, and with BatchNorm
-# the step L -> L-1 removes the batch mean of a signal constant over samples (a drop, not the
-# per-layer growth the paper's Fig. 3 fits).
-FIT = (1, 49)
+    return fitted_grad_slope(table)
 
 
 def test_gradient_slope_at_moderate_width():
     """Kaiming keeps gradients flat; BatchNorm makes them grow by 1 / (1 - 1/pi) per layer down
     (paper Sec. 4: slope -0.383). Measured at width 300: kaiming -0.005, batchnorm -0.385."""
-    assert abs(grad_slope("kaiming", 300, 12, FIT)) < 0.02
-    assert grad_slope("batchnorm", 300, 12, FIT) == pytest.approx(gradient_slope(), abs=0.02)
+    assert abs(grad_slope("kaiming", 300, 12)) < 0.02
+    assert grad_slope("batchnorm", 300, 12) == pytest.approx(gradient_slope(), abs=0.02)
 
 
 @pytest.mark.slow
@@ -133,4 +129,4 @@ def test_gradient_slope_at_moderate_width():
                                          ("kaiming", 0.0)])
 def test_gradient_slope_at_paper_scale(init, paper):
     """Paper Fig. 3: width 3000, 30 networks, T = 100, depth 50."""
-    assert grad_slope(init, 3000, 30, FIT) == pytest.approx(paper, abs=0.02)
+    assert grad_slope(init, 3000, 30) == pytest.approx(paper, abs=0.02)

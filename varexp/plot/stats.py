@@ -21,11 +21,11 @@ def layer_summary(table: pd.DataFrame, column: str) -> pd.DataFrame:
 
 def grad_fit(table: pd.DataFrame, first: int = 1, last: int | None = None) -> tuple[float, float]:
     """(slope, intercept) of the least-squares line log(mean over networks of grad_sq) vs layer,
-    over layers first..last (default: every layer in the table); see grad_slope."""
+    over layers first..last (default: 1..L-1); see grad_slope."""
     if "grad_sq" not in table.columns or "layer" not in table.columns:
         raise VarexpError("the gradient fit needs the columns layer and grad_sq of probe.csv")
     means = table.groupby("layer")["grad_sq"].mean()
-    top = last if last is not None else np.inf
+    top = last if last is not None else means.index.max() - 1
     means = means[(means.index >= first) & (means.index <= top)]
     means = means[np.isfinite(means) & (means > 0)]
     if len(means) < 2:
@@ -39,12 +39,10 @@ def grad_slope(table: pd.DataFrame, first: int = 1, last: int | None = None) -> 
     """Slope of log(mean over networks of grad_sq) vs layer (paper Fig. 3, Sec. 4: -0.379 for
     scale+bias, -0.381 for batchnorm, ~0 for kaiming; theory log(1 - 1/pi) = -0.383).
 
-    The fit uses layers first..last, by default every layer in the table (1..L), as the paper's
-    values are reproduced that way: at width 3000 the per-layer steps are flat to the top. Two
-    departures from a straight line are real and kept in the default fit: with batchnorm the
-    step from L to L-1 goes the other way (BN's backward pass removes the sample mean of
-    dL/dx^L = w, which is the same for every sample; it shifts the slope by ~0.004), and at
-    widths <= 1000 the scale+bias steps shrink over the top ~15 layers, which is why narrower
-    nets give a smaller slope (issue 2). Pass first/last to fit a sub-range.
+    The fit uses layers first..last, by default 1..L-1: dL/dx^L = w is set by the loss, not by
+    backpropagation, and with batchnorm the step from L to L-1 goes the other way (BN's backward
+    pass removes the sample mean of w, which is the same for every sample). At widths <= 1000 the
+    scale+bias steps shrink over the top ~15 layers, which is why narrower nets give a smaller
+    slope (issue 2); that is kept in the fit. Pass first/last to fit a sub-range.
     """
     return grad_fit(table, first, last)[0]
