@@ -29,7 +29,7 @@ EXAMPLES = (
     "varexp plot figure4",
     "varexp reproduce experiment=quick",
 )
-GROUPS = ("arch", "dataset", "init", "optim", "experiment")
+GROUPS = ("arch", "dataset", "init", "optim", "task", "experiment")
 
 USAGE = "usage: varexp COMMAND [HYDRA OVERRIDES ...]   (varexp COMMAND --help for its config)"
 

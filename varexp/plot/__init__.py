@@ -12,7 +12,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from varexp.errors import VarexpError, bad_value
+from varexp.errors import bad_value
 
 FIGURES = {
     "figure1": "varexp.plot.figure1",  # m, v, sigma vs layer; pre-activation histograms
@@ -23,23 +23,21 @@ FIGURES = {
 
 
 def render(figure: str | None, results: str | None, outputs_root: str,
-           out_dir: str | Path) -> list[Path]:
+           out_dir: str | Path, smooth: int | None = None) -> list[Path]:
     """Draw `figure` from the results under `results` (or the latest under `outputs_root`) into
-    out_dir; returns the PNG and PDF paths."""
+    out_dir; returns the PNG and PDF paths. `smooth` is figure4's moving-average window."""
     if figure not in FIGURES:
         raise bad_value("figure", figure, f"choose one of {', '.join(FIGURES)} "
                         "(e.g. `varexp plot figure2`)")
-    try:
-        module = importlib.import_module(FIGURES[figure])
-    except ModuleNotFoundError as error:
-        if error.name != FIGURES[figure]:
-            raise
-        raise VarexpError(f"{figure} is not available yet") from None
-    return module.make(None if results is None else str(results), str(outputs_root), out_dir)
+    module = importlib.import_module(FIGURES[figure])
+    options = {"smooth": smooth} if figure == "figure4" else {}
+    return module.make(None if results is None else str(results), str(outputs_root), out_dir,
+                       **options)
 
 
 def run(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    paths = render(cfg.figure, cfg.results, cfg.outputs_root, HydraConfig.get().runtime.output_dir)
+    paths = render(cfg.figure, cfg.results, cfg.outputs_root,
+                   HydraConfig.get().runtime.output_dir, cfg.smooth)
     print(f"plot {cfg.figure}: " + ", ".join(str(p) for p in paths))
