@@ -60,7 +60,8 @@ def dense_network(cfg: DictConfig, x: Tensor, generator: torch.Generator, neuron
     from varexp.models import build_model
     from varexp.models.base import weight_layers
 
-    model = build_model(cfg.arch, tuple(x.shape[1:]), num_classes(cfg), cfg.init.name).to(x.device)
+    with torch.device(x.device):  # build on the device: no host copy of the weights
+        model = build_model(cfg.arch, tuple(x.shape[1:]), num_classes(cfg), cfg.init.name)
     init_cfg = OmegaConf.merge(cfg.init, {"batches": 1}) if "batches" in cfg.init else cfg.init
     initialize(model, init_cfg, activation=cfg.arch.get("activation", "relu"), batches=[x])
     keep_u = (1, len(weight_layers(model))) if neurons else ()

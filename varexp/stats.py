@@ -47,18 +47,20 @@ class Recorder:
     """Forward hooks on every weight layer (varexp.models.base.weight_layers) of `model`.
 
     During a forward pass it computes the sample statistics of u^l (output of unit.norm) at once,
-    so in-place activations cannot spoil them, keeps x^l (output of the unit) for gradients, and
-    keeps u^l itself for the layers in `keep_u`. Use as a context manager; hooks go on exit.
+    so in-place activations cannot spoil them, keeps x^l (output of the unit) for gradients when
+    `keep_x` (without it no activation outlives the pass), and keeps u^l itself for the layers in
+    `keep_u`. Use as a context manager; hooks go on exit.
     """
 
-    def __init__(self, model: nn.Module, keep_u: Sequence[int] = ()):
+    def __init__(self, model: nn.Module, keep_u: Sequence[int] = (), keep_x: bool = True):
         self.layers = weight_layers(model)
         self.keep_u = set(keep_u)
         self.clear()
         self._handles = []
         for layer in self.layers:
             self._handles.append(layer.unit.norm.register_forward_hook(self._on_u(layer.index)))
-            self._handles.append(layer.unit.register_forward_hook(self._on_x(layer.index)))
+            if keep_x:
+                self._handles.append(layer.unit.register_forward_hook(self._on_x(layer.index)))
 
     def clear(self) -> None:
         self.stats: dict[int, dict[str, Tensor]] = {}
@@ -123,7 +125,7 @@ def network_stats(
     was_training = model.training
     model.train()
     try:
-        with Recorder(model, keep_u) as rec, torch.set_grad_enabled(grad):
+        with Recorder(model, keep_u, keep_x=grad) as rec, torch.set_grad_enabled(grad):
             output = model(x)
             layers = rec.layers
             g = grad_sq(output, [rec.x[wl.index] for wl in layers], generator) if grad else None
