@@ -1,0 +1,104 @@
+"""`varexp plot figure4` from synthetic sweeps: one panel per (task, optimizer), the selected lr's
+runs averaged over seeds, the newest sweep winning, bad input failing with one line."""
+
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import numpy as np
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+
+from varexp.errors import VarexpError
+from varexp.files import write_json
+from varexp.plot.figure4 import find_selected, make, selected_runs, smoothed_losses
+from varexp.sweep import write_tables
+
+STEPS = 40
+
+
+def fake_run(sweep_dir: Path, *, arch="allcnnc", dataset="shapes", init="scale", optim="sgd",
+             lr=1e-3, seed=0, rate=0.05, status="completed") -> Path:
+    """A run directory as `varexp train` leaves it: loss = exp(-rate * step) + seed / 100."""
+    run_dir = sweep_dir / f"{arch}-{dataset}/{init}/{optim}/lr={lr}/seed={seed}"
+    (run_dir / ".hydra").mkdir(parents=True)
+    cfg = dict(seed=seed, arch=dict(name=arch), dataset=dict(name=dataset), init=dict(name=init),
+               optim=dict(name=optim, lr=lr))
+    OmegaConf.save(OmegaConf.create(cfg), run_dir / ".hydra" / "config.yaml")
+    steps = np.arange(1, STEPS + 1)
+    loss = np.exp(-rate * steps) + seed / 100
+    if status == "diverged":
+        loss[STEPS // 2:] = np.nan
+    pd.DataFrame(dict(step=steps, epoch=0, loss=loss, lr=lr, seconds=steps * 0.01)).to_csv(
+        run_dir / "metrics.csv", index=False)
+    write_json(dict(status=status, final_loss=float(loss[-1]), steps=STEPS, seconds=0.4),
+               run_dir / "summary.json")
+    return run_dir
+
+
+def fake_sweep(sweep_dir: Path, tasks=(("allcnnc", "shapes"),), seeds=(0, 1)) -> None:
+    """Per task and optimizer: scale+bias learns faster than scale; lr 1e-3 beats 3e-4."""
+    for arch, dataset in tasks:
+        for optim in ("sgd", "adam"):
+            for init, rate in (("scale", 0.05), ("scale+bias", 0.1)):
+                for lr, factor in ((3e-4, 0.5), (1e-3, 1.0)):
+                    for seed in seeds:
+                        fake_run(sweep_dir, arch=arch, dataset=dataset, init=init, optim=optim,
+                                 lr=lr, seed=seed, rate=rate * factor)
+    write_tables(sweep_dir, 0.1)
+
+
+def test_selected_runs_are_the_best_lr_for_every_seed(tmp_path):
+    fake_sweep(tmp_path / "s")
+    runs = selected_runs(find_selected(str(tmp_path), "unused"))
+    assert len(runs) == 2 * 2 * 2  # optims x inits x seeds
+    assert set(runs["lr"]) == {1e-3}
+    assert all(p.exists() for p in runs["metrics"])
+
+
+def test_smoothing_is_a_trailing_moving_average(tmp_path):
+    fake_sweep(tmp_path / "s")
+    runs = selected_runs(find_selected(str(tmp_path), "unused"))
+    one = runs[(runs["init"] == "scale") & (runs["optim"] == "sgd")]
+    raw = smoothed_losses(one, 1)
+    smooth = smoothed_losses(one, 5)
+    assert list(raw.columns) == [0, 1] and len(raw) == STEPS
+    np.testing.assert_allclose(smooth.loc[10], raw.loc[6:10].mean())
+    np.testing.assert_allclose(smooth.loc[1], raw.loc[1])  # min_periods=1 at the start
+    # the seed offset of the fake runs survives: std over seeds is the 0.01 spacing
+    np.testing.assert_allclose(raw.std(axis=1, ddof=1), 0.01 / np.sqrt(2), rtol=1e-6)
+
+
+def test_figure_has_one_panel_per_task_and_optimizer(tmp_path):
+    fake_sweep(tmp_path / "s", tasks=(("allcnnc", "shapes"), ("unet", "membranes")))
+    paths = make(str(tmp_path / "s"), "unused", tmp_path / "out", smooth=3)
+    assert [p.name for p in paths] == ["figure4.png", "figure4.pdf"]
+    image = mpimg.imread(paths[0])
+    # 2 x 2 panels of 5 x 3.8 inches at 150 dpi
+    assert image.shape[:2] == (round(2 * 3.8 * 150), round(2 * 5.0 * 150))
+    assert image[..., :3].std() > 0.05
+
+
+def test_default_reads_only_the_latest_sweep(tmp_path):
+    fake_sweep(tmp_path / "outputs" / "sweep" / "old", tasks=(("unet", "membranes"),))
+    fake_sweep(tmp_path / "outputs" / "sweep" / "new")
+    (tmp_path / "outputs" / "sweep" / "new" / "selected.csv").touch()
+    paths = find_selected(None, str(tmp_path / "outputs"))
+    assert paths == [tmp_path / "outputs" / "sweep" / "new" / "selected.csv"]
+    assert set(selected_runs(paths)["dataset"]) == {"shapes"}
+    # results=DIR reads every sweep under it
+    both = selected_runs(find_selected(str(tmp_path / "outputs"), "unused"))
+    assert set(both["dataset"]) == {"shapes", "membranes"}
+
+
+def test_bad_input_is_one_line(tmp_path):
+    with pytest.raises(VarexpError, match="no selected.csv under"):
+        make(str(tmp_path), "unused", tmp_path / "out")
+    with pytest.raises(VarexpError, match="does not exist"):
+        make(str(tmp_path / "nowhere"), "unused", tmp_path / "out")
+    fake_sweep(tmp_path / "s")
+    with pytest.raises(VarexpError, match="smooth=0 is not allowed"):
+        make(str(tmp_path), "unused", tmp_path / "out", smooth=0)
+    (tmp_path / "s" / "sweep.csv").write_text("arch,dataset\nmlp,gaussian\n")
+    with pytest.raises(VarexpError, match="sweep.csv: missing column"):
+        make(str(tmp_path), "unused", tmp_path / "out")

@@ -1,0 +1,75 @@
+"""`varexp reproduce`: the plan of steps, reuse of finished steps, and REPORT.md's numbers."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from varexp.report import write_report
+from varexp.reproduce import DONE, plan
+from varexp.sampled import sampled_mlp
+
+QUICK = OmegaConf.create({"reproduce": {
+    "extra": ["device=cpu"], "figure1": ["figure1_quick"], "figure2": ["figure2_quick"],
+    "figure3": ["figure3_quick"], "figure4": ["figure4_quick"]}})
+
+
+def test_plan_runs_theory_probes_sweeps_then_plots(tmp_path):
+    steps = plan(QUICK, tmp_path)
+    commands = [s.args[0] for s in steps]
+    assert commands == ["theory", "probe", "probe", "probe", "sweep"] + ["plot"] * 4
+    assert all(s.args[-1] == "device=cpu" for s in steps)
+    sweep = steps[4]
+    assert f"hydra.sweep.dir={tmp_path / 'figure4' / 'figure4_quick'}" in sweep.args
+    assert steps[-1].args[:3] == ["plot", "figure4", f"results={tmp_path / 'figure4'}"]
+
+
+def test_finished_steps_are_reused_but_plots_rerun(tmp_path):
+    steps = plan(QUICK, tmp_path)
+    assert not any(s.done for s in steps)
+    for step in steps:
+        step.out.mkdir(parents=True)
+        (step.out / DONE).write_text("")
+    assert [s.done for s in steps] == [True] * 5 + [False] * 4
+
+
+def test_dry_run_lists_every_step_and_runs_nothing(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "varexp", "reproduce", "reproduce.dry_run=true",
+                          f"hydra.run.dir={tmp_path}"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "[1/" in out.stdout and "varexp sweep experiment=figure4_quick" in out.stdout
+    assert not (tmp_path / "REPORT.md").exists() and not (tmp_path / "theory").exists()
+
+
+def fake_probe(where: Path, init: str, width: int, networks: int) -> None:
+    """A probe.csv from the sampled MLP (depth 12) with the run config plot and report read."""
+    x = torch.randn(64, width)
+    rows = []
+    for net in range(networks):
+        for layer, stats in enumerate(sampled_mlp(x, 12, width, init=init)[0], 1):
+            numbers = {k: float(v) for k, v in stats.items() if k != "name"}
+            rows.append({"network": net, "layer": layer, "name": f"layer{layer}",
+                         "features": width, **numbers})
+    (where / ".hydra").mkdir(parents=True)
+    pd.DataFrame(rows).to_csv(where / "probe.csv", index=False)
+    OmegaConf.save({"arch": {"name": "mlp", "width": width, "depth": 12},
+                    "init": {"name": init}, "dataset": {"name": "gaussian"}},
+                   where / ".hydra" / "config.yaml")
+
+
+def test_report_measures_the_claims_from_probes(tmp_path):
+    for init in ("kaiming", "batchnorm"):
+        fake_probe(tmp_path / "figure3" / f"init={init}", init, 400, 6)
+    for width in (100, 400):
+        fake_probe(tmp_path / "figure2" / f"arch.width={width}", "kaiming", width, 6)
+    report = write_report(tmp_path, "test").read_text()
+    row = next(line for line in report.splitlines() if "sigma_s = sqrt" in line)
+    measured = float(row.split("|")[4])
+    assert measured == pytest.approx(0.826, abs=0.03)
+    assert "slope of log grad_sq vs layer, batchnorm" in report
+    assert "the gap to the theory shrinks as width grows" in report
+    assert "| K(0) = 1/pi" in report.replace("| 3.1 ", "")

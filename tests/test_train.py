@@ -1,0 +1,247 @@
+"""`varexp train`: the files a run writes, learning, resume equal to an uninterrupted run row for
+row, divergence as a result, and one-line refusals of bad input that leave earlier runs intact."""
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+
+from varexp.checkpoint import checkpoint_path
+from varexp.cli import main
+from varexp.data import data_info
+from varexp.errors import ConfigError, VarexpError
+from varexp.models import build_model
+from varexp.models.base import weight_layers
+from varexp.train import METRIC_COLUMNS, RATIO_COLUMNS, Stopped, check_train, train
+
+# Tiny versions of each arch on its embedded dataset (generated on the fly, never cached).
+MLP = ["arch=mlp", "arch.width=16", "arch.depth=3", "dataset=gaussian", "dataset.size=64"]
+ALLCNNC = ["arch=allcnnc", "arch.channels=0.05", "dataset=shapes", "dataset.train_size=256",
+           "dataset.test_size=16", "dataset.cache=false"]
+UNET = ["arch=unet", "arch.channels=0.0625", "dataset=membranes", "dataset.slices=3",
+        "dataset.size=64", "dataset.crop=32", "dataset.val_slices=1", "dataset.cache=false"]
+FAST = ["device=cpu", "train.progress=false", "train.batch_size=4", "train.probe_samples=8"]
+
+
+def cfg_of(*overrides: str):
+    with initialize_config_module("varexp.conf", version_base="1.3"):
+        return compose("train", overrides=[*FAST, *overrides])
+
+
+def varexp(capsys, *args: str) -> tuple[int, str]:
+    """`varexp train ARGS` in this process (a subprocess would spend seconds importing torch):
+    (exit status, stderr)."""
+    capsys.readouterr()
+    try:
+        main(["train", *args])
+        code = 0
+    except SystemExit as exit:
+        code = exit.code
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("arch", [MLP, ALLCNNC, UNET], ids=["mlp", "allcnnc", "unet"])
+def test_each_arch_writes_well_formed_files(tmp_path, arch):
+    cfg = cfg_of(*arch, "init=scale+bias", "init.batches=2", "train.steps=5",
+                 "train.ratio_every=2", "train.checkpoint_every=2")  # fmt: skip
+    summary = train(cfg, tmp_path)
+
+    metrics = pd.read_csv(tmp_path / "metrics.csv")
+    assert list(metrics.columns) == METRIC_COLUMNS
+    assert list(metrics.step) == [0, 1, 2, 3, 4]
+    assert np.isfinite(metrics.loss).all() and (metrics.loss > 0).all()
+    assert (metrics.lr == cfg.optim.lr).all()
+    assert (metrics.epoch >= 0).all() and metrics.seconds.is_monotonic_increasing
+
+    ratios = pd.read_csv(tmp_path / "ratios.csv")
+    assert list(ratios.columns) == RATIO_COLUMNS
+    info = data_info(cfg.dataset, cfg.arch)
+    model = build_model(cfg.arch, info.input_shape, info.num_classes, cfg.init.name)
+    names = [wl.name for wl in weight_layers(model)]
+    assert list(ratios.step.unique()) == [0, 2, 4]
+    for _, rows in ratios.groupby("step"):
+        assert list(rows.layer) == list(range(1, len(names) + 1))
+        assert list(rows.name) == names
+    assert np.allclose(ratios.ratio, np.sqrt(ratios.sample_mean_sq / ratios.sample_var))
+    assert (ratios.weight_grad_rms > 0).all() and (ratios.sample_var > 0).all()
+
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk == summary
+    assert summary["status"] == "completed" and summary["steps"] == 5
+    assert summary["final_loss"] == pytest.approx(metrics.loss.iloc[-1])
+    assert summary["train_seconds"] == pytest.approx(metrics.seconds.iloc[-1])
+    assert (summary["arch"], summary["init"], summary["optim"]) == (
+        cfg.arch.name, "scale+bias", "sgd")  # fmt: skip
+    assert summary["config"]["optim.lr"] == cfg.optim.lr
+    assert checkpoint_path(tmp_path).exists()
+
+
+def test_step_zero_ratios_show_the_papers_decay(tmp_path):
+    """At initialization, ratios.csv is the paper's Fig. 2: with kaiming the sample mean-std
+    ratio of a deep ReLU MLP grows with depth (mean-field theory: 0.68 at layer 2, 2.43 at layer
+    10; finite width keeps it lower, paper Fig. 2); scale+bias cancels the sample means on its
+    fitting minibatches, so on the probe batch the ratio stays small."""
+    last = {}
+    for init in ("kaiming", "scale+bias"):
+        cfg = cfg_of("arch=mlp", "arch.width=256", "arch.depth=10", "dataset=gaussian",
+                     "dataset.size=512", f"init={init}", "train.batch_size=64",
+                     "train.probe_samples=64", "train.steps=1")  # fmt: skip
+        train(cfg, tmp_path / init)
+        ratios = pd.read_csv(tmp_path / init / "ratios.csv")
+        last[init] = ratios.set_index("layer").ratio
+    kaiming = last["kaiming"]
+    assert kaiming[2] < kaiming[5] < kaiming[10] and kaiming[10] > 2 * kaiming[2] > 1
+    assert (last["scale+bias"][1:10] < 0.5).all()
+
+
+def test_loss_decreases_on_shapes(tmp_path):
+    cfg = cfg_of("arch=mlp", "arch.width=64", "arch.depth=2", *ALLCNNC[2:], "optim=adam",
+                 "train.batch_size=32", "train.steps=60", "train.ratio_every=100")  # fmt: skip
+    assert train(cfg, tmp_path)["status"] == "completed"
+    loss = pd.read_csv(tmp_path / "metrics.csv").loss
+    assert loss.iloc[0] > 2.0  # ~ln 10 for 10 classes at initialization
+    assert loss.iloc[-10:].mean() < loss.iloc[:10].mean() - 0.3
+
+
+# dropout draws from the global RNG, adam keeps moments, shapes augments: every state matters
+RESUMABLE = [*ALLCNNC, "arch.dropout=0.2", "init=scale+bias", "init.batches=2", "optim=adam",
+             "train.steps=9", "train.ratio_every=2", "train.checkpoint_every=3"]
+
+
+def test_resume_equals_uninterrupted_run_row_for_row(tmp_path):
+    whole = train(cfg_of(*RESUMABLE), tmp_path / "whole")
+    with pytest.raises(Stopped):  # as a kill after step 5: the last checkpoint is at step 3
+        train(cfg_of(*RESUMABLE, "train.stop_after=5"), tmp_path / "cut")
+    assert len(pd.read_csv(tmp_path / "cut" / "metrics.csv")) == 3
+    assert not (tmp_path / "cut" / "summary.json").exists()
+    resumed = train(cfg_of(*RESUMABLE, "resume=true"), tmp_path / "cut")
+
+    for name in ("metrics.csv", "ratios.csv"):
+        a = pd.read_csv(tmp_path / "whole" / name).drop(columns="seconds", errors="ignore")
+        b = pd.read_csv(tmp_path / "cut" / name).drop(columns="seconds", errors="ignore")
+        pd.testing.assert_frame_equal(a, b, check_exact=True)
+    assert list(pd.read_csv(tmp_path / "cut" / "metrics.csv").step) == list(range(9))
+    assert resumed["final_loss"] == whole["final_loss"] and resumed["steps"] == 9
+
+
+def test_resume_extends_a_completed_run_and_reruns_nothing(tmp_path):
+    steps8 = [*MLP, "optim=adam", "train.steps=8", "train.ratio_every=3"]
+    train(cfg_of(*steps8), tmp_path / "whole")
+    train(cfg_of(*MLP, "optim=adam", "train.steps=5", "train.ratio_every=3"), tmp_path / "grown")
+    train(cfg_of(*steps8, "resume=true"), tmp_path / "grown")
+    for name in ("metrics.csv", "ratios.csv"):
+        a = pd.read_csv(tmp_path / "whole" / name).drop(columns="seconds", errors="ignore")
+        b = pd.read_csv(tmp_path / "grown" / name).drop(columns="seconds", errors="ignore")
+        pd.testing.assert_frame_equal(a, b, check_exact=True)
+
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "grown").iterdir()}
+    summary = train(cfg_of(*steps8, "resume=true"), tmp_path / "grown")
+    assert summary["status"] == "completed" and summary["steps"] == 8
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "grown").iterdir()} == before
+
+
+def test_huge_lr_is_a_diverged_result_with_exit_0(tmp_path, capsys):
+    code, err = varexp(capsys, *MLP, *FAST, "optim.lr=1e12", "train.steps=50",
+                       f"hydra.run.dir={tmp_path}")  # fmt: skip
+    assert code == 0, err
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    metrics = pd.read_csv(tmp_path / "metrics.csv")
+    assert summary["status"] == "diverged" and summary["final_loss"] is None
+    # the run stops at the first non-finite loss, which is the last row
+    assert not math.isfinite(metrics.loss.iloc[-1]) and np.isfinite(metrics.loss.iloc[:-1]).all()
+    assert summary["diverged_at"] == metrics.step.iloc[-1] == summary["steps"] < 50
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("optim.lr=0", "optim.lr=0 is not allowed; must be a number > 0"),
+        ("optim.lr=-0.1", "optim.lr=-0.1 is not allowed"),
+        ("train.steps=0", "train.steps=0 is not allowed; must be an integer >= 1"),
+        ("train.batch_size=1", "train.batch_size=1 is not allowed; must be an integer >= 2"),
+        ("train.ratio_every=0", "train.ratio_every=0 is not allowed"),
+        ("optim.momentum=1.0", "optim.momentum=1.0 is not allowed; must be a number in [0, 1)"),
+        ("train.progress=maybe", "train.progress='maybe' is not allowed; must be true or false"),
+    ],
+)
+def test_bad_values_are_refused_before_any_work(override, needle):
+    with pytest.raises(ConfigError) as err:
+        check_train(cfg_of(*MLP, override))
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_bad_input_on_the_command_line_is_one_line_exit_2(tmp_path, capsys):
+    code, err = varexp(capsys, *MLP, "optim.lr=0", f"hydra.run.dir={tmp_path}")
+    assert code == 2
+    assert err.strip() == "varexp train: optim.lr=0 is not allowed; must be a number > 0"
+    assert not (tmp_path / "metrics.csv").exists() and not (tmp_path / "summary.json").exists()
+
+
+def test_unwritable_run_directory_is_one_line(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(VarexpError, match=r"run directory .*file/run is not writable"):
+        train(cfg_of(*MLP, "train.steps=1"), blocker / "run")
+
+
+def test_refusals_leave_the_earlier_run_intact(tmp_path, capsys):
+    """Without resume=true a finished run is not overwritten; a checkpoint from another config
+    is refused naming every differing key; neither touches the files or Hydra's record."""
+    args = [*MLP, *FAST, "optim.lr=0.01", "train.steps=3", f"hydra.run.dir={tmp_path}"]
+    assert varexp(capsys, *args)[0] == 0
+    record = (tmp_path / ".hydra" / "config.yaml").read_text()
+    files = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+
+    code, err = varexp(capsys, *args)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "already holds a completed run; pass resume=true" in err
+
+    code, err = varexp(capsys, *args, "resume=true", "optim.lr=0.5", "seed=3")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "is from another config: optim.lr=0.01 (now 0.5), seed=0 (now 3)" in err
+
+    assert (tmp_path / ".hydra" / "config.yaml").read_text() == record
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == files
+
+
+def test_probing_changes_no_training_state(tmp_path):
+    """BatchNorm running statistics are restored after each probe, so logging ratios every step
+    or never gives the same model at the end."""
+    finals = []
+    for every in (1, 100):
+        run_dir = tmp_path / str(every)
+        train(cfg_of(*MLP, "init=batchnorm", "train.steps=4", f"train.ratio_every={every}"),
+              run_dir)  # fmt: skip
+        finals.append(torch.load(checkpoint_path(run_dir), weights_only=True)["model"])
+    for key, value in finals[0].items():
+        assert torch.equal(value, finals[1][key]), key
+
+
+@pytest.mark.slow
+def test_a_killed_process_resumes_to_the_uninterrupted_rows(tmp_path):
+    """The real thing: SIGKILL the `varexp train` process once its first checkpoint exists."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    args = [*MLP, *FAST, "optim=adam", "train.steps=1000", "train.ratio_every=50",
+            "train.checkpoint_every=100"]  # fmt: skip
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen([sys.executable, "-m", "varexp", "train", *args,
+                             f"hydra.run.dir={cut}"], stderr=subprocess.DEVNULL)  # fmt: skip
+    while not checkpoint_path(cut).exists() and proc.poll() is None:
+        time.sleep(0.005)
+    proc.kill()
+    assert proc.wait() == -9 and not (cut / "summary.json").exists(), "finished before the kill"
+    assert os.path.getsize(cut / "metrics.csv") > 0
+    train(cfg_of(*args, "resume=true"), cut)
+    train(cfg_of(*args), tmp_path / "whole")
+    for name in ("metrics.csv", "ratios.csv"):
+        a = pd.read_csv(tmp_path / "whole" / name).drop(columns="seconds", errors="ignore")
+        b = pd.read_csv(cut / name).drop(columns="seconds", errors="ignore")
+        pd.testing.assert_frame_equal(a, b, check_exact=True)

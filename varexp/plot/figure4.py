@@ -1,0 +1,128 @@
+"""Figure 4: training loss vs iteration at each setting's selected learning rate, one line per
+init (scale, scale+bias, batchnorm) with mean +- std over seeds, one panel per (task, optimizer).
+Reads a sweep's selected.csv and sweep.csv (varexp.sweep) and its runs' metrics.csv."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from varexp.errors import VarexpError
+from varexp.plot.common import (
+    ARCH_TITLES,
+    INIT_COLORS,
+    color_for,
+    init_rank,
+    log,
+    new_figure,
+    save,
+    style_axes,
+)
+from varexp.sweep import SELECTED_COLUMNS, SWEEP_COLUMNS, read_sweep_table
+
+HINT = "run `varexp sweep experiment=figure4_quick` first (it writes selected.csv and sweep.csv)"
+TASK_ORDER = ("cifar10", "isbi2012", "shapes", "membranes")
+OPTIM_TITLES = {"sgd": "SGD", "adam": "Adam"}
+KEY = ["arch", "dataset", "init", "optim"]
+
+
+def find_selected(results: str | None, outputs_root: str) -> list[Path]:
+    """Every selected.csv under `results`; without it, the one of the latest sweep under
+    `outputs_root`."""
+    root = Path(outputs_root if results is None else results)
+    if not root.exists():
+        raise VarexpError(f"results={root} does not exist" if results is not None
+                          else f"no selected.csv under {root}/; {HINT}")
+    found = sorted(root.rglob("selected.csv"), key=lambda p: p.stat().st_mtime, reverse=True)
+    if not found:
+        raise VarexpError(f"no selected.csv under {root}; {HINT}")
+    return found if results is not None else found[:1]
+
+
+def selected_runs(paths: list[Path]) -> pd.DataFrame:
+    """One row per completed run at a selected lr: the selection key, lr, seed and the absolute
+    path of its metrics.csv. Where several sweeps select the same (arch, dataset, init, optim),
+    the newest selected.csv wins."""
+    parts = []
+    for path in paths:  # newest first
+        selected = read_sweep_table(path, SELECTED_COLUMNS)
+        sweep = read_sweep_table(path.parent / "sweep.csv", SWEEP_COLUMNS)
+        runs = sweep[sweep["status"] == "completed"].merge(selected[KEY + ["lr"]], on=KEY + ["lr"])
+        runs["metrics"] = [path.parent / d / "metrics.csv" for d in runs["run_dir"]]
+        runs["source"] = len(parts)
+        parts.append(runs)
+    runs = pd.concat(parts, ignore_index=True)
+    newest = runs.groupby(KEY)["source"].transform("min")
+    return runs[runs["source"] == newest]
+
+
+def smoothed_losses(runs: pd.DataFrame, smooth: int) -> pd.DataFrame:
+    """Loss per step (rows) and seed (columns), each run a trailing moving average over `smooth`
+    steps."""
+    curves = {}
+    for run in runs.itertuples():
+        if not run.metrics.exists():
+            raise VarexpError(f"{run.metrics}: missing, though its sweep.csv lists the run")
+        metrics = pd.read_csv(run.metrics)
+        if not {"step", "loss"} <= set(metrics.columns):
+            raise VarexpError(f"{run.metrics}: needs columns step, loss")
+        loss = metrics.set_index("step")["loss"].astype(float)
+        curves[run.seed] = loss.rolling(smooth, min_periods=1).mean()
+    return pd.DataFrame(curves).sort_index()
+
+
+def default_smooth(runs: pd.DataFrame) -> int:
+    """1% of the longest run, at least 1 step."""
+    return max(1, int(runs["steps"].max()) // 100)
+
+
+def task_rank(task: tuple[str, str]) -> tuple:
+    arch, dataset = task
+    return (TASK_ORDER.index(dataset) if dataset in TASK_ORDER else len(TASK_ORDER), task)
+
+
+def draw_panel(ax, runs: pd.DataFrame, title: str, smooth: int) -> None:
+    inits = sorted(runs["init"].unique(), key=init_rank)
+    for init in inits:
+        mine = runs[runs["init"] == init]
+        curves = smoothed_losses(mine, smooth)
+        mean, std = curves.mean(axis=1), curves.std(axis=1, ddof=1).fillna(0.0)
+        color = color_for(init, INIT_COLORS, inits)
+        label = f"{init} (lr {mine['lr'].iloc[0]:g}, n={curves.shape[1]})"
+        ax.plot(curves.index, mean, color=color, linewidth=1.2, label=label)
+        ax.fill_between(curves.index, mean - std, mean + std, color=color, alpha=0.25, linewidth=0)
+    style_axes(ax, title, "iteration", "training loss")
+    ax.legend(fontsize=8, loc="upper right")
+
+
+def make(results: str | None, outputs_root: str, out_dir: str | Path,
+         smooth: int | None = None) -> list[Path]:
+    """Render figure4.png/.pdf into out_dir; `smooth` is the moving-average window in
+    iterations (None: 1% of the run length)."""
+    if smooth is not None and (isinstance(smooth, bool) or not isinstance(smooth, int)
+                               or smooth < 1):
+        raise VarexpError(f"smooth={smooth!r} is not allowed; must be an integer >= 1 or null")
+    paths = find_selected(results, outputs_root)
+    runs = selected_runs(paths)
+    if runs.empty:
+        raise VarexpError(f"no completed run at a selected lr in {', '.join(map(str, paths))}")
+    window = default_smooth(runs) if smooth is None else smooth
+    tasks = sorted({(a, d) for a, d in zip(runs["arch"], runs["dataset"], strict=True)},
+                   key=task_rank)
+    optims = sorted(runs["optim"].unique(), key=lambda o: (o not in OPTIM_TITLES, o))
+    fig = new_figure(5.0 * len(optims), 3.8 * len(tasks))
+    axes = fig.subplots(len(tasks), len(optims), squeeze=False)
+    for row, (arch, dataset) in enumerate(tasks):
+        for col, optim in enumerate(optims):
+            ax = axes[row, col]
+            mine = runs[(runs["arch"] == arch) & (runs["dataset"] == dataset)
+                        & (runs["optim"] == optim)]
+            title = f"{ARCH_TITLES.get(arch, arch)} on {dataset}, {OPTIM_TITLES.get(optim, optim)}"
+            if mine.empty:
+                ax.set_axis_off()
+                ax.set_title(f"{title}: no completed run", fontsize=11)
+                continue
+            draw_panel(ax, mine, title, window)
+    log.info("figure4 from %s (smoothing window %d)", ", ".join(str(p) for p in paths), window)
+    return save(fig, out_dir, "figure4")

@@ -1,0 +1,157 @@
+"""REPORT.md: each quantitative claim of the paper beside the value measured in a reproduce run
+directory (varexp.reproduce), with the figures."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from varexp.activations import get_activation
+from varexp.errors import VarexpError
+from varexp.files import atomic_path
+from varexp.plot.common import PROBE_COLUMNS, Run, load_runs
+from varexp.plot.stats import grad_slope, layer_summary
+from varexp.sweep import SELECTED_COLUMNS, read_sweep_table
+from varexp.theory import cross_moment, gradient_slope, recursion, relu_kernel
+
+PAPER_SLOPES = {"scale+bias": -0.379, "batchnorm": -0.381, "kaiming": 0.0}
+
+
+@dataclass(frozen=True)
+class Claim:
+    section: str
+    claim: str
+    paper: str
+    measured: str
+    holds: bool | None  # None: nothing to compare (missing results)
+
+    @property
+    def verdict(self) -> str:
+        return {True: "yes", False: "**no**", None: "n/a"}[self.holds]
+
+
+def probes(root: Path, inits: tuple[str, ...] | None = None) -> list[Run]:
+    try:
+        return load_runs("probe.csv", PROBE_COLUMNS, str(root), str(root), "", inits)
+    except VarexpError:
+        return []
+
+
+def mean_at(run: Run, column: str, layer: int) -> float:
+    return float(run.table.loc[run.table["layer"] == layer, column].mean())
+
+
+def kernel_claims(out: Path) -> list[Claim]:
+    quadrature = 2 * cross_moment(get_activation("relu"), 1.0, 0.0)
+    claims = [Claim("3.1", "K(0) = 1/pi (Eq. 7; closed form vs quadrature)", f"{1 / math.pi:.4f}",
+                    f"{float(relu_kernel(0.0)):.4f} / {quadrature:.6f}",
+                    abs(quadrature - 1 / math.pi) < 1e-6)]
+    kaiming = [r for r in probes(out / "figure3", ("kaiming",)) if r.arch == "mlp"]
+    if not kaiming:
+        return claims + [Claim("4", "sigma_s = sqrt(1 - K(0))", "0.826", "no probe", None)]
+    run = max(kaiming, key=lambda r: r.get("arch.width", 0))
+    width, nets = run.get("arch.width"), run.table["network"].nunique()
+    k0 = mean_at(run, "sample_mean_sq", 2) / mean_at(run, "second_moment", 2)
+    sigma_s = math.sqrt(mean_at(run, "sample_var", 2) / mean_at(run, "sample_var", 1))
+    where = f"(width {width}, {nets} networks)"
+    return claims + [
+        Claim("3.1", f"K(0) = m^2 / q at layer 2 {where}", "0.3183", f"{k0:.4f}",
+              abs(k0 - 1 / math.pi) < 0.03),
+        Claim("4", f"sigma_s = sqrt(1 - K(0)): v(2) / v(1) {where}", "0.826", f"{sigma_s:.3f}",
+              abs(sigma_s - 0.826) < 0.02),
+        Claim("4", f"1 / sigma_s {where}", "1.21", f"{1 / sigma_s:.2f}",
+              abs(1 / sigma_s - 1.21) < 0.03),
+    ]
+
+
+def slope_claims(out: Path) -> list[Claim]:
+    claims = []
+    for run in sorted(probes(out / "figure3", tuple(PAPER_SLOPES)), key=lambda r: r.init):
+        paper = PAPER_SLOPES[run.init]
+        slope = grad_slope(run.table)
+        where = f"width {run.get('arch.width')}, {run.table['network'].nunique()} networks"
+        theory = f"; theory {gradient_slope():.3f}" if run.init != "kaiming" else ""
+        claims.append(Claim("4, Fig. 3", f"slope of log grad_sq vs layer, {run.init} ({where})",
+                            f"{paper:+.3f}{theory}", f"{slope:+.3f}", abs(slope - paper) < 0.02))
+    return claims
+
+
+def width_claims(out: Path) -> list[Claim]:
+    runs = sorted((r for r in probes(out / "figure2", ("kaiming",)) if r.arch == "mlp"),
+                  key=lambda r: r.get("arch.width"))
+    if not runs:
+        return []
+    depth = int(runs[0].table["layer"].max())
+    theory = float(recursion(depth).ratio.iloc[-1])
+    claims, gaps = [], []
+    for run in runs:
+        last = layer_summary(run.table, "ratio").iloc[-1]
+        gaps.append(theory - last["mean"])
+        claims.append(Claim("3.2, Fig. 2", f"ratio at layer {depth}, width {run.get('arch.width')}"
+                            f" ({int(last['count'])} networks): below the theory",
+                            f"theory {theory:.2f}", f"{last['mean']:.2f} ± {last['std']:.2f}",
+                            bool(last["mean"] < theory)))
+    shrinks = all(a > b for a, b in zip(gaps, gaps[1:], strict=False))
+    claims.append(Claim("3.2, Fig. 2", "the gap to the theory shrinks as width grows",
+                        "yes", " > ".join(f"{g:.2f}" for g in gaps), shrinks))
+    return claims
+
+
+def cnn_claims(out: Path) -> list[Claim]:
+    claims = []
+    for run in probes(out / "figure2", ("kaiming",)):
+        ratio = layer_summary(run.table, "ratio")
+        top = ratio.loc[ratio["mean"].idxmax()]
+        if run.arch == "allcnnc":
+            first, last = ratio["mean"].iloc[0], ratio["mean"].iloc[-1]
+            claims.append(Claim("3.3, Fig. 2", f"ALL-CNN-C on {run.get('dataset.name')}: ratio "
+                                "grows with depth, largest after global pooling (fc)",
+                                "yes", f"{ratio['name'].iloc[0]} {first:.2f} -> "
+                                f"{ratio['name'].iloc[-1]} {last:.2f}; max at {top['name']}",
+                                bool(last > first and top["name"] == ratio["name"].iloc[-1])))
+        elif run.arch == "unet":
+            after = ratio[ratio["name"].str.startswith("up")]
+            falls = bool(not after.empty and after["mean"].iloc[-1] < top["mean"])
+            claims.append(Claim("3.3, Fig. 2", f"UNet on {run.get('dataset.name')}: ratio grows "
+                                "through the encoder, falls after the skip connections",
+                                "peak near layer 12", f"peak {top['mean']:.2f} at layer "
+                                f"{int(top['layer'])} ({top['name']}); last up layer "
+                                f"{after['mean'].iloc[-1]:.2f}" if not after.empty else "n/a",
+                                falls and not str(top["name"]).startswith("up")))
+    return claims
+
+
+def training_claims(out: Path) -> list[Claim]:
+    claims = []
+    for path in sorted((out / "figure4").rglob("selected.csv")):
+        selected = read_sweep_table(path, SELECTED_COLUMNS)
+        for (arch, dataset, optim), group in selected.groupby(["arch", "dataset", "optim"]):
+            value = dict(zip(group["init"], group["criterion"], strict=True))
+            lr = dict(zip(group["init"], group["lr"], strict=True))
+            if not {"scale", "scale+bias"} <= value.keys():
+                continue
+            text = ", ".join(f"{i} {value[i]:.3f} (lr {lr[i]:g})" for i in sorted(value))
+            claims.append(Claim("5.3, Fig. 4", f"{arch} on {dataset}, {optim}: scale+bias trains "
+                                "faster than scale (mean loss, last 10% of steps)",
+                                "yes", text, bool(value["scale+bias"] < value["scale"])))
+    return claims
+
+
+def write_report(out: Path, preset: str) -> Path:
+    claims = [*kernel_claims(out), *slope_claims(out), *width_claims(out), *cnn_claims(out),
+              *training_claims(out)]
+    rows = [("paper section", "claim", "paper", "measured", "holds"), ("---",) * 5]
+    rows += [(c.section, c.claim, c.paper, c.measured, c.verdict) for c in claims]
+    lines = [f"# varexp reproduce: {preset}", "",
+             "Each quantitative claim of Luther & Seung (2019) beside the value measured in this "
+             "run directory. Tolerances: 0.02 for slopes and sigma_s, 0.03 for K(0) and 1/sigma_s "
+             "from simulation; orderings must hold as stated.", "",
+             *("| " + " | ".join(row) + " |" for row in rows), ""]
+    for figure in ("figure1", "figure2", "figure3", "figure4"):
+        png = out / "figures" / figure / f"{figure}.png"
+        if png.exists():
+            lines += [f"## {figure.capitalize()}", "", f"![{figure}]({png.relative_to(out)})", ""]
+    with atomic_path(out / "REPORT.md") as tmp:
+        tmp.write_text("\n".join(lines), encoding="utf-8")
+    return out / "REPORT.md"

@@ -1,0 +1,459 @@
+"""`varexp train`: one training run (paper Sec. 5) -> metrics.csv, ratios.csv, summary.json and
+checkpoint.pt in the run directory.
+
+Steps count optimizer updates. Row `step = s` of metrics.csv is the loss on training minibatch s
+(s = 0, 1, ..., train.steps - 1) at the parameters reached after s updates, so step 0 is the
+loss at initialization; row `step = s` of ratios.csv (every train.ratio_every steps) describes
+the same parameters: the sample statistics of every layer's pre-activation on the fixed probe
+batch (paper Eq. 4, 9) and the RMS of the weight gradient of minibatch s. BatchNorm normalizes
+the probe batch with its own statistics, as in `varexp probe`; probing changes no state.
+
+Loss: cross-entropy for classification; for segmentation per-pixel binary cross-entropy with
+logits on the one-channel membrane logit (2-class cross-entropy if a model gives two channels).
+
+A resumed run continues from checkpoint.pt and rewrites metrics.csv and ratios.csv exactly as
+an uninterrupted run would (on CPU with the same seed): the rows up to the checkpoint come from
+the checkpoint, the rest are recomputed from the same model, optimizer, data and RNG states.
+A non-finite loss ends the run as `diverged` (a result, exit 0).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+import random
+import tempfile
+import time
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from varexp import checkpoint, config
+from varexp.checkpoint import checkpoint_path
+from varexp.data import DataInfo, Stream, data_info, probe_batch
+from varexp.errors import VarexpError, bad_value
+from varexp.files import write_csv, write_json
+from varexp.models.base import weight_layers
+from varexp.stats import Recorder
+
+log = logging.getLogger(__name__)
+
+__all__ = ["METRIC_COLUMNS", "RATIO_COLUMNS", "checkpoint_path", "run", "train"]
+
+METRIC_COLUMNS = ["step", "epoch", "loss", "lr", "seconds"]
+RATIO_COLUMNS = ["step", "layer", "name", "sample_mean_sq", "sample_var", "ratio",
+                 "weight_grad_rms"]  # fmt: skip
+OPTIMIZERS = ("sgd", "adam")
+FINISHED = ("completed", "diverged")
+
+
+class Stopped(VarexpError):
+    """train.stop_after reached: the run stops as a kill would, leaving only its checkpoint."""
+
+
+# ---------------------------------------------------------------------------------------------
+# config
+
+
+def flag(cfg: DictConfig, key: str) -> bool:
+    value = config.get(cfg, key)
+    if not isinstance(value, bool):
+        raise bad_value(key, value, "must be true or false")
+    return value
+
+
+def unit_interval(cfg: DictConfig, key: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
+        raise bad_value(key, value, "must be a number in [0, 1)")
+
+
+def check_train(cfg: DictConfig) -> DataInfo:
+    """Every key `varexp train` reads, before any work; returns what the data looks like."""
+    config.check_common(cfg)
+    config.check_arch(cfg)
+    config.check_init(cfg)
+    for key in ("resume", "train.progress", "train.amp", "train.compile"):
+        flag(cfg, key)
+    config.positive_int(cfg, "train.steps")
+    config.positive_int(cfg, "train.batch_size", minimum=2)  # sample variance needs 2
+    config.positive_int(cfg, "train.ratio_every")
+    config.positive_int(cfg, "train.probe_samples", minimum=2)
+    config.positive_int(cfg, "train.checkpoint_every")
+    config.positive_float(cfg, "train.flush_seconds")
+    if config.get(cfg, "train.stop_after") is not None:
+        config.positive_int(cfg, "train.stop_after")
+    name = config.one_of(cfg, "optim.name", OPTIMIZERS)
+    config.positive_float(cfg, "optim.lr")
+    if name == "sgd":
+        unit_interval(cfg, "optim.momentum", config.get(cfg, "optim.momentum"))
+    else:
+        betas = config.get(cfg, "optim.betas")
+        if not OmegaConf.is_list(betas) or len(betas) != 2:
+            raise bad_value("optim.betas", betas, "must be a list of two numbers in [0, 1)")
+        for beta in betas:
+            unit_interval(cfg, "optim.betas", beta)
+        config.positive_float(cfg, "optim.eps")
+    return data_info(cfg.dataset, cfg.arch)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def reset_globals(seed: int, device: torch.device) -> None:
+    """Seed every generator and reset what an earlier job in this process may have changed
+    (joblib workers are reused)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    torch.set_grad_enabled(True)
+    torch.backends.cudnn.benchmark = device.type == "cuda"
+    torch.backends.cudnn.deterministic = False
+
+
+def make_optimizer(params, optim: DictConfig) -> torch.optim.Optimizer:
+    if optim.name == "sgd":
+        return torch.optim.SGD(params, lr=optim.lr, momentum=optim.momentum)
+    return torch.optim.Adam(params, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps)
+
+
+def segmentation_loss(logits: Tensor, target: Tensor) -> Tensor:
+    """Mean per-pixel BCE of the membrane logit; 2-class cross-entropy for two channels."""
+    if logits.shape[1] == 1:
+        return F.binary_cross_entropy_with_logits(logits, target)
+    return F.cross_entropy(logits, target[:, 0].long())
+
+
+# ---------------------------------------------------------------------------------------------
+# per-layer statistics during training
+
+
+@contextmanager
+def probing(model: nn.Module):
+    """Eval mode (no dropout) except BatchNorm on batch statistics; every mode and buffer (the
+    running statistics) is restored, so probing leaves the training trajectory untouched."""
+    modes = [(m, m.training) for m in model.modules()]
+    buffers = [(b, b.clone()) for b in model.buffers()]
+    model.eval()
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.train()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for m, training in modes:
+            m.training = training
+        for b, saved in buffers:
+            b.copy_(saved)
+
+
+def probe_stats(model: nn.Module, x: Tensor) -> Tensor:
+    """(L, 3) float64: sample_mean_sq, sample_var, ratio of u^l on the probe batch x."""
+    with probing(model), Recorder(model) as rec:
+        model(x)
+        return torch.stack([
+            torch.stack([rec.stats[wl.index][k] for k in ("sample_mean_sq", "sample_var", "ratio")])
+            for wl in rec.layers
+        ])  # fmt: skip
+
+
+def grad_rms(layers: list) -> Tensor:
+    """(L,) RMS of each weight layer's weight gradient."""
+    return torch.stack([wl.module.weight.grad.detach().double().square().mean().sqrt()
+                        for wl in layers])  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# run directory
+
+
+def check_writable(run_dir: Path) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=run_dir):
+            pass
+    except OSError as err:
+        raise VarexpError(f"run directory {run_dir} is not writable ({err.strerror or err}); "
+                          "set hydra.run.dir to a writable folder") from None
+
+
+def read_summary(run_dir: Path) -> dict | None:
+    try:
+        return json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def existing_run(cfg: DictConfig, run_dir: Path) -> dict | None:
+    """The checkpoint to continue from, or None to start at step 0; refuses (one line, and the
+    run's .hydra record restored) to overwrite a run or to continue one made differently."""
+    path = checkpoint_path(run_dir)
+    saved = checkpoint.load(path) if path.exists() else None
+    summary = read_summary(run_dir)
+    finished = summary is not None and summary.get("status") in FINISHED
+
+    def refuse(message: str) -> VarexpError:
+        if saved is not None:
+            checkpoint.restore_hydra_files(run_dir, saved["hydra_files"])
+        return VarexpError(message)
+
+    if not cfg.resume:
+        if saved is not None or finished:
+            step = saved["step"] if saved is not None else None
+            what = f"a {summary['status']} run" if finished else f"a checkpoint at step {step}"
+            raise refuse(f"{run_dir} already holds {what}; pass resume=true to continue it or "
+                         "choose another hydra.run.dir")
+        return None  # an interrupted or failed run without checkpoint: nothing to continue
+    if saved is None:
+        if finished:
+            raise refuse(f"{run_dir} holds a {summary['status']} run but no {path.name} to "
+                         "resume from; choose another hydra.run.dir")
+        return None
+    diff = checkpoint.differences(saved["identity"], checkpoint.identity(cfg))
+    if diff:
+        raise refuse(f"{path} is from another config: {', '.join(diff)}")
+    if saved["step"] > cfg.train.steps:
+        raise refuse(f"train.steps={cfg.train.steps} is below the {saved['step']} steps the "
+                     f"checkpoint in {run_dir} has done; pass train.steps>={saved['step']}")
+    return saved
+
+
+# ---------------------------------------------------------------------------------------------
+# the run
+
+
+class Run:
+    """The state of one training run and its files."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, info: DataInfo, saved: dict | None):
+        from varexp.models import build_model
+
+        self.cfg, self.run_dir, self.info = cfg, run_dir, info
+        self.device = resolve_device(cfg.device)
+        self.start = time.perf_counter()
+        reset_globals(cfg.seed, self.device)
+        arch = cfg.arch
+        self.model = build_model(arch, info.input_shape, info.num_classes, cfg.init.name)
+        self.model.to(self.device)
+        self.layers = weight_layers(self.model)
+        self.loss_fn = F.cross_entropy if info.task == "classification" else segmentation_loss
+        batch, seed, device = cfg.train.batch_size, cfg.seed, self.device
+        self.stream = Stream(cfg.dataset, arch, batch, seed, device=device)
+        self.probe_x = probe_batch(cfg.dataset, arch, cfg.train.probe_samples, seed, device)
+        self.identity = checkpoint.identity(cfg)
+        self.metrics: list[tuple] = []
+        self.ratios: list[tuple] = []
+        self.step = 0
+        self.status = "running"
+        self.past_wall = self.past_train = 0.0  # seconds spent before this session
+        self.init_forward_passes = 0.0
+        # the record of this launch, to put back if a later launch into run_dir is refused
+        self.hydra_files = checkpoint.hydra_files(run_dir)
+        self.saved = saved
+
+    def initialize(self) -> None:
+        """Fresh run: initialize the weights (data-dependent inits fit on the first init.batches
+        training minibatches) and make the optimizer; resumed run: load every state instead."""
+        from varexp.inits import DATA_DEPENDENT, initialize
+
+        cfg = self.cfg
+        saved = self.saved
+        if saved is None:
+            batches = None
+            if cfg.init.name in DATA_DEPENDENT:
+                # the first training minibatches, from a stream of their own
+                fit = Stream(cfg.dataset, cfg.arch, cfg.train.batch_size, cfg.seed,
+                             device=self.device)
+                batches = [x for x, _ in _take(fit, cfg.init.batches)]
+            report = initialize(self.model, cfg.init, cfg.arch.get("activation", "relu"), batches)
+            self.init_forward_passes = report.forward_passes
+        self.optimizer = make_optimizer(self.model.parameters(), cfg.optim)
+        self.forward = torch.compile(self.model) if cfg.train.compile else self.model
+        if saved is not None:
+            self.model.load_state_dict(saved["model"])
+            self.optimizer.load_state_dict(saved["optimizer"])
+            self.stream.load_state_dict(saved["stream"])
+            self.metrics, self.ratios = list(saved["metrics"]), list(saved["ratios"])
+            self.step, self.status = saved["step"], saved["status"]
+            self.past_wall, self.past_train = saved["seconds"], saved["train_seconds"]
+            self.init_forward_passes = saved["init_forward_passes"]
+        batches = iter(self.stream)
+        first = next(batches)  # the DataLoader starts and draws from the global RNG here,
+        if saved is not None:  # so restore the RNG after it
+            checkpoint.set_rng_state(saved["rng"])
+        self.batches = itertools.chain([first], batches)
+
+    def wall(self) -> float:
+        return self.past_wall + time.perf_counter() - self.start
+
+    def loop(self) -> None:
+        cfg = self.cfg.train
+        amp = torch.autocast(self.device.type, dtype=torch.bfloat16) if cfg.amp else nullcontext()
+        lr = self.optimizer.param_groups[0]["lr"]
+        bar = tqdm(total=cfg.steps, initial=self.step, unit="step", desc="train",
+                   dynamic_ncols=True, disable=None if cfg.progress else True)
+        started, last_flush = time.perf_counter(), time.perf_counter()
+        try:
+            while self.step < cfg.steps:
+                s = self.step
+                stats = probe_stats(self.model, self.probe_x) if s % cfg.ratio_every == 0 else None
+                epoch = s * cfg.batch_size // len(self.stream.source)
+                x, y = next(self.batches)
+                with amp:
+                    out = self.forward(x)
+                loss = self.loss_fn(out.float(), y)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if stats is not None:
+                    self.record_ratios(s, stats, grad_rms(self.layers))
+                value = loss.item()
+                if not math.isfinite(value):
+                    self.status = "diverged"
+                else:
+                    self.optimizer.step()
+                seconds = self.past_train + time.perf_counter() - started
+                self.metrics.append((s, epoch, value, lr, seconds))
+                if self.status == "diverged":
+                    break
+                self.step = s + 1
+                bar.update()
+                bar.set_postfix_str(f"loss={value:.4f}", refresh=False)
+                if self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
+                    self.save()
+                    last_flush = time.perf_counter()
+                elif time.perf_counter() - last_flush > cfg.flush_seconds:
+                    self.flush()
+                    last_flush = time.perf_counter()
+                if cfg.stop_after is not None and self.step == cfg.stop_after:
+                    raise Stopped(f"stopped after step {self.step} (train.stop_after)")
+        finally:
+            bar.close()
+        if self.status == "running":
+            self.status = "completed"
+
+    def record_ratios(self, step: int, stats: Tensor, grads: Tensor) -> None:
+        stats, grads = stats.cpu().tolist(), grads.cpu().tolist()
+        for wl, (mean_sq, var, ratio), g in zip(self.layers, stats, grads, strict=True):
+            self.ratios.append((step, wl.index, wl.name, mean_sq, var, ratio, g))
+
+    def flush(self) -> None:
+        write_csv(pd.DataFrame(self.metrics, columns=METRIC_COLUMNS), self.run_dir / "metrics.csv")
+        write_csv(pd.DataFrame(self.ratios, columns=RATIO_COLUMNS), self.run_dir / "ratios.csv")
+
+    def save(self) -> None:
+        """CSVs, then the checkpoint: every row in the files is also in the checkpoint or will be
+        recomputed identically from it."""
+        self.flush()
+        checkpoint.save(
+            {
+                "version": 1,
+                "identity": self.identity,
+                "step": self.step,
+                "status": self.status,
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "stream": self.stream.state_dict(),
+                "rng": checkpoint.rng_state(),
+                "metrics": self.metrics,
+                "ratios": self.ratios,
+                "seconds": self.wall(),
+                "train_seconds": self.metrics[-1][4] if self.metrics else 0.0,
+                "init_forward_passes": self.init_forward_passes,
+                "hydra_files": self.hydra_files,
+            },
+            checkpoint_path(self.run_dir),
+        )
+
+    def summary(self, status: str, error: str | None = None) -> dict:
+        cfg = self.cfg
+        last = self.metrics[-1][2] if self.metrics else None
+        train_seconds = self.metrics[-1][4] if self.metrics else 0.0
+        out = dict(
+            status=status,
+            steps=self.step,
+            final_loss=last if last is not None and math.isfinite(last) else None,
+            diverged_at=self.metrics[-1][0] if status == "diverged" else None,
+            seconds=self.wall(),
+            train_seconds=train_seconds,
+            steps_per_second=self.step / train_seconds if train_seconds > 0 else None,
+            init_forward_passes=self.init_forward_passes,
+            device=str(self.device),
+            **identifying(cfg),
+        )
+        if error is not None:
+            out["error"] = error
+        return out
+
+
+def identifying(cfg: DictConfig) -> dict:
+    """The flat keys a sweep table needs, and the whole identifying config."""
+    return dict(
+        arch=cfg.arch.name, dataset=cfg.dataset.name, init=cfg.init.name, optim=cfg.optim.name,
+        lr=float(cfg.optim.lr), seed=cfg.seed, batch_size=cfg.train.batch_size,
+        train_steps=cfg.train.steps, config=checkpoint.identity(cfg),
+    )  # fmt: skip
+
+
+def done(status: str, step: int, steps: int) -> bool:
+    """Nothing left to train: diverged, or completed with train.steps steps."""
+    return status == "diverged" or status == "completed" and step >= steps
+
+
+def _take(stream: Stream, k: int) -> list[tuple[Tensor, Tensor]]:
+    batches = iter(stream)
+    return [next(batches) for _ in range(k)]
+
+
+def train(cfg: DictConfig, run_dir: str | Path) -> dict:
+    """Train (or continue, with resume=true) the run `cfg` describes in run_dir; returns the
+    summary also written to run_dir/summary.json."""
+    info = check_train(cfg)
+    run_dir = Path(run_dir)
+    check_writable(run_dir)
+    saved = existing_run(cfg, run_dir)
+    if saved is not None and done(saved["status"], saved["step"], cfg.train.steps):
+        summary = read_summary(run_dir)
+        if summary is not None and summary.get("status") == saved["status"]:
+            log.info("%s: already %s at step %d", run_dir, saved["status"], saved["step"])
+            return summary
+    run = Run(cfg, run_dir, info, saved)
+    try:
+        run.initialize()
+        if not done(run.status, run.step, cfg.train.steps):
+            run.status = "running"  # a completed run continues when train.steps grew
+            run.loop()
+    except Stopped:
+        raise
+    except torch.OutOfMemoryError as err:
+        summary = run.summary("failed", f"out of memory: {err}".splitlines()[0])
+        write_json(summary, run_dir / "summary.json")
+        raise VarexpError(f"out of memory at step {run.step}; lower train.batch_size") from None
+    except Exception as err:
+        write_json(run.summary("failed", f"{type(err).__name__}: {err}"), run_dir / "summary.json")
+        raise
+    run.save()
+    summary = run.summary(run.status)
+    write_json(summary, run_dir / "summary.json")
+    return summary
+
+
+def run(cfg: DictConfig) -> dict:
+    from hydra.core.hydra_config import HydraConfig
+
+    summary = train(cfg, Path(HydraConfig.get().runtime.output_dir))
+    loss = summary["final_loss"]
+    log.info("%s after %d steps, final loss %s, %.1f s", summary["status"], summary["steps"],
+             "n/a" if loss is None else f"{loss:.4f}", summary["seconds"])
+    return summary
