@@ -58,3 +58,15 @@ def test_bad_input_is_one_line_and_nonzero(tmp_path, args, needle):
 def test_unknown_command():
     out = varexp("fit")
     assert out.returncode == 2 and "unknown command 'fit'" in out.stderr
+
+
+def test_unwritable_run_dir_is_one_line(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    out = varexp("theory", f"hydra.run.dir={blocker / 'run'}")
+    assert out.returncode == 2
+    assert out.stderr.strip() == (
+        f"varexp theory: hydra.run.dir={blocker / 'run'} is not writable "
+        f"({blocker} is not a writable directory)"
+    )
+    assert blocker.read_text() == "not a directory"

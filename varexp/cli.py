@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import importlib
+import os
 import re
 import sys
 from importlib.resources import files
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
@@ -65,6 +67,21 @@ def check_group_overrides(args: list[str]) -> None:
                 )
 
 
+def check_writable(args: list[str]) -> None:
+    """An output directory that cannot be created gets one line here, not Hydra's traceback."""
+    dirs = {
+        m.group(1): m.group(2)
+        for a in args
+        if (m := re.fullmatch(r"(hydra\.(?:run|sweep)\.dir)=(.+)", a))
+    }
+    for key, value in (dirs or {"current directory": "."}).items():
+        path = Path(value).absolute()
+        while not path.exists():
+            path = path.parent
+        if not path.is_dir() or not os.access(path, os.W_OK | os.X_OK):
+            raise VarexpError(f"{key}={value} is not writable ({path} is not a writable directory)")
+
+
 def dispatch(command: str, cfg: DictConfig) -> None:
     module = importlib.import_module(COMMANDS[command][0])
     try:
@@ -90,6 +107,7 @@ def main(argv: list[str] | None = None) -> None:
         rest[0] = f"figure={rest[0]}"
     try:
         check_group_overrides(rest)
+        check_writable(rest)
     except VarexpError as error:
         print(f"varexp {command}: {error}", file=sys.stderr)
         sys.exit(2)

@@ -89,7 +89,7 @@ def run(cfg: DictConfig) -> dict:
     from hydra.core.hydra_config import HydraConfig
 
     from varexp.checkpoint import checkpoint_path
-    from varexp.train import train
+    from varexp.train import Stopped, train
 
     check_sweep(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -105,8 +105,11 @@ def run(cfg: DictConfig) -> dict:
         summary = train(cfg, run_dir)
         log.info("%s: %s after %d steps", run_dir, summary["status"], summary["steps"])
         return summary
-    except VarexpError:
+    except Stopped:  # train.stop_after: the debug stand-in for a kill stops the whole sweep
         raise
+    except VarexpError as error:  # e.g. a dead layer, or a checkpoint of another config: this
+        log.error("run %s failed: %s", run_dir, error)  # run only; what it holds stays as it is
+        return dict(status="failed", error=str(error))
     except Exception as error:  # one broken run must not stop the other jobs of the sweep
         log.exception("run %s failed", run_dir)
         summary = read_summary(run_dir)
