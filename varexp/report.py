@@ -15,6 +15,12 @@ from varexp.plot.stats import grad_slope, layer_summary
 from varexp.sweep import SELECTED_COLUMNS, read_sweep_table
 from varexp.theory import cross_moment, gradient_slope, recursion, relu_kernel
 
+NOTES = """Sizes are those of the preset: `quick` probes narrower MLPs (up to width 1000, 10
+networks) than the paper (3000, 30) and trains small models for 300 steps on the embedded
+datasets, so a claim measured there can miss by a finite-size effect. In particular the
+scale+bias gradient slope shrinks in magnitude with width (-0.23 at width 100, -0.27 at 300,
+-0.35 at 1000, -0.377 at 3000 in our simulations); the paper-scale values are checked by
+`pytest -m slow` and by `varexp reproduce experiment=paper`."""
 PAPER_SLOPES = {"scale+bias": -0.379, "batchnorm": -0.381, "kaiming": 0.0}
 
 
@@ -111,14 +117,14 @@ def cnn_claims(out: Path) -> list[Claim]:
                                 f"{ratio['name'].iloc[-1]} {last:.2f}; max at {top['name']}",
                                 bool(last > first and top["name"] == ratio["name"].iloc[-1])))
         elif run.arch == "unet":
-            after = ratio[ratio["name"].str.startswith("up")]
-            falls = bool(not after.empty and after["mean"].iloc[-1] < top["mean"])
+            # paper: "increases up to around layer 12 before decreasing significantly"
+            peak, last = int(top["layer"]), ratio["mean"].iloc[-1]
             claims.append(Claim("3.3, Fig. 2", f"UNet on {run.get('dataset.name')}: ratio grows "
-                                "through the encoder, falls after the skip connections",
-                                "peak near layer 12", f"peak {top['mean']:.2f} at layer "
-                                f"{int(top['layer'])} ({top['name']}); last up layer "
-                                f"{after['mean'].iloc[-1]:.2f}" if not after.empty else "n/a",
-                                falls and not str(top["name"]).startswith("up")))
+                                "up to around layer 12, then falls (skip connections)",
+                                "peak near layer 12", f"peak {top['mean']:.2f} at layer {peak} "
+                                f"({top['name']}); last layer {last:.2f} "
+                                f"({1 - last / top['mean']:.0%} lower)",
+                                abs(peak - 12) <= 3 and last < top["mean"]))
     return claims
 
 
@@ -147,11 +153,11 @@ def write_report(out: Path, preset: str) -> Path:
              "Each quantitative claim of Luther & Seung (2019) beside the value measured in this "
              "run directory. Tolerances: 0.02 for slopes and sigma_s, 0.03 for K(0) and 1/sigma_s "
              "from simulation; orderings must hold as stated.", "",
-             *("| " + " | ".join(row) + " |" for row in rows), ""]
+             *("| " + " | ".join(row) + " |" for row in rows), "", NOTES, ""]
     for figure in ("figure1", "figure2", "figure3", "figure4"):
         png = out / "figures" / figure / f"{figure}.png"
         if png.exists():
-            lines += [f"## {figure.capitalize()}", "", f"![{figure}]({png.relative_to(out)})", ""]
+            lines += [f"## Figure {figure[-1]}", "", f"![{figure}]({png.relative_to(out)})", ""]
     with atomic_path(out / "REPORT.md") as tmp:
         tmp.write_text("\n".join(lines), encoding="utf-8")
     return out / "REPORT.md"
