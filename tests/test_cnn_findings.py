@@ -13,12 +13,12 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from varexp.data import probe_batch
-from varexp.data.sources import one_thread
 from varexp.inits import initialize
 from varexp.models import build_model
 from varexp.models.base import weight_layers
 from varexp.probe import probe_network
 from varexp.theory import recursion
+from varexp.threads import one_thread
 
 # The figure2 quick presets, on smaller generated sets (never cached, so the test writes nothing)
 ALLCNNC = ["experiment=figure2_allcnnc_quick", "dataset.train_size=512", "dataset.test_size=16",

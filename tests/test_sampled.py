@@ -13,17 +13,16 @@ from varexp.plot.stats import grad_slope as fitted_grad_slope
 from varexp.sampled import sampled_mlp
 from varexp.stats import network_stats
 from varexp.theory import gradient_slope, recursion
+from varexp.threads import one_thread
 
 KEYS = ("ratio", "second_moment", "sample_var", "grad_sq")
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
+def single_thread():
     """Small matrices: one thread is faster, and far faster on a loaded 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_thread():
+        yield
 
 
 def dense(x: torch.Tensor, depth: int, width: int, init: str, seed: int) -> list[dict]:

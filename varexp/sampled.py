@@ -38,8 +38,7 @@ as for weights and biases fitted by an init in the dense path.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 
 import torch
 from omegaconf import DictConfig
@@ -47,6 +46,7 @@ from torch import Tensor
 
 from varexp.activations import get_activation
 from varexp.stats import sample_stats
+from varexp.threads import one_thread
 
 SAMPLED_INITS = ("kaiming", "xavier", "batchnorm", "scale", "scale+bias")
 BN_EPS = 1e-5  # nn.BatchNorm1d's default
@@ -91,22 +91,6 @@ def normalizer(init: str, U: Tensor, eps: float) -> Callable[[Tensor], Tensor]:
 
         return batchnorm
     return lambda V: V
-
-
-@contextmanager
-def one_thread(device: torch.device) -> Iterator[None]:
-    """Run on one CPU thread: the sampled path is many small O(n T^2) ops, where threads gain
-    little and stall badly when another process holds a core (measured 5-8x slower with 2
-    threads on a loaded 2-core machine; a 3000 x 100 QR took 200 ms instead of 3 ms)."""
-    if device.type != "cpu":
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def backward_through(f: Callable[[Tensor], Tensor], U: Tensor, g: Tensor) -> Tensor:

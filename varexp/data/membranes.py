@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Generator, Tensor
 
-from varexp.data.sources import generator, one_thread
+from varexp.data.sources import generator
+from varexp.threads import one_thread
 
 CELL_AREA = 66**2  # px^2 per cell on average, about the cell size of the ISBI2012 slices
 

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Generator, Tensor
 
-from varexp.data.sources import generator, one_thread
+from varexp.data.sources import generator
+from varexp.threads import one_thread
 
 CLASSES = (
     "disk", "ring", "square", "frame", "diamond", "triangle", "plus", "cross", "hbar", "vbar",

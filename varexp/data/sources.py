@@ -3,8 +3,6 @@ seeded generator to a batch (x float32, y), so a batch is a pure function of its
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -23,18 +21,6 @@ from varexp.data.augment import (
     window_grid,
 )
 from varexp.errors import VarexpError
-
-
-@contextmanager
-def one_thread() -> Iterator[None]:
-    """Run procedural generation on one intra-op thread: its many small, memory-bound ops
-    only wait on each other when a second thread competes for a busy core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def generator(*keys: int) -> Generator:

@@ -30,10 +30,10 @@ class MLP(nn.Module):
                 f"layer{i}", Unit(nn.Linear(n_in, width), norm_layer(norm, width, 1), act.module())
             )
             n_in = width
-        self.fc = Unit(nn.Linear(n_in, outputs)) if outputs is not None else None
+        if outputs is not None:
+            self.fc = Unit(nn.Linear(n_in, outputs))
 
     def forward(self, x: Tensor) -> Tensor:
-        for module in self.children():
-            if module is not None:
-                x = module(x)
+        for module in self.children():  # registered in forward order
+            x = module(x)
         return x
