@@ -50,7 +50,7 @@ from torch import Tensor, nn
 from varexp import config
 from varexp.activations import ACTIVATIONS, get_activation
 from varexp.errors import VarexpError, bad_value
-from varexp.models.base import WeightLayer, weight_layers
+from varexp.models.base import WeightLayer, batch_statistics, weight_layers
 
 DATA_DEPENDENT = ("scale", "scale+bias", "lsuv")
 INITS = ("kaiming", "xavier", "orthogonal", "batchnorm", *DATA_DEPENDENT)
@@ -201,28 +201,6 @@ def _describe(wl: WeightLayer) -> dict:
     }
 
 
-class _BatchNormTrain:
-    """Eval mode (no dropout) with BatchNorm on batch statistics; running statistics, every
-    module's mode and every buffer come back as they were."""
-
-    def __init__(self, model: nn.Module):
-        self.model = model
-
-    def __enter__(self) -> None:
-        self.modes = [(m, m.training) for m in self.model.modules()]
-        self.buffers = {k: b.clone() for k, b in self.model.named_buffers()}
-        self.model.eval()
-        for m in self.model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.train()
-
-    def __exit__(self, *exc) -> None:
-        for m, training in self.modes:
-            m.training = training
-        for k, b in self.model.named_buffers():
-            b.copy_(self.buffers[k])
-
-
 def _fit(
     model: nn.Module, layers: list[WeightLayer], name: str, x: Tensor, init: DictConfig
 ) -> InitReport:
@@ -252,7 +230,7 @@ def _fit(
 
     handles = [wl.module.register_forward_hook(hook) for wl in layers]
     try:
-        with _BatchNormTrain(model):
+        with batch_statistics(model):
             model(x)
     finally:
         for h in handles:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from varexp.models.base import weight_layers
+from varexp.models.base import batch_statistics, weight_layers
 
 STAT_NAMES = ("sample_mean_sq", "sample_var", "ratio", "second_moment")
 
@@ -116,21 +116,20 @@ def network_stats(
     generator: torch.Generator | None = None,
     keep_u: Sequence[int] = (),
 ) -> tuple[list[dict], dict[int, Tensor]]:
-    """One forward pass of `model` on the batch x (plus one backward for grad_sq) in train mode,
-    so BatchNorm normalizes with batch statistics (paper Sec. 4; this updates its running stats).
+    """One forward pass of `model` on the batch x (plus one backward for grad_sq) with BatchNorm
+    on batch statistics (paper Sec. 4) and dropout off; the model's state is left as it was.
 
     Returns per weight layer l = 1..L a dict: layer, name, features, the STAT_NAMES as 0-d
     float64 tensors and grad_sq (a 0-d tensor, or None without `grad`); and u^l for `keep_u`.
     """
-    was_training = model.training
-    model.train()
-    try:
-        with Recorder(model, keep_u, keep_x=grad) as rec, torch.set_grad_enabled(grad):
-            output = model(x)
-            layers = rec.layers
-            g = grad_sq(output, [rec.x[wl.index] for wl in layers], generator) if grad else None
-    finally:
-        model.train(was_training)
+    with (
+        batch_statistics(model),
+        Recorder(model, keep_u, keep_x=grad) as rec,
+        torch.set_grad_enabled(grad),
+    ):
+        output = model(x)
+        layers = rec.layers
+        g = grad_sq(output, [rec.x[wl.index] for wl in layers], generator) if grad else None
     rows = []
     for i, wl in enumerate(layers):
         rows.append(

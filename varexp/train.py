@@ -26,7 +26,7 @@ import math
 import random
 import tempfile
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +42,7 @@ from varexp.checkpoint import checkpoint_path
 from varexp.data import DataInfo, Stream, data_info, probe_batch
 from varexp.errors import VarexpError, bad_value
 from varexp.files import write_csv, write_json
-from varexp.models.base import weight_layers
+from varexp.models.base import batch_statistics, weight_layers
 from varexp.stats import Recorder
 
 log = logging.getLogger(__name__)
@@ -139,29 +139,9 @@ def segmentation_loss(logits: Tensor, target: Tensor) -> Tensor:
 # per-layer statistics during training
 
 
-@contextmanager
-def probing(model: nn.Module):
-    """Eval mode (no dropout) except BatchNorm on batch statistics; every mode and buffer (the
-    running statistics) is restored, so probing leaves the training trajectory untouched."""
-    modes = [(m, m.training) for m in model.modules()]
-    buffers = [(b, b.clone()) for b in model.buffers()]
-    model.eval()
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.train()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        for m, training in modes:
-            m.training = training
-        for b, saved in buffers:
-            b.copy_(saved)
-
-
 def probe_stats(model: nn.Module, x: Tensor) -> Tensor:
     """(L, 3) float64: sample_mean_sq, sample_var, ratio of u^l on the probe batch x."""
-    with probing(model), Recorder(model) as rec:
+    with batch_statistics(model), torch.no_grad(), Recorder(model, keep_x=False) as rec:
         model(x)
         return torch.stack([
             torch.stack([rec.stats[wl.index][k] for k in ("sample_mean_sq", "sample_var", "ratio")])

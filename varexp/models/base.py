@@ -8,6 +8,8 @@ code.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from torch import Tensor, nn
@@ -61,3 +63,23 @@ def norm_layer(kind: str, channels: int, dims: int) -> nn.Module | None:
     if kind == "batchnorm":
         return nn.BatchNorm1d(channels) if dims == 1 else nn.BatchNorm2d(channels)
     raise ValueError(f"arch.norm={kind!r} is not allowed; choose none or batchnorm")
+
+
+@contextmanager
+def batch_statistics(model: nn.Module) -> Iterator[None]:
+    """Eval mode (no dropout) except BatchNorm, which normalizes with the batch's statistics
+    (paper Sec. 4); every module's mode and every buffer (the running statistics) come back as
+    they were, so measuring or fitting leaves the model's state untouched."""
+    modes = [(m, m.training) for m in model.modules()]
+    buffers = [(b, b.clone()) for b in model.buffers()]
+    model.eval()
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.train()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+        for b, saved in buffers:
+            b.copy_(saved)
