@@ -73,3 +73,15 @@ def test_report_measures_the_claims_from_probes(tmp_path):
     assert "slope of log grad_sq vs layer, batchnorm" in report
     assert "the gap to the theory shrinks as width grows" in report
     assert "| K(0) = 1/pi" in report.replace("| 3.1 ", "")
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("reproduce.dry_run=maybe", "reproduce.dry_run='maybe' is not allowed; must be true or false"),
+    ("reproduce.figure3=[figure9]", "reproduce.figure3=['figure9'] is not allowed"),
+])
+def test_bad_reproduce_keys_are_one_line(tmp_path, override, needle):
+    out = subprocess.run([sys.executable, "-m", "varexp", "reproduce", override,
+                          f"hydra.run.dir={tmp_path}"], capture_output=True, text=True)
+    assert out.returncode == 2 and needle in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "theory").exists()

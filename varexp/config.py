@@ -3,6 +3,7 @@ allowed, before any work is done."""
 
 from __future__ import annotations
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from varexp.activations import ACTIVATIONS
@@ -33,6 +34,13 @@ def positive_float(cfg: DictConfig, key: str, allow_none: bool = False) -> float
     return float(value)
 
 
+def boolean(cfg: DictConfig, key: str) -> bool:
+    value = get(cfg, key)
+    if not isinstance(value, bool):
+        raise bad_value(key, value, "must be true or false")
+    return value
+
+
 def one_of(cfg: DictConfig, key: str, allowed: tuple[str, ...]) -> str:
     value = get(cfg, key)
     if value not in allowed:
@@ -40,11 +48,16 @@ def one_of(cfg: DictConfig, key: str, allowed: tuple[str, ...]) -> str:
     return value
 
 
+def resolve_device(name: str) -> torch.device:
+    """device=auto: CUDA when present, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def check_common(cfg: DictConfig) -> None:
     one_of(cfg, "device", DEVICES)
     if get(cfg, "device") == "cuda":
-        import torch
-
         if not torch.cuda.is_available():
             raise bad_value("device", "cuda", "no CUDA device is visible; use device=auto or cpu")
     seed = get(cfg, "seed")
@@ -93,8 +106,7 @@ def check_probe(cfg: DictConfig) -> None:
     positive_int(cfg, "probe.samples", minimum=2)
     positive_int(cfg, "probe.neurons", minimum=0)
     for key in ("probe.grad", "probe.progress"):
-        if not isinstance(get(cfg, key), bool):
-            raise bad_value(key, get(cfg, key), "must be true or false")
+        boolean(cfg, key)
     if one_of(cfg, "probe.method", ("auto", "dense", "sampled")) == "sampled":
         from varexp.sampled import unsupported
 

@@ -46,6 +46,14 @@ def write_json(obj: object, path: str | Path) -> Path:
     return Path(path)
 
 
+def read_summary(run_dir: str | Path) -> dict | None:
+    """A training run's summary.json, or None if it has none (yet) or it is unreadable."""
+    try:
+        return json.loads((Path(run_dir) / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
 def run_config(result_file: str | Path) -> DictConfig:
     """The Hydra config recorded beside a result file (its run directory's .hydra/config.yaml)."""
     cfg_path = Path(result_file).parent / ".hydra" / "config.yaml"

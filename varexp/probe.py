@@ -20,18 +20,13 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 from tqdm import tqdm
 
+from varexp.config import resolve_device
 from varexp.stats import STAT_NAMES, network_stats
 
 log = logging.getLogger(__name__)
 
 COLUMNS = ["network", "layer", "name", "features", *STAT_NAMES, "grad_sq"]
 NEURON_COLUMNS = ["network", "layer", "neuron", "sample", "value"]
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def network_seed(seed: int, network: int) -> int:

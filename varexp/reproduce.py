@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from varexp.errors import VarexpError
+from varexp.errors import VarexpError, bad_value
 from varexp.files import atomic_path
 
 log = logging.getLogger(__name__)
@@ -32,18 +32,38 @@ class Step:
         return not self.always and (self.out / DONE).exists()
 
 
+FIGURES = ("figure1", "figure2", "figure3", "figure4")
+
+
+def check_reproduce(cfg: DictConfig) -> None:
+    from varexp.cli import group_options
+    from varexp.config import boolean, check_common, get
+
+    check_common(cfg)
+    boolean(cfg, "reproduce.dry_run")
+    extra = get(cfg, "reproduce.extra")
+    if not OmegaConf.is_list(extra) or not all(isinstance(e, str) for e in extra):
+        raise bad_value("reproduce.extra", extra, "must be a list of overrides, e.g. [device=cuda]")
+    presets = group_options("experiment")
+    for figure in FIGURES:
+        chosen = get(cfg, f"reproduce.{figure}")
+        if not OmegaConf.is_list(chosen) or not set(chosen) <= set(presets):
+            raise bad_value(f"reproduce.{figure}", chosen,
+                            f"must be a list of experiment presets from {', '.join(presets)}")
+
+
 def plan(cfg: DictConfig, out: Path) -> list[Step]:
     """The steps of one preset in order: theory, probes and sweeps per figure, then the plots."""
     extra = list(cfg.reproduce.extra)
     steps = [Step("theory", ["theory", "arch.depth=50"], out / "theory")]
-    for figure in ("figure1", "figure2", "figure3", "figure4"):
+    for figure in FIGURES:
         command = "sweep" if figure == "figure4" else "probe"
         for preset in cfg.reproduce[figure]:
             where = out / figure / preset
             steps.append(Step(f"{figure}: {command} experiment={preset}",
                               [command, f"experiment={preset}", f"hydra.sweep.dir={where}"],
                               where))
-    for figure in ("figure1", "figure2", "figure3", "figure4"):
+    for figure in FIGURES:
         where = out / "figures" / figure
         steps.append(Step(f"plot {figure}", ["plot", figure, f"results={out / figure}"],
                           where, always=True))
@@ -65,6 +85,7 @@ def execute(step: Step) -> None:
 def run(cfg: DictConfig) -> None:
     from varexp.report import write_report
 
+    check_reproduce(cfg)
     out = Path(HydraConfig.get().runtime.output_dir)
     steps = plan(cfg, out)
     for i, step in enumerate(steps, 1):

@@ -23,7 +23,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from varexp.errors import VarexpError, bad_value
-from varexp.files import write_csv, write_json
+from varexp.files import read_summary, write_csv, write_json
 
 log = logging.getLogger("varexp.sweep")
 
@@ -63,13 +63,6 @@ def check_sweep(cfg: DictConfig) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # one job
-
-
-def read_summary(run_dir: Path) -> dict | None:
-    try:
-        return json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
 
 
 def finished_here(summary: dict | None, cfg: DictConfig) -> bool:

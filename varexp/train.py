@@ -20,7 +20,6 @@ A non-finite loss ends the run as `diverged` (a result, exit 0).
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import math
 import random
@@ -41,7 +40,7 @@ from varexp import checkpoint, config
 from varexp.checkpoint import checkpoint_path
 from varexp.data import DataInfo, Stream, data_info, probe_batch
 from varexp.errors import VarexpError, bad_value
-from varexp.files import write_csv, write_json
+from varexp.files import read_summary, write_csv, write_json
 from varexp.models.base import batch_statistics, weight_layers
 from varexp.stats import Recorder
 
@@ -64,13 +63,6 @@ class Stopped(VarexpError):
 # config
 
 
-def flag(cfg: DictConfig, key: str) -> bool:
-    value = config.get(cfg, key)
-    if not isinstance(value, bool):
-        raise bad_value(key, value, "must be true or false")
-    return value
-
-
 def unit_interval(cfg: DictConfig, key: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
         raise bad_value(key, value, "must be a number in [0, 1)")
@@ -82,7 +74,7 @@ def check_train(cfg: DictConfig) -> DataInfo:
     config.check_arch(cfg)
     config.check_init(cfg)
     for key in ("resume", "train.progress", "train.amp", "train.compile"):
-        flag(cfg, key)
+        config.boolean(cfg, key)
     config.positive_int(cfg, "train.steps")
     config.positive_int(cfg, "train.batch_size", minimum=2)  # sample variance needs 2
     config.positive_int(cfg, "train.ratio_every")
@@ -103,12 +95,6 @@ def check_train(cfg: DictConfig) -> DataInfo:
             unit_interval(cfg, "optim.betas", beta)
         config.positive_float(cfg, "optim.eps")
     return data_info(cfg.dataset, cfg.arch)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def reset_globals(seed: int, device: torch.device) -> None:
@@ -169,13 +155,6 @@ def check_writable(run_dir: Path) -> None:
                           "set hydra.run.dir to a writable folder") from None
 
 
-def read_summary(run_dir: Path) -> dict | None:
-    try:
-        return json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 def existing_run(cfg: DictConfig, run_dir: Path) -> dict | None:
     """The checkpoint to continue from, or None to start at step 0; refuses (one line, and the
     run's .hydra record restored) to overwrite a run or to continue one made differently."""
@@ -221,7 +200,7 @@ class Run:
         from varexp.models import build_model
 
         self.cfg, self.run_dir, self.info = cfg, run_dir, info
-        self.device = resolve_device(cfg.device)
+        self.device = config.resolve_device(cfg.device)
         self.start = time.perf_counter()
         reset_globals(cfg.seed, self.device)
         arch = cfg.arch
