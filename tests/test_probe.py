@@ -76,10 +76,12 @@ def test_networks_differ_but_share_the_batch_and_runs_repeat(capsys, tmp_path):
 
 def test_auto_method_rule():
     cfg = OmegaConf.create({
-        "arch": {"name": "mlp", "width": 101, "norm": "none"},
+        "arch": {"name": "mlp", "width": 201, "norm": "none"},
         "init": {"name": "kaiming"}, "probe": {"method": "auto", "samples": 100},
     })
     assert choose_method(cfg) == "sampled"
+    cfg.arch.width = 200  # below the measured crossover, about 2 T: dense is faster
+    assert choose_method(cfg) == "dense"
     cfg.arch.width = 100  # width <= T: dense only
     assert choose_method(cfg) == "dense"
     cfg.arch.width, cfg.init.name = 3000, "orthogonal"

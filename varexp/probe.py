@@ -4,7 +4,7 @@
 Network i is seeded from (seed, i); the batch is the same for all networks (seeded from seed).
 Data-dependent inits (scale, scale+bias, lsuv) are fitted on the probe batch itself, so
 init.batches is not used here. BatchNorm normalizes with the batch statistics (paper Sec. 4).
-With probe.method=auto, Gaussian-weight MLPs wider than T are sampled exactly in O(n T^2) per
+With probe.method=auto, Gaussian-weight MLPs wider than 2 T are sampled exactly in O(n T^2) per
 layer (varexp.sampled); everything else runs the dense model (varexp.stats hooks).
 """
 
@@ -34,17 +34,17 @@ def network_seed(seed: int, network: int) -> int:
 
 
 def choose_method(cfg: DictConfig) -> str:
-    """dense or sampled; `probe.method=auto` samples when it is exact and width > T.
+    """dense or sampled; `probe.method=auto` samples when it is exact and width > 2 T.
 
-    bench/bench_probe.py measured the sampled path faster at every width from 50 to 3000 at
-    T = 100 (2.5x at 150, 17x at 3000), so the rule is the issue's bound: the dense path stays
-    the reference and the only path where width <= T."""
+    bench/bench_probe.py (T = 100, idle 2-core CPU) measured the two paths even at width 200-300,
+    the dense one faster below (1.7x at 150) and the sampled one faster above (15x at 3000). The
+    dense path stays the reference, and the only path where width <= T."""
     from varexp.sampled import unsupported
 
     method = cfg.probe.method
     if method != "auto":
         return method
-    if unsupported(cfg.arch, cfg.init) is None and cfg.arch.width > cfg.probe.samples:
+    if unsupported(cfg.arch, cfg.init) is None and cfg.arch.width > 2 * cfg.probe.samples:
         return "sampled"
     return "dense"
 

@@ -46,10 +46,10 @@ from torch import Tensor
 
 from varexp.activations import get_activation
 from varexp.stats import sample_stats
-from varexp.threads import one_thread
 
 SAMPLED_INITS = ("kaiming", "xavier", "batchnorm", "scale", "scale+bias")
 BN_EPS = 1e-5  # nn.BatchNorm1d's default
+RANK_TOL = 1e-5  # |R_ii| below this fraction of the largest: X is (numerically) rank-deficient
 
 
 def unsupported(arch_cfg: DictConfig, init_cfg: DictConfig) -> str | None:
@@ -101,6 +101,33 @@ def backward_through(f: Callable[[Tensor], Tensor], U: Tensor, g: Tensor) -> Ten
     return grad
 
 
+class Basis:
+    """The thin QR X = Q R of a layer input X (n x T), with Q applied implicitly as X R^{-1}:
+    R alone (Householder, mode "r") costs half of forming Q, and the backward pass needs Q only
+    in products with T x T matrices. A rank-deficient X (a zero R diagonal) or one with n <= T
+    (R not square) keeps an explicit Q."""
+
+    def __init__(self, X: Tensor):
+        self.X = X
+        self.n, self.k = X.shape[0], min(X.shape)
+        self.R = torch.linalg.qr(X, mode="r").R
+        diag = self.R.diagonal().abs()
+        implicit = self.n > self.k and bool(diag.min() > RANK_TOL * diag.max())  # a host sync
+        self.Q = None if implicit else torch.linalg.qr(X).Q
+
+    def times(self, a: Tensor) -> Tensor:
+        """Q a."""
+        if self.Q is not None:
+            return self.Q @ a
+        return self.X @ torch.linalg.solve_triangular(self.R, a, upper=True)
+
+    def transpose_times(self, y: Tensor) -> Tensor:
+        """Q^T y."""
+        if self.Q is not None:
+            return self.Q.T @ y
+        return torch.linalg.solve_triangular(self.R.T, self.X.T @ y, upper=False)
+
+
 @torch.no_grad()
 def sampled_mlp(
     x: Tensor,
@@ -131,24 +158,23 @@ def sampled_mlp(
     def randn(*shape: int) -> Tensor:
         return torch.randn(*shape, generator=generator, device=dev, dtype=dtype)
 
-    with one_thread(dev):
-        X = x.reshape(x.shape[0], -1).T  # features x samples
-        rows, kept, saved = [], {}, []
-        for layer in range(1, depth + 1):
-            Q, R = torch.linalg.qr(X)
-            std = weight_std(init, X.shape[0], width, gain)
-            Z = randn(width, Q.shape[1]).mul_(std)
-            U = Z @ R
-            norm = normalizer(init, U, eps)
-            u = norm(U)
-            X = f(u)
-            stats = sample_stats(u.T)
-            rows.append(dict(layer=layer, name=f"layer{layer}", features=width, **stats))
-            if layer in keep_u:
-                kept[layer] = u.T.clone()
-            if grad:
-                saved.append((Q, Z, U, norm, std))
-        grads = _backward(saved, f, randn) if grad else [None] * depth
+    X = x.reshape(x.shape[0], -1).T  # features x samples
+    rows, kept, saved = [], {}, []
+    for layer in range(1, depth + 1):
+        basis = Basis(X)
+        std = weight_std(init, X.shape[0], width, gain)
+        Z = randn(width, basis.R.shape[0]).mul_(std)
+        U = Z @ basis.R
+        norm = normalizer(init, U, eps)
+        u = norm(U)
+        X = f(u)
+        stats = sample_stats(u.T)
+        rows.append(dict(layer=layer, name=f"layer{layer}", features=width, **stats))
+        if layer in keep_u:
+            kept[layer] = u.T.clone()
+        if grad:
+            saved.append((basis, Z, U, norm, std))
+    grads = _backward(saved, f, randn) if grad else [None] * depth
     for row, g in zip(rows, grads, strict=True):
         row["grad_sq"] = g
     return rows, kept
@@ -160,12 +186,13 @@ def _backward(saved: list, f: Callable[[Tensor], Tensor], randn: Callable) -> li
     w = randn(saved[-1][2].shape[0], 1)
     g_x = w.expand(-1, T)
     out = [w.double().square().mean()]
-    for Q, Z, U, norm, std in reversed(saved[1:]):
+    for basis, Z, U, norm, std in reversed(saved[1:]):
         g_U = backward_through(lambda V, norm=norm: f(norm(V)), U, g_x)
-        g_x = Q @ (Z.T @ g_U)
-        if Q.shape[0] > Q.shape[1]:  # Q_perp is empty when n_in <= T
+        if basis.n > basis.k:  # W^T g = Y + Q (Z^T g - Q^T Y); Q_perp is empty when n_in <= T
             S = torch.linalg.qr(g_U, mode="r").R
-            Y = randn(Q.shape[0], S.shape[0]).mul_(std) @ S
-            g_x = g_x + Y - Q @ (Q.T @ Y)
+            Y = randn(basis.n, S.shape[0]).mul_(std) @ S
+            g_x = Y + basis.times(Z.T @ g_U - basis.transpose_times(Y))
+        else:
+            g_x = basis.times(Z.T @ g_U)
         out.append(g_x.double().square().mean())
     return out[::-1]
