@@ -67,6 +67,6 @@ def test_unwritable_run_dir_is_one_line(tmp_path):
     assert out.returncode == 2
     assert out.stderr.strip() == (
         f"varexp theory: hydra.run.dir={blocker / 'run'} is not writable "
-        f"({blocker} is not a writable directory)"
+        f"({blocker} is not a writable folder)"
     )
     assert blocker.read_text() == "not a directory"

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from hydra import compose, initialize_config_module
+from conftest import config
 from test_figure4 import fake_run
 
 from varexp.cli import main
@@ -23,8 +23,7 @@ from varexp.sweep import SELECTED_COLUMNS, SWEEP_COLUMNS, check_sweep, criterion
 
 
 def sweep_cfg(*overrides: str):
-    with initialize_config_module("varexp.conf", version_base="1.3"):
-        return compose("sweep", overrides=list(overrides))
+    return config("sweep", *overrides)
 
 
 @pytest.mark.parametrize("optim, grid", [("sgd", [3e-4, 1e-3, 3e-3, 1e-2]),

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from hydra import compose, initialize_config_module
+from conftest import config
 
 from varexp.checkpoint import checkpoint_path
 from varexp.cli import main
@@ -16,7 +16,8 @@ from varexp.data import data_info
 from varexp.errors import ConfigError, VarexpError
 from varexp.models import build_model
 from varexp.models.base import weight_layers
-from varexp.train import METRIC_COLUMNS, RATIO_COLUMNS, Stopped, check_train, train
+from varexp.train import METRIC_COLUMNS, RATIO_COLUMNS, Stopped, train
+from varexp.train import check as check_train
 
 # Tiny versions of each arch on its embedded dataset (generated on the fly, never cached).
 MLP = ["arch=mlp", "arch.width=16", "arch.depth=3", "dataset=gaussian", "dataset.size=64"]
@@ -28,8 +29,7 @@ FAST = ["device=cpu", "train.progress=false", "train.batch_size=4", "train.probe
 
 
 def cfg_of(*overrides: str):
-    with initialize_config_module("varexp.conf", version_base="1.3"):
-        return compose("train", overrides=[*FAST, *overrides])
+    return config("train", *FAST, *overrides)
 
 
 def varexp(capsys, *args: str) -> tuple[int, str]:

@@ -45,8 +45,9 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
 
 def identity(cfg: DictConfig) -> dict[str, object]:
     """The resolved config keys that identify the run, flat ("optim.lr": 0.01, ...)."""
-    tree = OmegaConf.to_container(cfg, resolve=True)
-    flat = flatten({k: tree[k] for k in IDENTITY_GROUPS if k in tree})
+    tree = {k: cfg[k] if not OmegaConf.is_config(cfg[k]) else
+            OmegaConf.to_container(cfg[k], resolve=True) for k in IDENTITY_GROUPS if k in cfg}
+    flat = flatten(tree)
     return {k: v for k, v in flat.items() if k not in NOT_IDENTITY}
 
 

@@ -1,4 +1,5 @@
-"""The `varexp` command line: parse the subcommand, hand the rest to Hydra, dispatch."""
+"""The `varexp` command line: parse the subcommand, check the config before any work
+(varexp.compose), hand the rest to Hydra, dispatch to the command's `run(cfg)`."""
 
 from __future__ import annotations
 
@@ -6,15 +7,13 @@ import importlib
 import os
 import re
 import sys
-from importlib.resources import files
-from pathlib import Path
 
-import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from varexp import compose
 from varexp.errors import VarexpError
 
-# subcommand -> (module with run(cfg), one-line description)
+# subcommand -> (module with check(cfg) and run(cfg), one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {
     "theory": ("varexp.theory", "infinite-width mean-field predictions per layer (paper Eq. 6-8)"),
     "probe": ("varexp.probe", "N random networks on T inputs: per-layer sample statistics, grads"),
@@ -31,9 +30,7 @@ EXAMPLES = (
     "varexp plot figure4",
     "varexp reproduce experiment=quick",
 )
-GROUPS = ("arch", "dataset", "init", "optim", "task", "experiment")
-
-USAGE = "usage: varexp COMMAND [HYDRA OVERRIDES ...]   (varexp COMMAND --help for its config)"
+USAGE = "usage: varexp COMMAND [KEY=VALUE | GROUP=OPTION ...]   (varexp COMMAND --help: its config)"
 
 
 def print_help() -> None:
@@ -45,50 +42,54 @@ def print_help() -> None:
         print(f"  {example}")
 
 
-def group_options(group: str) -> list[str]:
-    folder = files("varexp.conf") / group
-    if not folder.is_dir():
-        return []
-    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
-
-
-def check_group_overrides(args: list[str]) -> None:
-    """Unknown config-group options get one line here instead of Hydra's multi-line report."""
-    for arg in args:
-        match = re.fullmatch(r"[+~]?(\w+)=(.*)", arg)
-        if not match or match.group(1) not in GROUPS:
-            continue
-        group, value = match.groups()
-        options = group_options(group)
-        for option in value.split(","):
-            if option and option != "null" and option not in options:
-                raise VarexpError(
-                    f"{group}={option!r} is not an option; choose one of {', '.join(options)}"
-                )
-
-
-def check_writable(args: list[str]) -> None:
-    """An output directory that cannot be created gets one line here, not Hydra's traceback."""
-    dirs = {
-        m.group(1): m.group(2)
-        for a in args
-        if (m := re.fullmatch(r"(hydra\.(?:run|sweep)\.dir)=(.+)", a))
-    }
-    for key, value in (dirs or {"current directory": "."}).items():
-        path = Path(value).absolute()
-        while not path.exists():
-            path = path.parent
-        if not path.is_dir() or not os.access(path, os.W_OK | os.X_OK):
-            raise VarexpError(f"{key}={value} is not writable ({path} is not a writable directory)")
+def print_command_help(command: str, overrides: list[str]) -> None:
+    """The command's groups and options, its config, and for a sweep the grid it would run."""
+    cfg = compose.compose_config(command, overrides)
+    print(f"varexp {command}: {COMMANDS[command][1]}\n")
+    print(f"usage: varexp {command} [KEY=VALUE | GROUP=OPTION ...]  (Hydra override syntax; "
+          "--cfg job prints the config, -m runs one job per listed value)\n")
+    print("groups (chosen option in brackets):")
+    for group, chosen in compose.command_groups(command).items():
+        chosen = cfg.hydra.runtime.choices.get(group, chosen)
+        options = (compose.presets_for(command) if group == "experiment"
+                   else compose.group_options(group))
+        shown = ", ".join(f"[{o}]" if o == chosen else o for o in options)
+        print(f"  {group:<11} {shown}")
+    module = importlib.import_module(COMMANDS[command][0])
+    if hasattr(module, "describe"):
+        print("\n" + module.describe(cfg))
+    body = OmegaConf.to_yaml({k: v for k, v in cfg.items() if k != "hydra"})
+    print("\nconfig:\n" + "\n".join("  " + line for line in body.splitlines()))
 
 
 def dispatch(command: str, cfg: DictConfig) -> None:
+    from varexp.threads import configure
+
     module = importlib.import_module(COMMANDS[command][0])
     try:
+        configure(cfg.get("threads", "auto"), parallel_jobs(cfg))
         module.run(cfg)
     except VarexpError as error:
         print(f"varexp {command}: {error}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"varexp {command}: interrupted; nothing half-written was kept", file=sys.stderr)
+        sys.exit(130)
+
+
+def parallel_jobs(cfg: DictConfig) -> int:
+    """How many jobs of this multirun run side by side in this machine (joblib's n_jobs)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return 1
+    launcher = HydraConfig.get().launcher
+    if "Joblib" not in str(launcher.get("_target_", "")):
+        return 1
+    n_jobs = launcher.get("n_jobs", 1) or 1
+    from varexp.threads import available_cores
+
+    return available_cores() if n_jobs < 0 else int(n_jobs)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -98,19 +99,28 @@ def main(argv: list[str] | None = None) -> None:
         return
     command, rest = args[0], args[1:]
     if command not in COMMANDS:
-        print(
-            f"varexp: unknown command {command!r}; choose one of {', '.join(COMMANDS)}",
-            file=sys.stderr,
-        )
+        print(f"varexp: unknown command {command!r}; choose one of {', '.join(COMMANDS)}",
+              file=sys.stderr)
         sys.exit(2)
-    if command == "plot" and rest and re.fullmatch(r"figure\d", rest[0]):
+    if command == "plot" and rest and re.fullmatch(r"figure\w*", rest[0]):
         rest[0] = f"figure={rest[0]}"
+    # torch's waiting threads sleep instead of spinning on cores that other work needs
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
-        check_group_overrides(rest)
-        check_writable(rest)
+        if "--help" in rest or "-h" in rest:
+            print_command_help(command, [a for a in rest if not a.startswith("-")])
+            return
+        if not compose.inspects_only(rest):
+            rest = compose.complete(command, rest)
+            module = importlib.import_module(COMMANDS[command][0])
+            line = compose.parse(command, rest, module.check)
+            if hasattr(module, "announce"):
+                module.announce(line)
     except VarexpError as error:
         print(f"varexp {command}: {error}", file=sys.stderr)
         sys.exit(2)
+    import hydra
+
     sys.argv = [f"varexp {command}", *rest]
     app = hydra.main(config_path="pkg://varexp.conf", config_name=command, version_base="1.3")
     app(lambda cfg: dispatch(command, cfg))()

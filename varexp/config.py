@@ -60,6 +60,10 @@ def check_common(cfg: DictConfig) -> None:
     if get(cfg, "device") == "cuda":
         if not torch.cuda.is_available():
             raise bad_value("device", "cuda", "no CUDA device is visible; use device=auto or cpu")
+    threads = get(cfg, "threads")
+    if threads != "auto" and (isinstance(threads, bool) or not isinstance(threads, int)
+                              or threads < 1):
+        raise bad_value("threads", threads, "must be auto or an integer >= 1")
     seed = get(cfg, "seed")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise bad_value("seed", seed, "must be an integer >= 0")

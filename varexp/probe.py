@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 from tqdm import tqdm
 
+from varexp.config import check_probe as check
 from varexp.config import resolve_device
 from varexp.stats import STAT_NAMES, network_stats
 
@@ -106,11 +107,10 @@ def neuron_rows(network: int, kept: dict[int, Tensor], count: int, seed: int) ->
 def run(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    from varexp.config import check_probe
     from varexp.data import probe_batch
     from varexp.files import write_csv
 
-    check_probe(cfg)
+    check(cfg)
     out_dir = HydraConfig.get().runtime.output_dir
     device = resolve_device(cfg.device)
     method = choose_method(cfg)

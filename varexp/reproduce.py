@@ -35,8 +35,8 @@ class Step:
 FIGURES = ("figure1", "figure2", "figure3", "figure4")
 
 
-def check_reproduce(cfg: DictConfig) -> None:
-    from varexp.cli import group_options
+def check(cfg: DictConfig) -> None:
+    from varexp.compose import group_options
     from varexp.config import boolean, check_common, get
 
     check_common(cfg)
@@ -85,7 +85,7 @@ def execute(step: Step) -> None:
 def run(cfg: DictConfig) -> None:
     from varexp.report import write_report
 
-    check_reproduce(cfg)
+    check(cfg)
     out = Path(HydraConfig.get().runtime.output_dir)
     steps = plan(cfg, out)
     for i, step in enumerate(steps, 1):

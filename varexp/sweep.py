@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +23,10 @@ import pandas as pd
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from varexp.config import resolve_device
 from varexp.errors import VarexpError, bad_value
 from varexp.files import read_summary, write_csv, write_json
+from varexp.train import check as check_train
 
 log = logging.getLogger("varexp.sweep")
 
@@ -33,10 +36,14 @@ SELECTED_COLUMNS = ("arch", "dataset", "init", "optim", "lr", "criterion", "crit
                     "runs", "select_fraction")
 KEY = ["arch", "dataset", "init", "optim"]
 FINISHED = ("completed", "diverged")
+PLAN = ".plan.json"  # the launch's run count and start time, for the progress lines
+# overrides that change what one training step costs; the rest (init, optim, lr, seed) barely do
+TASK_KEYS = ("task", "arch", "dataset", "train.batch_size", "arch.channels", "arch.width",
+             "arch.depth", "dataset.crop", "device")
 
 
 # ---------------------------------------------------------------------------------------------
-# checks
+# checks and the plan
 
 
 def check_sweep(cfg: DictConfig) -> None:
@@ -44,6 +51,9 @@ def check_sweep(cfg: DictConfig) -> None:
     fraction = OmegaConf.select(cfg, "sweep.select_fraction")
     if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction <= 1:
         raise bad_value("sweep.select_fraction", fraction, "must be a number in (0, 1]")
+    for key in ("sweep.estimate", "sweep.dry_run"):
+        if not isinstance(OmegaConf.select(cfg, key), bool):
+            raise bad_value(key, OmegaConf.select(cfg, key), "must be true or false")
     grids = OmegaConf.select(cfg, "sweep.lr_grid")
     for optim, grid in (grids or {}).items():
         key = f"sweep.lr_grid.{optim}"
@@ -59,6 +69,172 @@ def check_sweep(cfg: DictConfig) -> None:
                              or not 0 <= index < len(grid)):
         raise bad_value("sweep.lr_index", index, f"must be an integer in 0..{len(grid) - 1} "
                         f"(sweep.lr_grid.{optim} has {len(grid)} learning rates)")
+
+
+def check(cfg: DictConfig) -> None:
+    """Every key a job reads: the sweep's own and those of `varexp train`."""
+    check_sweep(cfg)
+    check_train(cfg)
+
+
+def grid_text(jobs: list[list[str]]) -> str:
+    """The swept keys and their values, e.g. init=scale,scale+bias x optim=sgd,adam."""
+    parts = []
+    for position in range(len(jobs[0])):
+        values = list(dict.fromkeys(job[position] for job in jobs))
+        if len(values) > 1:
+            key = values[0].split("=", 1)[0]
+            parts.append(f"{key}=" + ",".join(v.split("=", 1)[1] for v in values))
+    return " x ".join(parts) or "a single run"
+
+
+def describe(cfg: DictConfig) -> str:
+    """The grid `varexp sweep` would run with this config (for --help)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = [f"{k}={v}" for k, v in (cfg.hydra.sweeper.get("params") or {}).items()]
+    jobs = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(params), None)[0]
+    return (f"grid ({len(jobs)} runs into {cfg.hydra.sweep.dir}/): {grid_text(jobs)}\n"
+            "narrow it with e.g. seed=0 optim=adam; sweep.dry_run=true prints the plan and a "
+            "time estimate and runs nothing")
+
+
+def launcher_name(cfg: DictConfig) -> str:
+    target = str(cfg.hydra.launcher.get("_target_", ""))
+    for name in ("Joblib", "SubmititLocal", "SubmititSlurm", "Basic"):
+        if name in target:
+            return {"Joblib": "joblib", "SubmititLocal": "submitit_local",
+                    "SubmititSlurm": "submitit_slurm", "Basic": "basic"}[name]
+    return target.rsplit(".", 1)[-1] or "basic"
+
+
+def parallel(cfg: DictConfig, runs: int) -> int:
+    """Runs side by side in this machine: joblib's n_jobs (-1: every core), else one."""
+    from varexp.threads import available_cores
+
+    if launcher_name(cfg) != "joblib":
+        return 1
+    n_jobs = int(cfg.hydra.launcher.get("n_jobs", 1) or 1)
+    return max(1, min(runs, available_cores() if n_jobs < 0 else n_jobs))
+
+
+def announce(line) -> None:
+    """Before any job: where the runs go, the grid, how they run and how long they will take;
+    with sweep.dry_run, stop there."""
+    cfg, jobs = line.cfg, line.jobs
+    sweep_dir = Path(str(cfg.hydra.sweep.dir))
+    finished = finished_runs(sweep_dir)
+    launcher = launcher_name(cfg)
+    side_by_side = parallel(cfg, len(jobs))
+    print(f"varexp sweep: {len(jobs)} runs into {sweep_dir}/ ({launcher} launcher, "
+          f"{side_by_side} at a time)", flush=True)
+    print(f"  grid: {grid_text(jobs)}", flush=True)
+    if finished:
+        print(f"  {len(finished)} finished run(s) there already: skipped", flush=True)
+    if cfg.sweep.estimate:
+        print(f"  time: {estimate(line, len(jobs) - len(finished), side_by_side)}", flush=True)
+    if cfg.sweep.dry_run:
+        print("sweep.dry_run=true: nothing was run")
+        sys.exit(0)
+    write_json({"runs": len(jobs), "started": time.time()}, sweep_dir / PLAN)
+
+
+def estimate(line, remaining: int, side_by_side: int) -> str:
+    """Wall time of the remaining runs from a few measured steps of each task's first run,
+    with the threads each job will have."""
+    from varexp.compose import compose_config
+    from varexp.threads import auto_threads
+
+    cfg = line.cfg
+    if launcher_name(cfg) == "submitit_slurm":
+        return "not estimated here (the runs go to the cluster's nodes)"
+    if remaining <= 0:
+        return "nothing left to run"
+    hydra_overrides = [o for o in line.overrides if o.lstrip("+~").startswith(("hydra.", "hydra/"))]
+    tasks: dict[tuple, list[str]] = {}
+    for job in line.jobs:
+        job_cfg = job  # runs of one task (model, data, batch, steps) cost about the same
+        key = tuple(o for o in job_cfg if o.split("=", 1)[0].lstrip("+~") in TASK_KEYS)
+        tasks.setdefault(key, job_cfg)
+    threads = cfg.get("threads", "auto")
+    torch_threads = auto_threads(side_by_side) if threads == "auto" else int(threads)
+    per_run = []
+    for job in tasks.values():
+        fixed, step = calibrate(compose_config("sweep", hydra_overrides + job), torch_threads)
+        steps = int(cfg.train.steps)
+        per_run.append((fixed + steps * step, fixed, step, job))
+    mean_run = sum(p[0] for p in per_run) / len(per_run)
+    total = mean_run * remaining / side_by_side
+    detail = "; ".join(f"{fixed:.1f} s + {int(cfg.train.steps)} x {step * 1e3:.1f} ms per run"
+                       + (f" ({' '.join(o for o in job if o.startswith('task='))})"
+                          if len(per_run) > 1 else "")
+                       for _, fixed, step, job in per_run)
+    device = resolve_device(str(cfg.device))
+    return (f"about {duration(total)} for {remaining} runs ({detail}; measured just now on "
+            f"{device}, {torch_threads} thread(s) per run)")
+
+
+def calibrate(cfg: DictConfig, threads: int, steps: int = 6) -> tuple[float, float]:
+    """(seconds outside the training loop, seconds per step) of a short run of `cfg`."""
+    import tempfile
+
+    import torch
+
+    from varexp.train import train
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with open_dict(cfg), tempfile.TemporaryDirectory() as tmp:
+            cfg.train.steps = steps
+            cfg.train.checkpoint_every = steps
+            cfg.train.progress = False
+            cfg.train.stop_after = None
+            cfg.resume = False
+            summary = train(cfg, Path(tmp), quiet=True)
+            seconds = pd.read_csv(Path(tmp) / "metrics.csv")["seconds"].to_numpy()
+    finally:
+        torch.set_num_threads(saved)
+    # the first steps warm up (allocations, cuDNN autotuning): time the steady ones
+    step = float(np.median(np.diff(seconds[1:]))) if len(seconds) > 2 else seconds[-1] / steps
+    return max(0.0, summary["seconds"] - steps * step), step
+
+
+def duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def finished_runs(sweep_dir: Path) -> list[Path]:
+    """Run folders under sweep_dir whose summary says the run ended (completed or diverged)."""
+    if not sweep_dir.is_dir():
+        return []
+    return [p.parent for p in sweep_dir.rglob("summary.json")
+            if (read_summary(p.parent) or {}).get("status") in FINISHED]
+
+
+def report_progress(sweep_dir: Path) -> None:
+    """'k/N runs done' with an ETA, after each job, in whichever process ran it."""
+    try:
+        plan = json.loads((sweep_dir / PLAN).read_text())
+    except (OSError, ValueError):
+        return
+    ended, failed, now_done = 0, 0, 0
+    for path in sweep_dir.rglob("summary.json"):
+        status = (read_summary(path.parent) or {}).get("status")
+        if status in (*FINISHED, "failed"):
+            ended += 1
+            failed += status == "failed"
+            now_done += path.stat().st_mtime >= plan["started"]
+    elapsed = time.time() - plan["started"]
+    left = max(0, plan["runs"] - ended)
+    eta = f", about {duration(elapsed / now_done * left)} left" if now_done and left else ""
+    log.info("sweep: %d/%d runs done%s, %s elapsed%s", ended, plan["runs"],
+             f" ({failed} failed)" if failed else "", duration(elapsed), eta)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -81,11 +257,18 @@ def run(cfg: DictConfig) -> dict:
     resume=true refuses, naming the keys, a checkpoint made with another config)."""
     from hydra.core.hydra_config import HydraConfig
 
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        return run_job(cfg, run_dir)
+    finally:
+        report_progress(Path(HydraConfig.get().sweep.dir))
+
+
+def run_job(cfg: DictConfig, run_dir: Path) -> dict:
     from varexp.checkpoint import checkpoint_path
     from varexp.train import Stopped, train
 
-    check_sweep(cfg)
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    check(cfg)
     summary = read_summary(run_dir)
     if finished_here(summary, cfg):
         log.info("skip %s: already %s", run_dir, summary["status"])
@@ -98,16 +281,18 @@ def run(cfg: DictConfig) -> dict:
         summary = train(cfg, run_dir)
         log.info("%s: %s after %d steps", run_dir, summary["status"], summary["steps"])
         return summary
-    except Stopped:  # train.stop_after: the debug stand-in for a kill stops the whole sweep
+    except Stopped:  # train.stop_after or Ctrl-C: the run saved its checkpoint; stop the sweep
         raise
-    except VarexpError as error:  # e.g. a dead layer, or a checkpoint of another config: this
-        log.error("run %s failed: %s", run_dir, error)  # run only; what it holds stays as it is
-        return dict(status="failed", error=str(error))
     except Exception as error:  # one broken run must not stop the other jobs of the sweep
-        log.exception("run %s failed", run_dir)
+        if isinstance(error, VarexpError):  # e.g. a dead layer: one line is the whole story
+            log.error("run %s failed: %s", run_dir, error)
+            reason = str(error)
+        else:
+            log.exception("run %s failed", run_dir)
+            reason = f"{type(error).__name__}: {error}"
         summary = read_summary(run_dir)
-        if summary is None or summary.get("status") != "failed":
-            summary = dict(status="failed", error=f"{type(error).__name__}: {error}")
+        if summary is None or summary.get("status") not in (*FINISHED, "failed"):
+            summary = dict(status="failed", error=reason)
             write_json(summary, run_dir / "summary.json")
         return summary
 
@@ -167,8 +352,10 @@ def select(table: pd.DataFrame, fraction: float) -> pd.DataFrame:
                 continue
             candidates.append((done["criterion"].mean(), lr, done))
         if not candidates:
-            log.warning("%s: no learning rate without divergence; nothing selected",
-                        ", ".join(map(str, key)))
+            crashed = not group["status"].isin(FINISHED).any()
+            log.warning("%s: nothing selected: %s", ", ".join(map(str, key)),
+                        "no run finished" if crashed
+                        else "every learning rate diverged or did not finish on some seed")
             continue
         value, lr, done = min(candidates, key=lambda c: c[0])
         std = done["criterion"].std(ddof=1) if len(done) > 1 else 0.0
@@ -204,20 +391,23 @@ def read_sweep_table(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
 
 
 class SweepTables(Callback):
-    """Hydra callback (conf/sweep.yaml, hydra.callbacks): checks the config before any job runs
-    and writes the tables after the last one. Both hooks run in the launching process for
-    every launcher (basic, joblib, submitit), after the launcher has collected all jobs."""
-
-    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        from varexp.train import check_train
-
-        try:
-            check_sweep(config)
-            check_train(config)  # the keys no job overrides are wrong in every job: say so now
-        except VarexpError as error:
-            print(f"varexp sweep: {error}", file=sys.stderr)
-            sys.exit(2)
+    """Hydra callback (conf/sweep.yaml, hydra.callbacks): writes the tables after the last job
+    and says how the runs ended; any run that failed or did not finish makes the sweep exit
+    non-zero, after all the other runs. It runs in the launching process for every launcher
+    (basic, joblib, submitit), after the launcher has collected all jobs."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        sweep_csv, selected_csv = write_tables(config.hydra.sweep.dir, config.sweep.select_fraction)
-        print(f"sweep: {sweep_csv}, {selected_csv}")
+        sweep_dir = Path(config.hydra.sweep.dir)
+        sweep_csv, selected_csv = write_tables(sweep_dir, config.sweep.select_fraction)
+        table = pd.read_csv(sweep_csv)
+        counts = table["status"].value_counts()
+        told = ", ".join(f"{counts[s]} {s}" for s in (*FINISHED, "failed", "incomplete")
+                         if s in counts)
+        print(f"sweep: {len(table)} runs ({told}) -> {sweep_csv}, {selected_csv}", flush=True)
+        bad = table[~table["status"].isin(FINISHED)]
+        if not bad.empty:
+            logs = [str(sweep_dir / d / f"{config.hydra.job.name}.log") for d in bad["run_dir"]]
+            shown = ", ".join(logs[:3]) + (f" and {len(logs) - 3} more" if len(logs) > 3 else "")
+            print(f"varexp sweep: {len(bad)} of {len(table)} runs did not finish; see {shown}",
+                  file=sys.stderr, flush=True)
+            sys.exit(1)

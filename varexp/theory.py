@@ -155,13 +155,18 @@ def recursion(
     return pd.DataFrame(rows, columns=["layer", "c", "q", "m", "v", "ratio"])
 
 
+def check(cfg: DictConfig) -> None:
+    from varexp.config import check_theory
+
+    check_theory(cfg)
+
+
 def run(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    from varexp.config import check_theory
     from varexp.files import write_csv
 
-    check_theory(cfg)
+    check(cfg)
     table = recursion(
         depth=cfg.arch.depth,
         activation=cfg.arch.activation,

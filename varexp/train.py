@@ -23,6 +23,8 @@ import itertools
 import logging
 import math
 import random
+import signal
+import sys
 import tempfile
 import time
 from contextlib import nullcontext
@@ -46,7 +48,7 @@ from varexp.stats import Recorder
 
 log = logging.getLogger(__name__)
 
-__all__ = ["METRIC_COLUMNS", "RATIO_COLUMNS", "checkpoint_path", "run", "train"]
+__all__ = ["METRIC_COLUMNS", "RATIO_COLUMNS", "check", "checkpoint_path", "run", "train"]
 
 METRIC_COLUMNS = ["step", "epoch", "loss", "lr", "seconds"]
 RATIO_COLUMNS = ["step", "layer", "name", "sample_mean_sq", "sample_var", "ratio",
@@ -59,6 +61,41 @@ class Stopped(VarexpError):
     """train.stop_after reached: the run stops as a kill would, leaving only its checkpoint."""
 
 
+class Interrupted(Stopped):
+    """Ctrl-C or SIGTERM: the run stopped at a step boundary and saved its checkpoint there."""
+
+    def __init__(self, step: int, run_dir: Path):
+        super().__init__(f"stopped at step {step}; checkpoint saved in {run_dir}")
+        self.step, self.run_dir = step, run_dir
+
+
+class StopRequests:
+    """Ctrl-C (SIGINT) and SIGTERM during training ask the loop to stop at the next step
+    boundary, where the model, optimizer and data stream agree, instead of wherever the signal
+    lands. A second Ctrl-C interrupts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> StopRequests:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not the main thread: signals stay as they are
+                pass
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
 # ---------------------------------------------------------------------------------------------
 # config
 
@@ -68,7 +105,7 @@ def unit_interval(cfg: DictConfig, key: str, value: object) -> None:
         raise bad_value(key, value, "must be a number in [0, 1)")
 
 
-def check_train(cfg: DictConfig) -> DataInfo:
+def check(cfg: DictConfig) -> DataInfo:
     """Every key `varexp train` reads, before any work; returns what the data looks like."""
     config.check_common(cfg)
     config.check_arch(cfg)
@@ -81,6 +118,7 @@ def check_train(cfg: DictConfig) -> DataInfo:
     config.positive_int(cfg, "train.probe_samples", minimum=2)
     config.positive_int(cfg, "train.checkpoint_every")
     config.positive_float(cfg, "train.flush_seconds")
+    config.positive_float(cfg, "train.log_seconds")
     if config.get(cfg, "train.stop_after") is not None:
         config.positive_int(cfg, "train.stop_after")
     name = config.one_of(cfg, "optim.name", OPTIMIZERS)
@@ -196,10 +234,11 @@ def existing_run(cfg: DictConfig, run_dir: Path) -> dict | None:
 class Run:
     """The state of one training run and its files."""
 
-    def __init__(self, cfg: DictConfig, run_dir: Path, info: DataInfo, saved: dict | None):
+    def __init__(self, cfg: DictConfig, run_dir: Path, info: DataInfo, saved: dict | None,
+                 verbose: bool = True):
         from varexp.models import build_model
 
-        self.cfg, self.run_dir, self.info = cfg, run_dir, info
+        self.cfg, self.run_dir, self.info, self.verbose = cfg, run_dir, info, verbose
         self.device = config.resolve_device(cfg.device)
         self.start = time.perf_counter()
         reset_globals(cfg.seed, self.device)
@@ -254,18 +293,38 @@ class Run:
             checkpoint.set_rng_state(saved["rng"])
         self.batches = itertools.chain([first], batches)
 
+    def banner(self) -> None:
+        """What runs where, before the first step."""
+        cfg, arch = self.cfg, self.cfg.arch
+        params = sum(p.numel() for p in self.model.parameters())
+        size = (f"{arch.width}x{arch.depth}" if arch.name == "mlp"
+                else f"x{arch.channels:g} channels")
+        start = f"from step {self.step}" if self.saved is not None else "from scratch"
+        log.info("train %s: %s %s (%.3gM parameters), %s init, %s lr %g, %d steps of batch %d "
+                 "on %s (%d training samples); seed %d, %s, %d thread(s) -> %s", start,
+                 arch.name, size, params / 1e6, cfg.init.name, cfg.optim.name, cfg.optim.lr,
+                 cfg.train.steps, cfg.train.batch_size, cfg.dataset.name,
+                 len(self.stream.source), cfg.seed, self.device, torch.get_num_threads(),
+                 self.run_dir)
+
     def wall(self) -> float:
         return self.past_wall + time.perf_counter() - self.start
 
-    def loop(self) -> None:
+    def loop(self, stop: StopRequests) -> None:
         cfg = self.cfg.train
         amp = torch.autocast(self.device.type, dtype=torch.bfloat16) if cfg.amp else nullcontext()
         lr = self.optimizer.param_groups[0]["lr"]
         bar = tqdm(total=cfg.steps, initial=self.step, unit="step", desc="train",
                    dynamic_ncols=True, disable=None if cfg.progress else True)
+        # without a terminal (a log, a batch job) a line every train.log_seconds instead
+        lines = self.verbose and (bar.disable or not cfg.progress)
         started, last_flush = time.perf_counter(), time.perf_counter()
+        last_line, first_step = started, self.step
         try:
             while self.step < cfg.steps:
+                if stop.requested:
+                    self.save()
+                    raise Interrupted(self.step, self.run_dir)
                 s = self.step
                 stats = probe_stats(self.model, self.probe_x) if s % cfg.ratio_every == 0 else None
                 epoch = s * cfg.batch_size // len(self.stream.source)
@@ -295,6 +354,12 @@ class Run:
                 elif time.perf_counter() - last_flush > cfg.flush_seconds:
                     self.flush()
                     last_flush = time.perf_counter()
+                if lines and time.perf_counter() - last_line > cfg.log_seconds:
+                    last_line = time.perf_counter()
+                    rate = (self.step - first_step) / (last_line - started)
+                    left = (cfg.steps - self.step) / rate if rate > 0 else math.nan
+                    log.info("step %d/%d  loss %.4f  %.1f steps/s  about %.0f s left",
+                             self.step, cfg.steps, value, rate, left)
                 if cfg.stop_after is not None and self.step == cfg.stop_after:
                     raise Stopped(f"stopped after step {self.step} (train.stop_after)")
         finally:
@@ -375,10 +440,11 @@ def _take(stream: Stream, k: int) -> list[tuple[Tensor, Tensor]]:
     return [next(batches) for _ in range(k)]
 
 
-def train(cfg: DictConfig, run_dir: str | Path) -> dict:
+def train(cfg: DictConfig, run_dir: str | Path, quiet: bool = False) -> dict:
     """Train (or continue, with resume=true) the run `cfg` describes in run_dir; returns the
-    summary also written to run_dir/summary.json."""
-    info = check_train(cfg)
+    summary also written to run_dir/summary.json. Ctrl-C or SIGTERM stop it at the next step
+    with a checkpoint (Interrupted); `quiet` drops the banner and the progress lines."""
+    info = check(cfg)
     run_dir = Path(run_dir)
     check_writable(run_dir)
     saved = existing_run(cfg, run_dir)
@@ -387,12 +453,15 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         if summary is not None and summary.get("status") == saved["status"]:
             log.info("%s: already %s at step %d", run_dir, saved["status"], saved["step"])
             return summary
-    run = Run(cfg, run_dir, info, saved)
+    run = Run(cfg, run_dir, info, saved, verbose=not quiet)
     try:
         run.initialize()
+        if not quiet:
+            run.banner()
         if not done(run.status, run.step, cfg.train.steps):
             run.status = "running"  # a completed run continues when train.steps grew
-            run.loop()
+            with StopRequests() as stop:
+                run.loop(stop)
     except Stopped:
         raise
     except torch.OutOfMemoryError as err:
@@ -408,11 +477,27 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     return summary
 
 
+def resume_command(run_dir: Path) -> str:
+    """The command line that continues this run: the same overrides, resume=true, its folder."""
+    from hydra.core.hydra_config import HydraConfig
+
+    kept = [o for o in HydraConfig.get().overrides.task
+            if o.split("=", 1)[0].lstrip("+~") not in ("resume", "hydra.run.dir")]
+    return " ".join(["varexp train", *kept, "resume=true", f"hydra.run.dir={run_dir}"])
+
+
 def run(cfg: DictConfig) -> dict:
     from hydra.core.hydra_config import HydraConfig
 
-    summary = train(cfg, Path(HydraConfig.get().runtime.output_dir))
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        summary = train(cfg, run_dir)
+    except Interrupted as stop:
+        print(f"varexp train: {stop}; resume with:\n  {resume_command(run_dir)}",
+              file=sys.stderr, flush=True)
+        sys.exit(130)
     loss = summary["final_loss"]
-    log.info("%s after %d steps, final loss %s, %.1f s", summary["status"], summary["steps"],
-             "n/a" if loss is None else f"{loss:.4f}", summary["seconds"])
+    log.info("%s after %d steps, final loss %s, %.1f s -> %s", summary["status"],
+             summary["steps"], "n/a" if loss is None else f"{loss:.4f}", summary["seconds"],
+             run_dir)
     return summary

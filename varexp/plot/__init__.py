@@ -1,8 +1,7 @@
 """`varexp plot figureN`: render paper Figure N from result files as figureN.png and figureN.pdf.
 
-Each figure is a module varexp.plot.figureN with
-`make(results: str | None, outputs_root: str, out_dir) -> list[Path]`; adding a figure is one
-line in FIGURES.
+Which figures exist, what feeds them and which module draws each is varexp.figures.FIGURES; each
+module has `make(results: str | None, outputs_root: str, out_dir, **options) -> list[Path]`.
 """
 
 from __future__ import annotations
@@ -12,24 +11,33 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from varexp.errors import bad_value
+from varexp.config import check_common
+from varexp.errors import VarexpError, bad_value
+from varexp.figures import FIGURES
 
-FIGURES = {
-    "figure1": "varexp.plot.figure1",  # m, v, sigma vs layer; pre-activation histograms
-    "figure2": "varexp.plot.figure2",  # ratio vs layer: MLP widths, ALL-CNN-C, UNet
-    "figure3": "varexp.plot.figure3",  # gradients vs layer per init, fitted slopes
-    "figure4": "varexp.plot.figure4",  # training loss curves
-}
+
+def check(cfg: DictConfig) -> None:
+    check_common(cfg)
+    if cfg.figure not in FIGURES:
+        raise bad_value("figure", cfg.figure, f"choose one of {', '.join(FIGURES)} "
+                        "(e.g. `varexp plot figure2`)")
+    if cfg.results is not None and not Path(str(cfg.results)).exists():
+        raise VarexpError(f"results={cfg.results} does not exist")
+    smooth = cfg.get("smooth")
+    if smooth is not None and (isinstance(smooth, bool) or not isinstance(smooth, int)
+                               or smooth < 1):
+        raise bad_value("smooth", smooth, "must be an integer >= 1 or null")
 
 
 def render(figure: str | None, results: str | None, outputs_root: str,
            out_dir: str | Path, smooth: int | None = None) -> list[Path]:
-    """Draw `figure` from the results under `results` (or the latest under `outputs_root`) into
-    out_dir; returns the PNG and PDF paths. `smooth` is figure4's moving-average window."""
+    """Draw `figure` from the results under `results` (or the newest made for it under
+    `outputs_root`) into out_dir; returns the PNG and PDF paths. `smooth` is figure4's
+    moving-average window."""
     if figure not in FIGURES:
         raise bad_value("figure", figure, f"choose one of {', '.join(FIGURES)} "
                         "(e.g. `varexp plot figure2`)")
-    module = importlib.import_module(FIGURES[figure])
+    module = importlib.import_module(FIGURES[figure].module)
     options = {"smooth": smooth} if figure == "figure4" else {}
     return module.make(None if results is None else str(results), str(outputs_root), out_dir,
                        **options)
@@ -38,6 +46,7 @@ def render(figure: str | None, results: str | None, outputs_root: str,
 def run(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
+    check(cfg)
     paths = render(cfg.figure, cfg.results, cfg.outputs_root,
                    HydraConfig.get().runtime.output_dir, cfg.smooth)
     print(f"plot {cfg.figure}: " + ", ".join(str(p) for p in paths))

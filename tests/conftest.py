@@ -1,0 +1,44 @@
+"""Shared helpers: configs composed as the command line composes them, and `varexp` runners."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig, open_dict
+
+from varexp.cli import main
+from varexp.compose import complete, compose_config
+
+
+def config(command: str, *overrides: str) -> DictConfig:
+    """The config a job of `varexp COMMAND OVERRIDES` receives (no `hydra` node)."""
+    cfg = compose_config(command, complete(command, list(overrides)))
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+def run_varexp(*args: str, cwd: Path | None = None, env: dict | None = None,
+               timeout: float = 600) -> subprocess.CompletedProcess:
+    """`varexp ARGS` as a separate process, as a user runs it (one torch thread)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
+    return subprocess.run([sys.executable, "-m", "varexp", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def run_in_process(capsys, *args: str) -> tuple[int, str]:
+    """`varexp ARGS` in this process (saves the seconds of a fresh interpreter and torch):
+    (exit status, stderr)."""
+    capsys.readouterr()
+    saved = sys.argv
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code
+    finally:
+        sys.argv = saved
+    return code, capsys.readouterr().err

@@ -1,0 +1,248 @@
+"""A command line, composed and checked before Hydra runs it.
+
+Hydra makes the run folder before the job starts, so everything a user can get wrong is caught
+here first: composition errors (a key the config does not have, a group the command does not use,
+an option that does not exist, a preset written for another command) and the command's own
+checks become one line naming the key, the value and what is allowed, and no folder is left
+behind. A multirun is expanded into its jobs exactly as Hydra's basic sweeper will expand it
+(its own `split_arguments`), so every swept value is checked, with its position, before any job
+starts.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from hydra import compose, initialize_config_module
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException, MissingConfigException
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from varexp.errors import VarexpError
+from varexp.figures import commands_for
+
+CONFIG_MODULE = "varexp.conf"
+# Hydra flags that only inspect the config (or complete a shell line): no job runs, no preflight
+INSPECT_FLAGS = ("--cfg", "-c", "--info", "-i", "--shell-completion", "-sc", "--hydra-help",
+                 "--resolve", "--package", "-p")  # fmt: skip
+MULTIRUN_FLAGS = ("-m", "--multirun")
+
+# VAREXP_SMOKE=1 appends these to a command line: every command runs end to end at a token size
+# (a few networks, steps and runs), to check an installation or a cluster in seconds. The tests
+# run the README's commands this way.
+SMOKE: dict[str, list[str]] = {
+    "probe": ["probe.networks=2"],
+    "train": ["train.steps=4", "train.ratio_every=2", "train.checkpoint_every=2"],
+    "sweep": ["train.steps=4", "train.ratio_every=2", "train.checkpoint_every=2", "seed=0",
+              "sweep.lr_index=0,3"],
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class CommandLine:
+    """A checked command line: the first job's config (with its `hydra` node) and every job's
+    overrides (one job for a single run)."""
+
+    command: str
+    overrides: list[str]
+    cfg: DictConfig
+    jobs: list[list[str]]
+    multirun: bool
+
+    @property
+    def output_dir(self) -> str:
+        return str(self.cfg.hydra.sweep.dir if self.multirun else self.cfg.hydra.run.dir)
+
+
+def complete(command: str, args: list[str]) -> list[str]:
+    """The command line Hydra gets: a default task steps aside when the user names arch= or
+    dataset= without task= (a narrow ALL-CNN-C's sizes mean nothing to an MLP), and
+    VAREXP_SMOKE=1 appends the token sizes."""
+    keys = {a.split("=", 1)[0].lstrip("+~") for a in args if not a.startswith("-")}
+    if "task" in command_groups(command) and keys & {"arch", "dataset"} and not keys & {
+        "task", "experiment"
+    }:
+        args = [*args, "~task"]
+    if os.environ.get("VAREXP_SMOKE"):
+        args = [*args, *SMOKE.get(command, [])]
+    return args
+
+
+def inspects_only(args: list[str]) -> bool:
+    return any(a in INSPECT_FLAGS or a.startswith(("--cfg=", "--info=")) for a in args)
+
+
+def compose_config(command: str, overrides: list[str]) -> DictConfig:
+    """The config `varexp COMMAND OVERRIDES` runs with, or a one-line VarexpError."""
+    try:
+        with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+            return compose(command, overrides=list(overrides), return_hydra_config=True)
+    except MissingConfigException as error:
+        raise _missing_option(command, error) from None
+    except (HydraException, OmegaConfBaseException) as error:
+        raise _one_line(command, overrides, error) from None
+
+
+def command_groups(command: str) -> dict[str, str | None]:
+    """The config groups `varexp COMMAND` composes, with their default options."""
+    choices = compose_config(command, []).hydra.runtime.choices
+    return {g: c for g, c in choices.items() if not g.startswith("hydra/")}
+
+
+def group_options(group: str) -> list[str]:
+    from importlib.resources import files
+
+    folder = files(CONFIG_MODULE) / group
+    if not folder.is_dir():
+        return []
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def presets_for(command: str) -> list[str]:
+    return [p for p in group_options("experiment") if command in (commands_for(p) or (command,))]
+
+
+def parse(command: str, args: list[str], check: Callable[[DictConfig], object]) -> CommandLine:
+    """Compose and check `varexp COMMAND ARGS` (Hydra overrides and -m) without running it."""
+    flags = [a for a in args if a in MULTIRUN_FLAGS]
+    overrides = [a for a in args if a not in MULTIRUN_FLAGS]
+    parsed = _parse_overrides(overrides)
+    base = [o.input_line for o in parsed if not o.is_sweep_override()]
+    cfg = compose_config(command, base)
+    _check_preset(command, cfg)
+    multirun = bool(flags) or cfg.hydra.mode == RunMode.MULTIRUN
+    if not multirun:
+        if any(o.is_sweep_override() for o in parsed):
+            swept = next(o.input_line for o in parsed if o.is_sweep_override())
+            raise VarexpError(f"{swept} lists several values; add -m to run one job per value")
+        _check(check, cfg)
+        line = CommandLine(command, overrides, cfg, [overrides], False)
+    else:
+        line = _expand(command, overrides, cfg, check)
+    _check_output_dir(line)
+    return line
+
+
+def _parse_overrides(overrides: list[str]) -> list:
+    parser = OverridesParser.create()
+    out = []
+    for override in overrides:
+        try:
+            out.extend(parser.parse_overrides([override]))
+        except HydraException as error:
+            reason = str(error).splitlines()[0]
+            raise VarexpError(f"{override!r} is not a valid override ({reason}); "
+                              "write key=value, group=option or key=a,b,c") from None
+    return out
+
+
+def _expand(command: str, overrides: list[str], cfg: DictConfig, check) -> CommandLine:
+    """A multirun's jobs as Hydra's basic sweeper expands them; each swept value checked."""
+    is_hydra = [o.split("=", 1)[0].lstrip("+~").startswith(("hydra.", "hydra/"))
+                for o in overrides]  # fmt: skip
+    hydra_overrides = [o for o, h in zip(overrides, is_hydra, strict=True) if h]
+    task = [o for o, h in zip(overrides, is_hydra, strict=True) if not h]
+    if not str(cfg.hydra.sweeper.get("_target_", "")).endswith("BasicSweeper"):
+        # another sweeper (e.g. an optimiser) picks its jobs as it goes: check the base config
+        _check(check, cfg)
+        return CommandLine(command, overrides, cfg, [task], True)
+    params = [f"{k}={v}" for k, v in (cfg.hydra.sweeper.get("params") or {}).items()]
+    jobs = BasicSweeper.split_arguments(_parse_overrides(params + task), None)[0]
+    first = compose_config(command, hydra_overrides + jobs[0])
+    _check(check, first)
+    for position, key, values in _swept(jobs):
+        for number, value in enumerate(values, start=1):
+            job = [*jobs[0][:position], value, *jobs[0][position + 1:]]
+            if value == jobs[0][position]:
+                continue
+            try:
+                _check(check, compose_config(command, hydra_overrides + job))
+            except VarexpError as error:
+                shown = ",".join(v.split("=", 1)[1] for v in values)
+                raise VarexpError(f"in the sweep {key}={shown} (value {number} of "
+                                  f"{len(values)}): {error}") from None
+    return CommandLine(command, overrides, first, [list(j) for j in jobs], True)
+
+
+def _swept(jobs: list[list[str]]) -> list[tuple[int, str, list[str]]]:
+    """(position, key, distinct values in order) of every override that varies across jobs."""
+    out = []
+    for position in range(len(jobs[0])):
+        values = list(dict.fromkeys(job[position] for job in jobs))
+        if len(values) > 1:
+            out.append((position, values[0].split("=", 1)[0], values))
+    return out
+
+
+def _check(check: Callable[[DictConfig], object], cfg: DictConfig) -> None:
+    try:
+        check(cfg)
+    except OmegaConfBaseException as error:  # e.g. an interpolation that cannot resolve
+        raise VarexpError(str(error).splitlines()[0]) from None
+
+
+def _check_preset(command: str, cfg: DictConfig) -> None:
+    preset = cfg.hydra.runtime.choices.get("experiment")
+    commands = commands_for(preset) if preset else None
+    if commands is not None and command not in commands:
+        allowed = ", ".join(presets_for(command)) or "none"
+        raise VarexpError(f"experiment={preset} is a preset for `varexp {commands[0]}`, not "
+                          f"`varexp {command}`; presets for {command}: {allowed}")
+
+
+def _check_output_dir(line: CommandLine) -> None:
+    key = "hydra.sweep.dir" if line.multirun else "hydra.run.dir"
+    try:
+        value = line.output_dir
+    except OmegaConfBaseException as error:
+        raise VarexpError(f"{key}: {str(error).splitlines()[0]}") from None
+    if not value.strip():
+        raise VarexpError(f"{key}={value!r} is not allowed; it must name a folder")
+    path = Path(value).absolute()
+    while not path.exists():
+        path = path.parent
+    if not path.is_dir() or not os.access(path, os.W_OK | os.X_OK):
+        raise VarexpError(f"{key}={value} is not writable ({path} is not a writable folder)")
+
+
+def _missing_option(command: str, error: MissingConfigException) -> VarexpError:
+    missing = error.missing_cfg_file or ""
+    group, _, option = missing.rpartition("/")
+    if not group:
+        return VarexpError(str(error).splitlines()[0])
+    options = presets_for(command) if group == "experiment" else list(error.options or [])
+    return VarexpError(f"{group}={option!r} is not an option; choose one of {', '.join(options)}")
+
+
+def _one_line(command: str, overrides: list[str], error: Exception) -> VarexpError:
+    message = str(error)
+    first = message.splitlines()[0] if message else type(error).__name__
+    if first.startswith("Could not override '"):
+        key = first.split("'")[1]
+        rest = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != key]
+        if "No match in the defaults list" in message:
+            groups = ", ".join(command_groups(command))
+            return VarexpError(f"varexp {command} has no config group {key!r}; its groups: "
+                               f"{groups}")
+        return VarexpError(_unknown_key(command, rest, key))
+    return VarexpError(first)
+
+
+def _unknown_key(command: str, overrides: list[str], key: str) -> str:
+    cfg = compose_config(command, overrides)
+    parent, _, _ = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent, default=None) if parent else cfg
+    choices = cfg.hydra.runtime.choices
+    if isinstance(node, DictConfig):
+        where = f"{parent}={choices[parent]}" if parent in choices else parent
+        keys = [k for k in node.keys() if k != "hydra"]
+        return (f"{key} is not a key of {where or 'varexp ' + command}; its keys: "
+                f"{', '.join(map(str, keys))}")
+    sections = [k for k in cfg.keys() if k != "hydra"]
+    return f"{key} is not a key of varexp {command}; its keys: {', '.join(map(str, sections))}"

@@ -1,0 +1,56 @@
+"""The paper's figures: what each shows, which command and `experiment` presets make its results,
+and which module draws it. `varexp plot`, `varexp reproduce`, REPORT.md and the command line's
+check that a preset belongs to the command it is given to all read this table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# `varexp reproduce experiment=<scale>`: the size at which every figure is made
+SCALES = ("quick", "paper")
+
+
+@dataclass(frozen=True)
+class Figure:
+    name: str
+    about: str
+    command: str  # the command whose runs the figure draws
+    presets: dict[str, tuple[str, ...]]  # scale -> the experiment presets that make its results
+    module: str  # draws it: make(results, outputs_root, out_dir, **options) -> [png, pdf]
+
+    @property
+    def all_presets(self) -> tuple[str, ...]:
+        return tuple(p for scale in SCALES for p in self.presets[scale])
+
+
+FIGURES: dict[str, Figure] = {
+    f.name: f
+    for f in [
+        Figure("figure1", "m, v and sigma vs layer; pre-activation histograms (Sec. 3)", "probe",
+               {"quick": ("figure1_quick",), "paper": ("figure1",)}, "varexp.plot.figure1"),
+        Figure("figure2", "ratio vs layer: MLP widths, ALL-CNN-C, UNet (Sec. 3.2-3.3)", "probe",
+               {"quick": ("figure2_quick", "figure2_allcnnc_quick", "figure2_unet_quick"),
+                "paper": ("figure2", "figure2_allcnnc", "figure2_unet")}, "varexp.plot.figure2"),
+        Figure("figure3", "gradients vs layer for kaiming, scale+bias, batchnorm (Sec. 4)", "probe",
+               {"quick": ("figure3_quick",), "paper": ("figure3",)}, "varexp.plot.figure3"),
+        Figure("figure4", "training loss at the selected learning rates (Sec. 5)", "sweep",
+               {"quick": ("figure4_quick",), "paper": ("figure4_cifar10", "figure4_isbi2012")},
+               "varexp.plot.figure4"),
+    ]
+}  # fmt: skip
+
+
+def figure_of(preset: str | None) -> Figure | None:
+    """The figure an experiment preset makes results for, if any."""
+    return next((f for f in FIGURES.values() if preset in f.all_presets), None)
+
+
+def commands_for(preset: str) -> tuple[str, ...] | None:
+    """The commands an experiment preset is written for; None: a preset of no figure (any)."""
+    if preset in SCALES:
+        return ("reproduce",)
+    figure = figure_of(preset)
+    if figure is None:
+        return None
+    # one run of a Fig. 4 setting is a `varexp train` of its preset
+    return ("sweep", "train") if figure.command == "sweep" else (figure.command,)
