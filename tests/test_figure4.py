@@ -36,8 +36,13 @@ def fake_run(sweep_dir: Path, *, arch="allcnnc", dataset="shapes", init="scale",
     return run_dir
 
 
-def fake_sweep(sweep_dir: Path, tasks=(("allcnnc", "shapes"),), seeds=(0, 1)) -> None:
-    """Per task and optimizer: scale+bias learns faster than scale; lr 1e-3 beats 3e-4."""
+def fake_sweep(sweep_dir: Path, tasks=(("allcnnc", "shapes"),), seeds=(0, 1),
+               preset: str | None = "figure4_quick") -> None:
+    """Per task and optimizer: scale+bias learns faster than scale; lr 1e-3 beats 3e-4. The
+    sweep records the preset that made it, as Hydra's multirun.yaml does."""
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save({"hydra": {"runtime": {"choices": {"experiment": preset}}}},
+                   sweep_dir / "multirun.yaml")
     for arch, dataset in tasks:
         for optim in ("sgd", "adam"):
             for init, rate in (("scale", 0.05), ("scale+bias", 0.1)):
@@ -79,20 +84,23 @@ def test_figure_has_one_panel_per_task_and_optimizer(tmp_path):
     assert image[..., :3].std() > 0.05
 
 
-def test_default_reads_only_the_latest_sweep(tmp_path):
+def test_default_reads_only_the_latest_sweep_made_for_the_figure(tmp_path):
     fake_sweep(tmp_path / "outputs" / "sweep" / "old", tasks=(("unet", "membranes"),))
     fake_sweep(tmp_path / "outputs" / "sweep" / "new")
     (tmp_path / "outputs" / "sweep" / "new" / "selected.csv").touch()
+    # a newer sweep of no figure preset (`varexp sweep` with its defaults) is not Fig. 4's input
+    fake_sweep(tmp_path / "outputs" / "sweep" / "default", tasks=(("mlp", "gaussian"),),
+               preset=None)
     paths = find_selected(None, str(tmp_path / "outputs"))
     assert paths == [tmp_path / "outputs" / "sweep" / "new" / "selected.csv"]
     assert set(selected_runs(paths)["dataset"]) == {"shapes"}
     # results=DIR reads every sweep under it
-    both = selected_runs(find_selected(str(tmp_path / "outputs"), "unused"))
-    assert set(both["dataset"]) == {"shapes", "membranes"}
+    every = selected_runs(find_selected(str(tmp_path / "outputs"), "unused"))
+    assert set(every["dataset"]) == {"shapes", "membranes", "gaussian"}
 
 
 def test_bad_input_is_one_line(tmp_path):
-    with pytest.raises(VarexpError, match="no selected.csv under"):
+    with pytest.raises(VarexpError, match="no selected.csv for figure4 under"):
         make(str(tmp_path), "unused", tmp_path / "out")
     with pytest.raises(VarexpError, match="does not exist"):
         make(str(tmp_path / "nowhere"), "unused", tmp_path / "out")

@@ -26,9 +26,9 @@ DEPTH = 12
 
 def write_run(run_dir: Path, *, arch: str = "mlp", width: int = 100, init: str = "kaiming",
               depth: int = DEPTH, networks: int = 4, grad_slope_: float = 0.0,
-              neurons: bool = False, seed: int = 0) -> pd.DataFrame:
+              neurons: bool = False, seed: int = 0, preset: str | None = None) -> pd.DataFrame:
     """A probe run directory as `varexp probe` leaves it: probe.csv (theory values with noise),
-    optional neurons.csv, and .hydra/config.yaml."""
+    optional neurons.csv, .hydra/config.yaml and the preset that made it (.hydra/hydra.yaml)."""
     rng = np.random.default_rng(seed)
     theory = recursion(depth, init=init)
     rows = []
@@ -62,6 +62,8 @@ def write_run(run_dir: Path, *, arch: str = "mlp", width: int = 100, init: str =
                probe=dict(networks=networks, samples=50))
     (run_dir / ".hydra").mkdir()
     OmegaConf.save(OmegaConf.create(cfg), run_dir / ".hydra" / "config.yaml")
+    OmegaConf.save({"hydra": {"runtime": {"choices": {"experiment": preset}}}},
+                   run_dir / ".hydra" / "hydra.yaml")
     return table
 
 
@@ -113,7 +115,7 @@ def test_runs_group_by_arch_init_and_width(tmp_path):
             write_run(tmp_path / f"w{width}_s{seed}", width=width, networks=3, seed=seed)
     write_run(tmp_path / "sb", width=300, init="scale+bias")
     write_run(tmp_path / "cnn", arch="allcnnc", depth=10)
-    runs = load_runs("probe.csv", PROBE_COLUMNS, str(tmp_path), "outputs", "hint")
+    runs = load_runs("figure2", PROBE_COLUMNS, str(tmp_path), "outputs")
     groups = panels(runs)
     assert [key[:2] for key, _ in groups] == [("mlp", "kaiming"), ("mlp", "scale+bias"),
                                               ("allcnnc", "kaiming")]
@@ -183,11 +185,29 @@ def test_bad_probe_csv_names_file_and_problem(tmp_path, edit, needle):
 
 
 def test_missing_results_say_which_command_makes_them(tmp_path):
-    needle = r"no probe.csv under .*; run `varexp probe experiment=figure2_quick` first"
+    needle = (r"no results made for figure2 under .*outputs/; `varexp probe "
+              r"experiment=figure2_quick` and .* make them")
     with pytest.raises(VarexpError, match=needle):
         render("figure2", None, tmp_path / "outputs", tmp_path / "out")
     with pytest.raises(VarexpError, match="does not exist"):
         render("figure1", tmp_path / "nope", "outputs", tmp_path / "out")
+
+
+def test_default_input_is_the_newest_run_made_for_the_figure(tmp_path, caplog):
+    outputs = tmp_path / "outputs"
+    write_run(outputs / "probe" / "a", width=300, preset="figure2_quick")
+    # newer probes that were not made for Fig. 2: a Fig. 3 probe and a probe without preset
+    write_run(outputs / "probe" / "b", width=1000, init="kaiming", preset="figure3_quick")
+    write_run(outputs / "probe" / "c", width=30)
+    runs = load_runs("figure2", PROBE_COLUMNS, None, str(outputs))
+    assert [r.path.parent.name for r in runs] == ["a"]
+    # the parts of Fig. 2 with no results are named, with the command that makes them
+    assert "no results for ALL-CNN-C" in caplog.text and "figure2_allcnnc_quick" in caplog.text
+    assert "no results for UNet" in caplog.text
+    assert [r.path.parent.name for r in load_runs("figure3", PROBE_COLUMNS, None,
+                                                   str(outputs))] == ["b"]
+    with pytest.raises(VarexpError, match="no results made for figure1 under"):
+        load_runs("figure1", PROBE_COLUMNS, None, str(outputs))
 
 
 def test_unknown_figure_lists_the_figures(tmp_path):

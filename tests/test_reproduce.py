@@ -14,16 +14,16 @@ from varexp.reproduce import DONE, plan
 from varexp.sampled import sampled_mlp
 
 QUICK = OmegaConf.create({"reproduce": {
-    "extra": ["device=cpu"], "figure1": ["figure1_quick"], "figure2": ["figure2_quick"],
-    "figure3": ["figure3_quick"], "figure4": ["figure4_quick"]}})
+    "extra": ["device=cpu"], "preset": "quick",
+    "figures": ["figure1", "figure2", "figure3", "figure4"]}})
 
 
 def test_plan_runs_theory_probes_sweeps_then_plots(tmp_path):
     steps = plan(QUICK, tmp_path)
     commands = [s.args[0] for s in steps]
-    assert commands == ["theory", "probe", "probe", "probe", "sweep"] + ["plot"] * 4
+    assert commands == ["theory"] + ["probe"] * 5 + ["sweep"] + ["plot"] * 4
     assert all(s.args[-1] == "device=cpu" for s in steps)
-    sweep = steps[4]
+    sweep = steps[6]
     assert f"hydra.sweep.dir={tmp_path / 'figure4' / 'figure4_quick'}" in sweep.args
     assert steps[-1].args[:3] == ["plot", "figure4", f"results={tmp_path / 'figure4'}"]
 
@@ -33,8 +33,19 @@ def test_finished_steps_are_reused_but_plots_rerun(tmp_path):
     assert not any(s.done for s in steps)
     for step in steps:
         step.out.mkdir(parents=True)
-        (step.out / DONE).write_text("")
-    assert [s.done for s in steps] == [True] * 5 + [False] * 4
+        (step.out / DONE).write_text(step.command + "\n")
+    assert [s.done for s in steps] == [True] * 7 + [False] * 4
+
+
+def test_a_step_whose_command_changed_is_rerun(tmp_path):
+    steps = plan(QUICK, tmp_path)
+    for step in steps:
+        step.out.mkdir(parents=True)
+        (step.out / DONE).write_text(step.command + "\n")
+    seed7 = OmegaConf.merge(QUICK, {"reproduce": {"extra": ["device=cpu", "seed=7"]}})
+    again = plan(seed7, tmp_path)
+    assert not any(s.done for s in again)
+    assert [s.changed for s in again] == [True] * 7 + [False] * 4
 
 
 def test_dry_run_lists_every_step_and_runs_nothing(tmp_path):
@@ -77,7 +88,8 @@ def test_report_measures_the_claims_from_probes(tmp_path):
 
 @pytest.mark.parametrize("override, needle", [
     ("reproduce.dry_run=maybe", "reproduce.dry_run='maybe' is not allowed; must be true or false"),
-    ("reproduce.figure3=[figure9]", "reproduce.figure3=['figure9'] is not allowed"),
+    ("reproduce.figures=[figure9]", "reproduce.figures=['figure9'] is not allowed"),
+    ("reproduce.figure3=[x]", "reproduce.figure3 is not a key of reproduce; its keys: preset"),
 ])
 def test_bad_reproduce_keys_are_one_line(tmp_path, override, needle):
     out = subprocess.run([sys.executable, "-m", "varexp", "reproduce", override,

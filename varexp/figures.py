@@ -11,30 +11,59 @@ SCALES = ("quick", "paper")
 
 
 @dataclass(frozen=True)
+class Part:
+    """One setting a figure shows (a panel, or a set of lines), and the presets that make its
+    results at each scale."""
+
+    about: str
+    quick: str
+    paper: str
+
+    def preset(self, scale: str) -> str:
+        return self.quick if scale == "quick" else self.paper
+
+
+@dataclass(frozen=True)
 class Figure:
     name: str
     about: str
     command: str  # the command whose runs the figure draws
-    presets: dict[str, tuple[str, ...]]  # scale -> the experiment presets that make its results
+    result: str  # the file those runs write that the figure reads
+    parts: tuple[Part, ...]
     module: str  # draws it: make(results, outputs_root, out_dir, **options) -> [png, pdf]
+
+    def presets(self, scale: str) -> tuple[str, ...]:
+        """The presets that make every part at one scale, each once, in order."""
+        return tuple(dict.fromkeys(part.preset(scale) for part in self.parts))
 
     @property
     def all_presets(self) -> tuple[str, ...]:
-        return tuple(p for scale in SCALES for p in self.presets[scale])
+        return tuple(dict.fromkeys(p for scale in SCALES for p in self.presets(scale)))
+
+    def hint(self) -> str:
+        commands = " and ".join(f"`varexp {self.command} experiment={p}`"
+                                for p in self.presets("quick"))
+        return f"{commands} make them (experiment={self.presets('paper')[0]} etc. at paper scale)"
 
 
 FIGURES: dict[str, Figure] = {
     f.name: f
     for f in [
-        Figure("figure1", "m, v and sigma vs layer; pre-activation histograms (Sec. 3)", "probe",
-               {"quick": ("figure1_quick",), "paper": ("figure1",)}, "varexp.plot.figure1"),
-        Figure("figure2", "ratio vs layer: MLP widths, ALL-CNN-C, UNet (Sec. 3.2-3.3)", "probe",
-               {"quick": ("figure2_quick", "figure2_allcnnc_quick", "figure2_unet_quick"),
-                "paper": ("figure2", "figure2_allcnnc", "figure2_unet")}, "varexp.plot.figure2"),
-        Figure("figure3", "gradients vs layer for kaiming, scale+bias, batchnorm (Sec. 4)", "probe",
-               {"quick": ("figure3_quick",), "paper": ("figure3",)}, "varexp.plot.figure3"),
-        Figure("figure4", "training loss at the selected learning rates (Sec. 5)", "sweep",
-               {"quick": ("figure4_quick",), "paper": ("figure4_cifar10", "figure4_isbi2012")},
+        Figure("figure1", "m, v and sigma vs layer; pre-activation histograms (Sec. 3)",
+               "probe", "probe.csv", (Part("a Kaiming MLP", "figure1_quick", "figure1"),),
+               "varexp.plot.figure1"),
+        Figure("figure2", "ratio vs layer: MLP widths, ALL-CNN-C, UNet (Sec. 3.2-3.3)",
+               "probe", "probe.csv",
+               (Part("MLP widths", "figure2_quick", "figure2"),
+                Part("ALL-CNN-C", "figure2_allcnnc_quick", "figure2_allcnnc"),
+                Part("UNet", "figure2_unet_quick", "figure2_unet")), "varexp.plot.figure2"),
+        Figure("figure3", "gradients vs layer for kaiming, scale+bias, batchnorm (Sec. 4)",
+               "probe", "probe.csv", (Part("the three inits", "figure3_quick", "figure3"),),
+               "varexp.plot.figure3"),
+        Figure("figure4", "training loss at the selected learning rates (Sec. 5)",
+               "sweep", "selected.csv",
+               (Part("object recognition", "figure4_quick", "figure4_cifar10"),
+                Part("segmentation", "figure4_quick", "figure4_isbi2012")),
                "varexp.plot.figure4"),
     ]
 }  # fmt: skip

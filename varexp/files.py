@@ -4,6 +4,7 @@ the latest results under outputs/."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -14,6 +15,9 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from varexp.errors import VarexpError
+from varexp.figures import Figure
+
+log = logging.getLogger("varexp.plot")
 
 
 @contextmanager
@@ -62,25 +66,58 @@ def run_config(result_file: str | Path) -> DictConfig:
     return OmegaConf.load(cfg_path)
 
 
+def made_by(result_file: str | Path) -> str | None:
+    """The experiment preset that made a result file, from Hydra's record of its run (or of
+    the sweep whose folder holds it); None if it names none or cannot be read."""
+    folder = Path(result_file).parent
+    for record in (folder / ".hydra" / "hydra.yaml", folder / "multirun.yaml"):
+        if record.is_file():
+            try:
+                return OmegaConf.select(OmegaConf.load(record), "hydra.runtime.choices.experiment")
+            except Exception:  # a damaged record: the file was not made for any figure
+                return None
+    return None
+
+
 def find_results(
-    filename: str,
+    figure: Figure,
     results: str | Path | None,
     outputs_root: str | Path,
-    hint: str,
     accept: Callable[[Path], bool] = lambda path: True,
 ) -> list[Path]:
-    """Every accepted `filename` under `results` (recursively); without `results`, the latest
-    accepted run under `outputs_root`, or all accepted runs of the latest multirun it belongs to."""
-    root = Path(results if results is not None else outputs_root)
-    if results is not None and not root.exists():
-        raise VarexpError(f"results={root} does not exist")
-    found = [p for p in sorted(root.rglob(filename)) if accept(p)] if root.exists() else []
-    if not found:
-        raise VarexpError(f"no {filename} under {root}/ for this figure; {hint}")
+    """The result files `figure` draws. With `results`: every accepted one under it
+    (recursively). Without: for each part of the figure, the newest run made by one of its
+    presets under `outputs_root`, with all the runs of its multirun; a part with no such run is
+    named in a warning, and no run of any part is an error."""
+    filename = figure.result
     if results is not None:
+        root = Path(results)
+        if not root.exists():
+            raise VarexpError(f"results={root} does not exist")
+        found = [p for p in sorted(root.rglob(filename)) if accept(p)]
+        if not found:
+            raise VarexpError(f"no {filename} for {figure.name} under {root}/; {figure.hint()}")
         return found
-    latest = max(found, key=lambda p: p.stat().st_mtime)
-    sweep_dir = latest.parent.parent
-    if (sweep_dir / "multirun.yaml").exists():
-        return [p for p in found if sweep_dir in p.parents]
-    return [latest]
+    root = Path(outputs_root)
+    made: dict[str, list[Path]] = {}
+    for path in sorted(root.rglob(filename)) if root.exists() else []:
+        preset = made_by(path)
+        if preset in figure.all_presets and accept(path):
+            made.setdefault(preset, []).append(path)
+    chosen: list[Path] = []
+    for part in figure.parts:
+        mine = made.get(part.quick, []) + made.get(part.paper, [])
+        if not mine:
+            log.warning("%s: no results for %s under %s/ (`varexp %s experiment=%s` makes them)",
+                        figure.name, part.about, root, figure.command, part.quick)
+            continue
+        latest = max(mine, key=lambda p: p.stat().st_mtime)
+        multirun = latest.parent.parent
+        if (multirun / "multirun.yaml").exists():
+            chosen += [p for p in mine if multirun in p.parents]
+        else:
+            chosen.append(latest)
+    if not chosen:
+        raise VarexpError(f"no results made for {figure.name} under {root}/; {figure.hint()}; "
+                          "or pass results=DIR to draw other runs")
+    return list(dict.fromkeys(chosen))

@@ -7,9 +7,13 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+from omegaconf import OmegaConf
+
 from varexp.activations import get_activation
 from varexp.errors import VarexpError
-from varexp.files import atomic_path
+from varexp.figures import FIGURES, Figure
+from varexp.files import atomic_path, run_config
 from varexp.plot.common import PROBE_COLUMNS, Run, load_runs
 from varexp.plot.stats import grad_slope, layer_summary
 from varexp.sweep import SELECTED_COLUMNS, read_sweep_table
@@ -37,9 +41,9 @@ class Claim:
         return {True: "yes", False: "**no**", None: "n/a"}[self.holds]
 
 
-def probes(root: Path, inits: tuple[str, ...] | None = None) -> list[Run]:
+def probes(root: Path, figure: str, inits: tuple[str, ...] | None = None) -> list[Run]:
     try:
-        return load_runs("probe.csv", PROBE_COLUMNS, str(root), str(root), "", inits)
+        return load_runs(figure, PROBE_COLUMNS, str(root), str(root), inits)
     except VarexpError:
         return []
 
@@ -53,7 +57,7 @@ def kernel_claims(out: Path) -> list[Claim]:
     claims = [Claim("3.1", "K(0) = 1/pi (Eq. 7; closed form vs quadrature)", f"{1 / math.pi:.4f}",
                     f"{float(relu_kernel(0.0)):.4f} / {quadrature:.6f}",
                     abs(quadrature - 1 / math.pi) < 1e-6)]
-    kaiming = [r for r in probes(out / "figure3", ("kaiming",)) if r.arch == "mlp"]
+    kaiming = [r for r in probes(out / "figure3", "figure3", ("kaiming",)) if r.arch == "mlp"]
     if not kaiming:
         return claims + [Claim("4", "sigma_s = sqrt(1 - K(0))", "0.826", "no probe", None)]
     run = max(kaiming, key=lambda r: r.get("arch.width", 0))
@@ -73,7 +77,8 @@ def kernel_claims(out: Path) -> list[Claim]:
 
 def slope_claims(out: Path) -> list[Claim]:
     claims = []
-    for run in sorted(probes(out / "figure3", tuple(PAPER_SLOPES)), key=lambda r: r.init):
+    runs = probes(out / "figure3", "figure3", tuple(PAPER_SLOPES))
+    for run in sorted(runs, key=lambda r: r.init):
         paper = PAPER_SLOPES[run.init]
         slope = grad_slope(run.table)
         where = f"width {run.get('arch.width')}, {run.table['network'].nunique()} networks"
@@ -84,7 +89,7 @@ def slope_claims(out: Path) -> list[Claim]:
 
 
 def width_claims(out: Path) -> list[Claim]:
-    runs = sorted((r for r in probes(out / "figure2", ("kaiming",)) if r.arch == "mlp"),
+    runs = sorted((r for r in probes(out / "figure2", "figure2", ("kaiming",)) if r.arch == "mlp"),
                   key=lambda r: r.get("arch.width"))
     if not runs:
         return []
@@ -106,7 +111,7 @@ def width_claims(out: Path) -> list[Claim]:
 
 def cnn_claims(out: Path) -> list[Claim]:
     claims = []
-    for run in probes(out / "figure2", ("kaiming",)):
+    for run in probes(out / "figure2", "figure2", ("kaiming",)):
         ratio = layer_summary(run.table, "ratio")
         top = ratio.loc[ratio["mean"].idxmax()]
         if run.arch == "allcnnc":
@@ -144,7 +149,58 @@ def training_claims(out: Path) -> list[Claim]:
     return claims
 
 
-def write_report(out: Path, preset: str) -> Path:
+# the keys that say what a figure's runs were, in the order a reader wants them
+SETTING_KEYS = ("arch.name", "arch.width", "arch.depth", "arch.channels", "dataset.name",
+                "init.name", "probe.networks", "probe.samples", "optim.name", "optim.lr",
+                "train.steps", "train.batch_size", "seed")  # fmt: skip
+
+
+def settings(folder: Path, result: str) -> str:
+    """The distinct values of SETTING_KEYS over the runs under `folder` that wrote `result`."""
+    values: dict[str, list] = {key: [] for key in SETTING_KEYS}
+    for path in sorted(folder.rglob(result)):
+        try:
+            cfg = run_config(path)
+        except VarexpError:
+            continue
+        for key in SETTING_KEYS:
+            value = OmegaConf.select(cfg, key, default=None)
+            if value is not None and value not in values[key]:
+                values[key].append(value)
+    return "; ".join(f"{key} {', '.join(map(str, sorted(v, key=str)))}"
+                     for key, v in values.items() if v)
+
+
+def figure_section(out: Path, figure: Figure, commands: dict[Path, str]) -> list[str]:
+    """A figure's image, the commands that made its results, their settings and their files."""
+    lines = [f"## {figure.name.capitalize()}: {figure.about}", ""]
+    png = out / "figures" / figure.name / f"{figure.name}.png"
+    if png.exists():
+        lines += [f"![{figure.name}]({png.relative_to(out)})", ""]
+    result = "summary.json" if figure.command == "sweep" else figure.result
+    for folder in sorted(p for p in commands if out / figure.name in p.parents):
+        files = sorted(folder.rglob("*.csv" if figure.command == "sweep" else result))
+        tables = [f for f in files if figure.command != "sweep" or f.parent == folder]
+        links = ", ".join(f"[{f.relative_to(folder)}]({f.relative_to(out)})" for f in tables)
+        lines += [f"- `{commands[folder]}`: {settings(folder, result) or 'no runs'}",
+                  f"  - data: {links or 'none'}"]
+    return [*lines, ""]
+
+
+def provenance_section(started: str | None, seconds: float | None) -> list[str]:
+    from varexp.provenance import now, record
+
+    info = record("cuda" if torch.cuda.is_available() else "cpu")
+    if started is not None:
+        info |= {"started": started, "finished": now(),
+                 "wall time": f"{seconds / 60:.1f} min" if seconds is not None else None}
+    return ["## Provenance", "", *(f"- {key}: {value}" for key, value in info.items()), ""]
+
+
+def write_report(out: Path, preset: str, commands: dict[Path, str] | None = None,
+                 started: str | None = None, seconds: float | None = None) -> Path:
+    """REPORT.md in `out`: the claims, then per figure its image, the commands that made it
+    (`commands`: result folder -> command line), their settings and data, then provenance."""
     claims = [*kernel_claims(out), *slope_claims(out), *width_claims(out), *cnn_claims(out),
               *training_claims(out)]
     rows = [("paper section", "claim", "paper", "measured", "holds"), ("---",) * 5]
@@ -154,10 +210,9 @@ def write_report(out: Path, preset: str) -> Path:
              "run directory. Tolerances: 0.02 for slopes and sigma_s, 0.03 for K(0) and 1/sigma_s "
              "from simulation; orderings must hold as stated.", "",
              *("| " + " | ".join(row) + " |" for row in rows), "", NOTES, ""]
-    for figure in ("figure1", "figure2", "figure3", "figure4"):
-        png = out / "figures" / figure / f"{figure}.png"
-        if png.exists():
-            lines += [f"## Figure {figure[-1]}", "", f"![{figure}]({png.relative_to(out)})", ""]
+    for figure in FIGURES.values():
+        lines += figure_section(out, figure, commands or {})
+    lines += provenance_section(started, seconds)
     with atomic_path(out / "REPORT.md") as tmp:
         tmp.write_text("\n".join(lines), encoding="utf-8")
     return out / "REPORT.md"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from varexp.errors import VarexpError, bad_value
+from varexp.figures import FIGURES, SCALES
 from varexp.files import atomic_path
 
 log = logging.getLogger(__name__)
@@ -28,15 +30,25 @@ class Step:
     always: bool = False  # cheap steps (plots) rerun so they see every finished result
 
     @property
+    def command(self) -> str:
+        return "varexp " + " ".join(self.args)
+
+    @property
     def done(self) -> bool:
-        return not self.always and (self.out / DONE).exists()
+        """Finished before with this very command line (the marker records it)."""
+        marker = self.out / DONE
+        if self.always or not marker.is_file():
+            return False
+        return marker.read_text(encoding="utf-8").strip() == self.command
 
-
-FIGURES = ("figure1", "figure2", "figure3", "figure4")
+    @property
+    def changed(self) -> bool:
+        """Finished before with another command line: its results no longer match."""
+        marker = self.out / DONE
+        return not self.always and marker.is_file() and not self.done
 
 
 def check(cfg: DictConfig) -> None:
-    from varexp.compose import group_options
     from varexp.config import boolean, check_common, get
 
     check_common(cfg)
@@ -44,29 +56,33 @@ def check(cfg: DictConfig) -> None:
     extra = get(cfg, "reproduce.extra")
     if not OmegaConf.is_list(extra) or not all(isinstance(e, str) for e in extra):
         raise bad_value("reproduce.extra", extra, "must be a list of overrides, e.g. [device=cuda]")
-    presets = group_options("experiment")
-    for figure in FIGURES:
-        chosen = get(cfg, f"reproduce.{figure}")
-        if not OmegaConf.is_list(chosen) or not set(chosen) <= set(presets):
-            raise bad_value(f"reproduce.{figure}", chosen,
-                            f"must be a list of experiment presets from {', '.join(presets)}")
+    if get(cfg, "reproduce.preset") not in SCALES:
+        raise bad_value("reproduce.preset", get(cfg, "reproduce.preset"),
+                        f"choose one of {', '.join(SCALES)} (experiment=quick or paper)")
+    chosen = get(cfg, "reproduce.figures")
+    if not OmegaConf.is_list(chosen) or not chosen or not set(chosen) <= set(FIGURES):
+        raise bad_value("reproduce.figures", chosen,
+                        f"must be a non-empty list from {', '.join(FIGURES)}")
 
 
 def plan(cfg: DictConfig, out: Path) -> list[Step]:
-    """The steps of one preset in order: theory, probes and sweeps per figure, then the plots."""
+    """The steps of one scale in order: theory, each figure's probes or sweeps (the presets
+    varexp.figures lists for it), then the plots."""
     extra = list(cfg.reproduce.extra)
+    scale = cfg.reproduce.preset
+    figures = [FIGURES[name] for name in FIGURES if name in cfg.reproduce.figures]
     steps = [Step("theory", ["theory", "arch.depth=50"], out / "theory")]
-    for figure in FIGURES:
-        command = "sweep" if figure == "figure4" else "probe"
-        for preset in cfg.reproduce[figure]:
-            where = out / figure / preset
-            steps.append(Step(f"{figure}: {command} experiment={preset}",
-                              [command, f"experiment={preset}", f"hydra.sweep.dir={where}"],
-                              where))
-    for figure in FIGURES:
-        where = out / "figures" / figure
-        steps.append(Step(f"plot {figure}", ["plot", figure, f"results={out / figure}"],
-                          where, always=True))
+    for figure in figures:
+        for preset in figure.presets(scale):
+            where = out / figure.name / preset
+            steps.append(Step(f"{figure.name}: {figure.command} experiment={preset}",
+                              [figure.command, f"experiment={preset}",
+                               f"hydra.sweep.dir={where}"], where))
+    for figure in figures:
+        where = out / "figures" / figure.name
+        steps.append(Step(f"plot {figure.name}",
+                          ["plot", figure.name, f"results={out / figure.name}"], where,
+                          always=True))
     return [
         Step(s.name, [*s.args, f"hydra.run.dir={s.out}", *extra], s.out, s.always) for s in steps
     ]
@@ -74,26 +90,32 @@ def plan(cfg: DictConfig, out: Path) -> list[Step]:
 
 def execute(step: Step) -> None:
     command = [sys.executable, "-m", "varexp", *step.args]
-    log.info("%s: %s", step.name, " ".join(command[2:]))
+    log.info("%s: %s", step.name, step.command)
     if subprocess.run(command).returncode != 0:
         raise VarexpError(f"step '{step.name}' failed (its log is under {step.out}); fix it and "
                           "rerun the same command: finished steps are kept")
     with atomic_path(step.out / DONE) as tmp:
-        tmp.write_text(" ".join(command[2:]) + "\n")
+        tmp.write_text(step.command + "\n", encoding="utf-8")
 
 
 def run(cfg: DictConfig) -> None:
+    from varexp.provenance import now
     from varexp.report import write_report
 
     check(cfg)
     out = Path(HydraConfig.get().runtime.output_dir)
     steps = plan(cfg, out)
+    started, start = now(), time.perf_counter()
     for i, step in enumerate(steps, 1):
-        status = "done, reused" if step.done else ("would run" if cfg.reproduce.dry_run else "")
+        status = ("done, reused" if step.done else "command changed: rerun" if step.changed
+                  else "would run" if cfg.reproduce.dry_run else "")
         print(f"[{i}/{len(steps)}] {step.name}" + (f" ({status})" if status else ""), flush=True)
         if cfg.reproduce.dry_run:
-            print("    varexp " + " ".join(step.args))
+            print(f"    {step.command}")
         elif not step.done:
             execute(step)
     if not cfg.reproduce.dry_run:
-        print(f"reproduce: {write_report(out, cfg.reproduce.preset)}")
+        commands = {s.out: s.command for s in steps if not s.always}
+        report = write_report(out, cfg.reproduce.preset, commands, started,
+                              time.perf_counter() - start)
+        print(f"reproduce: {report}")

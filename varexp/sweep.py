@@ -390,6 +390,26 @@ def read_sweep_table(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
     return table
 
 
+def write_provenance(sweep_dir: Path, config: DictConfig, runs: int) -> None:
+    """provenance.json beside the tables: the command, the code and machine, when and how long."""
+    from varexp import provenance
+
+    try:
+        started = json.loads((sweep_dir / PLAN).read_text())["started"]
+    except (OSError, ValueError, KeyError):
+        started = None
+    record = {
+        "command": " ".join(["varexp sweep", *config.hydra.overrides.task]),
+        "runs": runs,
+        "started": None if started is None else time.strftime(
+            "%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "finished": provenance.now(),
+        "seconds": None if started is None else round(time.time() - started, 1),
+        **provenance.record(resolve_device(str(config.device))),
+    }
+    write_json(record, sweep_dir / "provenance.json")
+
+
 class SweepTables(Callback):
     """Hydra callback (conf/sweep.yaml, hydra.callbacks): writes the tables after the last job
     and says how the runs ended; any run that failed or did not finish makes the sweep exit
@@ -400,6 +420,7 @@ class SweepTables(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_csv, selected_csv = write_tables(sweep_dir, config.sweep.select_fraction)
         table = pd.read_csv(sweep_csv)
+        write_provenance(sweep_dir, config, len(table))
         counts = table["status"].value_counts()
         told = ", ".join(f"{counts[s]} {s}" for s in (*FINISHED, "failed", "incomplete")
                          if s in counts)

@@ -38,7 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from varexp import checkpoint, config
+from varexp import checkpoint, config, provenance
 from varexp.checkpoint import checkpoint_path
 from varexp.data import DataInfo, Stream, data_info, probe_batch
 from varexp.errors import VarexpError, bad_value
@@ -240,7 +240,7 @@ class Run:
 
         self.cfg, self.run_dir, self.info, self.verbose = cfg, run_dir, info, verbose
         self.device = config.resolve_device(cfg.device)
-        self.start = time.perf_counter()
+        self.start, self.started = time.perf_counter(), provenance.now()
         reset_globals(cfg.seed, self.device)
         arch = cfg.arch
         self.model = build_model(arch, info.input_shape, info.num_classes, cfg.init.name)
@@ -414,6 +414,9 @@ class Run:
             steps_per_second=self.step / train_seconds if train_seconds > 0 else None,
             init_forward_passes=self.init_forward_passes,
             device=str(self.device),
+            started=self.started,
+            finished=provenance.now(),
+            provenance=provenance.record(self.device),
             **identifying(cfg),
         )
         if error is not None:

@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 
 from varexp.errors import VarexpError
+from varexp.figures import FIGURES
 from varexp.files import atomic_path, find_results, run_config
 from varexp.theory import recursion
 
@@ -102,21 +103,21 @@ def read_table(path: Path, columns: tuple[str, ...], allow_empty: bool = False) 
     return table
 
 
-def load_runs(filename: str, columns: tuple[str, ...], results: str | None,
-              outputs_root: str, hint: str, inits: tuple[str, ...] | None = None,
+def load_runs(figure: str, columns: tuple[str, ...], results: str | None,
+              outputs_root: str, inits: tuple[str, ...] | None = None,
               beside: str | None = None) -> list[Run]:
-    """Every `filename` that `results` (or the latest matching run under `outputs_root`) holds,
-    with its run's config (see varexp.files.find_results). `inits` keeps only runs of those
-    inits; `beside` only runs that also wrote that file."""
+    """The result files `figure` draws (varexp.files.find_results: everything under `results`,
+    else the newest runs made for the figure under `outputs_root`), with their runs' configs.
+    `inits` keeps only runs of those inits; `beside` only runs that also wrote that file."""
 
     def accept(path: Path) -> bool:
         if beside is not None and not (path.parent / beside).exists():
             return False
         return inits is None or str(OmegaConf.select(run_config(path), "init.name")) in inits
 
-    paths = find_results(filename, results, outputs_root, hint, accept)
+    paths = find_results(FIGURES[figure], results, outputs_root, accept)
     runs = [Run(p, run_config(p), read_table(p, columns)) for p in paths]
-    log.info("read %d %s file(s): %s", len(runs), filename,
+    log.info("%s reads %d %s file(s): %s", figure, len(runs), FIGURES[figure].result,
              ", ".join(str(r.path.parent) for r in runs[:5]) + (" ..." if len(runs) > 5 else ""))
     return runs
 

@@ -26,8 +26,6 @@ from varexp.plot.common import (
 )
 from varexp.plot.stats import layer_summary
 
-HINT = ("run `varexp probe experiment=figure1_quick` first (`experiment=figure1` at paper "
-        "scale); it writes probe.csv and neurons.csv")
 NEURONS_SHOWN = 3
 BINS = 50
 # (theory column, probe column, label, colour): m^2 + v^2 = sigma^2 (Eq. 5)
@@ -113,10 +111,10 @@ def load_neurons(run: Run) -> pd.DataFrame | None:
 
 def make(results: str | None, outputs_root: str, out_dir: str | Path) -> list[Path]:
     try:  # the paper's figure: a Kaiming run with raw pre-activations
-        runs = load_runs("probe.csv", PROBE_COLUMNS, results, outputs_root, HINT, ("kaiming",),
+        runs = load_runs("figure1", PROBE_COLUMNS, results, outputs_root, ("kaiming",),
                          beside="neurons.csv")
     except VarexpError:
-        runs = load_runs("probe.csv", PROBE_COLUMNS, results, outputs_root, HINT)
+        runs = load_runs("figure1", PROBE_COLUMNS, results, outputs_root)
     run = pick_run(runs)
     neurons = load_neurons(run)
     if neurons is not None:

@@ -25,9 +25,6 @@ from varexp.plot.common import (
 )
 from varexp.plot.stats import layer_summary
 
-HINT = ("run `varexp probe experiment=figure2_quick` first (`experiment=figure2` for the "
-        "paper's widths 30..3000)")
-
 
 def draw_panel(ax, key: tuple, runs: list[Run]) -> None:
     arch = key[0]
@@ -56,7 +53,7 @@ def draw_panel(ax, key: tuple, runs: list[Run]) -> None:
 
 def make(results: str | None, outputs_root: str, out_dir: str | Path) -> list[Path]:
     # Fig. 2 is about Kaiming-initialized networks: other inits' probes are not its input
-    runs = load_runs("probe.csv", PROBE_COLUMNS, results, outputs_root, HINT, ("kaiming",))
+    runs = load_runs("figure2", PROBE_COLUMNS, results, outputs_root, ("kaiming",))
     groups = panels(runs)
     ratios = [1.6 if key[0] == "unet" else 1.0 for key, _ in groups]
     fig = new_figure(5.2 * sum(ratios), 4.6)

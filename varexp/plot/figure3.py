@@ -29,8 +29,6 @@ from varexp.plot.stats import grad_fit, layer_summary
 from varexp.theory import gradient_slope
 
 FIGURE3_INITS = ("kaiming", "scale+bias", "batchnorm")  # the paper's three settings
-HINT = ("run `varexp probe experiment=figure3_quick` first (`experiment=figure3` at paper "
-        "scale: kaiming, scale+bias, batchnorm at width 3000)")
 
 
 def theory_slope(key: tuple) -> float | None:
@@ -75,7 +73,7 @@ def draw_panel(ax, key: tuple, runs: list[Run]) -> None:
 
 
 def make(results: str | None, outputs_root: str, out_dir: str | Path) -> list[Path]:
-    runs = load_runs("probe.csv", PROBE_COLUMNS, results, outputs_root, HINT, FIGURE3_INITS)
+    runs = load_runs("figure3", PROBE_COLUMNS, results, outputs_root, FIGURE3_INITS)
     with_grads = [r for r in runs if r.table["grad_sq"].notna().any()]
     if not with_grads:
         raise VarexpError(f"no grad_sq values in {len(runs)} probe.csv file(s) "

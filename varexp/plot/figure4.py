@@ -9,6 +9,8 @@ from pathlib import Path
 import pandas as pd
 
 from varexp.errors import VarexpError
+from varexp.figures import FIGURES
+from varexp.files import find_results
 from varexp.plot.common import (
     ARCH_TITLES,
     INIT_COLORS,
@@ -21,37 +23,40 @@ from varexp.plot.common import (
 )
 from varexp.sweep import SELECTED_COLUMNS, SWEEP_COLUMNS, read_sweep_table
 
-HINT = "run `varexp sweep experiment=figure4_quick` first (it writes selected.csv and sweep.csv)"
 TASK_ORDER = ("cifar10", "isbi2012", "shapes", "membranes")
 OPTIM_TITLES = {"sgd": "SGD", "adam": "Adam"}
 KEY = ["arch", "dataset", "init", "optim"]
 
 
 def find_selected(results: str | None, outputs_root: str) -> list[Path]:
-    """Every selected.csv under `results`; without it, the one of the latest sweep under
-    `outputs_root`."""
-    root = Path(outputs_root if results is None else results)
-    if not root.exists():
-        raise VarexpError(f"results={root} does not exist" if results is not None
-                          else f"no selected.csv under {root}/; {HINT}")
-    found = sorted(root.rglob("selected.csv"), key=lambda p: p.stat().st_mtime, reverse=True)
-    if not found:
-        raise VarexpError(f"no selected.csv under {root}; {HINT}")
-    return found if results is not None else found[:1]
+    """Every selected.csv under `results`; without it, the newest sweep made for the figure
+    under `outputs_root` (varexp.files.find_results), newest first."""
+    paths = find_results(FIGURES["figure4"], results, outputs_root)
+    return sorted(paths, key=lambda p: p.stat().st_mtime, reverse=True)
 
 
 def selected_runs(paths: list[Path]) -> pd.DataFrame:
     """One row per completed run at a selected lr: the selection key, lr, seed and the absolute
     path of its metrics.csv. Where several sweeps select the same (arch, dataset, init, optim),
-    the newest selected.csv wins."""
+    the newest selected.csv wins. A sweep that selected nothing says why in one line."""
     parts = []
     for path in paths:  # newest first
         selected = read_sweep_table(path, SELECTED_COLUMNS)
         sweep = read_sweep_table(path.parent / "sweep.csv", SWEEP_COLUMNS)
-        runs = sweep[sweep["status"] == "completed"].merge(selected[KEY + ["lr"]], on=KEY + ["lr"])
+        if selected.empty:
+            counts = sweep["status"].value_counts()
+            told = ", ".join(f"{n} {status}" for status, n in counts.items()) or "no runs"
+            log.warning("%s selects nothing (%s); see %s", path, told, path.parent / "sweep.csv")
+            continue
+        selected = selected.astype({"lr": float})
+        runs = sweep[sweep["status"] == "completed"].astype({"lr": float}).merge(
+            selected[KEY + ["lr"]], on=KEY + ["lr"])
         runs["metrics"] = [path.parent / d / "metrics.csv" for d in runs["run_dir"]]
         runs["source"] = len(parts)
         parts.append(runs)
+    if not parts:
+        raise VarexpError(f"no learning rate was selected in {', '.join(map(str, paths))}: no "
+                          "run completed there (see sweep.csv and the runs' logs)")
     runs = pd.concat(parts, ignore_index=True)
     newest = runs.groupby(KEY)["source"].transform("min")
     return runs[runs["source"] == newest]
