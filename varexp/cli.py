@@ -83,10 +83,10 @@ def parallel_jobs(cfg: DictConfig) -> int:
 
     if not HydraConfig.initialized():
         return 1
-    launcher = HydraConfig.get().launcher
-    if "Joblib" not in str(launcher.get("_target_", "")):
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.runtime.choices.get("hydra/launcher") != "joblib":
         return 1
-    n_jobs = launcher.get("n_jobs", 1) or 1
+    n_jobs = hydra_cfg.launcher.get("n_jobs", 1) or 1
     from varexp.threads import available_cores
 
     return available_cores() if n_jobs < 0 else int(n_jobs)

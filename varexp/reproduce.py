@@ -4,6 +4,7 @@ REPORT.md. A step that finished leaves a marker and is skipped on the next run."
 
 from __future__ import annotations
 
+import importlib
 import logging
 import subprocess
 import sys
@@ -63,6 +64,24 @@ def check(cfg: DictConfig) -> None:
     if not OmegaConf.is_list(chosen) or not chosen or not set(chosen) <= set(FIGURES):
         raise bad_value("reproduce.figures", chosen,
                         f"must be a non-empty list from {', '.join(FIGURES)}")
+
+
+def announce(line) -> None:
+    """Check every step's command line before the first one runs, as each would be checked on
+    its own, so a bad override in reproduce.extra or a missing launcher fails in one line now
+    instead of after the steps before it."""
+    from varexp.cli import COMMANDS
+    from varexp.compose import parse
+
+    cfg = line.cfg
+    for step in plan(cfg, Path(str(cfg.hydra.run.dir))):
+        if step.always:  # plots check their results folder, which the steps before make
+            continue
+        module = importlib.import_module(COMMANDS[step.args[0]][0])
+        try:
+            parse(step.args[0], step.args[1:], module.check)
+        except VarexpError as error:
+            raise VarexpError(f"step '{step.name}': {error}") from None
 
 
 def plan(cfg: DictConfig, out: Path) -> list[Step]:

@@ -23,6 +23,7 @@ import pandas as pd
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from varexp.compose import launcher
 from varexp.config import resolve_device
 from varexp.errors import VarexpError, bad_value
 from varexp.files import read_summary, write_csv, write_json
@@ -100,20 +101,11 @@ def describe(cfg: DictConfig) -> str:
             "time estimate and runs nothing")
 
 
-def launcher_name(cfg: DictConfig) -> str:
-    target = str(cfg.hydra.launcher.get("_target_", ""))
-    for name in ("Joblib", "SubmititLocal", "SubmititSlurm", "Basic"):
-        if name in target:
-            return {"Joblib": "joblib", "SubmititLocal": "submitit_local",
-                    "SubmititSlurm": "submitit_slurm", "Basic": "basic"}[name]
-    return target.rsplit(".", 1)[-1] or "basic"
-
-
 def parallel(cfg: DictConfig, runs: int) -> int:
     """Runs side by side in this machine: joblib's n_jobs (-1: every core), else one."""
     from varexp.threads import available_cores
 
-    if launcher_name(cfg) != "joblib":
+    if launcher(cfg) != "joblib":
         return 1
     n_jobs = int(cfg.hydra.launcher.get("n_jobs", 1) or 1)
     return max(1, min(runs, available_cores() if n_jobs < 0 else n_jobs))
@@ -124,10 +116,9 @@ def announce(line) -> None:
     with sweep.dry_run, stop there."""
     cfg, jobs = line.cfg, line.jobs
     sweep_dir = Path(str(cfg.hydra.sweep.dir))
-    finished = finished_runs(sweep_dir)
-    launcher = launcher_name(cfg)
+    finished = finished_runs(sweep_dir, int(cfg.train.steps))
     side_by_side = parallel(cfg, len(jobs))
-    print(f"varexp sweep: {len(jobs)} runs into {sweep_dir}/ ({launcher} launcher, "
+    print(f"varexp sweep: {len(jobs)} runs into {sweep_dir}/ ({launcher(cfg)} launcher, "
           f"{side_by_side} at a time)", flush=True)
     print(f"  grid: {grid_text(jobs)}", flush=True)
     if finished:
@@ -147,7 +138,7 @@ def estimate(line, remaining: int, side_by_side: int) -> str:
     from varexp.threads import auto_threads
 
     cfg = line.cfg
-    if launcher_name(cfg) == "submitit_slurm":
+    if launcher(cfg) == "submitit_slurm":
         return "not estimated here (the runs go to the cluster's nodes)"
     if remaining <= 0:
         return "nothing left to run"
@@ -209,12 +200,18 @@ def duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def finished_runs(sweep_dir: Path) -> list[Path]:
-    """Run folders under sweep_dir whose summary says the run ended (completed or diverged)."""
+def finished_runs(sweep_dir: Path, steps: int) -> list[Path]:
+    """Run folders under sweep_dir with nothing left to train: diverged, or completed with
+    `steps` steps."""
     if not sweep_dir.is_dir():
         return []
-    return [p.parent for p in sweep_dir.rglob("summary.json")
-            if (read_summary(p.parent) or {}).get("status") in FINISHED]
+    out = []
+    for path in sweep_dir.rglob("summary.json"):
+        summary = read_summary(path.parent) or {}
+        if summary.get("status") == "diverged" or (summary.get("status") == "completed"
+                                                    and summary.get("train_steps") == steps):
+            out.append(path.parent)
+    return out
 
 
 def report_progress(sweep_dir: Path) -> None:

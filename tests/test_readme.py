@@ -1,0 +1,89 @@
+"""Every command README.md shows runs as written, the way a user types it: a separate process in
+a fresh folder, default output folders, no hydra.run.dir or hydra.sweep.dir the README does not
+show, shrunk only by VAREXP_SMOKE=1 (every command at a token size). The commands of one code
+block run in order in one folder, as a user runs them. Commands that need the paper's data sets
+(absent here) or a SLURM cluster must stop with one line that says so."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import time
+from pathlib import Path
+
+import pytest
+from conftest import run_varexp
+
+from varexp.cli import EXAMPLES
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+# what a command needs that no test machine has -> what its one-line error must name
+NEEDS = {
+    r"experiment=paper\b": r"CIFAR10|ISBI|sbatch",
+    r"experiment=figure2_allcnnc\b|experiment=figure4_cifar10\b": r"CIFAR10",
+    r"experiment=figure2_unet\b|experiment=figure4_isbi2012\b": r"isbi2012|ISBI",
+    r"submitit_slurm": r"sbatch",
+}
+OFFLINE = {"https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9"}
+
+
+def code_blocks(text: str) -> list[list[str]]:
+    """The shell commands of each ```bash block: comments cut, continuations joined, `&&`
+    chains split."""
+    blocks = []
+    for body in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        commands = []
+        for line in body.replace("\\\n", " ").splitlines():
+            line = re.sub(r"\s+#.*$", "", line).strip()
+            if line and not line.startswith("#"):
+                commands += [c.strip() for c in line.split("&&")]
+        blocks.append(commands)
+    return blocks
+
+
+def varexp_blocks() -> list[list[str]]:
+    """The varexp commands of each block; a block that a later one starts with is left out
+    (the quick start repeats the main job)."""
+    blocks = [[c for c in b if c.startswith(("varexp ", "VAREXP_SMOKE=1 varexp "))]
+              for b in code_blocks(README.read_text(encoding="utf-8"))]
+    blocks = [b for b in blocks if b]
+    return [b for i, b in enumerate(blocks)
+            if not any(later[:len(b)] == b for later in blocks[i + 1:])]
+
+
+def needs(command: str) -> str | None:
+    """What the one-line error of a command that cannot run here must name, or None."""
+    reasons = [why for pattern, why in NEEDS.items() if re.search(pattern, command)]
+    return "|".join(reasons) or None
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    """One data folder for the session: the embedded datasets are generated once."""
+    return tmp_path_factory.mktemp("data")
+
+
+def test_the_readme_shows_the_design_cards_commands():
+    shown = {c for block in varexp_blocks() for c in block}
+    assert set(EXAMPLES) <= shown, set(EXAMPLES) - shown
+
+
+@pytest.mark.parametrize("block", varexp_blocks(), ids=lambda b: b[0][:60])
+def test_readme_block_runs_as_written(block, tmp_path, data_dir):
+    env = {"VAREXP_SMOKE": "1", "VAREXP_DATA": str(data_dir), **OFFLINE}
+    for command in block:
+        args = shlex.split(command)
+        args = args[args.index("varexp") + 1:]
+        start = time.perf_counter()
+        out = run_varexp(*args, cwd=tmp_path, env=env)
+        took = time.perf_counter() - start
+        print(f"{took:5.1f} s  rc {out.returncode}  {command}")
+        why = needs(command)
+        if why is None:
+            assert out.returncode == 0, f"{command}\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}"
+            assert "Traceback" not in out.stderr, out.stderr[-3000:]
+        else:
+            lines = out.stderr.strip().splitlines()
+            assert out.returncode == 2 and len(lines) >= 1, f"{command}\n{out.stderr[-3000:]}"
+            assert re.search(why, lines[-1]), lines[-1]
+            assert "Traceback" not in out.stderr, out.stderr[-3000:]
