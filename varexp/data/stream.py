@@ -5,6 +5,7 @@ uninterrupted one would, whatever the number of DataLoader workers."""
 from __future__ import annotations
 
 import itertools
+import multiprocessing
 import os
 from collections.abc import Iterator
 
@@ -79,6 +80,18 @@ def resolve_workers(workers: int | str, device: torch.device) -> int:
     return min(4, (os.cpu_count() or 1) - 1) if device.type == "cuda" else 0
 
 
+def worker_context() -> multiprocessing.context.BaseContext:
+    """How DataLoader workers start: the platform's default method (fork on Linux), named
+    explicitly. Left unset, the DataLoader uses the process's default context, and inside a
+    joblib loky worker (hydra/launcher=joblib) that has been switched to loky's own (a process
+    started by a context makes it the child's default), whose launcher only accepts loky's own
+    process objects and fails on the DataLoader's ('Process' object has no attribute 'env').
+    The platform default is what the DataLoader uses in a plain process, so workers start the
+    same way in a single run and in a sweep; fork also needs no re-import of torch and shares
+    the split copy-on-write instead of pickling it."""
+    return multiprocessing.get_context(multiprocessing.get_all_start_methods()[0])
+
+
 class Stream:
     """Endless seeded minibatches (x float32, y) of a split: y holds class ids (long) for
     classification and membrane maps (N, 1, H, W) in {0., 1.} for segmentation. Augmented
@@ -124,6 +137,7 @@ class Stream:
             num_workers=self.workers,
             pin_memory=cuda,
             persistent_workers=self.workers > 0,
+            multiprocessing_context=worker_context() if self.workers > 0 else None,
         )
         for x, y in loader:
             self.batch += 1
