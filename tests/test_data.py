@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import itertools
 import math
+import multiprocessing
 import pickle
 
+import joblib
 import numpy as np
 import pytest
 import tifffile
@@ -335,6 +337,31 @@ def test_stream_is_the_same_with_a_worker_process():
         torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
         for a, b in zip(inline, worker, strict=True)
     )
+
+
+def batches_in_this_process(cfg: dict, n: int) -> tuple[str, list]:
+    """The default start method here (loky's own inside a loky worker) and n batches of a
+    stream with one DataLoader worker."""
+    stream = Stream(OmegaConf.create(cfg), ALLCNNC, 8, seed=0)
+    assert stream.workers == 1
+    return multiprocessing.get_start_method(), take(stream, n)
+
+
+def test_stream_with_a_worker_process_inside_a_joblib_loky_worker():
+    """hydra/launcher=joblib runs each job in a loky worker, whose default start method is loky's
+    own; a DataLoader worker started from there gives the batches of the main process."""
+    cfg = config("shapes", train_size=200, test_size=20, cache=False)
+    inline = take(Stream(cfg, ALLCNNC, 8, seed=0), 3)
+    cfg.workers = 1
+    jobs = joblib.Parallel(n_jobs=2, backend="loky")(
+        joblib.delayed(batches_in_this_process)(OmegaConf.to_container(cfg), 3) for _ in range(2)
+    )
+    for method, batches in jobs:
+        assert method == "loky"
+        assert all(
+            torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+            for a, b in zip(inline, batches, strict=True)
+        )
 
 
 def test_probe_batch_is_fixed_unaugmented_and_distinct():

@@ -20,12 +20,13 @@ from varexp.files import atomic_path
 CHECKPOINT = "checkpoint.pt"
 # Keys that identify a run: everything that changes its trajectory or its files, except these,
 # which may differ on resume (train.steps extends a finished run; data location, device,
-# workers, compilation and bookkeeping leave the numbers as they are).
+# workers, the data pipeline, compilation and bookkeeping leave the numbers as they are).
 IDENTITY_GROUPS = ("arch", "dataset", "init", "optim", "seed", "train")
 NOT_IDENTITY = (
     "train.steps", "train.checkpoint_every", "train.flush_seconds", "train.progress",
     "train.compile", "train.stop_after",
     "dataset.root", "dataset.download", "dataset.verify", "dataset.cache", "dataset.workers",
+    "dataset.pipeline",
 )  # fmt: skip
 
 

@@ -23,6 +23,7 @@ from varexp.files import atomic_path
 
 DATASETS = ("gaussian", "cifar10", "isbi2012", "shapes", "membranes")
 SPLITS = ("train", "test")
+PIPELINES = ("auto", "host", "device")  # where training batches are cut: see stream.py
 TASK = {"cifar10": "classification", "shapes": "classification",
         "isbi2012": "segmentation", "membranes": "segmentation"}  # fmt: skip
 # The task each architecture is built for; gaussian adapts to the architecture.
@@ -72,6 +73,9 @@ def check(dataset: DictConfig) -> None:
         isinstance(workers, bool) or not isinstance(workers, int) or workers < 0
     ):
         raise bad_value("dataset.workers", workers, "must be auto or an integer >= 0")
+    pipeline = d.get("pipeline", "auto")
+    if pipeline not in PIPELINES:
+        raise bad_value("dataset.pipeline", pipeline, "choose one of " + ", ".join(PIPELINES))
     if d.name in ("gaussian", "shapes", "membranes"):
         positive_int(cfg, "dataset.seed", minimum=0)
     if d.name in ("cifar10", "shapes"):
@@ -146,13 +150,14 @@ def _source(key: str, split: str, shape: tuple[int, ...], task: str) -> Source:
         return gaussian.load(d.size, shape, task, d.seed)[split]
     if d.name == "cifar10":
         images, labels = cifar10.load(data_root(d), train, d.download, d.verify)
-        return Images(images, labels, cifar10.MEAN, cifar10.STD, flip=d.flip)
+        mean, std = torch.tensor(cifar10.MEAN), torch.tensor(cifar10.STD)
+        return Images(images, labels, mean, std, flip=d.flip)
     if d.name == "shapes":
         train_set = shapes_set(d.train_size, d.seed, 0, d.cache)
         images, labels = train_set if train else shapes_set(d.test_size, d.seed, 1, d.cache)
         # Normalize both splits with the training set's statistics, as for CIFAR10.
         mean, std = shapes.channel_stats(train_set[0])
-        return Images(images, labels, mean, std, flip=d.flip)
+        return Images(images, labels, torch.tensor(mean), torch.tensor(std), flip=d.flip)
     image, membrane = _stack(key)
     return volume_splits(image, membrane, d.crop, d.val_slices, d.elastic_std, d.name)[split]
 

@@ -1,10 +1,12 @@
 """In-memory datasets and how one minibatch is cut from them. A source maps sample indices and a
-seeded generator to a batch (x float32, y), so a batch is a pure function of its seed."""
+seeded generator to a batch (x float32, y), so a batch is a pure function of its seed. A source
+lives on one device (`to`); the indices and the generator stay on the CPU, and the batch is cut
+where the data is."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, fields, replace
+from typing import Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -15,6 +17,7 @@ from varexp.data.augment import (
     dihedral,
     elastic,
     hflip,
+    on,
     pad_crop,
     randint,
     sample,
@@ -35,9 +38,32 @@ class Source(Protocol):
 
     def batch(self, index: Tensor, gen: Generator, augment: bool) -> tuple[Tensor, Tensor]: ...
 
+    def to(self, device: torch.device) -> Source: ...
+
+    @property
+    def nbytes(self) -> int: ...
+
+
+S = TypeVar("S", bound="OnDevice")
+
+
+class OnDevice:
+    """For the dataclass sources below: moving one to a device moves its tensor fields."""
+
+    def tensors(self) -> dict[str, Tensor]:
+        items = ((f.name, getattr(self, f.name)) for f in fields(self))
+        return {name: value for name, value in items if isinstance(value, Tensor)}
+
+    def to(self: S, device: torch.device) -> S:
+        return replace(self, **{k: t.to(device) for k, t in self.tensors().items()})
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors().values())
+
 
 @dataclass(frozen=True)
-class Tensors:
+class Tensors(OnDevice):
     """Ready float inputs with their targets (gaussian): no augmentation, no normalization."""
 
     x: Tensor
@@ -47,18 +73,20 @@ class Tensors:
         return len(self.x)
 
     def batch(self, index: Tensor, gen: Generator, augment: bool) -> tuple[Tensor, Tensor]:
+        index = on(self.x, index)
         return self.x[index], self.y[index]
 
 
 @dataclass(frozen=True)
-class Images:
-    """uint8 images (N, C, H, W) with class ids (N,); per-channel normalization; augmentation:
-    zero-pad `pad` pixels per side and crop back at random (paper Sec. 5.2), optional flip."""
+class Images(OnDevice):
+    """uint8 images (N, C, H, W) with class ids (N,); normalization by per-channel mean and std
+    (C,); augmentation: zero-pad `pad` pixels per side and crop back at random (paper Sec. 5.2),
+    optional flip."""
 
     images: Tensor
     labels: Tensor
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
+    mean: Tensor
+    std: Tensor
     pad: int = 4
     flip: bool = False
 
@@ -66,6 +94,7 @@ class Images:
         return len(self.images)
 
     def batch(self, index: Tensor, gen: Generator, augment: bool) -> tuple[Tensor, Tensor]:
+        index = on(self.images, index)
         x = self.images[index].float() / 255
         if augment:
             # Pad before normalizing: the padding is black pixels, as in torchvision's
@@ -73,13 +102,11 @@ class Images:
             x = pad_crop(x, self.pad, gen)
             if self.flip:
                 x = hflip(x, gen)
-        mean = torch.tensor(self.mean)[:, None, None]
-        std = torch.tensor(self.std)[:, None, None]
-        return (x - mean) / std, self.labels[index]
+        return (x - self.mean[:, None, None]) / self.std[:, None, None], self.labels[index]
 
 
 @dataclass(frozen=True)
-class Volume:
+class Volume(OnDevice):
     """A stack of grayscale slices (S, H, W), already normalized, with membrane maps (S, H, W)
     in {0, 1}. A sample is a `crop` x `crop` window of slice `index` at a random position;
     augmentation warps it elastically (std `elastic_std` px) and applies one of the 8 rotations
@@ -95,8 +122,9 @@ class Volume:
 
     def batch(self, index: Tensor, gen: Generator, augment: bool) -> tuple[Tensor, Tensor]:
         n, (_, h, w) = len(index), self.image.shape
-        top = randint(h - self.crop + 1, n, gen)
-        left = randint(w - self.crop + 1, n, gen)
+        top = on(self.image, randint(h - self.crop + 1, n, gen))
+        left = on(self.image, randint(w - self.crop + 1, n, gen))
+        index = on(self.image, index)
         x, y = self.image[index, None], self.membrane[index, None]
         if augment and self.elastic_std > 0:
             grid = elastic(window_grid(top, left, self.crop, h, w), h, w, self.elastic_std, gen)

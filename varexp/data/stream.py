@@ -1,10 +1,17 @@
 """Seeded minibatches: a fixed probe batch of T inputs, and an endless training stream whose
 batch i is a pure function of (seed, i), so a resumed run sees exactly the batches an
-uninterrupted one would, whatever the number of DataLoader workers."""
+uninterrupted one would, whatever the pipeline and the number of DataLoader workers.
+
+Two pipelines cut the same batches. host: a DataLoader (optionally with worker processes) cuts
+them on the CPU and copies each to the device. device: the split is copied to the device once
+and every batch is cut and augmented there, in this process; only the few random parameters
+and sample indices of a batch travel, from the same CPU generators."""
 
 from __future__ import annotations
 
 import itertools
+import logging
+import multiprocessing
 import os
 from collections.abc import Iterator
 
@@ -17,7 +24,12 @@ from varexp.data.catalog import SPLITS, data_info, load_source
 from varexp.data.sources import Source, generator
 from varexp.errors import bad_value
 
+log = logging.getLogger(__name__)
+
 ORDER, AUGMENT, PROBE = 0, 1, 2  # purposes mixed into the seeds, so their streams are unrelated
+# The share of the device's free memory a split may take on the device pipeline; the rest stays
+# for the model, its activations and optimizer state, and each batch's temporaries.
+DEVICE_SHARE = 0.5
 
 
 class Batches(Dataset):
@@ -79,10 +91,52 @@ def resolve_workers(workers: int | str, device: torch.device) -> int:
     return min(4, (os.cpu_count() or 1) - 1) if device.type == "cuda" else 0
 
 
+def worker_context() -> multiprocessing.context.BaseContext:
+    """How DataLoader workers start: the platform's default method (fork on Linux before
+    Python 3.14), named explicitly. Left unset, the DataLoader uses the process's default
+    context, and inside a joblib loky worker (hydra/launcher=joblib) that has been switched to
+    loky's own (a process started by a context makes it the child's default), whose launcher
+    only accepts loky's own process objects and fails on the DataLoader's ('Process' object has
+    no attribute 'env'). The platform default is what the DataLoader uses in a plain process,
+    so workers start the same way in a single run and in a sweep; fork also needs no re-import
+    of torch and shares the split copy-on-write instead of pickling it."""
+    return multiprocessing.get_context(multiprocessing.get_all_start_methods()[0])
+
+
+def fits_on_device(size_bytes: int, free_bytes: int) -> bool:
+    """Whether a split of size_bytes may be copied to a device with free_bytes free."""
+    return size_bytes <= DEVICE_SHARE * free_bytes
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes this process may still allocate on a CUDA device: free on the device, plus what
+    torch's caching allocator holds unused (an earlier job in a reused joblib worker)."""
+    free, _ = torch.cuda.mem_get_info(device)
+    return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+
+
+def resolve_pipeline(pipeline: str, what: str, size_bytes: int, device: torch.device) -> str:
+    """auto: device with CUDA, else host. A split too large for the CUDA device's free memory
+    (fits_on_device) stays on the host, with a one-line warning naming `what` it is, rather than
+    run out of device memory during training."""
+    if pipeline == "auto":
+        pipeline = "device" if device.type == "cuda" else "host"
+    if pipeline == "device" and device.type == "cuda":
+        free = free_memory(device)
+        if not fits_on_device(size_bytes, free):
+            log.warning(
+                "%s takes %.1f MB, more than %d%% of the %.1f MB free on %s; using the host "
+                "pipeline instead", what, size_bytes / 1e6, 100 * DEVICE_SHARE, free / 1e6, device,
+            )  # fmt: skip
+            return "host"
+    return pipeline
+
+
 class Stream:
-    """Endless seeded minibatches (x float32, y) of a split: y holds class ids (long) for
-    classification and membrane maps (N, 1, H, W) in {0., 1.} for segmentation. Augmented
-    (per dataset.augment) on the train split only."""
+    """Endless seeded minibatches (x float32, y) of a split, on `device`: y holds class ids
+    (long) for classification and membrane maps (N, 1, H, W) in {0., 1.} for segmentation.
+    Augmented (per dataset.augment) on the train split only. dataset.pipeline picks where the
+    batches are cut (module docstring); `pipeline` is the one in use."""
 
     def __init__(
         self,
@@ -96,10 +150,15 @@ class Stream:
         if split not in SPLITS:
             raise bad_value("split", split, "choose one of " + ", ".join(SPLITS))
         self.info = data_info(dataset, arch)
-        self.source = load_source(dataset, arch, split)
+        self.device = torch.device(device)
+        source = load_source(dataset, arch, split)
+        what = f"the {split} split of dataset={self.info.name}"
+        self.pipeline = resolve_pipeline(
+            dataset.get("pipeline", "auto"), what, source.nbytes, self.device
+        )
+        self.source = source.to(self.device) if self.pipeline == "device" else source
         augment = split == "train" and bool(dataset.get("augment", False))
         self.batches = Batches(self.source, batch_size, (seed, SPLITS.index(split)), augment)
-        self.device = torch.device(device)
         self.workers = resolve_workers(dataset.get("workers", "auto"), self.device)
         self.batch = 0  # index of the next batch to hand out
 
@@ -116,6 +175,9 @@ class Stream:
         self.batch = int(state["batch"])
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        return self.on_device() if self.pipeline == "device" else self.on_host()
+
+    def on_host(self) -> Iterator[tuple[Tensor, Tensor]]:
         cuda = self.device.type == "cuda"
         loader = DataLoader(
             self.batches,
@@ -124,7 +186,18 @@ class Stream:
             num_workers=self.workers,
             pin_memory=cuda,
             persistent_workers=self.workers > 0,
+            multiprocessing_context=worker_context() if self.workers > 0 else None,
         )
         for x, y in loader:
             self.batch += 1
             yield x.to(self.device, non_blocking=cuda), y.to(self.device, non_blocking=cuda)
+
+    def on_device(self) -> Iterator[tuple[Tensor, Tensor]]:
+        # A starting DataLoader draws its workers' base seed from the global RNG; draw the same
+        # number here, so that what a run draws next (data-dependent inits) is the same on
+        # both pipelines.
+        torch.empty((), dtype=torch.int64).random_()
+        for i in itertools.count(self.batch):
+            x, y = self.batches[i]
+            self.batch = i + 1
+            yield x, y
