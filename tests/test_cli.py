@@ -70,3 +70,54 @@ def test_unwritable_run_dir_is_one_line(tmp_path):
         f"({blocker} is not a writable folder)"
     )
     assert blocker.read_text() == "not a directory"
+
+
+# ---------------------------------------------------------------------------------------------
+# the whole command line is checked before Hydra makes any folder
+
+
+@pytest.mark.parametrize("command, args, needle", [
+    ("train", ["arch.width=100"], "arch.width is not a key of arch=allcnnc; its keys: channels, "
+                                  "activation, norm, dropout"),
+    ("probe", ["optim=adam"], "there is no config group 'optim' in varexp probe; its groups: "
+                              "arch, dataset, init, experiment"),
+    ("train", ["experiment=figure1"], "experiment=figure1 is a preset for `varexp probe`, not "
+                                      "`varexp train`; presets for train: figure4_cifar10"),
+    ("probe", ["experiment=figure9"], "experiment='figure9' is not an option; choose one of "
+                                      "figure1, figure1_quick"),
+    ("train", ["optim.lr=abc"], "optim.lr='abc' is not allowed; must be a number > 0"),
+    ("probe", ["probe.networks=2,0", "-m"], "in the sweep probe.networks=2,0 (value 2 of 2): "
+                                            "probe.networks=0 is not allowed"),
+    ("probe", ["probe.networks=2,3"], "probe.networks=2,3 lists several values; add -m"),
+    ("theory", ["++hydra.run.dir="], "hydra.run.dir='' is not allowed; it must name a folder"),
+])
+def test_bad_command_lines_are_one_line_and_leave_no_folder(tmp_path, command, args, needle):
+    out = varexp(command, *args, cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().splitlines() == [out.stderr.strip()], out.stderr
+    assert needle in out.stderr
+    assert list(tmp_path.iterdir()) == []  # no outputs/ folder, no run folder
+
+
+def test_command_help_lists_only_its_own_groups_and_presets():
+    out = varexp("probe", "--help")
+    assert out.returncode == 0, out.stderr
+    groups = [line.split()[0] for line in out.stdout.split("groups")[1].split("config:")[0]
+              .splitlines()[1:] if line.startswith("  ")]
+    assert groups == ["arch", "dataset", "init", "experiment"]
+    assert "figure4_quick" not in out.stdout and "figure2_quick" in out.stdout
+    sweep = varexp("sweep", "experiment=figure4_quick", "--help")
+    assert "grid (96 runs into outputs/sweep/figure4_quick/)" in sweep.stdout
+    assert "task=shapes,membranes" in sweep.stdout
+
+
+def test_train_uses_a_cpu_sized_task_unless_the_user_names_arch_or_dataset():
+    from conftest import config
+
+    cfg = config("train")
+    assert (cfg.arch.name, cfg.arch.channels, cfg.dataset.name) == ("allcnnc", 0.125, "shapes")
+    cfg = config("train", "arch=mlp", "dataset=gaussian")
+    assert cfg.arch.name == "mlp" and "channels" not in cfg.arch
+    paper = config("train", "experiment=figure4_cifar10")
+    assert (paper.arch.channels, paper.dataset.name, paper.train.batch_size) == (1.0, "cifar10",
+                                                                                  128)

@@ -3,6 +3,7 @@ skipped), and end to end a tiny sweep through the basic, joblib and submitit_loc
 writes sweep.csv, selected.csv and figure4, and does no training when re-run."""
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -174,12 +175,14 @@ def test_tiny_sweep_resumes_skips_and_plots(tmp_path, monkeypatch, capsys):
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
 def test_tiny_sweep_through_launcher(tmp_path, launcher):
-    """The same sweep through a parallel launcher gives the same tables (CPU, same seeds)."""
+    """The same sweep through a parallel launcher, its jobs starting DataLoader workers of their
+    own, gives the same tables (CPU, same seeds)."""
     basic = tmp_path / "basic"
     basic.mkdir()
     varexp(*sweep_args(basic), cwd=basic)
     start = time.perf_counter()
-    varexp(*sweep_args(tmp_path, f"hydra/launcher={launcher}"), cwd=tmp_path)
+    varexp(*sweep_args(tmp_path, f"hydra/launcher={launcher}", "dataset.workers=1"),
+           cwd=tmp_path)
     print(f"{launcher}: {time.perf_counter() - start:.1f} s")
     table = assert_tiny_sweep(tmp_path / "sweep")
     reference = pd.read_csv(basic / "sweep" / "sweep.csv")
@@ -196,3 +199,59 @@ def test_bad_value_stops_the_sweep_before_any_job(tmp_path, monkeypatch, capsys)
     assert exit_.value.code == 2 and err.strip().splitlines() == [
         "varexp sweep: train.steps=0 is not allowed; must be an integer >= 1"]
     assert not (tmp_path / "sweep").exists()
+
+
+def test_joblib_sweep_with_dataloader_workers_and_shared_cores(tmp_path):
+    """joblib's worker processes start DataLoader workers of their own, and the jobs that run
+    side by side share the cores."""
+    from varexp.threads import available_cores
+
+    args = [*TINY[:-5], "init=scale", "optim=sgd", "sweep.lr_index=0", "seed=0,1,2,3",
+            "dataset.workers=1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+            "sweep.estimate=false"]
+    out = varexp("sweep", *args, f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    table = pd.read_csv(tmp_path / "sweep" / "sweep.csv")
+    assert list(table["status"]) == ["completed"] * 4, out.stdout[-2000:]
+    assert "sweep: 4 runs (4 completed)" in out.stdout
+    threads = {int(t) for t in re.findall(r"(\d+) thread\(s\)", job_logs(tmp_path / "sweep"))}
+    assert threads and max(threads) <= max(1, available_cores() // 2)
+
+
+def test_crashed_runs_are_failed_and_the_sweep_exits_non_zero(tmp_path, monkeypatch, capsys):
+    import varexp.train
+
+    real_loop = varexp.train.Run.loop
+
+    def crash_for_scale_bias(self, stop):
+        if self.cfg.init.name == "scale+bias":
+            raise RuntimeError("simulated crash")
+        return real_loop(self, stop)
+
+    monkeypatch.setattr(varexp.train.Run, "loop", crash_for_scale_bias)
+    with pytest.raises(SystemExit) as exit_:
+        run_in_process(monkeypatch, tmp_path, *sweep_args(tmp_path, "sweep.estimate=false"))
+    assert exit_.value.code == 1
+    err = capsys.readouterr()
+    table = pd.read_csv(tmp_path / "sweep" / "sweep.csv")
+    failed = table[table["init"] == "scale+bias"]
+    assert (failed["status"] == "failed").all() and len(failed) == 4
+    assert (table[table["init"] == "scale"]["status"] != "failed").all()
+    assert "sweep: 8 runs (2 completed, 2 diverged, 4 failed)" in err.out
+    assert err.err.strip().startswith("varexp sweep: 4 of 8 runs did not finish; see ")
+    assert "scale+bias/sgd/lr=0.001/seed=0/sweep.log" in err.err
+
+
+def test_figure4_of_a_sweep_whose_runs_all_failed_is_one_line(tmp_path):
+    from test_figure4 import fake_sweep
+
+    from varexp.errors import VarexpError
+    from varexp.plot.figure4 import make
+    from varexp.sweep import write_tables
+
+    fake_sweep(tmp_path / "s")
+    for summary in (tmp_path / "s").rglob("summary.json"):
+        summary.write_text('{"status": "failed", "error": "RuntimeError: boom"}')
+    write_tables(tmp_path / "s", 0.1)
+    with pytest.raises(VarexpError, match="no learning rate was selected in .*: no run "
+                                          "completed there"):
+        make(str(tmp_path), "unused", tmp_path / "out")

@@ -245,3 +245,51 @@ def test_a_killed_process_resumes_to_the_uninterrupted_rows(tmp_path):
         a = pd.read_csv(tmp_path / "whole" / name).drop(columns="seconds", errors="ignore")
         b = pd.read_csv(cut / name).drop(columns="seconds", errors="ignore")
         pd.testing.assert_frame_equal(a, b, check_exact=True)
+
+
+def test_ctrl_c_stops_at_a_step_with_a_checkpoint_and_says_how_to_resume(tmp_path):
+    """A user's Ctrl-C (SIGINT) on `varexp train` in an empty folder: one message, a
+    checkpoint at the step it stopped at, and a resume command that works as printed."""
+    import os
+    import shlex
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import run_varexp
+
+    args = ["train", *MLP, "device=cpu", "train.batch_size=4", "train.probe_samples=8",
+            "train.steps=100000", "train.log_seconds=0.2"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "varexp", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in proc.stdout:  # no terminal: a banner, then progress lines
+        lines.append(line)
+        if "steps/s" in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "train from scratch: mlp 16x3" in lines[0] and "-> " in lines[0]
+    message = err.strip().splitlines()
+    assert "Traceback" not in err and len(message) == 2, err
+    run_dir = next((tmp_path / "outputs" / "train").iterdir())
+    step = torch.load(checkpoint_path(run_dir), weights_only=True)["step"]
+    assert message[0] == (f"varexp train: stopped at step {step}; checkpoint saved in "
+                          f"{run_dir}; resume with:")
+    resume = shlex.split(message[1].strip())
+    assert resume[:2] == ["varexp", "train"] and f"hydra.run.dir={run_dir}" in resume
+    done = run_varexp(*resume[1:], f"train.steps={step + 3}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "completed after" in done.stdout.strip().splitlines()[-1]
+    assert str(run_dir) in done.stdout.strip().splitlines()[-1]
+    assert list(pd.read_csv(run_dir / "metrics.csv")["step"]) == list(range(step + 3))
+
+
+def test_summary_records_provenance(tmp_path):
+    summary = train(cfg_of(*MLP, "train.steps=2"), tmp_path)
+    record = summary["provenance"]
+    assert record["torch"] == torch.__version__ and record["python"].count(".") == 2
+    assert record["code"].startswith(("git ", "varexp ")) and record["device"]
+    assert record["host"] and summary["started"] <= summary["finished"]

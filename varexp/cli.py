@@ -108,7 +108,10 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         if "--help" in rest or "-h" in rest:
-            print_command_help(command, [a for a in rest if not a.startswith("-")])
+            try:
+                print_command_help(command, [a for a in rest if not a.startswith("-")])
+            except BrokenPipeError:  # `varexp probe --help | head`
+                sys.stderr.close()
             return
         if not compose.inspects_only(rest):
             rest = compose.complete(command, rest)

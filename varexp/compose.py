@@ -15,6 +15,7 @@ import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 from hydra import compose, initialize_config_module
@@ -90,10 +91,20 @@ def compose_config(command: str, overrides: list[str]) -> DictConfig:
         raise _one_line(command, overrides, error) from None
 
 
+GROUP_ORDER = ("arch", "dataset", "init", "optim", "task", "experiment")
+
+
+@cache
+def _default_choices(command: str) -> tuple[tuple[str, str | None], ...]:
+    choices = compose_config(command, []).hydra.runtime.choices
+    groups = [g for g in choices if not g.startswith("hydra/")]
+    groups.sort(key=lambda g: GROUP_ORDER.index(g) if g in GROUP_ORDER else len(GROUP_ORDER))
+    return tuple((g, choices[g]) for g in groups)
+
+
 def command_groups(command: str) -> dict[str, str | None]:
     """The config groups `varexp COMMAND` composes, with their default options."""
-    choices = compose_config(command, []).hydra.runtime.choices
-    return {g: c for g, c in choices.items() if not g.startswith("hydra/")}
+    return dict(_default_choices(command))
 
 
 def group_options(group: str) -> list[str]:
@@ -245,8 +256,8 @@ def _one_line(command: str, overrides: list[str], error: Exception) -> VarexpErr
         rest = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != key]
         if "No match in the defaults list" in message:
             groups = ", ".join(command_groups(command))
-            return VarexpError(f"varexp {command} has no config group {key!r}; its groups: "
-                               f"{groups}")
+            return VarexpError(f"there is no config group {key!r} in varexp {command}; its "
+                               f"groups: {groups}")
         return VarexpError(_unknown_key(command, rest, key))
     return VarexpError(first)
 
@@ -258,7 +269,7 @@ def _unknown_key(command: str, overrides: list[str], key: str) -> str:
     choices = cfg.hydra.runtime.choices
     if isinstance(node, DictConfig):
         where = f"{parent}={choices[parent]}" if parent in choices else parent
-        keys = [k for k in node.keys() if k != "hydra"]
+        keys = [k for k in node.keys() if k not in ("hydra", "name")]
         return (f"{key} is not a key of {where or 'varexp ' + command}; its keys: "
                 f"{', '.join(map(str, keys))}")
     sections = [k for k in cfg.keys() if k != "hydra"]

@@ -130,7 +130,7 @@ def run(cfg: DictConfig) -> None:
         write_csv(pd.concat(neurons, ignore_index=True)[NEURON_COLUMNS], f"{out_dir}/neurons.csv")
     last = table[table.layer == table.layer.max()]
     log.info(
-        "probe: %d networks x %d layers, %s path, %.1f s -> %s (layer %d: mean ratio %.4f)",
+        "probe: %d networks x %d layers, %s path, %.1f s -> %s (layer %d: mean ratio m/v %.4g)",
         cfg.probe.networks, table.layer.max(), method, time.perf_counter() - start, path,
         table.layer.max(), last.ratio.mean(),
     )
