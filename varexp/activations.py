@@ -38,11 +38,10 @@ class Sin(nn.Module):
         return torch.sin(x)
 
 
-_erf = np.vectorize(math.erf, otypes=[float])
-
-
 def _gelu(x: np.ndarray) -> np.ndarray:
-    return x * 0.5 * (1.0 + _erf(x / math.sqrt(2.0)))
+    # x Phi(x) in float64 through torch's exact (erf) GELU, the function nn.GELU applies:
+    # one vectorised pass, where math.erf element by element is 100x slower
+    return torch.nn.functional.gelu(torch.as_tensor(x, dtype=torch.float64)).numpy()
 
 
 ACTIVATIONS: dict[str, Activation] = {
