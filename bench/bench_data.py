@@ -27,7 +27,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from varexp.data import Stream, data_info, membranes
-from varexp.data.cifar10 import FILES
+from varexp.data.cifar10 import files
 from varexp.data.stream import resolve_workers
 from varexp.models import build_model
 
@@ -38,7 +38,7 @@ def write_stand_ins(root: Path) -> None:
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
-    for name in FILES[:-1]:
+    for name in files()[:-1]:
         n = 10000
         entry = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), "labels": [0] * n}
         (folder / name).write_bytes(pickle.dumps(entry))

@@ -57,7 +57,7 @@ def write_cifar(root, per_batch: int = 12) -> dict[str, tuple[np.ndarray, list[i
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
     written = {}
-    for name in cifar10.FILES[:-1]:
+    for name in cifar10.files()[:-1]:
         data = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
         labels = rng.integers(0, 10, per_batch).tolist()
         entry = {
@@ -119,7 +119,8 @@ def test_cifar10_missing_folder_says_where_and_what_to_do(tmp_path):
 
 
 def test_cifar10_download_without_network_is_one_clear_line(tmp_path, monkeypatch):
-    monkeypatch.setattr(cifar10, "URL", "http://127.0.0.1:9/cifar-10-python.tar.gz")  # refused
+    monkeypatch.setattr(cifar10.torchvision_cifar10(), "url",
+                        "http://127.0.0.1:9/cifar-10-python.tar.gz")  # refused
     cfg = config("cifar10", root=str(tmp_path / "fresh"), download=True)
     with pytest.raises(VarexpError, match=r"could not download CIFAR10 .*dataset=shapes") as error:
         load_source(cfg, ALLCNNC, "train")

@@ -67,9 +67,9 @@ def complete(command: str, args: list[str]) -> list[str]:
     dataset= without task= (a narrow ALL-CNN-C's sizes mean nothing to an MLP), and
     VAREXP_SMOKE=1 appends the token sizes."""
     keys = {a.split("=", 1)[0].lstrip("+~") for a in args if not a.startswith("-")}
-    if "task" in command_groups(command) and keys & {"arch", "dataset"} and not keys & {
-        "task", "experiment"
-    }:
+    if keys & {"arch", "dataset"} and not keys & {"task", "experiment"} and (
+        "task" in command_groups(command)
+    ):
         args = [*args, "~task"]
     if os.environ.get("VAREXP_SMOKE"):
         args = [*args, *SMOKE.get(command, [])]
