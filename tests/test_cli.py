@@ -85,8 +85,8 @@ def test_unwritable_run_dir_is_one_line(tmp_path):
                                       "`varexp train`; presets for train: figure4_cifar10"),
     ("probe", ["experiment=figure9"], "experiment='figure9' is not an option; choose one of "
                                       "figure1, figure1_quick"),
-    ("train", ["optim.lr=abc"], "optim.lr='abc' is not allowed; must be a number > 0"),
-    ("probe", ["probe.networks=2,0", "-m"], "in the sweep probe.networks=2,0 (value 2 of 2): "
+    ("train", ["optim.lr=abc"], "optim.lr='abc' is not allowed; must be a finite number > 0"),
+    ("probe", ["probe.networks=2,0", "-m"], "in the sweep, probe.networks=2,0 (value 2 of 2): "
                                             "probe.networks=0 is not allowed"),
     ("probe", ["probe.networks=2,3"], "probe.networks=2,3 lists several values; add -m"),
     ("theory", ["++hydra.run.dir="], "hydra.run.dir='' is not allowed; it must name a folder"),

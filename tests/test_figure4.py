@@ -25,7 +25,7 @@ def fake_run(sweep_dir: Path, *, arch="allcnnc", dataset="shapes", init="scale",
     cfg = dict(seed=seed, arch=dict(name=arch), dataset=dict(name=dataset), init=dict(name=init),
                optim=dict(name=optim, lr=lr))
     OmegaConf.save(OmegaConf.create(cfg), run_dir / ".hydra" / "config.yaml")
-    steps = np.arange(1, STEPS + 1)
+    steps = np.arange(STEPS)  # rows 0..n-1 as varexp train writes them
     loss = np.exp(-rate * steps) + seed / 100
     if status == "diverged":
         loss[STEPS // 2:] = np.nan
@@ -69,7 +69,7 @@ def test_smoothing_is_a_trailing_moving_average(tmp_path):
     smooth = smoothed_losses(one, 5)
     assert list(raw.columns) == [0, 1] and len(raw) == STEPS
     np.testing.assert_allclose(smooth.loc[10], raw.loc[6:10].mean())
-    np.testing.assert_allclose(smooth.loc[1], raw.loc[1])  # min_periods=1 at the start
+    np.testing.assert_allclose(smooth.loc[0], raw.loc[0])  # min_periods=1 at the start
     # the seed offset of the fake runs survives: std over seeds is the 0.01 spacing
     np.testing.assert_allclose(raw.std(axis=1, ddof=1), 0.01 / np.sqrt(2), rtol=1e-6)
 

@@ -168,19 +168,32 @@ def test_figure3_without_gradients_is_an_error(tmp_path):
         render("figure3", tmp_path / "res", "outputs", tmp_path / "out")
 
 
+def cut_last_row(path: Path) -> None:
+    text = path.read_text()
+    path.write_text(text[: text.rstrip("\n").rfind(",")])  # the last row stops mid-way
+
+
 @pytest.mark.parametrize(
-    "edit, needle",
+    "damage, needle",
     [
-        (lambda t: t.drop(columns=["ratio"]), "missing column(s) ratio"),
-        (lambda t: t.iloc[:0], "has a header but no rows"),
-        (lambda t: t.assign(grad_sq="lots"), "column grad_sq has non-numeric value 'lots'"),
+        (lambda p, t: t.drop(columns=["ratio"]).to_csv(p, index=False),
+         "missing column(s) ratio"),
+        (lambda p, t: t.iloc[:0].to_csv(p, index=False), "has a header but no rows"),
+        (lambda p, t: t.assign(grad_sq="lots").to_csv(p, index=False),
+         "column grad_sq has non-numeric value 'lots'"),
+        (lambda p, t: cut_last_row(p), "(a partial file)"),
     ],
 )
-def test_bad_probe_csv_names_file_and_problem(tmp_path, edit, needle):
+def test_a_damaged_probe_csv_is_left_out_with_one_line(tmp_path, caplog, damage, needle):
     table = write_run(tmp_path / "res" / "a")
-    edit(table).to_csv(tmp_path / "res" / "a" / "probe.csv", index=False)
-    with pytest.raises(VarexpError, match="probe.csv: " + needle.replace("(", r"\(")
-                       .replace(")", r"\)")):
+    write_run(tmp_path / "res" / "b", width=300)
+    damage(tmp_path / "res" / "a" / "probe.csv", table)
+    paths = render("figure2", tmp_path / "res", "outputs", tmp_path / "out")
+    assert_png(paths[0])
+    left_out = [r.message for r in caplog.records if "leaves out" in r.message]
+    assert len(left_out) == 1 and "res/a/probe.csv: " in left_out[0] and needle in left_out[0]
+    (tmp_path / "res" / "b" / "probe.csv").unlink()  # nothing left to draw: one line
+    with pytest.raises(VarexpError, match="nothing to draw for figure2"):
         render("figure2", tmp_path / "res", "outputs", tmp_path / "out")
 
 

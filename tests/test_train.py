@@ -159,7 +159,7 @@ def test_huge_lr_is_a_diverged_result_with_exit_0(tmp_path, capsys):
 @pytest.mark.parametrize(
     "override, needle",
     [
-        ("optim.lr=0", "optim.lr=0 is not allowed; must be a number > 0"),
+        ("optim.lr=0", "optim.lr=0 is not allowed; must be a finite number > 0"),
         ("optim.lr=-0.1", "optim.lr=-0.1 is not allowed"),
         ("train.steps=0", "train.steps=0 is not allowed; must be an integer >= 1"),
         ("train.batch_size=1", "train.batch_size=1 is not allowed; must be an integer >= 2"),
@@ -177,7 +177,7 @@ def test_bad_values_are_refused_before_any_work(override, needle):
 def test_bad_input_on_the_command_line_is_one_line_exit_2(tmp_path, capsys):
     code, err = varexp(capsys, *MLP, "optim.lr=0", f"hydra.run.dir={tmp_path}")
     assert code == 2
-    assert err.strip() == "varexp train: optim.lr=0 is not allowed; must be a number > 0"
+    assert err.strip() == "varexp train: optim.lr=0 is not allowed; must be a finite number > 0"
     assert not (tmp_path / "metrics.csv").exists() and not (tmp_path / "summary.json").exists()
 
 
@@ -202,7 +202,7 @@ def test_refusals_leave_the_earlier_run_intact(tmp_path, capsys):
 
     code, err = varexp(capsys, *args, "resume=true", "optim.lr=0.5", "seed=3")
     assert code == 2 and len(err.strip().splitlines()) == 1
-    assert "is from another config: optim.lr=0.01 (now 0.5), seed=0 (now 3)" in err
+    assert "holds results of another config: optim.lr=0.01 (now 0.5), seed=0 (now 3)" in err
 
     assert (tmp_path / ".hydra" / "config.yaml").read_text() == record
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == files

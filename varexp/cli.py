@@ -7,10 +7,12 @@ import importlib
 import os
 import re
 import sys
+from contextlib import nullcontext
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from varexp import compose
+from varexp import compose, results
 from varexp.errors import VarexpError
 
 # subcommand -> (module with check(cfg) and run(cfg), one-line description)
@@ -63,18 +65,35 @@ def print_command_help(command: str, overrides: list[str]) -> None:
 
 
 def dispatch(command: str, cfg: DictConfig) -> None:
+    from varexp.stop import exit_cleanly_on_sigterm, watch_parent
     from varexp.threads import configure
 
     module = importlib.import_module(COMMANDS[command][0])
+    exit_cleanly_on_sigterm()
+    if launcher_of_job() in ("joblib", "submitit_local"):
+        watch_parent()  # a worker of this machine's launcher ends when the launch is killed
     try:
         configure(cfg.get("threads", "auto"), parallel_jobs(cfg))
         module.run(cfg)
     except VarexpError as error:
         print(f"varexp {command}: {error}", file=sys.stderr)
         sys.exit(2)
+    except OSError as error:  # a full disk, a folder made read-only under a running command
+        print(f"varexp {command}: could not write {error.filename or 'a result'} "
+              f"({error.strerror or error}); results written before are intact",
+              file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt:
         print(f"varexp {command}: interrupted; nothing half-written was kept", file=sys.stderr)
         sys.exit(130)
+
+
+def launcher_of_job() -> str | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    return HydraConfig.get().runtime.choices.get("hydra/launcher")
 
 
 def parallel_jobs(cfg: DictConfig) -> int:
@@ -113,17 +132,29 @@ def main(argv: list[str] | None = None) -> None:
             except BrokenPipeError:  # `varexp probe --help | head`
                 sys.stderr.close()
             return
-        if not compose.inspects_only(rest):
-            rest = compose.complete(command, rest)
-            module = importlib.import_module(COMMANDS[command][0])
-            line = compose.parse(command, rest, module.check)
-            if hasattr(module, "announce"):
-                module.announce(line)
+        if compose.inspects_only(rest):
+            run_hydra(command, rest)
+            return
+        rest = compose.complete(command, rest)
+        module = importlib.import_module(COMMANDS[command][0])
+        line = compose.parse(command, rest, module.check)
+        replace = results.check_launch(line, bool(line.cfg.get("overwrite", False)))
+        if hasattr(module, "announce"):
+            module.announce(line)
+        results.prepare_launch(line, replace)
+        # a multirun's folder is held for the whole launch: a second launch into it is refused
+        held = results.lock(Path(line.output_dir), f"varexp {command}") if line.multirun \
+            else nullcontext()
+        with held:
+            run_hydra(command, rest)
     except VarexpError as error:
         print(f"varexp {command}: {error}", file=sys.stderr)
         sys.exit(2)
+
+
+def run_hydra(command: str, args: list[str]) -> None:
     import hydra
 
-    sys.argv = [f"varexp {command}", *rest]
+    sys.argv = [f"varexp {command}", *args]
     app = hydra.main(config_path="pkg://varexp.conf", config_name=command, version_base="1.3")
     app(lambda cfg: dispatch(command, cfg))()

@@ -11,8 +11,10 @@ starts.
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -23,13 +25,28 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from varexp.errors import VarexpError
 from varexp.figures import commands_for
 
 CONFIG_MODULE = "varexp.conf"
+_stamp: str | None = None
+
+
+def run_stamp() -> str:
+    """The default run folder's name: this process's start time and pid, so that two commands
+    started in the same second never share a folder. The same all through one process (the
+    check before Hydra and Hydra itself agree); Hydra hands it on to a sweep's workers with the
+    config's resolver cache."""
+    global _stamp
+    if _stamp is None:
+        _stamp = f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_{os.getpid()}"
+    return _stamp
+
+
+OmegaConf.register_new_resolver("run_stamp", run_stamp, use_cache=True, replace=True)
 # Hydra flags that only inspect the config (or complete a shell line): no job runs, no preflight
 INSPECT_FLAGS = ("--cfg", "-c", "--info", "-i", "--shell-completion", "-sc", "--hydra-help",
                  "--resolve", "--package", "-p")  # fmt: skip
@@ -48,18 +65,25 @@ SMOKE: dict[str, list[str]] = {
 
 @dataclass(frozen=True)
 class CommandLine:
-    """A checked command line: the first job's config (with its `hydra` node) and every job's
-    overrides (one job for a single run)."""
+    """A checked command line: the first job's config (with its `hydra` node), every job's
+    overrides and config (one job for a single run)."""
 
     command: str
     overrides: list[str]
     cfg: DictConfig
     jobs: list[list[str]]
     multirun: bool
+    configs: list[DictConfig]
 
     @property
     def output_dir(self) -> str:
         return str(self.cfg.hydra.sweep.dir if self.multirun else self.cfg.hydra.run.dir)
+
+    def folders(self) -> list[Path]:
+        """Each job's run folder (for a multirun: the sweep folder / its subdir)."""
+        if not self.multirun:
+            return [Path(self.output_dir)]
+        return [Path(str(c.hydra.sweep.dir)) / str(c.hydra.sweep.subdir) for c in self.configs]
 
 
 def complete(command: str, args: list[str]) -> list[str]:
@@ -134,7 +158,7 @@ def parse(command: str, args: list[str], check: Callable[[DictConfig], object]) 
             swept = next(o.input_line for o in parsed if o.is_sweep_override())
             raise VarexpError(f"{swept} lists several values; add -m to run one job per value")
         _check(check, cfg)
-        line = CommandLine(command, overrides, cfg, [overrides], False)
+        line = CommandLine(command, overrides, cfg, [overrides], False, [cfg])
     else:
         line = _expand(command, overrides, cfg, check)
         _check_launcher(line.cfg)
@@ -156,7 +180,8 @@ def _parse_overrides(overrides: list[str]) -> list:
 
 
 def _expand(command: str, overrides: list[str], cfg: DictConfig, check) -> CommandLine:
-    """A multirun's jobs as Hydra's basic sweeper expands them; each swept value checked."""
+    """A multirun's jobs as Hydra's basic sweeper expands them, every job's config composed and
+    checked (configs that differ only in values share one composition)."""
     is_hydra = [o.split("=", 1)[0].lstrip("+~").startswith(("hydra.", "hydra/"))
                 for o in overrides]  # fmt: skip
     hydra_overrides = [o for o, h in zip(overrides, is_hydra, strict=True) if h]
@@ -164,23 +189,71 @@ def _expand(command: str, overrides: list[str], cfg: DictConfig, check) -> Comma
     if not str(cfg.hydra.sweeper.get("_target_", "")).endswith("BasicSweeper"):
         # another sweeper (e.g. an optimiser) picks its jobs as it goes: check the base config
         _check(check, cfg)
-        return CommandLine(command, overrides, cfg, [task], True)
+        return CommandLine(command, overrides, cfg, [task], True, [cfg])
     params = [f"{k}={v}" for k, v in (cfg.hydra.sweeper.get("params") or {}).items()]
-    jobs = BasicSweeper.split_arguments(_parse_overrides(params + task), None)[0]
-    first = compose_config(command, hydra_overrides + jobs[0])
-    _check(check, first)
-    for position, key, values in _swept(jobs):
-        for number, value in enumerate(values, start=1):
-            job = [*jobs[0][:position], value, *jobs[0][position + 1:]]
-            if value == jobs[0][position]:
-                continue
-            try:
-                _check(check, compose_config(command, hydra_overrides + job))
-            except VarexpError as error:
-                shown = ",".join(v.split("=", 1)[1] for v in values)
-                raise VarexpError(f"in the sweep {key}={shown} (value {number} of "
-                                  f"{len(values)}): {error}") from None
-    return CommandLine(command, overrides, first, [list(j) for j in jobs], True)
+    jobs = [list(j) for j in BasicSweeper.split_arguments(_parse_overrides(params + task),
+                                                          None)[0]]
+    groups = set(cfg.hydra.runtime.choices)
+    composed: dict[tuple[str, ...], DictConfig] = {}
+    configs = []
+    for number, job in enumerate(jobs):
+        parsed = _parse_overrides(job)
+        key = tuple(o.input_line for o in parsed if o.key_or_group.lstrip("+~") in groups)
+        if key not in composed:
+            composed[key] = compose_config(command, hydra_overrides + job)
+        job_cfg = _with_values(composed[key], [o for o in parsed
+                                               if o.key_or_group.lstrip("+~") not in groups])
+        _set_job(job_cfg, number, parsed)
+        try:
+            _check(check, job_cfg)
+        except VarexpError as error:
+            culprit = _culprit(jobs, number, str(error))
+            if culprit is None:  # a value every job has: the plain one line
+                raise
+            raise VarexpError(f"in the sweep, {culprit}: {error}") from None
+        configs.append(job_cfg)
+    return CommandLine(command, overrides, configs[0], jobs, True, configs)
+
+
+def _with_values(cfg: DictConfig, overrides: list) -> DictConfig:
+    """A copy of a composed config with value overrides (key=value) applied as Hydra does."""
+    out = copy.deepcopy(cfg)
+    with open_dict(out):
+        for o in overrides:
+            key = o.key_or_group
+            if o.is_delete():
+                parent, _, leaf = key.rpartition(".")
+                node = OmegaConf.select(out, parent) if parent else out
+                node.pop(leaf, None)
+            else:
+                OmegaConf.update(out, key, o.value(), merge=False, force_add=True)
+    return out
+
+
+def _set_job(cfg: DictConfig, number: int, parsed: list) -> None:
+    """What Hydra sets per job and a job's folder name may use: its number and override_dirname."""
+    from hydra._internal.config_loader_impl import get_overrides_dirname
+
+    naming = cfg.hydra.job.config.override_dirname
+    with open_dict(cfg):
+        cfg.hydra.job.num = number
+        cfg.hydra.job.override_dirname = get_overrides_dirname(
+            overrides=parsed, exclude_keys=list(naming.exclude_keys), item_sep=naming.item_sep,
+            kv_sep=naming.kv_sep)
+
+
+def _culprit(jobs: list[list[str]], number: int, message: str) -> str | None:
+    """Which swept value (and where in its list) made job `number` fail; None if the message
+    names no swept key (then every job fails alike)."""
+    swept = _swept(jobs)
+    for position, key, values in swept:
+        value = jobs[number][position]
+        if value in message or f"{key}=" in message:
+            shown = ",".join(v.split("=", 1)[1] for v in values)
+            return f"{key}={shown} (value {values.index(value) + 1} of {len(values)})"
+    if number == 0:
+        return None
+    return "the job " + " ".join(jobs[number][p] for p, _, _ in swept)
 
 
 def _swept(jobs: list[list[str]]) -> list[tuple[int, str, list[str]]]:

@@ -3,6 +3,8 @@ allowed, before any work is done."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -10,6 +12,8 @@ from varexp.activations import ACTIVATIONS
 from varexp.errors import bad_value
 
 ARCH_NORMS = ("none", "batchnorm")
+MAX_SEED = 2**32 - 1  # numpy's global generator takes no larger seed
+MAX_GAIN = 1e3  # init.gain: a weight std beyond this overflows float32 within a few layers
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -17,20 +21,27 @@ def get(cfg: DictConfig, key: str) -> object:
     return OmegaConf.select(cfg, key, throw_on_missing=True)
 
 
-def positive_int(cfg: DictConfig, key: str, minimum: int = 1) -> int:
+def positive_int(cfg: DictConfig, key: str, minimum: int = 1, maximum: int | None = None) -> int:
     value = get(cfg, key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise bad_value(key, value, f"must be an integer >= {minimum}")
+    if (isinstance(value, bool) or not isinstance(value, int) or value < minimum
+            or (maximum is not None and value > maximum)):
+        allowed = (f"must be an integer in {minimum}..{maximum}" if maximum is not None
+                   else f"must be an integer >= {minimum}")
+        raise bad_value(key, value, allowed)
     return value
 
 
-def positive_float(cfg: DictConfig, key: str, allow_none: bool = False) -> float | None:
+def positive_float(cfg: DictConfig, key: str, allow_none: bool = False,
+                   maximum: float | None = None) -> float | None:
+    """A finite number > 0 (and <= maximum): inf and nan are never a setting."""
     value = get(cfg, key)
     if value is None and allow_none:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        allowed = "must be a number > 0" + (" or null" if allow_none else "")
-        raise bad_value(key, value, allowed)
+    if (isinstance(value, bool) or not isinstance(value, int | float)
+            or not 0 < value < math.inf or (maximum is not None and value > maximum)):
+        allowed = ("must be a finite number > 0" if maximum is None
+                   else f"must be a number in (0, {maximum:g}]")
+        raise bad_value(key, value, allowed + (" or null" if allow_none else ""))
     return float(value)
 
 
@@ -64,9 +75,9 @@ def check_common(cfg: DictConfig) -> None:
     if threads != "auto" and (isinstance(threads, bool) or not isinstance(threads, int)
                               or threads < 1):
         raise bad_value("threads", threads, "must be auto or an integer >= 1")
-    seed = get(cfg, "seed")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise bad_value("seed", seed, "must be an integer >= 0")
+    positive_int(cfg, "seed", minimum=0, maximum=MAX_SEED)
+    if "overwrite" in cfg:
+        boolean(cfg, "overwrite")
 
 
 def check_arch(cfg: DictConfig) -> None:
@@ -81,7 +92,7 @@ def check_arch(cfg: DictConfig) -> None:
 
 def check_init(cfg: DictConfig) -> None:
     if "gain" in cfg.init:
-        positive_float(cfg, "init.gain", allow_none=True)
+        positive_float(cfg, "init.gain", allow_none=True, maximum=MAX_GAIN)
     if "batches" in cfg.init:
         positive_int(cfg, "init.batches")
     if "eps" in cfg.init:
@@ -96,7 +107,7 @@ def check_theory(cfg: DictConfig) -> None:
     check_arch(cfg)
     check_init(cfg)
     positive_float(cfg, "theory.input_second_moment")
-    positive_int(cfg, "theory.quadrature_points", minimum=2)
+    positive_int(cfg, "theory.quadrature_points", minimum=2, maximum=1000)
     c = get(cfg, "theory.input_correlation")
     if isinstance(c, bool) or not isinstance(c, int | float) or not -1.0 <= c <= 1.0:
         raise bad_value("theory.input_correlation", c, "must be a number in [-1, 1]")

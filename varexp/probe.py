@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,8 +21,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 from tqdm import tqdm
 
-from varexp.config import check_probe as check
-from varexp.config import resolve_device
+from varexp import memory
+from varexp.config import check_probe, resolve_device
+from varexp.errors import VarexpError
 from varexp.stats import STAT_NAMES, network_stats
 
 log = logging.getLogger(__name__)
@@ -32,6 +34,23 @@ NEURON_COLUMNS = ["network", "layer", "neuron", "sample", "value"]
 
 def network_seed(seed: int, network: int) -> int:
     return int(np.random.SeedSequence([seed, network]).generate_state(1)[0])
+
+
+def check(cfg: DictConfig) -> None:
+    """Every key a probe reads, and that one network fits in memory on the dense path."""
+    from varexp.data import data_info
+
+    check_probe(cfg)
+    if choose_method(cfg) != "dense":
+        return  # the sampled path holds O(width T) per layer
+    info = data_info(cfg.dataset, cfg.arch)
+    params, outputs = memory.count(cfg.arch, info.input_shape, num_classes(cfg), cfg.init.name,
+                                   cfg.probe.samples)
+    memory.refuse_if_too_big(
+        memory.probe_bytes(params, outputs), resolve_device(cfg.device), "one network",
+        f"{memory.amount(params)} weights, {memory.amount(outputs)} layer outputs for T = "
+        f"{cfg.probe.samples}", "probe narrower or shallower networks, fewer samples, or with "
+        "probe.method=auto where the exact sampled path applies")
 
 
 def choose_method(cfg: DictConfig) -> str:
@@ -105,13 +124,18 @@ def neuron_rows(network: int, kept: dict[int, Tensor], count: int, seed: int) ->
 
 
 def run(cfg: DictConfig) -> None:
-    from hydra.core.hydra_config import HydraConfig
+    from varexp.results import claim
 
+    check(cfg)
+    with claim("probe", cfg) as out_dir:
+        probe(cfg, out_dir)
+
+
+def probe(cfg: DictConfig, out_dir: Path) -> None:
+    """Probe the networks `cfg` describes and write probe.csv (and neurons.csv) into out_dir."""
     from varexp.data import probe_batch
     from varexp.files import write_csv
 
-    check(cfg)
-    out_dir = HydraConfig.get().runtime.output_dir
     device = resolve_device(cfg.device)
     method = choose_method(cfg)
     x = probe_batch(cfg.dataset, cfg.arch, cfg.probe.samples, cfg.seed, device)
@@ -121,7 +145,7 @@ def run(cfg: DictConfig) -> None:
                disable=None if cfg.probe.progress else True)
     for i in bar:
         rows, kept = probe_network(cfg, x, i, method)
-        tables.append(_to_frame(i, rows))
+        tables.append(check_finite(_to_frame(i, rows), cfg))
         if cfg.probe.neurons > 0:
             neurons.append(neuron_rows(i, kept, cfg.probe.neurons, cfg.seed))
     table = pd.concat(tables, ignore_index=True)[COLUMNS]
@@ -134,6 +158,19 @@ def run(cfg: DictConfig) -> None:
         cfg.probe.networks, table.layer.max(), method, time.perf_counter() - start, path,
         table.layer.max(), last.ratio.mean(),
     )
+
+
+def check_finite(frame: pd.DataFrame, cfg: DictConfig) -> pd.DataFrame:
+    """A network whose pre-activations overflow float32 (a large init.gain over many layers)
+    stops the probe with the first such layer, instead of NaN rows."""
+    bad = frame[~np.isfinite(frame["second_moment"])]
+    if not bad.empty:
+        row = bad.iloc[0]
+        raise VarexpError(f"network {row.network}, layer {row.layer} ({row['name']}): the "
+                          f"pre-activations overflow float32 (second moment "
+                          f"{row.second_moment}); init={cfg.init.name}, init.gain="
+                          f"{cfg.init.get('gain')}: use a smaller gain or fewer layers")
+    return frame
 
 
 def _to_frame(network: int, rows: list[dict]) -> pd.DataFrame:

@@ -13,9 +13,10 @@ from omegaconf import OmegaConf
 from varexp.activations import get_activation
 from varexp.errors import VarexpError
 from varexp.figures import FIGURES, Figure
-from varexp.files import atomic_path, run_config
+from varexp.files import atomic_path
 from varexp.plot.common import PROBE_COLUMNS, Run, load_runs
 from varexp.plot.stats import grad_slope, layer_summary
+from varexp.results import run_config
 from varexp.sweep import SELECTED_COLUMNS, read_sweep_table
 from varexp.theory import cross_moment, gradient_slope, recursion, relu_kernel
 

@@ -108,7 +108,9 @@ def plan(cfg: DictConfig, out: Path) -> list[Step]:
 
 
 def execute(step: Step) -> None:
-    command = [sys.executable, "-m", "varexp", *step.args]
+    # the step's folder is reproduce's own: results of another config there (a step whose
+    # command changed, or failed part-way before) move aside; its own are continued
+    command = [sys.executable, "-m", "varexp", *step.args, "overwrite=true"]
     log.info("%s: %s", step.name, step.command)
     if subprocess.run(command).returncode != 0:
         raise VarexpError(f"step '{step.name}' failed (its log is under {step.out}); fix it and "
@@ -118,23 +120,36 @@ def execute(step: Step) -> None:
 
 
 def run(cfg: DictConfig) -> None:
+    from varexp.results import claim
+
+    check(cfg)
+    if cfg.reproduce.dry_run:
+        show(plan(cfg, Path(HydraConfig.get().runtime.output_dir)))
+        return
+    with claim("reproduce", cfg) as out:
+        make(cfg, plan(cfg, out), out)
+
+
+def show(steps: list[Step]) -> None:
+    for i, step in enumerate(steps, 1):
+        status = ("done, reused" if step.done else "command changed: rerun" if step.changed
+                  else "would run")
+        print(f"[{i}/{len(steps)}] {step.name} ({status})\n    {step.command}", flush=True)
+
+
+def make(cfg: DictConfig, steps: list[Step], out: Path) -> None:
+    """Run the steps not done yet, then write REPORT.md."""
     from varexp.provenance import now
     from varexp.report import write_report
 
-    check(cfg)
-    out = Path(HydraConfig.get().runtime.output_dir)
-    steps = plan(cfg, out)
     started, start = now(), time.perf_counter()
     for i, step in enumerate(steps, 1):
         status = ("done, reused" if step.done else "command changed: rerun" if step.changed
-                  else "would run" if cfg.reproduce.dry_run else "")
+                  else "")
         print(f"[{i}/{len(steps)}] {step.name}" + (f" ({status})" if status else ""), flush=True)
-        if cfg.reproduce.dry_run:
-            print(f"    {step.command}")
-        elif not step.done:
+        if not step.done:
             execute(step)
-    if not cfg.reproduce.dry_run:
-        commands = {s.out: s.command for s in steps if not s.always}
-        report = write_report(out, cfg.reproduce.preset, commands, started,
-                              time.perf_counter() - start)
-        print(f"reproduce: {report}")
+    commands = {s.out: s.command for s in steps if not s.always}
+    report = write_report(out, cfg.reproduce.preset, commands, started,
+                          time.perf_counter() - start)
+    print(f"reproduce: {report}")

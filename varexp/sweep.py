@@ -23,10 +23,12 @@ import pandas as pd
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from varexp import results
 from varexp.compose import launcher
 from varexp.config import resolve_device
 from varexp.errors import VarexpError, bad_value
-from varexp.files import read_summary, write_csv, write_json
+from varexp.files import write_csv, write_json
+from varexp.results import read_summary
 from varexp.train import check as check_train
 
 log = logging.getLogger("varexp.sweep")
@@ -116,7 +118,7 @@ def announce(line) -> None:
     with sweep.dry_run, stop there."""
     cfg, jobs = line.cfg, line.jobs
     sweep_dir = Path(str(cfg.hydra.sweep.dir))
-    finished = finished_runs(sweep_dir, int(cfg.train.steps))
+    finished = [f for f in line.folders() if nothing_left(f, int(cfg.train.steps))]
     side_by_side = parallel(cfg, len(jobs))
     print(f"varexp sweep: {len(jobs)} runs into {sweep_dir}/ ({launcher(cfg)} launcher, "
           f"{side_by_side} at a time)", flush=True)
@@ -128,7 +130,6 @@ def announce(line) -> None:
     if cfg.sweep.dry_run:
         print("sweep.dry_run=true: nothing was run")
         sys.exit(0)
-    write_json({"runs": len(jobs), "started": time.time()}, sweep_dir / PLAN)
 
 
 def estimate(line, remaining: int, side_by_side: int) -> str:
@@ -200,18 +201,11 @@ def duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def finished_runs(sweep_dir: Path, steps: int) -> list[Path]:
-    """Run folders under sweep_dir with nothing left to train: diverged, or completed with
-    `steps` steps."""
-    if not sweep_dir.is_dir():
-        return []
-    out = []
-    for path in sweep_dir.rglob("summary.json"):
-        summary = read_summary(path.parent) or {}
-        if summary.get("status") == "diverged" or (summary.get("status") == "completed"
-                                                    and summary.get("train_steps") == steps):
-            out.append(path.parent)
-    return out
+def nothing_left(run_dir: Path, steps: int) -> bool:
+    """Whether a run folder holds a run that diverged, or completed `steps` steps."""
+    summary = read_summary(run_dir) or {}
+    return summary.get("status") == "diverged" or (summary.get("status") == "completed"
+                                                   and summary.get("train_steps") == steps)
 
 
 def report_progress(sweep_dir: Path) -> None:
@@ -240,11 +234,9 @@ def report_progress(sweep_dir: Path) -> None:
 
 def finished_here(summary: dict | None, cfg: DictConfig) -> bool:
     """Whether run_dir already holds this very run, completed or diverged, at train.steps."""
-    from varexp.checkpoint import identity
-
     if summary is None or summary.get("status") not in FINISHED:
         return False
-    same = json.loads(json.dumps(identity(cfg))) == summary.get("config")
+    same = results.identity("train", cfg) == summary.get("config")
     return same and summary.get("train_steps") == cfg.train.steps
 
 
@@ -254,11 +246,19 @@ def run(cfg: DictConfig) -> dict:
     resume=true refuses, naming the keys, a checkpoint made with another config)."""
     from hydra.core.hydra_config import HydraConfig
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    from varexp.train import Stopped
+
+    sweep_dir = Path(HydraConfig.get().sweep.dir)
     try:
-        return run_job(cfg, run_dir)
+        with results.claim("sweep", cfg) as run_dir:
+            return run_job(cfg, run_dir)
+    except Stopped:
+        raise
+    except VarexpError as error:  # the folder was refused (in use, another config): untouched
+        log.error("run %s not started: %s", HydraConfig.get().runtime.output_dir, error)
+        return dict(status="failed", error=str(error))
     finally:
-        report_progress(Path(HydraConfig.get().sweep.dir))
+        report_progress(sweep_dir)
 
 
 def run_job(cfg: DictConfig, run_dir: Path) -> dict:
@@ -290,7 +290,10 @@ def run_job(cfg: DictConfig, run_dir: Path) -> dict:
         summary = read_summary(run_dir)
         if summary is None or summary.get("status") not in (*FINISHED, "failed"):
             summary = dict(status="failed", error=reason)
-            write_json(summary, run_dir / "summary.json")
+            try:
+                write_json(summary, run_dir / "summary.json")
+            except OSError as err:  # e.g. the disk is full: the log says it
+                log.error("could not write %s: %s", run_dir / "summary.json", err)
         return summary
 
 
@@ -305,13 +308,11 @@ def criterion(losses: pd.Series, fraction: float) -> float:
     return float(losses.iloc[-tail:].mean())
 
 
-def run_row(run_dir: Path, sweep_dir: Path, fraction: float) -> dict:
-    """The sweep.csv row of one run directory."""
-    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
-    row = dict(arch=OmegaConf.select(cfg, "arch.name"),
-               dataset=OmegaConf.select(cfg, "dataset.name"),
-               init=OmegaConf.select(cfg, "init.name"), optim=OmegaConf.select(cfg, "optim.name"),
-               lr=float(OmegaConf.select(cfg, "optim.lr")), seed=OmegaConf.select(cfg, "seed"),
+def run_row(run_dir: Path, sweep_dir: Path, ident: dict, fraction: float) -> dict:
+    """The sweep.csv row of one run folder (its config from its identity)."""
+    row = dict(arch=ident.get("arch.name"), dataset=ident.get("dataset.name"),
+               init=ident.get("init.name"), optim=ident.get("optim.name"),
+               lr=float(ident.get("optim.lr", np.nan)), seed=ident.get("seed"),
                status="incomplete", steps=np.nan, final_loss=np.nan, criterion=np.nan,
                seconds=np.nan, run_dir=run_dir.relative_to(sweep_dir).as_posix())
     summary = read_summary(run_dir)
@@ -330,9 +331,24 @@ def run_row(run_dir: Path, sweep_dir: Path, fraction: float) -> dict:
 
 
 def sweep_table(sweep_dir: Path, fraction: float) -> pd.DataFrame:
-    """One row per run directory (one holding .hydra/config.yaml) under sweep_dir."""
-    run_dirs = sorted(p.parent.parent for p in sweep_dir.rglob(".hydra/config.yaml"))
-    rows = [run_row(d, sweep_dir, fraction) for d in run_dirs]
+    """One row per run folder under sweep_dir whose config agrees with what the sweep's jobs
+    share (the sweep folder's run.json); any other is left out with one line naming it."""
+    shared = (results.read_record(sweep_dir) or {}).get("identity", {})
+    rows = []
+    for config in results.discover(sweep_dir, ".hydra/config.yaml"):
+        run_dir = config.parent.parent
+        try:
+            ident = results.recorded_identity(run_dir, "train")
+        except VarexpError as error:
+            log.warning("left out of the tables: %s", error)
+            continue
+        clash = [k for k, v in shared.items() if ident is None or ident.get(k, v) != v]
+        if clash:
+            made = ", ".join(f"{k}={(ident or {}).get(k)!r} (the sweep's: {shared[k]!r})"
+                             for k in clash[:3])
+            log.warning("%s left out of the tables: made with %s", run_dir, made)
+            continue
+        rows.append(run_row(run_dir, sweep_dir, ident, fraction))
     table = pd.DataFrame(rows, columns=list(SWEEP_COLUMNS))
     return table.sort_values(KEY + ["lr", "seed"], ignore_index=True)
 
@@ -366,9 +382,6 @@ def write_tables(sweep_dir: str | Path, fraction: float) -> tuple[Path, Path]:
     sweep_dir = Path(sweep_dir)
     table = sweep_table(sweep_dir, fraction)
     selected = select(table, fraction)
-    counts = table["status"].value_counts().to_dict()
-    log.info("sweep %s: %d runs (%s), %d settings selected", sweep_dir, len(table),
-             ", ".join(f"{n} {s}" for s, n in counts.items()), len(selected))
     sweep_csv = write_csv(table, sweep_dir / "sweep.csv")
     return sweep_csv, write_csv(selected, sweep_dir / "selected.csv")
 
@@ -413,9 +426,27 @@ class SweepTables(Callback):
     non-zero, after all the other runs. It runs in the launching process for every launcher
     (basic, joblib, submitit), after the launcher has collected all jobs."""
 
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        """The launch's run count and start time, for the progress lines of its jobs."""
+        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
+        overrides = OverridesParser.create().parse_overrides(
+            params + list(config.hydra.overrides.task))
+        runs = len(BasicSweeper.split_arguments(overrides, None)[0])
+        write_json({"runs": runs, "started": time.time()},
+                   Path(config.hydra.sweep.dir) / PLAN)
+
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        sweep_csv, selected_csv = write_tables(sweep_dir, config.sweep.select_fraction)
+        try:
+            sweep_csv, selected_csv = write_tables(sweep_dir, config.sweep.select_fraction)
+        except OSError as error:
+            print(f"varexp sweep: could not write the tables in {sweep_dir} ({error.strerror}); "
+                  "free space (or fix the folder), then run the same command again: finished "
+                  "runs are kept", file=sys.stderr, flush=True)
+            sys.exit(1)
         table = pd.read_csv(sweep_csv)
         write_provenance(sweep_dir, config, len(table))
         counts = table["status"].value_counts()

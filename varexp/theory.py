@@ -289,12 +289,11 @@ def check(cfg: DictConfig) -> None:
 
 
 def run(cfg: DictConfig) -> None:
-    from hydra.core.hydra_config import HydraConfig
-
     from varexp.files import write_csv
+    from varexp.results import claim
 
     check(cfg)
-    table = recursion(
+    table = recursion(  # before claiming the folder: a recursion that fails leaves it untouched
         depth=cfg.arch.depth,
         activation=cfg.arch.activation,
         init=cfg.init.name,
@@ -303,7 +302,8 @@ def run(cfg: DictConfig) -> None:
         input_correlation=cfg.theory.input_correlation,
         points=cfg.theory.quadrature_points,
     )
-    path = write_csv(table, f"{HydraConfig.get().runtime.output_dir}/theory.csv")
+    with claim("theory", cfg) as out_dir:
+        path = write_csv(table, out_dir / "theory.csv")
     last = table.iloc[-1]
     print(
         f"theory: {len(table)} layers -> {path}  (layer {int(last.layer)}: m={last.m:.4f} "

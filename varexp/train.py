@@ -23,7 +23,6 @@ import itertools
 import logging
 import math
 import random
-import signal
 import sys
 import tempfile
 import time
@@ -38,13 +37,15 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from varexp import checkpoint, config, provenance
+from varexp import checkpoint, config, memory, provenance, results
 from varexp.checkpoint import checkpoint_path
 from varexp.data import DataInfo, Stream, data_info, probe_batch
 from varexp.errors import VarexpError, bad_value
-from varexp.files import read_summary, write_csv, write_json
+from varexp.files import write_csv, write_json
 from varexp.models.base import batch_statistics, weight_layers
+from varexp.results import read_summary
 from varexp.stats import Recorder
+from varexp.stop import StopRequests
 
 log = logging.getLogger(__name__)
 
@@ -67,33 +68,6 @@ class Interrupted(Stopped):
     def __init__(self, step: int, run_dir: Path):
         super().__init__(f"stopped at step {step}; checkpoint saved in {run_dir}")
         self.step, self.run_dir = step, run_dir
-
-
-class StopRequests:
-    """Ctrl-C (SIGINT) and SIGTERM during training ask the loop to stop at the next step
-    boundary, where the model, optimizer and data stream agree, instead of wherever the signal
-    lands. A second Ctrl-C interrupts at once."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: dict[int, object] = {}
-
-    def _handle(self, signum: int, frame: object) -> None:
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __enter__(self) -> StopRequests:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._previous[signum] = signal.signal(signum, self._handle)
-            except ValueError:  # not the main thread: signals stay as they are
-                pass
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,7 +106,15 @@ def check(cfg: DictConfig) -> DataInfo:
         for beta in betas:
             unit_interval(cfg, "optim.betas", beta)
         config.positive_float(cfg, "optim.eps")
-    return data_info(cfg.dataset, cfg.arch)
+    info = data_info(cfg.dataset, cfg.arch)
+    params, outputs = memory.count(cfg.arch, info.input_shape, info.num_classes, cfg.init.name,
+                                   cfg.train.batch_size)
+    memory.refuse_if_too_big(
+        memory.train_bytes(params, outputs, name), config.resolve_device(cfg.device),
+        "a training step", f"{memory.amount(params)} weights with gradients and {name} "
+        f"state, {memory.amount(outputs)} layer outputs for a batch of {cfg.train.batch_size}",
+        "train a narrower model or a smaller train.batch_size")
+    return info
 
 
 def reset_globals(seed: int, device: torch.device) -> None:
@@ -193,37 +175,44 @@ def check_writable(run_dir: Path) -> None:
                           "set hydra.run.dir to a writable folder") from None
 
 
+def logged_steps(run_dir: Path) -> int:
+    """Rows of metrics.csv a run left (0 if none or unreadable)."""
+    try:
+        return max(0, sum(1 for _ in (run_dir / "metrics.csv").open(encoding="utf-8")) - 1)
+    except OSError:
+        return 0
+
+
 def existing_run(cfg: DictConfig, run_dir: Path) -> dict | None:
-    """The checkpoint to continue from, or None to start at step 0; refuses (one line, and the
-    run's .hydra record restored) to overwrite a run or to continue one made differently."""
+    """The checkpoint to continue from, or None to start at step 0; refuses (one line) to
+    overwrite a run, even an interrupted one without a checkpoint yet, or to continue one made
+    with another config."""
     path = checkpoint_path(run_dir)
     saved = checkpoint.load(path) if path.exists() else None
     summary = read_summary(run_dir)
     finished = summary is not None and summary.get("status") in FINISHED
-
-    def refuse(message: str) -> VarexpError:
-        if saved is not None:
-            checkpoint.restore_hydra_files(run_dir, saved["hydra_files"])
-        return VarexpError(message)
-
     if not cfg.resume:
-        if saved is not None or finished:
-            step = saved["step"] if saved is not None else None
-            what = f"a {summary['status']} run" if finished else f"a checkpoint at step {step}"
-            raise refuse(f"{run_dir} already holds {what}; pass resume=true to continue it or "
-                         "choose another hydra.run.dir")
-        return None  # an interrupted or failed run without checkpoint: nothing to continue
+        logged = logged_steps(run_dir)
+        if saved is not None or finished or logged:
+            what = (f"a {summary['status']} run" if finished
+                    else f"a checkpoint at step {saved['step']}" if saved is not None
+                    else f"an interrupted run ({logged} steps logged, no checkpoint yet)")
+            raise VarexpError(f"{run_dir} already holds {what}; pass resume=true to continue it "
+                              "(or start it over, without a checkpoint) or choose another "
+                              "hydra.run.dir")
+        return None
     if saved is None:
         if finished:
-            raise refuse(f"{run_dir} holds a {summary['status']} run but no {path.name} to "
-                         "resume from; choose another hydra.run.dir")
+            raise VarexpError(f"{run_dir} holds a {summary['status']} run but no {path.name} to "
+                              "resume from; choose another hydra.run.dir")
         return None
-    diff = checkpoint.differences(saved["identity"], checkpoint.identity(cfg))
+    diff = results.differences(saved["identity"], results.identity("train", cfg))
     if diff:
-        raise refuse(f"{path} is from another config: {', '.join(diff)}")
+        raise VarexpError(f"{path} is from another config: {', '.join(diff)}")
     if saved["step"] > cfg.train.steps:
-        raise refuse(f"train.steps={cfg.train.steps} is below the {saved['step']} steps the "
-                     f"checkpoint in {run_dir} has done; pass train.steps>={saved['step']}")
+        raise VarexpError(f"train.steps={cfg.train.steps} is below the {saved['step']} steps "
+                          f"the checkpoint in {run_dir} has done; pass "
+                          f"train.steps>={saved['step']}")
     return saved
 
 
@@ -250,15 +239,14 @@ class Run:
         batch, seed, device = cfg.train.batch_size, cfg.seed, self.device
         self.stream = Stream(cfg.dataset, arch, batch, seed, device=device)
         self.probe_x = probe_batch(cfg.dataset, arch, cfg.train.probe_samples, seed, device)
-        self.identity = checkpoint.identity(cfg)
+        self.identity = results.identity("train", cfg)
         self.metrics: list[tuple] = []
         self.ratios: list[tuple] = []
         self.step = 0
         self.status = "running"
         self.past_wall = self.past_train = 0.0  # seconds spent before this session
+        self.saved_step = saved["step"] if saved is not None else None  # in checkpoint.pt
         self.init_forward_passes = 0.0
-        # the record of this launch, to put back if a later launch into run_dir is refused
-        self.hydra_files = checkpoint.hydra_files(run_dir)
         self.saved = saved
 
     def initialize(self) -> None:
@@ -376,6 +364,13 @@ class Run:
         write_csv(pd.DataFrame(self.metrics, columns=METRIC_COLUMNS), self.run_dir / "metrics.csv")
         write_csv(pd.DataFrame(self.ratios, columns=RATIO_COLUMNS), self.run_dir / "ratios.csv")
 
+    def fail(self, error: str) -> None:
+        """summary.json says failed, and why; if even that cannot be written, the log says it."""
+        try:
+            write_json(self.summary("failed", error), self.run_dir / "summary.json")
+        except OSError as err:
+            log.error("could not write %s: %s", self.run_dir / "summary.json", err)
+
     def save(self) -> None:
         """CSVs, then the checkpoint: every row in the files is also in the checkpoint or will be
         recomputed identically from it."""
@@ -395,10 +390,10 @@ class Run:
                 "seconds": self.wall(),
                 "train_seconds": self.metrics[-1][4] if self.metrics else 0.0,
                 "init_forward_passes": self.init_forward_passes,
-                "hydra_files": self.hydra_files,
             },
             checkpoint_path(self.run_dir),
         )
+        self.saved_step = self.step
 
     def summary(self, status: str, error: str | None = None) -> dict:
         cfg = self.cfg
@@ -429,7 +424,7 @@ def identifying(cfg: DictConfig) -> dict:
     return dict(
         arch=cfg.arch.name, dataset=cfg.dataset.name, init=cfg.init.name, optim=cfg.optim.name,
         lr=float(cfg.optim.lr), seed=cfg.seed, batch_size=cfg.train.batch_size,
-        train_steps=cfg.train.steps, config=checkpoint.identity(cfg),
+        train_steps=cfg.train.steps, config=results.identity("train", cfg),
     )  # fmt: skip
 
 
@@ -465,19 +460,27 @@ def train(cfg: DictConfig, run_dir: str | Path, quiet: bool = False) -> dict:
             run.status = "running"  # a completed run continues when train.steps grew
             with StopRequests() as stop:
                 run.loop(stop)
+        run.save()
+        summary = run.summary(run.status)
+        write_json(summary, run_dir / "summary.json")
+        return summary
     except Stopped:
         raise
     except torch.OutOfMemoryError as err:
-        summary = run.summary("failed", f"out of memory: {err}".splitlines()[0])
-        write_json(summary, run_dir / "summary.json")
+        run.fail(f"out of memory: {err}".splitlines()[0])
         raise VarexpError(f"out of memory at step {run.step}; lower train.batch_size") from None
+    except OSError as err:
+        if not results.disk_full(err):
+            run.fail(f"{type(err).__name__}: {err}")
+            raise
+        kept = (f"its checkpoint of step {run.saved_step} and the rows up to it are intact"
+                if run.saved_step is not None else "no checkpoint was saved yet")
+        raise VarexpError(f"disk full while writing {err.filename or 'in ' + str(run_dir)} at "
+                          f"step {run.step}; {kept}: free space, then run the same command "
+                          "with resume=true") from None
     except Exception as err:
-        write_json(run.summary("failed", f"{type(err).__name__}: {err}"), run_dir / "summary.json")
+        run.fail(f"{type(err).__name__}: {err}")
         raise
-    run.save()
-    summary = run.summary(run.status)
-    write_json(summary, run_dir / "summary.json")
-    return summary
 
 
 def resume_command(run_dir: Path) -> str:
@@ -492,10 +495,13 @@ def resume_command(run_dir: Path) -> str:
 def run(cfg: DictConfig) -> dict:
     from hydra.core.hydra_config import HydraConfig
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    check(cfg)
     try:
-        summary = train(cfg, run_dir)
+        with results.claim("train", cfg, accept=lambda folder: existing_run(cfg, folder)) as \
+                run_dir:
+            summary = train(cfg, run_dir)
     except Interrupted as stop:
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
         print(f"varexp train: {stop}; resume with:\n  {resume_command(run_dir)}",
               file=sys.stderr, flush=True)
         sys.exit(130)

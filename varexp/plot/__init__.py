@@ -44,9 +44,9 @@ def render(figure: str | None, results: str | None, outputs_root: str,
 
 
 def run(cfg: DictConfig) -> None:
-    from hydra.core.hydra_config import HydraConfig
+    from varexp.results import claim
 
     check(cfg)
-    paths = render(cfg.figure, cfg.results, cfg.outputs_root,
-                   HydraConfig.get().runtime.output_dir, cfg.smooth)
+    with claim("plot", cfg) as out_dir:
+        paths = render(cfg.figure, cfg.results, cfg.outputs_root, out_dir, cfg.smooth)
     print(f"plot {cfg.figure}: " + ", ".join(str(p) for p in paths))

@@ -19,7 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from varexp.errors import VarexpError
 from varexp.figures import FIGURES
-from varexp.files import atomic_path, find_results, run_config
+from varexp.files import atomic_path
+from varexp.results import find_results, run_config
 from varexp.theory import recursion
 
 log = logging.getLogger("varexp.plot")
@@ -113,13 +114,43 @@ def load_runs(figure: str, columns: tuple[str, ...], results: str | None,
     def accept(path: Path) -> bool:
         if beside is not None and not (path.parent / beside).exists():
             return False
-        return inits is None or str(OmegaConf.select(run_config(path), "init.name")) in inits
+        try:
+            return inits is None or str(OmegaConf.select(run_config(path), "init.name")) in inits
+        except VarexpError:
+            return True  # a damaged record: read below, and left out with one line
 
     paths = find_results(FIGURES[figure], results, outputs_root, accept)
-    runs = [Run(p, run_config(p), read_table(p, columns)) for p in paths]
+    runs = []
+    for path in paths:
+        try:
+            runs.append(Run(path, run_config(path), complete(read_table(path, columns), path)))
+        except VarexpError as error:  # a damaged or partial file: the others are still drawn
+            log.warning("%s leaves out %s", figure, error)
+    if not runs:
+        raise VarexpError(f"nothing to draw for {figure}: every result file found was damaged "
+                          "(see the lines above)")
     log.info("%s reads %d %s file(s): %s", figure, len(runs), FIGURES[figure].result,
              ", ".join(str(r.path.parent) for r in runs[:5]) + (" ..." if len(runs) > 5 else ""))
     return runs
+
+
+def complete(table: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """A probe table with every layer of every network and its statistics present (a file cut
+    short by hand or by a disk fault fails here)."""
+    with open(path, "rb") as f:  # every file varexp writes ends its last row with a newline
+        f.seek(-1, 2)
+        if f.read(1) != b"\n":
+            raise VarexpError(f"{path}: its last row is cut short (a partial file)")
+    if "network" not in table.columns or "layer" not in table.columns:
+        return table
+    layers = table.groupby("network")["layer"].apply(lambda s: tuple(sorted(s)))
+    if layers.nunique() != 1 or layers.iloc[0] != tuple(range(1, len(layers.iloc[0]) + 1)):
+        raise VarexpError(f"{path}: not every network has layers 1..L (a partial file)")
+    stats = [c for c in ("sample_mean_sq", "sample_var", "second_moment") if c in table.columns]
+    partial_grads = "grad_sq" in table.columns and 0 < table["grad_sq"].isna().sum() < len(table)
+    if table[stats].isna().any().any() or partial_grads:
+        raise VarexpError(f"{path}: missing statistics in some rows (a partial file)")
+    return table
 
 
 def stack(runs: list[Run]) -> pd.DataFrame:

@@ -10,7 +10,6 @@ import pandas as pd
 
 from varexp.errors import VarexpError
 from varexp.figures import FIGURES
-from varexp.files import find_results
 from varexp.plot.common import (
     ARCH_TITLES,
     INIT_COLORS,
@@ -21,6 +20,7 @@ from varexp.plot.common import (
     save,
     style_axes,
 )
+from varexp.results import find_results, read_summary
 from varexp.sweep import SELECTED_COLUMNS, SWEEP_COLUMNS, read_sweep_table
 
 TASK_ORDER = ("cifar10", "isbi2012", "shapes", "membranes")
@@ -62,18 +62,40 @@ def selected_runs(paths: list[Path]) -> pd.DataFrame:
     return runs[runs["source"] == newest]
 
 
+def finished_losses(run) -> pd.Series | None:
+    """The loss per step of a run that finished as its sweep.csv row says (completed, `steps`
+    steps, and a summary.json that agrees), else None with one line naming the file: a run
+    extended and then interrupted, or a damaged metrics.csv, is not drawn."""
+    summary = read_summary(run.metrics.parent) or {}
+    steps = int(run.steps)
+    if summary.get("status") != "completed" or summary.get("steps") != steps:
+        log.warning("figure4 leaves out %s: its summary.json no longer says completed after %d "
+                    "steps (a run extended or interrupted since the sweep's tables)",
+                    run.metrics.parent, steps)
+        return None
+    try:
+        metrics = pd.read_csv(run.metrics)
+        loss = pd.to_numeric(metrics["loss"], errors="raise").astype(float)
+        step = pd.to_numeric(metrics["step"], errors="raise").astype(int)
+    except (OSError, KeyError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        log.warning("figure4 leaves out %s: not a readable metrics table (step, loss)",
+                    run.metrics)
+        return None
+    if list(step) != list(range(steps)):
+        log.warning("figure4 leaves out %s: %d rows, not the %d steps the run finished",
+                    run.metrics, len(step), steps)
+        return None
+    return pd.Series(loss.to_numpy(), index=step.to_numpy())
+
+
 def smoothed_losses(runs: pd.DataFrame, smooth: int) -> pd.DataFrame:
-    """Loss per step (rows) and seed (columns), each run a trailing moving average over `smooth`
-    steps."""
+    """Loss per step (rows) and seed (columns) of the runs that finished, each run a trailing
+    moving average over `smooth` steps."""
     curves = {}
     for run in runs.itertuples():
-        if not run.metrics.exists():
-            raise VarexpError(f"{run.metrics}: missing, though its sweep.csv lists the run")
-        metrics = pd.read_csv(run.metrics)
-        if not {"step", "loss"} <= set(metrics.columns):
-            raise VarexpError(f"{run.metrics}: needs columns step, loss")
-        loss = metrics.set_index("step")["loss"].astype(float)
-        curves[run.seed] = loss.rolling(smooth, min_periods=1).mean()
+        loss = finished_losses(run)
+        if loss is not None:
+            curves[run.seed] = loss.rolling(smooth, min_periods=1).mean()
     return pd.DataFrame(curves).sort_index()
 
 
@@ -92,6 +114,8 @@ def draw_panel(ax, runs: pd.DataFrame, title: str, smooth: int) -> None:
     for init in inits:
         mine = runs[runs["init"] == init]
         curves = smoothed_losses(mine, smooth)
+        if curves.empty:
+            continue
         mean, std = curves.mean(axis=1), curves.std(axis=1, ddof=1).fillna(0.0)
         color = color_for(init, INIT_COLORS, inits)
         label = f"{init} (lr {mine['lr'].iloc[0]:g}, n={curves.shape[1]})"
