@@ -51,14 +51,16 @@ def take(stream: Stream, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
 # ---------------------------------------------------------------- CIFAR10 in its on-disk format
 
 
-def write_cifar(root, per_batch: int = 12) -> dict[str, tuple[np.ndarray, list[int]]]:
-    """A cifar-10-batches-py folder in torchvision's format with random images."""
+def write_cifar(root, per_batch: int = 12,
+                dtype: str = "uint8") -> dict[str, tuple[np.ndarray, list[int]]]:
+    """A cifar-10-batches-py folder in torchvision's format with random images (a custom copy
+    may hold another dtype)."""
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
     written = {}
     for name in cifar10.files()[:-1]:
-        data = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
+        data = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8).astype(dtype)
         labels = rng.integers(0, 10, per_batch).tolist()
         entry = {
             "batch_label": name,

@@ -110,3 +110,23 @@ def test_bad_input_is_one_line(tmp_path):
     (tmp_path / "s" / "sweep.csv").write_text("arch,dataset\nmlp,gaussian\n")
     with pytest.raises(VarexpError, match="sweep.csv: missing column"):
         make(str(tmp_path), "unused", tmp_path / "out")
+
+
+def test_unfinished_or_damaged_runs_are_left_out_with_one_line_each(tmp_path, caplog):
+    """A run extended after its sweep's tables and interrupted (summary and metrics.csv no
+    longer say what sweep.csv says), and a damaged metrics.csv, are not drawn; the legend
+    counts the runs drawn."""
+    fake_sweep(tmp_path / "s")
+    runs = selected_runs(find_selected(str(tmp_path), "unused"))
+    extended, damaged = runs.iloc[0], runs.iloc[1]
+    metrics = pd.read_csv(extended.metrics)
+    longer = pd.concat([metrics, metrics.assign(step=metrics["step"] + STEPS)])
+    longer.to_csv(extended.metrics, index=False)
+    write_json(dict(status="running", steps=2 * STEPS), extended.metrics.parent / "summary.json")
+    damaged.metrics.write_text("step,loss\n0,1.0\n1,garbage\n")
+    make(str(tmp_path), "unused", tmp_path / "out")
+    left_out = [r.message for r in caplog.records if "figure4 leaves out" in r.message]
+    assert len(left_out) == 2
+    assert str(extended.metrics.parent) in left_out[0] or str(extended.metrics.parent) in \
+        left_out[1]
+    assert any(str(damaged.metrics) in m for m in left_out)

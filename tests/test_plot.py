@@ -246,3 +246,12 @@ def test_cli_missing_results_is_one_line(tmp_path, monkeypatch, capsys):
     assert exit_.value.code == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         f"varexp plot: results={tmp_path / 'empty'} does not exist"]
+
+
+def test_a_damaged_run_record_is_left_out_with_one_line(tmp_path, caplog):
+    write_run(tmp_path / "res" / "a")
+    write_run(tmp_path / "res" / "b", width=300)
+    (tmp_path / "res" / "a" / ".hydra" / "config.yaml").write_text("arch: {name: [unclosed\n")
+    assert_png(render("figure2", tmp_path / "res", "outputs", tmp_path / "out")[0])
+    assert any("res/a/.hydra/config.yaml: not a readable config" in r.message
+               for r in caplog.records)

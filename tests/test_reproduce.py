@@ -97,3 +97,22 @@ def test_bad_reproduce_keys_are_one_line(tmp_path, override, needle):
     assert out.returncode == 2 and needle in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "theory").exists()
+
+
+def test_dry_run_says_which_steps_would_rerun_after_the_command_changed(tmp_path):
+    from varexp.results import write_record
+
+    write_record(tmp_path, "reproduce", {"reproduce.preset": "quick"})  # as a run leaves it
+    steps = plan(QUICK, tmp_path)
+    for step in steps:
+        step.out.mkdir(parents=True)
+        (step.out / DONE).write_text(step.command + "\n")
+    args = [sys.executable, "-m", "varexp", "reproduce", "reproduce.dry_run=true", "device=cpu",
+            f"hydra.run.dir={tmp_path}"]
+    same = subprocess.run([*args, 'reproduce.extra=["device=cpu"]'], capture_output=True,
+                          text=True)
+    assert same.returncode == 0, same.stderr
+    assert same.stdout.count("(done, reused)") == 7
+    changed = subprocess.run([*args, 'reproduce.extra=["device=cpu","seed=7"]'],
+                             capture_output=True, text=True)
+    assert changed.stdout.count("(command changed: rerun)") == 7

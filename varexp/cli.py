@@ -64,17 +64,18 @@ def print_command_help(command: str, overrides: list[str]) -> None:
     print("\nconfig:\n" + "\n".join("  " + line for line in body.splitlines()))
 
 
-def dispatch(command: str, cfg: DictConfig) -> None:
-    from varexp.stop import exit_cleanly_on_sigterm, watch_parent
+def dispatch(command: str, cfg: DictConfig) -> object:
+    from varexp.stop import exit_cleanly_on_sigterm, job_ended, job_started, watch_parent
     from varexp.threads import configure
 
     module = importlib.import_module(COMMANDS[command][0])
     exit_cleanly_on_sigterm()
+    job_started()
     if launcher_of_job() in ("joblib", "submitit_local"):
         watch_parent()  # a worker of this machine's launcher ends when the launch is killed
     try:
         configure(cfg.get("threads", "auto"), parallel_jobs(cfg))
-        module.run(cfg)
+        return module.run(cfg)
     except VarexpError as error:
         print(f"varexp {command}: {error}", file=sys.stderr)
         sys.exit(2)
@@ -86,6 +87,8 @@ def dispatch(command: str, cfg: DictConfig) -> None:
     except KeyboardInterrupt:
         print(f"varexp {command}: interrupted; nothing half-written was kept", file=sys.stderr)
         sys.exit(130)
+    finally:
+        job_ended()
 
 
 def launcher_of_job() -> str | None:

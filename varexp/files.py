@@ -25,6 +25,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield Path(tmp)
         os.replace(tmp, path)
+    except OSError as error:  # name the file the user knows, not the temporary one
+        raise OSError(error.errno, error.strerror, str(path)) from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

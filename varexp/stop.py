@@ -59,11 +59,13 @@ def exit_cleanly_on_sigterm() -> None:
 
 
 _watching = False
+_idle = threading.Event()  # set between jobs: nothing to save when the launcher dies
 
 
 def watch_parent() -> None:
-    """Stop this process (SIGTERM, then a hard exit after GRACE_SECONDS) once its parent is
-    gone; started once per process."""
+    """Once this process's parent is gone: SIGTERM to itself (a training run stops at its next
+    step with a checkpoint), then exit as soon as the job is over (at most GRACE_SECONDS).
+    Started once per process; job_started/job_ended mark the jobs."""
     global _watching
     if _watching:
         return
@@ -73,8 +75,17 @@ def watch_parent() -> None:
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(POLL_SECONDS)
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(GRACE_SECONDS)
+        if not _idle.is_set():
+            os.kill(os.getpid(), signal.SIGTERM)
+            _idle.wait(GRACE_SECONDS)
         os._exit(1)
 
     threading.Thread(target=watch, name="varexp-parent-watch", daemon=True).start()
+
+
+def job_started() -> None:
+    _idle.clear()
+
+
+def job_ended() -> None:
+    _idle.set()

@@ -23,6 +23,7 @@ import itertools
 import logging
 import math
 import random
+import shlex
 import sys
 import tempfile
 import time
@@ -489,7 +490,10 @@ def resume_command(run_dir: Path) -> str:
 
     kept = [o for o in HydraConfig.get().overrides.task
             if o.split("=", 1)[0].lstrip("+~") not in ("resume", "hydra.run.dir")]
-    return " ".join(["varexp train", *kept, "resume=true", f"hydra.run.dir={run_dir}"])
+    # a folder name with '=' (a sweep's runs) is quoted for Hydra, then for the shell
+    folder = f'hydra.run.dir="{run_dir}"' if "=" in str(run_dir) else f"hydra.run.dir={run_dir}"
+    return " ".join(["varexp train", *map(shlex.quote, kept), "resume=true",
+                     shlex.quote(folder)])
 
 
 def run(cfg: DictConfig) -> dict:

@@ -122,6 +122,9 @@ def load(root: Path, train: bool, download: bool, verify: bool) -> tuple[Tensor,
     except Exception:
         hint = "; for a custom copy set dataset.verify=false" if verify else ""
         raise VarexpError(find_bad_file(folder, verify) + hint) from None
+    if data.data.dtype != "uint8":
+        raise VarexpError(f"{folder} holds {data.data.dtype} images; CIFAR10 images are uint8 "
+                          "(0..255), as in the official files")
     images = torch.from_numpy(data.data).permute(0, 3, 1, 2).contiguous()
     labels = torch.tensor(data.targets, dtype=torch.long)
     if len(labels) != len(images) or labels.min() < 0 or labels.max() > 9:

@@ -1,0 +1,310 @@
+"""Nothing lost, nothing mixed: every run folder belongs to one config (run.json), commands
+refuse or move aside another config's results, concurrent launches never share a folder, kills
+leave no orphans or stray files, and every failure a user can cause is one line."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import torch
+from conftest import config, run_in_process, run_varexp
+
+from varexp import results
+from varexp.checkpoint import checkpoint_path
+
+MLP = ["arch=mlp", "arch.width=16", "arch.depth=3", "dataset=gaussian", "dataset.size=64",
+       "device=cpu", "train.batch_size=4", "train.probe_samples=8", "train.progress=false"]
+PROBE = ["arch.width=16", "arch.depth=3", "probe.networks=2", "probe.samples=8", "device=cpu"]
+
+
+def one_line(out: subprocess.CompletedProcess) -> str:
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1, out.stderr[-3000:]
+    return lines[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. default folders never collide
+
+
+def test_two_trainings_started_together_keep_both_results(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen([sys.executable, "-m", "varexp", "train", *MLP, "train.steps=3",
+                               f"seed={seed}"], cwd=tmp_path, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for seed in (0, 1)]
+    for proc in procs:
+        assert proc.wait(timeout=300) == 0, proc.stderr.read()
+    folders = sorted((tmp_path / "outputs" / "train").iterdir())
+    assert len(folders) == 2
+    seeds = {json.loads((f / "summary.json").read_text())["seed"] for f in folders}
+    assert seeds == {0, 1}
+    for folder in folders:
+        record = results.read_record(folder)
+        assert record["command"] == "train" and record["identity"]["seed"] in (0, 1)
+        assert record["hash"] == results.identity_hash(record["identity"])
+
+
+# ---------------------------------------------------------------------------------------------
+# 2, 3. another config's results are refused, and a refused command rewrites no record
+
+
+def test_probe_and_theory_refuse_another_configs_results(tmp_path):
+    run = tmp_path / "run"
+    assert run_varexp("probe", *PROBE, f"hydra.run.dir={run}").returncode == 0
+    files = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    out = run_varexp("probe", *PROBE, "arch.width=32", f"hydra.run.dir={run}")
+    assert one_line(out) == (f"varexp probe: {run} holds results of another config: "
+                             "arch.width=16 (now 32); choose another folder (hydra.run.dir or "
+                             "hydra.sweep.dir), or pass overwrite=true to move them aside")
+    # a command refused for a bad value rewrites nothing either (Hydra's record included)
+    assert run_varexp("probe", *PROBE, "arch.width=64", "probe.networks=0",
+                      f"hydra.run.dir={run}").returncode == 2
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == files
+    theory = tmp_path / "theory"
+    assert run_varexp("theory", "arch.depth=5", f"hydra.run.dir={theory}").returncode == 0
+    assert "arch.depth=5 (now 6)" in one_line(run_varexp("theory", "arch.depth=6",
+                                                         f"hydra.run.dir={theory}"))
+
+
+def test_overwrite_moves_the_old_results_aside(tmp_path):
+    run = tmp_path / "run"
+    assert run_varexp("probe", *PROBE, f"hydra.run.dir={run}").returncode == 0
+    old = (run / "probe.csv").read_bytes()
+    out = run_varexp("probe", *PROBE, "arch.width=32", "overwrite=true", f"hydra.run.dir={run}")
+    assert out.returncode == 0, out.stderr
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith(f"run{results.REPLACED}")]
+    assert len(aside) == 1 and (aside[0] / "probe.csv").read_bytes() == old
+    assert results.read_record(run)["identity"]["arch.width"] == 32
+    assert pd.read_csv(run / "probe.csv")["features"].unique().tolist() == [32]
+    # moved-aside results are not read as results
+    assert results.discover(tmp_path, "probe.csv") == [run / "probe.csv"]
+
+
+def test_a_refused_training_leaves_the_run_and_its_record(tmp_path, capsys):
+    args = ["train", *MLP, "train.steps=3", f"hydra.run.dir={tmp_path}"]
+    assert run_in_process(capsys, *args)[0] == 0
+    files = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and p.suffix != ".log"}
+    code, err = run_in_process(capsys, *args, "optim.lr=-1")
+    assert code == 2 and "optim.lr=-1 is not allowed" in err
+    code, err = run_in_process(capsys, *args, "optim.lr=0.5")
+    assert code == 2 and "holds results of another config: optim.lr=0.003 (now 0.5)" in err
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*")
+            if p.is_file() and p.suffix != ".log"} == files
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. sweeps own their folders and tables
+
+SWEEP = ["sweep", *MLP, "train.steps=2", "train.ratio_every=1", "init=scale", "optim=sgd",
+         "sweep.lr_index=0", "seed=0,1", "sweep.estimate=false", "hydra/launcher=basic"]
+
+
+def test_a_sweep_into_another_configs_sweep_is_refused_before_any_job(tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    args = [*SWEEP, f"hydra.sweep.dir={sweep}"]
+    assert run_in_process(capsys, *args, "train.batch_size=16")[0] == 0
+    table = (sweep / "sweep.csv").read_bytes()
+    stamps = {p: p.stat().st_mtime_ns for p in sweep.rglob("*") if p.is_file()}
+    code, err = run_in_process(capsys, *args, "train.batch_size=32")
+    assert code == 2 and err.strip().splitlines() == [
+        f"varexp sweep: {sweep} holds runs of another config: train.batch_size=16 (now 32); "
+        "choose another folder (hydra.run.dir or hydra.sweep.dir), or pass overwrite=true to "
+        "move them aside"]
+    assert {p: p.stat().st_mtime_ns for p in sweep.rglob("*") if p.is_file()} == stamps
+    assert (sweep / "sweep.csv").read_bytes() == table
+
+
+def test_sweep_tables_leave_out_runs_of_another_config(tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    assert run_in_process(capsys, *SWEEP, f"hydra.sweep.dir={sweep}")[0] == 0
+    # a run of another config put into the sweep's folder by hand
+    foreign = sweep / "mlp-gaussian" / "scale" / "sgd" / "lr=0.0003" / "seed=9"
+    assert run_in_process(capsys, "train", *MLP, "train.steps=2", "train.batch_size=8",
+                          "init=scale", "seed=9", "optim.lr=0.0003",
+                          f"hydra.run.dir='{foreign}'")[0] == 0
+    from varexp.sweep import write_tables
+
+    write_tables(sweep, 0.1)
+    assert sorted(pd.read_csv(sweep / "sweep.csv")["seed"]) == [0, 1]
+
+
+def test_two_sweeps_into_one_folder_at_once_the_second_is_refused(tmp_path):
+    sweep = tmp_path / "sweep"
+    slow = [*MLP, "train.steps=100000", "init=scale", "optim=sgd", "sweep.lr_index=0", "seed=0",
+            "sweep.estimate=false", "hydra/launcher=basic", f"hydra.sweep.dir={sweep}"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    first = subprocess.Popen([sys.executable, "-m", "varexp", "sweep", *slow], cwd=tmp_path,
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not list(sweep.rglob("metrics.csv")) and time.time() < deadline:
+            time.sleep(0.2)
+        second = run_varexp("sweep", *slow, cwd=tmp_path)
+        line = one_line(second)
+        assert f"{sweep} is in use by varexp sweep (pid {first.pid} on " in line
+    finally:
+        first.send_signal(signal.SIGINT)
+        first.wait(timeout=60)
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. an interrupted run without a checkpoint is not replaced
+
+
+def test_an_interrupted_run_without_checkpoint_is_not_replaced(tmp_path, capsys):
+    args = ["train", *MLP, "train.steps=50", "train.checkpoint_every=1000",
+            "train.flush_seconds=0.001", f"hydra.run.dir={tmp_path}"]
+    code, err = run_in_process(capsys, *args, "train.stop_after=7")
+    assert code == 2 and "stopped after step 7" in err
+    assert not checkpoint_path(tmp_path).exists()
+    rows = pd.read_csv(tmp_path / "metrics.csv")
+    code, err = run_in_process(capsys, *args)
+    assert code == 2 and (f"{tmp_path} already holds an interrupted run ({len(rows)} steps "
+                          "logged, no checkpoint yet); pass resume=true") in err
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "metrics.csv"), rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. kills leave no orphans and no temporary files
+
+
+def session_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+@pytest.mark.slow
+def test_sigkill_of_a_joblib_sweep_ends_its_workers(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = [*MLP, "train.steps=100000", "init=scale", "optim=sgd", "sweep.lr_index=0",
+            "seed=0,1", "dataset.workers=1", "sweep.estimate=false", "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.Popen([sys.executable, "-m", "varexp", "sweep", *args], cwd=tmp_path,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while len(list(sweep.rglob("metrics.csv"))) < 2 and time.time() < deadline:
+        time.sleep(0.2)
+    assert len(list(sweep.rglob("metrics.csv"))) == 2, "the jobs did not start"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed = time.time()
+    while session_alive(proc.pid) and time.time() - killed < 20:
+        time.sleep(0.2)
+    assert not session_alive(proc.pid), "worker processes outlived the killed sweep by 20 s"
+    # each worker stopped its run at a step, with a checkpoint there, and nothing half-written
+    assert len(list(sweep.rglob("checkpoint.pt"))) == 2
+    assert not list(sweep.rglob(".*.tmp"))
+
+
+def test_sigterm_stops_a_training_run_with_a_checkpoint_and_no_stray_files(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "varexp", "train", *MLP, "train.steps=100000",
+                             "train.flush_seconds=0.01", f"hydra.run.dir={tmp_path}"],
+                            env=dict(os.environ, OMP_NUM_THREADS="1"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (tmp_path / "metrics.csv").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 130
+    assert "stopped at step" in proc.stderr.read()
+    step = torch.load(checkpoint_path(tmp_path), weights_only=True)["step"]
+    assert len(pd.read_csv(tmp_path / "metrics.csv")) == step
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+# ---------------------------------------------------------------------------------------------
+# 9, 10. one line for every failure a user can cause or meet
+
+
+def test_disk_full_during_training_is_one_line_and_the_run_resumes(tmp_path, capsys,
+                                                                   monkeypatch):
+    args = ["train", *MLP, "train.steps=6", "train.checkpoint_every=2",
+            f"hydra.run.dir={tmp_path}"]
+    real = pd.DataFrame.to_csv
+    written = []
+
+    def fill_up(self, path, *a, **k):
+        written.append(path)
+        if len(written) > 4:  # after the checkpoints at steps 2 and 4 (metrics and ratios each)
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(self, path, *a, **k)
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", fill_up)
+    code, err = run_in_process(capsys, *args)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"disk full while writing {tmp_path / 'metrics.csv'} at step 6" in err
+    assert "its checkpoint of step 4 and the rows up " \
+           "to it are intact: free space, then run the same command with resume=true" in err
+    monkeypatch.setattr(pd.DataFrame, "to_csv", real)
+    assert run_in_process(capsys, *args, "resume=true")[0] == 0
+    assert list(pd.read_csv(tmp_path / "metrics.csv")["step"]) == list(range(6))
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["probe", "probe.method=dense", "arch.width=50000"],
+     "varexp probe: one network needs about 506 GB (125G weights"),
+    (["train", "arch=mlp", "arch.width=50000", "dataset=gaussian"],
+     "varexp train: a training step needs about"),
+    (["train", "seed=4294967296"], "seed=4294967296 is not allowed; must be an integer in "
+                                   "0..4294967295"),
+    (["probe", "arch=allcnnc", "arch.channels=inf", "dataset=shapes"],
+     "arch.channels=inf is not allowed; must be a finite number > 0"),
+    (["probe", "init.gain=1e200"], "init.gain=1e+200 is not allowed; must be a number in "
+                                   "(0, 1000] or null"),
+    (["probe", "init.gain=inf"], "init.gain=inf is not allowed"),
+    (["theory", "theory.quadrature_points=100000000"],
+     "theory.quadrature_points=100000000 is not allowed; must be an integer in 2..1000"),
+    (["theory", "theory.input_second_moment=inf"], "theory.input_second_moment=inf is not "
+                                                   "allowed"),
+    (["train", "optim.lr=inf"], "optim.lr=inf is not allowed; must be a finite number > 0"),
+    (["train", "optim.lr=1e400"], "optim.lr=inf is not allowed"),
+    (["sweep", "seed=0,-1"], "in the sweep, seed=0,-1 (value 2 of 2): seed=-1 is not allowed"),
+    (["sweep", "sweep.lr_index=0,9"], "in the sweep, sweep.lr_index=0,9 (value 2 of 2): "
+                                      "sweep.lr_index=9 is not allowed"),
+])
+def test_out_of_range_values_are_one_line_before_any_work(tmp_path, args, needle):
+    out = run_varexp(*args, cwd=tmp_path)
+    assert needle in one_line(out)
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_an_outputs_folder_that_is_a_file_is_one_line(tmp_path):
+    (tmp_path / "outputs").write_text("not a folder")
+    line = one_line(run_varexp("theory", cwd=tmp_path))
+    assert line.startswith("varexp theory: hydra.run.dir=outputs/theory/") and \
+        "is not writable" in line
+
+
+def test_a_checkpoint_without_its_keys_is_one_line(tmp_path, capsys):
+    args = ["train", *MLP, "train.steps=2", f"hydra.run.dir={tmp_path}"]
+    assert run_in_process(capsys, *args)[0] == 0
+    torch.save({"model": {}}, checkpoint_path(tmp_path))
+    code, err = run_in_process(capsys, *args, "resume=true", "train.steps=4")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "lacks version, identity, step" in err and "move it away to start over" in err
+
+
+def test_float_cifar_arrays_are_one_line(tmp_path):
+    from test_data import write_cifar
+
+    from varexp.data import load_source
+    from varexp.errors import VarexpError
+
+    write_cifar(tmp_path, dtype="float32")
+    cfg = config("probe", "arch=allcnnc", "dataset=cifar10", f"dataset.root={tmp_path}",
+                 "dataset.verify=false")
+    with pytest.raises(VarexpError, match="holds float32 images; CIFAR10 images are uint8"):
+        load_source(cfg.dataset, cfg.arch, "train")
