@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import run_in_process
 
 
 def varexp(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -91,11 +92,13 @@ def test_unwritable_run_dir_is_one_line(tmp_path):
     ("probe", ["probe.networks=2,3"], "probe.networks=2,3 lists several values; add -m"),
     ("theory", ["++hydra.run.dir="], "hydra.run.dir='' is not allowed; it must name a folder"),
 ])
-def test_bad_command_lines_are_one_line_and_leave_no_folder(tmp_path, command, args, needle):
-    out = varexp(command, *args, cwd=tmp_path)
-    assert out.returncode == 2, out.stderr
-    assert out.stderr.strip().splitlines() == [out.stderr.strip()], out.stderr
-    assert needle in out.stderr
+def test_bad_command_lines_are_one_line_and_leave_no_folder(tmp_path, monkeypatch, capsys,
+                                                            command, args, needle):
+    monkeypatch.chdir(tmp_path)
+    code, err = run_in_process(capsys, command, *args)
+    assert code == 2, err
+    assert err.strip().splitlines() == [err.strip()], err
+    assert needle in err
     assert list(tmp_path.iterdir()) == []  # no outputs/ folder, no run folder
 
 

@@ -57,22 +57,23 @@ def test_two_trainings_started_together_keep_both_results(tmp_path):
 # 2, 3. another config's results are refused, and a refused command rewrites no record
 
 
-def test_probe_and_theory_refuse_another_configs_results(tmp_path):
+def test_probe_and_theory_refuse_another_configs_results(tmp_path, capsys):
     run = tmp_path / "run"
-    assert run_varexp("probe", *PROBE, f"hydra.run.dir={run}").returncode == 0
+    assert run_in_process(capsys, "probe", *PROBE, f"hydra.run.dir={run}")[0] == 0
     files = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
-    out = run_varexp("probe", *PROBE, "arch.width=32", f"hydra.run.dir={run}")
-    assert one_line(out) == (f"varexp probe: {run} holds results of another config: "
-                             "arch.width=16 (now 32); choose another folder (hydra.run.dir or "
-                             "hydra.sweep.dir), or pass overwrite=true to move them aside")
+    code, err = run_in_process(capsys, "probe", *PROBE, "arch.width=32", f"hydra.run.dir={run}")
+    assert code == 2 and err.strip().splitlines() == [
+        f"varexp probe: {run} holds results of another config: arch.width=16 (now 32); choose "
+        "another folder (hydra.run.dir or hydra.sweep.dir), or pass overwrite=true to move "
+        "them aside"]
     # a command refused for a bad value rewrites nothing either (Hydra's record included)
-    assert run_varexp("probe", *PROBE, "arch.width=64", "probe.networks=0",
-                      f"hydra.run.dir={run}").returncode == 2
+    assert run_in_process(capsys, "probe", *PROBE, "arch.width=64", "probe.networks=0",
+                          f"hydra.run.dir={run}")[0] == 2
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == files
     theory = tmp_path / "theory"
-    assert run_varexp("theory", "arch.depth=5", f"hydra.run.dir={theory}").returncode == 0
-    assert "arch.depth=5 (now 6)" in one_line(run_varexp("theory", "arch.depth=6",
-                                                         f"hydra.run.dir={theory}"))
+    assert run_in_process(capsys, "theory", "arch.depth=5", f"hydra.run.dir={theory}")[0] == 0
+    code, err = run_in_process(capsys, "theory", "arch.depth=6", f"hydra.run.dir={theory}")
+    assert code == 2 and "arch.depth=5 (now 6)" in err
 
 
 def test_overwrite_moves_the_old_results_aside(tmp_path):
@@ -275,9 +276,11 @@ def test_disk_full_during_training_is_one_line_and_the_run_resumes(tmp_path, cap
     (["sweep", "sweep.lr_index=0,9"], "in the sweep, sweep.lr_index=0,9 (value 2 of 2): "
                                       "sweep.lr_index=9 is not allowed"),
 ])
-def test_out_of_range_values_are_one_line_before_any_work(tmp_path, args, needle):
-    out = run_varexp(*args, cwd=tmp_path)
-    assert needle in one_line(out)
+def test_out_of_range_values_are_one_line_before_any_work(tmp_path, monkeypatch, capsys, args,
+                                                          needle):
+    monkeypatch.chdir(tmp_path)
+    code, err = run_in_process(capsys, *args)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and needle in err, err
     assert not (tmp_path / "outputs").exists()
 
 
