@@ -500,3 +500,16 @@ def test_membranes_are_learnable(one_thread):
         constant = -(p * p.log() + (1 - p) * (1 - p).log())  # best constant predictor's BCE
         assert 0.05 < p < 0.5
         assert bce(net(x), y) < 0.5 * constant
+
+
+def test_isbi_trains_on_every_slice_by_default_and_can_hold_some_out(tmp_path):
+    """Fig. 4 shows training loss, as the paper does: every slice trains unless some are held
+    out, and asking for a test split that was not held out is one line."""
+    volume, _ = write_isbi(tmp_path)
+    cfg = config("isbi2012", root=str(tmp_path), crop=32)
+    assert cfg.val_slices == 0
+    assert len(load_source(cfg, UNET, "train")) == len(volume)
+    with pytest.raises(VarexpError, match=r"dataset.val_slices=0 holds out no slices of "
+                                          r"isbi2012 for a test split"):
+        load_source(cfg, UNET, "test")
+    assert len(load_source(isbi(tmp_path), UNET, "test")) == 2

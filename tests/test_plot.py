@@ -3,6 +3,7 @@ mean-field theory, runs are grouped by their recorded config, the gradient slope
 known slope, and bad inputs fail with one clear line."""
 
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ from varexp.plot import render
 from varexp.plot.common import PROBE_COLUMNS, lines, load_runs, panels
 from varexp.plot.figure3 import theory_slope
 from varexp.plot.stats import grad_slope, layer_summary
+from varexp.probe import COLUMNS
 from varexp.theory import gradient_slope, recursion
 
 DEPTH = 12
@@ -40,8 +42,10 @@ def write_run(run_dir: Path, *, arch: str = "mlp", width: int = 100, init: str =
             rows.append(dict(network=net, layer=t.layer, name=f"layer{t.layer}", features=width,
                              sample_mean_sq=mean_sq, sample_var=var,
                              ratio=math.sqrt(mean_sq / var), second_moment=mean_sq + var,
-                             grad_sq=grad))
-    table = pd.DataFrame(rows, columns=list(PROBE_COLUMNS))
+                             grad_sq=grad, effective_samples=40.0,
+                             sample_mean_sq_channel=mean_sq, sample_var_channel=var,
+                             ratio_channel=math.sqrt(mean_sq / var)))
+    table = pd.DataFrame(rows, columns=COLUMNS)
     run_dir.mkdir(parents=True)
     table.to_csv(run_dir / "probe.csv", index=False)
     if neurons:
@@ -225,7 +229,7 @@ def test_default_input_is_the_newest_run_made_for_the_figure(tmp_path, caplog):
 
 def test_unknown_figure_lists_the_figures(tmp_path):
     with pytest.raises(VarexpError, match="figure='figure7' is not allowed; choose one of "
-                                          "figure1, figure2, figure3, figure4"):
+                                          "figure1, figure2, figure3, slopes, figure4"):
         render("figure7", None, "outputs", tmp_path)
 
 
@@ -255,3 +259,21 @@ def test_a_damaged_run_record_is_left_out_with_one_line(tmp_path, caplog):
     assert_png(render("figure2", tmp_path / "res", "outputs", tmp_path / "out")[0])
     assert any("res/a/.hydra/config.yaml: not a readable config" in r.message
                for r in caplog.records)
+
+
+def test_slopes_figure_shows_slope_by_width_and_t_with_effective_samples(tmp_path, caplog):
+    for i, (init, width, samples, slope) in enumerate([
+            ("scale+bias", 100, 50, -0.25), ("scale+bias", 300, 50, -0.3),
+            ("scale+bias", 100, 100, -0.22), ("batchnorm", 100, 50, -0.39)]):
+        write_run(tmp_path / "res" / str(i), init=init, width=width, grad_slope_=slope, seed=i)
+        cfg = OmegaConf.load(tmp_path / "res" / str(i) / ".hydra" / "config.yaml")
+        cfg.probe.samples = samples
+        OmegaConf.save(cfg, tmp_path / "res" / str(i) / ".hydra" / "config.yaml")
+    caplog.set_level("INFO")
+    paths = render("slopes", tmp_path / "res", "outputs", tmp_path / "out")
+    assert_png(paths[0])
+    fitted = [r.message for r in caplog.records if r.message.startswith("slopes: ")]
+    assert len(fitted) == 4
+    # the fit recovers each run's slope (write_run's grad_sq follows exp(slope * layer))
+    found = re.search(r"scale\+bias width 300 T 50 \(4 nets\): (\S+)", " ".join(fitted))
+    assert float(found.group(1)) == pytest.approx(-0.3, abs=0.01)

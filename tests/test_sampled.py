@@ -15,7 +15,7 @@ from varexp.stats import network_stats
 from varexp.theory import gradient_slope, recursion
 from varexp.threads import one_thread
 
-KEYS = ("ratio", "second_moment", "sample_var", "grad_sq")
+KEYS = ("ratio", "second_moment", "sample_var", "grad_sq", "effective_samples")
 
 
 @pytest.fixture(autouse=True)
@@ -53,8 +53,8 @@ def max_z(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.mark.parametrize(
     "init, width, samples, keys",
     [
-        ("kaiming", 120, 40, ("ratio", "second_moment", "grad_sq")),
-        ("scale+bias", 120, 40, ("grad_sq",)),
+        ("kaiming", 120, 40, ("ratio", "second_moment", "grad_sq", "effective_samples")),
+        ("scale+bias", 120, 40, ("grad_sq", "effective_samples")),
         ("batchnorm", 120, 40, ("grad_sq",)),
         ("kaiming", 40, 3, ("ratio", "second_moment", "grad_sq")),  # T tiny
         ("kaiming", 20, 30, ("ratio", "second_moment", "grad_sq")),  # n <= T: no Q_perp part

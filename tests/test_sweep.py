@@ -93,11 +93,11 @@ def test_tables_from_run_directories(tmp_path):
 
 # 2 inits x 2 lrs (one forced to diverge) x 2 seeds of a tiny MLP on 64 gaussian inputs
 HUGE_LR = 1e10
-TINY = ["arch=mlp", "arch.width=16", "arch.depth=3", "dataset=gaussian", "dataset.size=64",
-        "train.steps=6", "train.batch_size=8", "train.ratio_every=3", "train.probe_samples=8",
-        "train.checkpoint_every=3", "train.progress=false", "device=cpu",
-        "init=scale,scale+bias", "optim=sgd", "sweep.lr_index=0,1", "seed=0,1",
-        f"sweep.lr_grid.sgd=[0.001,{HUGE_LR}]"]
+SIZES = ["arch=mlp", "arch.width=16", "arch.depth=3", "dataset=gaussian", "dataset.size=64",
+         "train.steps=6", "train.batch_size=8", "train.ratio_every=3", "train.probe_samples=8",
+         "train.checkpoint_every=3", "train.progress=false", "device=cpu"]
+TINY = [*SIZES, "init=scale,scale+bias", "optim=sgd", "sweep.lr_index=0,1", "seed=0,1",
+        "sweep.select=final", f"sweep.lr_grid.sgd=[0.001,{HUGE_LR}]"]
 
 
 def varexp(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -208,7 +208,7 @@ def test_joblib_sweep_with_dataloader_workers_and_shared_cores(tmp_path):
     side by side share the cores."""
     from varexp.threads import available_cores
 
-    args = [*TINY[:-5], "init=scale", "optim=sgd", "sweep.lr_index=0", "seed=0,1,2,3",
+    args = [*SIZES, "init=scale", "optim=sgd", "sweep.lr_index=0", "seed=0,1,2,3",
             "dataset.workers=1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
             "sweep.estimate=false"]
     out = varexp("sweep", *args, f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
@@ -257,3 +257,18 @@ def test_figure4_of_a_sweep_whose_runs_all_failed_is_one_line(tmp_path):
     with pytest.raises(VarexpError, match="no learning rate was selected in .*: no run "
                                           "completed there"):
         make(str(tmp_path), "unused", tmp_path / "out")
+
+
+def test_selection_rule_auc_is_the_mean_of_the_whole_curve_and_final_its_tail():
+    from varexp.sweep import selection_fraction
+
+    assert selection_fraction(sweep_cfg()) == 1.0  # auc, the default: the paper's "fastest"
+    assert selection_fraction(sweep_cfg("sweep.select=final", "sweep.select_fraction=0.2")) == 0.2
+    with pytest.raises(ConfigError, match=r"sweep.select='best' is not allowed; choose one of "
+                                          "auc, final"):
+        check_sweep(sweep_cfg("sweep.select=best"))
+    # a fast start and a slow finish against a slow start and a fast finish
+    fast = pd.Series([1.0, 0.2, 0.2, 0.2, 0.19])
+    slow = pd.Series([1.0, 0.9, 0.6, 0.3, 0.1])
+    assert criterion(fast, 1.0) < criterion(slow, 1.0)  # auc: fast converges first
+    assert criterion(fast, 0.2) > criterion(slow, 0.2)  # final: slow ends lower

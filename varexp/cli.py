@@ -124,8 +124,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"varexp: unknown command {command!r}; choose one of {', '.join(COMMANDS)}",
               file=sys.stderr)
         sys.exit(2)
-    if command == "plot" and rest and re.fullmatch(r"figure\w*", rest[0]):
-        rest[0] = f"figure={rest[0]}"
+    if command == "plot" and rest and re.fullmatch(r"\w+", rest[0]):
+        rest[0] = f"figure={rest[0]}"  # varexp plot figure2, varexp plot slopes
     # torch's waiting threads sleep instead of spinning on cores that other work needs
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:

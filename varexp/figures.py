@@ -31,6 +31,7 @@ class Figure:
     result: str  # the file those runs write that the figure reads
     parts: tuple[Part, ...]
     module: str  # draws it: make(results, outputs_root, out_dir, **options) -> [png, pdf]
+    options: tuple[str, ...] = ()  # keys of `varexp plot`'s config its make() takes
 
     def presets(self, scale: str) -> tuple[str, ...]:
         """The presets that make every part at one scale, each once, in order."""
@@ -56,15 +57,20 @@ FIGURES: dict[str, Figure] = {
                "probe", "probe.csv",
                (Part("MLP widths", "figure2_quick", "figure2"),
                 Part("ALL-CNN-C", "figure2_allcnnc_quick", "figure2_allcnnc"),
-                Part("UNet", "figure2_unet_quick", "figure2_unet")), "varexp.plot.figure2"),
+                Part("UNet", "figure2_unet_quick", "figure2_unet")), "varexp.plot.figure2",
+               ("cnn_ratio",)),
         Figure("figure3", "gradients vs layer for kaiming, scale+bias, batchnorm (Sec. 4)",
                "probe", "probe.csv", (Part("the three inits", "figure3_quick", "figure3"),),
                "varexp.plot.figure3"),
+        Figure("slopes", "finite-size effects on Fig. 3: gradient slope vs width and T, "
+               "effective samples vs layer (not in the paper)", "probe", "probe.csv",
+               (Part("scale+bias and batchnorm MLPs by width and T", "slopes_quick", "slopes"),),
+               "varexp.plot.slopes"),
         Figure("figure4", "training loss at the selected learning rates (Sec. 5)",
                "sweep", "selected.csv",
                (Part("object recognition", "figure4_quick", "figure4_cifar10"),
                 Part("segmentation", "figure4_quick", "figure4_isbi2012")),
-               "varexp.plot.figure4"),
+               "varexp.plot.figure4", ("smooth",)),
     ]
 }  # fmt: skip
 

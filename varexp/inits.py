@@ -11,15 +11,15 @@ Biases start at 0 and BatchNorm units at weight 1, bias 0 with fresh running sta
 - batchnorm: kaiming weights in a model built with BatchNorm units (paper Sec. 4).
 - scale (Eq. 13): W ~ N(0, 1), then W /= sqrt(sigma_B^2 + eps), sigma_B^2 the second moment of
   u^l over features and all samples of the k minibatches. Afterwards <u^2> = 1 on them.
-- scale+bias (Eq. 14): b = -<u>, per feature of a Linear layer and per channel of a conv (mean
-  over samples and positions); then W, b /= sqrt(avg var + eps), avg var the mean over features
-  of the 1/T sample variance. Afterwards, on the fitting batches: Linear layers have every
-  feature's sample mean 0; conv layers every channel's mean 0 while a single (channel, position)
-  feature keeps a nonzero sample mean (positions differ, e.g. at borders); the layer-average
-  sample variance is 1 in both. In a unit with BatchNorm the fit cannot move u (BatchNorm undoes
-  any shift and scale of W x + b): u keeps BatchNorm's per-channel mean 0 and variance 1 over
-  samples and positions, so scale sees sigma_B^2 ~ 1, and on convs the per-(channel, position)
-  sample variance averages below 1 (0.6-0.9 measured on small allcnnc and unet).
+- scale+bias (Eq. 14, then Eq. 13): b = -<u>, per feature of a Linear layer and per channel of
+  a conv (mean over samples and positions: a conv has one bias per channel); then
+  W, b /= sqrt(sigma^2 + eps), sigma^2 the second moment of the centred output pooled over
+  channels, samples and positions (over features and samples for Linear layers: their mean
+  sample variance). Afterwards, on the fitting batches, every feature's (channel's) mean is 0
+  and the layer's average second moment is 1; a single (channel, position) of a conv keeps a
+  nonzero sample mean (positions differ, e.g. at borders). In a unit with BatchNorm the fit
+  cannot move u (BatchNorm undoes any shift and scale of W x + b): u keeps BatchNorm's
+  per-channel mean 0 and variance 1 over samples and positions, so sigma^2 ~ 1.
 - lsuv (Mishkin & Matas 2015): orthogonal weights (gain 1 unless init.gain), then per layer
   W *= 1 / (std + eps) until the std of the weight layer's output (torch.std over the whole
   tensor, the lsuv package's definition) is within init.tol of 1 or init.max_iters rescales.
@@ -269,15 +269,16 @@ def _scale(wl: WeightLayer, y: Tensor, with_bias: bool, eps: float) -> tuple[Ten
     if with_bias:
         if layer.bias is None and isinstance(wl.unit.norm, nn.Identity):
             raise VarexpError(f"init=scale+bias: layer {wl.name} has no bias to set")
-        feature_mean = u.mean(dim=0)
-        # two-pass average sample variance (1/T): stable when means dwarf the variance
-        sigma2 = torch.sub(u, feature_mean).square_().mean()
-        raw = sigma2 + feature_mean.square().mean()
+        # Eq. 14 per feature of a Linear layer, per channel of a conv (over samples and
+        # positions: a conv has one bias per channel), then Eq. 13 on the centred output:
+        # its second moment pooled over channels, samples and positions (two passes: stable
+        # when the means dwarf the spread)
+        channel_mean = u.mean(dim=[0, *range(2, u.dim())], keepdim=True)
+        sigma2 = torch.sub(u, channel_mean).square_().mean()
+        raw = sigma2 + channel_mean.square().mean()
         if layer.bias is not None:
-            # Eq. 14, per feature (per channel for convs: also over positions)
-            mean = feature_mean.flatten(1).mean(dim=1) if u.dim() > 2 else feature_mean
-            shift = -mean.view(1, -1, *[1] * (u.dim() - 2))
-            layer.bias.sub_(mean)
+            shift = -channel_mean
+            layer.bias.sub_(channel_mean.flatten())
     else:
         raw = sigma2 = torch.linalg.vector_norm(u).square() / u.numel()  # Eq. 13, all k*T samples
     s = torch.sqrt(sigma2 + eps)

@@ -28,7 +28,7 @@ from varexp.stats import STAT_NAMES, network_stats
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["network", "layer", "name", "features", *STAT_NAMES, "grad_sq"]
+COLUMNS = ["network", "layer", "name", "features", *STAT_NAMES[:4], "grad_sq", *STAT_NAMES[4:]]
 NEURON_COLUMNS = ["network", "layer", "neuron", "sample", "value"]
 
 

@@ -45,7 +45,7 @@ IDENTITY: dict[str, tuple[str, ...]] = {
     "theory": ("arch.depth", "arch.activation", "init", "theory"),
     "probe": ("seed", "arch", "dataset", "init", "probe"),
     "train": ("seed", "arch", "dataset", "init", "optim", "train"),
-    "plot": ("figure", "results", "smooth"),
+    "plot": ("figure", "results", "smooth", "cnn_ratio"),
     # a reproduce folder is one scale; its steps record their own configs (and a step whose
     # command changed is rerun, its old results moved aside)
     "reproduce": ("reproduce.preset",),

@@ -14,28 +14,46 @@ from torch import Tensor, nn
 
 from varexp.models.base import batch_statistics, weight_layers
 
-STAT_NAMES = ("sample_mean_sq", "sample_var", "ratio", "second_moment")
+STAT_NAMES = ("sample_mean_sq", "sample_var", "ratio", "second_moment", "effective_samples",
+              "sample_mean_sq_channel", "sample_var_channel", "ratio_channel")
 
 
 def sample_stats(u: Tensor) -> dict[str, Tensor]:
-    """Sample statistics of pre-activations u of shape (T, ...features), biased 1/T (Eq. 4).
+    """Sample statistics of pre-activations u of shape (T, channels, ...positions), with the
+    biased 1/T estimator of Eq. 4, as 0-d float64 tensors.
 
-    Features are all non-batch dims flattened (channel x position for convs). Returns 0-d
-    float64 tensors: sample_mean_sq = mean_i <u_i>_t^2, sample_var = mean_i (<u_i^2>_t -
-    <u_i>_t^2), ratio = sqrt(sample_mean_sq / sample_var) (Eq. 9), second_moment = mean_i
-    <u_i^2>_t.
+    Per feature (all non-batch dims flattened: channel x position for convs): sample_mean_sq =
+    mean_i <u_i>_t^2, sample_var = mean_i (<u_i^2>_t - <u_i>_t^2), ratio = sqrt(sample_mean_sq
+    / sample_var) (Eq. 9), second_moment = mean_i <u_i^2>_t. Per channel, pooled over samples
+    and positions (the convention of a conv layer's per-channel bias and of BatchNorm; for
+    Linear layers the same as per feature): sample_mean_sq_channel, sample_var_channel,
+    ratio_channel. effective_samples: with s_t the squared distance of sample t from the mean,
+    (sum_t s_t)^2 / sum_t s_t^2, between 1 and T: how many samples carry the centred signal.
     """
-    u = u.detach().reshape(u.shape[0], -1).double()
-    mean = u.mean(dim=0)
+    u = u.detach().double()
+    flat = u.reshape(u.shape[0], -1)
+    mean = flat.mean(dim=0)
     # centre before squaring: in deep Kaiming layers <u>^2 dwarfs the variance (Sec. 3)
-    var = (u - mean).square().mean(dim=0)
-    mean_sq = mean.square().mean()
-    sample_var = var.mean()
+    squares = (flat - mean).square_()
+    var = squares.mean(dim=0)
+    distance = squares.sum(dim=1)
+    mean_sq, sample_var = mean.square().mean(), var.mean()
+    # per channel from the per-feature moments: the pooled variance of a channel is the mean of
+    # its positions' variances plus the spread of their means
+    by_channel = mean.reshape(u.shape[1], -1) if u.dim() > 2 else mean[:, None]
+    channel_mean = by_channel.mean(dim=1, keepdim=True)
+    spread = (by_channel - channel_mean).square_().mean()
+    mean_sq_channel = channel_mean.square().mean()
+    var_channel = sample_var + spread
     return {
         "sample_mean_sq": mean_sq,
         "sample_var": sample_var,
         "ratio": (mean_sq / sample_var).sqrt(),
         "second_moment": mean_sq + sample_var,
+        "effective_samples": distance.sum().square() / distance.square().sum(),
+        "sample_mean_sq_channel": mean_sq_channel,
+        "sample_var_channel": var_channel,
+        "ratio_channel": (mean_sq_channel / var_channel).sqrt(),
     }
 
 

@@ -49,8 +49,21 @@ TASK_KEYS = ("task", "arch", "dataset", "train.batch_size", "arch.channels", "ar
 # checks and the plan
 
 
+SELECTIONS = ("auc", "final")
+
+
+def selection_fraction(cfg: DictConfig) -> float:
+    """The tail of the loss curve the criterion averages: all of it for `auc` (the area under
+    the curve per step), the last sweep.select_fraction of it for `final`."""
+    return 1.0 if cfg.sweep.select == "auc" else float(cfg.sweep.select_fraction)
+
+
 def check_sweep(cfg: DictConfig) -> None:
-    """The sweep's own keys: a fraction in (0, 1] and positive learning rates."""
+    """The sweep's own keys: the selection rule, a fraction in (0, 1], positive learning
+    rates."""
+    if OmegaConf.select(cfg, "sweep.select") not in SELECTIONS:
+        raise bad_value("sweep.select", OmegaConf.select(cfg, "sweep.select"),
+                        "choose one of " + ", ".join(SELECTIONS))
     fraction = OmegaConf.select(cfg, "sweep.select_fraction")
     if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction <= 1:
         raise bad_value("sweep.select_fraction", fraction, "must be a number in (0, 1]")
@@ -441,7 +454,7 @@ class SweepTables(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         try:
-            sweep_csv, selected_csv = write_tables(sweep_dir, config.sweep.select_fraction)
+            sweep_csv, selected_csv = write_tables(sweep_dir, selection_fraction(config))
         except OSError as error:
             print(f"varexp sweep: could not write the tables in {sweep_dir} ({error.strerror}); "
                   "free space (or fix the folder), then run the same command again: finished "

@@ -53,8 +53,10 @@ log = logging.getLogger(__name__)
 __all__ = ["METRIC_COLUMNS", "RATIO_COLUMNS", "check", "checkpoint_path", "run", "train"]
 
 METRIC_COLUMNS = ["step", "epoch", "loss", "lr", "seconds"]
-RATIO_COLUMNS = ["step", "layer", "name", "sample_mean_sq", "sample_var", "ratio",
-                 "weight_grad_rms"]  # fmt: skip
+# the sample statistics of each layer on the probe batch (varexp.stats), then the weight gradient
+RATIO_STATS = ("sample_mean_sq", "sample_var", "ratio", "sample_mean_sq_channel",
+               "sample_var_channel", "ratio_channel")
+RATIO_COLUMNS = ["step", "layer", "name", *RATIO_STATS[:3], "weight_grad_rms", *RATIO_STATS[3:]]
 OPTIMIZERS = ("sgd", "adam")
 FINISHED = ("completed", "diverged")
 
@@ -147,13 +149,11 @@ def segmentation_loss(logits: Tensor, target: Tensor) -> Tensor:
 
 
 def probe_stats(model: nn.Module, x: Tensor) -> Tensor:
-    """(L, 3) float64: sample_mean_sq, sample_var, ratio of u^l on the probe batch x."""
+    """(L, 6) float64: the RATIO_STATS of u^l on the probe batch x."""
     with batch_statistics(model), torch.no_grad(), Recorder(model, keep_x=False) as rec:
         model(x)
-        return torch.stack([
-            torch.stack([rec.stats[wl.index][k] for k in ("sample_mean_sq", "sample_var", "ratio")])
-            for wl in rec.layers
-        ])  # fmt: skip
+        return torch.stack([torch.stack([rec.stats[wl.index][k] for k in RATIO_STATS])
+                            for wl in rec.layers])
 
 
 def grad_rms(layers: list) -> Tensor:
@@ -272,7 +272,10 @@ class Run:
             self.model.load_state_dict(saved["model"])
             self.optimizer.load_state_dict(saved["optimizer"])
             self.stream.load_state_dict(saved["stream"])
-            self.metrics, self.ratios = list(saved["metrics"]), list(saved["ratios"])
+            self.metrics = list(saved["metrics"])
+            # rows of checkpoints made before the per-channel statistics: those left empty
+            width = len(RATIO_COLUMNS)
+            self.ratios = [tuple(r) + (math.nan,) * (width - len(r)) for r in saved["ratios"]]
             self.step, self.status = saved["step"], saved["status"]
             self.past_wall, self.past_train = saved["seconds"], saved["train_seconds"]
             self.init_forward_passes = saved["init_forward_passes"]
@@ -358,8 +361,8 @@ class Run:
 
     def record_ratios(self, step: int, stats: Tensor, grads: Tensor) -> None:
         stats, grads = stats.cpu().tolist(), grads.cpu().tolist()
-        for wl, (mean_sq, var, ratio), g in zip(self.layers, stats, grads, strict=True):
-            self.ratios.append((step, wl.index, wl.name, mean_sq, var, ratio, g))
+        for wl, values, g in zip(self.layers, stats, grads, strict=True):
+            self.ratios.append((step, wl.index, wl.name, *values[:3], g, *values[3:]))
 
     def flush(self) -> None:
         write_csv(pd.DataFrame(self.metrics, columns=METRIC_COLUMNS), self.run_dir / "metrics.csv")

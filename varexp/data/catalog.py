@@ -102,7 +102,7 @@ def check(dataset: DictConfig) -> None:
             raise bad_value(
                 "dataset.crop", crop, "must be a positive multiple of 16 (UNet pools 4 times)"
             )
-        positive_int(cfg, "dataset.val_slices")
+        positive_int(cfg, "dataset.val_slices", minimum=0)
         flag("augment")
         nonnegative("elastic_std")
         if d.name == "membranes":
@@ -159,7 +159,11 @@ def _source(key: str, split: str, shape: tuple[int, ...], task: str) -> Source:
         mean, std = shapes.channel_stats(train_set[0])
         return Images(images, labels, torch.tensor(mean), torch.tensor(std), flip=d.flip)
     image, membrane = _stack(key)
-    return volume_splits(image, membrane, d.crop, d.val_slices, d.elastic_std, d.name)[split]
+    splits = volume_splits(image, membrane, d.crop, d.val_slices, d.elastic_std, d.name)
+    if split not in splits:
+        raise VarexpError(f"dataset.val_slices=0 holds out no slices of {d.name} for a {split} "
+                          "split; set dataset.val_slices=5 (say) to hold some out")
+    return splits[split]
 
 
 def shapes_set(n: int, seed: int, split: int, cache: bool) -> tuple[Tensor, Tensor]:

@@ -139,8 +139,9 @@ class Volume(OnDevice):
 def volume_splits(
     image: Tensor, membrane: Tensor, crop: int, val_slices: int, elastic_std: float, name: str
 ) -> dict[str, Volume]:
-    """Hold out the last `val_slices` slices as the test split; normalize both with the training
-    slices' mean and std. image: uint8 (S, H, W); membrane: bool (S, H, W)."""
+    """Hold out the last `val_slices` slices as the test split (none for 0: every slice trains);
+    normalize both with the training slices' mean and std. image: uint8 (S, H, W); membrane:
+    bool (S, H, W)."""
     s, h, w = image.shape
     if val_slices >= s:
         raise VarexpError(
@@ -153,7 +154,7 @@ def volume_splits(
     x = (x - train.mean()) / train.std().clamp_min(1e-8)
     m = membrane.float()
     cut = s - val_slices
-    return {
-        "train": Volume(x[:cut].contiguous(), m[:cut].contiguous(), crop, elastic_std),
-        "test": Volume(x[cut:].contiguous(), m[cut:].contiguous(), crop, elastic_std),
-    }
+    splits = {"train": Volume(x[:cut].contiguous(), m[:cut].contiguous(), crop, elastic_std)}
+    if val_slices > 0:
+        splits["test"] = Volume(x[cut:].contiguous(), m[cut:].contiguous(), crop, elastic_std)
+    return splits

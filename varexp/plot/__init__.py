@@ -11,9 +11,13 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from varexp.config import check_common
+from varexp.config import check_common, one_of
 from varexp.errors import VarexpError, bad_value
 from varexp.figures import FIGURES
+
+# the ratio Fig. 2 draws for convolutional layers (varexp.stats): per channel, pooled over
+# samples and positions, or per (channel, position) over samples
+CNN_RATIOS = ("channel", "position")
 
 
 def check(cfg: DictConfig) -> None:
@@ -27,20 +31,22 @@ def check(cfg: DictConfig) -> None:
     if smooth is not None and (isinstance(smooth, bool) or not isinstance(smooth, int)
                                or smooth < 1):
         raise bad_value("smooth", smooth, "must be an integer >= 1 or null")
+    one_of(cfg, "cnn_ratio", CNN_RATIOS)
 
 
 def render(figure: str | None, results: str | None, outputs_root: str,
-           out_dir: str | Path, smooth: int | None = None) -> list[Path]:
+           out_dir: str | Path, **options: object) -> list[Path]:
     """Draw `figure` from the results under `results` (or the newest made for it under
-    `outputs_root`) into out_dir; returns the PNG and PDF paths. `smooth` is figure4's
-    moving-average window."""
+    `outputs_root`) into out_dir; returns the PNG and PDF paths. `options` are `varexp plot`'s
+    keys; each figure takes the ones varexp.figures lists for it."""
     if figure not in FIGURES:
         raise bad_value("figure", figure, f"choose one of {', '.join(FIGURES)} "
                         "(e.g. `varexp plot figure2`)")
-    module = importlib.import_module(FIGURES[figure].module)
-    options = {"smooth": smooth} if figure == "figure4" else {}
+    spec = FIGURES[figure]
+    module = importlib.import_module(spec.module)
+    mine = {k: v for k, v in options.items() if k in spec.options}
     return module.make(None if results is None else str(results), str(outputs_root), out_dir,
-                       **options)
+                       **mine)
 
 
 def run(cfg: DictConfig) -> None:
@@ -48,5 +54,6 @@ def run(cfg: DictConfig) -> None:
 
     check(cfg)
     with claim("plot", cfg) as out_dir:
-        paths = render(cfg.figure, cfg.results, cfg.outputs_root, out_dir, cfg.smooth)
+        paths = render(cfg.figure, cfg.results, cfg.outputs_root, out_dir,
+                       smooth=cfg.smooth, cnn_ratio=cfg.cnn_ratio)
     print(f"plot {cfg.figure}: " + ", ".join(str(p) for p in paths))

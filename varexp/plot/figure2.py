@@ -26,24 +26,38 @@ from varexp.plot.common import (
 from varexp.plot.stats import layer_summary
 
 
-def draw_panel(ax, key: tuple, runs: list[Run]) -> None:
+def draw_panel(ax, key: tuple, runs: list[Run], cnn_ratio: str = "channel") -> None:
     arch = key[0]
     groups = lines(runs)
     keys = [k for k, _ in groups]
+    # for Linear layers the two conventions agree; a conv's ratio is per channel (pooled over
+    # samples and positions) or per (channel, position)
+    column = "ratio_channel" if arch != "mlp" and cnn_ratio == "channel" else "ratio"
     longest = None  # the line with most layers names the x ticks
     for lkey, table in groups:
-        summary = layer_summary(table, "ratio")
+        if column not in table.columns:
+            log.warning("figure2 leaves out %s %s: its probe.csv has no %s column (made by an "
+                        "older varexp); probe again, or plot with cnn_ratio=position",
+                        arch, line_label(arch, lkey), column)
+            continue
+        summary = layer_summary(table, column)
         color = line_color(arch, lkey, keys)
         ax.plot(summary["layer"], summary["mean"], color=color, linewidth=1.6,
                 label=f"{line_label(arch, lkey)} ({table['network'].nunique()} nets)")
         ax.fill_between(summary["layer"], summary["mean"] - summary["std"],
                         summary["mean"] + summary["std"], color=color, alpha=0.2, linewidth=0)
         longest = summary if longest is None or len(summary) > len(longest) else longest
+    if longest is None:
+        ax.set_axis_off()
+        ax.set_title(f"{panel_title(key)}: nothing to draw", fontsize=11)
+        return
     theory = theory_for(runs[0], int(longest["layer"].max()))
     if theory is not None:
         label = "theory (infinite width)" if arch == "mlp" else "wide-MLP theory"
         ax.plot(theory["layer"], theory["ratio"], label=label, **THEORY_STYLE)
-    style_axes(ax, panel_title(key), "layer $l$", "ratio $r^l$ (Eq. 9)")
+    per = ("" if arch == "mlp" else ", per channel" if column == "ratio_channel"
+           else ", per (channel, position)")
+    style_axes(ax, panel_title(key), "layer $l$", f"ratio $r^l$ (Eq. 9{per})")
     if arch != "mlp":
         ax.set_xticks(longest["layer"], longest["name"], rotation=90, fontsize=7)
         ax.set_xlabel("")
@@ -51,7 +65,9 @@ def draw_panel(ax, key: tuple, runs: list[Run]) -> None:
     ax.legend(fontsize=8, loc="upper left")
 
 
-def make(results: str | None, outputs_root: str, out_dir: str | Path) -> list[Path]:
+def make(results: str | None, outputs_root: str, out_dir: str | Path,
+         cnn_ratio: str = "channel") -> list[Path]:
+    """Fig. 2 from the Kaiming probes; `cnn_ratio` picks the CNN panels' convention."""
     # Fig. 2 is about Kaiming-initialized networks: other inits' probes are not its input
     runs = load_runs("figure2", PROBE_COLUMNS, results, outputs_root, ("kaiming",))
     groups = panels(runs)
@@ -59,6 +75,6 @@ def make(results: str | None, outputs_root: str, out_dir: str | Path) -> list[Pa
     fig = new_figure(5.2 * sum(ratios), 4.6)
     grid = fig.add_gridspec(1, len(groups), width_ratios=ratios)
     for i, (key, members) in enumerate(groups):
-        draw_panel(fig.add_subplot(grid[0, i]), key, members)
+        draw_panel(fig.add_subplot(grid[0, i]), key, members, cnn_ratio)
         log.info("figure2 panel '%s': %d run(s)", panel_title(key), len(members))
     return save(fig, out_dir, "figure2")
