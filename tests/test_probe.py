@@ -41,7 +41,12 @@ def test_probe_csv_columns_rows_and_neurons(capsys, tmp_path, method):
     table, run_dir = probe(capsys, tmp_path, f"probe.method={method}", "probe.neurons=2")
     assert list(table.columns) == COLUMNS
     assert list(table.columns) == ["network", "layer", "name", "features", "sample_mean_sq",
-                                   "sample_var", "ratio", "second_moment", "grad_sq"]
+                                   "sample_var", "ratio", "second_moment", "grad_sq",
+                                   "effective_samples", "sample_mean_sq_channel",
+                                   "sample_var_channel", "ratio_channel"]
+    # an MLP has one convention; effective samples lie in 1..T
+    assert np.allclose(table.ratio_channel, table.ratio)
+    assert table.effective_samples.between(1, 8).all()
     assert len(table) == 3 * 6
     assert sorted(table.network.unique()) == [0, 1, 2]
     assert list(table[table.network == 1].layer) == list(range(1, 7))
