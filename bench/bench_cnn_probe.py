@@ -1,5 +1,5 @@
 """Wall time of the paper's Fig. 2 middle probe (30 Kaiming ALL-CNN-C at the paper's widths, T =
-100) and of every init on ALL-CNN-C and UNet in forward-pass equivalents (issue 4, Performance).
+100) and of every init on ALL-CNN-C and UNet in forward-pass equivalents.
 
     python bench/bench_cnn_probe.py                   # time 3 networks, extrapolate to 30
     python bench/bench_cnn_probe.py --networks 30     # the whole probe

@@ -1,4 +1,4 @@
-"""Dense vs exact sampled probe of Kaiming ReLU MLPs (issue 2, Performance), side by side.
+"""Dense vs exact sampled probe of Kaiming ReLU MLPs, side by side.
 
     python bench/bench_probe.py [--width 3000] [--depth 50] [--samples 100] [--dense 3]
                                 [--sampled 30] [--no-figure2] [--no-crossover]

@@ -1,4 +1,4 @@
-"""Datasets (issue 3): real on-disk formats built in tmp_path and loaded through the users' code
+"""Datasets: real on-disk formats built in tmp_path and loaded through the users' code
 path, augmentations, seeded streams, bad input, and learnability of the embedded datasets."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`varexp probe` end to end: probe.csv and neurons.csv as DESIGN.md defines them, the dense and
+"""`varexp probe` end to end: probe.csv and neurons.csv as the README defines them, the dense and
 sampled paths, and one-line errors for bad input."""
 
 import sys

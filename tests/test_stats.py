@@ -1,4 +1,4 @@
-"""Sample statistics (DESIGN.md "Definitions", paper Eq. 4, 9), layer recording and grad_sq."""
+"""Sample statistics (paper Eq. 4, 9), layer recording and grad_sq."""
 
 import math
 

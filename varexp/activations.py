@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from varexp.quadrature import gaussian_expectation
+
 LEAKY_SLOPE = 0.01
 
 
@@ -28,8 +30,6 @@ class Activation:
         """Weight std multiplier so that E[f(z)^2] * gain^2 = 1 for z ~ N(0, 1)."""
         if self.fixed_gain is not None:
             return self.fixed_gain
-        from varexp.theory import gaussian_expectation
-
         return 1.0 / math.sqrt(gaussian_expectation(lambda z: self.numpy(z) ** 2, self.kinks))
 
 

@@ -3,27 +3,22 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 import re
 import sys
 from contextlib import nullcontext
 from pathlib import Path
 
+import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from varexp import compose, results
+from varexp.commands import COMMANDS, command_module
 from varexp.errors import VarexpError
+from varexp.stop import exit_cleanly_on_sigterm, job_ended, job_started, watch_parent
+from varexp.threads import available_cores, configure
 
-# subcommand -> (module with check(cfg) and run(cfg), one-line description)
-COMMANDS: dict[str, tuple[str, str]] = {
-    "theory": ("varexp.theory", "infinite-width mean-field predictions per layer (paper Eq. 6-8)"),
-    "probe": ("varexp.probe", "N random networks on T inputs: per-layer sample statistics, grads"),
-    "train": ("varexp.train", "one training run: loss curve and per-layer ratios (paper Sec. 5)"),
-    "sweep": ("varexp.sweep", "init x optimizer x learning rate x seed grid as a Hydra multirun"),
-    "plot": ("varexp.plot", "render paper Figure N (figure1..figure4) as PNG and PDF"),
-    "reproduce": ("varexp.reproduce", "the main job: every figure, then REPORT.md"),
-}
 EXAMPLES = (
     "varexp theory arch.depth=50",
     "varexp probe arch=mlp arch.width=1000 probe.networks=30",
@@ -57,7 +52,7 @@ def print_command_help(command: str, overrides: list[str]) -> None:
                    else compose.group_options(group))
         shown = ", ".join(f"[{o}]" if o == chosen else o for o in options)
         print(f"  {group:<11} {shown}")
-    module = importlib.import_module(COMMANDS[command][0])
+    module = command_module(command)
     if hasattr(module, "describe"):
         print("\n" + module.describe(cfg))
     body = OmegaConf.to_yaml({k: v for k, v in cfg.items() if k != "hydra"})
@@ -65,10 +60,8 @@ def print_command_help(command: str, overrides: list[str]) -> None:
 
 
 def dispatch(command: str, cfg: DictConfig) -> object:
-    from varexp.stop import exit_cleanly_on_sigterm, job_ended, job_started, watch_parent
-    from varexp.threads import configure
 
-    module = importlib.import_module(COMMANDS[command][0])
+    module = command_module(command)
     exit_cleanly_on_sigterm()
     job_started()
     if launcher_of_job() in ("joblib", "submitit_local"):
@@ -92,7 +85,6 @@ def dispatch(command: str, cfg: DictConfig) -> object:
 
 
 def launcher_of_job() -> str | None:
-    from hydra.core.hydra_config import HydraConfig
 
     if not HydraConfig.initialized():
         return None
@@ -101,7 +93,6 @@ def launcher_of_job() -> str | None:
 
 def parallel_jobs(cfg: DictConfig) -> int:
     """How many jobs of this multirun run side by side in this machine (joblib's n_jobs)."""
-    from hydra.core.hydra_config import HydraConfig
 
     if not HydraConfig.initialized():
         return 1
@@ -109,7 +100,6 @@ def parallel_jobs(cfg: DictConfig) -> int:
     if hydra_cfg.runtime.choices.get("hydra/launcher") != "joblib":
         return 1
     n_jobs = hydra_cfg.launcher.get("n_jobs", 1) or 1
-    from varexp.threads import available_cores
 
     return available_cores() if n_jobs < 0 else int(n_jobs)
 
@@ -139,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
             run_hydra(command, rest)
             return
         rest = compose.complete(command, rest)
-        module = importlib.import_module(COMMANDS[command][0])
+        module = command_module(command)
         line = compose.parse(command, rest, module.check)
         replace = results.check_launch(line, bool(line.cfg.get("overwrite", False)))
         if hasattr(module, "announce"):
@@ -156,7 +146,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run_hydra(command: str, args: list[str]) -> None:
-    import hydra
 
     sys.argv = [f"varexp {command}", *args]
     app = hydra.main(config_path="pkg://varexp.conf", config_name=command, version_base="1.3")

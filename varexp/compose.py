@@ -18,9 +18,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
+from importlib.resources import files
 from pathlib import Path
 
 from hydra import compose, initialize_config_module
+from hydra._internal.config_loader_impl import get_overrides_dirname
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException
@@ -132,7 +134,6 @@ def command_groups(command: str) -> dict[str, str | None]:
 
 
 def group_options(group: str) -> list[str]:
-    from importlib.resources import files
 
     folder = files(CONFIG_MODULE) / group
     if not folder.is_dir():
@@ -232,7 +233,6 @@ def _with_values(cfg: DictConfig, overrides: list) -> DictConfig:
 
 def _set_job(cfg: DictConfig, number: int, parsed: list) -> None:
     """What Hydra sets per job and a job's folder name may use: its number and override_dirname."""
-    from hydra._internal.config_loader_impl import get_overrides_dirname
 
     naming = cfg.hydra.job.config.override_dirname
     with open_dict(cfg):

@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from varexp.activations import ACTIVATIONS
 from varexp.errors import bad_value
+from varexp.sampled import unsupported
 
 ARCH_NORMS = ("none", "batchnorm")
 MAX_SEED = 2**32 - 1  # numpy's global generator takes no larger seed
@@ -123,7 +124,6 @@ def check_probe(cfg: DictConfig) -> None:
     for key in ("probe.grad", "probe.progress"):
         boolean(cfg, key)
     if one_of(cfg, "probe.method", ("auto", "dense", "sampled")) == "sampled":
-        from varexp.sampled import unsupported
 
         reason = unsupported(cfg.arch, cfg.init)
         if reason is not None:

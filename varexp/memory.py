@@ -16,6 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from varexp.errors import VarexpError
+from varexp.models import build_model
 
 FLOAT = 4  # bytes
 USABLE = 0.9  # of the free memory; the rest for the interpreter, libraries and the data
@@ -24,7 +25,6 @@ USABLE = 0.9  # of the free memory; the rest for the interpreter, libraries and 
 @cache
 def _count(arch_json: str, input_shape: tuple[int, ...], classes: int | None, init: str,
            batch: int) -> tuple[int, int]:
-    from varexp.models import build_model
 
     arch = OmegaConf.create(json.loads(arch_json))
     with torch.device("meta"):

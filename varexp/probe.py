@@ -23,7 +23,14 @@ from tqdm import tqdm
 
 from varexp import memory
 from varexp.config import check_probe, resolve_device
+from varexp.data import data_info, probe_batch
 from varexp.errors import VarexpError
+from varexp.files import write_csv
+from varexp.inits import initialize
+from varexp.models import build_model
+from varexp.models.base import weight_layers
+from varexp.results import claim
+from varexp.sampled import sampled_mlp, unsupported
 from varexp.stats import STAT_NAMES, network_stats
 
 log = logging.getLogger(__name__)
@@ -38,7 +45,6 @@ def network_seed(seed: int, network: int) -> int:
 
 def check(cfg: DictConfig) -> None:
     """Every key a probe reads, and that one network fits in memory on the dense path."""
-    from varexp.data import data_info
 
     check_probe(cfg)
     if choose_method(cfg) != "dense":
@@ -59,7 +65,6 @@ def choose_method(cfg: DictConfig) -> str:
     bench/bench_probe.py (T = 100, idle 2-core CPU) measured the two paths even at width 200-300,
     the dense one faster below (1.7x at 150) and the sampled one faster above (15x at 3000). The
     dense path stays the reference, and the only path where width <= T."""
-    from varexp.sampled import unsupported
 
     method = cfg.probe.method
     if method != "auto":
@@ -71,9 +76,6 @@ def choose_method(cfg: DictConfig) -> str:
 
 def dense_network(cfg: DictConfig, x: Tensor, generator: torch.Generator, neurons: bool):
     """Build and initialize the model (torch's global RNG, seeded by the caller), then record."""
-    from varexp.inits import initialize
-    from varexp.models import build_model
-    from varexp.models.base import weight_layers
 
     with torch.device(x.device):  # build on the device: no host copy of the weights
         model = build_model(cfg.arch, tuple(x.shape[1:]), num_classes(cfg), cfg.init.name)
@@ -86,14 +88,12 @@ def dense_network(cfg: DictConfig, x: Tensor, generator: torch.Generator, neuron
 def num_classes(cfg: DictConfig) -> int | None:
     """The probe's MLP is the paper's Eq. 1 network, x^L = f(u^L) with no readout; CNNs keep
     their output layer (ALL-CNN-C's fc is a weight layer of Fig. 2 middle)."""
-    from varexp.data import data_info
 
     return None if cfg.arch.name == "mlp" else data_info(cfg.dataset, cfg.arch).num_classes
 
 
 def probe_network(cfg: DictConfig, x: Tensor, network: int, method: str):
     """(per-layer rows, {layer: u^l (T, features)} at layers 1 and L) for network `network`."""
-    from varexp.sampled import sampled_mlp
 
     seed = network_seed(cfg.seed, network)
     torch.manual_seed(seed)
@@ -124,7 +124,6 @@ def neuron_rows(network: int, kept: dict[int, Tensor], count: int, seed: int) ->
 
 
 def run(cfg: DictConfig) -> None:
-    from varexp.results import claim
 
     check(cfg)
     with claim("probe", cfg) as out_dir:
@@ -133,8 +132,6 @@ def run(cfg: DictConfig) -> None:
 
 def probe(cfg: DictConfig, out_dir: Path) -> None:
     """Probe the networks `cfg` describes and write probe.csv (and neurons.csv) into out_dir."""
-    from varexp.data import probe_batch
-    from varexp.files import write_csv
 
     device = resolve_device(cfg.device)
     method = choose_method(cfg)

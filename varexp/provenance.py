@@ -10,9 +10,11 @@ import subprocess
 from functools import lru_cache
 from pathlib import Path
 
+import hydra
 import torch
 
 import varexp
+from varexp.threads import available_cores
 
 
 @lru_cache(maxsize=1)
@@ -48,7 +50,6 @@ def device_name(device: str | torch.device) -> str:
     device = torch.device(device)
     if device.type == "cuda" and torch.cuda.is_available():
         return torch.cuda.get_device_name(device)
-    from varexp.threads import available_cores
 
     return f"{cpu_name()} ({available_cores()} cores)"
 
@@ -59,7 +60,6 @@ def now() -> str:
 
 def record(device: str | torch.device = "cpu") -> dict[str, str | None]:
     """The provenance of a result made now on `device`."""
-    import hydra
 
     return {
         "code": code_version(),

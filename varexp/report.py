@@ -17,6 +17,7 @@ from varexp.figures import FIGURES, Figure
 from varexp.files import atomic_path
 from varexp.plot.common import PROBE_COLUMNS, Run, load_runs
 from varexp.plot.stats import grad_slope, layer_summary
+from varexp.provenance import now, record
 from varexp.results import run_config
 from varexp.sweep import SELECTED_COLUMNS, read_sweep_table
 from varexp.theory import cross_moment, gradient_slope, recursion, relu_kernel
@@ -230,7 +231,6 @@ def figure_section(out: Path, figure: Figure, commands: dict[Path, str]) -> list
 
 
 def provenance_section(started: str | None, seconds: float | None) -> list[str]:
-    from varexp.provenance import now, record
 
     info = record("cuda" if torch.cuda.is_available() else "cpu")
     if started is not None:

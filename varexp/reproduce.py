@@ -4,7 +4,6 @@ REPORT.md. A step that finished leaves a marker and is skipped on the next run."
 
 from __future__ import annotations
 
-import importlib
 import logging
 import subprocess
 import sys
@@ -15,9 +14,15 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from varexp.commands import command_module
+from varexp.compose import parse
+from varexp.config import boolean, check_common, get
 from varexp.errors import VarexpError, bad_value
 from varexp.figures import FIGURES, SCALES
 from varexp.files import atomic_path
+from varexp.provenance import now
+from varexp.report import write_report
+from varexp.results import claim
 
 log = logging.getLogger(__name__)
 DONE = ".done"
@@ -50,7 +55,6 @@ class Step:
 
 
 def check(cfg: DictConfig) -> None:
-    from varexp.config import boolean, check_common, get
 
     check_common(cfg)
     boolean(cfg, "reproduce.dry_run")
@@ -70,16 +74,12 @@ def announce(line) -> None:
     """Check every step's command line before the first one runs, as each would be checked on
     its own, so a bad override in reproduce.extra or a missing launcher fails in one line now
     instead of after the steps before it."""
-    from varexp.cli import COMMANDS
-    from varexp.compose import parse
-
     cfg = line.cfg
     for step in plan(cfg, Path(str(cfg.hydra.run.dir))):
         if step.always:  # plots check their results folder, which the steps before make
             continue
-        module = importlib.import_module(COMMANDS[step.args[0]][0])
         try:
-            parse(step.args[0], step.args[1:], module.check)
+            parse(step.args[0], step.args[1:], command_module(step.args[0]).check)
         except VarexpError as error:
             raise VarexpError(f"step '{step.name}': {error}") from None
 
@@ -120,7 +120,6 @@ def execute(step: Step) -> None:
 
 
 def run(cfg: DictConfig) -> None:
-    from varexp.results import claim
 
     check(cfg)
     if cfg.reproduce.dry_run:
@@ -139,8 +138,6 @@ def show(steps: list[Step]) -> None:
 
 def make(cfg: DictConfig, steps: list[Step], out: Path) -> None:
     """Run the steps not done yet, then write REPORT.md."""
-    from varexp.provenance import now
-    from varexp.report import write_report
 
     started, start = now(), time.perf_counter()
     for i, step in enumerate(steps, 1):

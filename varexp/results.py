@@ -27,8 +27,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from varexp import provenance
+from varexp.config import resolve_device
 from varexp.errors import VarexpError
 from varexp.figures import Figure
 from varexp.files import atomic_path, write_json
@@ -200,7 +203,6 @@ def check_folder(folder: Path, command: str, ident: dict[str, object], overwrite
 
 
 def write_record(folder: Path, command: str, ident: dict[str, object], **extra: object) -> None:
-    from varexp import provenance
 
     record = {"command": command, "identity": ident, "hash": identity_hash(ident),
               "created": provenance.now(), **extra}
@@ -210,7 +212,6 @@ def write_record(folder: Path, command: str, ident: dict[str, object], **extra: 
 def write_hydra_record(folder: Path, cfg: DictConfig) -> None:
     """Hydra's .hydra/ record (config.yaml, hydra.yaml, overrides.yaml), written by us once the
     run is accepted: Hydra would write it before the job could refuse the folder."""
-    from hydra.core.hydra_config import HydraConfig
 
     hydra_cfg = HydraConfig.get()
     out = folder / HYDRA_RECORD
@@ -419,7 +420,6 @@ def check_launch(line, overwrite: bool) -> list[Path]:
 def prepare_launch(line, replace: list[Path]) -> None:
     """After the checks (and a dry run's exit): move results aside as `overwrite` asked, and
     record what a multirun's jobs share in its folder."""
-    import logging
 
     log = logging.getLogger("varexp")
     for folder in replace:
@@ -437,12 +437,8 @@ def prepare_launch(line, replace: list[Path]) -> None:
 def claim(command: str, cfg: DictConfig, accept=None) -> Iterator[Path]:
     """Inside a job: hold the run folder, refuse another config's results (or move them aside
     with overwrite=true), let `accept(folder)` refuse too, then record this config there."""
-    import logging
 
-    from hydra.core.hydra_config import HydraConfig
 
-    from varexp import provenance
-    from varexp.config import resolve_device
 
     hydra_cfg = HydraConfig.get()
     folder = Path(hydra_cfg.runtime.output_dir)

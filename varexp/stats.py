@@ -1,4 +1,4 @@
-"""Per-layer sample statistics of any model (DESIGN.md "Definitions"; paper Eq. 3-5, 9) and the
+"""Per-layer sample statistics of any model (paper Eq. 3-5, 9; definitions in the README) and the
 gradient scale of a random linear loss (paper Fig. 3).
 
 Everything stays on the tensors' device as 0-d float64 tensors, so a caller looping over layers

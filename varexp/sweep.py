@@ -15,20 +15,28 @@ import json
 import logging
 import math
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from varexp import results
-from varexp.compose import launcher
+from varexp import provenance, results
+from varexp.checkpoint import checkpoint_path
+from varexp.compose import compose_config, launcher
 from varexp.config import resolve_device
 from varexp.errors import VarexpError, bad_value
 from varexp.files import write_csv, write_json
 from varexp.results import read_summary
+from varexp.threads import auto_threads, available_cores
+from varexp.train import Stopped, train
 from varexp.train import check as check_train
 
 log = logging.getLogger("varexp.sweep")
@@ -106,8 +114,6 @@ def grid_text(jobs: list[list[str]]) -> str:
 
 def describe(cfg: DictConfig) -> str:
     """The grid `varexp sweep` would run with this config (for --help)."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
 
     params = [f"{k}={v}" for k, v in (cfg.hydra.sweeper.get("params") or {}).items()]
     jobs = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(params), None)[0]
@@ -118,7 +124,6 @@ def describe(cfg: DictConfig) -> str:
 
 def parallel(cfg: DictConfig, runs: int) -> int:
     """Runs side by side in this machine: joblib's n_jobs (-1: every core), else one."""
-    from varexp.threads import available_cores
 
     if launcher(cfg) != "joblib":
         return 1
@@ -148,8 +153,6 @@ def announce(line) -> None:
 def estimate(line, remaining: int, side_by_side: int) -> str:
     """Wall time of the remaining runs from a few measured steps of each task's first run,
     with the threads each job will have."""
-    from varexp.compose import compose_config
-    from varexp.threads import auto_threads
 
     cfg = line.cfg
     if launcher(cfg) == "submitit_slurm":
@@ -182,11 +185,8 @@ def estimate(line, remaining: int, side_by_side: int) -> str:
 
 def calibrate(cfg: DictConfig, threads: int, steps: int = 6) -> tuple[float, float]:
     """(seconds outside the training loop, seconds per step) of a short run of `cfg`."""
-    import tempfile
 
-    import torch
 
-    from varexp.train import train
 
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -257,9 +257,7 @@ def run(cfg: DictConfig) -> dict:
     """One job of the multirun: nothing to do if the run directory holds this run finished;
     otherwise train, continuing from its checkpoint if there is one (varexp.train with
     resume=true refuses, naming the keys, a checkpoint made with another config)."""
-    from hydra.core.hydra_config import HydraConfig
 
-    from varexp.train import Stopped
 
     sweep_dir = Path(HydraConfig.get().sweep.dir)
     try:
@@ -275,8 +273,6 @@ def run(cfg: DictConfig) -> dict:
 
 
 def run_job(cfg: DictConfig, run_dir: Path) -> dict:
-    from varexp.checkpoint import checkpoint_path
-    from varexp.train import Stopped, train
 
     check(cfg)
     summary = read_summary(run_dir)
@@ -415,7 +411,6 @@ def read_sweep_table(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
 
 def write_provenance(sweep_dir: Path, config: DictConfig, runs: int) -> None:
     """provenance.json beside the tables: the command, the code and machine, when and how long."""
-    from varexp import provenance
 
     try:
         started = json.loads((sweep_dir / PLAN).read_text())["started"]
@@ -441,8 +436,6 @@ class SweepTables(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         """The launch's run count and start time, for the progress lines of its jobs."""
-        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-        from hydra.core.override_parser.overrides_parser import OverridesParser
 
         params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
         overrides = OverridesParser.create().parse_overrides(

@@ -6,23 +6,19 @@ moment q_ab = sigma_w^2 <x_a x_b> (Poole et al. 2016). Since the total mean is 0
 m^2 = q_ab and v^2 = q - q_ab. ReLU has the closed-form kernel K (Eq. 7); any other activation is
 integrated numerically.
 
-Quadrature. Write u_a = s z1 and u_b = s (rho z1 + perp z2) with s = sqrt(q), rho = q_ab / q,
-perp = sqrt(1 - rho^2) and z1, z2 iid N(0, 1): E[f(u_a) f(u_b)] is the integral of
-f(s z1) E[f(u_b) | z1] over z1, the inner one over z2, each done with Gauss-Legendre pieces on
-[-TAIL, TAIL]. Every activation here bends on the unit scale of its argument around u = 0 and its
-declared kinks and is its asymptote (linear or constant) farther away, except sin, which keeps
-oscillating on that scale (at the q of order 1 its gain keeps). In standardised units a bend is
-1/s wide in z1 and 1/(s perp) in z2, and s grows without bound with depth for gelu and silu (their
-gain exceeds sqrt 2 while they tend to ReLU at large q: q ~ 4e3 and 2e7 by layer 50), so nodes at
-fixed places miss it. Here the pieces follow the bends: each centre (0 and the kinks, in z2 where
-u_b crosses them) is an edge, with edges at GRADE^j bend-widths on either side up to REACH widths
-or unit distance, plus the fixed FAR edges for the Gaussian weight. The outer rule also follows
-E[f(u_b) | z1], which bends over perp / |rho|. Each piece then holds a function analytic well
-beyond its ends, where Gauss-Legendre converges geometrically in the nodes per piece: with POINTS
-the moments agree with closed forms and independent integrals to 1e-13 typically, 1e-9 at worst
-(tests/test_theory.py), at any q and for a number of pieces bounded independently of q. A fixed
-layout rather than adaptive subdivision keeps a layer to a few vectorised numpy calls: depth 200
-takes under a second (bench/bench_theory.py).
+Quadrature (varexp.quadrature). Write u_a = s z1 and u_b = s (rho z1 + perp z2) with s = sqrt(q),
+rho = q_ab / q, perp = sqrt(1 - rho^2) and z1, z2 iid N(0, 1): E[f(u_a) f(u_b)] is the integral
+of f(s z1) E[f(u_b) | z1] over z1, the inner one over z2, each done with Gauss-Legendre pieces.
+Every activation here bends on the unit scale of its argument around u = 0 and its declared kinks
+and is its asymptote (linear or constant) farther away, except sin, which keeps oscillating on
+that scale (at the q of order 1 its gain keeps). In standardised units a bend is 1/s wide in z1
+and 1/(s perp) in z2, and s grows without bound with depth for gelu and silu (their gain exceeds
+sqrt 2 while they tend to ReLU at large q: q ~ 4e3 and 2e7 by layer 50), so nodes at fixed
+places miss it. Here the pieces follow the bends (centres 0 and the kinks, in z2 where u_b
+crosses them, with those widths); the outer rule also follows E[f(u_b) | z1], which bends over
+perp / |rho|. With POINTS nodes per piece the moments agree with closed forms and independent
+integrals to 1e-13 typically, 1e-9 at worst (tests/test_theory.py), at any q and for a number of
+pieces bounded independently of q; depth 200 takes under a second (bench/bench_theory.py).
 
 Convergence check: each layer is computed with POINTS // 2 and POINTS nodes per piece; if that
 doubling moves E[f^2], E[f_a f_b] or their difference (hence the next v^2) by more than RTOL, the
@@ -34,23 +30,20 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
 
 import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
 from varexp.activations import Activation, get_activation
+from varexp.config import check_theory
 from varexp.errors import VarexpError
+from varexp.files import write_csv
+from varexp.quadrature import POINTS, edges, gaussian_expectation, rule
+from varexp.results import claim
 from varexp.threads import one_thread
 
-TAIL = 10.0  # integrate the unit Gaussian over [-TAIL, TAIL]: z^2 beyond it weighs 1.5e-21
-FAR = (1.0, 2.0, 3.0, 4.5, 6.5)  # fixed edges (and their negatives): the Gaussian weight's pieces
-GRADE = 2.5  # ratio of successive piece widths away from a feature
-REACH = 40.0  # bend-widths beyond which each activation is its asymptote (silu, slowest: 2e-16)
-POINTS = 12  # Gauss-Legendre nodes per piece
 RTOL = 1e-6  # largest relative change allowed when the nodes per piece are doubled
 
 
@@ -79,59 +72,6 @@ def gradient_slope() -> float:
     return math.log(1.0 - relu_kernel(0.0))
 
 
-@cache
-def _legendre(points: int) -> tuple[np.ndarray, np.ndarray]:
-    return np.polynomial.legendre.leggauss(points)
-
-
-def _edges(centres: np.ndarray, widths: tuple[float, ...]) -> np.ndarray:
-    """Piece edges in [-TAIL, TAIL] for each row of centres (rows, k), sorted along the row.
-
-    Around each centre: the centre itself (a kink must be an edge) and, for each feature width
-    w, offsets w * GRADE^j on both sides while below 1 and REACH * w: a piece at distance d from
-    a feature is at most (GRADE - 1) d wide while the feature shapes the integrand. Beyond that
-    the integrand is its asymptote (polynomial or constant) times the Gaussian weight, whose
-    pieces are the fixed FAR edges.
-    """
-    steps = GRADE ** np.arange(math.ceil(math.log(REACH, GRADE)))
-    offsets = np.concatenate([w * steps[w * steps < 1] for w in widths])
-    pattern = np.concatenate([-offsets, [0.0], offsets])
-    far = np.array((0.0, *FAR, TAIL))
-    fixed = np.broadcast_to(np.concatenate([-far[:0:-1], far]), (len(centres), 2 * far.size - 1))
-    graded = np.clip((centres[:, :, None] + pattern).reshape(len(centres), -1), -TAIL, TAIL)
-    return np.sort(np.concatenate([fixed, graded], axis=1), axis=1)
-
-
-def _rule(edges: np.ndarray, points: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Gauss-Legendre nodes and unit-Gaussian-weighted weights, shape (pieces, points), over the
-    non-empty pieces between consecutive edges of each row (clipping leaves empty ones), and
-    the row of each piece."""
-    x, w = _legendre(points)
-    row, piece = np.nonzero(edges[:, 1:] > edges[:, :-1])
-    a, b = edges[row, piece], edges[row, piece + 1]
-    half = ((b - a) / 2)[:, None]
-    z = half * x
-    z += ((a + b) / 2)[:, None]
-    weights = z * z
-    weights *= -0.5
-    np.exp(weights, out=weights)
-    weights *= half * (w / math.sqrt(2 * math.pi))
-    return z, weights, row
-
-
-def gaussian_expectation(
-    f: Callable[[np.ndarray], np.ndarray],
-    kinks: tuple[float, ...] = (),
-    points: int = POINTS,
-    widths: tuple[float, ...] = (1.0,),
-) -> float:
-    """E[f(z)] for z ~ N(0, 1), f smooth between `kinks` and varying on the scales `widths`
-    near 0 and near each kink (the pieces of the module docstring)."""
-    centres = np.asarray((0.0, *kinks), dtype=float)[None, :]
-    z, w, _ = _rule(_edges(centres, widths), points)
-    return float(np.sum(w * f(z)))
-
-
 def second_moment(act: Activation, q: float, points: int = POINTS) -> float:
     """E[f(u)^2] for u ~ N(0, q)."""
     s = math.sqrt(q)
@@ -152,15 +92,15 @@ def _moments(act: Activation, q: float, q_ab: float, points: int) -> tuple[float
     if rho != 0:
         # E[f(u_b) | z1] is f smoothed over a width perp / |rho| about each z1 = k / (s rho)
         centres, widths = np.concatenate([features, kinks / rho]), (1 / s, perp / abs(rho))
-    z1, w1, _ = _rule(_edges(centres[None, :], widths), points)
+    z1, w1, _ = rule(edges(centres[None, :], widths), points)
     z1, w1 = z1.ravel(), w1.ravel()
     fa = act.numpy(s * z1) / s
     if perp == 0.0:
         fb = act.numpy(rho * s * z1) / s
     else:
         # given z1, u_b crosses feature k at z2 = (k - rho z1) / perp, over a width 1 / (s perp)
-        edges = _edges((features[None, :] - rho * z1[:, None]) / perp, (1 / (s * perp),))
-        z2, w2, row = _rule(edges, points)
+        inner = edges((features[None, :] - rho * z1[:, None]) / perp, (1 / (s * perp),))
+        z2, w2, row = rule(inner, points)
         fb = act.numpy((s * rho) * z1[row, None] + (s * perp) * z2)
         # dividing by each row's quadrature mass (1 up to the rule's error) cancels the error
         # that is proportional to E[f(u_b) | z1] itself, which would otherwise swamp
@@ -283,14 +223,10 @@ def recursion(
 
 
 def check(cfg: DictConfig) -> None:
-    from varexp.config import check_theory
-
     check_theory(cfg)
 
 
 def run(cfg: DictConfig) -> None:
-    from varexp.files import write_csv
-    from varexp.results import claim
 
     check(cfg)
     table = recursion(  # before claiming the folder: a recursion that fails leaves it untouched

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from tqdm import tqdm
@@ -43,6 +44,8 @@ from varexp.checkpoint import checkpoint_path
 from varexp.data import DataInfo, Stream, data_info, probe_batch
 from varexp.errors import VarexpError, bad_value
 from varexp.files import write_csv, write_json
+from varexp.inits import DATA_DEPENDENT, initialize
+from varexp.models import build_model
 from varexp.models.base import batch_statistics, weight_layers
 from varexp.results import read_summary
 from varexp.stats import Recorder
@@ -226,7 +229,6 @@ class Run:
 
     def __init__(self, cfg: DictConfig, run_dir: Path, info: DataInfo, saved: dict | None,
                  verbose: bool = True):
-        from varexp.models import build_model
 
         self.cfg, self.run_dir, self.info, self.verbose = cfg, run_dir, info, verbose
         self.device = config.resolve_device(cfg.device)
@@ -253,7 +255,6 @@ class Run:
     def initialize(self) -> None:
         """Fresh run: initialize the weights (data-dependent inits fit on the first init.batches
         training minibatches) and make the optimizer; resumed run: load every state instead."""
-        from varexp.inits import DATA_DEPENDENT, initialize
 
         cfg = self.cfg
         saved = self.saved
@@ -489,7 +490,6 @@ def train(cfg: DictConfig, run_dir: str | Path, quiet: bool = False) -> dict:
 
 def resume_command(run_dir: Path) -> str:
     """The command line that continues this run: the same overrides, resume=true, its folder."""
-    from hydra.core.hydra_config import HydraConfig
 
     kept = [o for o in HydraConfig.get().overrides.task
             if o.split("=", 1)[0].lstrip("+~") not in ("resume", "hydra.run.dir")]
@@ -500,7 +500,6 @@ def resume_command(run_dir: Path) -> str:
 
 
 def run(cfg: DictConfig) -> dict:
-    from hydra.core.hydra_config import HydraConfig
 
     check(cfg)
     try:

@@ -63,7 +63,7 @@ def one_line(error: BaseException) -> str:
 
 def fetch(root: Path) -> None:
     """Download and extract the archive into root (only called when no CIFAR10 file is there)."""
-    from torchvision.datasets.utils import download_and_extract_archive
+    from torchvision.datasets.utils import download_and_extract_archive  # deferred: see above
 
     c = torchvision_cifar10()
     previous = socket.getdefaulttimeout()
@@ -82,7 +82,7 @@ def fetch(root: Path) -> None:
 def find_bad_file(folder: Path, verify: bool) -> str:
     """Name the first file that fails the MD5 check (verify) or does not unpickle into a CIFAR
     batch; the folder itself when every file looks fine."""
-    from torchvision.datasets.utils import check_integrity
+    from torchvision.datasets.utils import check_integrity  # deferred: see torchvision_cifar10
 
     for name in files():
         path = folder / name

@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 from varexp.config import check_common, one_of
 from varexp.errors import VarexpError, bad_value
 from varexp.figures import FIGURES
+from varexp.results import claim
 
 # the ratio Fig. 2 draws for convolutional layers (varexp.stats): per channel, pooled over
 # samples and positions, or per (channel, position) over samples
@@ -50,7 +51,6 @@ def render(figure: str | None, results: str | None, outputs_root: str,
 
 
 def run(cfg: DictConfig) -> None:
-    from varexp.results import claim
 
     check(cfg)
     with claim("plot", cfg) as out_dir:

@@ -43,6 +43,6 @@ def grad_slope(table: pd.DataFrame, first: int = 1, last: int | None = None) -> 
     backpropagation, and with batchnorm the step from L to L-1 goes the other way (BN's backward
     pass removes the sample mean of w, which is the same for every sample). At widths <= 1000 the
     scale+bias steps shrink over the top ~15 layers, which is why narrower nets give a smaller
-    slope (issue 2); that is kept in the fit. Pass first/last to fit a sub-range.
+    slope (`varexp plot slopes`); that is kept in the fit. Pass first/last to fit a sub-range.
     """
     return grad_fit(table, first, last)[0]
