@@ -17,10 +17,10 @@ from omegaconf import OmegaConf
 from varexp.cli import main
 from varexp.errors import VarexpError
 from varexp.plot import render
-from varexp.plot.common import PROBE_COLUMNS, lines, load_runs, panels
+from varexp.plot.common import lines, panels
 from varexp.plot.figure3 import theory_slope
 from varexp.plot.stats import grad_slope, layer_summary
-from varexp.probe import COLUMNS
+from varexp.results.tables import PROBE, load_probes
 from varexp.theory import gradient_slope, recursion
 
 DEPTH = 12
@@ -45,7 +45,7 @@ def write_run(run_dir: Path, *, arch: str = "mlp", width: int = 100, init: str =
                              grad_sq=grad, effective_samples=40.0,
                              sample_mean_sq_channel=mean_sq, sample_var_channel=var,
                              ratio_channel=math.sqrt(mean_sq / var)))
-    table = pd.DataFrame(rows, columns=COLUMNS)
+    table = pd.DataFrame(rows, columns=list(PROBE.columns))
     run_dir.mkdir(parents=True)
     table.to_csv(run_dir / "probe.csv", index=False)
     if neurons:
@@ -119,7 +119,7 @@ def test_runs_group_by_arch_init_and_width(tmp_path):
             write_run(tmp_path / f"w{width}_s{seed}", width=width, networks=3, seed=seed)
     write_run(tmp_path / "sb", width=300, init="scale+bias")
     write_run(tmp_path / "cnn", arch="allcnnc", depth=10)
-    runs = load_runs("figure2", PROBE_COLUMNS, str(tmp_path), "outputs")
+    runs = load_probes("figure2", str(tmp_path), "outputs")
     groups = panels(runs)
     assert [key[:2] for key, _ in groups] == [("mlp", "kaiming"), ("mlp", "scale+bias"),
                                               ("allcnnc", "kaiming")]
@@ -216,15 +216,15 @@ def test_default_input_is_the_newest_run_made_for_the_figure(tmp_path, caplog):
     # newer probes that were not made for Fig. 2: a Fig. 3 probe and a probe without preset
     write_run(outputs / "probe" / "b", width=1000, init="kaiming", preset="figure3_quick")
     write_run(outputs / "probe" / "c", width=30)
-    runs = load_runs("figure2", PROBE_COLUMNS, None, str(outputs))
+    runs = load_probes("figure2", None, str(outputs))
     assert [r.path.parent.name for r in runs] == ["a"]
     # the parts of Fig. 2 with no results are named, with the command that makes them
     assert "no results for ALL-CNN-C" in caplog.text and "figure2_allcnnc_quick" in caplog.text
     assert "no results for UNet" in caplog.text
-    assert [r.path.parent.name for r in load_runs("figure3", PROBE_COLUMNS, None,
+    assert [r.path.parent.name for r in load_probes("figure3", None,
                                                    str(outputs))] == ["b"]
     with pytest.raises(VarexpError, match="no results made for figure1 under"):
-        load_runs("figure1", PROBE_COLUMNS, None, str(outputs))
+        load_probes("figure1", None, str(outputs))
 
 
 def test_unknown_figure_lists_the_figures(tmp_path):

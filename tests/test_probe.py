@@ -10,7 +10,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from varexp.cli import main
-from varexp.probe import COLUMNS, choose_method
+from varexp.probe import choose_method
+from varexp.results.tables import PROBE
 
 
 @pytest.fixture(autouse=True)
@@ -39,7 +40,7 @@ def probe(capsys, tmp_path: Path, *args: str) -> tuple[pd.DataFrame, Path]:
 @pytest.mark.parametrize("method", ["dense", "sampled"])
 def test_probe_csv_columns_rows_and_neurons(capsys, tmp_path, method):
     table, run_dir = probe(capsys, tmp_path, f"probe.method={method}", "probe.neurons=2")
-    assert list(table.columns) == COLUMNS
+    assert list(table.columns) == list(PROBE.columns)
     assert list(table.columns) == ["network", "layer", "name", "features", "sample_mean_sq",
                                    "sample_var", "ratio", "second_moment", "grad_sq",
                                    "effective_samples", "sample_mean_sq_channel",

@@ -18,7 +18,7 @@ import torch
 from conftest import config, run_in_process, run_varexp
 
 from varexp import results
-from varexp.checkpoint import checkpoint_path
+from varexp.results.checkpoint import checkpoint_path
 
 MLP = ["arch=mlp", "arch.width=16", "arch.depth=3", "dataset=gaussian", "dataset.size=64",
        "device=cpu", "train.batch_size=4", "train.probe_samples=8", "train.progress=false"]
@@ -297,7 +297,7 @@ def test_a_checkpoint_without_its_keys_is_one_line(tmp_path, capsys):
     torch.save({"model": {}}, checkpoint_path(tmp_path))
     code, err = run_in_process(capsys, *args, "resume=true", "train.steps=4")
     assert code == 2 and len(err.strip().splitlines()) == 1
-    assert "lacks version, identity, step" in err and "move it away to start over" in err
+    assert "lacks identity, step, status, optimizer" in err and "move it away to start over" in err
 
 
 def test_float_cifar_arrays_are_one_line(tmp_path):

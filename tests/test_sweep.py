@@ -17,7 +17,8 @@ from test_figure4 import fake_run
 
 from varexp.cli import main
 from varexp.errors import ConfigError
-from varexp.sweep import SELECTED_COLUMNS, SWEEP_COLUMNS, check_sweep, criterion, select
+from varexp.results.tables import SELECTED, SWEEP
+from varexp.sweep import check_sweep, criterion, select
 
 # ---------------------------------------------------------------------------------------------
 # unit: grid, criterion, selection
@@ -60,7 +61,7 @@ def test_selection_skips_a_lr_where_any_seed_diverged(tmp_path):
         rows.append(dict(arch="mlp", dataset="shapes", init="scale", optim="sgd", lr=lr,
                          seed=seed, status=status, criterion=value))
     selected = select(pd.DataFrame(rows), 0.1)
-    assert list(selected.columns) == list(SELECTED_COLUMNS)
+    assert list(selected.columns) == list(SELECTED.columns)
     row = selected.iloc[0]
     # 1e-3 (mean 0.6) beats 3e-3 (0.65); 3e-4's only completed-looking row is "failed"
     assert (row.lr, row.criterion, row.runs) == (1e-3, pytest.approx(0.6), 2)
@@ -78,7 +79,7 @@ def test_tables_from_run_directories(tmp_path):
         "optim: {name: sgd, lr: 0.1}\n")
     sweep_csv, selected_csv = write_tables(tmp_path, 0.25)
     table = pd.read_csv(sweep_csv)
-    assert list(table.columns) == list(SWEEP_COLUMNS)
+    assert list(table.columns) == list(SWEEP.columns)
     assert dict(zip(table["lr"], table["status"], strict=True)) == {
         1e-3: "completed", 1e-2: "diverged", 0.1: "incomplete"}
     done = table[table["status"] == "completed"].iloc[0]
@@ -128,7 +129,7 @@ def job_logs(sweep_dir: Path) -> str:
 
 def assert_tiny_sweep(sweep_dir: Path) -> pd.DataFrame:
     table = pd.read_csv(sweep_dir / "sweep.csv")
-    assert len(table) == 8 and list(table.columns) == list(SWEEP_COLUMNS)
+    assert len(table) == 8 and list(table.columns) == list(SWEEP.columns)
     assert set(table["run_dir"]) == {f"mlp-gaussian/{i}/sgd/lr={lr}/seed={s}"
                                      for i in ("scale", "scale+bias") for lr in (0.001, HUGE_LR)
                                      for s in (0, 1)}

@@ -10,13 +10,14 @@ import pytest
 import torch
 from conftest import config
 
-from varexp.checkpoint import checkpoint_path
 from varexp.cli import main
 from varexp.data import data_info
 from varexp.errors import ConfigError, VarexpError
 from varexp.models import build_model
 from varexp.models.base import weight_layers
-from varexp.train import METRIC_COLUMNS, RATIO_COLUMNS, Stopped, train
+from varexp.results.checkpoint import checkpoint_path
+from varexp.results.tables import METRICS, RATIOS
+from varexp.train import Stopped, train
 from varexp.train import check as check_train
 
 # Tiny versions of each arch on its embedded dataset (generated on the fly, never cached).
@@ -51,14 +52,14 @@ def test_each_arch_writes_well_formed_files(tmp_path, arch):
     summary = train(cfg, tmp_path)
 
     metrics = pd.read_csv(tmp_path / "metrics.csv")
-    assert list(metrics.columns) == METRIC_COLUMNS
+    assert list(metrics.columns) == list(METRICS.columns)
     assert list(metrics.step) == [0, 1, 2, 3, 4]
     assert np.isfinite(metrics.loss).all() and (metrics.loss > 0).all()
     assert (metrics.lr == cfg.optim.lr).all()
     assert (metrics.epoch >= 0).all() and metrics.seconds.is_monotonic_increasing
 
     ratios = pd.read_csv(tmp_path / "ratios.csv")
-    assert list(ratios.columns) == RATIO_COLUMNS
+    assert list(ratios.columns) == list(RATIOS.columns)
     info = data_info(cfg.dataset, cfg.arch)
     model = build_model(cfg.arch, info.input_shape, info.num_classes, cfg.init.name)
     names = [wl.name for wl in weight_layers(model)]

@@ -25,18 +25,16 @@ from varexp import memory
 from varexp.config import check_probe, resolve_device
 from varexp.data import data_info, probe_batch
 from varexp.errors import VarexpError
-from varexp.files import write_csv
 from varexp.inits import initialize
 from varexp.models import build_model
 from varexp.models.base import weight_layers
 from varexp.results import claim
+from varexp.results.tables import NEURONS, PROBE
 from varexp.sampled import sampled_mlp, unsupported
 from varexp.stats import STAT_NAMES, network_stats
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["network", "layer", "name", "features", *STAT_NAMES[:4], "grad_sq", *STAT_NAMES[4:]]
-NEURON_COLUMNS = ["network", "layer", "neuron", "sample", "value"]
 
 
 def network_seed(seed: int, network: int) -> int:
@@ -145,10 +143,10 @@ def probe(cfg: DictConfig, out_dir: Path) -> None:
         tables.append(check_finite(_to_frame(i, rows), cfg))
         if cfg.probe.neurons > 0:
             neurons.append(neuron_rows(i, kept, cfg.probe.neurons, cfg.seed))
-    table = pd.concat(tables, ignore_index=True)[COLUMNS]
-    path = write_csv(table, f"{out_dir}/probe.csv")
+    table = pd.concat(tables, ignore_index=True)
+    path = PROBE.write(table, out_dir)
     if neurons:
-        write_csv(pd.concat(neurons, ignore_index=True)[NEURON_COLUMNS], f"{out_dir}/neurons.csv")
+        NEURONS.write(pd.concat(neurons, ignore_index=True), out_dir)
     last = table[table.layer == table.layer.max()]
     log.info(
         "probe: %d networks x %d layers, %s path, %.1f s -> %s (layer %d: mean ratio m/v %.4g)",

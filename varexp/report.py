@@ -15,11 +15,10 @@ from varexp.activations import get_activation
 from varexp.errors import VarexpError
 from varexp.figures import FIGURES, Figure
 from varexp.files import atomic_path
-from varexp.plot.common import PROBE_COLUMNS, Run, load_runs
 from varexp.plot.stats import grad_slope, layer_summary
 from varexp.provenance import now, record
 from varexp.results import run_config
-from varexp.sweep import SELECTED_COLUMNS, read_sweep_table
+from varexp.results.tables import SELECTED, RunResult, load_probes
 from varexp.theory import cross_moment, gradient_slope, recursion, relu_kernel
 
 NOTES = """Sizes are those of the preset: `quick` probes narrower MLPs (up to width 1000, 10
@@ -46,14 +45,14 @@ class Claim:
         return {True: "yes", False: "**no**", None: "n/a"}[self.holds]
 
 
-def probes(root: Path, figure: str, inits: tuple[str, ...] | None = None) -> list[Run]:
+def probes(root: Path, figure: str, inits: tuple[str, ...] | None = None) -> list[RunResult]:
     try:
-        return load_runs(figure, PROBE_COLUMNS, str(root), str(root), inits)
+        return load_probes(figure, str(root), str(root), inits)
     except VarexpError:
         return []
 
 
-def mean_at(run: Run, column: str, layer: int) -> float:
+def mean_at(run: RunResult, column: str, layer: int) -> float:
     return float(run.table.loc[run.table["layer"] == layer, column].mean())
 
 
@@ -155,7 +154,7 @@ def cnn_claims(out: Path) -> list[Claim]:
     return claims
 
 
-def cnn_claim(run: Run, ratio: pd.DataFrame, convention: str) -> Claim:
+def cnn_claim(run: RunResult, ratio: pd.DataFrame, convention: str) -> Claim:
     top = ratio.loc[ratio["mean"].idxmax()]
     if run.arch == "allcnnc":
         first, last = ratio["mean"].iloc[0], ratio["mean"].iloc[-1]
@@ -176,7 +175,7 @@ def cnn_claim(run: Run, ratio: pd.DataFrame, convention: str) -> Claim:
 def training_claims(out: Path) -> list[Claim]:
     claims = []
     for path in sorted((out / "figure4").rglob("selected.csv")):
-        selected = read_sweep_table(path, SELECTED_COLUMNS)
+        selected = SELECTED.read(path, allow_empty=True)
         for (arch, dataset, optim), group in selected.groupby(["arch", "dataset", "optim"]):
             value = dict(zip(group["init"], group["criterion"], strict=True))
             lr = dict(zip(group["init"], group["lr"], strict=True))

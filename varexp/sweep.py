@@ -29,24 +29,19 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from varexp import provenance, results
-from varexp.checkpoint import checkpoint_path
 from varexp.compose import compose_config, launcher
 from varexp.config import resolve_device
 from varexp.errors import VarexpError, bad_value
-from varexp.files import write_csv, write_json
+from varexp.files import write_json
 from varexp.results import read_summary
+from varexp.results.checkpoint import checkpoint_path
+from varexp.results.tables import FINISHED, SELECTED, SETTING, SWEEP
 from varexp.threads import auto_threads, available_cores
 from varexp.train import Stopped, train
 from varexp.train import check as check_train
 
 log = logging.getLogger("varexp.sweep")
 
-SWEEP_COLUMNS = ("arch", "dataset", "init", "optim", "lr", "seed", "status", "steps",
-                 "final_loss", "criterion", "seconds", "run_dir")
-SELECTED_COLUMNS = ("arch", "dataset", "init", "optim", "lr", "criterion", "criterion_std",
-                    "runs", "select_fraction")
-KEY = ["arch", "dataset", "init", "optim"]
-FINISHED = ("completed", "diverged")
 PLAN = ".plan.json"  # the launch's run count and start time, for the progress lines
 # overrides that change what one training step costs; the rest (init, optim, lr, seed) barely do
 TASK_KEYS = ("task", "arch", "dataset", "train.batch_size", "arch.channels", "arch.width",
@@ -358,15 +353,15 @@ def sweep_table(sweep_dir: Path, fraction: float) -> pd.DataFrame:
             log.warning("%s left out of the tables: made with %s", run_dir, made)
             continue
         rows.append(run_row(run_dir, sweep_dir, ident, fraction))
-    table = pd.DataFrame(rows, columns=list(SWEEP_COLUMNS))
-    return table.sort_values(KEY + ["lr", "seed"], ignore_index=True)
+    table = pd.DataFrame(rows, columns=list(SWEEP.columns))
+    return table.sort_values(SETTING + ["lr", "seed"], ignore_index=True)
 
 
 def select(table: pd.DataFrame, fraction: float) -> pd.DataFrame:
     """Per (arch, dataset, init, optim), the lr with the lowest criterion averaged over seeds.
     A lr where any seed diverged is not eligible; failed and incomplete runs are left out."""
     rows = []
-    for key, group in table.groupby(KEY, sort=True):
+    for key, group in table.groupby(SETTING, sort=True):
         candidates = []
         for lr, runs in group.groupby("lr"):
             done = runs[runs["status"] == "completed"]
@@ -381,9 +376,9 @@ def select(table: pd.DataFrame, fraction: float) -> pd.DataFrame:
             continue
         value, lr, done = min(candidates, key=lambda c: c[0])
         std = done["criterion"].std(ddof=1) if len(done) > 1 else 0.0
-        rows.append(dict(zip(KEY, key, strict=True), lr=lr, criterion=value, criterion_std=std,
+        rows.append(dict(zip(SETTING, key, strict=True), lr=lr, criterion=value, criterion_std=std,
                          runs=len(done), select_fraction=fraction))
-    return pd.DataFrame(rows, columns=list(SELECTED_COLUMNS))
+    return pd.DataFrame(rows, columns=list(SELECTED.columns))
 
 
 def write_tables(sweep_dir: str | Path, fraction: float) -> tuple[Path, Path]:
@@ -391,22 +386,7 @@ def write_tables(sweep_dir: str | Path, fraction: float) -> tuple[Path, Path]:
     sweep_dir = Path(sweep_dir)
     table = sweep_table(sweep_dir, fraction)
     selected = select(table, fraction)
-    sweep_csv = write_csv(table, sweep_dir / "sweep.csv")
-    return sweep_csv, write_csv(selected, sweep_dir / "selected.csv")
-
-
-def read_sweep_table(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
-    """sweep.csv or selected.csv with the expected columns; one-line errors."""
-    try:
-        table = pd.read_csv(path)
-    except FileNotFoundError:
-        raise VarexpError(f"{path}: missing; re-run the sweep to write it") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise VarexpError(f"{path}: not a readable CSV ({str(error).strip()})") from None
-    missing = [c for c in columns if c not in table.columns]
-    if missing:
-        raise VarexpError(f"{path}: missing column(s) {', '.join(missing)}")
-    return table
+    return SWEEP.write(table, sweep_dir), SELECTED.write(selected, sweep_dir)
 
 
 def write_provenance(sweep_dir: Path, config: DictConfig, runs: int) -> None:

@@ -39,9 +39,9 @@ from omegaconf import DictConfig
 from varexp.activations import Activation, get_activation
 from varexp.config import check_theory
 from varexp.errors import VarexpError
-from varexp.files import write_csv
 from varexp.quadrature import POINTS, edges, gaussian_expectation, rule
 from varexp.results import claim
+from varexp.results.tables import THEORY
 from varexp.threads import one_thread
 
 RTOL = 1e-6  # largest relative change allowed when the nodes per piece are doubled
@@ -219,7 +219,7 @@ def recursion(
                         f"mean-field layer {layer + 1}: {error}; {setting}; "
                         "raise theory.quadrature_points"
                     ) from None
-    return pd.DataFrame(rows, columns=["layer", "c", "q", "m", "v", "ratio"])
+    return pd.DataFrame(rows, columns=list(THEORY.columns))
 
 
 def check(cfg: DictConfig) -> None:
@@ -239,7 +239,7 @@ def run(cfg: DictConfig) -> None:
         points=cfg.theory.quadrature_points,
     )
     with claim("theory", cfg) as out_dir:
-        path = write_csv(table, out_dir / "theory.csv")
+        path = THEORY.write(table, out_dir)
     last = table.iloc[-1]
     print(
         f"theory: {len(table)} layers -> {path}  (layer {int(last.layer)}: m={last.m:.4f} "

@@ -31,7 +31,6 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from hydra.core.hydra_config import HydraConfig
@@ -39,29 +38,25 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from varexp import checkpoint, config, memory, provenance, results
-from varexp.checkpoint import checkpoint_path
+from varexp import config, memory, provenance, results
 from varexp.data import DataInfo, Stream, data_info, probe_batch
 from varexp.errors import VarexpError, bad_value
-from varexp.files import write_csv, write_json
+from varexp.files import write_json
 from varexp.inits import DATA_DEPENDENT, initialize
 from varexp.models import build_model
 from varexp.models.base import batch_statistics, weight_layers
-from varexp.results import read_summary
+from varexp.results import checkpoint, read_summary
+from varexp.results.checkpoint import Checkpoint, checkpoint_path
+from varexp.results.tables import FINISHED, METRICS, RATIO_STATS, RATIOS
 from varexp.stats import Recorder
 from varexp.stop import StopRequests
 
 log = logging.getLogger(__name__)
 
-__all__ = ["METRIC_COLUMNS", "RATIO_COLUMNS", "check", "checkpoint_path", "run", "train"]
+__all__ = ["check", "run", "train"]
 
-METRIC_COLUMNS = ["step", "epoch", "loss", "lr", "seconds"]
-# the sample statistics of each layer on the probe batch (varexp.stats), then the weight gradient
-RATIO_STATS = ("sample_mean_sq", "sample_var", "ratio", "sample_mean_sq_channel",
-               "sample_var_channel", "ratio_channel")
-RATIO_COLUMNS = ["step", "layer", "name", *RATIO_STATS[:3], "weight_grad_rms", *RATIO_STATS[3:]]
 OPTIMIZERS = ("sgd", "adam")
-FINISHED = ("completed", "diverged")
+
 
 
 class Stopped(VarexpError):
@@ -187,7 +182,7 @@ def logged_steps(run_dir: Path) -> int:
         return 0
 
 
-def existing_run(cfg: DictConfig, run_dir: Path) -> dict | None:
+def existing_run(cfg: DictConfig, run_dir: Path) -> Checkpoint | None:
     """The checkpoint to continue from, or None to start at step 0; refuses (one line) to
     overwrite a run, even an interrupted one without a checkpoint yet, or to continue one made
     with another config."""
@@ -210,10 +205,10 @@ def existing_run(cfg: DictConfig, run_dir: Path) -> dict | None:
             raise VarexpError(f"{run_dir} holds a {summary['status']} run but no {path.name} to "
                               "resume from; choose another hydra.run.dir")
         return None
-    diff = results.differences(saved["identity"], results.identity("train", cfg))
+    diff = results.differences(saved.identity, results.identity("train", cfg))
     if diff:
         raise VarexpError(f"{path} is from another config: {', '.join(diff)}")
-    if saved["step"] > cfg.train.steps:
+    if saved.step > cfg.train.steps:
         raise VarexpError(f"train.steps={cfg.train.steps} is below the {saved['step']} steps "
                           f"the checkpoint in {run_dir} has done; pass "
                           f"train.steps>={saved['step']}")
@@ -227,7 +222,7 @@ def existing_run(cfg: DictConfig, run_dir: Path) -> dict | None:
 class Run:
     """The state of one training run and its files."""
 
-    def __init__(self, cfg: DictConfig, run_dir: Path, info: DataInfo, saved: dict | None,
+    def __init__(self, cfg: DictConfig, run_dir: Path, info: DataInfo, saved: Checkpoint | None,
                  verbose: bool = True):
 
         self.cfg, self.run_dir, self.info, self.verbose = cfg, run_dir, info, verbose
@@ -248,7 +243,7 @@ class Run:
         self.step = 0
         self.status = "running"
         self.past_wall = self.past_train = 0.0  # seconds spent before this session
-        self.saved_step = saved["step"] if saved is not None else None  # in checkpoint.pt
+        self.saved_step = saved.step if saved is not None else None  # in checkpoint.pt
         self.init_forward_passes = 0.0
         self.saved = saved
 
@@ -270,20 +265,20 @@ class Run:
         self.optimizer = make_optimizer(self.model.parameters(), cfg.optim)
         self.forward = torch.compile(self.model) if cfg.train.compile else self.model
         if saved is not None:
-            self.model.load_state_dict(saved["model"])
-            self.optimizer.load_state_dict(saved["optimizer"])
-            self.stream.load_state_dict(saved["stream"])
-            self.metrics = list(saved["metrics"])
+            self.model.load_state_dict(saved.model)
+            self.optimizer.load_state_dict(saved.optimizer)
+            self.stream.load_state_dict(saved.stream)
+            self.metrics = list(saved.metrics)
             # rows of checkpoints made before the per-channel statistics: those left empty
-            width = len(RATIO_COLUMNS)
-            self.ratios = [tuple(r) + (math.nan,) * (width - len(r)) for r in saved["ratios"]]
-            self.step, self.status = saved["step"], saved["status"]
-            self.past_wall, self.past_train = saved["seconds"], saved["train_seconds"]
-            self.init_forward_passes = saved["init_forward_passes"]
+            width = len(RATIOS.columns)
+            self.ratios = [tuple(r) + (math.nan,) * (width - len(r)) for r in saved.ratios]
+            self.step, self.status = saved.step, saved.status
+            self.past_wall, self.past_train = saved.seconds, saved.train_seconds
+            self.init_forward_passes = saved.init_forward_passes
         batches = iter(self.stream)
         first = next(batches)  # the DataLoader starts and draws from the global RNG here,
         if saved is not None:  # so restore the RNG after it
-            checkpoint.set_rng_state(saved["rng"])
+            checkpoint.set_rng_state(saved.rng)
         self.batches = itertools.chain([first], batches)
 
     def banner(self) -> None:
@@ -366,8 +361,8 @@ class Run:
             self.ratios.append((step, wl.index, wl.name, *values[:3], g, *values[3:]))
 
     def flush(self) -> None:
-        write_csv(pd.DataFrame(self.metrics, columns=METRIC_COLUMNS), self.run_dir / "metrics.csv")
-        write_csv(pd.DataFrame(self.ratios, columns=RATIO_COLUMNS), self.run_dir / "ratios.csv")
+        METRICS.write(self.metrics, self.run_dir)
+        RATIOS.write(self.ratios, self.run_dir)
 
     def fail(self, error: str) -> None:
         """summary.json says failed, and why; if even that cannot be written, the log says it."""
@@ -380,24 +375,14 @@ class Run:
         """CSVs, then the checkpoint: every row in the files is also in the checkpoint or will be
         recomputed identically from it."""
         self.flush()
-        checkpoint.save(
-            {
-                "version": 1,
-                "identity": self.identity,
-                "step": self.step,
-                "status": self.status,
-                "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "stream": self.stream.state_dict(),
-                "rng": checkpoint.rng_state(),
-                "metrics": self.metrics,
-                "ratios": self.ratios,
-                "seconds": self.wall(),
-                "train_seconds": self.metrics[-1][4] if self.metrics else 0.0,
-                "init_forward_passes": self.init_forward_passes,
-            },
-            checkpoint_path(self.run_dir),
-        )
+        checkpoint.save(Checkpoint(
+            identity=self.identity, step=self.step, status=self.status,
+            model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
+            stream=self.stream.state_dict(), rng=checkpoint.rng_state(), metrics=self.metrics,
+            ratios=self.ratios, seconds=self.wall(),
+            train_seconds=self.metrics[-1][4] if self.metrics else 0.0,
+            init_forward_passes=self.init_forward_passes,
+        ), checkpoint_path(self.run_dir))
         self.saved_step = self.step
 
     def summary(self, status: str, error: str | None = None) -> dict:
@@ -451,10 +436,10 @@ def train(cfg: DictConfig, run_dir: str | Path, quiet: bool = False) -> dict:
     run_dir = Path(run_dir)
     check_writable(run_dir)
     saved = existing_run(cfg, run_dir)
-    if saved is not None and done(saved["status"], saved["step"], cfg.train.steps):
+    if saved is not None and done(saved.status, saved.step, cfg.train.steps):
         summary = read_summary(run_dir)
-        if summary is not None and summary.get("status") == saved["status"]:
-            log.info("%s: already %s at step %d", run_dir, saved["status"], saved["step"])
+        if summary is not None and summary.get("status") == saved.status:
+            log.info("%s: already %s at step %d", run_dir, saved.status, saved.step)
             return summary
     run = Run(cfg, run_dir, info, saved, verbose=not quiet)
     try:

@@ -11,20 +11,9 @@ import numpy as np
 import pandas as pd
 
 from varexp.errors import VarexpError
-from varexp.plot.common import (
-    ARCH_TITLES,
-    NEURON_COLUMNS,
-    PROBE_COLUMNS,
-    Run,
-    load_runs,
-    log,
-    new_figure,
-    read_table,
-    save,
-    style_axes,
-    theory_for,
-)
+from varexp.plot.common import ARCH_TITLES, log, new_figure, save, style_axes, theory_for
 from varexp.plot.stats import layer_summary
+from varexp.results.tables import NEURONS, RunResult, load_probes
 
 NEURONS_SHOWN = 3
 BINS = 50
@@ -34,10 +23,10 @@ CURVES = (("m", "sample_mean_sq", "sample mean $m$", "tab:blue"),
           ("sigma", "second_moment", r"total std $\sigma$", "tab:green"))
 
 
-def pick_run(runs: list[Run]) -> Run:
+def pick_run(runs: list[RunResult]) -> RunResult:
     """The paper's setting if present (Kaiming ReLU MLP), preferring runs with neurons.csv, then
     the widest."""
-    def score(run: Run) -> tuple:
+    def score(run: RunResult) -> tuple:
         paper = (run.arch == "mlp" and run.init == "kaiming"
                  and run.get("arch.activation", "relu") == "relu"
                  and run.get("arch.norm", "none") == "none")
@@ -46,7 +35,7 @@ def pick_run(runs: list[Run]) -> Run:
     return max(runs, key=score)
 
 
-def draw_moments(ax, run: Run) -> None:
+def draw_moments(ax, run: RunResult) -> None:
     depth = int(run.table["layer"].max())
     theory = theory_for(run, depth)
     if theory is not None:
@@ -99,9 +88,9 @@ def draw_histograms(fig, grid, neurons: pd.DataFrame) -> None:
                 ax.set_xlabel("pre-activation $u$")
 
 
-def load_neurons(run: Run) -> pd.DataFrame | None:
+def load_neurons(run: RunResult) -> pd.DataFrame | None:
     path = run.path.parent / "neurons.csv"
-    neurons = read_table(path, NEURON_COLUMNS, allow_empty=True) if path.exists() else None
+    neurons = NEURONS.read(path, allow_empty=True) if path.exists() else None
     if neurons is None or neurons.empty:
         log.info("no neurons.csv with rows beside %s: drawing only the left panel "
                  "(`varexp probe probe.neurons=3` records them)", run.path)
@@ -111,10 +100,10 @@ def load_neurons(run: Run) -> pd.DataFrame | None:
 
 def make(results: str | None, outputs_root: str, out_dir: str | Path) -> list[Path]:
     try:  # the paper's figure: a Kaiming run with raw pre-activations
-        runs = load_runs("figure1", PROBE_COLUMNS, results, outputs_root, ("kaiming",),
+        runs = load_probes("figure1", results, outputs_root, ("kaiming",),
                          beside="neurons.csv")
     except VarexpError:
-        runs = load_runs("figure1", PROBE_COLUMNS, results, outputs_root)
+        runs = load_probes("figure1", results, outputs_root)
     run = pick_run(runs)
     neurons = load_neurons(run)
     if neurons is not None:

@@ -8,13 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from varexp.plot.common import (
-    PROBE_COLUMNS,
     THEORY_STYLE,
-    Run,
     line_color,
     line_label,
     lines,
-    load_runs,
     log,
     new_figure,
     panel_title,
@@ -24,9 +21,10 @@ from varexp.plot.common import (
     theory_for,
 )
 from varexp.plot.stats import layer_summary
+from varexp.results.tables import RunResult, load_probes
 
 
-def draw_panel(ax, key: tuple, runs: list[Run], cnn_ratio: str = "channel") -> None:
+def draw_panel(ax, key: tuple, runs: list[RunResult], cnn_ratio: str = "channel") -> None:
     arch = key[0]
     groups = lines(runs)
     keys = [k for k, _ in groups]
@@ -69,7 +67,7 @@ def make(results: str | None, outputs_root: str, out_dir: str | Path,
          cnn_ratio: str = "channel") -> list[Path]:
     """Fig. 2 from the Kaiming probes; `cnn_ratio` picks the CNN panels' convention."""
     # Fig. 2 is about Kaiming-initialized networks: other inits' probes are not its input
-    runs = load_runs("figure2", PROBE_COLUMNS, results, outputs_root, ("kaiming",))
+    runs = load_probes("figure2", results, outputs_root, ("kaiming",))
     groups = panels(runs)
     ratios = [1.6 if key[0] == "unet" else 1.0 for key, _ in groups]
     fig = new_figure(5.2 * sum(ratios), 4.6)

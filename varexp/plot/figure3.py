@@ -12,12 +12,9 @@ import numpy as np
 
 from varexp.errors import VarexpError
 from varexp.plot.common import (
-    PROBE_COLUMNS,
-    Run,
     line_color,
     line_label,
     lines,
-    load_runs,
     log,
     new_figure,
     panel_title,
@@ -26,6 +23,7 @@ from varexp.plot.common import (
     style_axes,
 )
 from varexp.plot.stats import grad_fit, layer_summary
+from varexp.results.tables import RunResult, load_probes
 from varexp.theory import gradient_slope
 
 FIGURE3_INITS = ("kaiming", "scale+bias", "batchnorm")  # the paper's three settings
@@ -42,7 +40,7 @@ def theory_slope(key: tuple) -> float | None:
     return 0.0 if init == "kaiming" else None
 
 
-def draw_panel(ax, key: tuple, runs: list[Run]) -> None:
+def draw_panel(ax, key: tuple, runs: list[RunResult]) -> None:
     arch = key[0]
     groups = lines(runs)
     keys = [k for k, _ in groups]
@@ -73,7 +71,7 @@ def draw_panel(ax, key: tuple, runs: list[Run]) -> None:
 
 
 def make(results: str | None, outputs_root: str, out_dir: str | Path) -> list[Path]:
-    runs = load_runs("figure3", PROBE_COLUMNS, results, outputs_root, FIGURE3_INITS)
+    runs = load_probes("figure3", results, outputs_root, FIGURE3_INITS)
     with_grads = [r for r in runs if r.table["grad_sq"].notna().any()]
     if not with_grads:
         raise VarexpError(f"no grad_sq values in {len(runs)} probe.csv file(s) "

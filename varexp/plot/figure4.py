@@ -21,11 +21,10 @@ from varexp.plot.common import (
     style_axes,
 )
 from varexp.results import find_results, read_summary
-from varexp.sweep import SELECTED_COLUMNS, SWEEP_COLUMNS, read_sweep_table
+from varexp.results.tables import SELECTED, SETTING, SWEEP
 
 TASK_ORDER = ("cifar10", "isbi2012", "shapes", "membranes")
 OPTIM_TITLES = {"sgd": "SGD", "adam": "Adam"}
-KEY = ["arch", "dataset", "init", "optim"]
 
 
 def find_selected(results: str | None, outputs_root: str) -> list[Path]:
@@ -41,8 +40,8 @@ def selected_runs(paths: list[Path]) -> pd.DataFrame:
     the newest selected.csv wins. A sweep that selected nothing says why in one line."""
     parts = []
     for path in paths:  # newest first
-        selected = read_sweep_table(path, SELECTED_COLUMNS)
-        sweep = read_sweep_table(path.parent / "sweep.csv", SWEEP_COLUMNS)
+        selected = SELECTED.read(path, allow_empty=True)
+        sweep = SWEEP.read(path.parent / SWEEP.file, allow_empty=True)
         if selected.empty:
             counts = sweep["status"].value_counts()
             told = ", ".join(f"{n} {status}" for status, n in counts.items()) or "no runs"
@@ -50,7 +49,7 @@ def selected_runs(paths: list[Path]) -> pd.DataFrame:
             continue
         selected = selected.astype({"lr": float})
         runs = sweep[sweep["status"] == "completed"].astype({"lr": float}).merge(
-            selected[KEY + ["lr"]], on=KEY + ["lr"])
+            selected[SETTING + ["lr"]], on=SETTING + ["lr"])
         runs["metrics"] = [path.parent / d / "metrics.csv" for d in runs["run_dir"]]
         runs["source"] = len(parts)
         parts.append(runs)
@@ -58,7 +57,7 @@ def selected_runs(paths: list[Path]) -> pd.DataFrame:
         raise VarexpError(f"no learning rate was selected in {', '.join(map(str, paths))}: no "
                           "run completed there (see sweep.csv and the runs' logs)")
     runs = pd.concat(parts, ignore_index=True)
-    newest = runs.groupby(KEY)["source"].transform("min")
+    newest = runs.groupby(SETTING)["source"].transform("min")
     return runs[runs["source"] == newest]
 
 

@@ -15,17 +15,14 @@ import pandas as pd
 
 from varexp.plot.common import (
     INIT_COLORS,
-    PROBE_COLUMNS,
     THEORY_STYLE,
-    Run,
-    load_runs,
     log,
     new_figure,
     save,
-    stack,
     style_axes,
 )
 from varexp.plot.stats import grad_fit, layer_summary
+from varexp.results.tables import RunResult, load_probes, stack
 from varexp.theory import gradient_slope
 
 INITS = ("scale+bias", "batchnorm")
@@ -33,9 +30,9 @@ BOOTSTRAP = 200
 STYLES = ("-", "--", ":", "-.")
 
 
-def settings(runs: list[Run]) -> dict[tuple, pd.DataFrame]:
+def settings(runs: list[RunResult]) -> dict[tuple, pd.DataFrame]:
     """(init, width, T) -> the stacked probe tables of the runs of that setting."""
-    groups: dict[tuple, list[Run]] = defaultdict(list)
+    groups: dict[tuple, list[RunResult]] = defaultdict(list)
     for run in runs:
         if run.arch == "mlp":
             key = (run.init, int(run.get("arch.width")), int(run.get("probe.samples")))
@@ -100,7 +97,7 @@ def draw_effective_samples(ax, tables: dict[tuple, pd.DataFrame]) -> None:
 
 
 def make(results: str | None, outputs_root: str, out_dir: str | Path) -> list[Path]:
-    runs = load_runs("slopes", PROBE_COLUMNS, results, outputs_root, INITS)
+    runs = load_probes("slopes", results, outputs_root, INITS)
     tables = settings(runs)
     fig = new_figure(11, 4.4)
     left, right = fig.subplots(1, 2)

@@ -1,4 +1,4 @@
-"""Checkpoints of a training run: what one holds, RNG states, atomic save and load.
+"""Checkpoints of a training run: what one holds (Checkpoint), RNG states, atomic save and load.
 
 A checkpoint is one dict saved with torch.save (tensors, numbers, strings, lists and dicts only,
 so it loads with weights_only=True). It is written to a temporary file beside checkpoint.pt and
@@ -8,6 +8,7 @@ renamed onto it, so an interrupted save leaves the previous checkpoint intact.
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +18,25 @@ from varexp.errors import VarexpError
 from varexp.files import atomic_path
 
 CHECKPOINT = "checkpoint.pt"
-# what every checkpoint holds (varexp.train.Run.save writes it)
-KEYS = ("version", "identity", "step", "status", "model", "optimizer", "stream", "rng",
-        "metrics", "ratios", "seconds", "train_seconds", "init_forward_passes")
+
+
+@dataclass
+class Checkpoint:
+    """Everything a training run needs to go on exactly where it stopped."""
+
+    identity: dict  # the config keys the run depends on (varexp.results.identity)
+    step: int  # optimizer updates done
+    status: str
+    model: dict  # state dicts
+    optimizer: dict
+    stream: dict
+    rng: dict  # every global generator (rng_state)
+    metrics: list  # the rows of metrics.csv and ratios.csv so far
+    ratios: list
+    seconds: float  # wall time spent in the run, all sessions
+    train_seconds: float  # of it in the training loop
+    init_forward_passes: float
+    version: int = 1
 
 
 def checkpoint_path(run_dir: str | Path) -> Path:
@@ -47,12 +64,13 @@ def set_rng_state(state: dict) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
-def save(state: dict, path: str | Path) -> None:
+def save(checkpoint: Checkpoint, path: str | Path) -> None:
+    state = {f.name: getattr(checkpoint, f.name) for f in fields(Checkpoint)}
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
 
-def load(path: str | Path) -> dict:
+def load(path: str | Path) -> Checkpoint:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated, foreign or corrupt file: say which and why
@@ -60,8 +78,9 @@ def load(path: str | Path) -> dict:
         raise VarexpError(
             f"checkpoint {path} is unreadable ({reason}); move it away to start over"
         ) from None
-    missing = [k for k in KEYS if not isinstance(state, dict) or k not in state]
+    keys = [f.name for f in fields(Checkpoint)]
+    missing = [k for k in keys if not isinstance(state, dict) or k not in state]
     if missing:
         raise VarexpError(f"checkpoint {path} lacks {', '.join(missing)} (not a varexp training "
                           "checkpoint, or a damaged one); move it away to start over")
-    return state
+    return Checkpoint(**{k: state[k] for k in keys})

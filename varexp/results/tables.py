@@ -1,0 +1,172 @@
+"""Every result table varexp writes: its file and its columns (the one place they are named),
+the one CSV reader (a damaged file is one line), and the result files a figure or the report
+reads, with the config of the run that made each."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from varexp.errors import VarexpError
+from varexp.figures import FIGURES
+from varexp.files import write_csv
+from varexp.results.records import find_results, run_config
+from varexp.stats import STAT_NAMES
+
+log = logging.getLogger("varexp.results")
+
+
+@dataclass(frozen=True)
+class Table:
+    file: str
+    columns: tuple[str, ...]
+    text: tuple[str, ...] = ()  # the columns that are not numbers
+    needed: int | None = None  # a reader needs the first `needed` columns (older files lack more)
+
+    @property
+    def required(self) -> tuple[str, ...]:
+        return self.columns[: self.needed] if self.needed is not None else self.columns
+
+    def write(self, rows: pd.DataFrame | Iterable, folder: str | Path) -> Path:
+        """The table in folder, columns in order, written atomically."""
+        frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows,
+                                                                          columns=self.columns)
+        return write_csv(frame[list(self.columns)], Path(folder) / self.file)
+
+    def read(self, path: str | Path, allow_empty: bool = False) -> pd.DataFrame:
+        return read_table(Path(path), self, allow_empty)
+
+
+THEORY = Table("theory.csv", ("layer", "c", "q", "m", "v", "ratio"))
+PROBE = Table("probe.csv", ("network", "layer", "name", "features", *STAT_NAMES[:4], "grad_sq",
+                            *STAT_NAMES[4:]), text=("name",), needed=9)
+NEURONS = Table("neurons.csv", ("network", "layer", "neuron", "sample", "value"))
+METRICS = Table("metrics.csv", ("step", "epoch", "loss", "lr", "seconds"))
+# per layer on the fixed batch (varexp.stats), then the weight gradient's RMS
+RATIO_STATS = ("sample_mean_sq", "sample_var", "ratio", "sample_mean_sq_channel",
+               "sample_var_channel", "ratio_channel")
+RATIOS = Table("ratios.csv", ("step", "layer", "name", *RATIO_STATS[:3], "weight_grad_rms",
+                              *RATIO_STATS[3:]), text=("name",))
+SWEEP = Table("sweep.csv", ("arch", "dataset", "init", "optim", "lr", "seed", "status", "steps",
+                            "final_loss", "criterion", "seconds", "run_dir"),
+              text=("arch", "dataset", "init", "optim", "status", "run_dir"))
+SELECTED = Table("selected.csv", ("arch", "dataset", "init", "optim", "lr", "criterion",
+                                  "criterion_std", "runs", "select_fraction"),
+                 text=("arch", "dataset", "init", "optim"))
+SETTING = ["arch", "dataset", "init", "optim"]  # what a sweep selects a learning rate for
+FINISHED = ("completed", "diverged")  # a training run's status when nothing is left to do
+
+
+def read_table(path: Path, table: Table, allow_empty: bool = False) -> pd.DataFrame:
+    """A result CSV with the table's columns, numeric where they should be; one-line errors.
+    inf (a dead layer's ratio) cannot be averaged or drawn: it is left out, with a warning."""
+    try:
+        frame = pd.read_csv(path)
+    except FileNotFoundError:
+        raise VarexpError(f"{path}: missing") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise VarexpError(f"{path}: not a readable CSV ({str(error).strip()})") from None
+    missing = [c for c in table.required if c not in frame.columns]
+    if missing:
+        raise VarexpError(f"{path}: missing column(s) {', '.join(missing)}; "
+                          f"expected {', '.join(table.required)}")
+    if frame.empty and not allow_empty:
+        raise VarexpError(f"{path}: has a header but no rows")
+    for column in (c for c in table.columns if c in frame.columns and c not in table.text):
+        numeric = pd.to_numeric(frame[column], errors="coerce")
+        bad = numeric.isna() & frame[column].notna()
+        if bad.any():
+            raise VarexpError(f"{path}: column {column} has non-numeric value "
+                              f"{frame[column][bad].iloc[0]!r} (row {int(bad.idxmax()) + 2})")
+        infinite = np.isinf(numeric)
+        if infinite.any():
+            log.warning("%s: %d non-finite %s value(s) left out of the averages",
+                        path, int(infinite.sum()), column)
+        frame[column] = numeric.mask(infinite)
+    return frame
+
+
+def complete(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """A probe table with every layer of every network and its statistics present (a file cut
+    short by hand or by a disk fault fails here)."""
+    with open(path, "rb") as f:  # every file varexp writes ends its last row with a newline
+        f.seek(-1, 2)
+        if f.read(1) != b"\n":
+            raise VarexpError(f"{path}: its last row is cut short (a partial file)")
+    layers = frame.groupby("network")["layer"].apply(lambda s: tuple(sorted(s)))
+    if layers.nunique() != 1 or layers.iloc[0] != tuple(range(1, len(layers.iloc[0]) + 1)):
+        raise VarexpError(f"{path}: not every network has layers 1..L (a partial file)")
+    stats = ["sample_mean_sq", "sample_var", "second_moment"]
+    partial_grads = 0 < frame["grad_sq"].isna().sum() < len(frame)
+    if frame[stats].isna().any().any() or partial_grads:
+        raise VarexpError(f"{path}: missing statistics in some rows (a partial file)")
+    return frame
+
+
+@dataclass
+class RunResult:
+    """One run folder's result table and the config that made it."""
+
+    path: Path
+    cfg: DictConfig
+    table: pd.DataFrame
+
+    def get(self, key: str, default: object = None) -> object:
+        return OmegaConf.select(self.cfg, key, default=default)
+
+    @property
+    def arch(self) -> str:
+        return str(self.get("arch.name", "mlp"))
+
+    @property
+    def init(self) -> str:
+        return str(self.get("init.name", "kaiming"))
+
+
+def load_probes(figure: str, results: str | None, outputs_root: str,
+                inits: tuple[str, ...] | None = None,
+                beside: str | None = None) -> list[RunResult]:
+    """The probe tables `figure` draws (varexp.results.records.find_results: everything under
+    `results`, else the newest runs made for the figure under `outputs_root`), with their runs'
+    configs; damaged or partial files are left out with one line each. `inits` keeps only runs
+    of those inits; `beside` only runs that also wrote that file."""
+
+    def accept(path: Path) -> bool:
+        if beside is not None and not (path.parent / beside).exists():
+            return False
+        try:
+            return inits is None or str(OmegaConf.select(run_config(path), "init.name")) in inits
+        except VarexpError:
+            return True  # a damaged record: read below, and left out with one line
+
+    runs = []
+    for path in find_results(FIGURES[figure], results, outputs_root, accept):
+        try:
+            runs.append(RunResult(path, run_config(path), complete(PROBE.read(path), path)))
+        except VarexpError as error:  # a damaged or partial file: the others are still drawn
+            log.warning("%s leaves out %s", figure, error)
+    if not runs:
+        raise VarexpError(f"nothing to draw for {figure}: every result file found was damaged "
+                          "(see the lines above)")
+    log.info("%s reads %d %s file(s): %s", figure, len(runs), FIGURES[figure].result,
+             ", ".join(str(r.path.parent) for r in runs[:5]) + (" ..." if len(runs) > 5 else ""))
+    return runs
+
+
+def stack(runs: list[RunResult]) -> pd.DataFrame:
+    """Concatenate runs' tables; `network` becomes unique across runs so that runs of the same
+    setting (e.g. two width-300 probes) pool their networks instead of averaging them first."""
+    parts = []
+    offset = 0
+    for run in runs:
+        frame = run.table.copy()
+        frame["network"] = frame["network"] + offset
+        offset = int(frame["network"].max()) + 1
+        parts.append(frame)
+    return pd.concat(parts, ignore_index=True)
