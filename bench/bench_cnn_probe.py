@@ -26,7 +26,8 @@ from hydra import compose, initialize_config_module
 sys.path.insert(0, str(Path(__file__).parent))
 import bench_inits  # noqa: E402
 
-from varexp.data import probe_batch  # noqa: E402
+from varexp.data import fixed_batch  # noqa: E402
+from varexp.models import build_model  # noqa: E402
 from varexp.probe import probe_network  # noqa: E402
 
 
@@ -45,18 +46,16 @@ def forward_seconds(model: torch.nn.Module, x: torch.Tensor, repeats: int = 3) -
 
 
 def bench_probe(timed: int, total: int, samples: int, channels: float) -> dict:
-    from varexp.models import build_model
-
     cfg = probe_cfg(total, samples, channels)
     start = time.perf_counter()
-    x = probe_batch(cfg.dataset, cfg.arch, samples, cfg.seed)
+    x = fixed_batch(cfg.dataset, cfg.arch, samples, cfg.seed)
     load = time.perf_counter() - start
     seconds = []
     for i in range(timed):
         start = time.perf_counter()
         probe_network(cfg, x, i, "dense")
         seconds.append(time.perf_counter() - start)
-    model = build_model(cfg.arch, tuple(x.shape[1:]), 10, "kaiming")
+    model = build_model(cfg.arch, tuple(x.shape[1:]), 10)
     forward = forward_seconds(model, x)
     per_net = sorted(seconds)[len(seconds) // 2]  # median: the machine is shared
     return {

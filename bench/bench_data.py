@@ -178,7 +178,7 @@ def table(seconds: float) -> None:
             loader[workers] = rate(Stream(dataset, arch, batch, seed=0), batch, seconds)
         dataset.workers = 0
         info = data_info(dataset, arch)
-        model = build_model(arch, info.input_shape, info.num_classes, "kaiming")
+        model = build_model(arch, info.input_shape, info.num_classes)
         step = train_step(model, info.task == "segmentation")
         x, y = next(iter(Stream(dataset, arch, batch, seed=0)))
         alone = rate(itertools.repeat((x, y)), batch, seconds, step)

@@ -14,17 +14,18 @@ UNet come from varexp.models.build_model; until that exists they are skipped wit
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 
 from varexp import inits
 from varexp.inits import initialize
+from varexp.models import ARCHS, build_model
 from varexp.models.base import weight_layers
 from varexp.models.mlp import MLP
 
@@ -43,24 +44,12 @@ def mlp_case(width: int, depth: int, samples: int) -> Case:
     return Case(f"mlp {width}x{depth}", lambda _init: MLP(width, width, depth), (width,), samples)
 
 
-def registry_case(arch: str, overrides: dict, shape: tuple[int, ...], samples: int) -> Case | None:
-    """A model from varexp.models.build_model(arch_cfg, input_shape, num_classes, init_name)."""
-    try:
-        from varexp.models import build_model
-    except ImportError:
-        print(f"skipping {arch}: varexp.models.build_model does not exist yet", file=sys.stderr)
-        return None
-    from importlib.resources import files
-
-    import varexp.conf
-
-    path = files(varexp.conf) / "arch" / f"{arch}.yaml"
-    if not path.is_file():
-        print(f"skipping {arch}: no conf/arch/{arch}.yaml", file=sys.stderr)
-        return None
-    cfg = OmegaConf.merge(OmegaConf.load(str(path)), overrides)
-    label = f"{arch} x{cfg.get('channels', 1)} @{'x'.join(map(str, shape[1:]))}"
-    return Case(label, lambda init: build_model(cfg, shape, None, init), shape, samples)
+def registry_case(arch: str, overrides: dict, shape: tuple[int, ...], samples: int) -> Case:
+    """A model of varexp.models' registry (the arch=<arch> option with `overrides`)."""
+    cfg = dataclasses.replace(ARCHS[arch](), **overrides)
+    label = f"{arch} x{getattr(cfg, 'channels', 1)} @{'x'.join(map(str, shape[1:]))}"
+    return Case(label, lambda init: build_model(
+        dataclasses.replace(cfg, norm=inits.INITS[init].norm), shape, None), shape, samples)
 
 
 def best_seconds(

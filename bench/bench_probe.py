@@ -141,13 +141,15 @@ def figure2(widths=(30, 100, 300, 1000, 3000)) -> None:
     total = 0.0
     with tempfile.TemporaryDirectory() as tmp:
         for w in widths:
-            cfg = OmegaConf.create({"arch": {"name": "mlp", "width": w, "norm": "none"},
+            cfg = OmegaConf.create({"arch": {"name": "mlp", "width": w, "depth": 50,
+                                             "norm": "none"},
                                     "init": {"name": "kaiming"},
                                     "probe": {"method": "auto", "samples": 100}})
             seconds = _timed(lambda w=w: main(["probe", f"arch.width={w}", "probe.progress=false",
+                                               "device=cpu",
                                                f"hydra.run.dir={tmp}/w{w}"]))
             total += seconds
-            print(f"| {w} | {choose_method(cfg)} | {seconds:.1f} |")
+            print(f"| {w} | {choose_method(cfg, torch.device('cpu'))} | {seconds:.1f} |")
     print(f"| all | | {total:.1f} |")
 
 

@@ -44,7 +44,7 @@ def best(fn, repeats: int) -> float:
 def bench(name: str, arch: dict, shape: tuple[int, ...], classes: int | None, samples: int,
           repeats: int) -> None:
     torch.manual_seed(0)
-    model = build_model(OmegaConf.create(arch), shape, classes, "kaiming")
+    model = build_model(OmegaConf.create(arch), shape, classes)
     initialize(model, {"name": "kaiming", "gain": None})
     x = torch.randn(samples, *shape)
     with Recorder(model, keep_u=range(1, 1000), keep_x=False) as rec:

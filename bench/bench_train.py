@@ -25,7 +25,8 @@ from hydra import compose, initialize_config_module
 from varexp.data import Stream, data_info
 from varexp.inits import initialize
 from varexp.models import build_model
-from varexp.train import make_optimizer, reset_globals, train
+from varexp.optim import make_optimizer
+from varexp.train import reset_globals, train
 
 CASES = {
     "allcnnc x0.25": ["arch=allcnnc", "arch.channels=0.25"],
@@ -46,7 +47,7 @@ def bare(cfg) -> float:
     device = torch.device("cpu")
     reset_globals(cfg.seed, device)
     info = data_info(cfg.dataset, cfg.arch)
-    model = build_model(cfg.arch, info.input_shape, info.num_classes, cfg.init.name)
+    model = build_model(cfg.arch, info.input_shape, info.num_classes)
     initialize(model, cfg.init, cfg.arch.get("activation", "relu"))
     optimizer = make_optimizer(model.parameters(), cfg.optim)
     batches = iter(Stream(cfg.dataset, cfg.arch, cfg.train.batch_size, cfg.seed))

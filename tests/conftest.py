@@ -22,11 +22,14 @@ def config(command: str, *overrides: str) -> DictConfig:
 
 
 def run_varexp(*args: str, cwd: Path | None = None, env: dict | None = None,
-               timeout: float = 600) -> subprocess.CompletedProcess:
-    """`varexp ARGS` as a separate process, as a user runs it (one torch thread)."""
+               timeout: float = 600, check: bool = False) -> subprocess.CompletedProcess:
+    """`varexp ARGS` as a separate process, as a user runs it (one torch thread); with `check`,
+    it must exit 0."""
     env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
-    return subprocess.run([sys.executable, "-m", "varexp", *args], cwd=cwd, env=env,
+    proc = subprocess.run([sys.executable, "-m", "varexp", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
+    assert not check or proc.returncode == 0, proc.stderr[-3000:]
+    return proc
 
 
 def run_in_process(capsys, *args: str) -> tuple[int, str]:

@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from varexp.data import probe_batch
+from varexp.data import fixed_batch
 from varexp.inits import initialize
 from varexp.models import build_model
 from varexp.models.base import weight_layers
@@ -48,13 +48,13 @@ def small_setup(arch: str) -> tuple[DictConfig, Tensor]:
     small = {"allcnnc": ["arch.channels=0.125"],
              "unet": ["arch.channels=0.0625", "dataset.crop=32"]}
     cfg = probe_cfg(*ARCHS[arch], *small[arch])
-    return cfg, probe_batch(cfg.dataset, cfg.arch, 18, seed=1)
+    return cfg, fixed_batch(cfg.dataset, cfg.arch, 18, seed=1)
 
 
 def model_and_batches(arch: str, k: int = 2) -> tuple[nn.Module, list[Tensor]]:
     """A fresh small model and k minibatches of 6 inputs."""
     cfg, x = small_setup(arch)
-    model = build_model(cfg.arch, tuple(x.shape[1:]), 10 if arch == "allcnnc" else None, "kaiming")
+    model = build_model(cfg.arch, tuple(x.shape[1:]), 10 if arch == "allcnnc" else None)
     return model, list(x[: 6 * k].split(6))
 
 
@@ -140,8 +140,8 @@ def test_data_dependent_inits_cost_one_pass_plus_single_layer_reruns(arch, name)
     model, batches = model_and_batches(arch, k=3)
     k, max_iters = len(batches), 10
     counter = CallCounter(model)
-    report = initialize(model, {"name": name, "batches": k, "max_iters": max_iters},
-                        batches=batches)
+    options = {"name": name, "batches": k} | ({"max_iters": max_iters} if name == "lsuv" else {})
+    report = initialize(model, options, batches=batches)
     assert counter.model_inputs == [sum(len(b) for b in batches)]
     layers = report.layers
     iters = [e.get("iters", 0) for e in layers]
@@ -161,7 +161,7 @@ def mean_ratios(overrides: list[str], networks: int) -> tuple[list[str], Tensor]
     """(layer names, ratio per network and layer) from varexp.probe's networks 0..networks-1 with
     Kaiming weights on the preset's probe batch."""
     cfg = probe_cfg(*overrides)
-    x = probe_batch(cfg.dataset, cfg.arch, cfg.probe.samples, cfg.seed)
+    x = fixed_batch(cfg.dataset, cfg.arch, cfg.probe.samples, cfg.seed)
     ratios = []
     for i in range(networks):
         rows, _ = probe_network(cfg, x, i, "dense")

@@ -3,6 +3,7 @@ path, augmentations, seeded streams, bad input, and learnability of the embedded
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import multiprocessing
@@ -16,7 +17,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from varexp.data import Stream, catalog, cifar10, data_info, load_source, probe_batch
+from varexp.data import Stream, catalog, cifar10, data_info, fixed_batch, load_source
 from varexp.data.augment import crop_at, dihedral, elastic, pad_crop, sample, window_grid
 from varexp.data.sources import generator
 from varexp.errors import VarexpError
@@ -30,15 +31,14 @@ UNET = OmegaConf.create({"name": "unet"})
 def data_home(tmp_path, monkeypatch):
     """Every test gets its own data directory and an empty in-memory cache."""
     monkeypatch.setenv("VAREXP_DATA", str(tmp_path / "data"))
-    catalog._source.cache_clear()
-    catalog._stack.cache_clear()
+    catalog.clear_caches()
     yield
-    catalog._source.cache_clear()
-    catalog._stack.cache_clear()
+    catalog.clear_caches()
 
 
 def config(name: str, **overrides):
-    cfg = OmegaConf.load(f"conf/dataset/{name}.yaml")
+    """dataset=<name>'s defaults with `overrides` (unchecked, as a user may write them)."""
+    cfg = OmegaConf.create(dataclasses.asdict(catalog.DATASETS[name]()))
     cfg.update(overrides)
     return cfg
 
@@ -275,13 +275,13 @@ def test_isbi2012_bad_files_name_the_file_and_stay_untouched(tmp_path):
     with pytest.raises(VarexpError, match=r"train-volume.tif is not a readable TIFF"):
         load_source(isbi(tmp_path), UNET, "train")
     assert vol_path.read_bytes() == truncated
-    catalog._stack.cache_clear()
+    catalog.clear_caches()
     tifffile.imwrite(vol_path, volume[:5])
     with pytest.raises(
         VarexpError, match=r"train-labels.tif has shape \(6, 64, 64\) but .* has \(5, 64, 64\)"
     ):
         load_source(isbi(tmp_path), UNET, "train")
-    catalog._stack.cache_clear()
+    catalog.clear_caches()
     tifffile.imwrite(vol_path, volume)
     tifffile.imwrite(lab_path, np.where(labels == 0, 0, 128).astype(np.uint8))
     with pytest.raises(
@@ -367,19 +367,19 @@ def test_stream_with_a_worker_process_inside_a_joblib_loky_worker():
         )
 
 
-def test_probe_batch_is_fixed_unaugmented_and_distinct():
+def test_fixed_batch_is_fixed_unaugmented_and_distinct():
     cfg = config("shapes", train_size=300, test_size=50, cache=False)
-    x = probe_batch(cfg, ALLCNNC, 40, seed=0)
+    x = fixed_batch(cfg, ALLCNNC, 40, seed=0)
     assert x.shape == (40, 3, 32, 32) and x.dtype == torch.float32
-    assert torch.equal(x, probe_batch(cfg, ALLCNNC, 40, seed=0))
-    assert not torch.equal(x, probe_batch(cfg, ALLCNNC, 40, seed=1))
+    assert torch.equal(x, fixed_batch(cfg, ALLCNNC, 40, seed=0))
+    assert not torch.equal(x, fixed_batch(cfg, ALLCNNC, 40, seed=1))
     source = load_source(cfg, ALLCNNC, "train")
     all_x, _ = source.batch(torch.arange(len(source)), generator(0), augment=False)
     matches = [int((all_x == row).flatten(1).all(1).nonzero()) for row in x]
     assert len(set(matches)) == 40
-    g = probe_batch(config("gaussian"), MLP, 500, seed=0)
+    g = fixed_batch(config("gaussian"), MLP, 500, seed=0)
     assert g.shape == (500, 20) and abs(g.mean()) < 0.05 and abs(g.var() - 1) < 0.05
-    seg = probe_batch(
+    seg = fixed_batch(
         config("membranes", slices=3, size=64, val_slices=1, crop=32, cache=False), UNET, 5, 0
     )
     assert seg.shape == (5, 1, 32, 32)
@@ -415,7 +415,7 @@ def test_generated_datasets_are_deterministic_and_cached_on_disk(tmp_path):
     cfg = config("shapes", train_size=100, test_size=20, cache=True)
     first = load_source(cfg, ALLCNNC, "train")
     assert len(list((tmp_path / "data" / "generated").glob("shapes-n100-seed0-split0-*.pt"))) == 1
-    catalog._source.cache_clear()
+    catalog.clear_caches()
     again = load_source(cfg, ALLCNNC, "train")
     assert torch.equal(first.images, again.images) and torch.equal(first.labels, again.labels)
     fresh = load_source(

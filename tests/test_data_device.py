@@ -4,6 +4,7 @@ host for a split too large for the GPU. Run on the CPU here, and also on CUDA wh
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 
@@ -36,15 +37,14 @@ CASES = {
 def data_home(tmp_path, monkeypatch):
     """Every test gets its own data directory and an empty in-memory cache."""
     monkeypatch.setenv("VAREXP_DATA", str(tmp_path / "data"))
-    catalog._source.cache_clear()
-    catalog._stack.cache_clear()
+    catalog.clear_caches()
     yield
-    catalog._source.cache_clear()
-    catalog._stack.cache_clear()
+    catalog.clear_caches()
 
 
 def config(name: str, **overrides):
-    cfg = OmegaConf.load(f"conf/dataset/{name}.yaml")
+    """dataset=<name>'s defaults with `overrides` (unchecked, as a user may write them)."""
+    cfg = OmegaConf.create(dataclasses.asdict(catalog.DATASETS[name]()))
     cfg.update(overrides)
     return cfg
 
@@ -192,7 +192,7 @@ def test_pipeline_key_is_checked():
     ):
         data_info(config("shapes", pipeline="gpu"), ALLCNNC)
     for name in catalog.DATASETS:  # every dataset config has the key, set to auto
-        assert OmegaConf.load(f"conf/dataset/{name}.yaml").pipeline == "auto"
+        assert catalog.DATASETS[name]().pipeline == "auto"
 
 
 # --------------------------------------------------------------------------------- CUDA only

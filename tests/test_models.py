@@ -3,15 +3,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from varexp.errors import ConfigError, VarexpError
-from varexp.models import build_model
+from varexp.models import ARCHS, build_model
 from varexp.models.base import Unit, weight_layers
 
 # (in, out, kernel, stride) of ALL-CNN-C's nine convs at multiplier 1, then the readout
@@ -22,12 +20,10 @@ ALLCNNC_SPEC = [
 ]  # fmt: skip
 
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
-
-
 def arch(name: str, **options) -> DictConfig:
-    """conf/arch/<name>.yaml with `options` over it."""
-    return OmegaConf.merge(OmegaConf.load(CONF / "arch" / f"{name}.yaml"), options)
+    """arch=<name> with `options` (build_model fills in the other options' defaults)."""
+    assert name in ARCHS
+    return OmegaConf.create({"name": name, **options})
 
 
 def unet_spec(c_in: int = 1, out: int = 1, w: int = 64) -> list[tuple[str, type, int, int, int]]:
@@ -53,7 +49,7 @@ def n_params(model: nn.Module) -> int:
 
 
 def test_allcnnc_layers_match_the_paper():
-    model = build_model(arch("allcnnc"), (3, 32, 32), 10, "kaiming")
+    model = build_model(arch("allcnnc"), (3, 32, 32), 10)
     layers = weight_layers(model)
     assert [wl.name for wl in layers] == [f"conv{i}" for i in range(1, 10)] + ["fc"]
     for wl, (c_in, c_out, k, stride) in zip(layers[:-1], ALLCNNC_SPEC, strict=True):
@@ -76,7 +72,7 @@ def test_allcnnc_layers_match_the_paper():
 
 
 def test_unet_layers_match_the_paper():
-    model = build_model(arch("unet", channels=0.25), (1, 64, 64), None, "kaiming")
+    model = build_model(arch("unet", channels=0.25), (1, 64, 64), None)
     layers = weight_layers(model)
     spec = unet_spec(w=16)
     assert len(layers) == 23
@@ -96,16 +92,16 @@ def test_unet_layers_match_the_paper():
 
 
 def test_channel_multiplier_rounds_to_at_least_one_channel():
-    model = build_model(arch("allcnnc", channels=0.125), (3, 32, 32), 10, "kaiming")
+    model = build_model(arch("allcnnc", channels=0.125), (3, 32, 32), 10)
     assert [wl.module.weight.shape[0] for wl in weight_layers(model)] == [12] * 3 + [24] * 6 + [10]
-    tiny = build_model(arch("unet", channels=0.001), (1, 32, 32), None, "kaiming")
+    tiny = build_model(arch("unet", channels=0.001), (1, 32, 32), None)
     widths = {wl.module.out_channels for wl in weight_layers(tiny)[:-1]}
     assert widths == {1}
 
 
 @pytest.mark.parametrize("classes", [10, 7, None])
 def test_allcnnc_output_shape(classes):
-    model = build_model(arch("allcnnc", channels=0.125), (3, 32, 32), classes, "kaiming")
+    model = build_model(arch("allcnnc", channels=0.125), (3, 32, 32), classes)
     shapes = []
     model.conv9.register_forward_hook(lambda m, i, o: shapes.append(o.shape))
     assert model(torch.randn(4, 3, 32, 32)).shape == (4, classes or 10)
@@ -117,13 +113,13 @@ def test_allcnnc_output_shape(classes):
     [((512, 512), 1 / 16), ((64, 64), 0.125), ((96, 96), 0.125), ((64, 96), 0.125)],
 )
 def test_unet_output_has_the_input_size(size, channels):
-    model = build_model(arch("unet", channels=channels), (1, *size), None, "kaiming")
+    model = build_model(arch("unet", channels=channels), (1, *size), None)
     with torch.no_grad():
         assert model(torch.randn(1, 1, *size)).shape == (1, 1, *size)
 
 
 def test_unet_two_output_channels_and_rgb_input():
-    model = build_model(arch("unet", channels=0.125, out_channels=2), (3, 32, 32), None, "kaiming")
+    model = build_model(arch("unet", channels=0.125, out_channels=2), (3, 32, 32), None)
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 2, 32, 32)
 
 
@@ -132,8 +128,8 @@ def test_reflection_padding_keeps_a_constant_image_constant():
     # UNet's first 2x2 stride-2 up-convolution turns the constant bottom into a 2x2-periodic map,
     # which reflection of even-sized maps keeps periodic (later up-convolutions break that).
     for model, shape in [
-        (build_model(arch("allcnnc", channels=0.125), (3, 32, 32), None, "kaiming"), (3, 32, 32)),
-        (build_model(arch("unet", channels=0.125), (1, 64, 64), None, "kaiming"), (1, 64, 64)),
+        (build_model(arch("allcnnc", channels=0.125), (3, 32, 32), None), (3, 32, 32)),
+        (build_model(arch("unet", channels=0.125), (1, 64, 64), None), (1, 64, 64)),
     ]:
         maps = {}
         for wl in weight_layers(model):
@@ -153,19 +149,19 @@ def test_reflection_padding_keeps_a_constant_image_constant():
 def test_unet_rejects_sizes_that_are_not_multiples_of_16(size):
     cfg = arch("unet", channels=0.125)
     with pytest.raises(VarexpError) as err:
-        build_model(cfg, (1, *size), None, "kaiming")
+        build_model(cfg, (1, *size), None)
     msg = str(err.value)
     assert "\n" not in msg and f"{size[0]}x{size[1]}" in msg and "multiples of 16" in msg
-    model = build_model(cfg, (1, 64, 64), None, "kaiming")
+    model = build_model(cfg, (1, 64, 64), None)
     with pytest.raises(VarexpError, match=f"{size[0]}x{size[1]}"):
         model(torch.randn(1, 1, *size))
 
 
 def test_conv_archs_need_image_inputs():
     with pytest.raises(ConfigError, match=r"arch=allcnnc; it needs images"):
-        build_model(arch("allcnnc"), (3072,), 10, "kaiming")
+        build_model(arch("allcnnc"), (3072,), 10)
     with pytest.raises(ConfigError, match=r"4x4 pixels is not allowed for arch=allcnnc"):
-        build_model(arch("allcnnc"), (3, 4, 4), 10, "kaiming")
+        build_model(arch("allcnnc"), (3, 4, 4), 10)
 
 
 CASES = {
@@ -176,10 +172,10 @@ CASES = {
 
 
 @pytest.mark.parametrize("name", list(CASES))
-@pytest.mark.parametrize("init", ["kaiming", "batchnorm"])
-def test_units_run_in_weight_layers_order(name, init):
+@pytest.mark.parametrize("norm", ["none", "batchnorm"])
+def test_units_run_in_weight_layers_order(name, norm):
     cfg, shape, classes = CASES[name]
-    model = build_model(cfg, shape, classes, init)
+    model = build_model(OmegaConf.merge(cfg, {"norm": norm}), shape, classes)
     names = {unit: wl.name for wl in weight_layers(model) for unit in [wl.unit]}
     ran = []
     for unit in names:
@@ -192,8 +188,8 @@ def test_units_run_in_weight_layers_order(name, init):
 def test_batchnorm_goes_before_every_nonlinearity(name):
     cfg, shape, classes = CASES[name]
     for model in (
-        build_model(cfg, shape, classes, "batchnorm"),
-        build_model(OmegaConf.merge(cfg, {"norm": "batchnorm"}), shape, classes, "kaiming"),
+        build_model(OmegaConf.merge(cfg, {"norm": "batchnorm"}), shape, classes),
+        build_model(ARCHS[cfg.name](norm="batchnorm"), shape, classes),
     ):
         for wl in weight_layers(model):
             kind = nn.BatchNorm1d if isinstance(wl.module, nn.Linear) else nn.BatchNorm2d
@@ -202,7 +198,7 @@ def test_batchnorm_goes_before_every_nonlinearity(name):
                 assert wl.unit.norm.num_features == wl.module.weight.shape[0]
             else:
                 assert isinstance(wl.unit.norm, nn.Identity)
-    plain = build_model(cfg, shape, classes, "kaiming")
+    plain = build_model(cfg, shape, classes)
     assert all(isinstance(wl.unit.norm, nn.Identity) for wl in weight_layers(plain))
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in plain.modules())
 
@@ -210,27 +206,27 @@ def test_batchnorm_goes_before_every_nonlinearity(name):
 @pytest.mark.parametrize("name", list(CASES))
 def test_every_unit_has_its_own_activation_module(name):
     cfg, shape, classes = CASES[name]
-    acts = [wl.unit.act for wl in weight_layers(build_model(cfg, shape, classes, "kaiming"))]
+    acts = [wl.unit.act for wl in weight_layers(build_model(cfg, shape, classes))]
     assert len({id(a) for a in acts}) == len(acts)
-    tanh = build_model(OmegaConf.merge(cfg, {"activation": "tanh"}), shape, classes, "kaiming")
+    tanh = build_model(OmegaConf.merge(cfg, {"activation": "tanh"}), shape, classes)
     assert all(isinstance(wl.unit.act, nn.Tanh) for wl in weight_layers(tanh) if wl.unit.has_act)
 
 
 def test_mlp_flattens_images_and_reads_out_only_with_classes():
     cfg = arch("mlp", width=16, depth=4)
-    probe = build_model(cfg, (2, 5, 5), None, "kaiming")
+    probe = build_model(cfg, (2, 5, 5), None)
     layers = weight_layers(probe)
     assert [wl.name for wl in layers] == ["layer1", "layer2", "layer3", "layer4"]
     assert layers[0].module.in_features == 50 and all(wl.unit.has_act for wl in layers)
-    clf = build_model(cfg, (2, 5, 5), 3, "kaiming")
+    clf = build_model(cfg, (2, 5, 5), 3)
     assert weight_layers(clf)[-1].name == "fc" and not weight_layers(clf)[-1].unit.has_act
     assert clf(torch.randn(6, 2, 5, 5)).shape == (6, 3)
 
 
 def test_allcnnc_dropout_is_configurable_and_off_by_default():
-    off = build_model(arch("allcnnc", channels=0.125), (3, 32, 32), 10, "kaiming")
+    off = build_model(arch("allcnnc", channels=0.125), (3, 32, 32), 10)
     assert not any(isinstance(m, nn.Dropout) for m in off.modules())
-    on = build_model(arch("allcnnc", channels=0.125, dropout=0.5), (3, 32, 32), 10, "kaiming")
+    on = build_model(arch("allcnnc", channels=0.125, dropout=0.5), (3, 32, 32), 10)
     # after the input and after the two stride-2 layers, as in the original
     drops = [n for n, m in on.named_children() if isinstance(m, nn.Dropout)]
     assert drops == ["drop0", "drop3", "drop6"]
@@ -263,17 +259,17 @@ def test_allcnnc_dropout_is_configurable_and_off_by_default():
 def test_bad_arch_options_fail_with_one_line_naming_the_key(name, options, message):
     cfg = OmegaConf.merge(arch(name), options)
     with pytest.raises(ConfigError) as err:
-        build_model(cfg, (3, 32, 32), 10, "kaiming")
+        build_model(cfg, (3, 32, 32), 10)
     assert str(err.value).startswith(message) and "\n" not in str(err.value)
 
 
 def test_bad_num_classes():
     with pytest.raises(ConfigError, match=r"^num_classes=0 is not allowed"):
-        build_model(arch("allcnnc", channels=0.125), (3, 32, 32), 0, "kaiming")
+        build_model(arch("allcnnc", channels=0.125), (3, 32, 32), 0)
 
 
 def test_defaults_fill_missing_options():
-    model = build_model({"name": "unet", "channels": 0.125}, (1, 32, 32), None, "kaiming")
+    model = build_model({"name": "unet", "channels": 0.125}, (1, 32, 32), None)
     assert len(weight_layers(model)) == 23 and model.out.layer.out_channels == 1
     assert all(
         isinstance(u.act, nn.ReLU) for u in model.modules() if isinstance(u, Unit) and u.has_act

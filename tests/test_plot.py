@@ -19,7 +19,7 @@ from varexp.errors import VarexpError
 from varexp.plot import render
 from varexp.plot.common import lines, panels
 from varexp.plot.figure3 import theory_slope
-from varexp.plot.stats import grad_slope, layer_summary
+from varexp.results.aggregate import grad_slope, layer_summary
 from varexp.results.tables import PROBE, load_probes
 from varexp.theory import gradient_slope, recursion
 

@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
+from conftest import run_in_process
 from omegaconf import OmegaConf
 
-from varexp.cli import main
 from varexp.probe import choose_method
 from varexp.results.tables import PROBE
 
@@ -19,18 +20,8 @@ def keep_argv(monkeypatch):
     monkeypatch.setattr(sys, "argv", list(sys.argv))  # the CLI hands its arguments to Hydra
 
 
-def varexp(capsys, *args: str) -> tuple[int, str]:
-    """`varexp ARGS` in this process (as the console script runs it): exit code and stderr."""
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exit:
-        code = exit.code
-    return code, capsys.readouterr().err
-
-
 def probe(capsys, tmp_path: Path, *args: str) -> tuple[pd.DataFrame, Path]:
-    code, err = varexp(capsys, "probe", "arch.width=24", "arch.depth=6", "probe.samples=8",
+    code, err = run_in_process(capsys, "probe", "arch.width=24", "arch.depth=6", "probe.samples=8",
                        "probe.networks=3", f"hydra.run.dir={tmp_path}", *args)
     assert code == 0, err
     assert "it/s" not in err and "net/s" not in err  # no progress bar off a terminal
@@ -81,17 +72,22 @@ def test_networks_differ_but_share_the_batch_and_runs_repeat(capsys, tmp_path):
 
 
 def test_auto_method_rule():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
     cfg = OmegaConf.create({
-        "arch": {"name": "mlp", "width": 201, "norm": "none"},
+        "arch": {"name": "mlp", "width": 201, "depth": 50, "norm": "none"},
         "init": {"name": "kaiming"}, "probe": {"method": "auto", "samples": 100},
     })
-    assert choose_method(cfg) == "sampled"
-    cfg.arch.width = 200  # below the measured crossover, about 2 T: dense is faster
-    assert choose_method(cfg) == "dense"
+    assert choose_method(cfg, cpu) == "sampled"
+    cfg.arch.width = 200  # below the measured CPU crossover, about 2 T: dense is faster
+    assert choose_method(cfg, cpu) == "dense"
     cfg.arch.width = 100  # width <= T: dense only
-    assert choose_method(cfg) == "dense"
-    cfg.arch.width, cfg.init.name = 3000, "orthogonal"
-    assert choose_method(cfg) == "dense"
+    assert choose_method(cfg, cpu) == choose_method(cfg, cuda) == "dense"
+    cfg.arch.width = 3000  # a GPU runs the dense products faster while the weights fit
+    assert (choose_method(cfg, cpu), choose_method(cfg, cuda)) == ("sampled", "dense")
+    cfg.arch.width = 8000  # 50 x 8000^2 float32 weights: 12.8 GB
+    assert choose_method(cfg, cuda) == "sampled"
+    cfg.arch.width, cfg.init.name = 3000, "orthogonal"  # not exact on the sampled path
+    assert choose_method(cfg, cpu) == choose_method(cfg, cuda) == "dense"
 
 
 @pytest.mark.parametrize(
@@ -104,7 +100,7 @@ def test_auto_method_rule():
     ],
 )
 def test_bad_input_is_one_line_exit_2(capsys, tmp_path, arg, needle):
-    code, err = varexp(capsys, "probe", *arg.split(), f"hydra.run.dir={tmp_path}")
+    code, err = run_in_process(capsys, "probe", *arg.split(), f"hydra.run.dir={tmp_path}")
     assert code == 2
     assert needle in err
     assert len(err.strip().splitlines()) == 1, err

@@ -263,7 +263,7 @@ def test_disk_full_during_training_is_one_line_and_the_run_resumes(tmp_path, cap
                                    "0..4294967295"),
     (["probe", "arch=allcnnc", "arch.channels=inf", "dataset=shapes"],
      "arch.channels=inf is not allowed; must be a finite number > 0"),
-    (["probe", "init.gain=1e200"], "init.gain=1e+200 is not allowed; must be a number in "
+    (["probe", "init.gain=1e200"], "init.gain=1e200 is not allowed; must be a number in "
                                    "(0, 1000] or null"),
     (["probe", "init.gain=inf"], "init.gain=inf is not allowed"),
     (["theory", "theory.quadrature_points=100000000"],
@@ -271,7 +271,7 @@ def test_disk_full_during_training_is_one_line_and_the_run_resumes(tmp_path, cap
     (["theory", "theory.input_second_moment=inf"], "theory.input_second_moment=inf is not "
                                                    "allowed"),
     (["train", "optim.lr=inf"], "optim.lr=inf is not allowed; must be a finite number > 0"),
-    (["train", "optim.lr=1e400"], "optim.lr=inf is not allowed"),
+    (["train", "optim.lr=1e400"], "optim.lr=1e400 is not allowed"),
     (["sweep", "seed=0,-1"], "in the sweep, seed=0,-1 (value 2 of 2): seed=-1 is not allowed"),
     (["sweep", "sweep.lr_index=0,9"], "in the sweep, sweep.lr_index=0,9 (value 2 of 2): "
                                       "sweep.lr_index=9 is not allowed"),

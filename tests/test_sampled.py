@@ -5,11 +5,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from omegaconf import OmegaConf
 
-from varexp.inits import initialize
+from varexp.inits import INITS, initialize
 from varexp.models.mlp import MLP
-from varexp.plot.stats import grad_slope as fitted_grad_slope
+from varexp.results.aggregate import grad_slope as fitted_grad_slope
 from varexp.sampled import sampled_mlp
 from varexp.stats import network_stats
 from varexp.theory import gradient_slope, recursion
@@ -28,7 +27,8 @@ def single_thread():
 def dense(x: torch.Tensor, depth: int, width: int, init: str, seed: int) -> list[dict]:
     torch.manual_seed(seed)
     model = MLP(x.shape[1], width, depth, "relu", "batchnorm" if init == "batchnorm" else "none")
-    initialize(model, OmegaConf.create({"name": init, "batches": 1}), "relu", batches=[x])
+    options = {"name": init} | ({"batches": 1} if INITS[init].fit is not None else {})
+    initialize(model, options, "relu", batches=[x])
     return network_stats(model, x, grad=True, generator=torch.Generator().manual_seed(seed))[0]
 
 

@@ -2,9 +2,7 @@
 skipped), and end to end a tiny sweep through the basic, joblib and submitit_local launchers that
 writes sweep.csv, selected.csv and figure4, and does no training when re-run."""
 
-import os
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -12,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import config
+from conftest import config, run_varexp
 from test_figure4 import fake_run
 
 from varexp.cli import main
@@ -36,7 +34,7 @@ def test_lr_comes_from_the_optimizers_own_grid(optim, grid):
 
 
 def test_bad_sweep_keys_fail_with_one_line():
-    with pytest.raises(ConfigError, match=r"sweep.select_fraction=0 .*\(0, 1\]"):
+    with pytest.raises(ConfigError, match=r"sweep.select_fraction=0.0 .*\(0, 1\]"):
         check_sweep(sweep_cfg("sweep.select_fraction=0"))
     with pytest.raises(ConfigError, match=r"sweep.lr_index=4 .*0\.\.3"):
         check_sweep(sweep_cfg("sweep.lr_index=4"))
@@ -101,23 +99,15 @@ TINY = [*SIZES, "init=scale,scale+bias", "optim=sgd", "sweep.lr_index=0,1", "see
         "sweep.select=final", f"sweep.lr_grid.sgd=[0.001,{HUGE_LR}]"]
 
 
-def varexp(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """A separate `varexp` process (the launchers' own worker processes need one)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-m", "varexp", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
-
-
 def sweep_args(tmp_path: Path, *extra: str) -> list[str]:
     """The tiny sweep, one job at a time in this process unless `extra` names a launcher."""
     return ["sweep", *TINY, f"hydra.sweep.dir={tmp_path / 'sweep'}", "hydra/launcher=basic",
             *extra]
 
 
-def run_in_process(monkeypatch, tmp_path: Path, *args: str) -> None:
-    """`varexp ARGS` in this process (saves the interpreter and torch start-up per launch)."""
+def launch_here(monkeypatch, tmp_path: Path, *args: str) -> None:
+    """`varexp ARGS` in this process from tmp_path, its SystemExit let through (saves the
+    interpreter and torch start-up per launch)."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", sys.argv[:1])
     main(list(args))
@@ -153,23 +143,23 @@ def test_tiny_sweep_resumes_skips_and_plots(tmp_path, monkeypatch, capsys):
     sweep_dir = tmp_path / "sweep"
     # an interrupted first job: `train.stop_after` stops it as a kill would, checkpoint at step 3
     with pytest.raises(SystemExit) as stopped:
-        run_in_process(monkeypatch, tmp_path, *sweep_args(tmp_path, "train.stop_after=3"))
+        launch_here(monkeypatch, tmp_path, *sweep_args(tmp_path, "train.stop_after=3"))
     assert stopped.value.code == 2 and "stopped after step 3" in capsys.readouterr().err
     first = sweep_dir / "mlp-gaussian/scale/sgd/lr=0.001/seed=0"
     assert (first / "checkpoint.pt").exists() and not (first / "summary.json").exists()
 
-    run_in_process(monkeypatch, tmp_path, *sweep_args(tmp_path))
+    launch_here(monkeypatch, tmp_path, *sweep_args(tmp_path))
     assert f"continue {first} from its checkpoint" in job_logs(first)
     table = assert_tiny_sweep(sweep_dir)
     files = sorted(sweep_dir.rglob("metrics.csv")) + sorted(sweep_dir.rglob("checkpoint.pt"))
     stamps = [p.stat().st_mtime_ns for p in files]
 
-    run_in_process(monkeypatch, tmp_path, *sweep_args(tmp_path))
+    launch_here(monkeypatch, tmp_path, *sweep_args(tmp_path))
     assert job_logs(sweep_dir).count("skip ") == 8
     assert [p.stat().st_mtime_ns for p in files] == stamps  # no training
     pd.testing.assert_frame_equal(pd.read_csv(sweep_dir / "sweep.csv"), table)
 
-    run_in_process(monkeypatch, tmp_path, "plot", "figure4", f"results={sweep_dir}",
+    launch_here(monkeypatch, tmp_path, "plot", "figure4", f"results={sweep_dir}",
                    f"hydra.run.dir={tmp_path / 'fig'}")
     assert (tmp_path / "fig" / "figure4.png").stat().st_size > 0
     assert (tmp_path / "fig" / "figure4.pdf").stat().st_size > 0
@@ -182,22 +172,22 @@ def test_tiny_sweep_through_launcher(tmp_path, launcher):
     own, gives the same tables (CPU, same seeds)."""
     basic = tmp_path / "basic"
     basic.mkdir()
-    varexp(*sweep_args(basic), cwd=basic)
+    run_varexp(*sweep_args(basic), cwd=basic, check=True)
     start = time.perf_counter()
-    varexp(*sweep_args(tmp_path, f"hydra/launcher={launcher}", "dataset.workers=1"),
-           cwd=tmp_path)
+    run_varexp(*sweep_args(tmp_path, f"hydra/launcher={launcher}", "dataset.workers=1"),
+           cwd=tmp_path, check=True)
     print(f"{launcher}: {time.perf_counter() - start:.1f} s")
     table = assert_tiny_sweep(tmp_path / "sweep")
     reference = pd.read_csv(basic / "sweep" / "sweep.csv")
     pd.testing.assert_frame_equal(table.drop(columns="seconds"),
                                   reference.drop(columns="seconds"))
-    varexp(*sweep_args(tmp_path, f"hydra/launcher={launcher}"), cwd=tmp_path)
+    run_varexp(*sweep_args(tmp_path, f"hydra/launcher={launcher}"), cwd=tmp_path, check=True)
     assert job_logs(tmp_path / "sweep").count("skip ") == 8
 
 
 def test_bad_value_stops_the_sweep_before_any_job(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit) as exit_:
-        run_in_process(monkeypatch, tmp_path, *sweep_args(tmp_path, "train.steps=0"))
+        launch_here(monkeypatch, tmp_path, *sweep_args(tmp_path, "train.steps=0"))
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.strip().splitlines() == [
         "varexp sweep: train.steps=0 is not allowed; must be an integer >= 1"]
@@ -212,7 +202,8 @@ def test_joblib_sweep_with_dataloader_workers_and_shared_cores(tmp_path):
     args = [*SIZES, "init=scale", "optim=sgd", "sweep.lr_index=0", "seed=0,1,2,3",
             "dataset.workers=1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
             "sweep.estimate=false"]
-    out = varexp("sweep", *args, f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    out = run_varexp("sweep", *args, f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path,
+                     check=True)
     table = pd.read_csv(tmp_path / "sweep" / "sweep.csv")
     assert list(table["status"]) == ["completed"] * 4, out.stdout[-2000:]
     assert "sweep: 4 runs (4 completed)" in out.stdout
@@ -223,16 +214,16 @@ def test_joblib_sweep_with_dataloader_workers_and_shared_cores(tmp_path):
 def test_crashed_runs_are_failed_and_the_sweep_exits_non_zero(tmp_path, monkeypatch, capsys):
     import varexp.train
 
-    real_loop = varexp.train.Run.loop
+    real_loop = varexp.train.Trainer.loop
 
     def crash_for_scale_bias(self, stop):
         if self.cfg.init.name == "scale+bias":
             raise RuntimeError("simulated crash")
         return real_loop(self, stop)
 
-    monkeypatch.setattr(varexp.train.Run, "loop", crash_for_scale_bias)
+    monkeypatch.setattr(varexp.train.Trainer, "loop", crash_for_scale_bias)
     with pytest.raises(SystemExit) as exit_:
-        run_in_process(monkeypatch, tmp_path, *sweep_args(tmp_path, "sweep.estimate=false"))
+        launch_here(monkeypatch, tmp_path, *sweep_args(tmp_path, "sweep.estimate=false"))
     assert exit_.value.code == 1
     err = capsys.readouterr()
     table = pd.read_csv(tmp_path / "sweep" / "sweep.csv")

@@ -8,9 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import config
+from conftest import config, run_in_process
 
-from varexp.cli import main
 from varexp.data import data_info
 from varexp.errors import ConfigError, VarexpError
 from varexp.models import build_model
@@ -33,18 +32,6 @@ def cfg_of(*overrides: str):
     return config("train", *FAST, *overrides)
 
 
-def varexp(capsys, *args: str) -> tuple[int, str]:
-    """`varexp train ARGS` in this process (a subprocess would spend seconds importing torch):
-    (exit status, stderr)."""
-    capsys.readouterr()
-    try:
-        main(["train", *args])
-        code = 0
-    except SystemExit as exit:
-        code = exit.code
-    return code, capsys.readouterr().err
-
-
 @pytest.mark.parametrize("arch", [MLP, ALLCNNC, UNET], ids=["mlp", "allcnnc", "unet"])
 def test_each_arch_writes_well_formed_files(tmp_path, arch):
     cfg = cfg_of(*arch, "init=scale+bias", "init.batches=2", "train.steps=5",
@@ -61,7 +48,7 @@ def test_each_arch_writes_well_formed_files(tmp_path, arch):
     ratios = pd.read_csv(tmp_path / "ratios.csv")
     assert list(ratios.columns) == list(RATIOS.columns)
     info = data_info(cfg.dataset, cfg.arch)
-    model = build_model(cfg.arch, info.input_shape, info.num_classes, cfg.init.name)
+    model = build_model(cfg.arch, info.input_shape, info.num_classes)
     names = [wl.name for wl in weight_layers(model)]
     assert list(ratios.step.unique()) == [0, 2, 4]
     for _, rows in ratios.groupby("step"):
@@ -146,7 +133,7 @@ def test_resume_extends_a_completed_run_and_reruns_nothing(tmp_path):
 
 
 def test_huge_lr_is_a_diverged_result_with_exit_0(tmp_path, capsys):
-    code, err = varexp(capsys, *MLP, *FAST, "optim.lr=1e12", "train.steps=50",
+    code, err = run_in_process(capsys, "train", *MLP, *FAST, "optim.lr=1e12", "train.steps=50",
                        f"hydra.run.dir={tmp_path}")  # fmt: skip
     assert code == 0, err
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -157,10 +144,34 @@ def test_huge_lr_is_a_diverged_result_with_exit_0(tmp_path, capsys):
     assert summary["diverged_at"] == metrics.step.iloc[-1] == summary["steps"] < 50
 
 
+def test_reading_the_loss_every_k_steps_gives_the_same_rows(tmp_path):
+    """train.sync_every (a GPU reads the loss every 50 steps, not every step): same metrics and
+    ratios, row for row, and a divergence ends the run at the same step with the same rows."""
+    steps = [*RESUMABLE[:-1], "train.checkpoint_every=4"]
+    for name, extra in (("fine", []), ("huge", ["optim.lr=1e12", "train.steps=30"])):
+        every = train(cfg_of(*steps, *extra), tmp_path / name / "1")
+        chunked = train(cfg_of(*steps, *extra, "train.sync_every=7"), tmp_path / name / "7")
+        assert (every["status"], every["steps"]) == (chunked["status"], chunked["steps"])
+        for table in ("metrics.csv", "ratios.csv"):
+            a = pd.read_csv(tmp_path / name / "1" / table).drop(columns="seconds", errors="ignore")
+            b = pd.read_csv(tmp_path / name / "7" / table).drop(columns="seconds", errors="ignore")
+            pd.testing.assert_frame_equal(a, b, check_exact=True)
+    assert every["status"] == "diverged" and 0 < every["steps"] < 30
+
+
+def test_channels_last_trains_the_same_model(tmp_path):
+    plain = train(cfg_of(*ALLCNNC, "train.steps=3"), tmp_path / "plain")
+    nhwc = train(cfg_of(*ALLCNNC, "train.steps=3", "train.channels_last=true"), tmp_path / "nhwc")
+    a, b = (pd.read_csv(tmp_path / d / "metrics.csv") for d in ("plain", "nhwc"))
+    np.testing.assert_allclose(a.loss, b.loss, rtol=1e-4)
+    assert plain["status"] == nhwc["status"] == "completed"
+
+
 @pytest.mark.parametrize(
     "override, needle",
     [
-        ("optim.lr=0", "optim.lr=0 is not allowed; must be a finite number > 0"),
+        ("train.sync_every=0", "train.sync_every=0 is not allowed; must be auto or an integer"),
+        ("optim.lr=0", "optim.lr=0.0 is not allowed; must be a finite number > 0"),
         ("optim.lr=-0.1", "optim.lr=-0.1 is not allowed"),
         ("train.steps=0", "train.steps=0 is not allowed; must be an integer >= 1"),
         ("train.batch_size=1", "train.batch_size=1 is not allowed; must be an integer >= 2"),
@@ -176,7 +187,7 @@ def test_bad_values_are_refused_before_any_work(override, needle):
 
 
 def test_bad_input_on_the_command_line_is_one_line_exit_2(tmp_path, capsys):
-    code, err = varexp(capsys, *MLP, "optim.lr=0", f"hydra.run.dir={tmp_path}")
+    code, err = run_in_process(capsys, "train", *MLP, "optim.lr=0", f"hydra.run.dir={tmp_path}")
     assert code == 2
     assert err.strip() == "varexp train: optim.lr=0 is not allowed; must be a finite number > 0"
     assert not (tmp_path / "metrics.csv").exists() and not (tmp_path / "summary.json").exists()
@@ -193,15 +204,15 @@ def test_refusals_leave_the_earlier_run_intact(tmp_path, capsys):
     """Without resume=true a finished run is not overwritten; a checkpoint from another config
     is refused naming every differing key; neither touches the files or Hydra's record."""
     args = [*MLP, *FAST, "optim.lr=0.01", "train.steps=3", f"hydra.run.dir={tmp_path}"]
-    assert varexp(capsys, *args)[0] == 0
+    assert run_in_process(capsys, "train", *args)[0] == 0
     record = (tmp_path / ".hydra" / "config.yaml").read_text()
     files = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
 
-    code, err = varexp(capsys, *args)
+    code, err = run_in_process(capsys, "train", *args)
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "already holds a completed run; pass resume=true" in err
 
-    code, err = varexp(capsys, *args, "resume=true", "optim.lr=0.5", "seed=3")
+    code, err = run_in_process(capsys, "train", *args, "resume=true", "optim.lr=0.5", "seed=3")
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "holds results of another config: optim.lr=0.01 (now 0.5), seed=0 (now 3)" in err
 

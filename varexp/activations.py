@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from varexp.errors import bad_value
 from varexp.quadrature import gaussian_expectation
 
 LEAKY_SLOPE = 0.01
@@ -67,5 +68,5 @@ ACTIVATIONS: dict[str, Activation] = {
 
 def get_activation(name: str) -> Activation:
     if name not in ACTIVATIONS:
-        raise KeyError(name)
+        raise bad_value("arch.activation", name, "choose one of " + ", ".join(ACTIVATIONS))
     return ACTIVATIONS[name]

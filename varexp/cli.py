@@ -13,7 +13,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from varexp import compose, results
+from varexp import compose, devices, results
 from varexp.commands import COMMANDS, command_module
 from varexp.errors import VarexpError
 from varexp.stop import exit_cleanly_on_sigterm, job_ended, job_started, watch_parent
@@ -45,8 +45,9 @@ def print_command_help(command: str, overrides: list[str]) -> None:
     print(f"varexp {command}: {COMMANDS[command][1]}\n")
     print(f"usage: varexp {command} [KEY=VALUE | GROUP=OPTION ...]  (Hydra override syntax; "
           "--cfg job prints the config, -m runs one job per listed value)\n")
-    print("groups (chosen option in brackets):")
-    for group, chosen in compose.command_groups(command).items():
+    groups = compose.command_groups(command)
+    print("groups (chosen option in brackets):" if groups else "groups: none")
+    for group, chosen in groups.items():
         chosen = cfg.hydra.runtime.choices.get(group, chosen)
         options = (compose.presets_for(command) if group == "experiment"
                    else compose.group_options(group))
@@ -131,6 +132,7 @@ def main(argv: list[str] | None = None) -> None:
         rest = compose.complete(command, rest)
         module = command_module(command)
         line = compose.parse(command, rest, module.check)
+        rest = [*rest, *compose.gpu_overrides(line, devices.cuda_count())]
         replace = results.check_launch(line, bool(line.cfg.get("overwrite", False)))
         if hasattr(module, "announce"):
             module.announce(line)
@@ -147,6 +149,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def run_hydra(command: str, args: list[str]) -> None:
 
+    command_module(command)  # it registers its own section (theory:, probe:, ...) with Hydra
     sys.argv = [f"varexp {command}", *args]
     app = hydra.main(config_path="pkg://varexp.conf", config_name=command, version_base="1.3")
     app(lambda cfg: dispatch(command, cfg))()

@@ -18,20 +18,23 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
-from importlib.resources import files
 from pathlib import Path
 
 from hydra import compose, initialize_config_module
 from hydra._internal.config_loader_impl import get_overrides_dirname
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from varexp.errors import VarexpError
+import varexp.options  # noqa: F401  (fills Hydra's ConfigStore with every option)
+from varexp.commands import command_module
+from varexp.errors import ConfigError, VarexpError, bad_value
 from varexp.figures import commands_for
+from varexp.schema import allowed_of
 
 CONFIG_MODULE = "varexp.conf"
 _stamp: str | None = None
@@ -108,6 +111,7 @@ def inspects_only(args: list[str]) -> bool:
 
 def compose_config(command: str, overrides: list[str]) -> DictConfig:
     """The config `varexp COMMAND OVERRIDES` runs with, or a one-line VarexpError."""
+    command_module(command)  # it registers its own section (theory:, probe:, ...) with Hydra
     try:
         with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
             return compose(command, overrides=list(overrides), return_hydra_config=True)
@@ -123,7 +127,8 @@ GROUP_ORDER = ("arch", "dataset", "init", "optim", "task", "experiment")
 @cache
 def _default_choices(command: str) -> tuple[tuple[str, str | None], ...]:
     choices = compose_config(command, []).hydra.runtime.choices
-    groups = [g for g in choices if not g.startswith("hydra/")]
+    # a command's own section (section@probe) is no group a user picks
+    groups = [g for g in choices if not g.startswith(("hydra/", "section"))]
     groups.sort(key=lambda g: GROUP_ORDER.index(g) if g in GROUP_ORDER else len(GROUP_ORDER))
     return tuple((g, choices[g]) for g in groups)
 
@@ -134,11 +139,9 @@ def command_groups(command: str) -> dict[str, str | None]:
 
 
 def group_options(group: str) -> list[str]:
-
-    folder = files(CONFIG_MODULE) / group
-    if not folder.is_dir():
-        return []
-    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+    """The options of a config group, from the package's YAML files and the ConfigStore."""
+    with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+        return sorted(GlobalHydra.instance().config_loader().get_group_options(group))
 
 
 def presets_for(command: str) -> list[str]:
@@ -150,15 +153,18 @@ def parse(command: str, args: list[str], check: Callable[[DictConfig], object]) 
     flags = [a for a in args if a in MULTIRUN_FLAGS]
     overrides = [a for a in args if a not in MULTIRUN_FLAGS]
     parsed = _parse_overrides(overrides)
+    for o in parsed:  # before composing: another command's preset may not even compose here
+        if o.key_or_group == "experiment" and not o.is_sweep_override():
+            _check_preset(command, str(o.value()))
     base = [o.input_line for o in parsed if not o.is_sweep_override()]
     cfg = compose_config(command, base)
-    _check_preset(command, cfg)
+    _check_preset(command, cfg.hydra.runtime.choices.get("experiment"))
     multirun = bool(flags) or cfg.hydra.mode == RunMode.MULTIRUN
     if not multirun:
         if any(o.is_sweep_override() for o in parsed):
             swept = next(o.input_line for o in parsed if o.is_sweep_override())
             raise VarexpError(f"{swept} lists several values; add -m to run one job per value")
-        _check(check, cfg)
+        _check(check, cfg, overrides)
         line = CommandLine(command, overrides, cfg, [overrides], False, [cfg])
     else:
         line = _expand(command, overrides, cfg, check)
@@ -266,16 +272,36 @@ def _swept(jobs: list[list[str]]) -> list[tuple[int, str, list[str]]]:
     return out
 
 
-def _check(check: Callable[[DictConfig], object], cfg: DictConfig) -> None:
+def _check(check: Callable[[DictConfig], object], cfg: DictConfig,
+           overrides: list[str] = ()) -> None:
     try:
         check(cfg)
     except OmegaConfBaseException as error:  # e.g. an interpolation that cannot resolve
         raise VarexpError(str(error).splitlines()[0]) from None
+    except ConfigError as error:
+        typed = {o.split("=", 1)[0]: o.split("=", 1)[1] for o in overrides if "=" in o}
+        if (error.key in typed and error.allowed is not None
+                and isinstance(OmegaConf.select(cfg, error.key, default=None), float)):
+            raise error.as_typed(typed[error.key]) from None
+        raise
 
 
 def launcher(cfg: DictConfig) -> str:
     """The hydra/launcher option a composed config uses: basic, joblib, submitit_slurm, ..."""
     return str(cfg.hydra.runtime.choices.get("hydra/launcher") or "basic")
+
+
+def gpu_overrides(line: CommandLine, cuda_devices: int) -> list[str]:
+    """What the launcher needs to hand this machine's GPUs to its jobs: submitit_local hides
+    every GPU from them unless hydra.launcher.gpus_per_node is set, so each job gets one where
+    there is CUDA and the user set none."""
+    if not line.multirun or launcher(line.cfg) != "submitit_local" or cuda_devices == 0:
+        return []
+    if line.cfg.hydra.launcher.get("gpus_per_node") or any(
+            o.split("=", 1)[0].lstrip("+~") == "hydra.launcher.gpus_per_node"
+            for o in line.overrides):
+        return []
+    return ["hydra.launcher.gpus_per_node=1"]
 
 
 def _check_launcher(cfg: DictConfig) -> None:
@@ -285,8 +311,7 @@ def _check_launcher(cfg: DictConfig) -> None:
                           "hydra/launcher=joblib (or submitit_local) on this machine")
 
 
-def _check_preset(command: str, cfg: DictConfig) -> None:
-    preset = cfg.hydra.runtime.choices.get("experiment")
+def _check_preset(command: str, preset: str | None) -> None:
     commands = commands_for(preset) if preset else None
     if commands is not None and command not in commands:
         allowed = ", ".join(presets_for(command)) or "none"
@@ -332,7 +357,23 @@ def _one_line(command: str, overrides: list[str], error: Exception) -> VarexpErr
             return VarexpError(f"there is no config group {key!r} in varexp {command}; its "
                                f"groups: {groups}")
         return VarexpError(_unknown_key(command, rest, key))
+    if first.startswith("Error merging override "):  # a value of the wrong type for its key
+        override = first[len("Error merging override "):]
+        key, _, value = override.partition("=")
+        key = key.lstrip("+~")
+        rest = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != key]
+        allowed = allowed_of(key, compose_config(command, rest))
+        if allowed is not None:
+            return bad_value(key, _parsed(value), str(allowed))
     return VarexpError(first)
+
+
+def _parsed(value: str) -> object:
+    """An override's value as Hydra reads it (for the one-line error)."""
+    try:
+        return OverridesParser.create().parse_overrides([f"k={value}"])[0].value()
+    except HydraException:
+        return value
 
 
 def _unknown_key(command: str, overrides: list[str], key: str) -> str:

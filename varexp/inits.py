@@ -39,24 +39,201 @@ bias_abs_mean; for lsuv std_before, std, scale and iters.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from varexp import config
-from varexp.activations import ACTIVATIONS, get_activation
-from varexp.errors import VarexpError, bad_value
+from varexp.activations import get_activation
+from varexp.errors import VarexpError
 from varexp.models.base import WeightLayer, batch_statistics, weight_layers
+from varexp.schema import choice, integer, number, spec_from, store
 
-DATA_DEPENDENT = ("scale", "scale+bias", "lsuv")
-INITS = ("kaiming", "xavier", "orthogonal", "batchnorm", *DATA_DEPENDENT)
 # A layer is dead when its fitted statistic is below DEAD times its second moment (0 when all is
 # 0): float32 rounding leaves ~1e-14 on an output constant over samples; live layers are near 1.
 DEAD = 1e-12
+MAX_GAIN = 1e3  # a weight std beyond this overflows float32 within a few layers
+
+
+# ---------------------------------------------------------------------------------------------
+# the options of each init (config group `init`)
+
+
+def gain_option(default: float | None) -> float | None:
+    """The weight scale's gain; null = the activation's (sqrt 2 for ReLU)."""
+    return number(default, maximum=MAX_GAIN, none=True)
+
+
+@dataclass
+class Kaiming:
+    name: str = choice("kaiming", ("kaiming",))
+    gain: float | None = gain_option(None)
+
+
+@dataclass
+class Xavier:
+    name: str = choice("xavier", ("xavier",))
+    gain: float | None = gain_option(1.0)  # torch's default
+
+
+@dataclass
+class Orthogonal:
+    name: str = choice("orthogonal", ("orthogonal",))
+    gain: float | None = gain_option(None)
+
+
+@dataclass
+class BatchNormInit:
+    name: str = choice("batchnorm", ("batchnorm",))
+    gain: float | None = gain_option(None)
+
+
+@dataclass
+class Scale:
+    name: str = choice("scale", ("scale",))
+    batches: int = integer(5)  # k minibatches the fit sees
+    eps: float = number(1e-5)
+
+
+@dataclass
+class ScaleBias:
+    name: str = choice("scale+bias", ("scale+bias",))
+    batches: int = integer(5)
+    eps: float = number(1e-5)
+
+
+@dataclass
+class LSUV:
+    name: str = choice("lsuv", ("lsuv",))
+    batches: int = integer(5)
+    tol: float = number(0.1)  # on the std of the layer's output
+    max_iters: int = integer(10)
+    gain: float | None = gain_option(1.0)  # of the orthogonal weights before the rescaling
+    eps: float = number(1e-5)  # W *= 1 / (std + eps) (the lsuv package uses 1e-8)
+
+
+# ---------------------------------------------------------------------------------------------
+# the laws each init follows
+
+
+def kaiming_std(fan_in: float, fan_out: float, gain: float) -> float:
+    return gain / math.sqrt(fan_in)
+
+
+def xavier_std(fan_in: float, fan_out: float, gain: float) -> float:
+    return gain * math.sqrt(2.0 / (fan_in + fan_out))
+
+
+def unit_std(fan_in: float, fan_out: float, gain: float) -> float:
+    return 1.0
+
+
+def gaussian(std: Callable[[float, float, float], float]) -> Callable:
+    def draw(weight: Tensor, fan_in: float, fan_out: float, gain: float) -> None:
+        nn.init.normal_(weight, 0.0, std(fan_in, fan_out, gain))
+
+    return draw
+
+
+def orthogonal(weight: Tensor, fan_in: float, fan_out: float, gain: float) -> None:
+    # rows of the weight flattened to (dim 0, rest), as torch and the lsuv package do
+    nn.init.orthogonal_(weight, gain)
+
+
+# Mean-field maps (varexp.theory): (sigma_w^2, <x^2>, <x_a x_b>) of layer l-1 to (q, q_ab) of l
+
+
+def total_variance(sigma_w2: float, x2: float, x_ab: float) -> tuple[float, float]:
+    """Weights of variance sigma_w^2 / fan_in (square layers)."""
+    return sigma_w2 * x2, sigma_w2 * x_ab
+
+
+def unit_second_moment(sigma_w2: float, x2: float, x_ab: float) -> tuple[float, float]:
+    """Rescaled to q = 1 (Eq. 13)."""
+    return 1.0, x_ab / x2
+
+
+def centred(sigma_w2: float, x2: float, x_ab: float) -> tuple[float, float]:
+    """Every feature centred and scaled over samples (Eq. 12, 14): m = 0, v = 1, and distinct
+    inputs decorrelate before f."""
+    return 1.0, 0.0
+
+
+# The fits as maps of a layer's output U (features x T) in the exact sampled MLP path
+# (varexp.sampled); their constants are fixed in the backward pass, as the dense fit's scales
+# and biases are.
+
+
+def scale_map(U: Tensor, eps: float) -> Callable[[Tensor], Tensor]:
+    s = torch.rsqrt(U.square().mean() + eps)
+    return lambda V: V * s
+
+
+def scale_bias_map(U: Tensor, eps: float) -> Callable[[Tensor], Tensor]:
+    mu = U.mean(dim=1, keepdim=True)
+    s = torch.rsqrt((U - mu).square().mean() + eps)
+    return lambda V: (V - mu) * s
+
+
+@dataclass(frozen=True)
+class Init:
+    """One init: its options, how it draws weights (before any fit), its mean-field law, its
+    optional data-dependent fit (one layer, in the forward pass: fit(layer, inputs, output,
+    spec) -> (new output, statistics, extra passes)), its law in the exact sampled MLP path (the
+    std of its iid Gaussian weights and its fit as a map; no std: dense path only), and the
+    units it needs (its config sets arch.norm)."""
+
+    name: str
+    spec: type
+    draw: Callable[[Tensor, float, float, float], None]
+    mean_field: Callable[[float, float, float], tuple[float, float]]
+    fit: Callable | None = None
+    sampled_std: Callable[[float, float, float], float] | None = None
+    sampled_map: Callable[[Tensor, float], Callable[[Tensor], Tensor]] | None = None
+    norm: str = "none"
+
+
+def _fit_scale(wl: WeightLayer, inputs: tuple, y: Tensor, spec: Scale) -> tuple:
+    return (*_scale(wl, y, False, spec.eps), 0)
+
+
+def _fit_scale_bias(wl: WeightLayer, inputs: tuple, y: Tensor, spec: ScaleBias) -> tuple:
+    return (*_scale(wl, y, True, spec.eps), 0)
+
+
+def _fit_lsuv(wl: WeightLayer, inputs: tuple, y: Tensor, spec: LSUV) -> tuple:
+    return _lsuv(wl, inputs, y, spec.tol, spec.max_iters, spec.eps)
+
+
+INITS: dict[str, Init] = {i.name: i for i in [
+    # He et al. (2015), paper Eq. 2
+    Init("kaiming", Kaiming, gaussian(kaiming_std), total_variance, sampled_std=kaiming_std),
+    # Glorot & Bengio (2010)
+    Init("xavier", Xavier, gaussian(xavier_std), total_variance, sampled_std=xavier_std),
+    # Saxe et al. (2014)
+    Init("orthogonal", Orthogonal, orthogonal, total_variance),
+    # the paper's third setting (Sec. 4): kaiming weights, BatchNorm before every nonlinearity
+    Init("batchnorm", BatchNormInit, gaussian(kaiming_std), centred, sampled_std=kaiming_std,
+         norm="batchnorm"),
+    # paper Eq. 13
+    Init("scale", Scale, gaussian(unit_std), unit_second_moment, _fit_scale,
+         sampled_std=unit_std, sampled_map=scale_map),
+    # paper Eq. 14, then Eq. 13
+    Init("scale+bias", ScaleBias, gaussian(unit_std), centred, _fit_scale_bias,
+         sampled_std=unit_std, sampled_map=scale_bias_map),
+    # Mishkin & Matas (2015)
+    Init("lsuv", LSUV, orthogonal, unit_second_moment, _fit_lsuv),
+]}  # fmt: skip
+SPECS: dict[str, type] = {name: init.spec for name, init in INITS.items()}
+for _init in INITS.values():
+    if _init.norm == "none":
+        store("init", _init.name, _init.spec)
+    else:  # the units it needs, set once in the config: later code reads only arch.norm
+        store("init", _init.name, {"init": _init.spec, "arch": {"norm": _init.norm}},
+              package="_global_")
 
 
 @dataclass
@@ -87,74 +264,60 @@ def fans(layer: nn.Module) -> tuple[float, float]:
 
 def initialize(
     model: nn.Module,
-    init: DictConfig | Mapping,
+    init: object,
     activation: str = "relu",
     batches: Sequence[Tensor] | None = None,
 ) -> InitReport:
-    """Initialize every weight layer of `model` in place as `init` (the Hydra init group) says.
+    """Initialize every weight layer of `model` in place as `init` says (a spec such as
+    ScaleBias(batches=5), the `init` config node, or a mapping with `name`).
 
     `batches` are the k input minibatches (init.batches of them are used) the data-dependent
-    inits fit on. Raises VarexpError (model left as it was) on bad config, missing or too small
+    inits fit on. Raises VarexpError (model left as it was) on bad options, missing or too small
     batches, a layer that never runs or runs twice, or a dead layer (zero sample variance).
     """
-    cfg = _check(init, activation)
-    name = cfg.init.name
+    spec = spec_from(init, SPECS, "init")
+    record = INITS[spec.name]
     try:
         layers = weight_layers(model)
     except ValueError as err:
         raise VarexpError(str(err)) from None
-    if name == "batchnorm" and all(isinstance(wl.unit.norm, nn.Identity) for wl in layers):
+    if record.norm == "batchnorm" and all(isinstance(wl.unit.norm, nn.Identity)
+                                          for wl in layers):
         raise VarexpError(
-            "init=batchnorm needs a model built with BatchNorm units (arch.norm=batchnorm)"
+            f"init={spec.name} needs a model built with BatchNorm units (arch.norm=batchnorm)"
         )
-    data = _check_batches(cfg, batches, layers) if name in DATA_DEPENDENT else None
+    data = _check_batches(spec, batches, layers) if record.fit is not None else None
 
     # a failed fit puts the model back as it was
     saved = {k: v.clone() for k, v in model.state_dict().items()} if data is not None else {}
-    gain = cfg.init.get("gain", 1.0 if name == "lsuv" else None)
+    gain = getattr(spec, "gain", None)
     if gain is None:
         gain = get_activation(activation).gain
     with torch.no_grad():
         for wl in layers:
-            _draw(wl.module, name, gain)
+            record.draw(wl.module.weight, *fans(wl.module), gain)
+            if wl.module.bias is not None:
+                nn.init.zeros_(wl.module.bias)
             if hasattr(wl.unit.norm, "reset_parameters"):
                 wl.unit.norm.reset_parameters()  # BatchNorm: weight 1, bias 0, fresh statistics
         if data is None:
             return InitReport(0.0, [_describe(wl) for wl in layers])
         try:
-            return _fit(model, layers, name, data, cfg.init)
+            return _fit(model, layers, record, spec, data)
         except VarexpError:
             model.load_state_dict(saved)
             raise
 
 
-def _check(init: DictConfig | Mapping, activation: str) -> DictConfig:
-    cfg = OmegaConf.create(
-        {
-            "init": OmegaConf.to_container(init, resolve=True)
-            if isinstance(init, DictConfig)
-            else dict(init)
-        }
-    )
-    config.one_of(cfg, "init.name", INITS)
-    if activation not in ACTIVATIONS:
-        raise bad_value("arch.activation", activation, "choose one of " + ", ".join(ACTIVATIONS))
-    if "gain" in cfg.init:
-        config.positive_float(cfg, "init.gain", allow_none=True)
-    for key, default in (("batches", 5), ("max_iters", 10)):
-        cfg.init.setdefault(key, default)
-        config.positive_int(cfg, f"init.{key}")
-    for key, default in (("eps", 1e-5), ("tol", 0.1)):
-        cfg.init.setdefault(key, default)
-        config.positive_float(cfg, f"init.{key}")
-    return cfg
+def one_batch(spec: object) -> object:
+    """The spec fitted on a single minibatch (a probe's fixed batch)."""
+    return dataclasses.replace(spec, batches=1) if hasattr(spec, "batches") else spec
 
 
-def _check_batches(
-    cfg: DictConfig, batches: Sequence[Tensor] | None, layers: list[WeightLayer]
-) -> Tensor:
+def _check_batches(spec: object, batches: Sequence[Tensor] | None,
+                   layers: list[WeightLayer]) -> Tensor:
     """The k minibatches, concatenated on the model's device."""
-    k, name = cfg.init.batches, cfg.init.name
+    k, name = spec.batches, spec.name
     if batches is None or len(batches) < k:
         given = 0 if batches is None else len(batches)
         raise VarexpError(f"init={name} fits on init.batches={k} input minibatches; {given} given")
@@ -174,22 +337,6 @@ def _check_batches(
     return torch.cat([b.to(device) for b in batches])
 
 
-def _draw(layer: nn.Module, name: str, gain: float) -> None:
-    w = layer.weight
-    fan_in, fan_out = fans(layer)
-    if name in ("kaiming", "batchnorm"):
-        nn.init.normal_(w, 0.0, gain / math.sqrt(fan_in))
-    elif name == "xavier":
-        nn.init.normal_(w, 0.0, gain * math.sqrt(2.0 / (fan_in + fan_out)))
-    elif name in ("orthogonal", "lsuv"):
-        # rows of the weight flattened to (dim 0, rest), as torch and the lsuv package do
-        nn.init.orthogonal_(w, gain)
-    else:  # scale, scale+bias: unit Gaussian, rescaled by _fit
-        nn.init.normal_(w, 0.0, 1.0)
-    if layer.bias is not None:
-        nn.init.zeros_(layer.bias)
-
-
 def _describe(wl: WeightLayer) -> dict:
     fan_in, fan_out = fans(wl.module)
     return {
@@ -201,15 +348,14 @@ def _describe(wl: WeightLayer) -> dict:
     }
 
 
-def _fit(
-    model: nn.Module, layers: list[WeightLayer], name: str, x: Tensor, init: DictConfig
-) -> InitReport:
+def _fit(model: nn.Module, layers: list[WeightLayer], record: Init, spec: object,
+         x: Tensor) -> InitReport:
     """One forward pass over the concatenated minibatches; each weight layer is fitted by a hook
     on the input it receives, then passes on the output its new parameters give."""
     owner = {wl.module: wl for wl in layers}
     stats: dict[int, dict[str, Tensor]] = {}
     calls = dict.fromkeys((wl.index for wl in layers), 0)
-    iters: dict[int, int] = {}  # lsuv rescales per layer
+    iters: dict[int, int] = {}  # extra runs of a layer (lsuv's rescales)
     macs = {"pass": 0, "extra": 0}
 
     def hook(layer: nn.Module, inputs: tuple[Tensor, ...], y: Tensor) -> Tensor | None:
@@ -219,13 +365,8 @@ def _fit(
             return None  # reported after the pass
         cost = y.numel() * fans(layer)[0]
         macs["pass"] += cost
-        if name == "lsuv":
-            y, stats[wl.index], iters[wl.index] = _lsuv(
-                wl, inputs, y, init.tol, init.max_iters, init.eps
-            )
-            macs["extra"] += iters[wl.index] * cost
-        else:
-            y, stats[wl.index] = _scale(wl, y, name == "scale+bias", init.eps)
+        y, stats[wl.index], iters[wl.index] = record.fit(wl, inputs, y, spec)
+        macs["extra"] += iters[wl.index] * cost
         return y
 
     handles = [wl.module.register_forward_hook(hook) for wl in layers]
@@ -239,7 +380,7 @@ def _fit(
     for wl in layers:
         if calls[wl.index] != 1:
             raise VarexpError(
-                f"init={name}: layer {wl.name} ran {calls[wl.index]} times in one "
+                f"init={spec.name}: layer {wl.name} ran {calls[wl.index]} times in one "
                 "forward pass; data-dependent inits need every weight layer to run once"
             )
     keys = sorted(next(iter(stats.values())))
@@ -247,12 +388,10 @@ def _fit(
     table = torch.stack([torch.stack([stats[wl.index][k].float() for k in keys]) for wl in layers])
     report = []
     for wl, row in zip(layers, table.cpu().tolist(), strict=True):
-        entry = _describe(wl) | dict(zip(keys, row, strict=True))
-        if wl.index in iters:
-            entry["iters"] = iters[wl.index]
-        _check_alive(name, wl.name, entry)
+        entry = _describe(wl) | dict(zip(keys, row, strict=True)) | {"iters": iters[wl.index]}
+        _check_alive(spec.name, wl.name, entry)
         report.append(entry)
-    k = init.batches
+    k = spec.batches
     return InitReport(k * (1.0 + macs["extra"] / macs["pass"]), report)
 
 
@@ -324,8 +463,10 @@ def _lsuv(
 
 
 def _check_alive(name: str, layer: str, entry: dict) -> None:
-    if name == "lsuv":
-        return  # checked in the loop
+    """A scale fit's statistics are finite and the layer's output varies (lsuv checks its
+    std as it goes)."""
+    if "sigma2" not in entry:
+        return
     values = [entry[k] for k in ("sigma2", "second_moment_before", "scale")]
     if not all(math.isfinite(v) for v in values):
         raise VarexpError(

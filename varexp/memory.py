@@ -23,12 +23,11 @@ USABLE = 0.9  # of the free memory; the rest for the interpreter, libraries and 
 
 
 @cache
-def _count(arch_json: str, input_shape: tuple[int, ...], classes: int | None, init: str,
+def _count(arch_json: str, input_shape: tuple[int, ...], classes: int | None,
            batch: int) -> tuple[int, int]:
-
-    arch = OmegaConf.create(json.loads(arch_json))
+    arch = json.loads(arch_json)
     with torch.device("meta"):
-        model = build_model(arch, input_shape, classes, init)
+        model = build_model(arch, input_shape, classes)
         outputs = [0]
 
         def count(module, inputs, output) -> None:
@@ -42,11 +41,11 @@ def _count(arch_json: str, input_shape: tuple[int, ...], classes: int | None, in
     return sum(p.numel() for p in model.parameters()), outputs[0]
 
 
-def count(arch: DictConfig, input_shape: tuple[int, ...], classes: int | None, init: str,
+def count(arch: DictConfig, input_shape: tuple[int, ...], classes: int | None,
           batch: int) -> tuple[int, int]:
     """(parameters, elements of all layer outputs for one batch) of the model `arch` builds."""
     arch_json = json.dumps(OmegaConf.to_container(arch, resolve=True), sort_keys=True)
-    return _count(arch_json, tuple(input_shape), classes, init, batch)
+    return _count(arch_json, tuple(input_shape), classes, batch)
 
 
 def available(device: torch.device) -> int:

@@ -12,28 +12,30 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import Tensor
 from tqdm import tqdm
 
-from varexp import memory
-from varexp.config import check_probe, resolve_device
-from varexp.data import data_info, probe_batch
-from varexp.errors import VarexpError
-from varexp.inits import initialize
+from varexp import devices, memory
+from varexp.data import data_info, fixed_batch
+from varexp.errors import VarexpError, bad_value
+from varexp.inits import initialize, one_batch
 from varexp.models import build_model
 from varexp.models.base import weight_layers
 from varexp.results import claim
 from varexp.results.tables import NEURONS, PROBE
 from varexp.sampled import sampled_mlp, unsupported
+from varexp.schema import Common, choice, flag, integer, store, to_spec, validate
 from varexp.stats import STAT_NAMES, network_stats
 
 log = logging.getLogger(__name__)
+METHODS = ("auto", "dense", "sampled")
 
 
 
@@ -41,44 +43,76 @@ def network_seed(seed: int, network: int) -> int:
     return int(np.random.SeedSequence([seed, network]).generate_state(1)[0])
 
 
-def check(cfg: DictConfig) -> None:
-    """Every key a probe reads, and that one network fits in memory on the dense path."""
+@dataclass
+class ProbeOptions:
+    """`varexp probe`'s own keys (the `probe:` section)."""
 
-    check_probe(cfg)
+    networks: int = integer(30)  # N random initializations
+    samples: int = integer(100, minimum=2)  # T inputs in the fixed batch
+    method: str = choice("auto", METHODS)  # sampled: exact O(n T^2) sampling of Gaussian MLPs
+    neurons: int = integer(3, minimum=0)  # per network, saved to neurons.csv at layers 1 and L
+    grad: bool = flag(True)  # grad_sq of the random linear loss L = w . x^L (paper Fig. 3)
+    progress: bool = flag(True)  # a progress bar on a terminal (never in logs)
+
+
+store("section", "probe", ProbeOptions)
+
+
+def check(cfg: DictConfig) -> None:
+    """Every key a probe reads, that the sampled path applies where asked for, and that one
+    network fits in memory on the dense path."""
+    validate(cfg, Common)
+    devices.check(cfg.device)
+    if cfg.probe.method == "sampled":
+        reason = unsupported(cfg.arch, cfg.init)
+        if reason is not None:
+            raise bad_value("probe.method", "sampled", f"{reason}; use probe.method=auto or dense")
     if choose_method(cfg) != "dense":
         return  # the sampled path holds O(width T) per layer
     info = data_info(cfg.dataset, cfg.arch)
-    params, outputs = memory.count(cfg.arch, info.input_shape, num_classes(cfg), cfg.init.name,
+    params, outputs = memory.count(cfg.arch, info.input_shape, num_classes(cfg),
                                    cfg.probe.samples)
     memory.refuse_if_too_big(
-        memory.probe_bytes(params, outputs), resolve_device(cfg.device), "one network",
+        memory.probe_bytes(params, outputs), devices.resolve(cfg.device), "one network",
         f"{memory.amount(params)} weights, {memory.amount(outputs)} layer outputs for T = "
         f"{cfg.probe.samples}", "probe narrower or shallower networks, fewer samples, or with "
         "probe.method=auto where the exact sampled path applies")
 
 
-def choose_method(cfg: DictConfig) -> str:
-    """dense or sampled; `probe.method=auto` samples when it is exact and width > 2 T.
+# Above this many bytes of dense MLP weights a GPU probe takes the sampled path (see below).
+DENSE_GPU_BYTES = 8 * 2**30
 
-    bench/bench_probe.py (T = 100, idle 2-core CPU) measured the two paths even at width 200-300,
-    the dense one faster below (1.7x at 150) and the sampled one faster above (15x at 3000). The
-    dense path stays the reference, and the only path where width <= T."""
 
+def choose_method(cfg: DictConfig, device: torch.device | None = None) -> str:
+    """dense or sampled for `probe.method=auto` on `device` (default: the config's).
+
+    The sampled path is exact only for MLPs with iid Gaussian weights. On the CPU
+    (bench/bench_probe.py, T = 100, idle 2-core machine) the two paths cross at width 200-300,
+    the dense one faster below (1.7x at 150) and the sampled one faster above (15x at 3000): auto
+    samples when width > 2 T. On a GPU the dense path's large matrix products are cheap (on an
+    H200 at width 3000, T = 100: dense 1.8 s, sampled 3.0 s for 30 networks), so auto keeps the
+    dense path unless its weights (depth x width^2 floats) would not fit comfortably
+    (DENSE_GPU_BYTES). The dense path stays the reference, and the only path where width <= T.
+    """
     method = cfg.probe.method
     if method != "auto":
         return method
-    if unsupported(cfg.arch, cfg.init) is None and cfg.arch.width > 2 * cfg.probe.samples:
-        return "sampled"
-    return "dense"
+    if unsupported(cfg.arch, cfg.init) is not None or cfg.arch.width <= 2 * cfg.probe.samples:
+        return "dense"
+    device = devices.resolve(cfg.device) if device is None else device
+    if device.type == "cuda":
+        weights = 4 * cfg.arch.depth * cfg.arch.width**2
+        return "dense" if weights <= DENSE_GPU_BYTES else "sampled"
+    return "sampled"
 
 
 def dense_network(cfg: DictConfig, x: Tensor, generator: torch.Generator, neurons: bool):
     """Build and initialize the model (torch's global RNG, seeded by the caller), then record."""
 
     with torch.device(x.device):  # build on the device: no host copy of the weights
-        model = build_model(cfg.arch, tuple(x.shape[1:]), num_classes(cfg), cfg.init.name)
-    init_cfg = OmegaConf.merge(cfg.init, {"batches": 1}) if "batches" in cfg.init else cfg.init
-    initialize(model, init_cfg, activation=cfg.arch.get("activation", "relu"), batches=[x])
+        model = build_model(cfg.arch, tuple(x.shape[1:]), num_classes(cfg))
+    # a data-dependent init fits on the fixed batch itself
+    initialize(model, one_batch(to_spec(cfg.init)), cfg.arch.activation, batches=[x])
     keep_u = (1, len(weight_layers(model))) if neurons else ()
     return network_stats(model, x, cfg.probe.grad, generator, keep_u)
 
@@ -99,10 +133,11 @@ def probe_network(cfg: DictConfig, x: Tensor, network: int, method: str):
     neurons = cfg.probe.neurons > 0
     if method == "dense":
         return dense_network(cfg, x, generator, neurons)
+    init = to_spec(cfg.init)
     return sampled_mlp(
-        x, cfg.arch.depth, cfg.arch.width, cfg.arch.activation, cfg.init.name,
-        gain=cfg.init.get("gain"), eps=cfg.init.get("eps", 1e-5), grad=cfg.probe.grad,
-        generator=generator, keep_u=(1, cfg.arch.depth) if neurons else (),
+        x, cfg.arch.depth, cfg.arch.width, cfg.arch.activation, init.name,
+        gain=getattr(init, "gain", None), eps=getattr(init, "eps", 0.0), grad=cfg.probe.grad,
+        generator=generator, keep_u=(1, cfg.arch.depth) if neurons else (), norm=cfg.arch.norm,
     )
 
 
@@ -131,9 +166,9 @@ def run(cfg: DictConfig) -> None:
 def probe(cfg: DictConfig, out_dir: Path) -> None:
     """Probe the networks `cfg` describes and write probe.csv (and neurons.csv) into out_dir."""
 
-    device = resolve_device(cfg.device)
-    method = choose_method(cfg)
-    x = probe_batch(cfg.dataset, cfg.arch, cfg.probe.samples, cfg.seed, device)
+    device = devices.resolve(cfg.device)
+    method = choose_method(cfg, device)
+    x = fixed_batch(cfg.dataset, cfg.arch, cfg.probe.samples, cfg.seed, device)
     start = time.perf_counter()
     tables, neurons = [], []
     bar = tqdm(range(cfg.probe.networks), desc="probe", unit="net",

@@ -15,9 +15,9 @@ from varexp.activations import get_activation
 from varexp.errors import VarexpError
 from varexp.figures import FIGURES, Figure
 from varexp.files import atomic_path
-from varexp.plot.stats import grad_slope, layer_summary
 from varexp.provenance import now, record
 from varexp.results import run_config
+from varexp.results.aggregate import grad_slope, layer_summary
 from varexp.results.tables import SELECTED, RunResult, load_probes
 from varexp.theory import cross_moment, gradient_slope, recursion, relu_kernel
 

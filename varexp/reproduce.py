@@ -12,17 +12,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from varexp import devices
 from varexp.commands import command_module
 from varexp.compose import parse
-from varexp.config import boolean, check_common, get
-from varexp.errors import VarexpError, bad_value
+from varexp.errors import VarexpError
 from varexp.figures import FIGURES, SCALES
 from varexp.files import atomic_path
 from varexp.provenance import now
 from varexp.report import write_report
 from varexp.results import claim
+from varexp.schema import Common, choice, flag, option, store, validate
 
 log = logging.getLogger(__name__)
 DONE = ".done"
@@ -54,20 +55,32 @@ class Step:
         return not self.always and marker.is_file() and not self.done
 
 
-def check(cfg: DictConfig) -> None:
+def _figures(value: object) -> bool:
+    return isinstance(value, list) and len(value) > 0 and set(value) <= set(FIGURES)
 
-    check_common(cfg)
-    boolean(cfg, "reproduce.dry_run")
-    extra = get(cfg, "reproduce.extra")
-    if not OmegaConf.is_list(extra) or not all(isinstance(e, str) for e in extra):
-        raise bad_value("reproduce.extra", extra, "must be a list of overrides, e.g. [device=cuda]")
-    if get(cfg, "reproduce.preset") not in SCALES:
-        raise bad_value("reproduce.preset", get(cfg, "reproduce.preset"),
-                        f"choose one of {', '.join(SCALES)} (experiment=quick or paper)")
-    chosen = get(cfg, "reproduce.figures")
-    if not OmegaConf.is_list(chosen) or not chosen or not set(chosen) <= set(FIGURES):
-        raise bad_value("reproduce.figures", chosen,
-                        f"must be a non-empty list from {', '.join(FIGURES)}")
+
+def _overrides(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(e, str) for e in value)
+
+
+@dataclass
+class ReproduceOptions:
+    """`varexp reproduce`'s own keys (the `reproduce:` section)."""
+
+    preset: str = choice("quick", SCALES)  # the scale, set by experiment=quick|paper
+    figures: list[str] = option(factory=lambda: list(FIGURES), test=_figures,
+                                text="must be a non-empty list from " + ", ".join(FIGURES))
+    extra: list[str] = option(factory=list, test=_overrides,
+                              text="must be a list of overrides, e.g. [device=cuda]")
+    dry_run: bool = flag(False)  # print the steps without running them
+
+
+store("section", "reproduce", ReproduceOptions)
+
+
+def check(cfg: DictConfig) -> None:
+    validate(cfg, Common)
+    devices.check(cfg.device)
 
 
 def announce(line) -> None:
@@ -88,6 +101,9 @@ def plan(cfg: DictConfig, out: Path) -> list[Step]:
     """The steps of one scale in order: theory, each figure's probes or sweeps (the presets
     varexp.figures lists for it), then the plots."""
     extra = list(cfg.reproduce.extra)
+    device = cfg.get("device", "auto")
+    if device != "auto" and not any(e.startswith("device=") for e in extra):
+        extra.insert(0, f"device={device}")  # `varexp reproduce device=cuda:1`: every step there
     scale = cfg.reproduce.preset
     figures = [FIGURES[name] for name in FIGURES if name in cfg.reproduce.figures]
     steps = [Step("theory", ["theory", "arch.depth=50"], out / "theory")]

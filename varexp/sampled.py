@@ -27,70 +27,57 @@ for Z' (n_in x k') iid N(0, s^2), since Q_perp^T Z' is again iid N(0, s^2) and
 Each layer's Z_perp is a fresh independent variable, so the layers compose exactly. Checked
 against the dense path in tests/test_sampled.py.
 
-Inits with iid Gaussian weights are supported: kaiming, xavier (std from fan_in, fan_out),
-batchnorm (kaiming weights, then per-feature normalization over the batch, with the backward
-through the batch statistics), scale and scale+bias (paper Eq. 13-14) fitted on this batch:
-scale divides U by sqrt(mean U^2 + eps); scale+bias subtracts the per-feature sample mean and
-divides by sqrt(mean sample variance + eps). Their scale and bias are constants in the backward,
-as for weights and biases fitted by an init in the dense path.
+Inits whose weights are iid Gaussian (those with a `sampled_std` in varexp.inits.INITS:
+kaiming, xavier, batchnorm, scale, scale+bias) are sampled; the init's fit (scale, scale+bias:
+paper Eq. 13-14, fitted on this batch) is applied as its `sampled_map`, with its scale and bias
+constant in the backward, as weights and biases fitted by an init are in the dense path; and
+BatchNorm units (arch.norm=batchnorm) normalize each feature over the batch, with the backward
+through the batch statistics.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 
 import torch
-from omegaconf import DictConfig
 from torch import Tensor
 
 from varexp.activations import get_activation
+from varexp.inits import INITS
 from varexp.stats import sample_stats
 
-SAMPLED_INITS = ("kaiming", "xavier", "batchnorm", "scale", "scale+bias")
 BN_EPS = 1e-5  # nn.BatchNorm1d's default
 RANK_TOL = 1e-5  # |R_ii| below this fraction of the largest: X is (numerically) rank-deficient
 
 
-def unsupported(arch_cfg: DictConfig, init_cfg: DictConfig) -> str | None:
-    """Why the sampled path cannot run this setting exactly, or None if it can."""
-    if arch_cfg.name != "mlp":
-        return f"arch={arch_cfg.name} is not a fully connected network"
-    if init_cfg.name not in SAMPLED_INITS:
-        allowed = ", ".join(SAMPLED_INITS)
-        return f"init={init_cfg.name} has no iid Gaussian weights (sampled: {allowed})"
-    if arch_cfg.get("norm", "none") == "batchnorm" and init_cfg.name != "batchnorm":
-        return f"arch.norm=batchnorm with init={init_cfg.name} needs the dense path"
+def unsupported(arch: object, init: object) -> str | None:
+    """Why the sampled path cannot run this setting (the `arch` and `init` config nodes or
+    specs) exactly, or None if it can."""
+    if arch.name != "mlp":
+        return f"arch={arch.name} is not a fully connected network"
+    record = INITS[init.name]
+    if record.sampled_std is None:
+        allowed = ", ".join(n for n, i in INITS.items() if i.sampled_std is not None)
+        return f"init={init.name} has no iid Gaussian weights (sampled: {allowed})"
+    if arch.norm == "batchnorm" and record.fit is not None:
+        return f"arch.norm=batchnorm with init={init.name} needs the dense path"
     return None
 
 
-def weight_std(init: str, fan_in: int, fan_out: int, gain: float) -> float:
-    if init in ("kaiming", "batchnorm"):
-        return gain / math.sqrt(fan_in)
-    if init == "xavier":
-        return gain * math.sqrt(2.0 / (fan_in + fan_out))
-    return 1.0  # scale, scale+bias: unit Gaussian weights, rescaled by the init (Eq. 13)
+def batchnorm(V: Tensor) -> Tensor:
+    """BatchNorm of a layer's output V (features x T) on its batch statistics; recomputed in the
+    backward pass, as nn.BatchNorm1d in training mode does."""
+    mu = V.mean(dim=1, keepdim=True)
+    var = (V - mu).square().mean(dim=1, keepdim=True)
+    return (V - mu) * torch.rsqrt(var + BN_EPS)
 
 
-def normalizer(init: str, U: Tensor, eps: float) -> Callable[[Tensor], Tensor]:
-    """u = norm(U) for U (features x T); fitted constants are fixed, BN statistics are not."""
-    if init == "scale":
-        s = torch.rsqrt(U.square().mean() + eps)
-        return lambda V: V * s
-    if init == "scale+bias":
-        mu = U.mean(dim=1, keepdim=True)
-        s = torch.rsqrt((U - mu).square().mean() + eps)
-        return lambda V: (V - mu) * s
-
-    if init == "batchnorm":
-
-        def batchnorm(V: Tensor) -> Tensor:
-            mu = V.mean(dim=1, keepdim=True)
-            var = (V - mu).square().mean(dim=1, keepdim=True)
-            return (V - mu) * torch.rsqrt(var + BN_EPS)
-
+def normalizer(init: str, norm: str, U: Tensor, eps: float) -> Callable[[Tensor], Tensor]:
+    """u = norm(U) for U (features x T): the units' BatchNorm, or the init's fit as a map."""
+    if norm == "batchnorm":
         return batchnorm
-    return lambda V: V
+    fit = INITS[init].sampled_map
+    return (lambda V: V) if fit is None else fit(U, eps)
 
 
 def backward_through(f: Callable[[Tensor], Tensor], U: Tensor, g: Tensor) -> Tensor:
@@ -140,6 +127,7 @@ def sampled_mlp(
     grad: bool = True,
     generator: torch.Generator | None = None,
     keep_u: Sequence[int] = (),
+    norm: str | None = None,
 ) -> tuple[list[dict], dict[int, Tensor]]:
     """One random MLP (Eq. 1, `depth` layers of `width`, zero biases unless the init fits them)
     on the batch x (T, in_features), sampled exactly in O(width T^2) per layer.
@@ -147,9 +135,12 @@ def sampled_mlp(
     Same return value as varexp.stats.network_stats: per layer l = 1..depth a dict with layer,
     name, features, sample statistics and grad_sq (0-d float64 tensors; grad_sq for the random
     linear loss L = sum_t w . x^L_t, w ~ N(0, 1)), and u^l (T, width) for the layers in keep_u.
+    `norm` is the units' normalization (arch.norm; None: the one the init needs).
     """
-    if init not in SAMPLED_INITS:
-        raise ValueError(f"init={init!r} cannot be sampled; choose one of {SAMPLED_INITS}")
+    record = INITS[init]
+    if record.sampled_std is None:
+        raise ValueError(f"init={init!r} has no iid Gaussian weights: it cannot be sampled")
+    norm = record.norm if norm is None else norm
     act = get_activation(activation)
     f = act.module()
     gain = act.gain if gain is None else gain
@@ -162,18 +153,18 @@ def sampled_mlp(
     rows, kept, saved = [], {}, []
     for layer in range(1, depth + 1):
         basis = Basis(X)
-        std = weight_std(init, X.shape[0], width, gain)
+        std = record.sampled_std(X.shape[0], width, gain)
         Z = randn(width, basis.R.shape[0]).mul_(std)
         U = Z @ basis.R
-        norm = normalizer(init, U, eps)
-        u = norm(U)
+        normalize = normalizer(init, norm, U, eps)
+        u = normalize(U)
         X = f(u)
         stats = sample_stats(u.T)
         rows.append(dict(layer=layer, name=f"layer{layer}", features=width, **stats))
         if layer in keep_u:
             kept[layer] = u.T.clone()
         if grad:
-            saved.append((basis, Z, U, norm, std))
+            saved.append((basis, Z, U, normalize, std))
     grads = _backward(saved, f, randn) if grad else [None] * depth
     for row, g in zip(rows, grads, strict=True):
         row["grad_sq"] = g

@@ -17,6 +17,7 @@ import math
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,16 +27,17 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from varexp import provenance, results
 from varexp.compose import compose_config, launcher
-from varexp.config import resolve_device
+from varexp.devices import resolve as resolve_device
 from varexp.errors import VarexpError, bad_value
 from varexp.files import write_json
 from varexp.results import read_summary
 from varexp.results.checkpoint import checkpoint_path
 from varexp.results.tables import FINISHED, SELECTED, SETTING, SWEEP
+from varexp.schema import choice, flag, integer, number, option, store, validate
 from varexp.threads import auto_threads, available_cores
 from varexp.train import Stopped, train
 from varexp.train import check as check_train
@@ -61,31 +63,52 @@ def selection_fraction(cfg: DictConfig) -> float:
     return 1.0 if cfg.sweep.select == "auc" else float(cfg.sweep.select_fraction)
 
 
+def _grid(value: object) -> bool:
+    return isinstance(value, list) and bool(value) and all(
+        not isinstance(lr, bool) and isinstance(lr, int | float) and 0 < lr < math.inf
+        for lr in value)
+
+
+def _grids(value: object) -> bool:
+    return isinstance(value, dict) and all(_grid(grid) for grid in value.values())
+
+
+@dataclass
+class SweepOptions:
+    """`varexp sweep`'s own keys (the `sweep:` section)."""
+
+    name: str = "default"  # the sweep's folder: outputs/sweep/<name> (the presets set their own)
+    # The paper's grids (Sec. 5.2). A Cartesian sweep cannot pair each optimizer with its own
+    # grid, so the sweep runs over lr_index and optim.lr picks lr_grid.<optimizer>[lr_index].
+    lr_grid: dict[str, list[float]] = option(
+        factory=lambda: {"sgd": [3e-4, 1e-3, 3e-3, 1e-2], "adam": [3e-5, 1e-4, 3e-4, 1e-3]},
+        test=_grids, text="must map each optimizer to a non-empty list of learning rates > 0")
+    lr_index: int = integer(0, minimum=0)
+    # selected.csv: per arch, dataset, init and optimizer, the lr with the lowest training loss
+    # averaged over seeds and over the whole run (auc: the area under the loss curve, the
+    # paper's "fastest converging learning rate") or over its last select_fraction (final); a lr
+    # where a seed diverged is not eligible.
+    select: str = choice("auc", SELECTIONS)
+    select_fraction: float = number(0.1, maximum=1.0)
+    estimate: bool = flag(True)  # before the first job, time a few steps of each task
+    dry_run: bool = flag(False)  # print the runs, the grid and the estimate, then stop
+
+
+store("section", "sweep", SweepOptions)
+
+
 def check_sweep(cfg: DictConfig) -> None:
-    """The sweep's own keys: the selection rule, a fraction in (0, 1], positive learning
-    rates."""
-    if OmegaConf.select(cfg, "sweep.select") not in SELECTIONS:
-        raise bad_value("sweep.select", OmegaConf.select(cfg, "sweep.select"),
-                        "choose one of " + ", ".join(SELECTIONS))
-    fraction = OmegaConf.select(cfg, "sweep.select_fraction")
-    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction <= 1:
-        raise bad_value("sweep.select_fraction", fraction, "must be a number in (0, 1]")
-    for key in ("sweep.estimate", "sweep.dry_run"):
-        if not isinstance(OmegaConf.select(cfg, key), bool):
-            raise bad_value(key, OmegaConf.select(cfg, key), "must be true or false")
-    grids = OmegaConf.select(cfg, "sweep.lr_grid")
-    for optim, grid in (grids or {}).items():
-        key = f"sweep.lr_grid.{optim}"
-        if not OmegaConf.is_list(grid) or len(grid) == 0:
-            raise bad_value(key, grid, "must be a non-empty list of learning rates")
-        for lr in grid:
-            if isinstance(lr, bool) or not isinstance(lr, int | float) or not lr > 0:
-                raise bad_value(key, list(grid), "every learning rate must be a number > 0")
-    index = OmegaConf.select(cfg, "sweep.lr_index")
-    optim = OmegaConf.select(cfg, "optim.name")
-    grid = (grids or {}).get(optim)
-    if grid is not None and (isinstance(index, bool) or not isinstance(index, int)
-                             or not 0 <= index < len(grid)):
+    """The sweep's own keys, and lr_index within the chosen optimizer's grid."""
+    grids = cfg.sweep.get("lr_grid")
+    for optim, grid in (grids.items() if isinstance(grids, DictConfig) else ()):
+        grid = OmegaConf.to_container(grid) if isinstance(grid, ListConfig) else grid
+        if not _grid(grid):
+            raise bad_value(f"sweep.lr_grid.{optim}", grid,
+                            "must be a non-empty list of learning rates > 0")
+    validate(cfg.sweep, prefix="sweep.")
+    index, optim = cfg.sweep.lr_index, cfg.optim.name
+    grid = cfg.sweep.lr_grid.get(optim)
+    if grid is not None and index >= len(grid):
         raise bad_value("sweep.lr_index", index, f"must be an integer in 0..{len(grid) - 1} "
                         f"(sweep.lr_grid.{optim} has {len(grid)} learning rates)")
 

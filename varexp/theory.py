@@ -36,15 +36,30 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
+from varexp import devices
 from varexp.activations import Activation, get_activation
-from varexp.config import check_theory
 from varexp.errors import VarexpError
+from varexp.inits import INITS, centred
 from varexp.quadrature import POINTS, edges, gaussian_expectation, rule
 from varexp.results import claim
 from varexp.results.tables import THEORY
+from varexp.schema import Common, integer, number, store, validate
 from varexp.threads import one_thread
 
 RTOL = 1e-6  # largest relative change allowed when the nodes per piece are doubled
+
+
+@dataclass
+class TheoryOptions:
+    """`varexp theory`'s own keys (the `theory:` section)."""
+
+    input_second_moment: float = number(1.0)  # <(x^0_i)^2>_t of the inputs
+    input_correlation: float = number(0.0, minimum=-1.0, maximum=1.0)  # c of x^0, two inputs
+    # Gauss-Legendre nodes per piece (non-ReLU activations); checked against half as many
+    quadrature_points: int = integer(POINTS, minimum=2, maximum=1000)
+
+
+store("section", "theory", TheoryOptions)
 
 
 class QuadratureError(VarexpError):
@@ -154,17 +169,6 @@ class Moments:
         return x2, x_ab
 
 
-def _pre_activation(init: str, sigma_w2: float, x2: float, x_ab: float) -> tuple[float, float]:
-    """q and q_ab of layer l from <x^2> and <x_a x_b> of layer l - 1."""
-    if init in ("kaiming", "xavier", "orthogonal"):
-        return sigma_w2 * x2, sigma_w2 * x_ab
-    if init in ("scale", "lsuv"):
-        return 1.0, x_ab / x2
-    if init in ("scale+bias", "batchnorm"):
-        return 1.0, 0.0
-    raise ValueError(f"init={init!r} has no mean-field theory")
-
-
 def _row(layer: int, c: float, q: float, q_ab: float) -> dict[str, float]:
     m2, v2 = max(q_ab, 0.0), q - q_ab
     ratio = math.sqrt(m2 / v2) if v2 > 0 else math.inf
@@ -180,25 +184,29 @@ def recursion(
     input_correlation: float = 0.0,
     closed_form: bool = True,
     points: int = POINTS,
+    norm: str = "none",
 ) -> pd.DataFrame:
     """Per layer l = 1..depth: c (cosine similarity of x^{l-1}), q, m, v, ratio = m / v.
 
-    kaiming, xavier, orthogonal: sigma_w^2 = gain^2 (square layers). scale and lsuv: sigma_w^2
-    makes q = 1 (Eq. 13). scale+bias and batchnorm: every feature centred and scaled over
-    samples (Eq. 12, 14), so m = 0, v = 1 and distinct inputs decorrelate before f.
+    Each init's mean-field map (varexp.inits.INITS) gives q and q_ab of a layer from the
+    moments of its input: kaiming, xavier, orthogonal: sigma_w^2 = gain^2 (square layers);
+    scale and lsuv: q = 1 (Eq. 13); scale+bias: every feature centred and scaled over samples
+    (Eq. 14), so m = 0, v = 1 and distinct inputs decorrelate before f; BatchNorm units
+    (norm=batchnorm, Eq. 12) do the same whatever the init.
 
     Raises VarexpError, naming the layer, where q leaves floating-point range (overflows to inf
     or falls below the smallest normal double) or the quadrature does not converge.
     """
     act = get_activation(activation)
     moments = Moments(act, closed_form, points)
+    law = centred if norm == "batchnorm" else INITS[init].mean_field
     g = gain if gain is not None else act.gain
     setting = f"arch.activation={activation}, init={init}, init.gain={g:.6g}"
     x2, x_ab = input_second_moment, input_correlation * input_second_moment
     rows: list[dict[str, float]] = []
     with one_thread():  # torch's erf (gelu) on small arrays: threads only stall on a busy CPU
         for layer in range(1, depth + 1):
-            q, q_ab = _pre_activation(init, g * g, x2, x_ab)
+            q, q_ab = law(g * g, x2, x_ab)
             if not sys.float_info.min <= q < math.inf:
                 what = "underflows" if q < 1 else "overflows"
                 before = (
@@ -223,7 +231,8 @@ def recursion(
 
 
 def check(cfg: DictConfig) -> None:
-    check_theory(cfg)
+    validate(cfg, Common)
+    devices.check(cfg.device)
 
 
 def run(cfg: DictConfig) -> None:
@@ -237,6 +246,7 @@ def run(cfg: DictConfig) -> None:
         input_second_moment=cfg.theory.input_second_moment,
         input_correlation=cfg.theory.input_correlation,
         points=cfg.theory.quadrature_points,
+        norm=cfg.arch.norm,
     )
     with claim("theory", cfg) as out_dir:
         path = THEORY.write(table, out_dir)

@@ -28,26 +28,30 @@ import sys
 import tempfile
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from varexp import config, memory, provenance, results
-from varexp.data import DataInfo, Stream, data_info, probe_batch
-from varexp.errors import VarexpError, bad_value
+from varexp import devices, memory, provenance, results
+from varexp.data import DataInfo, Stream, data_info, fixed_batch
+from varexp.errors import VarexpError
 from varexp.files import write_json
-from varexp.inits import DATA_DEPENDENT, initialize
+from varexp.inits import INITS, initialize
 from varexp.models import build_model
 from varexp.models.base import batch_statistics, weight_layers
+from varexp.optim import make_optimizer
 from varexp.results import checkpoint, read_summary
 from varexp.results.checkpoint import Checkpoint, checkpoint_path
 from varexp.results.tables import FINISHED, METRICS, RATIO_STATS, RATIOS
+from varexp.schema import Common, flag, integer, number, option, store, validate
 from varexp.stats import Recorder
 from varexp.stop import StopRequests
 
@@ -55,7 +59,6 @@ log = logging.getLogger(__name__)
 
 __all__ = ["check", "run", "train"]
 
-OPTIMIZERS = ("sgd", "adam")
 
 
 
@@ -75,43 +78,53 @@ class Interrupted(Stopped):
 # config
 
 
-def unit_interval(cfg: DictConfig, key: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
-        raise bad_value(key, value, "must be a number in [0, 1)")
+def _sync_every(value: object) -> bool:
+    return value == "auto" or (isinstance(value, int) and not isinstance(value, bool)
+                               and value >= 1)
+
+
+@dataclass
+class TrainOptions:
+    """`varexp train`'s own keys (the `train:` section; `varexp sweep` shares them)."""
+
+    steps: int = integer(300)  # optimizer updates
+    batch_size: int = integer(32, minimum=2)  # the sample variance needs 2
+    ratio_every: int = integer(50)  # k: per-layer ratios on the fixed batch every k steps
+    probe_samples: int = integer(100, minimum=2)  # T inputs of that batch (seeded, unaugmented)
+    checkpoint_every: int = integer(100)  # steps between checkpoints (one more at the end)
+    flush_seconds: float = number(30.0)  # metrics.csv and ratios.csv are also rewritten this often
+    log_seconds: float = number(30.0)  # without a terminal: a progress line this often
+    progress: bool = flag(True)  # a progress bar on a terminal (never in logs)
+    amp: bool = flag(False)  # bf16 autocast (CUDA; on CPU it works but is slow)
+    compile: bool = flag(False)  # torch.compile the training forward pass
+    channels_last: bool = flag(False)  # NHWC convolutions (faster on tensor cores)
+    # steps between reads of the loss on the host: each read waits for the GPU. auto: every
+    # step on the CPU (where a read costs nothing), every 50 on CUDA.
+    sync_every: Any = option("auto", test=_sync_every, text="must be auto or an integer >= 1")
+    stop_after: int | None = integer(None, none=True)  # debug: stop here, as a kill would
+
+
+@dataclass
+class TrainRoot:
+    """The key at the top of `varexp train`'s config (default in conf/_train.yaml)."""
+
+    resume: bool = flag(False)  # continue the run in hydra.run.dir from its checkpoint
+
+
+store("section", "train", TrainOptions)
 
 
 def check(cfg: DictConfig) -> DataInfo:
-    """Every key `varexp train` reads, before any work; returns what the data looks like."""
-    config.check_common(cfg)
-    config.check_arch(cfg)
-    config.check_init(cfg)
-    for key in ("resume", "train.progress", "train.amp", "train.compile"):
-        config.boolean(cfg, key)
-    config.positive_int(cfg, "train.steps")
-    config.positive_int(cfg, "train.batch_size", minimum=2)  # sample variance needs 2
-    config.positive_int(cfg, "train.ratio_every")
-    config.positive_int(cfg, "train.probe_samples", minimum=2)
-    config.positive_int(cfg, "train.checkpoint_every")
-    config.positive_float(cfg, "train.flush_seconds")
-    config.positive_float(cfg, "train.log_seconds")
-    if config.get(cfg, "train.stop_after") is not None:
-        config.positive_int(cfg, "train.stop_after")
-    name = config.one_of(cfg, "optim.name", OPTIMIZERS)
-    config.positive_float(cfg, "optim.lr")
-    if name == "sgd":
-        unit_interval(cfg, "optim.momentum", config.get(cfg, "optim.momentum"))
-    else:
-        betas = config.get(cfg, "optim.betas")
-        if not OmegaConf.is_list(betas) or len(betas) != 2:
-            raise bad_value("optim.betas", betas, "must be a list of two numbers in [0, 1)")
-        for beta in betas:
-            unit_interval(cfg, "optim.betas", beta)
-        config.positive_float(cfg, "optim.eps")
+    """Every key `varexp train` reads, that the data fits the model and that a training step
+    fits in memory, before any work; returns what the data looks like."""
+    validate(cfg, Common, TrainRoot)
+    devices.check(cfg.device)
     info = data_info(cfg.dataset, cfg.arch)
-    params, outputs = memory.count(cfg.arch, info.input_shape, info.num_classes, cfg.init.name,
+    params, outputs = memory.count(cfg.arch, info.input_shape, info.num_classes,
                                    cfg.train.batch_size)
+    name = cfg.optim.name
     memory.refuse_if_too_big(
-        memory.train_bytes(params, outputs, name), config.resolve_device(cfg.device),
+        memory.train_bytes(params, outputs, name), devices.resolve(cfg.device),
         "a training step", f"{memory.amount(params)} weights with gradients and {name} "
         f"state, {memory.amount(outputs)} layer outputs for a batch of {cfg.train.batch_size}",
         "train a narrower model or a smaller train.batch_size")
@@ -129,12 +142,6 @@ def reset_globals(seed: int, device: torch.device) -> None:
     torch.backends.cudnn.deterministic = False
 
 
-def make_optimizer(params, optim: DictConfig) -> torch.optim.Optimizer:
-    if optim.name == "sgd":
-        return torch.optim.SGD(params, lr=optim.lr, momentum=optim.momentum)
-    return torch.optim.Adam(params, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps)
-
-
 def segmentation_loss(logits: Tensor, target: Tensor) -> Tensor:
     """Mean per-pixel BCE of the membrane logit; 2-class cross-entropy for two channels."""
     if logits.shape[1] == 1:
@@ -146,8 +153,8 @@ def segmentation_loss(logits: Tensor, target: Tensor) -> Tensor:
 # per-layer statistics during training
 
 
-def probe_stats(model: nn.Module, x: Tensor) -> Tensor:
-    """(L, 6) float64: the RATIO_STATS of u^l on the probe batch x."""
+def layer_stats(model: nn.Module, x: Tensor) -> Tensor:
+    """(L, 6) float64: the RATIO_STATS of u^l on the fixed batch x."""
     with batch_statistics(model), torch.no_grad(), Recorder(model, keep_x=False) as rec:
         model(x)
         return torch.stack([torch.stack([rec.stats[wl.index][k] for k in RATIO_STATS])
@@ -219,24 +226,26 @@ def existing_run(cfg: DictConfig, run_dir: Path) -> Checkpoint | None:
 # the run
 
 
-class Run:
+class Trainer:
     """The state of one training run and its files."""
 
     def __init__(self, cfg: DictConfig, run_dir: Path, info: DataInfo, saved: Checkpoint | None,
                  verbose: bool = True):
 
         self.cfg, self.run_dir, self.info, self.verbose = cfg, run_dir, info, verbose
-        self.device = config.resolve_device(cfg.device)
+        self.device = devices.resolve(cfg.device)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)  # also where cuDNN and the caching allocator work
         self.start, self.started = time.perf_counter(), provenance.now()
         reset_globals(cfg.seed, self.device)
         arch = cfg.arch
-        self.model = build_model(arch, info.input_shape, info.num_classes, cfg.init.name)
+        self.model = build_model(arch, info.input_shape, info.num_classes)
         self.model.to(self.device)
         self.layers = weight_layers(self.model)
         self.loss_fn = F.cross_entropy if info.task == "classification" else segmentation_loss
         batch, seed, device = cfg.train.batch_size, cfg.seed, self.device
         self.stream = Stream(cfg.dataset, arch, batch, seed, device=device)
-        self.probe_x = probe_batch(cfg.dataset, arch, cfg.train.probe_samples, seed, device)
+        self.fixed_x = fixed_batch(cfg.dataset, arch, cfg.train.probe_samples, seed, device)
         self.identity = results.identity("train", cfg)
         self.metrics: list[tuple] = []
         self.ratios: list[tuple] = []
@@ -255,13 +264,15 @@ class Run:
         saved = self.saved
         if saved is None:
             batches = None
-            if cfg.init.name in DATA_DEPENDENT:
+            if INITS[cfg.init.name].fit is not None:
                 # the first training minibatches, from a stream of their own
                 fit = Stream(cfg.dataset, cfg.arch, cfg.train.batch_size, cfg.seed,
                              device=self.device)
                 batches = [x for x, _ in _take(fit, cfg.init.batches)]
-            report = initialize(self.model, cfg.init, cfg.arch.get("activation", "relu"), batches)
+            report = initialize(self.model, cfg.init, cfg.arch.activation, batches)
             self.init_forward_passes = report.forward_passes
+        if cfg.train.channels_last:
+            self.model.to(memory_format=torch.channels_last)  # conv weights NHWC
         self.optimizer = make_optimizer(self.model.parameters(), cfg.optim)
         self.forward = torch.compile(self.model) if cfg.train.compile else self.model
         if saved is not None:
@@ -299,8 +310,14 @@ class Run:
         return self.past_wall + time.perf_counter() - self.start
 
     def loop(self, stop: StopRequests) -> None:
+        """Train to train.steps. The loss stays on the device and is read every
+        train.sync_every steps (and before every checkpoint, flush and log line); a non-finite
+        loss ends the run as diverged at the step where it appeared, with the rows up to it."""
         cfg = self.cfg.train
         amp = torch.autocast(self.device.type, dtype=torch.bfloat16) if cfg.amp else nullcontext()
+        channels_last = cfg.channels_last and self.fixed_x.dim() == 4
+        sync_every = (cfg.sync_every if cfg.sync_every != "auto"
+                      else 50 if self.device.type == "cuda" else 1)
         lr = self.optimizer.param_groups[0]["lr"]
         bar = tqdm(total=cfg.steps, initial=self.step, unit="step", desc="train",
                    dynamic_ncols=True, disable=None if cfg.progress else True)
@@ -308,15 +325,20 @@ class Run:
         lines = self.verbose and (bar.disable or not cfg.progress)
         started, last_flush = time.perf_counter(), time.perf_counter()
         last_line, first_step = started, self.step
+        pending: list[tuple[int, int, Tensor, float]] = []  # (step, epoch, loss, seconds)
         try:
             while self.step < cfg.steps:
                 if stop.requested:
-                    self.save()
-                    raise Interrupted(self.step, self.run_dir)
+                    if self.settle(pending, lr):
+                        self.save()
+                        raise Interrupted(self.step, self.run_dir)
+                    break
                 s = self.step
-                stats = probe_stats(self.model, self.probe_x) if s % cfg.ratio_every == 0 else None
+                stats = layer_stats(self.model, self.fixed_x) if s % cfg.ratio_every == 0 else None
                 epoch = s * cfg.batch_size // len(self.stream.source)
                 x, y = next(self.batches)
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
                 with amp:
                     out = self.forward(x)
                 loss = self.loss_fn(out.float(), y)
@@ -324,36 +346,57 @@ class Run:
                 loss.backward()
                 if stats is not None:
                     self.record_ratios(s, stats, grad_rms(self.layers))
-                value = loss.item()
-                if not math.isfinite(value):
-                    self.status = "diverged"
-                else:
-                    self.optimizer.step()
-                seconds = self.past_train + time.perf_counter() - started
-                self.metrics.append((s, epoch, value, lr, seconds))
-                if self.status == "diverged":
-                    break
+                pending.append((s, epoch, loss.detach(), self.past_train + time.perf_counter()
+                                - started))
+                checkpoint_due = (s + 1) % cfg.checkpoint_every == 0 and s + 1 < cfg.steps
+                flush_due = time.perf_counter() - last_flush > cfg.flush_seconds
+                line_due = lines and time.perf_counter() - last_line > cfg.log_seconds
+                if (len(pending) >= sync_every or checkpoint_due or flush_due or line_due
+                        or s + 1 == cfg.steps or s + 1 == cfg.stop_after):
+                    read = len(pending)
+                    if not self.settle(pending, lr):
+                        break
+                    bar.update(read - 1)
+                    bar.set_postfix_str(f"loss={self.metrics[-1][2]:.4f}", refresh=False)
+                self.optimizer.step()
                 self.step = s + 1
+                if pending:
+                    continue
                 bar.update()
-                bar.set_postfix_str(f"loss={value:.4f}", refresh=False)
-                if self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
+                if checkpoint_due:
                     self.save()
                     last_flush = time.perf_counter()
-                elif time.perf_counter() - last_flush > cfg.flush_seconds:
+                elif flush_due:
                     self.flush()
                     last_flush = time.perf_counter()
-                if lines and time.perf_counter() - last_line > cfg.log_seconds:
+                if line_due:
                     last_line = time.perf_counter()
                     rate = (self.step - first_step) / (last_line - started)
                     left = (cfg.steps - self.step) / rate if rate > 0 else math.nan
                     log.info("step %d/%d  loss %.4f  %.1f steps/s  about %.0f s left",
-                             self.step, cfg.steps, value, rate, left)
+                             self.step, cfg.steps, self.metrics[-1][2], rate, left)
                 if cfg.stop_after is not None and self.step == cfg.stop_after:
                     raise Stopped(f"stopped after step {self.step} (train.stop_after)")
         finally:
             bar.close()
         if self.status == "running":
             self.status = "completed"
+
+    def settle(self, pending: list[tuple[int, int, Tensor, float]], lr: float) -> bool:
+        """Read the pending losses (one transfer) into the metrics rows; False, with the run
+        diverged at the first non-finite one and the rows after it dropped, if there is one."""
+        if not pending:
+            return True
+        values = torch.stack([loss for _, _, loss, _ in pending]).cpu().tolist()
+        for (s, epoch, _, seconds), value in zip(pending, values, strict=True):
+            self.metrics.append((s, epoch, value, lr, seconds))
+            if not math.isfinite(value):
+                self.status, self.step = "diverged", s
+                self.ratios = [r for r in self.ratios if r[0] <= s]
+                pending.clear()
+                return False
+        pending.clear()
+        return True
 
     def record_ratios(self, step: int, stats: Tensor, grads: Tensor) -> None:
         stats, grads = stats.cpu().tolist(), grads.cpu().tolist()
@@ -441,7 +484,7 @@ def train(cfg: DictConfig, run_dir: str | Path, quiet: bool = False) -> dict:
         if summary is not None and summary.get("status") == saved.status:
             log.info("%s: already %s at step %d", run_dir, saved.status, saved.step)
             return summary
-    run = Run(cfg, run_dir, info, saved, verbose=not quiet)
+    run = Trainer(cfg, run_dir, info, saved, verbose=not quiet)
     try:
         run.initialize()
         if not quiet:

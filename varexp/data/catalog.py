@@ -1,35 +1,158 @@
-"""Which datasets exist, what their samples look like, config checks, and loading (cached in
-memory; generated datasets also on disk under the data directory)."""
+"""Which datasets exist and their options (config group `dataset`), what their samples look
+like, and loading (cached in memory; generated datasets also on disk under the data directory).
+
+Every dataset has `workers` (the host pipeline's DataLoader processes: auto = 0 on CPU, up to 4
+with CUDA) and `pipeline`, where training batches are cut. host: on the CPU by a DataLoader, each
+copied to the device. device: the split is copied to the device once; batches are cut and
+augmented there. auto: device with CUDA (host, with a warning, if the split needs over half the
+free GPU memory), else host. Batches are the same on both, up to float rounding."""
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 from collections.abc import Callable
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from varexp.config import positive_int
 from varexp.data import cifar10, gaussian, isbi2012, membranes, shapes
 from varexp.data.sources import Images, Source, volume_splits
 from varexp.errors import VarexpError, bad_value
 from varexp.files import atomic_path
+from varexp.schema import choice, flag, integer, number, option, spec_from, store
 
-DATASETS = ("gaussian", "cifar10", "isbi2012", "shapes", "membranes")
 SPLITS = ("train", "test")
 PIPELINES = ("auto", "host", "device")  # where training batches are cut: see stream.py
+CLASSES = 10
+GENERATOR_VERSION = 1  # bump when shapes.py or membranes.py change what they generate
+
+
+def _workers(value: object) -> bool:
+    return value == "auto" or (isinstance(value, int) and not isinstance(value, bool)
+                               and value >= 0)
+
+
+def _shape(value: object) -> bool:
+    return (isinstance(value, list | tuple) and len(value) > 0
+            and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in value))
+
+
+def _crop(value: object) -> bool:
+    return (isinstance(value, int) and not isinstance(value, bool) and value >= 16
+            and value % 16 == 0)
+
+
+def workers() -> object:
+    return option("auto", test=_workers, text="must be auto or an integer >= 0")
+
+
+def pipeline() -> str:
+    return choice("auto", PIPELINES)
+
+
+def crop(default: int) -> int:
+    return option(default, test=_crop, text="must be a positive multiple of 16 (UNet pools 4 "
+                                              "times)")
+
+
+@dataclass
+class Gaussian:
+    """iid N(0, 1) inputs (the paper's Fig. 1-3). Probes draw a fresh batch from `seed`;
+    training uses a finite set of `size` inputs with random targets (10 classes; random binary
+    maps for unet): a memorization task."""
+
+    name: str = choice("gaussian", ("gaussian",))
+    shape: list[int] | None = option(None, test=_shape, none=True,
+                                     text="must be null or a list of positive integers")
+    size: int = integer(1000)  # inputs per split for training
+    seed: int = integer(0, minimum=0)  # of the training set (the run's seed orders batches)
+    workers: Any = workers()
+    pipeline: str = pipeline()
+
+
+@dataclass
+class CIFAR10:
+    """CIFAR10 through torchvision (50000 train / 10000 test, 32x32 RGB, 10 classes), normalized
+    per channel. Augmentation as in the paper (Sec. 5.2): zero-pad 4 px per side, random 32x32
+    crop."""
+
+    name: str = choice("cifar10", ("cifar10",))
+    root: str | None = None  # holds cifar-10-batches-py/; null = $VAREXP_DATA (data_dir())
+    download: bool = flag(True)  # fetch the 170 MB archive when no CIFAR10 file is there
+    verify: bool = flag(True)  # torchvision's MD5 check of every file; false: a custom copy
+    augment: bool = flag(True)  # pad-and-crop on the train split
+    flip: bool = flag(False)  # random horizontal flips (not in the paper)
+    workers: Any = workers()
+    pipeline: str = pipeline()
+
+
+@dataclass
+class ISBI2012:
+    """ISBI 2012 EM segmentation challenge: train-volume.tif and train-labels.tif (30 slices of
+    512x512, uint8; labels 255 = cell interior, 0 = membrane); the model's target is membrane =
+    1. No automatic download (see the README). Augmentation as in the paper (Sec. 5.2):
+    90-degree rotations, reflections, elastic warps (Ronneberger et al. 2015), on random crops."""
+
+    name: str = choice("isbi2012", ("isbi2012",))
+    root: str | None = None  # holds the two TIFFs; null = $VAREXP_DATA/isbi2012
+    crop: int = crop(128)  # side of the square crops (training and probes); 512 = whole slice
+    val_slices: int = integer(0, minimum=0)  # the last slices held out; 0 = train on all
+    augment: bool = flag(True)
+    elastic_std: float = number(10.0, minimum=0.0)  # px, on a coarse 3x3 grid; 0 = no warps
+    workers: Any = workers()
+    pipeline: str = pipeline()
+
+
+@dataclass
+class Shapes:
+    """Embedded, offline: 32x32 RGB images of 10 procedural shapes (disk, ring, square, frame,
+    diamond, triangle, plus, cross, hbar, vbar) with random colours, striped textures and noise,
+    generated from `seed`; CIFAR10's format and label convention."""
+
+    name: str = choice("shapes", ("shapes",))
+    train_size: int = integer(10000)
+    test_size: int = integer(2000)
+    seed: int = integer(0, minimum=0)  # of the generated images (the run's seed orders batches)
+    augment: bool = flag(True)  # pad 4 px and crop back at random, as for cifar10
+    flip: bool = flag(False)
+    cache: bool = flag(True)  # keep the generated arrays under data_dir()/generated
+    workers: Any = workers()
+    pipeline: str = pipeline()
+
+
+@dataclass
+class Membranes:
+    """Embedded, offline: EM-like grayscale slices (Voronoi cells, dark blurred membranes of
+    varying thickness, textured interiors, dark unlabelled organelles, noise) with binary
+    membrane maps, generated from `seed`; ISBI2012's format and target (membrane = 1)."""
+
+    name: str = choice("membranes", ("membranes",))
+    slices: int = integer(30, minimum=2)
+    size: int = integer(512, minimum=16)  # slice side in pixels
+    seed: int = integer(0, minimum=0)
+    crop: int = crop(128)
+    val_slices: int = integer(0, minimum=0)
+    augment: bool = flag(True)
+    elastic_std: float = number(10.0, minimum=0.0)
+    cache: bool = flag(True)  # keep the generated stack under data_dir()/generated
+    workers: Any = workers()
+    pipeline: str = pipeline()
+
+
+DATASETS: dict[str, type] = {"gaussian": Gaussian, "cifar10": CIFAR10, "isbi2012": ISBI2012,
+                             "shapes": Shapes, "membranes": Membranes}
+for _name, _spec in DATASETS.items():
+    store("dataset", _name, _spec)
 TASK = {"cifar10": "classification", "shapes": "classification",
         "isbi2012": "segmentation", "membranes": "segmentation"}  # fmt: skip
 # The task each architecture is built for; gaussian adapts to the architecture.
 ARCH_TASK = {"mlp": "classification", "allcnnc": "classification", "unet": "segmentation"}
-CLASSES = 10
-GENERATOR_VERSION = 1  # bump when shapes.py or membranes.py change what they generate
 
 
 @dataclass(frozen=True)
@@ -40,6 +163,11 @@ class DataInfo:
     num_classes: int | None  # 10 for classification; None for segmentation
 
 
+def dataset_spec(dataset: object) -> object:
+    """The dataset's spec (a spec as it is; a config node or mapping converted and checked)."""
+    return spec_from(dataset, DATASETS, "dataset")
+
+
 def data_dir() -> Path:
     """$VAREXP_DATA if set, else $XDG_CACHE_HOME/varexp/data (default ~/.cache/varexp/data)."""
     if os.environ.get("VAREXP_DATA"):
@@ -48,104 +176,61 @@ def data_dir() -> Path:
     return Path(cache) / "varexp" / "data"
 
 
-def data_root(dataset: DictConfig) -> Path:
-    if dataset.get("root"):
+def data_root(dataset: object) -> Path:
+    if getattr(dataset, "root", None):
         return Path(str(dataset.root)).expanduser()
     return data_dir() / "isbi2012" if dataset.name == "isbi2012" else data_dir()
 
 
-def check(dataset: DictConfig) -> None:
-    """One line naming the key, the value and what is allowed, for the keys dataset `name` uses."""
-    cfg = OmegaConf.create({"dataset": OmegaConf.to_container(dataset, resolve=True)})
-    d = cfg.dataset
-
-    def flag(key: str) -> None:
-        if not isinstance(d.get(key), bool):
-            raise bad_value(f"dataset.{key}", d.get(key), "must be true or false")
-
-    def nonnegative(key: str) -> None:
-        value = d.get(key)
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-            raise bad_value(f"dataset.{key}", value, "must be a number >= 0")
-
-    workers = d.get("workers", "auto")
-    if workers != "auto" and (
-        isinstance(workers, bool) or not isinstance(workers, int) or workers < 0
-    ):
-        raise bad_value("dataset.workers", workers, "must be auto or an integer >= 0")
-    pipeline = d.get("pipeline", "auto")
-    if pipeline not in PIPELINES:
-        raise bad_value("dataset.pipeline", pipeline, "choose one of " + ", ".join(PIPELINES))
-    if d.name in ("gaussian", "shapes", "membranes"):
-        positive_int(cfg, "dataset.seed", minimum=0)
-    if d.name in ("cifar10", "shapes"):
-        flag("augment")
-        flag("flip")
+def data_info(dataset: object, arch: object) -> DataInfo:
+    """Shape and task of the samples, and that `arch` can consume them; reads no data."""
+    d = dataset_spec(dataset)
     if d.name == "gaussian":
-        positive_int(cfg, "dataset.size")
-        shape = d.get("shape")
-        if shape is not None and not (
-            OmegaConf.is_list(shape) and len(shape) > 0
-            and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape)
-        ):  # fmt: skip
-            raise bad_value("dataset.shape", shape, "must be null or a list of positive integers")
-    elif d.name == "cifar10":
-        flag("download")
-        flag("verify")
-    elif d.name == "shapes":
-        positive_int(cfg, "dataset.train_size")
-        positive_int(cfg, "dataset.test_size")
-        flag("cache")
-    else:
-        crop = d.get("crop")
-        if isinstance(crop, bool) or not isinstance(crop, int) or crop < 16 or crop % 16:
-            raise bad_value(
-                "dataset.crop", crop, "must be a positive multiple of 16 (UNet pools 4 times)"
-            )
-        positive_int(cfg, "dataset.val_slices", minimum=0)
-        flag("augment")
-        nonnegative("elastic_std")
-        if d.name == "membranes":
-            positive_int(cfg, "dataset.slices", minimum=2)
-            positive_int(cfg, "dataset.size", minimum=16)
-            flag("cache")
-
-
-def data_info(dataset: DictConfig, arch: DictConfig) -> DataInfo:
-    """Shape and task of the samples, after checking the dataset's keys and that `arch` can
-    consume them; reads no data."""
-    name = dataset.get("name")
-    if name not in DATASETS:
-        raise bad_value("dataset.name", name, "choose one of " + ", ".join(DATASETS))
-    check(dataset)
-    if name == "gaussian":
-        shape, task = gaussian.input_shape(dataset, arch), gaussian.task(arch)
-    elif TASK[name] == "classification":
+        shape, task = gaussian.input_shape(d, arch), gaussian.task(arch)
+    elif TASK[d.name] == "classification":
         shape, task = (3, 32, 32), "classification"
     else:
-        shape, task = (1, dataset.crop, dataset.crop), "segmentation"
+        shape, task = (1, d.crop, d.crop), "segmentation"
     needs = ARCH_TASK.get(arch.name)
     if needs is not None and needs != task:
         fits = ", ".join(n for n in DATASETS if TASK.get(n, needs) == needs)
         raise VarexpError(
-            f"arch={arch.name} needs a {needs} dataset ({fits}); dataset={name} is {task}"
+            f"arch={arch.name} needs a {needs} dataset ({fits}); dataset={d.name} is {task}"
         )
-    return DataInfo(name, shape, task, CLASSES if task == "classification" else None)
+    return DataInfo(d.name, shape, task, CLASSES if task == "classification" else None)
 
 
-def load_source(dataset: DictConfig, arch: DictConfig, split: str) -> Source:
+@dataclass(frozen=True)
+class Keyed:
+    """A dataset spec for the in-memory caches: equal and hashed by `key`, the values of the
+    fields that decide the data."""
+
+    spec: object = field(compare=False)
+    key: tuple = ()
+
+    @staticmethod
+    def of(spec: object, skip: tuple[str, ...] = ()) -> Keyed:
+        values = tuple((f.name, _frozen(getattr(spec, f.name))) for f in dataclasses.fields(spec)
+                       if f.name not in skip)
+        return Keyed(spec, (type(spec).__name__, *values))
+
+
+def _frozen(value: object) -> object:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def load_source(dataset: object, arch: object, split: str) -> Source:
     """The train or test split of the dataset, in memory (cached across calls)."""
     if split not in SPLITS:
         raise bad_value("split", split, "choose one of " + ", ".join(SPLITS))
-    info = data_info(dataset, arch)
-    key = json.dumps(OmegaConf.to_container(dataset, resolve=True), sort_keys=True)
-    return _source(key, split, info.input_shape, info.task)
+    d = dataset_spec(dataset)
+    info = data_info(d, arch)
+    return _source(Keyed.of(d), split, info.input_shape, info.task)
 
 
 @lru_cache(maxsize=4)
-def _source(key: str, split: str, shape: tuple[int, ...], task: str) -> Source:
-    d = OmegaConf.create(json.loads(key))
-    train = split == "train"
+def _source(keyed: Keyed, split: str, shape: tuple[int, ...], task: str) -> Source:
+    d, train = keyed.spec, split == "train"
     if d.name == "gaussian":
         return gaussian.load(d.size, shape, task, d.seed)[split]
     if d.name == "cifar10":
@@ -158,12 +243,20 @@ def _source(key: str, split: str, shape: tuple[int, ...], task: str) -> Source:
         # Normalize both splits with the training set's statistics, as for CIFAR10.
         mean, std = shapes.channel_stats(train_set[0])
         return Images(images, labels, torch.tensor(mean), torch.tensor(std), flip=d.flip)
-    image, membrane = _stack(key)
+    # the slices depend on fewer fields than the crops cut from them
+    image, membrane = _volume(Keyed.of(d, ("crop", "val_slices", "augment", "elastic_std",
+                                           "workers", "pipeline")))
     splits = volume_splits(image, membrane, d.crop, d.val_slices, d.elastic_std, d.name)
     if split not in splits:
         raise VarexpError(f"dataset.val_slices=0 holds out no slices of {d.name} for a {split} "
                           "split; set dataset.val_slices=5 (say) to hold some out")
     return splits[split]
+
+
+def clear_caches() -> None:
+    """Forget the in-memory splits (e.g. after the files under data_dir() changed)."""
+    _source.cache_clear()
+    _volume.cache_clear()
 
 
 def shapes_set(n: int, seed: int, split: int, cache: bool) -> tuple[Tensor, Tensor]:
@@ -172,8 +265,9 @@ def shapes_set(n: int, seed: int, split: int, cache: bool) -> tuple[Tensor, Tens
 
 
 @lru_cache(maxsize=1)
-def _stack(key: str) -> tuple[Tensor, Tensor]:
-    d = OmegaConf.create(json.loads(key))
+def _volume(keyed: Keyed) -> tuple[Tensor, Tensor]:
+    """The slices and their membrane maps."""
+    d = keyed.spec
     if d.name == "isbi2012":
         return isbi2012.load(data_root(d))
     name = f"membranes-{d.slices}x{d.size}-seed{d.seed}-v{GENERATOR_VERSION}.pt"

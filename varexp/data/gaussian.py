@@ -15,7 +15,7 @@ CLASSES = 10
 
 
 def input_shape(dataset: DictConfig, arch: DictConfig) -> tuple[int, ...]:
-    if dataset.get("shape") is not None:
+    if dataset.shape is not None:
         return tuple(int(n) for n in dataset.shape)
     if arch.name == "mlp":
         return (int(arch.width),)

@@ -16,11 +16,10 @@ import os
 from collections.abc import Iterator
 
 import torch
-from omegaconf import DictConfig
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from varexp.data.catalog import SPLITS, data_info, load_source
+from varexp.data.catalog import SPLITS, data_info, dataset_spec, load_source
 from varexp.data.sources import Source, generator
 from varexp.errors import bad_value
 
@@ -59,15 +58,17 @@ class Batches(Dataset):
         return self.source.batch(self.indices(i), gen, self.augment)
 
 
-def probe_batch(
-    dataset: DictConfig,
-    arch: DictConfig,
+def fixed_batch(
+    dataset: object,
+    arch: object,
     samples: int,
     seed: int,
     device: str | torch.device = "cpu",
 ) -> Tensor:
-    """A fixed batch of `samples` inputs (float32, no augmentation) chosen by `seed`: fresh iid
-    N(0, 1) draws for gaussian, else distinct training samples (crops for segmentation)."""
+    """A fixed batch of `samples` inputs (float32, no augmentation) chosen by `seed` (a probe's
+    inputs, and the batch a training run measures its layers on): fresh iid N(0, 1) draws for
+    gaussian, else distinct training samples (crops for segmentation)."""
+    dataset = dataset_spec(dataset)
     info = data_info(dataset, arch)
     if info.name == "gaussian":
         gen = generator(seed, PROBE)
@@ -140,8 +141,8 @@ class Stream:
 
     def __init__(
         self,
-        dataset: DictConfig,
-        arch: DictConfig,
+        dataset: object,
+        arch: object,
         batch_size: int,
         seed: int,
         split: str = "train",
@@ -149,17 +150,18 @@ class Stream:
     ):
         if split not in SPLITS:
             raise bad_value("split", split, "choose one of " + ", ".join(SPLITS))
+        dataset = dataset_spec(dataset)
         self.info = data_info(dataset, arch)
         self.device = torch.device(device)
         source = load_source(dataset, arch, split)
         what = f"the {split} split of dataset={self.info.name}"
         self.pipeline = resolve_pipeline(
-            dataset.get("pipeline", "auto"), what, source.nbytes, self.device
+            dataset.pipeline, what, source.nbytes, self.device
         )
         self.source = source.to(self.device) if self.pipeline == "device" else source
-        augment = split == "train" and bool(dataset.get("augment", False))
+        augment = split == "train" and bool(getattr(dataset, "augment", False))
         self.batches = Batches(self.source, batch_size, (seed, SPLITS.index(split)), augment)
-        self.workers = resolve_workers(dataset.get("workers", "auto"), self.device)
+        self.workers = resolve_workers(dataset.workers, self.device)
         self.batch = 0  # index of the next batch to hand out
 
     @property

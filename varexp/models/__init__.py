@@ -5,53 +5,88 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from numbers import Integral
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
-from varexp import config
 from varexp.activations import ACTIVATIONS
 from varexp.errors import ConfigError, bad_value
 from varexp.models import allcnnc, unet
 from varexp.models.allcnnc import AllCNNC
 from varexp.models.mlp import MLP
 from varexp.models.unet import UNet
+from varexp.schema import choice, integer, number, option, spec_from, store
 
 __all__ = ["ARCHS", "AllCNNC", "MLP", "UNet", "build_model"]
 
-# Every option of each arch with its default (None: required).
-ARCHS: dict[str, dict[str, object]] = {
-    "mlp": {"width": None, "depth": None, "activation": "relu", "norm": "none"},
-    "allcnnc": {"channels": 1.0, "activation": "relu", "norm": "none", "dropout": 0.0},
-    "unet": {"channels": 1.0, "activation": "relu", "norm": "none", "out_channels": 1},
-}
-NORMS = ("none", "batchnorm")
+NORMS = ("none", "batchnorm")  # batchnorm: BatchNorm before every nonlinearity (paper Sec. 4)
+
+
+@dataclass
+class MLPArch:
+    """The paper's Eq. 1 network: `depth` layers of `width` units (inputs flattened; a linear
+    readout `fc` for classification data)."""
+
+    name: str = choice("mlp", ("mlp",))
+    width: int = integer(1000)
+    depth: int = integer(50)
+    activation: str = choice("relu", tuple(ACTIVATIONS))
+    norm: str = choice("none", NORMS)
+
+
+@dataclass
+class AllCNNCArch:
+    """ALL-CNN-C (Springenberg et al. 2014) as in the paper (Sec. 3.3): nine ReLU convs, global
+    average pooling, one linear output layer; reflection padding."""
+
+    name: str = choice("allcnnc", ("allcnnc",))
+    channels: float = number(1.0)  # multiplier: 1.0 = the paper's widths (96, 192)
+    activation: str = choice("relu", tuple(ACTIVATIONS))
+    norm: str = choice("none", NORMS)
+    dropout: float = number(0.0, minimum=0.0, below=1.0)  # after the input and each stride-2 conv
+
+
+@dataclass
+class UNetArch:
+    """UNet (Ronneberger et al. 2015) as in the paper (Sec. 3.3): 23 convs, 4 max-pools, skip
+    concatenations; reflection padding keeps the output at the input's size."""
+
+    name: str = choice("unet", ("unet",))
+    channels: float = number(1.0)  # multiplier: 1.0 = level widths 64, 128, 256, 512, 1024
+    activation: str = choice("relu", tuple(ACTIVATIONS))
+    norm: str = choice("none", NORMS)
+    out_channels: int = option(1, kind="choice", choices=(1, 2),
+                               text="choose 1 (membrane logit) or 2 (two classes)")
+
+
+ARCHS: dict[str, type] = {"mlp": MLPArch, "allcnnc": AllCNNCArch, "unet": UNetArch}
+for _name, _spec in ARCHS.items():
+    store("arch", _name, _spec)
 
 
 def build_model(
-    arch: DictConfig | Mapping,
+    arch: MLPArch | AllCNNCArch | UNetArch | DictConfig | Mapping,
     input_shape: tuple[int, ...],
     num_classes: int | None,
-    init_name: str,
 ) -> nn.Module:
-    """The model `arch` describes, for inputs of `input_shape` (one sample, no batch dim).
+    """The model `arch` (a spec, the `arch` config node, or a mapping with `name`) describes,
+    for inputs of `input_shape` (one sample, no batch dim).
 
     mlp flattens its input and has a readout `fc` to `num_classes` outputs only when that is not
     None (None: the paper's probe MLP, every layer ReLU); allcnnc has `num_classes` outputs (10 if
     None); unet has `arch.out_channels` (1 = membrane logit, 2 = two classes). BatchNorm goes
-    before every nonlinearity when `arch.norm` or `init_name` is batchnorm (paper Sec. 4).
+    before every nonlinearity with `arch.norm=batchnorm` (paper Sec. 4; init=batchnorm sets it).
     Raises VarexpError (ConfigError for an option), before building, on a bad option or shape.
     """
-    cfg = _options(arch)
-    a = cfg.arch
-    norm = "batchnorm" if init_name == "batchnorm" or a.norm == "batchnorm" else "none"
+    a = spec_from(arch, ARCHS, "arch")
     shape = tuple(int(n) for n in input_shape)
     if not shape or min(shape) < 1:
         raise ConfigError(f"input shape {shape} is not allowed; every size must be >= 1")
     if a.name == "mlp":
         outputs = _classes(num_classes, None)
-        return MLP(math.prod(shape), a.width, a.depth, a.activation, norm, outputs)
+        return MLP(math.prod(shape), a.width, a.depth, a.activation, a.norm, outputs)
     if len(shape) != 3:
         raise ConfigError(
             f"input shape {shape} is not allowed for arch={a.name}; "
@@ -64,43 +99,10 @@ def build_model(
                 f"height and width must be at least {allcnnc.MIN_SIZE}"
             )
         return AllCNNC(
-            shape[0], _classes(num_classes, 10), a.channels, a.activation, norm, a.dropout
+            shape[0], _classes(num_classes, 10), a.channels, a.activation, a.norm, a.dropout
         )
     unet.check_size(shape[1], shape[2])
-    return UNet(shape[0], a.out_channels, a.channels, a.activation, norm)
-
-
-def _options(arch: DictConfig | Mapping) -> DictConfig:
-    """`arch` over its defaults, every option checked (one line naming the key)."""
-    given = OmegaConf.to_container(arch, resolve=True) if isinstance(arch, DictConfig) else arch
-    name = given.get("name")
-    if name not in ARCHS:
-        raise bad_value("arch.name", name, "choose one of " + ", ".join(ARCHS))
-    options = ARCHS[name]
-    for key in given:
-        if key != "name" and key not in options:
-            raise ConfigError(
-                f"arch.{key} is not an option of arch={name}; options: " + ", ".join(options)
-            )
-    cfg = OmegaConf.create({"arch": {"name": name, **options, **given}})
-    if name == "mlp":
-        config.positive_int(cfg, "arch.width")
-        config.positive_int(cfg, "arch.depth")
-    else:
-        config.positive_float(cfg, "arch.channels")
-    config.one_of(cfg, "arch.activation", tuple(ACTIVATIONS))
-    config.one_of(cfg, "arch.norm", NORMS)
-    if name == "allcnnc":
-        p = cfg.arch.dropout
-        if isinstance(p, bool) or not isinstance(p, int | float) or not 0 <= p < 1:
-            raise bad_value("arch.dropout", p, "must be a number in [0, 1)")
-    if name == "unet":
-        out = cfg.arch.out_channels
-        if isinstance(out, bool) or out not in (1, 2):
-            raise bad_value(
-                "arch.out_channels", out, "choose 1 (membrane logit) or 2 (two classes)"
-            )
-    return cfg
+    return UNet(shape[0], a.out_channels, a.channels, a.activation, a.norm)
 
 
 def _classes(num_classes: int | None, default: int | None) -> int | None:

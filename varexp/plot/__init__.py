@@ -7,32 +7,41 @@ module has `make(results: str | None, outputs_root: str, out_dir, **options) -> 
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig
 
-from varexp.config import check_common, one_of
 from varexp.errors import VarexpError, bad_value
 from varexp.figures import FIGURES
 from varexp.results import claim
+from varexp.schema import Common, choice, integer, option, validate
 
 # the ratio Fig. 2 draws for convolutional layers (varexp.stats): per channel, pooled over
 # samples and positions, or per (channel, position) over samples
 CNN_RATIOS = ("channel", "position")
 
 
+@dataclass
+class PlotOptions:
+    """The keys at the top of `varexp plot`'s config (defaults: conf/plot.yaml)."""
+
+    figure: str = choice("figure1", tuple(FIGURES))
+    results: str | None = option(None, none=True, test=lambda v: isinstance(v, str),
+                                 text="must be a folder")
+    outputs_root: str = option("outputs", test=lambda v: isinstance(v, str),
+                               text="must be a folder")
+    smooth: int | None = integer(None, none=True)  # figure4's moving-average window, in steps
+    cnn_ratio: str = choice("channel", CNN_RATIOS)  # figure2's CNN panels (varexp.stats)
+
+
 def check(cfg: DictConfig) -> None:
-    check_common(cfg)
-    if cfg.figure not in FIGURES:
-        raise bad_value("figure", cfg.figure, f"choose one of {', '.join(FIGURES)} "
+    if cfg.figure is None:
+        raise bad_value("figure", None, f"choose one of {', '.join(FIGURES)} "
                         "(e.g. `varexp plot figure2`)")
+    validate(cfg, Common, PlotOptions)
     if cfg.results is not None and not Path(str(cfg.results)).exists():
         raise VarexpError(f"results={cfg.results} does not exist")
-    smooth = cfg.get("smooth")
-    if smooth is not None and (isinstance(smooth, bool) or not isinstance(smooth, int)
-                               or smooth < 1):
-        raise bad_value("smooth", smooth, "must be an integer >= 1 or null")
-    one_of(cfg, "cnn_ratio", CNN_RATIOS)
 
 
 def render(figure: str | None, results: str | None, outputs_root: str,

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
+from varexp.errors import VarexpError
 from varexp.files import atomic_path
 from varexp.results.tables import RunResult, stack
 from varexp.theory import recursion
@@ -105,19 +106,15 @@ def panel_title(key: tuple) -> str:
 
 
 def theory_for(run: RunResult, depth: int) -> pd.DataFrame | None:
-    """The mean-field curve (varexp.theory.recursion) for the run's activation and init; ReLU
-    Kaiming (the wide-MLP reference) for the convolutional networks; None where none exists."""
-    norm = run.get("arch.norm", "none")
-    if run.arch == "mlp":
-        init = "batchnorm" if norm == "batchnorm" else run.init
-        activation, gain = str(run.get("arch.activation", "relu")), run.get("init.gain")
-    elif run.init == "kaiming" and norm == "none":
-        activation, init, gain = "relu", "kaiming", None
-    else:
-        return None
+    """The mean-field curve (varexp.theory.recursion) of a wide MLP with the run's activation,
+    init and units (for a convolutional net, the wide-MLP reference); None where the recursion
+    has no answer (it says why in the log)."""
     try:
-        return recursion(depth, activation=activation, init=init, gain=gain)
-    except (ValueError, KeyError):
+        return recursion(depth, activation=str(run.get("arch.activation", "relu")),
+                         init=run.init, gain=run.get("init.gain"),
+                         norm=str(run.get("arch.norm", "none")))
+    except VarexpError as error:
+        log.warning("no theory curve for %s: %s", run.path.parent, error)
         return None
 
 

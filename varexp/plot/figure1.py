@@ -12,7 +12,7 @@ import pandas as pd
 
 from varexp.errors import VarexpError
 from varexp.plot.common import ARCH_TITLES, log, new_figure, save, style_axes, theory_for
-from varexp.plot.stats import layer_summary
+from varexp.results.aggregate import layer_summary
 from varexp.results.tables import NEURONS, RunResult, load_probes
 
 NEURONS_SHOWN = 3

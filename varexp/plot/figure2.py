@@ -20,7 +20,7 @@ from varexp.plot.common import (
     style_axes,
     theory_for,
 )
-from varexp.plot.stats import layer_summary
+from varexp.results.aggregate import layer_summary
 from varexp.results.tables import RunResult, load_probes
 
 

@@ -1,6 +1,7 @@
 """Figure 3: the gradient <(dL/dx^l)^2> of the random linear loss L = w . x^L vs layer on a log
 axis, one panel per init (paper: kaiming, scale+bias, batchnorm), mean over networks per width,
-with the fitted slope of log(mean grad_sq) vs layer (varexp.plot.stats.grad_fit) in the legend.
+with the fitted slope of log(mean grad_sq) vs layer (varexp.results.aggregate.grad_fit) in the
+legend.
 Sec. 4 predicts slope log(1 - 1/pi) = -0.383 once the sample variance is preserved, 0 for
 kaiming; that prediction is drawn dotted through the middle of the fit."""
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from varexp.errors import VarexpError
+from varexp.inits import INITS, centred, total_variance
 from varexp.plot.common import (
     line_color,
     line_label,
@@ -22,22 +24,24 @@ from varexp.plot.common import (
     save,
     style_axes,
 )
-from varexp.plot.stats import grad_fit, layer_summary
+from varexp.results.aggregate import grad_fit, layer_summary
 from varexp.results.tables import RunResult, load_probes
 from varexp.theory import gradient_slope
 
 FIGURE3_INITS = ("kaiming", "scale+bias", "batchnorm")  # the paper's three settings
 
 
-def theory_slope(key: tuple) -> float | None:
-    """Sec. 4's slope for ReLU MLPs: 0 for kaiming, log(1 - 1/pi) when every layer is centred and
-    rescaled over samples; None where the paper predicts nothing."""
+def theory_slope(key: tuple, gain: float | None = None) -> float | None:
+    """Sec. 4's slope for ReLU MLPs: log(1 - 1/pi) when every layer is centred and rescaled
+    over samples (the init's mean-field law, or BatchNorm units), 0 when the weights keep the
+    total variance at the activation's gain (Kaiming); None where the paper predicts nothing."""
     arch, init, activation, norm = key
     if arch != "mlp" or activation != "relu":
         return None
-    if init in ("scale+bias", "batchnorm") or norm == "batchnorm":
+    law = centred if norm == "batchnorm" else INITS[init].mean_field
+    if law is centred:
         return gradient_slope()
-    return 0.0 if init == "kaiming" else None
+    return 0.0 if law is total_variance and gain is None else None
 
 
 def draw_panel(ax, key: tuple, runs: list[RunResult]) -> None:
@@ -58,7 +62,7 @@ def draw_panel(ax, key: tuple, runs: list[RunResult]) -> None:
         fits.append((layers, slope, intercept))
         log.info("figure3 %s, %s (%d nets): slope %+.4f", panel_title(key), line_label(arch, lkey),
                  table["network"].nunique(), slope)
-    predicted = theory_slope(key)
+    predicted = theory_slope(key, runs[0].get("init.gain"))
     if predicted is not None:
         layers, slope, intercept = fits[-1]  # the widest line, where the theory should hold best
         mid = layers.mean()

@@ -1,7 +1,7 @@
 """Finite-size effects on Fig. 3, which neither the paper nor its peers show. Left: the fitted
-slope of log <(dL/dx^l)^2> vs layer (varexp.plot.stats.grad_fit, layers 1..L-1) for scale+bias
-and batchnorm MLPs against width, one line per number of inputs T, with +-1 standard error
-(bootstrap over networks) and the infinite-width -0.383. Right: effective samples per layer as
+slope of log <(dL/dx^l)^2> vs layer (varexp.results.aggregate.grad_fit, layers 1..L-1) for
+scale+bias and batchnorm MLPs against width, one line per number of inputs T, with +-1 standard
+error (bootstrap over networks) and the infinite-width -0.383. Right: effective samples per layer as
 a fraction of T (varexp.stats): in the deep layers of scale+bias at finite width the centred
 signal concentrates on a few inputs, so fewer samples carry the gradient's growth."""
 
@@ -21,7 +21,7 @@ from varexp.plot.common import (
     save,
     style_axes,
 )
-from varexp.plot.stats import grad_fit, layer_summary
+from varexp.results.aggregate import grad_fit, layer_summary
 from varexp.results.tables import RunResult, load_probes, stack
 from varexp.theory import gradient_slope
 

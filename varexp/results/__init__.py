@@ -1,6 +1,6 @@
 """What a run folder holds and who made it: the record of its config (run.json), locks and
 refusals (records), the columns of every table and the one reader of them (tables), and the
-training checkpoint (checkpoint)."""
+training checkpoint (checkpoint), and network and seed averages of the tables (aggregate)."""
 
 from varexp.results.records import (
     RECORD,

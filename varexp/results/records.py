@@ -31,7 +31,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from varexp import provenance
-from varexp.config import resolve_device
+from varexp.devices import resolve as resolve_device
 from varexp.errors import VarexpError
 from varexp.figures import Figure
 from varexp.files import atomic_path, write_json
