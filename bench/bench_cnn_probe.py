@@ -6,7 +6,7 @@
     python bench/bench_cnn_probe.py --inits           # also every init, ALL-CNN-C x1, UNet x1/4
 
 The probe runs experiment=figure2_allcnnc with dataset=shapes (CIFAR10's 3x32x32 format, no
-download) through varexp.probe.probe_network, exactly as `varexp probe` does per network: build,
+download) through varexp.probing.probe_network, exactly as `varexp probe` does per network: build,
 init, one forward with the statistics hooks and one backward for grad_sq. Prints markdown tables.
 The init table reuses bench/bench_inits.py's models and timing, and divides each init's time by
 one forward pass of a minibatch through the same model (bench_inits.py reports that ratio for the
@@ -28,7 +28,7 @@ import bench_inits  # noqa: E402
 
 from varexp.data import fixed_batch  # noqa: E402
 from varexp.models import build_model  # noqa: E402
-from varexp.probe import probe_network  # noqa: E402
+from varexp.probing import probe_network  # noqa: E402
 
 
 def probe_cfg(networks: int, samples: int, channels: float):

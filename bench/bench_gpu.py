@@ -29,7 +29,7 @@ from varexp.data import Stream, data_info
 from varexp.inits import INITS, initialize
 from varexp.models import build_model
 from varexp.optim import make_optimizer
-from varexp.probe import probe_network
+from varexp.probing import probe_network
 from varexp.train import reset_globals, segmentation_loss, train
 
 MODELS = {

@@ -89,7 +89,7 @@ class FitTimer:
 def timed_init(case: Case, init: str, k: int, batches: list, repeats: int) -> tuple:
     """(best total seconds, best fit seconds or None, reported forward passes) on one model."""
     model = case.build(init)
-    cfg = {"name": init, "batches": k}
+    cfg = {"name": init} | ({"batches": k} if inits.INITS[init].fit is not None else {})
     reports = []
     with FitTimer() as fit:
         seconds = best_seconds(

@@ -133,7 +133,7 @@ def crossover(depth: int, samples: int, widths=(50, 100, 150, 200, 300, 500)) ->
 def figure2(widths=(30, 100, 300, 1000, 3000)) -> None:
     """The full Fig. 2-left experiment through the command line (probe defaults: grad on)."""
     from varexp.cli import main
-    from varexp.probe import choose_method
+    from varexp.probing import choose_method
 
     print("\nFig. 2 left: `varexp probe arch.width=W` (30 networks, depth 50, T 100, auto)\n")
     print("| width | path | wall s |")

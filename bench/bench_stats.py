@@ -61,7 +61,7 @@ def shapes(model, x) -> dict[int, tuple[int, ...]]:
     """Each weight layer's pre-activation shape (one sample)."""
     out = {}
     with Recorder(model, keep_x=False) as rec:
-        hooks = [wl.unit.norm.register_forward_hook(
+        hooks = [wl.measured.register_forward_hook(
             lambda m, i, o, index=wl.index: out.__setitem__(index, tuple(o.shape[1:])))
             for wl in rec.layers]
         with torch.no_grad():

@@ -36,7 +36,8 @@ CASES = {
 
 def config(case: list[str], steps: int, checkpoint_every: int = 1000):
     with initialize_config_module("varexp.conf", version_base="1.3"):
-        return compose("train", overrides=[*case, "dataset=shapes", "device=cpu", "init=kaiming",
+        return compose("train", overrides=[*case, "~task", "dataset=shapes", "device=cpu",
+                                           "init=kaiming",
                                            f"train.steps={steps}", "train.ratio_every=100",
                                            f"train.checkpoint_every={checkpoint_every}",
                                            "train.progress=false"])  # fmt: skip

@@ -1,5 +1,9 @@
 """The command line as a user meets it: subcommands, Hydra overrides, one-line errors."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -115,3 +119,24 @@ def test_train_uses_a_cpu_sized_task_unless_the_user_names_arch_or_dataset():
     paper = config("train", "experiment=figure4_cifar10")
     assert (paper.arch.channels, paper.dataset.name, paper.train.batch_size) == (1.0, "cifar10",
                                                                                   128)
+
+
+def test_shell_completion_through_the_wrapper(tmp_path):
+    """`eval "$(varexp -sc install=bash)"` as the README says, then the completion function bash
+    calls on <TAB>: command names first, then each command's keys and options (from Hydra)."""
+    script = (
+        'eval "$(varexp -sc install=bash)"\n'
+        'complete_line() { COMP_LINE="$1"; COMP_POINT=${#1}; COMP_CWORD=$2; '
+        'hydra_bash_completion; echo "${COMPREPLY[*]}"; }\n'
+        'complete_line "varexp pl" 1\n'
+        'complete_line "varexp train arch=u" 2\n'
+        'complete_line "varexp probe init=scale" 2\n'
+        'complete_line "varexp sweep train.st" 2\n'
+    )
+    bin_dir = str(Path(sys.executable).parent)
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, cwd=tmp_path,
+                         env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"},
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["plot", "arch=unet", "init=scale init=scale+bias",
+                                       "train.steps= train.stop_after="]

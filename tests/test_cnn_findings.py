@@ -16,7 +16,7 @@ from varexp.data import fixed_batch
 from varexp.inits import initialize
 from varexp.models import build_model
 from varexp.models.base import weight_layers
-from varexp.probe import probe_network
+from varexp.probing import probe_network
 from varexp.theory import recursion
 from varexp.threads import one_thread
 
@@ -158,7 +158,7 @@ def test_data_dependent_inits_cost_one_pass_plus_single_layer_reruns(arch, name)
 
 
 def mean_ratios(overrides: list[str], networks: int) -> tuple[list[str], Tensor]:
-    """(layer names, ratio per network and layer) from varexp.probe's networks 0..networks-1 with
+    """(layer names, ratio per network and layer) from varexp.probing's networks 0..networks-1 with
     Kaiming weights on the preset's probe batch."""
     cfg = probe_cfg(*overrides)
     x = fixed_batch(cfg.dataset, cfg.arch, cfg.probe.samples, cfg.seed)

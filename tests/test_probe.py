@@ -11,7 +11,7 @@ import torch
 from conftest import run_in_process
 from omegaconf import OmegaConf
 
-from varexp.probe import choose_method
+from varexp.probing import choose_method
 from varexp.results.tables import PROBE
 
 

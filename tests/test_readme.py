@@ -6,8 +6,11 @@ block run in order in one folder, as a user runs them. Commands that need the pa
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -87,3 +90,15 @@ def test_readme_block_runs_as_written(block, tmp_path, data_dir):
             assert out.returncode == 2 and len(lines) >= 1, f"{command}\n{out.stderr[-3000:]}"
             assert re.search(why, lines[-1]), lines[-1]
             assert "Traceback" not in out.stderr, out.stderr[-3000:]
+
+
+def python_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
+
+
+@pytest.mark.parametrize("code", python_blocks(), ids=lambda c: c.splitlines()[0][:40])
+def test_readme_python_runs_as_written(code, tmp_path, data_dir):
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=600,
+                         env={**os.environ, "VAREXP_DATA": str(data_dir), "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]

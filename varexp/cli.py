@@ -110,6 +110,9 @@ def main(argv: list[str] | None = None) -> None:
     if not args or args[0] in ("-h", "--help", "help"):
         print_help()
         return
+    if args[0] in COMPLETION_FLAGS:
+        complete_shell(args[1:])
+        return
     command, rest = args[0], args[1:]
     if command not in COMMANDS:
         print(f"varexp: unknown command {command!r}; choose one of {', '.join(COMMANDS)}",
@@ -125,6 +128,9 @@ def main(argv: list[str] | None = None) -> None:
                 print_command_help(command, [a for a in rest if not a.startswith("-")])
             except BrokenPipeError:  # `varexp probe --help | head`
                 sys.stderr.close()
+            return
+        if any(a in COMPLETION_FLAGS for a in rest):
+            complete_shell([a for a in rest if a not in COMPLETION_FLAGS])
             return
         if compose.inspects_only(rest):
             run_hydra(command, rest)
@@ -147,9 +153,33 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
 
 
-def run_hydra(command: str, args: list[str]) -> None:
+COMPLETION_FLAGS = ("-sc", "--shell-completion")
+
+
+def complete_shell(args: list[str]) -> None:
+    """Hydra's shell completion through the `varexp COMMAND` wrapper: `varexp -sc install=bash`
+    prints the script that registers it, and the script's queries (`varexp -sc query=bash`,
+    the typed line in $COMP_LINE) complete the command word here and the rest with Hydra, as
+    if the command were the program."""
+    line = os.environ.get("COMP_LINE", "")
+    words = line.split()
+    if any(a.startswith("query") for a in args) and (
+            len(words) < 2 or len(words) == 2 and not line.endswith(" ")):
+        typed = words[1] if len(words) == 2 else ""
+        print(" ".join(c for c in COMMANDS if c.startswith(typed)))
+        return
+    command = words[1] if len(words) >= 2 and words[1] in COMMANDS else "train"
+    if any(a.startswith("query") for a in args):
+        if words[1] not in COMMANDS:
+            return  # an unknown command: nothing to offer
+        rest = line.split(None, 2)[2] if len(words) > 2 else ""
+        os.environ["COMP_LINE"] = f"varexp {rest}"
+    run_hydra(command, ["-sc", *args], program="varexp")
+
+
+def run_hydra(command: str, args: list[str], program: str | None = None) -> None:
 
     command_module(command)  # it registers its own section (theory:, probe:, ...) with Hydra
-    sys.argv = [f"varexp {command}", *args]
+    sys.argv = [program or f"varexp {command}", *args]
     app = hydra.main(config_path="pkg://varexp.conf", config_name=command, version_base="1.3")
     app(lambda cfg: dispatch(command, cfg))()

@@ -281,7 +281,7 @@ def initialize(
         layers = weight_layers(model)
     except ValueError as err:
         raise VarexpError(str(err)) from None
-    if record.norm == "batchnorm" and all(isinstance(wl.unit.norm, nn.Identity)
+    if record.norm == "batchnorm" and all(isinstance(wl.norm, nn.Identity)
                                           for wl in layers):
         raise VarexpError(
             f"init={spec.name} needs a model built with BatchNorm units (arch.norm=batchnorm)"
@@ -298,8 +298,8 @@ def initialize(
             record.draw(wl.module.weight, *fans(wl.module), gain)
             if wl.module.bias is not None:
                 nn.init.zeros_(wl.module.bias)
-            if hasattr(wl.unit.norm, "reset_parameters"):
-                wl.unit.norm.reset_parameters()  # BatchNorm: weight 1, bias 0, fresh statistics
+            if hasattr(wl.norm, "reset_parameters"):
+                wl.norm.reset_parameters()  # BatchNorm: weight 1, bias 0, fresh statistics
         if data is None:
             return InitReport(0.0, [_describe(wl) for wl in layers])
         try:
@@ -403,11 +403,12 @@ def _scale(wl: WeightLayer, y: Tensor, with_bias: bool, eps: float) -> tuple[Ten
     so sigma_B ~ 1 and the rescale is ~1 (BatchNorm would undo it too). W and b act linearly on
     y, so the layer's new output is (y + shift) / s exactly, without re-running it.
     """
-    layer, u = wl.module, wl.unit.norm(y)
+    layer, u = wl.module, wl.norm(y)
     shift = torch.zeros((), dtype=y.dtype, device=y.device)
-    if with_bias:
-        if layer.bias is None and isinstance(wl.unit.norm, nn.Identity):
-            raise VarexpError(f"init=scale+bias: layer {wl.name} has no bias to set")
+    # a layer without a bias (in a model not built from Units, e.g. a conv before BatchNorm)
+    # cannot be centred: it gets Eq. 13 alone, and its report says centred = 0
+    centred = with_bias and (layer.bias is not None or not isinstance(wl.norm, nn.Identity))
+    if centred:
         # Eq. 14 per feature of a Linear layer, per channel of a conv (over samples and
         # positions: a conv has one bias per channel), then Eq. 13 on the centred output:
         # its second moment pooled over channels, samples and positions (two passes: stable
@@ -430,6 +431,7 @@ def _scale(wl: WeightLayer, y: Tensor, with_bias: bool, eps: float) -> tuple[Ten
         "sigma2": sigma2,
         "scale": 1.0 / s,
         "bias_abs_mean": bias_abs,
+        "centred": torch.tensor(float(centred), dtype=s.dtype, device=s.device),
     }
     return y.add_(shift).div_(s), stats  # y is this call's fresh output: in place saves memory
 

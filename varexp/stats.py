@@ -12,7 +12,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from varexp.models.base import batch_statistics, weight_layers
+from varexp.errors import VarexpError
+from varexp.models.base import WeightLayer, batch_statistics, weight_layers
 
 STAT_NAMES = ("sample_mean_sq", "sample_var", "ratio", "second_moment", "effective_samples",
               "sample_mean_sq_channel", "sample_var_channel", "ratio_channel")
@@ -70,17 +71,19 @@ class Recorder:
     `keep_u`. Use as a context manager; hooks go on exit.
     """
 
-    def __init__(self, model: nn.Module, keep_u: Sequence[int] = (), keep_x: bool = True):
-        self.layers = weight_layers(model)
+    def __init__(self, model: nn.Module, keep_u: Sequence[int] = (), keep_x: bool = True,
+                 layers: Sequence[WeightLayer] | None = None):
+        self.layers = list(layers) if layers is not None else weight_layers(model)
         self.keep_u = set(keep_u)
         self.clear()
         self._handles = []
         for layer in self.layers:
-            self._handles.append(layer.unit.norm.register_forward_hook(self._on_u(layer.index)))
+            self._handles.append(layer.measured.register_forward_hook(self._on_u(layer.index)))
             if keep_x:
                 self._handles.append(layer.unit.register_forward_hook(self._on_x(layer.index)))
 
     def clear(self) -> None:
+        self.calls: dict[int, int] = {}  # per layer index, in the order layers first ran
         self.stats: dict[int, dict[str, Tensor]] = {}
         self.features: dict[int, int] = {}
         self.x: dict[int, Tensor] = {}
@@ -88,6 +91,9 @@ class Recorder:
 
     def _on_u(self, index: int):
         def hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:
+            self.calls[index] = self.calls.get(index, 0) + 1
+            if index in self.stats:  # a layer the model runs again: its first call counts
+                return
             self.stats[index] = sample_stats(output)
             self.features[index] = features(output)
             if index in self.keep_u:
@@ -97,7 +103,7 @@ class Recorder:
 
     def _on_x(self, index: int):
         def hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:
-            self.x[index] = output
+            self.x.setdefault(index, output)
 
         return hook
 
@@ -121,6 +127,9 @@ def grad_sq(
     L = sum_t w . x^L_t with w ~ N(0, 1) of the shape of one sample of `output` = x^L, drawn once
     per call. Returns a float64 tensor of shape (len(xs),).
     """
+    if not isinstance(output, Tensor):
+        raise VarexpError(f"the model returns a {type(output).__name__}, not one tensor: the "
+                          "gradient probe needs its output (probe with grad=False, or wrap it)")
     w = torch.randn(output.shape[1:], generator=generator, device=output.device, dtype=output.dtype)
     loss = (output * w).sum()
     grads = torch.autograd.grad(loss, list(xs))
@@ -133,25 +142,30 @@ def network_stats(
     grad: bool = True,
     generator: torch.Generator | None = None,
     keep_u: Sequence[int] = (),
+    layers: Sequence[WeightLayer] | None = None,
 ) -> tuple[list[dict], dict[int, Tensor]]:
     """One forward pass of `model` on the batch x (plus one backward for grad_sq) with BatchNorm
     on batch statistics (paper Sec. 4) and dropout off; the model's state is left as it was.
 
-    Returns per weight layer l = 1..L a dict: layer, name, features, the STAT_NAMES as 0-d
-    float64 tensors and grad_sq (a 0-d tensor, or None without `grad`); and u^l for `keep_u`.
+    Returns per weight layer, in the order the pass first ran them, a dict: layer (1..L in
+    that order), name, features, the STAT_NAMES as 0-d float64 tensors, grad_sq (a 0-d tensor,
+    or None without `grad`) and calls (how often the pass ran it; its first call is measured);
+    and u^l for `keep_u`. Layers the pass never runs are left out.
     """
     with (
         batch_statistics(model),
-        Recorder(model, keep_u, keep_x=grad) as rec,
+        Recorder(model, keep_u, keep_x=grad, layers=layers) as rec,
         torch.set_grad_enabled(grad),
     ):
         output = model(x)
-        layers = rec.layers
-        g = grad_sq(output, [rec.x[wl.index] for wl in layers], generator) if grad else None
+        by_index = {wl.index: wl for wl in rec.layers}
+        ran = [by_index[i] for i in rec.calls]
+        g = grad_sq(output, [rec.x[wl.index] for wl in ran], generator) if grad else None
     rows = []
-    for i, wl in enumerate(layers):
+    for i, wl in enumerate(ran):
         rows.append(
-            dict(layer=wl.index, name=wl.name, features=rec.features[wl.index],
-                 **rec.stats[wl.index], grad_sq=None if g is None else g[i])
+            dict(layer=i + 1, name=wl.name, features=rec.features[wl.index],
+                 **rec.stats[wl.index], grad_sq=None if g is None else g[i],
+                 calls=rec.calls[wl.index])
         )
     return rows, rec.u

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 from torch import Tensor
 
 from varexp.data import cifar10, gaussian, isbi2012, membranes, shapes
@@ -185,6 +186,8 @@ def data_root(dataset: object) -> Path:
 def data_info(dataset: object, arch: object) -> DataInfo:
     """Shape and task of the samples, and that `arch` can consume them; reads no data."""
     d = dataset_spec(dataset)
+    if isinstance(arch, dict):
+        arch = OmegaConf.create(arch)  # e.g. {"name": "allcnnc"}
     if d.name == "gaussian":
         shape, task = gaussian.input_shape(d, arch), gaussian.task(arch)
     elif TASK[d.name] == "classification":

@@ -1,9 +1,11 @@
 """The interface every architecture shares: an ordered list of named weight layers.
 
-Each weight layer l is a `Unit`: u^l = norm(weight(x^{l-1})) is the pre-activation the paper's
-statistics are about, x^l = act(u^l) the activation. Stats, inits and gradient probes work
-through `weight_layers(model)` and forward hooks on the units, never through per-architecture
-code.
+In varexp's models each weight layer l is a `Unit`: u^l = norm(weight(x^{l-1})) is the
+pre-activation the paper's statistics are about, x^l = act(u^l) the activation. Any other
+PyTorch model works too: its Linear, Conv2d and ConvTranspose2d modules are its weight layers,
+u^l their outputs (before whatever normalization or nonlinearity the model applies next). Stats,
+inits and gradient probes work through `weight_layers(model)` and forward hooks, never through
+per-architecture code.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
 WEIGHT_TYPES = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
@@ -35,25 +38,74 @@ class Unit(nn.Module):
         return self.act(self.norm(self.layer(x)))
 
 
+_NO_NORM = nn.Identity()
+
+
 @dataclass(frozen=True)
 class WeightLayer:
     index: int  # l = 1..L in forward order
     name: str
-    unit: Unit
+    unit: nn.Module  # a Unit, or in another model the weight layer itself
 
     @property
     def module(self) -> nn.Module:
-        return self.unit.layer
+        """The Linear, Conv2d or ConvTranspose2d."""
+        return self.unit.layer if isinstance(self.unit, Unit) else self.unit
+
+    @property
+    def norm(self) -> nn.Module:
+        """The normalization between the weights and u^l (an Identity where there is none)."""
+        return self.unit.norm if isinstance(self.unit, Unit) else _NO_NORM
+
+    @property
+    def measured(self) -> nn.Module:
+        """The module whose output is u^l."""
+        return self.unit.norm if isinstance(self.unit, Unit) else self.unit
+
+    @property
+    def has_act(self) -> bool:
+        return isinstance(self.unit, Unit) and self.unit.has_act
 
 
 def weight_layers(model: nn.Module) -> list[WeightLayer]:
-    """The model's weight layers in forward order (models register units in that order)."""
+    """The model's weight layers: its Units (varexp's models register them in forward order),
+    or in a model without Units every Linear, Conv2d and ConvTranspose2d in registration order
+    (`in_forward_order` sorts them by a forward pass)."""
     units = [(name, m) for name, m in model.named_modules() if isinstance(m, Unit)]
+    if not units:
+        units = [(name or type(m).__name__, m) for name, m in model.named_modules()
+                 if isinstance(m, WEIGHT_TYPES)]
     if not units:
         raise ValueError(
             f"{type(model).__name__} has no weight layers (Linear, Conv2d, ConvTranspose2d)"
         )
     return [WeightLayer(i, name, unit) for i, (name, unit) in enumerate(units, start=1)]
+
+
+def in_forward_order(model: nn.Module, x: Tensor) -> tuple[list[WeightLayer], dict[str, int]]:
+    """The weight layers in the order a forward pass on x first runs them (layers it never runs
+    left out), numbered 1..L, and how often each ran where that is more than once."""
+    layers = weight_layers(model)
+    calls: dict[int, int] = {}
+    order: list[WeightLayer] = []
+
+    def hook(wl: WeightLayer):
+        def record(*_: object) -> None:
+            calls[wl.index] = calls.get(wl.index, 0) + 1
+            if calls[wl.index] == 1:
+                order.append(wl)
+
+        return record
+
+    handles = [wl.measured.register_forward_hook(hook(wl)) for wl in layers]
+    try:
+        with batch_statistics(model), torch.no_grad():
+            model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    reused = {wl.name: calls[wl.index] for wl in order if calls[wl.index] > 1}
+    return [WeightLayer(i, wl.name, wl.unit) for i, wl in enumerate(order, start=1)], reused
 
 
 def norm_layer(kind: str, channels: int, dims: int) -> nn.Module | None:

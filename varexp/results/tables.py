@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from varexp.errors import VarexpError
@@ -170,3 +171,19 @@ def stack(runs: list[RunResult]) -> pd.DataFrame:
         offset = int(frame["network"].max()) + 1
         parts.append(frame)
     return pd.concat(parts, ignore_index=True)
+
+
+def probe_frame(network: int, rows: list[dict]) -> pd.DataFrame:
+    """probe.csv's rows of one network from varexp.stats.network_stats' per-layer dicts, with
+    one device-to-host copy for all of them (grad_sq NaN without gradients)."""
+    keys = [*STAT_NAMES, "grad_sq"]
+    nan = torch.full((), float("nan"), dtype=torch.float64, device=rows[0]["ratio"].device)
+    values = torch.stack(
+        [torch.stack([nan if r[k] is None else r[k] for k in keys]) for r in rows]
+    ).cpu().numpy()
+    frame = pd.DataFrame(values, columns=keys)
+    frame.insert(0, "features", [r["features"] for r in rows])
+    frame.insert(0, "name", [r["name"] for r in rows])
+    frame.insert(0, "layer", [r["layer"] for r in rows])
+    frame.insert(0, "network", network)
+    return frame

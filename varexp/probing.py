@@ -29,10 +29,10 @@ from varexp.inits import initialize, one_batch
 from varexp.models import build_model
 from varexp.models.base import weight_layers
 from varexp.results import claim
-from varexp.results.tables import NEURONS, PROBE
+from varexp.results.tables import NEURONS, PROBE, probe_frame
 from varexp.sampled import sampled_mlp, unsupported
 from varexp.schema import Common, choice, flag, integer, store, to_spec, validate
-from varexp.stats import STAT_NAMES, network_stats
+from varexp.stats import network_stats
 
 log = logging.getLogger(__name__)
 METHODS = ("auto", "dense", "sampled")
@@ -175,7 +175,7 @@ def probe(cfg: DictConfig, out_dir: Path) -> None:
                disable=None if cfg.probe.progress else True)
     for i in bar:
         rows, kept = probe_network(cfg, x, i, method)
-        tables.append(check_finite(_to_frame(i, rows), cfg))
+        tables.append(check_finite(probe_frame(i, rows), cfg))
         if cfg.probe.neurons > 0:
             neurons.append(neuron_rows(i, kept, cfg.probe.neurons, cfg.seed))
     table = pd.concat(tables, ignore_index=True)
@@ -200,19 +200,4 @@ def check_finite(frame: pd.DataFrame, cfg: DictConfig) -> pd.DataFrame:
                           f"pre-activations overflow float32 (second moment "
                           f"{row.second_moment}); init={cfg.init.name}, init.gain="
                           f"{cfg.init.get('gain')}: use a smaller gain or fewer layers")
-    return frame
-
-
-def _to_frame(network: int, rows: list[dict]) -> pd.DataFrame:
-    """One device-to-host copy for all of a network's statistics (grad_sq NaN without grad)."""
-    keys = [*STAT_NAMES, "grad_sq"]
-    nan = torch.full((), float("nan"), dtype=torch.float64, device=rows[0]["ratio"].device)
-    values = torch.stack(
-        [torch.stack([nan if r[k] is None else r[k] for k in keys]) for r in rows]
-    ).cpu().numpy()
-    frame = pd.DataFrame(values, columns=keys)
-    frame.insert(0, "features", [r["features"] for r in rows])
-    frame.insert(0, "name", [r["name"] for r in rows])
-    frame.insert(0, "layer", [r["layer"] for r in rows])
-    frame.insert(0, "network", network)
     return frame

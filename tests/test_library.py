@@ -1,0 +1,164 @@
+"""varexp as a library on models it did not build: varexp.probe(model, x) and varexp.init's
+in-place inits, on plain nn.Sequential MLPs and torchvision models."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import varexp
+from varexp.errors import VarexpError
+from varexp.models.base import weight_layers
+from varexp.theory import recursion
+from varexp.threads import one_thread
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    with one_thread():
+        yield
+
+
+def plain_mlp(width: int, depth: int) -> nn.Sequential:
+    """The paper's Eq. 1 network as anyone writes it, Kaiming weights, zero biases."""
+    layers = []
+    for _ in range(depth):
+        linear = nn.Linear(width, width)
+        nn.init.kaiming_normal_(linear.weight, nonlinearity="relu")
+        nn.init.zeros_(linear.bias)
+        layers += [linear, nn.ReLU()]
+    return nn.Sequential(*layers)
+
+
+def test_probe_of_a_plain_mlp_follows_the_theory():
+    """Eq. 6-8: the ratio m/v at layer l of a wide Kaiming ReLU net on iid inputs; the sampled
+    ratio of a finite net sits near it at moderate depth (mean over networks)."""
+    torch.manual_seed(0)
+    width, depth, networks = 400, 8, 6
+    x = torch.randn(100, width)
+    tables = [varexp.probe(plain_mlp(width, depth), x, seed=i) for i in range(networks)]
+    table = tables[0]
+    assert list(table.layer) == list(range(1, depth + 1))
+    assert list(table.name) == [str(2 * i) for i in range(depth)]  # Sequential's own names
+    assert set(table.type) == {"Linear"} and (table.features == width).all()
+    ratio = np.mean([t.ratio.to_numpy() for t in tables], axis=0)
+    theory = recursion(depth).ratio.to_numpy()
+    np.testing.assert_allclose(ratio[2:], theory[2:], rtol=0.1)
+    assert np.isfinite(table.grad_sq).all() and (table.grad_sq > 0).all()
+    np.testing.assert_allclose(table.ratio, np.sqrt(table.sample_mean_sq / table.sample_var))
+
+
+def test_probe_of_resnet18_in_forward_order_leaves_the_model_alone():
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).train()
+    state = copy.deepcopy(model.state_dict())
+    table = varexp.probe(model, torch.randn(8, 3, 32, 32))
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    assert sorted(table.name) == sorted(convs) and len(table) == 21
+    # forward order: a block's shortcut runs after its two convs, the classifier last
+    names = list(table.name)
+    assert names.index("layer2.0.downsample.0") == names.index("layer2.0.conv2") + 1
+    assert names[-1] == "fc" and table.type.iloc[-1] == "Linear"
+    assert model.training and all(m.training for m in model.modules())
+    for key, value in model.state_dict().items():  # BatchNorm's running statistics included
+        assert torch.equal(value, state[key]), key
+
+
+def test_a_layer_run_twice_is_measured_on_its_first_call_with_a_warning():
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.hidden, self.out = nn.Linear(8, 8), nn.Linear(8, 2)
+
+        def forward(self, x):
+            return self.out(torch.relu(self.hidden(torch.relu(self.hidden(x)))))
+
+    model, x = Shared(), torch.randn(50, 8)
+    with pytest.warns(UserWarning, match="layer hidden ran 2 times"):
+        table = varexp.probe(model, x)
+    first = model.hidden(x)
+    assert table.second_moment.iloc[0] == pytest.approx(first.square().mean().item(), rel=1e-5)
+    with pytest.raises(VarexpError, match="layer hidden ran 2 times"):
+        varexp.init.scale_(model, x)
+
+
+def test_bad_models_are_one_line():
+    with pytest.raises(VarexpError, match="Sequential has no weight layers"):
+        varexp.probe(nn.Sequential(nn.ReLU()), torch.randn(4, 3))
+
+    class Pair(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 3)
+
+        def forward(self, x):
+            return self.fc(x), x
+
+    with pytest.raises(VarexpError, match="returns a tuple, not one tensor"):
+        varexp.probe(Pair(), torch.randn(4, 3))
+    assert len(varexp.probe(Pair(), torch.randn(4, 3), grad=False)) == 1
+
+
+def test_scale_bias_centres_every_feature_of_any_model():
+    """Eq. 14 then 13 on a plain MLP: on the fitting batch every pre-activation's sample mean
+    is 0 and the layer's second moment 1 (paper Sec. 4)."""
+    torch.manual_seed(0)
+    model, x = plain_mlp(64, 6), torch.randn(3, 40, 64)
+    report = varexp.init.scale_bias_(model, list(x))
+    assert report.forward_passes == 3 and all(e["centred"] == 1 for e in report.layers)
+    table = varexp.probe(model, x.reshape(120, 64), grad=False)
+    assert (table.sample_mean_sq < 1e-10).all()
+    np.testing.assert_allclose(table.second_moment, 1.0, rtol=1e-4)
+
+
+def test_scale_bias_on_convs_without_bias_scales_them_and_says_so():
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10)
+    x = torch.randn(8, 3, 32, 32)
+    with pytest.warns(UserWarning, match=r"20 layer\(s\) without a bias were scaled but not"):
+        varexp.init.scale_bias_(model, x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the fc layer has a bias: it is centred, no warning
+        table = varexp.probe(model, x, grad=False)
+    np.testing.assert_allclose(table.second_moment, 1.0, rtol=1e-3)
+    assert table.sample_mean_sq.iloc[-1] < 1e-10
+
+
+def test_lsuv_matches_the_lsuv_package_on_a_torchvision_model():
+    """The lsuv package and varexp.init.lsuv_ on torchvision's squeezenet1_1 from the same seed
+    reach the same per-layer output std (torch.std of each weight layer's output, the package's
+    definition) and the same weights. ReLUs are made out-of-place: the package reads a layer's
+    output after the next in-place ReLU has overwritten it (its stds come out near 1.7)."""
+    lsuv = pytest.importorskip("lsuv", reason="the lsuv package is not installed")
+    torch.manual_seed(0)
+    ours = torchvision.models.squeezenet1_1(num_classes=10)
+    for module in ours.modules():
+        if isinstance(module, nn.ReLU):
+            module.inplace = False
+    theirs, x = copy.deepcopy(ours), torch.randn(8, 3, 64, 64)
+    torch.manual_seed(1)
+    varexp.init.lsuv_(ours, x, tol=0.1, max_iters=10, eps=1e-8)
+    torch.manual_seed(1)
+    lsuv.lsuv_with_singlebatch(theirs, x, std_tol=0.1, max_attempts=10, verbose=False)
+
+    def stds(model: nn.Module) -> list[float]:
+        out: list[float] = []
+        hooks = [wl.module.register_forward_hook(lambda _m, _i, y: out.append(y.std().item()))
+                 for wl in weight_layers(model)]
+        with torch.no_grad():
+            model.eval()(x)
+        for hook in hooks:
+            hook.remove()
+        return out
+
+    a, b = stds(ours), stds(theirs)
+    assert len(a) == len(b) == 26
+    assert all(abs(s - 1.0) <= 0.1 for s in a) and max(map(abs, np.subtract(a, b))) < 1e-4
+    for p, q in zip(ours.parameters(), theirs.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6)

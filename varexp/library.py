@@ -1,0 +1,52 @@
+"""varexp on any PyTorch model: `varexp.probe(model, x)` measures what the paper measures, per
+weight layer (every Linear, Conv2d and ConvTranspose2d, found by hooks, in the order a forward
+pass runs them), without changing the model's code or state.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+from varexp.errors import VarexpError
+from varexp.results.tables import probe_frame
+from varexp.stats import network_stats
+
+
+def probe(model: nn.Module, x: Tensor, grad: bool = True, seed: int = 0) -> pd.DataFrame:
+    """probe.csv's table for `model` on the batch x (T samples on the model's device): per
+    weight layer in forward order its layer number, name (as in model.named_modules()), type,
+    features and the sample statistics of its output u (varexp.stats: sample mean^2, sample
+    variance, their ratio, second moment and effective samples per feature, and per channel
+    pooled over positions, the convention of BatchNorm and of a conv's bias), and with `grad`
+    grad_sq, the mean square of dL/du for the random linear loss L = w . output (paper Fig. 3,
+    w drawn from `seed`). One forward and one backward pass.
+
+    BatchNorm uses batch statistics and dropout is off for the pass (paper Sec. 4); the model's
+    modes, buffers and parameters are left as they were. A layer the model runs more than once
+    per pass (shared weights) is measured on its first call, with a warning naming it.
+    """
+    generator = torch.Generator(device=x.device).manual_seed(seed)
+    try:
+        rows, _ = network_stats(model, x, grad=grad, generator=generator)
+    except ValueError as err:  # no weight layers
+        raise VarexpError(str(err)) from None
+    if not rows:
+        raise VarexpError(f"{type(model).__name__}: no weight layer ran in a forward pass on x")
+    for row in rows:
+        if row["calls"] > 1:
+            warnings.warn(f"layer {row['name']} ran {row['calls']} times in one forward pass; "
+                          "its statistics and grad_sq are those of its first call", stacklevel=2)
+    modules = dict(model.named_modules())
+    frame = probe_frame(0, rows).drop(columns="network")
+    frame.insert(2, "type", [_type(modules, row["name"]) for row in rows])
+    return frame
+
+
+def _type(modules: dict[str, nn.Module], name: str) -> str:
+    module = modules.get(name)
+    layer = getattr(module, "layer", module)  # a varexp Unit holds its weight layer
+    return type(layer).__name__
