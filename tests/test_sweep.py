@@ -15,8 +15,9 @@ from test_figure4 import fake_run
 
 from varexp.cli import main
 from varexp.errors import ConfigError
+from varexp.results.aggregate import criterion
 from varexp.results.tables import SELECTED, SWEEP
-from varexp.sweep import check_sweep, criterion, select
+from varexp.sweep import check_sweep, select
 
 # ---------------------------------------------------------------------------------------------
 # unit: grid, criterion, selection

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
@@ -122,6 +123,8 @@ def main(argv: list[str] | None = None) -> None:
         rest[0] = f"figure={rest[0]}"  # varexp plot figure2, varexp plot slopes
     # torch's waiting threads sleep instead of spinning on cores that other work needs
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # the Optuna sweeper's storage layer (alembic) logs every plugin it sets up at INFO
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         if "--help" in rest or "-h" in rest:
             try:

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
+from importlib import resources
 from pathlib import Path
 
 from hydra import compose, initialize_config_module
@@ -95,14 +96,29 @@ def complete(command: str, args: list[str]) -> list[str]:
     """The command line Hydra gets: a default task steps aside when the user names arch= or
     dataset= without task= (a narrow ALL-CNN-C's sizes mean nothing to an MLP), and
     VAREXP_SMOKE=1 appends the token sizes."""
-    keys = {a.split("=", 1)[0].lstrip("+~") for a in args if not a.startswith("-")}
-    if keys & {"arch", "dataset"} and not keys & {"task", "experiment"} and (
-        "task" in command_groups(command)
-    ):
+    values = dict(a.lstrip("+~").split("=", 1) for a in args
+                  if "=" in a and not a.startswith("-"))
+    if values.keys() & {"arch", "dataset"} and "task" not in values and (
+        not _preset_picks_task(values.get("experiment"))
+    ) and "task" in command_groups(command):
         args = [*args, "~task"]
     if os.environ.get("VAREXP_SMOKE"):
         args = [*args, *SMOKE.get(command, [])]
     return args
+
+
+def _preset_picks_task(preset: str | None) -> bool:
+    """Whether the experiment preset chooses a task (then the preset's task stays)."""
+    if not preset:
+        return False
+    path = resources.files(CONFIG_MODULE) / "experiment" / f"{preset}.yaml"
+    if not path.is_file():
+        return False  # an unknown preset: composing it says so
+    preset_cfg = OmegaConf.load(str(path))
+    defaults = preset_cfg.get("defaults") or []
+    swept = OmegaConf.select(preset_cfg, "hydra.sweeper.params", default=None) or {}
+    return "task" in swept or any(
+        "override /task" in (d if isinstance(d, str) else next(iter(d), "")) for d in defaults)
 
 
 def inspects_only(args: list[str]) -> bool:
@@ -341,7 +357,9 @@ def _missing_option(command: str, error: MissingConfigException) -> VarexpError:
         return VarexpError(str(error).splitlines()[0])
     options = presets_for(command) if group == "experiment" else list(error.options or [])
     extra = (" (pip install -e '.[slurm]' adds submitit_local and submitit_slurm)"
-             if group == "hydra/launcher" and option.startswith("submitit") else "")
+             if group == "hydra/launcher" and option.startswith("submitit")
+             else " (pip install -e '.[optuna]' adds optuna)"
+             if group == "hydra/sweeper" and option == "optuna" else "")
     return VarexpError(f"{group}={option!r} is not an option; choose one of "
                        f"{', '.join(options)}{extra}")
 

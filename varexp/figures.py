@@ -80,10 +80,16 @@ def figure_of(preset: str | None) -> Figure | None:
     return next((f for f in FIGURES.values() if preset in f.all_presets), None)
 
 
+# presets that feed no figure, and the commands they are written for
+OTHER_PRESETS = {"optuna_lr": ("train",)}
+
+
 def commands_for(preset: str) -> tuple[str, ...] | None:
-    """The commands an experiment preset is written for; None: a preset of no figure (any)."""
+    """The commands an experiment preset is written for; None: unknown (any)."""
     if preset in SCALES:
         return ("reproduce",)
+    if preset in OTHER_PRESETS:
+        return OTHER_PRESETS[preset]
     figure = figure_of(preset)
     if figure is None:
         return None

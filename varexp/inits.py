@@ -1,8 +1,9 @@
-"""Weight initializations for any model built from Units (paper Sec. 2 and 5.1).
+"""Weight initializations for any model (paper Sec. 2 and 5.1).
 
 Every init works through `weight_layers(model)` and forward hooks, never through per-architecture
-code, so it covers Linear, Conv2d and ConvTranspose2d layers in MLPs, ALL-CNN-C and UNet alike.
-Biases start at 0 and BatchNorm units at weight 1, bias 0 with fresh running statistics.
+code, so it covers Linear, Conv2d and ConvTranspose2d layers in MLPs, ALL-CNN-C and UNet alike,
+and in any other PyTorch model. Biases start at 0 and BatchNorm units at weight 1, bias 0 with
+fresh running statistics.
 
 - kaiming (He et al. 2015, paper Eq. 2): W ~ N(0, gain^2 / fan_in) in every weight layer, the
   first and the readout included; gain null = the activation's (sqrt 2 for ReLU).
@@ -23,6 +24,8 @@ Biases start at 0 and BatchNorm units at weight 1, bias 0 with fresh running sta
 - lsuv (Mishkin & Matas 2015): orthogonal weights (gain 1 unless init.gain), then per layer
   W *= 1 / (std + eps) until the std of the weight layer's output (torch.std over the whole
   tensor, the lsuv package's definition) is within init.tol of 1 or init.max_iters rescales.
+- default: the model's weights as its own code drew them (torchvision's and timm's inits,
+  PyTorch's layer defaults in varexp's models); nothing is redrawn or zeroed.
 
 The data-dependent inits need ONE forward pass over the k minibatches concatenated into one batch
 of k*T samples (so peak memory is that of one such pass): a forward hook on each weight layer fits
@@ -89,6 +92,11 @@ class Orthogonal:
 class BatchNormInit:
     name: str = choice("batchnorm", ("batchnorm",))
     gain: float | None = gain_option(None)
+
+
+@dataclass
+class Default:
+    name: str = choice("default", ("default",))
 
 
 @dataclass
@@ -188,8 +196,8 @@ class Init:
 
     name: str
     spec: type
-    draw: Callable[[Tensor, float, float, float], None]
-    mean_field: Callable[[float, float, float], tuple[float, float]]
+    draw: Callable[[Tensor, float, float, float], None] | None  # None: keep the model's own
+    mean_field: Callable[[float, float, float], tuple[float, float]] | None
     fit: Callable | None = None
     sampled_std: Callable[[float, float, float], float] | None = None
     sampled_map: Callable[[Tensor, float], Callable[[Tensor], Tensor]] | None = None
@@ -226,6 +234,8 @@ INITS: dict[str, Init] = {i.name: i for i in [
          sampled_std=unit_std, sampled_map=scale_bias_map),
     # Mishkin & Matas (2015)
     Init("lsuv", LSUV, orthogonal, unit_second_moment, _fit_lsuv),
+    # the model's own init as its code builds it (torchvision's, timm's, PyTorch's defaults)
+    Init("default", Default, None, None),
 ]}  # fmt: skip
 SPECS: dict[str, type] = {name: init.spec for name, init in INITS.items()}
 for _init in INITS.values():
@@ -294,7 +304,7 @@ def initialize(
     if gain is None:
         gain = get_activation(activation).gain
     with torch.no_grad():
-        for wl in layers:
+        for wl in layers if record.draw is not None else ():
             record.draw(wl.module.weight, *fans(wl.module), gain)
             if wl.module.bias is not None:
                 nn.init.zeros_(wl.module.bias)

@@ -35,6 +35,7 @@ from varexp.devices import resolve as resolve_device
 from varexp.errors import VarexpError, bad_value
 from varexp.files import write_json
 from varexp.results import read_summary
+from varexp.results.aggregate import criterion
 from varexp.results.checkpoint import checkpoint_path
 from varexp.results.tables import FINISHED, SELECTED, SETTING, SWEEP
 from varexp.schema import choice, flag, integer, number, option, store, validate
@@ -326,13 +327,6 @@ def run_job(cfg: DictConfig, run_dir: Path) -> dict:
 
 # ---------------------------------------------------------------------------------------------
 # tables
-
-
-def criterion(losses: pd.Series, fraction: float) -> float:
-    """Mean training loss over the last `fraction` of the logged steps (at least one step);
-    fraction = 1 gives the area under the whole loss curve per step."""
-    tail = max(1, math.ceil(fraction * len(losses)))
-    return float(losses.iloc[-tail:].mean())
 
 
 def run_row(run_dir: Path, sweep_dir: Path, ident: dict, fraction: float) -> dict:

@@ -40,15 +40,17 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from varexp import devices, memory, provenance, results
+from varexp import devices, loggers, memory, provenance, results
 from varexp.data import DataInfo, Stream, data_info, fixed_batch
 from varexp.errors import VarexpError
 from varexp.files import write_json
 from varexp.inits import INITS, initialize
+from varexp.loggers import Logger, make_logger
 from varexp.models import build_model
-from varexp.models.base import batch_statistics, weight_layers
+from varexp.models.base import WeightLayer, batch_statistics, in_forward_order
 from varexp.optim import make_optimizer
 from varexp.results import checkpoint, read_summary
+from varexp.results.aggregate import criterion
 from varexp.results.checkpoint import Checkpoint, checkpoint_path
 from varexp.results.tables import FINISHED, METRICS, RATIO_STATS, RATIOS
 from varexp.schema import Common, flag, integer, number, option, store, validate
@@ -119,6 +121,8 @@ def check(cfg: DictConfig) -> DataInfo:
     fits in memory, before any work; returns what the data looks like."""
     validate(cfg, Common, TrainRoot)
     devices.check(cfg.device)
+    if "logger" in cfg:
+        loggers.check(cfg.logger)
     info = data_info(cfg.dataset, cfg.arch)
     params, outputs = memory.count(cfg.arch, info.input_shape, info.num_classes,
                                    cfg.train.batch_size)
@@ -153,12 +157,13 @@ def segmentation_loss(logits: Tensor, target: Tensor) -> Tensor:
 # per-layer statistics during training
 
 
-def layer_stats(model: nn.Module, x: Tensor) -> Tensor:
-    """(L, 6) float64: the RATIO_STATS of u^l on the fixed batch x."""
-    with batch_statistics(model), torch.no_grad(), Recorder(model, keep_x=False) as rec:
+def layer_stats(model: nn.Module, x: Tensor, layers: list[WeightLayer]) -> Tensor:
+    """(L, 6) float64: the RATIO_STATS of u^l of each of `layers` on the fixed batch x."""
+    with (batch_statistics(model), torch.no_grad(),
+          Recorder(model, keep_x=False, layers=layers) as rec):
         model(x)
         return torch.stack([torch.stack([rec.stats[wl.index][k] for k in RATIO_STATS])
-                            for wl in rec.layers])
+                            for wl in layers])
 
 
 def grad_rms(layers: list) -> Tensor:
@@ -241,11 +246,14 @@ class Trainer:
         arch = cfg.arch
         self.model = build_model(arch, info.input_shape, info.num_classes)
         self.model.to(self.device)
-        self.layers = weight_layers(self.model)
         self.loss_fn = F.cross_entropy if info.task == "classification" else segmentation_loss
         batch, seed, device = cfg.train.batch_size, cfg.seed, self.device
         self.stream = Stream(cfg.dataset, arch, batch, seed, device=device)
         self.fixed_x = fixed_batch(cfg.dataset, arch, cfg.train.probe_samples, seed, device)
+        # the layers a forward pass runs, in its order (a model not built from Units may
+        # register them in another order, or use a layer's weights without calling it)
+        self.layers = in_forward_order(self.model, self.fixed_x)[0]
+        self.logger = Logger()
         self.identity = results.identity("train", cfg)
         self.metrics: list[tuple] = []
         self.ratios: list[tuple] = []
@@ -286,6 +294,7 @@ class Trainer:
             self.step, self.status = saved.step, saved.status
             self.past_wall, self.past_train = saved.seconds, saved.train_seconds
             self.init_forward_passes = saved.init_forward_passes
+        self.logger = make_logger(cfg, self.run_dir, self.step)
         batches = iter(self.stream)
         first = next(batches)  # the DataLoader starts and draws from the global RNG here,
         if saved is not None:  # so restore the RNG after it
@@ -297,7 +306,7 @@ class Trainer:
         cfg, arch = self.cfg, self.cfg.arch
         params = sum(p.numel() for p in self.model.parameters())
         size = (f"{arch.width}x{arch.depth}" if arch.name == "mlp"
-                else f"x{arch.channels:g} channels")
+                else arch.model if "model" in arch else f"x{arch.channels:g} channels")
         start = f"from step {self.step}" if self.saved is not None else "from scratch"
         log.info("train %s: %s %s (%.3gM parameters), %s init, %s lr %g, %d steps of batch %d "
                  "on %s (%d training samples); seed %d, %s, %d thread(s) -> %s", start,
@@ -334,7 +343,8 @@ class Trainer:
                         raise Interrupted(self.step, self.run_dir)
                     break
                 s = self.step
-                stats = layer_stats(self.model, self.fixed_x) if s % cfg.ratio_every == 0 else None
+                stats = (layer_stats(self.model, self.fixed_x, self.layers)
+                         if s % cfg.ratio_every == 0 else None)
                 epoch = s * cfg.batch_size // len(self.stream.source)
                 x, y = next(self.batches)
                 if channels_last:
@@ -388,20 +398,23 @@ class Trainer:
         if not pending:
             return True
         values = torch.stack([loss for _, _, loss, _ in pending]).cpu().tolist()
+        rows = []
         for (s, epoch, _, seconds), value in zip(pending, values, strict=True):
-            self.metrics.append((s, epoch, value, lr, seconds))
+            rows.append((s, epoch, value, lr, seconds))
             if not math.isfinite(value):
                 self.status, self.step = "diverged", s
                 self.ratios = [r for r in self.ratios if r[0] <= s]
-                pending.clear()
-                return False
+                break
+        self.metrics.extend(rows)
+        self.logger.metrics(rows)
         pending.clear()
-        return True
+        return self.status != "diverged"
 
     def record_ratios(self, step: int, stats: Tensor, grads: Tensor) -> None:
         stats, grads = stats.cpu().tolist(), grads.cpu().tolist()
         for wl, values, g in zip(self.layers, stats, grads, strict=True):
             self.ratios.append((step, wl.index, wl.name, *values[:3], g, *values[3:]))
+        self.logger.ratios(step, [wl.name for wl in self.layers], stats, grads)
 
     def flush(self) -> None:
         METRICS.write(self.metrics, self.run_dir)
@@ -514,6 +527,8 @@ def train(cfg: DictConfig, run_dir: str | Path, quiet: bool = False) -> dict:
     except Exception as err:
         run.fail(f"{type(err).__name__}: {err}")
         raise
+    finally:
+        run.logger.close()
 
 
 def resume_command(run_dir: Path) -> str:
@@ -527,7 +542,7 @@ def resume_command(run_dir: Path) -> str:
                      shlex.quote(folder)])
 
 
-def run(cfg: DictConfig) -> dict:
+def run(cfg: DictConfig) -> float:
 
     check(cfg)
     try:
@@ -543,4 +558,13 @@ def run(cfg: DictConfig) -> dict:
     log.info("%s after %d steps, final loss %s, %.1f s -> %s", summary["status"],
              summary["steps"], "n/a" if loss is None else f"{loss:.4f}", summary["seconds"],
              run_dir)
-    return summary
+    return objective(run_dir, summary)
+
+
+def objective(run_dir: Path, summary: dict) -> float:
+    """What an optimising sweeper (Hydra's Optuna sweeper) minimises: the run's mean training
+    loss over all its steps (the area under the loss curve per step, `sweep.select=auc`'s
+    criterion); infinite for a diverged run."""
+    if summary["status"] != "completed":
+        return math.inf
+    return criterion(METRICS.read(run_dir / METRICS.file).loss, 1.0)

@@ -153,7 +153,8 @@ for _name, _spec in DATASETS.items():
 TASK = {"cifar10": "classification", "shapes": "classification",
         "isbi2012": "segmentation", "membranes": "segmentation"}  # fmt: skip
 # The task each architecture is built for; gaussian adapts to the architecture.
-ARCH_TASK = {"mlp": "classification", "allcnnc": "classification", "unet": "segmentation"}
+ARCH_TASK = {"mlp": "classification", "allcnnc": "classification", "unet": "segmentation",
+             "torchvision": "classification", "timm": "classification"}
 
 
 @dataclass(frozen=True)

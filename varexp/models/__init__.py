@@ -1,19 +1,18 @@
-"""The architectures (mlp, allcnnc, unet), built from the Hydra `arch` group by `build_model`.
-All share the interface of varexp.models.base: weight layers as Units in forward order."""
+"""The architectures, built from the Hydra `arch` group by `build_model`: the paper's mlp,
+allcnnc and unet (weight layers as Units in forward order, varexp.models.base), and the models
+users have, torchvision and timm (varexp.models.zoo)."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 from numbers import Integral
 
-from omegaconf import DictConfig
 from torch import nn
 
 from varexp.activations import ACTIVATIONS
 from varexp.errors import ConfigError, bad_value
-from varexp.models import allcnnc, unet
+from varexp.models import allcnnc, unet, zoo
 from varexp.models.allcnnc import AllCNNC
 from varexp.models.mlp import MLP
 from varexp.models.unet import UNet
@@ -61,13 +60,14 @@ class UNetArch:
                                text="choose 1 (membrane logit) or 2 (two classes)")
 
 
-ARCHS: dict[str, type] = {"mlp": MLPArch, "allcnnc": AllCNNCArch, "unet": UNetArch}
+ARCHS: dict[str, type] = {"mlp": MLPArch, "allcnnc": AllCNNCArch, "unet": UNetArch,
+                          "torchvision": zoo.TorchvisionArch, "timm": zoo.TimmArch}
 for _name, _spec in ARCHS.items():
     store("arch", _name, _spec)
 
 
 def build_model(
-    arch: MLPArch | AllCNNCArch | UNetArch | DictConfig | Mapping,
+    arch: object,
     input_shape: tuple[int, ...],
     num_classes: int | None,
 ) -> nn.Module:
@@ -92,6 +92,8 @@ def build_model(
             f"input shape {shape} is not allowed for arch={a.name}; "
             "it needs images (channels, height, width)"
         )
+    if a.name in ("torchvision", "timm"):
+        return zoo.build(a, shape, _classes(num_classes, 10))
     if a.name == "allcnnc":
         if min(shape[1:]) < allcnnc.MIN_SIZE:
             raise ConfigError(

@@ -1,11 +1,21 @@
-"""Network averages of probe.csv columns, shared by the figures and the report."""
+"""Averages of result tables shared by the figures, the sweep and the report: over networks
+(probe.csv columns) and over a run's loss curve (the sweep's selection criterion)."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pandas as pd
 
 from varexp.errors import VarexpError
+
+
+def criterion(losses: pd.Series, fraction: float) -> float:
+    """Mean training loss over the last `fraction` of the logged steps (at least one step);
+    fraction = 1 gives the area under the whole loss curve per step (`sweep.select=auc`)."""
+    tail = max(1, math.ceil(fraction * len(losses)))
+    return float(losses.iloc[-tail:].mean())
 
 
 def layer_summary(table: pd.DataFrame, column: str) -> pd.DataFrame:

@@ -1,0 +1,45 @@
+"""`varexp train experiment=optuna_lr`: Hydra's Optuna sweeper searches the learning rate on
+what `varexp train` returns, its mean training loss over the run."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+import yaml
+from conftest import run_varexp
+
+from varexp.results.aggregate import criterion
+from varexp.train import objective
+
+TINY = ["arch=mlp", "arch.width=16", "arch.depth=3", "dataset=gaussian", "dataset.size=64",
+        "train.steps=6", "train.ratio_every=3", "train.batch_size=8", "train.probe_samples=8",
+        "device=cpu"]
+
+
+def test_train_returns_its_mean_training_loss(tmp_path):
+    metrics = pd.DataFrame({"step": range(4), "epoch": 0, "loss": [2.0, 1.0, 0.5, 0.5],
+                            "lr": 0.1, "seconds": 0.0})
+    metrics.to_csv(tmp_path / "metrics.csv", index=False)
+    assert objective(tmp_path, {"status": "completed"}) == 1.0 == criterion(metrics.loss, 1.0)
+    assert objective(tmp_path, {"status": "diverged"}) == math.inf
+
+
+def test_optuna_searches_the_learning_rate(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper",
+                        reason="pip install -e '.[optuna]'")
+    out = run_varexp("train", "experiment=optuna_lr", *TINY, "hydra.sweeper.n_trials=3",
+                     f"hydra.sweep.dir={tmp_path / 'study'}", cwd=tmp_path, check=True)
+    trials = sorted((tmp_path / "study").rglob("summary.json"))
+    assert len(trials) == 3, out.stdout[-2000:]
+    lrs = [json.loads(p.read_text())["lr"] for p in trials]
+    assert len(set(lrs)) == 3 and all(1e-5 <= lr <= 1e-1 for lr in lrs)
+    best = yaml.safe_load((tmp_path / "study" / "optimization_results.yaml").read_text())
+    scores = {}
+    for p in trials:
+        summary = json.loads(p.read_text())
+        scores[summary["lr"]] = objective(p.parent, summary)
+    assert best["best_params"]["optim.lr"] == pytest.approx(min(scores, key=scores.get))
+    assert best["best_value"] == pytest.approx(min(scores.values()))
