@@ -12,21 +12,12 @@ the weights); with grad=False the forward alone. Best of --repeats each, alterna
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 import torchvision
+from bench_inits import best_seconds
 
 import varexp
-
-
-def best(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:
@@ -47,9 +38,10 @@ def main() -> None:
     forward()  # warm-up: oneDNN builds its kernels
     plain = with_grad = without_grad = float("inf")
     for _ in range(args.repeats):
-        plain = min(plain, best(forward, 1))
-        with_grad = min(with_grad, best(lambda: varexp.probe(model, x), 1))
-        without_grad = min(without_grad, best(lambda: varexp.probe(model, x, grad=False), 1))
+        plain = min(plain, best_seconds(forward, 1))
+        with_grad = min(with_grad, best_seconds(lambda: varexp.probe(model, x), 1))
+        without_grad = min(without_grad,
+                           best_seconds(lambda: varexp.probe(model, x, grad=False), 1))
     print(f"{args.model}, T = {args.samples}, {args.size}x{args.size}, torch "
           f"{torch.__version__}, {torch.get_num_threads()} threads, best of {args.repeats}\n")
     print("| call | seconds | forward-pass equivalents |")

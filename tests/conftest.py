@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -45,3 +46,10 @@ def run_in_process(capsys, *args: str) -> tuple[int, str]:
     finally:
         sys.argv = saved
     return code, capsys.readouterr().err
+
+
+def hide_package(monkeypatch, name: str) -> None:
+    """Make `name` look not installed to importlib.util.find_spec (an optional extra)."""
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda package, *a: None if package == name else real(package, *a))

@@ -3,11 +3,9 @@ ratios.csv, continued (not duplicated) on resume; csv (the default) writes none.
 
 from __future__ import annotations
 
-import importlib.util
-
 import pandas as pd
 import pytest
-from conftest import config
+from conftest import config, hide_package
 
 from varexp.errors import ConfigError
 from varexp.train import Stopped, check, train
@@ -55,9 +53,7 @@ def test_csv_logger_writes_no_events(tmp_path):
 
 
 def test_tensorboard_without_its_package_is_one_line(monkeypatch):
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    hide_package(monkeypatch, "tensorboard")
     with pytest.raises(ConfigError, match=r"^logger=tensorboard needs the tensorboard package, "
                        r"which is not installed: pip install -e '\.\[tensorboard\]'"):
         check(config("train", *MLP, "logger=tensorboard"))

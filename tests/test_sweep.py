@@ -265,3 +265,24 @@ def test_selection_rule_auc_is_the_mean_of_the_whole_curve_and_final_its_tail():
     slow = pd.Series([1.0, 0.9, 0.6, 0.3, 0.1])
     assert criterion(fast, 1.0) < criterion(slow, 1.0)  # auc: fast converges first
     assert criterion(fast, 0.2) > criterion(slow, 0.2)  # final: slow ends lower
+
+
+@pytest.mark.slow
+def test_a_timed_out_submitit_job_is_requeued_and_resumes(tmp_path):
+    """submitit_local with timeout_min=1 signals the job 30 s before its time is up; Hydra's
+    submitit launcher requeues it, and the run continues from its last checkpoint to the same
+    rows as a run that was never stopped (about 2 min)."""
+    args = ["sweep", *SIZES, "train.steps=20000", "train.ratio_every=5000",
+            "train.checkpoint_every=1000", "init=kaiming", "optim=sgd", "sweep.lr_index=0",
+            "seed=0", "sweep.estimate=false"]
+    run_varexp(*args, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=1",
+               f"hydra.sweep.dir={tmp_path / 'requeued'}", cwd=tmp_path, check=True)
+    run_varexp(*args, "hydra/launcher=basic", f"hydra.sweep.dir={tmp_path / 'whole'}",
+               cwd=tmp_path, check=True)
+    logs = "".join(p.read_text() for p in (tmp_path / "requeued" / ".submitit").rglob("*.out"))
+    assert "Requeued job" in logs and "from its checkpoint" in logs
+    run = "mlp-gaussian/kaiming/sgd/lr=0.0003/seed=0"
+    a, b = (pd.read_csv(tmp_path / d / run / "metrics.csv").drop(columns="seconds")
+            for d in ("requeued", "whole"))
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
+    assert list(a.step) == list(range(20000))

@@ -3,12 +3,10 @@ varexp's own, with one-line refusals of unknown names."""
 
 from __future__ import annotations
 
-import importlib.util
-
 import pandas as pd
 import pytest
 import torch
-from conftest import config, run_in_process
+from conftest import config, hide_package, run_in_process
 from torch import nn
 
 from varexp.errors import ConfigError, VarexpError
@@ -64,9 +62,7 @@ def test_segmentation_data_is_refused_for_a_classifier():
 
 
 def test_timm_without_its_package_is_one_line(monkeypatch):
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "timm" else real(name, *a))
+    hide_package(monkeypatch, "timm")
     with pytest.raises(ConfigError, match=r"^arch=timm needs the timm package, which is not "
                        r"installed: pip install -e '\.\[timm\]'"):
         build_model({"name": "timm", "model": "resnet18"}, (3, 32, 32), 10)

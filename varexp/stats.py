@@ -19,6 +19,9 @@ STAT_NAMES = ("sample_mean_sq", "sample_var", "ratio", "second_moment", "effecti
               "sample_mean_sq_channel", "sample_var_channel", "ratio_channel")
 
 
+CHUNK = 2**22  # elements of u converted to float64 at a time
+
+
 def sample_stats(u: Tensor) -> dict[str, Tensor]:
     """Sample statistics of pre-activations u of shape (T, channels, ...positions), with the
     biased 1/T estimator of Eq. 4, as 0-d float64 tensors.
@@ -31,13 +34,22 @@ def sample_stats(u: Tensor) -> dict[str, Tensor]:
     ratio_channel. effective_samples: with s_t the squared distance of sample t from the mean,
     (sum_t s_t)^2 / sum_t s_t^2, between 1 and T: how many samples carry the centred signal.
     """
-    u = u.detach().double()
-    flat = u.reshape(u.shape[0], -1)
-    mean = flat.mean(dim=0)
-    # centre before squaring: in deep Kaiming layers <u>^2 dwarfs the variance (Sec. 3)
-    squares = (flat - mean).square_()
-    var = squares.mean(dim=0)
-    distance = squares.sum(dim=1)
+    samples = u.shape[0]
+    flat = u.detach().reshape(samples, -1)
+    # float64 pieces of at most CHUNK elements: a large layer's float64 copy would cost more in
+    # memory traffic than the arithmetic (one piece, and the same numbers, for small layers)
+    step = max(1, CHUNK // samples)
+    means, variances, distance = [], [], None
+    for start in range(0, flat.shape[1], step):
+        part = flat[:, start:start + step].to(torch.float64, copy=True)
+        part_mean = part.mean(dim=0)
+        # centre before squaring: in deep Kaiming layers <u>^2 dwarfs the variance (Sec. 3)
+        squares = part.sub_(part_mean).square_()
+        means.append(part_mean)
+        variances.append(squares.mean(dim=0))
+        part_distance = squares.sum(dim=1)
+        distance = part_distance if distance is None else distance + part_distance
+    mean, var = torch.cat(means), torch.cat(variances)
     mean_sq, sample_var = mean.square().mean(), var.mean()
     # per channel from the per-feature moments: the pooled variance of a channel is the mean of
     # its positions' variances plus the spread of their means
@@ -133,7 +145,8 @@ def grad_sq(
     w = torch.randn(output.shape[1:], generator=generator, device=output.device, dtype=output.dtype)
     loss = (output * w).sum()
     grads = torch.autograd.grad(loss, list(xs))
-    return torch.stack([g.double().square().mean() for g in grads])
+    # squares in the gradient's dtype, summed in float64: no float64 copy of each gradient
+    return torch.stack([g.square().mean(dtype=torch.float64) for g in grads])
 
 
 def network_stats(
