@@ -35,10 +35,15 @@ def main() -> None:
         with torch.no_grad():
             model.eval()(x)
 
+    def train_forward() -> None:
+        model.train()(x)  # as the model is built and called in training: BatchNorm on batch
+        # statistics, autograd recording
+
     forward()  # warm-up: oneDNN builds its kernels
-    plain = with_grad = without_grad = float("inf")
+    plain = train = with_grad = without_grad = float("inf")
     for _ in range(args.repeats):
         plain = min(plain, best_seconds(forward, 1))
+        train = min(train, best_seconds(train_forward, 1))
         with_grad = min(with_grad, best_seconds(lambda: varexp.probe(model, x), 1))
         without_grad = min(without_grad,
                            best_seconds(lambda: varexp.probe(model, x, grad=False), 1))
@@ -47,6 +52,8 @@ def main() -> None:
     print("| call | seconds | forward-pass equivalents |")
     print("|---|---|---|")
     print(f"| model(x), eval, no autograd | {plain:.2f} | 1 |")
+    print(f"| model(x), train mode (batch statistics, autograd) | {train:.2f} | "
+          f"{train / plain:.2f} |")
     print(f"| varexp.probe(model, x) | {with_grad:.2f} | {with_grad / plain:.2f} |")
     print(f"| varexp.probe(model, x, grad=False) | {without_grad:.2f} | "
           f"{without_grad / plain:.2f} |")

@@ -162,3 +162,28 @@ def test_lsuv_matches_the_lsuv_package_on_a_torchvision_model():
     assert all(abs(s - 1.0) <= 0.1 for s in a) and max(map(abs, np.subtract(a, b))) < 1e-4
     for p, q in zip(ours.parameters(), theirs.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6)
+
+
+def test_linear_layers_on_tokens_pool_their_channels_over_tokens():
+    """A Linear layer applied to (T, tokens, features): its features are the last dim, so the
+    per-channel statistics pool over samples and tokens, and scale+bias centres each feature
+    over both (as a conv's channel over samples and positions)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    x = torch.randn(30, 5, 8) + torch.linspace(-1, 1, 5)[None, :, None]  # tokens differ
+    table = varexp.probe(model, x, grad=False)
+    u = model[0](x).detach().double()
+    pooled = u.mean(dim=(0, 1))
+    assert table.sample_mean_sq_channel.iloc[0] == pytest.approx(pooled.square().mean().item())
+    varexp.init.scale_bias_(model, x)
+    u = model[0](x).detach().double()
+    assert u.mean(dim=(0, 1)).abs().max().item() < 1e-5  # every feature centred
+    assert u.square().mean().item() == pytest.approx(1.0, abs=1e-4)
+
+
+def test_weights_used_without_calling_their_module_are_one_line():
+    torch.manual_seed(0)
+    model = torchvision.models.vit_b_16(image_size=32, num_classes=10)
+    with pytest.raises(VarexpError, match=r"self_attention.out_proj ran 0 times in one forward "
+                       r"pass; its weights are used without calling it"):
+        varexp.init.scale_bias_(model, torch.randn(4, 3, 32, 32))

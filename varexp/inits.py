@@ -389,9 +389,11 @@ def _fit(model: nn.Module, layers: list[WeightLayer], record: Init, spec: object
 
     for wl in layers:
         if calls[wl.index] != 1:
+            why = ("; its weights are used without calling it (as nn.MultiheadAttention "
+                   "does)" if calls[wl.index] == 0 else "")
             raise VarexpError(
                 f"init={spec.name}: layer {wl.name} ran {calls[wl.index]} times in one "
-                "forward pass; data-dependent inits need every weight layer to run once"
+                f"forward pass{why}; data-dependent inits need every weight layer to run once"
             )
     keys = sorted(next(iter(stats.values())))
     # one device-to-host copy for all layers
@@ -423,7 +425,8 @@ def _scale(wl: WeightLayer, y: Tensor, with_bias: bool, eps: float) -> tuple[Ten
         # positions: a conv has one bias per channel), then Eq. 13 on the centred output:
         # its second moment pooled over channels, samples and positions (two passes: stable
         # when the means dwarf the spread)
-        channel_mean = u.mean(dim=[0, *range(2, u.dim())], keepdim=True)
+        features = u.dim() - 1 if isinstance(layer, nn.Linear) else 1  # tokens: Linear's last
+        channel_mean = u.mean(dim=[d for d in range(u.dim()) if d != features], keepdim=True)
         sigma2 = torch.sub(u, channel_mean).square_().mean()
         raw = sigma2 + channel_mean.square().mean()
         if layer.bias is not None:

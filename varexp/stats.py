@@ -22,8 +22,9 @@ STAT_NAMES = ("sample_mean_sq", "sample_var", "ratio", "second_moment", "effecti
 CHUNK = 2**22  # elements of u converted to float64 at a time
 
 
-def sample_stats(u: Tensor) -> dict[str, Tensor]:
-    """Sample statistics of pre-activations u of shape (T, channels, ...positions), with the
+def sample_stats(u: Tensor, channels_last: bool = False) -> dict[str, Tensor]:
+    """Sample statistics of pre-activations u of shape (T, channels, ...positions) (with
+    `channels_last`, (T, ...positions, channels): a Linear layer applied to tokens), with the
     biased 1/T estimator of Eq. 4, as 0-d float64 tensors.
 
     Per feature (all non-batch dims flattened: channel x position for convs): sample_mean_sq =
@@ -53,7 +54,12 @@ def sample_stats(u: Tensor) -> dict[str, Tensor]:
     mean_sq, sample_var = mean.square().mean(), var.mean()
     # per channel from the per-feature moments: the pooled variance of a channel is the mean of
     # its positions' variances plus the spread of their means
-    by_channel = mean.reshape(u.shape[1], -1) if u.dim() > 2 else mean[:, None]
+    if u.dim() == 2:
+        by_channel = mean[:, None]
+    elif channels_last:
+        by_channel = mean.reshape(-1, u.shape[-1]).T
+    else:
+        by_channel = mean.reshape(u.shape[1], -1)
     channel_mean = by_channel.mean(dim=1, keepdim=True)
     spread = (by_channel - channel_mean).square_().mean()
     mean_sq_channel = channel_mean.square().mean()
@@ -86,6 +92,8 @@ class Recorder:
     def __init__(self, model: nn.Module, keep_u: Sequence[int] = (), keep_x: bool = True,
                  layers: Sequence[WeightLayer] | None = None):
         self.layers = list(layers) if layers is not None else weight_layers(model)
+        # a Linear layer's features are its output's last dim (tokens come before them)
+        self.weights = {wl.index: wl.module for wl in self.layers}
         self.keep_u = set(keep_u)
         self.clear()
         self._handles = []
@@ -106,7 +114,7 @@ class Recorder:
             self.calls[index] = self.calls.get(index, 0) + 1
             if index in self.stats:  # a layer the model runs again: its first call counts
                 return
-            self.stats[index] = sample_stats(output)
+            self.stats[index] = sample_stats(output, isinstance(self.weights[index], nn.Linear))
             self.features[index] = features(output)
             if index in self.keep_u:
                 self.u[index] = output.detach().reshape(output.shape[0], -1).clone()
