@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
-from conftest import config, hide_package, run_in_process
+from conftest import config, hide_package, run_in_process, run_varexp
 from torch import nn
 
 from varexp.errors import ConfigError, VarexpError
@@ -51,7 +51,7 @@ def test_train_a_torchvision_model_with_its_own_init(tmp_path):
                            "init=default", "train.steps=3", "train.ratio_every=2",
                            "train.batch_size=8", "train.probe_samples=8",
                            "train.progress=false"), tmp_path)
-    assert summary["status"] == "completed" and summary["arch"] == "torchvision"
+    assert summary["status"] == "completed" and summary["arch"] == "resnet18"
     ratios = pd.read_csv(tmp_path / "ratios.csv")
     assert list(ratios.step.unique()) == [0, 2] and ratios.layer.max() == 21
 
@@ -66,3 +66,17 @@ def test_timm_without_its_package_is_one_line(monkeypatch):
     with pytest.raises(ConfigError, match=r"^arch=timm needs the timm package, which is not "
                        r"installed: pip install -e '\.\[timm\]'"):
         build_model({"name": "timm", "model": "resnet18"}, (3, 32, 32), 10)
+
+
+def test_a_sweep_over_models_keeps_them_apart(tmp_path):
+    code = run_varexp("sweep", "arch=torchvision", "arch.model=resnet18,squeezenet1_1", *SMALL,
+                      "init=default", "optim=sgd", "sweep.lr_index=0", "seed=0",
+                      "train.steps=2", "train.ratio_every=1", "train.batch_size=8",
+                      "train.probe_samples=8", "sweep.estimate=false", "hydra/launcher=basic",
+                      f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path, check=True)
+    table = pd.read_csv(tmp_path / "sweep" / "sweep.csv")
+    assert sorted(table.arch) == ["resnet18", "squeezenet1_1"], code.stdout[-2000:]
+    assert set(table.status) == {"completed"}
+    assert sorted(pd.read_csv(tmp_path / "sweep" / "selected.csv").arch) == sorted(table.arch)
+    assert {p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir()} >= {
+        "resnet18-shapes", "squeezenet1_1-shapes"}

@@ -37,7 +37,7 @@ from varexp.files import write_json
 from varexp.results import read_summary
 from varexp.results.aggregate import criterion
 from varexp.results.checkpoint import checkpoint_path
-from varexp.results.tables import FINISHED, SELECTED, SETTING, SWEEP
+from varexp.results.tables import FINISHED, SELECTED, SETTING, SWEEP, arch_label
 from varexp.schema import choice, flag, integer, number, option, store, validate
 from varexp.threads import auto_threads, available_cores
 from varexp.train import Stopped, train
@@ -331,7 +331,8 @@ def run_job(cfg: DictConfig, run_dir: Path) -> dict:
 
 def run_row(run_dir: Path, sweep_dir: Path, ident: dict, fraction: float) -> dict:
     """The sweep.csv row of one run folder (its config from its identity)."""
-    row = dict(arch=ident.get("arch.name"), dataset=ident.get("dataset.name"),
+    row = dict(arch=arch_label(ident.get("arch.name"), ident.get("arch.model")),
+               dataset=ident.get("dataset.name"),
                init=ident.get("init.name"), optim=ident.get("optim.name"),
                lr=float(ident.get("optim.lr", np.nan)), seed=ident.get("seed"),
                status="incomplete", steps=np.nan, final_loss=np.nan, criterion=np.nan,

@@ -52,7 +52,7 @@ from varexp.optim import make_optimizer
 from varexp.results import checkpoint, read_summary
 from varexp.results.aggregate import criterion
 from varexp.results.checkpoint import Checkpoint, checkpoint_path
-from varexp.results.tables import FINISHED, METRICS, RATIO_STATS, RATIOS
+from varexp.results.tables import FINISHED, METRICS, RATIO_STATS, RATIOS, arch_label
 from varexp.schema import Common, flag, integer, number, option, store, validate
 from varexp.stats import Recorder
 from varexp.stop import StopRequests
@@ -468,7 +468,8 @@ class Trainer:
 def identifying(cfg: DictConfig) -> dict:
     """The flat keys a sweep table needs, and the whole identifying config."""
     return dict(
-        arch=cfg.arch.name, dataset=cfg.dataset.name, init=cfg.init.name, optim=cfg.optim.name,
+        arch=arch_label(cfg.arch.name, cfg.arch.get("model")), dataset=cfg.dataset.name,
+        init=cfg.init.name, optim=cfg.optim.name,
         lr=float(cfg.optim.lr), seed=cfg.seed, batch_size=cfg.train.batch_size,
         train_steps=cfg.train.steps, config=results.identity("train", cfg),
     )  # fmt: skip

@@ -123,7 +123,7 @@ class RunResult:
 
     @property
     def arch(self) -> str:
-        return str(self.get("arch.name", "mlp"))
+        return arch_label(self.get("arch.name", "mlp"), self.get("arch.model"))
 
     @property
     def init(self) -> str:
@@ -171,6 +171,12 @@ def stack(runs: list[RunResult]) -> pd.DataFrame:
         offset = int(frame["network"].max()) + 1
         parts.append(frame)
     return pd.concat(parts, ignore_index=True)
+
+
+def arch_label(name: str, model: str | None = None) -> str:
+    """What a table's `arch` column says: the architecture, or for arch=torchvision|timm the
+    model's name (resnet18, vit_b_16, ...)."""
+    return str(model if model else name)
 
 
 def probe_frame(network: int, rows: list[dict]) -> pd.DataFrame:
