@@ -67,6 +67,8 @@ SMOKE: dict[str, list[str]] = {
     "sweep": ["train.steps=4", "train.ratio_every=2", "train.checkpoint_every=2", "seed=0",
               "sweep.lr_index=0"],
 }  # fmt: skip
+# ... and these to a command with the preset: a search of 2 trials
+SMOKE_PRESETS: dict[str, list[str]] = {"optuna_lr": ["hydra.sweeper.n_trials=2"]}
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,7 @@ def complete(command: str, args: list[str]) -> list[str]:
     ) and "task" in command_groups(command):
         args = [*args, "~task"]
     if os.environ.get("VAREXP_SMOKE"):
-        args = [*args, *SMOKE.get(command, [])]
+        args = [*args, *SMOKE.get(command, []), *SMOKE_PRESETS.get(values.get("experiment"), [])]
     return args
 
 
