@@ -164,20 +164,18 @@ def complete_shell(args: list[str]) -> None:
     prints the script that registers it, and the script's queries (`varexp -sc query=bash`,
     the typed line in $COMP_LINE) complete the command word here and the rest with Hydra, as
     if the command were the program."""
+    if not any(a.startswith("query") for a in args):  # install / uninstall: any command will do
+        run_hydra("train", ["-sc", *args], program="varexp")
+        return
     line = os.environ.get("COMP_LINE", "")
     words = line.split()
-    if any(a.startswith("query") for a in args) and (
-            len(words) < 2 or len(words) == 2 and not line.endswith(" ")):
+    if len(words) < 2 or len(words) == 2 and not line.endswith(" "):  # the command word
         typed = words[1] if len(words) == 2 else ""
         print(" ".join(c for c in COMMANDS if c.startswith(typed)))
-        return
-    command = words[1] if len(words) >= 2 and words[1] in COMMANDS else "train"
-    if any(a.startswith("query") for a in args):
-        if words[1] not in COMMANDS:
-            return  # an unknown command: nothing to offer
+    elif words[1] in COMMANDS:  # its keys and options: Hydra, on the line without it
         rest = line.split(None, 2)[2] if len(words) > 2 else ""
         os.environ["COMP_LINE"] = f"varexp {rest}"
-    run_hydra(command, ["-sc", *args], program="varexp")
+        run_hydra(words[1], ["-sc", *args], program="varexp")
 
 
 def run_hydra(command: str, args: list[str], program: str | None = None) -> None:
