@@ -15,6 +15,8 @@ from test_figure4 import fake_run
 
 from varexp.cli import main
 from varexp.errors import ConfigError
+from varexp.figures import FIGURES
+from varexp.results import find_results
 from varexp.results.aggregate import criterion
 from varexp.results.tables import SELECTED, SWEEP
 from varexp.sweep import check_sweep, select
@@ -184,6 +186,18 @@ def test_tiny_sweep_through_launcher(tmp_path, launcher):
                                   reference.drop(columns="seconds"))
     run_varexp(*sweep_args(tmp_path, f"hydra/launcher={launcher}"), cwd=tmp_path, check=True)
     assert job_logs(tmp_path / "sweep").count("skip ") == 8
+
+
+def test_plot_figure4_draws_the_default_sweep(tmp_path, monkeypatch, capsys):
+    """`varexp sweep` then `varexp plot figure4`, as written: the sweep's own grid (no preset)
+    is what figure4 draws when no preset made results."""
+    outputs = tmp_path / "outputs"
+    launch_here(monkeypatch, tmp_path, "sweep", *SIZES, "init=scale", "optim=sgd",
+                "sweep.lr_index=0", "seed=0", "sweep.estimate=false", "hydra/launcher=basic")
+    assert find_results(FIGURES["figure4"], None, outputs) == [
+        outputs / "sweep" / "default" / "selected.csv"]
+    launch_here(monkeypatch, tmp_path, "plot", "figure4", f"hydra.run.dir={tmp_path / 'fig'}")
+    assert (tmp_path / "fig" / "figure4.png").stat().st_size > 0
 
 
 def test_bad_value_stops_the_sweep_before_any_job(tmp_path, monkeypatch, capsys):

@@ -32,6 +32,9 @@ class Figure:
     parts: tuple[Part, ...]
     module: str  # draws it: make(results, outputs_root, out_dir, **options) -> [png, pdf]
     options: tuple[str, ...] = ()  # keys of `varexp plot`'s config its make() takes
+    # runs of its command without a preset draw it too, when none made by a preset are there
+    # (figure4: `varexp sweep`'s default grid on the CPU task)
+    plain: bool = False
 
     def presets(self, scale: str) -> tuple[str, ...]:
         """The presets that make every part at one scale, each once, in order."""
@@ -44,7 +47,9 @@ class Figure:
     def hint(self) -> str:
         commands = " and ".join(f"`varexp {self.command} experiment={p}`"
                                 for p in self.presets("quick"))
-        return f"{commands} make them (experiment={self.presets('paper')[0]} etc. at paper scale)"
+        verb = "make" if len(self.presets("quick")) > 1 else "makes"
+        return (f"{commands} {verb} them (experiment={self.presets('paper')[0]} etc. at paper "
+                "scale)")
 
 
 FIGURES: dict[str, Figure] = {
@@ -70,7 +75,7 @@ FIGURES: dict[str, Figure] = {
                "sweep", "selected.csv",
                (Part("object recognition", "figure4_quick", "figure4_cifar10"),
                 Part("segmentation", "figure4_quick", "figure4_isbi2012")),
-               "varexp.plot.figure4", ("smooth",)),
+               "varexp.plot.figure4", ("smooth",), plain=True),
     ]
 }  # fmt: skip
 

@@ -359,11 +359,14 @@ def find_results(
             raise VarexpError(f"no {filename} for {figure.name} under {root}/; {figure.hint()}")
         return found
     root = Path(outputs_root)
-    made: dict[str, list[Path]] = {}
+    made: dict[str | None, list[Path]] = {}
     for path in discover(root, filename) if root.exists() else []:
         preset = made_by(path)
-        if preset in figure.all_presets and accept(path):
+        if (preset in figure.all_presets or preset is None and figure.plain) and accept(path):
             made.setdefault(preset, []).append(path)
+    plain = made.pop(None, [])
+    if plain and not made:
+        return _newest_launch(plain)
     chosen: list[Path] = []
     for part in figure.parts:
         mine = made.get(part.quick, []) + made.get(part.paper, [])
@@ -371,16 +374,20 @@ def find_results(
             log.warning("%s: no results for %s under %s/ (`varexp %s experiment=%s` makes them)",
                         figure.name, part.about, root, figure.command, part.quick)
             continue
-        latest = max(mine, key=lambda p: p.stat().st_mtime)
-        multirun = latest.parent.parent
-        if (multirun / "multirun.yaml").exists():
-            chosen += [p for p in mine if multirun in p.parents]
-        else:
-            chosen.append(latest)
+        chosen += _newest_launch(mine)
     if not chosen:
         raise VarexpError(f"no results made for {figure.name} under {root}/; {figure.hint()}; "
                           "or pass results=DIR to draw other runs")
     return list(dict.fromkeys(chosen))
+
+
+def _newest_launch(paths: list[Path]) -> list[Path]:
+    """The newest of the result files, with the others of its multirun."""
+    latest = max(paths, key=lambda p: p.stat().st_mtime)
+    multirun = latest.parent.parent
+    if (multirun / "multirun.yaml").exists():
+        return [p for p in paths if multirun in p.parents]
+    return [latest]
 
 
 def disk_full(error: OSError) -> bool:
