@@ -71,6 +71,10 @@ FIGURES: dict[str, Figure] = {
                "effective samples vs layer (not in the paper)", "probe", "probe.csv",
                (Part("scale+bias and batchnorm MLPs by width and T", "slopes_quick", "slopes"),),
                "varexp.plot.slopes"),
+        Figure("heldout", "a fitted init's second moment on fresh inputs vs layer, by width "
+               "and fit size (not in the paper)", "probe", "heldout.csv",
+               (Part("scale and scale+bias MLPs by width and fit size", "heldout_quick",
+                     "heldout"),), "varexp.plot.heldout"),
         Figure("figure4", "training loss at the selected learning rates (Sec. 5)",
                "sweep", "selected.csv",
                (Part("object recognition", "figure4_quick", "figure4_cifar10"),

@@ -22,14 +22,14 @@ from omegaconf import DictConfig
 from torch import Tensor
 from tqdm import tqdm
 
-from varexp import devices, memory
+from varexp import devices, heldout, memory
 from varexp.data import data_info, fixed_batch
 from varexp.errors import VarexpError, bad_value
 from varexp.inits import initialize, one_batch
 from varexp.models import build_model
 from varexp.models.base import weight_layers
 from varexp.results import claim
-from varexp.results.tables import NEURONS, PROBE, probe_frame
+from varexp.results.tables import HELDOUT, NEURONS, PROBE, probe_frame
 from varexp.sampled import sampled_mlp, unsupported
 from varexp.schema import Common, choice, flag, integer, store, to_spec, validate
 from varexp.stats import network_stats
@@ -52,6 +52,8 @@ class ProbeOptions:
     method: str = choice("auto", METHODS)  # sampled: exact O(n T^2) sampling of Gaussian MLPs
     neurons: int = integer(3, minimum=0)  # per network, saved to neurons.csv at layers 1 and L
     grad: bool = flag(True)  # grad_sq of the random linear loss L = w . x^L (paper Fig. 3)
+    # H > 0: heldout.csv, a fitted init's targets on its T inputs and on H fresh ones
+    heldout: int = integer(0, minimum=0)
     progress: bool = flag(True)  # a progress bar on a terminal (never in logs)
 
 
@@ -63,6 +65,7 @@ def check(cfg: DictConfig) -> None:
     network fits in memory on the dense path."""
     validate(cfg, Common)
     devices.check(cfg.device)
+    heldout.check(cfg)
     if cfg.probe.method == "sampled":
         reason = unsupported(cfg.arch, cfg.init)
         if reason is not None:
@@ -170,7 +173,8 @@ def probe(cfg: DictConfig, out_dir: Path) -> None:
     method = choose_method(cfg, device)
     x = fixed_batch(cfg.dataset, cfg.arch, cfg.probe.samples, cfg.seed, device)
     start = time.perf_counter()
-    tables, neurons = [], []
+    fresh = heldout.fresh_batch(cfg, device) if cfg.probe.heldout else None
+    tables, neurons, held = [], [], []
     bar = tqdm(range(cfg.probe.networks), desc="probe", unit="net",
                disable=None if cfg.probe.progress else True)
     for i in bar:
@@ -178,10 +182,16 @@ def probe(cfg: DictConfig, out_dir: Path) -> None:
         tables.append(check_finite(probe_frame(i, rows), cfg))
         if cfg.probe.neurons > 0:
             neurons.append(neuron_rows(i, kept, cfg.probe.neurons, cfg.seed))
+        if fresh is not None:
+            layers = heldout.heldout_network(cfg, x, fresh, network_seed(cfg.seed, i),
+                                             num_classes(cfg), method)
+            held.append(heldout.heldout_frame(i, layers, len(x), len(fresh)))
     table = pd.concat(tables, ignore_index=True)
     path = PROBE.write(table, out_dir)
     if neurons:
         NEURONS.write(pd.concat(neurons, ignore_index=True), out_dir)
+    if held:
+        HELDOUT.write(pd.concat(held, ignore_index=True), out_dir)
     last = table[table.layer == table.layer.max()]
     log.info(
         "probe: %d networks x %d layers, %s path, %.1f s -> %s (layer %d: mean ratio m/v %.4g)",

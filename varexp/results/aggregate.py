@@ -29,6 +29,15 @@ def layer_summary(table: pd.DataFrame, column: str) -> pd.DataFrame:
     return out.reset_index()
 
 
+def log_summary(table: pd.DataFrame, column: str) -> pd.DataFrame:
+    """Per layer: mean, std (ddof=1) and standard error over networks of log(`column`), for
+    positive heavy-tailed values (exp(mean) is their geometric mean)."""
+    logs = table.assign(value=np.log(table[column].astype(float)))
+    out = layer_summary(logs, "value")
+    out["error"] = out["std"] / np.sqrt(out["count"])
+    return out
+
+
 def grad_fit(table: pd.DataFrame, first: int = 1, last: int | None = None) -> tuple[float, float]:
     """(slope, intercept) of the least-squares line log(mean over networks of grad_sq) vs layer,
     over layers first..last (default: 1..L-1); see grad_slope."""

@@ -48,6 +48,10 @@ THEORY = Table("theory.csv", ("layer", "c", "q", "m", "v", "ratio"))
 PROBE = Table("probe.csv", ("network", "layer", "name", "features", *STAT_NAMES[:4], "grad_sq",
                             *STAT_NAMES[4:]), text=("name",), needed=9)
 NEURONS = Table("neurons.csv", ("network", "layer", "neuron", "sample", "value"))
+# a fitted init's targets (varexp.inits.HELDOUT_STATS) on its fitting batch and on fresh inputs
+HELDOUT = Table("heldout.csv", ("network", "layer", "name", "fit_samples", "heldout_samples",
+                                "fit_second_moment", "heldout_second_moment", "fit_mean_sq",
+                                "heldout_mean_sq"), text=("name",))
 METRICS = Table("metrics.csv", ("step", "epoch", "loss", "lr", "seconds"))
 # per layer on the fixed batch (varexp.stats), then the weight gradient's RMS
 RATIO_STATS = ("sample_mean_sq", "sample_var", "ratio", "sample_mean_sq_channel",
@@ -157,6 +161,21 @@ def load_probes(figure: str, results: str | None, outputs_root: str,
                           "(see the lines above)")
     log.info("%s reads %d %s file(s): %s", figure, len(runs), FIGURES[figure].result,
              ", ".join(str(r.path.parent) for r in runs[:5]) + (" ..." if len(runs) > 5 else ""))
+    return runs
+
+
+def load_heldout(results: str | None, outputs_root: str) -> list[RunResult]:
+    """The heldout.csv tables the heldout figure and the report read (as load_probes finds
+    them), with their runs' configs; damaged files are left out with one line each."""
+    runs = []
+    for path in find_results(FIGURES["heldout"], results, outputs_root):
+        try:
+            runs.append(RunResult(path, run_config(path), HELDOUT.read(path)))
+        except VarexpError as error:
+            log.warning("heldout leaves out %s", error)
+    if not runs:
+        raise VarexpError("nothing to draw for heldout: every result file found was damaged "
+                          "(see the lines above)")
     return runs
 
 
