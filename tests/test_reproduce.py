@@ -1,5 +1,6 @@
 """`varexp reproduce`: the plan of steps, reuse of finished steps, and REPORT.md's numbers."""
 
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -71,11 +72,15 @@ def test_report_measures_the_claims_from_probes(tmp_path):
         fake_probe(tmp_path / "figure2" / f"arch.width={width}", "kaiming", width, 6)
     report = write_report(tmp_path, "test").read_text()
     row = next(line for line in report.splitlines() if "sigma_s = sqrt" in line)
-    measured = float(row.split("|")[4])
+    cells = [c.strip() for c in row.split("|")]
+    measured, error, distance = float(cells[4]), float(cells[5]), float(cells[6])
     assert measured == pytest.approx(0.826, abs=0.03)
+    # the distance column is (ours - sqrt(1 - 1/pi)) / SE, and the verdict follows it
+    assert distance == pytest.approx((measured - math.sqrt(1 - 1 / math.pi)) / error, abs=0.1)
+    assert cells[7] == ("**matches**" if abs(distance) <= 2 else "**differs**")
     assert "slope of log grad_sq vs layer, batchnorm" in report
-    assert "the gap to the theory shrinks as width grows" in report
-    assert "| K(0) = 1/pi" in report.replace("| 3.1 ", "")
+    assert "the gap to the theory shrinks at every step in width" in report
+    assert "| K(0) = 1/pi (Eq. 7): quadrature vs the closed form" in report
 
 
 @pytest.mark.parametrize("override, needle", [

@@ -65,3 +65,18 @@ def grad_slope(table: pd.DataFrame, first: int = 1, last: int | None = None) -> 
     slope (`varexp plot slopes`); that is kept in the fit. Pass first/last to fit a sub-range.
     """
     return grad_fit(table, first, last)[0]
+
+
+def grad_slope_error(table: pd.DataFrame, draws: int = 200,
+                     rng: np.random.Generator | None = None) -> tuple[float, float]:
+    """grad_slope and its standard error over a bootstrap of the networks (`draws` resamples;
+    0 for one network)."""
+    slope = grad_fit(table)[0]
+    networks = table["network"].unique()
+    if len(networks) < 2:
+        return slope, 0.0
+    rng = np.random.default_rng(0) if rng is None else rng
+    by_network = {n: t for n, t in table.groupby("network")}
+    samples = [grad_fit(pd.concat([by_network[n] for n in rng.choice(networks, len(networks))]))[0]
+               for _ in range(draws)]
+    return slope, float(np.std(samples, ddof=1))

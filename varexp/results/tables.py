@@ -61,9 +61,11 @@ RATIOS = Table("ratios.csv", ("step", "layer", "name", *RATIO_STATS[:3], "weight
 SWEEP = Table("sweep.csv", ("arch", "dataset", "init", "optim", "lr", "seed", "status", "steps",
                             "final_loss", "criterion", "seconds", "run_dir"),
               text=("arch", "dataset", "init", "optim", "status", "run_dir"))
+# lr_at_edge: low or high when the chosen lr is the smallest or largest the sweep tried for its
+# setting (the best lr is then not bracketed), both when it tried one, else empty
 SELECTED = Table("selected.csv", ("arch", "dataset", "init", "optim", "lr", "criterion",
-                                  "criterion_std", "runs", "select_fraction"),
-                 text=("arch", "dataset", "init", "optim"))
+                                  "criterion_std", "runs", "select_fraction", "lr_at_edge"),
+                 text=("arch", "dataset", "init", "optim", "lr_at_edge"), needed=9)
 SETTING = ["arch", "dataset", "init", "optim"]  # what a sweep selects a learning rate for
 FINISHED = ("completed", "diverged")  # a training run's status when nothing is left to do
 
