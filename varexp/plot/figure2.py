@@ -57,7 +57,8 @@ def draw_panel(ax, key: tuple, runs: list[RunResult], cnn_ratio: str = "position
         ax.plot(theory["layer"], theory["ratio"], label=label, **THEORY_STYLE)
     per = ("" if arch == "mlp" else ", per channel" if column == "ratio_channel"
            else ", per (channel, position)")
-    style_axes(ax, panel_title(key), "layer $l$", f"ratio $r^l$ (Eq. 9{per})")
+    style_axes(ax, panel_title(key) + per.replace(", ", ": ", 1), "layer $l$",
+               f"ratio $r^l$ (Eq. 9{per})")
     if arch != "mlp":
         ax.set_xticks(longest["layer"], longest["name"], rotation=90, fontsize=7)
         ax.set_xlabel("")
