@@ -22,6 +22,7 @@ from varexp.report import (
     allcnnc_claims,
     convergence_claim,
     heldout_claims,
+    intervention_claims,
     theory_at,
     training_claims,
     unet_claims,
@@ -227,3 +228,27 @@ def test_report_has_the_rule_and_one_row_per_claim(tmp_path):
     header = "| paper section | claim | paper | ours | SE | distance (SE) | verdict | note |"
     assert header in text
     assert text.count("| 5.3, Fig. 4 |") == 1 and text.count("converge to similar") == 1
+
+
+def test_intervention_row_compares_spread_inputs_with_iid_ones_at_one_width_and_t(tmp_path):
+    """Runs at one width and T, iid inputs (slope -0.3, effective samples 40 of 50) and spread
+    norms (slope -0.15, 10 of 50): the slope's change, beyond 2 SE, matches; the other way,
+    it differs."""
+    from test_plot import write_run
+
+    def run(name: str, spread: float, slope: float, effective: float) -> None:
+        folder = tmp_path / "slopes" / name
+        table = write_run(folder, init="scale+bias", width=300, grad_slope_=slope, networks=6)
+        table.assign(effective_samples=effective).to_csv(folder / "probe.csv", index=False)
+        cfg = OmegaConf.load(folder / ".hydra" / "config.yaml")
+        cfg.dataset.norm_spread = spread
+        OmegaConf.save(cfg, folder / ".hydra" / "config.yaml")
+
+    run("a", 0.0, -0.3, 40.0)
+    run("b", 1.0, -0.15, 10.0)
+    (claim,) = intervention_claims(tmp_path)
+    assert claim.ours == pytest.approx(0.15, abs=0.01) and claim.verdict == "matches"
+    assert "80% -> 20% of T" in claim.shown
+    run("c", 2.0, -0.45, 5.0)  # the largest spread steepens it instead
+    (claim,) = intervention_claims(tmp_path)
+    assert claim.verdict == "differs"

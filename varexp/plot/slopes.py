@@ -25,7 +25,7 @@ from varexp.plot.common import (
     save,
     style_axes,
 )
-from varexp.results.aggregate import grad_slope_error, layer_summary
+from varexp.results.aggregate import effective_fraction, grad_slope_error, layer_summary
 from varexp.results.tables import RunResult, load_probes, stack
 from varexp.theory import gradient_slope
 
@@ -48,12 +48,6 @@ def settings(runs: list[RunResult]) -> dict[tuple, pd.DataFrame]:
 def plain(tables: dict[tuple, pd.DataFrame]) -> dict[tuple, pd.DataFrame]:
     """The settings with iid N(0, 1) inputs (no norm spread), keyed (init, width, T)."""
     return {key[:3]: table for key, table in tables.items() if key[3] == 0}
-
-
-def effective_fraction(table: pd.DataFrame, samples: int) -> float:
-    """Effective samples / T averaged over the layers the slope is fitted on (1..L-1)."""
-    mean = layer_summary(table, "effective_samples")
-    return float(mean.loc[mean["layer"] < mean["layer"].max(), "mean"].mean() / samples)
 
 
 def draw_slopes(ax, tables: dict[tuple, pd.DataFrame]) -> list[dict]:

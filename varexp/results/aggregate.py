@@ -38,6 +38,13 @@ def log_summary(table: pd.DataFrame, column: str) -> pd.DataFrame:
     return out
 
 
+def effective_fraction(table: pd.DataFrame, samples: int) -> float:
+    """Effective samples / T averaged over networks and over the layers the gradient slope is
+    fitted on (1..L-1)."""
+    mean = layer_summary(table, "effective_samples")
+    return float(mean.loc[mean["layer"] < mean["layer"].max(), "mean"].mean() / samples)
+
+
 def grad_fit(table: pd.DataFrame, first: int = 1, last: int | None = None) -> tuple[float, float]:
     """(slope, intercept) of the least-squares line log(mean over networks of grad_sq) vs layer,
     over layers first..last (default: 1..L-1); see grad_slope."""
