@@ -40,6 +40,12 @@ from varexp.theory import cross_moment, gradient_slope, recursion
 # a measured value matches within this many of its standard errors; an ordering holds beyond it
 Z = 2.0
 EXACT = 1e-9  # an exact computation (no sampling) matches within this
+# numbers for the paper's words, stated in RULE and in each row that uses one
+PEAK = 12  # "increases up to around layer 12 before decreasing significantly" (Sec. 3.3)
+AROUND = 2  # layers either side of PEAK that count as "around" it
+FALL = 0.25  # "decreasing significantly": the last layer at least this fraction below the peak
+SIMILAR = 0.25  # "converged to similar values": the gap at the end below this fraction of its start
+BARELY = 0.9  # a run "barely trains" when its last loss is above this fraction of its first
 RULE = f"""Each row gives the paper's value or statement, ours, our standard error (SE: over
 networks for probes, a bootstrap over networks for slopes, over seeds for training) and the
 distance (ours - reference) / SE, where the reference is the paper's value or, for an ordering
@@ -51,7 +57,12 @@ between. The paper states no uncertainty, so the SE is ours alone: a value the p
 on its own 30 networks carries a scatter of its own that the distance leaves out. An exact
 computation (no sampling) matches within {EXACT:g}, or within the rounding of the paper's printed
 digits. A Fig. 4 row is **not bracketed** when a selected learning rate is the
-smallest or largest its sweep tried (selected.csv's lr_at_edge): a better one may lie beyond."""
+smallest or largest its sweep tried (selected.csv's lr_at_edge): a better one may lie beyond.
+Where the paper's words need a number, the row states the one used: UNet's ratio "decreasing
+significantly" = falling by more than {FALL:.0%} from its peak to the last layer, "around layer
+{PEAK}" = within {AROUND} layers of it, ratios "converged to similar values" = their gap below
+{SIMILAR:.0%} of its start; a run "barely trains" when its last loss is above {BARELY:.0%} of its
+first."""
 
 
 @dataclass(frozen=True)
@@ -269,9 +280,6 @@ def width_claims(out: Path) -> list[Claim]:
 
 # the two ways a conv layer's ratio is taken (varexp.stats): column -> how it reads
 CONVENTIONS = {"ratio": "per (channel, position)", "ratio_channel": "per channel"}
-PEAK = 12  # "increases up to around layer 12 before decreasing significantly" (Sec. 3.3)
-AROUND = 2  # layers either side of PEAK that count as "around" it
-FALL = 0.25  # "decreasing significantly": the last layer at least this fraction below the peak
 
 
 def cnn_claims(out: Path) -> list[Claim]:
@@ -348,7 +356,6 @@ def unet_claims(table: pd.DataFrame, column: str, what: str) -> list[Claim]:
     ]
 
 
-BARELY = 0.9  # a run "barely trains" when its last loss is above this fraction of its first
 
 
 def training_claims(out: Path) -> list[Claim]:
@@ -420,7 +427,6 @@ def first_last(folder: Path, runs: pd.DataFrame) -> tuple[float, float] | None:
     return (float(np.mean(firsts)), float(np.mean(lasts))) if firsts else None
 
 
-SIMILAR = 0.25  # "converged to similar values": the gap at the end below this fraction of the start
 
 
 def convergence_claims(out: Path) -> list[Claim]:
