@@ -61,8 +61,9 @@ RATIOS = Table("ratios.csv", ("step", "layer", "name", *RATIO_STATS[:3], "weight
 SWEEP = Table("sweep.csv", ("arch", "dataset", "init", "optim", "lr", "seed", "status", "steps",
                             "final_loss", "criterion", "seconds", "run_dir"),
               text=("arch", "dataset", "init", "optim", "status", "run_dir"))
-# lr_at_edge: low or high when the chosen lr is the smallest or largest the sweep tried for its
-# setting (the best lr is then not bracketed), both when it tried one, else empty
+# lr_at_edge: low or high when the chosen lr is the smallest or largest of its setting's lrs with
+# a finished run (the best lr is then not bracketed), both when there is one, else empty
+# (varexp.sweep.lr_edge)
 SELECTED = Table("selected.csv", ("arch", "dataset", "init", "optim", "lr", "criterion",
                                   "criterion_std", "runs", "select_fraction", "lr_at_edge"),
                  text=("arch", "dataset", "init", "optim", "lr_at_edge"), needed=9)
