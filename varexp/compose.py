@@ -67,8 +67,12 @@ SMOKE: dict[str, list[str]] = {
     "sweep": ["train.steps=4", "train.ratio_every=2", "train.checkpoint_every=2", "seed=0",
               "sweep.lr_index=0"],
 }  # fmt: skip
-# ... and these to a command with the preset: a search of 2 trials
-SMOKE_PRESETS: dict[str, list[str]] = {"optuna_lr": ["hydra.sweeper.n_trials=2"]}
+# ... and these to a command with the preset: a search of 2 trials, a probe grid of 2 runs
+SMOKE_PRESETS: dict[str, list[str]] = {
+    "optuna_lr": ["hydra.sweeper.n_trials=2"],
+    "heldout_quick": ["arch.width=100", "probe.samples=30"],
+    "slopes_inputs_quick": ["dataset.norm_spread=0,1"],
+}
 
 
 @dataclass(frozen=True)
