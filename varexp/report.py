@@ -111,11 +111,16 @@ class Claim:
 
     def row(self) -> tuple[str, ...]:
         ours = "no result" if self.ours is None else self.shown or f"{self.ours:.4g}"
-        error = "exact" if self.error is None else f"{self.error:.2g}"
+        error = ("exact" if self.error is None else f"{self.error:.2g}"
+                 if math.isfinite(self.error) else "n/a")
         distance = "" if self.distance is None else f"{self.distance:+.1f}"
         verdict = self.verdict
         verdict = verdict if verdict.startswith(("n/a", "not dist")) else f"**{verdict}**"
         return (self.section, self.claim, self.paper, ours, error, distance, verdict, self.note)
+
+
+def plural(count: int, word: str) -> str:
+    return f"{count} {word}" + ("" if count == 1 else "s")
 
 
 def probes(root: Path, figure: str, inits: tuple[str, ...] | None = None) -> list[RunResult]:
@@ -389,7 +394,7 @@ def training_claim(folder: Path, arch: str, dataset: str, optim: str, chosen: pd
     seeds = sorted(set(by_seed["scale"].index) & set(by_seed["scale+bias"].index))
     if seeds and len(seeds) == len(by_seed["scale"]) == len(by_seed["scale+bias"]):
         gap, error = mean_error(by_seed["scale"][seeds] - by_seed["scale+bias"][seeds])
-        pairing = f"paired over {len(seeds)} seeds"
+        pairing = f"paired over {plural(len(seeds), 'seed')}"
     else:
         a, a_error = mean_error(by_seed["scale"])
         b, b_error = mean_error(by_seed["scale+bias"])
@@ -400,7 +405,8 @@ def training_claim(folder: Path, arch: str, dataset: str, optim: str, chosen: pd
     each = "; ".join(f"{init} {chosen.loc[init, 'criterion']:.3f} ± "
                      f"{chosen.loc[init, 'criterion_std']:.3f} (lr {chosen.loc[init, 'lr']:g})"
                      for init in ("scale", "scale+bias"))
-    edges = [f"{init} lr at the {edge} end" for init in ("scale", "scale+bias")
+    edges = [f"{init}'s only lr" if edge == "both" else f"{init} lr at the {edge} end"
+             for init in ("scale", "scale+bias")
              if (edge := str(chosen.loc[init].get("lr_at_edge", "") or "")) not in ("", "nan")]
     stuck = [f"{init} barely trains (loss {first:.2f} -> {last:.2f})"
              for init, r in runs.items() if (f := first_last(folder, r)) is not None
@@ -490,7 +496,8 @@ def convergence_claim(what: str, ratios: dict[str, dict[int, pd.DataFrame | None
     fraction, error = mean_error(fractions)
     return Claim("5.3", f"{what}: the scale and scale+bias ratios converge to similar values "
                  f"(median over layers of |difference| at step {last} / at step 0; "
-                 f"{len(seeds)} seeds; quick scale: {last} steps, not a few thousand)",
+                 f"{plural(len(seeds), 'seed')}"
+                 + (f"; {last} steps, not a few thousand)" if last < 2000 else ")"),
                  f"similar (below {SIMILAR:.0%} of the start)", fraction, error, SIMILAR, "below",
                  shown=f"{fraction:.2f} ({np.mean(starts):.2f} -> {np.mean(ends):.2f})")
 
