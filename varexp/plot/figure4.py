@@ -121,7 +121,8 @@ def draw_panel(ax, runs: pd.DataFrame, title: str, smooth: int) -> None:
         mean, std = curves.mean(axis=1), curves.std(axis=1, ddof=1).fillna(0.0)
         color = color_for(init, INIT_COLORS, inits)
         edge = mine["lr_at_edge"].iloc[0]
-        edge = f" at the grid's {edge} end" if isinstance(edge, str) and edge else ""
+        edge = ("" if not isinstance(edge, str) or not edge else ", the only lr"
+                if edge == "both" else f" at the grid's {edge} end")
         label = f"{init} (lr {mine['lr'].iloc[0]:g}{edge}, n={curves.shape[1]})"
         ax.plot(curves.index, mean, color=color, linewidth=1.2, label=label)
         ax.fill_between(curves.index, mean - std, mean + std, color=color, alpha=0.25, linewidth=0)
