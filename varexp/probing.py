@@ -5,13 +5,18 @@ Network i is seeded from (seed, i); the batch is the same for all networks (seed
 Data-dependent inits (scale, scale+bias, lsuv) are fitted on the probe batch itself, so
 init.batches is not used here. BatchNorm normalizes with the batch statistics (paper Sec. 4).
 With probe.method=auto, Gaussian-weight MLPs wider than 2 T are sampled exactly in O(n T^2) per
-layer (varexp.sampled); everything else runs the dense model (varexp.stats hooks).
+layer (varexp.sampled), many networks at a time (on the CPU one per thread; on a GPU as many as
+fit), with the same numbers however they are batched; everything else runs the dense model
+(varexp.stats hooks), one network at a time.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
+from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,9 +35,10 @@ from varexp.models import build_model
 from varexp.models.base import weight_layers
 from varexp.results import claim
 from varexp.results.tables import NEURONS, PROBE, probe_frame
-from varexp.sampled import sampled_mlp, unsupported
+from varexp.sampled import sampled_mlp, sampled_probe, unsupported
 from varexp.schema import Common, choice, flag, integer, store, to_spec, validate
 from varexp.stats import network_stats
+from varexp.threads import available_cores
 
 log = logging.getLogger(__name__)
 METHODS = ("auto", "dense", "sampled")
@@ -68,7 +74,14 @@ def check(cfg: DictConfig) -> None:
         if reason is not None:
             raise bad_value("probe.method", "sampled", f"{reason}; use probe.method=auto or dense")
     if choose_method(cfg) != "dense":
-        return  # the sampled path holds O(width T) per layer
+        device = devices.resolve(cfg.device)
+        plan = sampled_plan(cfg, device, max_threads(cfg))
+        memory.refuse_if_too_big(
+            plan.network_bytes, device, "one network",
+            f"the sampled path keeps {cfg.arch.depth} layer outputs of {cfg.arch.width} x "
+            f"{cfg.probe.samples} for the backward pass", "probe narrower or shallower "
+            "networks, or fewer samples")
+        return
     info = data_info(cfg.dataset, cfg.arch)
     params, outputs = memory.count(cfg.arch, info.input_shape, num_classes(cfg),
                                    cfg.probe.samples)
@@ -77,6 +90,44 @@ def check(cfg: DictConfig) -> None:
         f"{memory.amount(params)} weights, {memory.amount(outputs)} layer outputs for T = "
         f"{cfg.probe.samples}", "probe narrower or shallower networks, fewer samples, or with "
         "probe.method=auto where the exact sampled path applies")
+
+
+def max_threads(cfg: DictConfig) -> int:
+    """The most CPU threads a run of `cfg` gets (its `threads` key; auto: at most every core)."""
+    threads = cfg.get("threads", "auto")
+    return available_cores() if threads == "auto" else int(threads)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How the sampled path runs a probe: `batch` networks at a time on each of `workers`
+    threads (one on a GPU), `network_bytes` each."""
+
+    workers: int
+    batch: int
+    network_bytes: float
+
+    @property
+    def bytes(self) -> float:
+        """Of all the networks in flight at once: the pre-run estimate."""
+        return self.workers * self.batch * self.network_bytes
+
+
+def sampled_plan(cfg: DictConfig, device: torch.device, threads: int) -> Plan:
+    """The CPU runs one network per thread at a time (batching more on one core only costs
+    cache: bench/bench_probe.py); a GPU runs all networks in one batch. Either shrinks to what
+    memory.USABLE of the free memory holds, so the networks in flight never need more than the
+    estimate checked before the run; at least one network (check refuses a larger one)."""
+    features = math.prod(data_info(cfg.dataset, cfg.arch).input_shape)
+    per_network = memory.sampled_network_bytes(
+        cfg.arch.width, cfg.arch.depth, cfg.probe.samples, features, cfg.probe.grad,
+        cfg.probe.neurons > 0)
+    networks = cfg.probe.networks
+    fits = max(1, int(memory.USABLE * memory.available(device) // per_network))
+    if device.type == "cpu":
+        workers = max(1, min(threads, networks, fits))
+        return Plan(workers, 1, per_network)
+    return Plan(1, min(networks, fits), per_network)
 
 
 # Above this many bytes of dense MLP weights a GPU probe takes the sampled path (see below).
@@ -141,6 +192,25 @@ def probe_network(cfg: DictConfig, x: Tensor, network: int, method: str):
     )
 
 
+def probe_networks(cfg: DictConfig, x: Tensor, method: str) -> Iterator[tuple[int, list, dict]]:
+    """(network, per-layer rows, {layer: u^l}) for every network of the probe, in any order."""
+    if method == "dense":
+        for i in range(cfg.probe.networks):
+            yield i, *probe_network(cfg, x, i, method)
+        return
+    plan = sampled_plan(cfg, x.device, torch.get_num_threads())
+    log.debug("sampled path: %d thread(s) x %d network(s) at a time, about %s", plan.workers,
+              plan.batch, memory.gigabytes(plan.bytes))
+    generators = [torch.Generator(device=x.device).manual_seed(network_seed(cfg.seed, i))
+                  for i in range(cfg.probe.networks)]
+    init = to_spec(cfg.init)
+    yield from sampled_probe(
+        x, cfg.arch.depth, cfg.arch.width, generators, batch=plan.batch, threads=plan.workers,
+        activation=cfg.arch.activation, init=init.name, gain=getattr(init, "gain", None),
+        eps=getattr(init, "eps", 0.0), grad=cfg.probe.grad,
+        keep_u=(1, cfg.arch.depth) if cfg.probe.neurons > 0 else (), norm=cfg.arch.norm)
+
+
 def neuron_rows(network: int, kept: dict[int, Tensor], count: int, seed: int) -> pd.DataFrame:
     """`count` random neurons' raw pre-activations over the batch at each kept layer."""
     gen = np.random.default_rng([seed, network, 1])
@@ -170,18 +240,21 @@ def probe(cfg: DictConfig, out_dir: Path) -> None:
     method = choose_method(cfg, device)
     x = fixed_batch(cfg.dataset, cfg.arch, cfg.probe.samples, cfg.seed, device)
     start = time.perf_counter()
-    tables, neurons = [], []
-    bar = tqdm(range(cfg.probe.networks), desc="probe", unit="net",
-               disable=None if cfg.probe.progress else True)
-    for i in bar:
-        rows, kept = probe_network(cfg, x, i, method)
-        tables.append(check_finite(probe_frame(i, rows), cfg))
-        if cfg.probe.neurons > 0:
-            neurons.append(neuron_rows(i, kept, cfg.probe.neurons, cfg.seed))
-    table = pd.concat(tables, ignore_index=True)
+    tables, neurons = {}, {}
+    with tqdm(total=cfg.probe.networks, desc="probe", unit="net",
+              disable=None if cfg.probe.progress else True) as bar:
+        # closed at once on an error or Ctrl-C: the sampled path's worker threads stop
+        with closing(probe_networks(cfg, x, method)) as networks:
+            for i, rows, kept in networks:
+                tables[i] = check_finite(probe_frame(i, rows), cfg)
+                if cfg.probe.neurons > 0:
+                    neurons[i] = neuron_rows(i, kept, cfg.probe.neurons, cfg.seed)
+                bar.update()
+    table = pd.concat([tables[i] for i in sorted(tables)], ignore_index=True)
     path = PROBE.write(table, out_dir)
     if neurons:
-        NEURONS.write(pd.concat(neurons, ignore_index=True), out_dir)
+        NEURONS.write(pd.concat([neurons[i] for i in sorted(neurons)], ignore_index=True),
+                      out_dir)
     last = table[table.layer == table.layer.max()]
     log.info(
         "probe: %d networks x %d layers, %s path, %.1f s -> %s (layer %d: mean ratio m/v %.4g)",
