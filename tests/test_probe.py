@@ -71,6 +71,15 @@ def test_networks_differ_but_share_the_batch_and_runs_repeat(capsys, tmp_path):
     assert layer1.ratio.nunique() == 3
 
 
+def test_sampled_probe_csv_is_the_same_on_one_thread_or_two(capsys, tmp_path):
+    """The sampled path runs one network per thread; network i draws from its own seed."""
+    one, _ = probe(capsys, tmp_path / "one", "probe.method=sampled", "threads=1")
+    two, _ = probe(capsys, tmp_path / "two", "probe.method=sampled", "threads=2")
+    pd.testing.assert_frame_equal(one, two, check_exact=True)
+    assert (tmp_path / "one" / "probe.csv").read_bytes() == (tmp_path / "two" /
+                                                             "probe.csv").read_bytes()
+
+
 def test_auto_method_rule():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     cfg = OmegaConf.create({
@@ -97,6 +106,8 @@ def test_auto_method_rule():
         ("probe.samples=1", "probe.samples=1 is not allowed; must be an integer >= 2"),
         ("arch.width=-3", "arch.width=-3 is not allowed"),
         ("init=orthogonal probe.method=sampled", "probe.method='sampled' is not allowed"),
+        ("arch.width=2000000 arch.depth=1000", "varexp probe: one network needs about 810 GB "
+         "(the sampled path keeps 1000 layer outputs of 2000000 x 100 for the backward pass)"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(capsys, tmp_path, arg, needle):

@@ -80,7 +80,7 @@ def check(cfg: DictConfig) -> None:
             plan.network_bytes, device, "one network",
             f"the sampled path keeps {cfg.arch.depth} layer outputs of {cfg.arch.width} x "
             f"{cfg.probe.samples} for the backward pass", "probe narrower or shallower "
-            "networks, or fewer samples")
+            "networks, fewer samples, or without gradients (probe.grad=false)")
         return
     info = data_info(cfg.dataset, cfg.arch)
     params, outputs = memory.count(cfg.arch, info.input_shape, num_classes(cfg),
