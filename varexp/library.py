@@ -14,9 +14,11 @@ from torch import Tensor, nn
 from varexp.errors import VarexpError
 from varexp.results.tables import probe_frame
 from varexp.stats import network_stats
+from varexp.threads import free_cores_now, using_threads
 
 
-def probe(model: nn.Module, x: Tensor, grad: bool = True, seed: int = 0) -> pd.DataFrame:
+def probe(model: nn.Module, x: Tensor, grad: bool = True, seed: int = 0,
+          threads: int | str | None = "auto") -> pd.DataFrame:
     """probe.csv's table for `model` on the batch x (T samples on the model's device): per
     weight layer in forward order its layer number, name (as in model.named_modules()), type,
     features and the sample statistics of its output u (varexp.stats: sample mean^2, sample
@@ -28,10 +30,17 @@ def probe(model: nn.Module, x: Tensor, grad: bool = True, seed: int = 0) -> pd.D
     BatchNorm uses batch statistics and dropout is off for the pass (paper Sec. 4); the model's
     modes, buffers and parameters are left as they were. A layer the model runs more than once
     per pass (shared weights) is measured on its first call, with a warning naming it.
+
+    On the CPU the pass runs on `threads` torch threads, as `varexp probe threads=...` does:
+    "auto" takes the cores other processes leave free at the call, at most
+    torch.get_num_threads() (torch's threads wait for each other after every operation, so one
+    that loses its core to another process slows them all); a number sets the count; None keeps
+    torch's setting. Torch's setting is restored afterwards.
     """
     generator = torch.Generator(device=x.device).manual_seed(seed)
     try:
-        rows, _ = network_stats(model, x, grad=grad, generator=generator)
+        with using_threads(call_threads(threads, x.device)):
+            rows, _ = network_stats(model, x, grad=grad, generator=generator)
     except ValueError as err:  # no weight layers
         raise VarexpError(str(err)) from None
     if not rows:
@@ -44,6 +53,18 @@ def probe(model: nn.Module, x: Tensor, grad: bool = True, seed: int = 0) -> pd.D
     frame = probe_frame(0, rows).drop(columns="network")
     frame.insert(2, "type", [_type(modules, row["name"]) for row in rows])
     return frame
+
+
+def call_threads(threads: int | str | None, device: torch.device) -> int:
+    """torch's intra-op threads for one call: see probe."""
+    if threads is None or device.type != "cpu":
+        return torch.get_num_threads()
+    if threads == "auto":
+        return min(torch.get_num_threads(), free_cores_now())
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise VarexpError(f"threads={threads!r} is not allowed; must be auto, None or an "
+                          "integer >= 1")
+    return threads
 
 
 def _type(modules: dict[str, nn.Module], name: str) -> str:
