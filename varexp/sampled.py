@@ -197,6 +197,7 @@ def sampled_mlps(
     keep_u: Sequence[int] = (),
     norm: str | None = None,
     stop: threading.Event | None = None,
+    workspace: dict | None = None,
 ) -> list[tuple[list[dict], dict[int, Tensor]]]:
     """Random MLPs (Eq. 1, `depth` layers of `width`, zero biases unless the init fits them), one
     per generator, on the batch x (T, in_features), sampled exactly in O(width T^2) per layer.
@@ -206,7 +207,8 @@ def sampled_mlps(
     the random linear loss L = sum_t w . x^L_t, w ~ N(0, 1)), and u^l (T, width) for the layers
     in keep_u. `norm` is the units' normalization (arch.norm; None: the one the init needs).
     A generator of None draws from torch's global generator. `stop`, once set, ends the call
-    between two layers with Stopped.
+    between two layers with Stopped. A `workspace` dict passed to successive calls keeps the
+    memory of the layer outputs between them (fresh pages cost the kernel time).
     """
     record = INITS[init]
     if record.sampled_std is None:
@@ -221,7 +223,7 @@ def sampled_mlps(
         if stop is not None and stop.is_set():
             raise Stopped
 
-
+    store = outputs_store(workspace, (depth if grad else 1, count, width, T), x)
     X = x.reshape(T, -1).T.unsqueeze(0)  # (1, features, samples): the batch all networks see
     layers: list[Layer] = []
     stats: list[dict[str, Tensor]] = []
@@ -232,7 +234,8 @@ def sampled_mlps(
         F, K = factor(gram(X), inverse=grad and index > 1)
         std = record.sampled_std(n_in, width, gain)
         R = (std * F.mT).to(x.dtype).expand(count, T, T).contiguous()
-        U = normals(generators, (width, T), x) @ R
+        U = torch.bmm(normals(generators, (width, T), x), R,
+                      out=store[index - 1 if grad else 0])
         maps = [normalizer(init, norm, part, eps) for part in U]
         layer = Layer(U, K, std, maps)
         u = U if plain(layer) else torch.stack(
@@ -254,6 +257,16 @@ def sampled_mlps(
                              grad_sq=None if g is None else g[i]))
         out.append((rows, kept[i]))
     return out
+
+
+def outputs_store(workspace: dict | None, shape: tuple[int, ...], like: Tensor) -> Tensor:
+    """Memory for every layer's output, kept in `workspace` for the next call."""
+    store = None if workspace is None else workspace.get("outputs")
+    if store is None or store.shape != shape or store.device != like.device:
+        store = torch.empty(shape, dtype=like.dtype, device=like.device)
+        if workspace is not None:
+            workspace["outputs"] = store
+    return store
 
 
 def _backward(layers: list[Layer], generators: Sequence, f: Callable[[Tensor], Tensor],
@@ -336,10 +349,13 @@ def sampled_probe(
     threads = torch.get_num_threads() if threads is None else threads
     workers = min(threads, len(chunks)) if x.device.type == "cpu" else 1
     stop = threading.Event()
+    local = threading.local()  # each worker's workspace
 
     def run(chunk: range) -> list:
+        if not hasattr(local, "workspace"):
+            local.workspace = {}
         out = sampled_mlps(x, depth, width, [generators[i] for i in chunk], stop=stop,
-                           **options)
+                           workspace=local.workspace, **options)
         return [(i, rows, kept) for i, (rows, kept) in zip(chunk, out, strict=True)]
 
     if x.device.type != "cpu":
