@@ -106,7 +106,7 @@ def test_auto_method_rule():
         ("probe.samples=1", "probe.samples=1 is not allowed; must be an integer >= 2"),
         ("arch.width=-3", "arch.width=-3 is not allowed"),
         ("init=orthogonal probe.method=sampled", "probe.method='sampled' is not allowed"),
-        ("arch.width=2000000 arch.depth=1000", "varexp probe: one network needs about 810 GB "
+        ("arch.width=2000000 arch.depth=1000", "varexp probe: one network needs about 814 GB "
          "(the sampled path keeps 1000 layer outputs of 2000000 x 100 for the backward pass)"),
     ],
 )

@@ -87,12 +87,12 @@ def probe_bytes(params: int, outputs: int) -> float:
     return FLOAT * (params + 2 * outputs)
 
 
-# float32 arrays of width x T that one network of the sampled path holds at once within a layer,
-# beyond what it keeps for the backward pass: the layer input also in float64 for its Gram matrix
-# (2), the draws, the output and the statistics' squares in the forward pass; the signal, its
-# ReLU mask product, the recomputed input, the draws, their product and the new signal in the
-# backward one (measured: bench/bench_probe.py --memory)
-SAMPLED_WORKING = 10
+# Arrays of width x T floats that one network of the sampled path holds beyond the layer outputs
+# it keeps for the backward pass: its workspace (the draws, the layer input, the statistics'
+# squares, the backward signal and its update: 5; the layer input in float64 for its Gram
+# matrix: 2) and, measured (bench/bench_probe.py --memory), about as much again in small arrays
+# and the allocator's slack
+SAMPLED_WORKING = 16
 
 
 def sampled_network_bytes(width: int, depth: int, samples: int, features: int, grad: bool,

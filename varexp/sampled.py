@@ -49,6 +49,7 @@ through the batch statistics.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -105,9 +106,28 @@ def backward_through(f: Callable[[Tensor], Tensor], U: Tensor, g: Tensor) -> Ten
     return grad
 
 
-def gram(X: Tensor) -> Tensor:
+class Workspace:
+    """The arrays of a batch's forward and backward passes, kept from one batch to the next on
+    the same worker: allocating and freeing arrays of a few MB every layer fragments the heap
+    (the process kept about twice the memory it used) and costs fresh pages."""
+
+    def __init__(self) -> None:
+        self.buffers: dict[str, Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype,
+            device: torch.device) -> Tensor:
+        """An uninitialized array `name` of `shape`, in memory kept under that name."""
+        numel = math.prod(shape)
+        buffer = self.buffers.get(name)
+        if buffer is None or buffer.numel() < numel or buffer.dtype != dtype \
+                or buffer.device != device:
+            buffer = self.buffers[name] = torch.empty(numel, dtype=dtype, device=device)
+        return buffer[:numel].view(shape)
+
+
+def gram(X: Tensor, space: Workspace) -> Tensor:
     """X^T X in float64 for X (..., n, T)."""
-    X = X.double()
+    X = space.get("float64", X.shape, torch.float64, X.device).copy_(X)
     return X.mT @ X
 
 
@@ -134,23 +154,21 @@ def factor(G: Tensor, inverse: bool = True) -> tuple[Tensor, Tensor | None]:
     return C, K
 
 
-def normals(generators: Sequence[torch.Generator | None], shape: tuple[int, ...],
-            like: Tensor) -> Tensor:
-    """iid N(0, 1) of `shape` per network, each from its own generator."""
-    out = torch.empty(len(generators), *shape, device=like.device, dtype=like.dtype)
+def normals(generators: Sequence[torch.Generator | None], out: Tensor) -> Tensor:
+    """`out` (networks, ...) filled with iid N(0, 1), each network's from its own generator."""
     for part, generator in zip(out, generators, strict=True):
         part.normal_(generator=generator)
     return out
 
 
-def layer_stats(u: Tensor) -> dict[str, Tensor]:
+def layer_stats(u: Tensor, space: Workspace) -> dict[str, Tensor]:
     """varexp.stats.sample_stats of each network's pre-activations, u (networks, features, T):
-    per network 0-d float64 values. Centred in float32, sums over samples (<= T terms) in float32
-    and over features in float64; every
-    reduction is over one axis per network, so no network's numbers depend on the others. For
-    a Linear layer the per-channel statistics are the per-feature ones."""
+    per network 0-d float64 values. Centred in float32, sums over samples (<= T terms) in
+    float32 and over features in float64; every reduction is over one axis per network, so no
+    network's numbers depend on the others. For a Linear layer the per-channel statistics are
+    the per-feature ones."""
     mean = u.mean(dim=2, keepdim=True)
-    squares = (u - mean).square_()
+    squares = torch.sub(u, mean, out=space.get("squares", u.shape, u.dtype, u.device)).square_()
     variance = squares.mean(dim=2).double().mean(dim=1)
     distance = squares.sum(dim=1).double()
     mean_sq = mean.squeeze(2).double().square().mean(dim=1)
@@ -166,7 +184,7 @@ def layer_stats(u: Tensor) -> dict[str, Tensor]:
 
 def mean_square(g: Tensor) -> Tensor:
     """Per network, the mean of g^2 over features and samples (over features in float64)."""
-    return g.square().mean(dim=2).double().mean(dim=1)
+    return torch.linalg.vector_norm(g, dim=2).double().square().mean(dim=1) / g.shape[2]
 
 
 @dataclass
@@ -197,7 +215,7 @@ def sampled_mlps(
     keep_u: Sequence[int] = (),
     norm: str | None = None,
     stop: threading.Event | None = None,
-    workspace: dict | None = None,
+    workspace: Workspace | None = None,
 ) -> list[tuple[list[dict], dict[int, Tensor]]]:
     """Random MLPs (Eq. 1, `depth` layers of `width`, zero biases unless the init fits them), one
     per generator, on the batch x (T, in_features), sampled exactly in O(width T^2) per layer.
@@ -207,8 +225,8 @@ def sampled_mlps(
     the random linear loss L = sum_t w . x^L_t, w ~ N(0, 1)), and u^l (T, width) for the layers
     in keep_u. `norm` is the units' normalization (arch.norm; None: the one the init needs).
     A generator of None draws from torch's global generator. `stop`, once set, ends the call
-    between two layers with Stopped. A `workspace` dict passed to successive calls keeps the
-    memory of the layer outputs between them (fresh pages cost the kernel time).
+    between two layers with Stopped. A `workspace` passed to successive calls keeps their
+    arrays' memory from one call to the next.
     """
     record = INITS[init]
     if record.sampled_std is None:
@@ -218,36 +236,35 @@ def sampled_mlps(
     f = act.module()
     gain = act.gain if gain is None else gain
     count, T = len(generators), x.shape[0]
+    space = Workspace() if workspace is None else workspace
+    shape = (count, width, T)
+    store = space.get("outputs", (depth if grad else 1, *shape), x.dtype, x.device)
 
-    def check_stop() -> None:
-        if stop is not None and stop.is_set():
-            raise Stopped
-
-    store = outputs_store(workspace, (depth if grad else 1, count, width, T), x)
     X = x.reshape(T, -1).T.unsqueeze(0)  # (1, features, samples): the batch all networks see
     layers: list[Layer] = []
     stats: list[dict[str, Tensor]] = []
     kept: list[dict[int, Tensor]] = [{} for _ in range(count)]
     for index in range(1, depth + 1):
-        check_stop()
+        if stop is not None and stop.is_set():
+            raise Stopped
         n_in = X.shape[1]
-        F, K = factor(gram(X), inverse=grad and index > 1)
+        F, K = factor(gram(X, space), inverse=grad and index > 1)
         std = record.sampled_std(n_in, width, gain)
         R = (std * F.mT).to(x.dtype).expand(count, T, T).contiguous()
-        U = torch.bmm(normals(generators, (width, T), x), R,
-                      out=store[index - 1 if grad else 0])
+        draws = normals(generators, space.get("draws", shape, x.dtype, x.device))
+        U = torch.bmm(draws, R, out=store[index - 1 if grad else 0])
         maps = [normalizer(init, norm, part, eps) for part in U]
         layer = Layer(U, K, std, maps)
         u = U if plain(layer) else torch.stack(
             [part if m is None else m(part) for part, m in zip(U, maps, strict=True)])
-        stats.append(layer_stats(u))
+        stats.append(layer_stats(u, space))
         if index in keep_u:
             for i, part in enumerate(u):
                 kept[i][index] = part.T.clone()
-        X = activate(layer, f)
+        X = activate(layer, f, space)
         if grad:
             layers.append(layer)
-    grads = _backward(layers, generators, f, x) if grad else [None] * depth
+    grads = _backward(layers, generators, f, space) if grad else [None] * depth
     out = []
     for i in range(count):
         rows = []
@@ -259,37 +276,31 @@ def sampled_mlps(
     return out
 
 
-def outputs_store(workspace: dict | None, shape: tuple[int, ...], like: Tensor) -> Tensor:
-    """Memory for every layer's output, kept in `workspace` for the next call."""
-    store = None if workspace is None else workspace.get("outputs")
-    if store is None or store.shape != shape or store.device != like.device:
-        store = torch.empty(shape, dtype=like.dtype, device=like.device)
-        if workspace is not None:
-            workspace["outputs"] = store
-    return store
-
-
 def _backward(layers: list[Layer], generators: Sequence, f: Callable[[Tensor], Tensor],
-              x: Tensor) -> list[Tensor]:
+              space: Workspace) -> list[Tensor]:
     """grad_sq per layer (per network), top down, sampling W^T g exactly (module docstring)."""
-    top = layers[-1]
-    count, width, T = top.U.shape
-    w = normals(generators, (width, 1), x)
+    top = layers[-1].U
+    count, width, T = top.shape
+    w = normals(generators, top.new_empty(count, width, 1))
     g_x = w.expand(-1, -1, T)
     out = [w.double().square().mean(dim=(1, 2))]
     for layer, below in zip(reversed(layers[1:]), reversed(layers[:-1]), strict=True):
         U = layer.U
         if isinstance(f, torch.nn.ReLU) and plain(layer):
-            g_U = torch.ops.aten.threshold_backward(g_x, U, 0)
+            g_U = torch.ops.aten.threshold_backward.grad_input(
+                g_x, U, 0, grad_input=space.get("signal", U.shape, U.dtype, U.device))
         else:
             g_U = torch.stack([
                 backward_through(lambda V, m=m: f(V if m is None else m(V)), part, g)
                 for part, m, g in zip(U, layer.maps, g_x, strict=True)])
-        X = activate(below, f)  # this layer's input
+        X = activate(below, f, space)  # this layer's input
         F_g, _ = factor((g_U.mT @ g_U).double(), inverse=False)
-        Y = normals(generators, (X.shape[1], T), x) @ (layer.std * F_g.mT).to(x.dtype)
+        draws = normals(generators, space.get("draws", X.shape, X.dtype, X.device))
+        # the new signal takes the memory of the one just used: g_x is no longer needed
+        Y = torch.bmm(draws, (layer.std * F_g.mT).to(X.dtype),
+                      out=space.get("back", X.shape, X.dtype, X.device))
         P = layer.K @ ((U.mT @ g_U).double() - (X.mT @ Y).double())
-        g_x = torch.baddbmm(Y, X, P.to(x.dtype))
+        g_x = Y.baddbmm_(X, P.to(X.dtype))
         out.append(mean_square(g_x))
     return out[::-1]
 
@@ -299,13 +310,13 @@ def plain(layer: Layer) -> bool:
     return all(m is None for m in layer.maps)
 
 
-def activate(layer: Layer, f: Callable[[Tensor], Tensor]) -> Tensor:
+def activate(layer: Layer, f: Callable[[Tensor], Tensor], space: Workspace) -> Tensor:
     """x^l = f(u^l) from the layer's U, the same numbers in the backward pass as in the forward
     one. Network by network, except ReLU (exact in any vectorization) on plain layers."""
+    U = layer.U
     if isinstance(f, torch.nn.ReLU) and plain(layer):
-        return torch.relu(layer.U)
-    return torch.stack([f(U if m is None else m(U))
-                        for U, m in zip(layer.U, layer.maps, strict=True)])
+        return torch.clamp_min(U, 0, out=space.get("inputs", U.shape, U.dtype, U.device))
+    return torch.stack([f(V if m is None else m(V)) for V, m in zip(U, layer.maps, strict=True)])
 
 
 def sampled_mlp(
@@ -353,7 +364,7 @@ def sampled_probe(
 
     def run(chunk: range) -> list:
         if not hasattr(local, "workspace"):
-            local.workspace = {}
+            local.workspace = Workspace()
         out = sampled_mlps(x, depth, width, [generators[i] for i in chunk], stop=stop,
                            workspace=local.workspace, **options)
         return [(i, rows, kept) for i, (rows, kept) in zip(chunk, out, strict=True)]
