@@ -35,7 +35,7 @@ from varexp.models import build_model
 from varexp.models.base import weight_layers
 from varexp.results import claim
 from varexp.results.tables import NEURONS, PROBE, probe_frame
-from varexp.sampled import sampled_mlp, sampled_probe, unsupported
+from varexp.sampled import default_batch, sampled_mlp, sampled_probe, unsupported
 from varexp.schema import Common, choice, flag, integer, store, to_spec, validate
 from varexp.stats import network_stats
 from varexp.threads import available_cores
@@ -114,20 +114,20 @@ class Plan:
 
 
 def sampled_plan(cfg: DictConfig, device: torch.device, threads: int) -> Plan:
-    """The CPU runs one network per thread at a time (batching more on one core only costs
-    cache: bench/bench_probe.py); a GPU runs all networks in one batch. Either shrinks to what
-    memory.USABLE of the free memory holds, so the networks in flight never need more than the
-    estimate checked before the run; at least one network (check refuses a larger one)."""
+    """On the CPU one worker thread per core the run gets, each with batches of
+    varexp.sampled.default_batch networks; on a GPU one batch of all networks. The batches
+    shrink to what memory.USABLE of the free memory holds, so that the networks in flight
+    never need more than the estimate checked before the run (check refuses a probe of which
+    one network does not fit)."""
     features = math.prod(data_info(cfg.dataset, cfg.arch).input_shape)
     per_network = memory.sampled_network_bytes(
         cfg.arch.width, cfg.arch.depth, cfg.probe.samples, features, cfg.probe.grad,
         cfg.probe.neurons > 0)
     networks = cfg.probe.networks
     fits = max(1, int(memory.USABLE * memory.available(device) // per_network))
-    if device.type == "cpu":
-        workers = max(1, min(threads, networks, fits))
-        return Plan(workers, 1, per_network)
-    return Plan(1, min(networks, fits), per_network)
+    workers = max(1, min(threads, networks, fits)) if device.type == "cpu" else 1
+    batch = default_batch(cfg.arch.width, cfg.probe.samples, networks, device)
+    return Plan(workers, max(1, min(batch, fits // workers)), per_network)
 
 
 # Above this many bytes of dense MLP weights a GPU probe takes the sampled path (see below).
