@@ -146,11 +146,14 @@ def factor(G: Tensor, inverse: bool = True) -> tuple[Tensor, Tensor | None]:
         C[index] = torch.eye(G.shape[-1], dtype=G.dtype, device=G.device)
     K = torch.cholesky_inverse(C) if inverse else None
     if index is not None:
-        lam, V = torch.linalg.eigh(G[index])
+        # an overflowed network (a large init.gain) gets NaN, which its rows report
+        finite = G[index].isfinite().all(-1).all(-1)
+        lam, V = torch.linalg.eigh(torch.where(finite[:, None, None], G[index], 0))
         keep = lam > RANK_TOL**2 * lam.amax(-1, keepdim=True)
-        C[index] = V * torch.where(keep, lam.clamp_min(0).sqrt(), 0).unsqueeze(-2)
+        nan = torch.where(finite, 1.0, float("nan")).to(G.dtype)[:, None, None]
+        C[index] = V * torch.where(keep, lam.clamp_min(0).sqrt(), 0).unsqueeze(-2) * nan
         if K is not None:
-            K[index] = (V * torch.where(keep, 1 / lam, 0).unsqueeze(-2)) @ V.mT
+            K[index] = (V * torch.where(keep, 1 / lam, 0).unsqueeze(-2)) @ V.mT * nan
     return C, K
 
 
@@ -168,10 +171,15 @@ def layer_stats(u: Tensor, space: Workspace) -> dict[str, Tensor]:
     network's numbers depend on the others. For a Linear layer the per-channel statistics are
     the per-feature ones."""
     mean = u.mean(dim=2, keepdim=True)
-    squares = torch.sub(u, mean, out=space.get("squares", u.shape, u.dtype, u.device)).square_()
-    variance = squares.mean(dim=2).double().mean(dim=1)
-    distance = squares.sum(dim=1).double()
     mean_sq = mean.squeeze(2).double().square().mean(dim=1)
+    # deviations scaled by a power of two (exact) near the size of the means, so that their
+    # float32 squares stay finite as long as u is (deep layers of a large init.gain)
+    exponent = mean_sq.sqrt().log2().floor().clamp(min=0).nan_to_num(posinf=0)
+    squares = torch.sub(u, mean, out=space.get("squares", u.shape, u.dtype, u.device))
+    squares.mul_(torch.exp2(-exponent).to(u.dtype)[:, None, None]).square_()
+    unscale = torch.exp2(2 * exponent)
+    variance = squares.mean(dim=2).double().mean(dim=1) * unscale
+    distance = squares.sum(dim=1).double()
     ratio = (mean_sq / variance).sqrt()
     effective = distance.sum(dim=1).square() / distance.square().sum(dim=1)
     return {
