@@ -253,8 +253,7 @@ def sampled_mlps(
     stats: list[dict[str, Tensor]] = []
     kept: list[dict[int, Tensor]] = [{} for _ in range(count)]
     for index in range(1, depth + 1):
-        if stop is not None and stop.is_set():
-            raise Stopped
+        check(stop)
         n_in = X.shape[1]
         F, K = factor(gram(X, space), inverse=grad and index > 1)
         std = record.sampled_std(n_in, width, gain)
@@ -272,7 +271,7 @@ def sampled_mlps(
         X = activate(layer, f, space)
         if grad:
             layers.append(layer)
-    grads = _backward(layers, generators, f, space) if grad else [None] * depth
+    grads = _backward(layers, generators, f, space, stop) if grad else [None] * depth
     out = []
     for i in range(count):
         rows = []
@@ -284,8 +283,13 @@ def sampled_mlps(
     return out
 
 
+def check(stop: threading.Event | None) -> None:
+    if stop is not None and stop.is_set():
+        raise Stopped
+
+
 def _backward(layers: list[Layer], generators: Sequence, f: Callable[[Tensor], Tensor],
-              space: Workspace) -> list[Tensor]:
+              space: Workspace, stop: threading.Event | None) -> list[Tensor]:
     """grad_sq per layer (per network), top down, sampling W^T g exactly (module docstring)."""
     top = layers[-1].U
     count, width, T = top.shape
@@ -293,6 +297,7 @@ def _backward(layers: list[Layer], generators: Sequence, f: Callable[[Tensor], T
     g_x = w.expand(-1, -1, T)
     out = [w.double().square().mean(dim=(1, 2))]
     for layer, below in zip(reversed(layers[1:]), reversed(layers[:-1]), strict=True):
+        check(stop)
         U = layer.U
         if isinstance(f, torch.nn.ReLU) and plain(layer):
             g_U = torch.ops.aten.threshold_backward.grad_input(
