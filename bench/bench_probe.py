@@ -50,7 +50,7 @@ def varexp_probe(args: list[str], folder: str) -> tuple[float, float | None]:
     wall = time.perf_counter() - start
     if done.returncode != 0:
         sys.exit(f"varexp probe {' '.join(args)} failed:\n{done.stderr}")
-    found = re.search(r"path, ([\d.]+) s ->", done.stderr + done.stdout)
+    found = re.search(r", ([\d.]+) s -> ", done.stderr + done.stdout)
     return wall, float(found.group(1)) if found else None
 
 

@@ -192,15 +192,15 @@ def probe_network(cfg: DictConfig, x: Tensor, network: int, method: str):
     )
 
 
-def probe_networks(cfg: DictConfig, x: Tensor, method: str) -> Iterator[tuple[int, list, dict]]:
-    """(network, per-layer rows, {layer: u^l}) for every network of the probe, in any order."""
+def probe_networks(cfg: DictConfig, x: Tensor, method: str,
+                   plan: Plan | None = None) -> Iterator[tuple[int, list, dict]]:
+    """(network, per-layer rows, {layer: u^l}) for every network of the probe, in any order;
+    the sampled path as `plan` says (default: sampled_plan on torch's threads)."""
     if method == "dense":
         for i in range(cfg.probe.networks):
             yield i, *probe_network(cfg, x, i, method)
         return
-    plan = sampled_plan(cfg, x.device, torch.get_num_threads())
-    log.debug("sampled path: %d thread(s) x %d network(s) at a time, about %s", plan.workers,
-              plan.batch, memory.gigabytes(plan.bytes))
+    plan = sampled_plan(cfg, x.device, torch.get_num_threads()) if plan is None else plan
     generators = [torch.Generator(device=x.device).manual_seed(network_seed(cfg.seed, i))
                   for i in range(cfg.probe.networks)]
     init = to_spec(cfg.init)
@@ -239,12 +239,13 @@ def probe(cfg: DictConfig, out_dir: Path) -> None:
     device = devices.resolve(cfg.device)
     method = choose_method(cfg, device)
     x = fixed_batch(cfg.dataset, cfg.arch, cfg.probe.samples, cfg.seed, device)
+    plan = sampled_plan(cfg, device, torch.get_num_threads()) if method == "sampled" else None
     start = time.perf_counter()
     tables, neurons = {}, {}
     with tqdm(total=cfg.probe.networks, desc="probe", unit="net",
               disable=None if cfg.probe.progress else True) as bar:
         # closed at once on an error or Ctrl-C: the sampled path's worker threads stop
-        with closing(probe_networks(cfg, x, method)) as networks:
+        with closing(probe_networks(cfg, x, method, plan)) as networks:
             for i, rows, kept in networks:
                 tables[i] = check_finite(probe_frame(i, rows), cfg)
                 if cfg.probe.neurons > 0:
@@ -256,11 +257,18 @@ def probe(cfg: DictConfig, out_dir: Path) -> None:
         NEURONS.write(pd.concat([neurons[i] for i in sorted(neurons)], ignore_index=True),
                       out_dir)
     last = table[table.layer == table.layer.max()]
+    how = "" if plan is None else (
+        f" ({plural(plan.workers, 'thread')}, up to {plural(plan.batch, 'network')} per batch, "
+        f"about {memory.gigabytes(plan.bytes)})")
     log.info(
-        "probe: %d networks x %d layers, %s path, %.1f s -> %s (layer %d: mean ratio m/v %.4g)",
-        cfg.probe.networks, table.layer.max(), method, time.perf_counter() - start, path,
-        table.layer.max(), last.ratio.mean(),
+        "probe: %d networks x %d layers, %s path%s, %.1f s -> %s (layer %d: mean ratio m/v "
+        "%.4g)", cfg.probe.networks, table.layer.max(), method, how,
+        time.perf_counter() - start, path, table.layer.max(), last.ratio.mean(),
     )
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def check_finite(frame: pd.DataFrame, cfg: DictConfig) -> pd.DataFrame:
