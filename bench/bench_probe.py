@@ -90,9 +90,13 @@ def cli(width: int, depth: int, samples: int, networks: int, rounds: int) -> Non
           f"{os.cpu_count()} cores")
 
 
-def run_path(path: str, width: int, depth: int, samples: int, networks: int, queue) -> None:
-    """In a child process: `networks` random Kaiming MLPs by `path`; seconds per network,
-    ratio and grad_sq per layer, peak RSS before and after, load before and after."""
+def run_path(path: str, width: int, depth: int, samples: int, networks: int, threads: int | None,
+             queue) -> None:
+    """In a child process: `networks` random Kaiming MLPs by `path` on `threads` torch threads
+    (None: torch's default); seconds per network, ratio and grad_sq per layer, peak RSS before
+    and after, load before and after."""
+    if threads is not None:
+        torch.set_num_threads(threads)
     from varexp.inits import initialize
     from varexp.models.mlp import MLP
     from varexp.sampled import sampled_probe
@@ -139,7 +143,7 @@ def mean_se(a: np.ndarray) -> str:
 
 
 def in_process(width: int, depth: int, samples: int, networks: int, dense_networks: int,
-               rounds: int) -> None:
+               rounds: int, threads: int | None) -> None:
     print(f"\n### In-process: width {width}, depth {depth}, T {samples}; sampled_probe of "
           f"{networks} networks, dense of {dense_networks}; torch {torch.__version__}\n")
     print("| round | path | threads | load before | s / network | load after | peak RSS MB "
@@ -150,7 +154,7 @@ def in_process(width: int, depth: int, samples: int, networks: int, dense_networ
         order = ["sampled", "dense"] if round_ % 2 else ["dense", "sampled"]
         for path in order:
             count = networks if path == "sampled" else dense_networks
-            r = in_child(path, width, depth, samples, count)
+            r = in_child(path, width, depth, samples, count, threads)
             runs[path].append(r)
             print(f"| {round_} | {path} | {r['threads']} | {r['before']:.2f} | "
                   f"{r['seconds']:.3f} | {r['after']:.2f} | {r['peak']:.0f} "
@@ -200,13 +204,15 @@ def memory_check(width: int, depth: int, samples: int) -> None:
         print(f"| {batch} | {grown:.0f} | {grown / batch:.0f} | {estimate:.0f} |", flush=True)
 
 
-def crossover(depth: int, samples: int, widths=(100, 150, 200, 300, 500)) -> None:
-    print(f"\n### Crossover (depth {depth}, T {samples}, kaiming with grad, 5 networks)\n")
+def crossover(depth: int, samples: int, threads: int | None,
+              widths=(100, 150, 200, 300, 500)) -> None:
+    print(f"\n### Crossover (depth {depth}, T {samples}, kaiming with grad, 30 sampled and 5 "
+          f"dense networks, {threads or 'default'} thread(s))\n")
     print("| width | load | dense s / network | sampled s / network | dense / sampled |")
     print("|---|---|---|---|---|")
     for w in widths:
-        d = in_child("dense", w, depth, samples, 5)["seconds"]
-        s = in_child("sampled", w, depth, samples, 5)["seconds"]
+        d = in_child("dense", w, depth, samples, 5, threads)["seconds"]
+        s = in_child("sampled", w, depth, samples, 30, threads)["seconds"]
         print(f"| {w} | {load():.2f} | {d:.3f} | {s:.3f} | {d / s:.2f} |", flush=True)
 
 
@@ -233,6 +239,8 @@ def main() -> None:
     parser.add_argument("--networks", type=int, default=30)
     parser.add_argument("--dense", type=int, default=5, help="dense networks in-process")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads in-process (default: torch's, one per core)")
     parser.add_argument("--no-cli", action="store_true")
     parser.add_argument("--no-in-process", action="store_true")
     parser.add_argument("--memory", action="store_true")
@@ -244,11 +252,12 @@ def main() -> None:
     if not args.no_cli:
         cli(args.width, args.depth, args.samples, args.networks, args.rounds)
     if not args.no_in_process:
-        in_process(args.width, args.depth, args.samples, args.networks, args.dense, args.rounds)
+        in_process(args.width, args.depth, args.samples, args.networks, args.dense, args.rounds,
+                   args.threads)
     if args.memory:
         memory_check(args.width, args.depth, args.samples)
     if args.crossover:
-        crossover(args.depth, args.samples)
+        crossover(args.depth, args.samples, args.threads)
     if args.figure2:
         figure2()
 

@@ -138,12 +138,14 @@ def choose_method(cfg: DictConfig, device: torch.device | None = None) -> str:
     """dense or sampled for `probe.method=auto` on `device` (default: the config's).
 
     The sampled path is exact only for MLPs with iid Gaussian weights. On the CPU
-    (bench/bench_probe.py, T = 100, idle 2-core machine) the two paths cross at width 200-300,
-    the dense one faster below (1.7x at 150) and the sampled one faster above (15x at 3000): auto
-    samples when width > 2 T. On a GPU the dense path's large matrix products are cheap (on an
-    H200 at width 3000, T = 100: dense 1.8 s, sampled 3.0 s for 30 networks), so auto keeps the
-    dense path unless its weights (depth x width^2 floats) would not fit comfortably
-    (DENSE_GPU_BYTES). The dense path stays the reference, and the only path where width <= T.
+    (bench/bench_probe.py --crossover, T = 100, depth 50, one thread each) the two paths cross
+    near width 200 (dense / sampled time 0.96), the dense one faster below (1.8x at 150) and the
+    sampled one faster above (2x at 500, 18x at 3000): auto samples when width > 2 T. On a GPU
+    the dense path's large matrix products are cheap (on an H200 at width 3000, T = 100: dense
+    1.8 s, sampled 3.0 s for 30 networks, measured before the sampled path ran its networks in
+    one batch), so auto keeps the dense path unless its weights (depth x width^2 floats) would
+    not fit comfortably (DENSE_GPU_BYTES). The dense path stays the reference, and auto's only
+    path where width <= T.
     """
     method = cfg.probe.method
     if method != "auto":
