@@ -105,7 +105,7 @@ def run_path(path: str, width: int, depth: int, samples: int, networks: int, thr
     x = torch.randn(samples, width, generator=torch.Generator().manual_seed(0))
     base, before = peak_mb(), load()
     rows_of = []
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     if path == "dense":  # one nn.Linear per layer, torch's default init replaced by kaiming
         for i in range(networks):
             torch.manual_seed(i)
@@ -118,9 +118,10 @@ def run_path(path: str, width: int, depth: int, samples: int, networks: int, thr
         generators = [torch.Generator().manual_seed(i) for i in range(networks)]
         results = sorted(sampled_probe(x, depth, width, generators), key=lambda r: r[0])
         rows_of = [rows for _, rows, _ in results]
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     queue.put(dict(
-        seconds=seconds / networks, before=before, after=load(), base=base, peak=peak_mb(),
+        seconds=seconds / networks, cpu=cpu / networks, before=before, after=load(), base=base,
+        peak=peak_mb(),
         threads=torch.get_num_threads(),
         ratio=np.array([[r["ratio"].item() for r in rows] for rows in rows_of]),
         grad=np.array([[r["grad_sq"].item() for r in rows] for rows in rows_of]),
@@ -146,9 +147,9 @@ def in_process(width: int, depth: int, samples: int, networks: int, dense_networ
                rounds: int, threads: int | None) -> None:
     print(f"\n### In-process: width {width}, depth {depth}, T {samples}; sampled_probe of "
           f"{networks} networks, dense of {dense_networks}; torch {torch.__version__}\n")
-    print("| round | path | threads | load before | s / network | load after | peak RSS MB "
-          "(over imports) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| round | path | threads | load before | s / network | CPU s / network | load after "
+          "| peak RSS MB (over imports) |")
+    print("|---|---|---|---|---|---|---|---|")
     runs = {"sampled": [], "dense": []}
     for round_ in range(1, rounds + 1):
         order = ["sampled", "dense"] if round_ % 2 else ["dense", "sampled"]
@@ -157,13 +158,14 @@ def in_process(width: int, depth: int, samples: int, networks: int, dense_networ
             r = in_child(path, width, depth, samples, count, threads)
             runs[path].append(r)
             print(f"| {round_} | {path} | {r['threads']} | {r['before']:.2f} | "
-                  f"{r['seconds']:.3f} | {r['after']:.2f} | {r['peak']:.0f} "
+                  f"{r['seconds']:.3f} | {r['cpu']:.3f} | {r['after']:.2f} | {r['peak']:.0f} "
                   f"({r['peak'] - r['base']:.0f}) |", flush=True)
-    print("\n| round | dense / sampled, per network |")
-    print("|---|---|")
+    print("\n| round | dense / sampled, per network | in CPU seconds |")
+    print("|---|---|---|")
     for i in range(rounds):
-        ratio = runs["dense"][i]["seconds"] / runs["sampled"][i]["seconds"]
-        print(f"| {i + 1} | **{ratio:.1f}x** |")
+        dense, sampled = runs["dense"][i], runs["sampled"][i]
+        print(f"| {i + 1} | **{dense['seconds'] / sampled['seconds']:.1f}x** | "
+              f"{dense['cpu'] / sampled['cpu']:.1f}x |")
     dense, sampled = runs["dense"][0], runs["sampled"][0]
     print("\n| statistic (mean ± s.e. over networks) | dense | sampled |")
     print("|---|---|---|")
