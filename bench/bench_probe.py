@@ -4,6 +4,7 @@ and in-process, alternating, with the load average next to every figure.
     python bench/bench_probe.py                  # width 3000, depth 50, T 100, 30 networks, grad_sq
     python bench/bench_probe.py --rounds 3 --no-cli
     python bench/bench_probe.py --memory         # peak memory against the pre-run estimate
+    python bench/bench_probe.py --library        # varexp.probe on all threads vs threads=auto
     python bench/bench_probe.py --crossover --figure2
 
 Command line: `varexp probe arch=mlp arch.width=W arch.depth=D probe.networks=N probe.samples=T`
@@ -177,15 +178,67 @@ def in_process(width: int, depth: int, samples: int, networks: int, dense_networ
               f"{mean_se(sampled['grad'][:, layer - 1])} |")
 
 
+def library(width: int, depth: int, samples: int, rounds: int) -> None:
+    """varexp.probe(model, x) on a plain nn.Sequential MLP: on all of torch's threads against
+    threads="auto" (the cores other processes leave free), best of 3 each, alternating."""
+    from torch import nn
+
+    import varexp
+
+    torch.manual_seed(0)
+    layers = []
+    for _ in range(depth):
+        linear = nn.Linear(width, width)
+        nn.init.kaiming_normal_(linear.weight, nonlinearity="relu")
+        layers += [linear, nn.ReLU()]
+    model, x = nn.Sequential(*layers), torch.randn(samples, width)
+    varexp.probe(model, x)
+    every = torch.get_num_threads()
+    print(f"\n### Library: `varexp.probe(model, x)`, an nn.Sequential MLP of width {width}, depth "
+          f"{depth}, T {samples}\n")
+    print(f"| round | load | threads={every} s | threads=auto s | ratio |")
+    print("|---|---|---|---|---|")
+    for round_ in range(1, rounds + 1):
+        before = load()
+        seconds = {}
+        for threads in (every, "auto") if round_ % 2 else ("auto", every):
+            times = []
+            for _ in range(3):
+                start = time.perf_counter()
+                varexp.probe(model, x, threads=threads)
+                times.append(time.perf_counter() - start)
+            seconds[threads] = min(times)
+        print(f"| {round_} | {before:.2f} | {seconds[every]:.3f} | {seconds['auto']:.3f} | "
+              f"{seconds[every] / seconds['auto']:.1f}x |", flush=True)
+
+
+def resident_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 def memory_child(width: int, depth: int, samples: int, batch: int, queue) -> None:
+    """Resident memory above the start of one sampled_mlps call of `batch` networks, sampled
+    every 2 ms by a thread (the peak counter of the process would include import-time peaks)."""
+    import threading
+
     from varexp.sampled import sampled_mlps
 
     x = torch.randn(samples, width)
     generators = [torch.Generator().manual_seed(i) for i in range(batch)]
-    sampled_mlps(x, depth, width, generators[:1], grad=False)  # libraries' own buffers
-    base = peak_mb()
+    sampled_mlps(x, 2, width, generators[:1])  # libraries' own buffers
+    base, peak, done = resident_mb(), [0.0], threading.Event()
+
+    def watch() -> None:
+        while not done.wait(0.002):
+            peak[0] = max(peak[0], resident_mb())
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
     sampled_mlps(x, depth, width, generators)
-    queue.put(peak_mb() - base)
+    done.set()
+    watcher.join()
+    queue.put(max(peak[0], resident_mb()) - base)
 
 
 def memory_check(width: int, depth: int, samples: int) -> None:
@@ -193,8 +246,8 @@ def memory_check(width: int, depth: int, samples: int) -> None:
 
     estimate = sampled_network_bytes(width, depth, samples, width, True, False) / 2**20
     print(f"\n### Memory, width {width}, depth {depth}, T {samples}, with grad_sq\n")
-    print("| networks in one batch | peak RSS over the warm-up, MB | per network | estimate per "
-          "network |")
+    print("| networks in one batch | resident MB above the start, at the peak | per network | "
+          "estimate per network |")
     print("|---|---|---|---|")
     ctx = mp.get_context("spawn")
     for batch in (1, 4):
@@ -246,6 +299,7 @@ def main() -> None:
     parser.add_argument("--no-cli", action="store_true")
     parser.add_argument("--no-in-process", action="store_true")
     parser.add_argument("--memory", action="store_true")
+    parser.add_argument("--library", action="store_true")
     parser.add_argument("--crossover", action="store_true")
     parser.add_argument("--figure2", action="store_true")
     args = parser.parse_args()
@@ -256,6 +310,8 @@ def main() -> None:
     if not args.no_in_process:
         in_process(args.width, args.depth, args.samples, args.networks, args.dense, args.rounds,
                    args.threads)
+    if args.library:
+        library(1000, 20, args.samples, args.rounds)
     if args.memory:
         memory_check(args.width, args.depth, args.samples)
     if args.crossover:
