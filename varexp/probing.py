@@ -5,9 +5,9 @@ Network i is seeded from (seed, i); the batch is the same for all networks (seed
 Data-dependent inits (scale, scale+bias, lsuv) are fitted on the probe batch itself, so
 init.batches is not used here. BatchNorm normalizes with the batch statistics (paper Sec. 4).
 With probe.method=auto, Gaussian-weight MLPs wider than 2 T are sampled exactly in O(n T^2) per
-layer (varexp.sampled), many networks at a time (on the CPU one per thread; on a GPU as many as
-fit), with the same numbers however they are batched; everything else runs the dense model
-(varexp.stats hooks), one network at a time.
+layer (varexp.sampled), many networks at a time (on the CPU a batch per thread; on a GPU all in
+one batch, as memory allows), with the same numbers however they are batched on the CPU;
+everything else runs the dense model (varexp.stats hooks), one network at a time.
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ from varexp.results.tables import NEURONS, PROBE, probe_frame
 from varexp.sampled import default_batch, sampled_mlp, sampled_probe, unsupported
 from varexp.schema import Common, choice, flag, integer, store, to_spec, validate
 from varexp.stats import network_stats
-from varexp.threads import available_cores
 
 log = logging.getLogger(__name__)
 METHODS = ("auto", "dense", "sampled")
@@ -74,10 +73,8 @@ def check(cfg: DictConfig) -> None:
         if reason is not None:
             raise bad_value("probe.method", "sampled", f"{reason}; use probe.method=auto or dense")
     if choose_method(cfg) != "dense":
-        device = devices.resolve(cfg.device)
-        plan = sampled_plan(cfg, device, max_threads(cfg))
         memory.refuse_if_too_big(
-            plan.network_bytes, device, "one network",
+            sampled_network_bytes(cfg), devices.resolve(cfg.device), "one network",
             f"the sampled path keeps {cfg.arch.depth} layer outputs of {cfg.arch.width} x "
             f"{cfg.probe.samples} for the backward pass", "probe narrower or shallower "
             "networks, fewer samples, or without gradients (probe.grad=false)")
@@ -92,10 +89,11 @@ def check(cfg: DictConfig) -> None:
         "probe.method=auto where the exact sampled path applies")
 
 
-def max_threads(cfg: DictConfig) -> int:
-    """The most CPU threads a run of `cfg` gets (its `threads` key; auto: at most every core)."""
-    threads = cfg.get("threads", "auto")
-    return available_cores() if threads == "auto" else int(threads)
+def sampled_network_bytes(cfg: DictConfig) -> float:
+    """One network of the sampled path (memory.sampled_network_bytes)."""
+    features = math.prod(data_info(cfg.dataset, cfg.arch).input_shape)
+    return memory.sampled_network_bytes(cfg.arch.width, cfg.arch.depth, cfg.probe.samples,
+                                        features, cfg.probe.grad, cfg.probe.neurons > 0)
 
 
 @dataclass(frozen=True)
@@ -119,10 +117,7 @@ def sampled_plan(cfg: DictConfig, device: torch.device, threads: int) -> Plan:
     shrink to what memory.USABLE of the free memory holds, so that the networks in flight
     never need more than the estimate checked before the run (check refuses a probe of which
     one network does not fit)."""
-    features = math.prod(data_info(cfg.dataset, cfg.arch).input_shape)
-    per_network = memory.sampled_network_bytes(
-        cfg.arch.width, cfg.arch.depth, cfg.probe.samples, features, cfg.probe.grad,
-        cfg.probe.neurons > 0)
+    per_network = sampled_network_bytes(cfg)
     networks = cfg.probe.networks
     fits = max(1, int(memory.USABLE * memory.available(device) // per_network))
     workers = max(1, min(threads, networks, fits)) if device.type == "cpu" else 1

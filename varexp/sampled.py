@@ -29,15 +29,19 @@ jointly with the forward pass:
 
 Each layer's Z_perp is a fresh independent variable, so the layers compose exactly. The backward
 pass keeps of each layer only U and K (x^(l-1) is recomputed from U^(l-1)). G is formed in float64
-from the float32 X, so Q = X F^{-T} is as close to orthonormal as the Householder Q of a float32
-QR. Checked against the dense path in tests/test_sampled.py.
+from the float32 X (a float32 Gram matrix would make the backward's projection err by float32
+rounding times cond(X)^2; this way it is rounding times cond(X), as with a Householder QR).
+Checked against the dense path in tests/test_sampled.py. Per layer: 8 products of n x T by T x T
+matrices' worth of arithmetic (the float64 Gram matrix counting 2) and 2 n x T Gaussian draws.
 
 Networks are batched: every tensor has a leading network dimension, and every draw of network i
 comes from its own generator in the same order, so its numbers do not depend on which networks
-share its batch (bit for bit on the CPU, tests/test_sampled.py). On the CPU, `sampled_probe` runs
-batches on worker threads with torch on one intra-op thread each: the operations here are a few
-milliseconds long, and threads that wait for each other at the end of every one of them are
-several times slower once another process holds a core (varexp.threads).
+share its batch: bit for bit on the CPU (tests/test_sampled.py); on a GPU the libraries may round
+a network differently in a batch of another size, and `sampled_probe` puts all networks in one
+batch there (unless memory is short). On the CPU, `sampled_probe` runs batches on worker threads
+with torch on one intra-op thread each: the operations here are a few milliseconds long, and
+threads that wait for each other at the end of every one of them are several times slower once
+another process holds a core (varexp.threads).
 
 Inits whose weights are iid Gaussian (those with a `sampled_std` in varexp.inits.INITS:
 kaiming, xavier, batchnorm, scale, scale+bias) are sampled; the init's fit (scale, scale+bias:
