@@ -179,8 +179,9 @@ def layer_stats(u: Tensor, space: Workspace) -> dict[str, Tensor]:
     # deviations scaled by a power of two (exact) near the size of the means, so that their
     # float32 squares stay finite as long as u is (deep layers of a large init.gain)
     exponent = mean_sq.sqrt().log2().floor().clamp(min=0).nan_to_num(posinf=0)
-    squares = torch.sub(u, mean, out=space.get("squares", u.shape, u.dtype, u.device))
-    squares.mul_(torch.exp2(-exponent).to(u.dtype)[:, None, None]).square_()
+    scale = torch.exp2(-exponent).to(u.dtype)[:, None, None]
+    squares = torch.addcmul(mean.mul(scale).neg_(), u, scale,
+                            out=space.get("squares", u.shape, u.dtype, u.device)).square_()
     unscale = torch.exp2(2 * exponent)
     variance = squares.mean(dim=2).double().mean(dim=1) * unscale
     distance = squares.sum(dim=1).double()
@@ -354,16 +355,17 @@ def sampled_mlp(
                         norm)[0]
 
 
-# On the CPU a batch holds about this many elements per array: fewer networks leave the small
-# T x T operations and Python's share of a layer large (width 300, T = 100: 1.4x faster in batches
-# of 8 than alone), more only spill the caches.
-CPU_BATCH_ELEMENTS = 2**20
+# On the CPU up to CPU_MAX_BATCH networks per batch, fewer where their arrays would exceed
+# CPU_BATCH_ELEMENTS: alone, a network leaves the small T x T operations and Python a large share
+# of each layer (in batches of 8: 1.4x faster at width 300, 1.35x at 1000, 1.15x at 3000, T = 100,
+# one thread; bench/README.md).
+CPU_BATCH_ELEMENTS = 2**22
 CPU_MAX_BATCH = 8
 
 
 def default_batch(width: int, samples: int, networks: int, device: torch.device) -> int:
-    """Networks per batch: on the CPU about CPU_BATCH_ELEMENTS per array (1 at width 3000 and
-    T = 100); elsewhere all of them (one kernel launch per operation for every network)."""
+    """Networks per batch: on the CPU up to CPU_MAX_BATCH (8 at width 3000 and T = 100);
+    elsewhere all of them (one kernel launch per operation for every network)."""
     if device.type != "cpu":
         return networks
     return max(1, min(CPU_MAX_BATCH, networks, CPU_BATCH_ELEMENTS // (width * samples)))
