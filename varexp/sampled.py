@@ -68,7 +68,6 @@ from varexp.threads import one_thread
 
 BN_EPS = 1e-5  # nn.BatchNorm1d's default
 RANK_TOL = 1e-5  # singular values of X below this fraction of the largest count as zero
-FLOAT = 4  # bytes of the float32 tensors of the path
 
 
 def unsupported(arch: object, init: object) -> str | None:
