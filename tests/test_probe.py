@@ -11,6 +11,7 @@ import torch
 from conftest import run_in_process
 from omegaconf import OmegaConf
 
+from varexp import memory, probing
 from varexp.probing import choose_method
 from varexp.results.tables import PROBE
 
@@ -78,6 +79,27 @@ def test_sampled_probe_csv_is_the_same_on_one_thread_or_two(capsys, tmp_path):
     pd.testing.assert_frame_equal(one, two, check_exact=True)
     assert (tmp_path / "one" / "probe.csv").read_bytes() == (tmp_path / "two" /
                                                              "probe.csv").read_bytes()
+
+
+def test_sampled_batches_shrink_to_the_free_memory(monkeypatch):
+    """The networks in flight never need more than the pre-run estimate allows (90% of the
+    free memory), however many threads and networks there are."""
+    cfg = OmegaConf.create({
+        "arch": {"name": "mlp", "width": 3000, "depth": 50, "norm": "none", "activation": "relu"},
+        "dataset": {"name": "gaussian"}, "init": {"name": "kaiming"},
+        "probe": {"networks": 30, "samples": 100, "grad": True, "neurons": 3},
+    })
+    per_network = probing.sampled_network_bytes(cfg)
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(memory, "available", lambda device: 100 * per_network)
+    roomy = probing.sampled_plan(cfg, cpu, threads=2)
+    assert (roomy.workers, roomy.batch) == (2, 8)
+    monkeypatch.setattr(memory, "available", lambda device: 4 * per_network)
+    tight = probing.sampled_plan(cfg, cpu, threads=2)
+    assert (tight.workers, tight.batch) == (2, 1)  # 3 would fit, 2 workers take 1 each
+    assert tight.bytes <= memory.USABLE * 4 * per_network
+    monkeypatch.setattr(memory, "available", lambda device: 0.5 * per_network)
+    assert probing.sampled_plan(cfg, cpu, threads=2).bytes == per_network  # check refuses it
 
 
 def test_auto_method_rule():

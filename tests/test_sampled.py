@@ -9,7 +9,7 @@ import torch
 from varexp.inits import INITS, initialize
 from varexp.models.mlp import MLP
 from varexp.results.aggregate import grad_slope as fitted_grad_slope
-from varexp.sampled import sampled_mlp, sampled_mlps, sampled_probe
+from varexp.sampled import cut, sampled_mlp, sampled_mlps, sampled_probe
 from varexp.stats import network_stats
 from varexp.theory import gradient_slope, recursion
 from varexp.threads import one_thread
@@ -178,3 +178,13 @@ def test_rank_deficient_inputs_are_sampled_on_their_span():
     expected = 2 * x.double().square().sum(1).mean().item() / 6
     assert m2.mean() == pytest.approx(expected, abs=4 * m2.std() / np.sqrt(len(m2)))
     assert all(np.isfinite([r["grad_sq"].item() for r in rows]).all() for rows, _ in runs)
+
+
+@pytest.mark.parametrize("networks, batch, workers", [(30, 8, 2), (30, 1, 2), (5, 8, 2), (1, 8, 4),
+                                                      (7, 3, 4), (30, 30, 1)])
+def test_networks_are_cut_into_even_batches_for_the_workers(networks, batch, workers):
+    pieces = cut(networks, batch, workers)
+    assert [i for piece in pieces for i in piece] == list(range(networks))
+    sizes = [len(piece) for piece in pieces]
+    assert max(sizes) <= batch and max(sizes) - min(sizes) <= 1
+    assert len(pieces) % workers == 0 or len(pieces) == networks
