@@ -239,8 +239,9 @@ def probe(cfg: DictConfig, out_dir: Path) -> None:
     plan = sampled_plan(cfg, device, torch.get_num_threads()) if method == "sampled" else None
     start = time.perf_counter()
     tables, neurons = {}, {}
-    with tqdm(total=cfg.probe.networks, desc="probe", unit="net",
-              disable=None if cfg.probe.progress else True) as bar:
+    # the sampled path finishes a batch of networks at once: show each, and the average rate
+    with tqdm(total=cfg.probe.networks, desc="probe", unit="net", mininterval=0, miniters=1,
+              smoothing=0, disable=None if cfg.probe.progress else True) as bar:
         # closed at once on an error or Ctrl-C: the sampled path's worker threads stop
         with closing(probe_networks(cfg, x, method, plan)) as networks:
             for i, rows, kept in networks:
