@@ -1,6 +1,8 @@
 """varexp on any PyTorch model: `varexp.probe(model, x)` measures what the paper measures, per
-weight layer (every Linear, Conv2d and ConvTranspose2d, found by hooks, in the order a forward
-pass runs them), without changing the model's code or state.
+weight layer (every Linear, Conv1d/2d/3d and ConvTranspose1d/2d/3d, found by hooks, in the order a
+forward pass runs them), without changing the model's code or state. Weights it cannot measure
+(recurrent layers, embeddings, attention's packed projections, functional calls) are named in one
+warning with their share of the model's parameters.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from varexp.errors import VarexpError
+from varexp.models.base import unreached, unreached_warning
 from varexp.results.tables import probe_frame
 from varexp.stats import network_stats
 
@@ -27,7 +30,8 @@ def probe(model: nn.Module, x: Tensor, grad: bool = True, seed: int = 0) -> pd.D
 
     BatchNorm uses batch statistics and dropout is off for the pass (paper Sec. 4); the model's
     modes, buffers and parameters are left as they were. A layer the model runs more than once
-    per pass (shared weights) is measured on its first call, with a warning naming it.
+    per pass (shared weights) is measured on its first call, with a warning naming it. Weights
+    not measured (varexp.models.base.unreached) are named in one warning.
     """
     generator = torch.Generator(device=x.device).manual_seed(seed)
     try:
@@ -40,13 +44,9 @@ def probe(model: nn.Module, x: Tensor, grad: bool = True, seed: int = 0) -> pd.D
         if row["calls"] > 1:
             warnings.warn(f"layer {row['name']} ran {row['calls']} times in one forward pass; "
                           "its statistics and grad_sq are those of its first call", stacklevel=2)
-    modules = dict(model.named_modules())
+    message = unreached_warning(model, unreached(model, [r["module"] for r in rows]), "measured")
+    if message is not None:
+        warnings.warn(message, stacklevel=2)
     frame = probe_frame(0, rows).drop(columns="network")
-    frame.insert(2, "type", [_type(modules, row["name"]) for row in rows])
+    frame.insert(2, "type", [type(row["module"]).__name__ for row in rows])
     return frame
-
-
-def _type(modules: dict[str, nn.Module], name: str) -> str:
-    module = modules.get(name)
-    layer = getattr(module, "layer", module)  # a varexp Unit holds its weight layer
-    return type(layer).__name__

@@ -47,7 +47,7 @@ from varexp.files import write_json
 from varexp.inits import INITS, initialize
 from varexp.loggers import Logger, make_logger
 from varexp.models import build_model
-from varexp.models.base import WeightLayer, batch_statistics, in_forward_order
+from varexp.models.base import WeightLayer, batch_statistics, in_forward_order, unreached
 from varexp.optim import make_optimizer
 from varexp.results import checkpoint, read_summary
 from varexp.results.aggregate import criterion
@@ -279,6 +279,9 @@ class Trainer:
                 batches = [x for x, _ in _take(fit, cfg.init.batches)]
             report = initialize(self.model, cfg.init, cfg.arch.activation, batches)
             self.init_forward_passes = report.forward_passes
+            measured = unreached(self.model, [wl.module for wl in self.layers])
+            for line in report.warnings(self.model, cfg.init.name, measured):
+                log.warning(line)
         if cfg.train.channels_last:
             self.model.to(memory_format=torch.channels_last)  # conv weights NHWC
         self.optimizer = make_optimizer(self.model.parameters(), cfg.optim)
