@@ -37,7 +37,9 @@ e.g. dropout, stay in eval mode); modes and running statistics are restored afte
 the pass plus the LSUV re-runs, where a from-scratch refit per layer needs k per layer.
 `InitReport.layers` holds per layer index, name, type, fan_in, fan_out and, for scale and
 scale+bias, second_moment_before, sigma2 (the fitted statistic), scale (the factor applied to W),
-bias_abs_mean; for lsuv std_before, std, scale and iters.
+bias_abs_mean (and for scale+bias centred: 0 for a layer without a bias, only scaled); for lsuv
+std_before, std, scale and iters. `InitReport.not_initialized` names the weights left as they
+were (varexp.models.base.unreached).
 """
 
 from __future__ import annotations
@@ -492,8 +494,9 @@ def _scale(wl: WeightLayer, y: Tensor, with_bias: bool, eps: float) -> tuple[Ten
         "sigma2": sigma2,
         "scale": 1.0 / s,
         "bias_abs_mean": bias_abs,
-        "centred": torch.tensor(float(centred), dtype=s.dtype, device=s.device),
     }
+    if with_bias:  # scale+bias: whether Eq. 14 could centre the layer
+        stats["centred"] = torch.tensor(float(centred), dtype=s.dtype, device=s.device)
     return y.add_(shift).div_(s), stats  # y is this call's fresh output: in place saves memory
 
 
