@@ -14,9 +14,10 @@ from conftest import config, hide_package, run_in_process
 
 import varexp
 from varexp.data import data_info, fixed_batch
-from varexp.errors import ConfigError
+from varexp.errors import ConfigError, VarexpError
 from varexp.models import build_model
 from varexp.results import checkpoint
+from varexp.sweep import calibrate
 from varexp.train import Stopped, check, train
 
 MLP = ["arch=mlp", "arch.width=16", "arch.depth=3", "dataset=gaussian", "dataset.size=64",
@@ -215,3 +216,20 @@ def test_a_logger_without_its_package_is_one_line(monkeypatch, capsys, tmp_path,
     assert lines[0].endswith(f"logger={name} needs the {name} package, which is not installed: "
                              f"pip install -e '.[{name}]' (or pip install {name})"), err
     assert not (tmp_path / "metrics.csv").exists()
+
+
+def test_an_mlflow_store_that_cannot_open_is_one_line(tmp_path):
+    pytest.importorskip("mlflow")
+    (tmp_path / "file").write_text("not a folder")
+    uri = f"sqlite:///{tmp_path / 'file' / 'mlflow.db'}"
+    with pytest.raises(VarexpError, match=r"^logger=mlflow could not open the store sqlite:"):
+        train(config("train", *MLP, "logger=mlflow", f"logger.tracking_uri={uri}"),
+              tmp_path / "run")
+
+
+def test_a_sweeps_timing_run_logs_nowhere(tmp_path):
+    """The few steps `varexp sweep` times before its first job are nobody's result."""
+    pytest.importorskip("mlflow")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    calibrate(config("train", *MLP, "logger=mlflow", f"logger.tracking_uri={uri}"), 1)
+    assert not (tmp_path / "mlflow.db").exists()

@@ -19,11 +19,14 @@ written before each send). A logger never changes results: it is not part of a r
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import json
 import math
 import os
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -217,7 +220,15 @@ class MLflow(Buffered):
             # MLflow 3 keeps its folder store in maintenance mode behind this switch; a user who
             # names a file: store has chosen it
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-        self.client = mlflow.MlflowClient(tracking_uri=uri)
+        shown = uri or mlflow.get_tracking_uri()
+        try:
+            # the jobs of a parallel sweep would all build a new SQLite store's tables at once
+            with _store_lock(shown):
+                self.client = mlflow.MlflowClient(tracking_uri=uri)
+                self.client.get_experiment_by_name(cfg.logger.experiment)
+        except Exception as err:  # a missing driver (sqlalchemy), an unwritable or foreign file
+            raise VarexpError(f"logger=mlflow could not open the store {shown}: "
+                              f"{' '.join(str(err).split())[:300]}") from None
         self.record = run_dir / "mlflow.json"
         previous = _read(self.record)
         run_id, sent = None, -1
@@ -317,6 +328,22 @@ class Wandb(Buffered):
     def close(self) -> None:
         self.commit()
         self.run.finish()
+
+
+@contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """An exclusive lock beside a SQLite store (nothing for other stores)."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    path = Path(uri.removeprefix("sqlite:///"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _read(path: Path) -> dict:
