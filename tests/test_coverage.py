@@ -220,6 +220,11 @@ def test_weights_not_reached_are_named_with_their_share_and_left_alone():
     with pytest.warns(UserWarning, match=r"^not measured: " + named) as caught:
         table = varexp.probe(model, tokens)
     assert len(caught) == 1 and list(table.name) == ["fc"]
+    assert [(u["name"], u["kind"]) for u in table.attrs["not_measured"]] == [
+        ("mix", "parameter used directly"), ("embed", "Embedding"), ("lstm", "LSTM"),
+        ("attention", "MultiheadAttention"),
+        ("attention.out_proj", "NonDynamicallyQuantizableLinear used without calling it")]
+    assert sum(u["parameters"] for u in table.attrs["not_measured"]) == left
     before = copy.deepcopy(model.state_dict())
     with pytest.warns(UserWarning, match=r"^not initialized by init=lsuv: " + named):
         report = varexp.init.lsuv_(model, tokens)

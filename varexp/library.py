@@ -7,6 +7,7 @@ warning with their share of the model's parameters.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import pandas as pd
@@ -31,7 +32,8 @@ def probe(model: nn.Module, x: Tensor, grad: bool = True, seed: int = 0) -> pd.D
     BatchNorm uses batch statistics and dropout is off for the pass (paper Sec. 4); the model's
     modes, buffers and parameters are left as they were. A layer the model runs more than once
     per pass (shared weights) is measured on its first call, with a warning naming it. Weights
-    not measured (varexp.models.base.unreached) are named in one warning.
+    not measured (varexp.models.base.unreached) are named in one warning and listed in the
+    table's attrs["not_measured"] (name, kind, parameters).
     """
     generator = torch.Generator(device=x.device).manual_seed(seed)
     try:
@@ -44,9 +46,11 @@ def probe(model: nn.Module, x: Tensor, grad: bool = True, seed: int = 0) -> pd.D
         if row["calls"] > 1:
             warnings.warn(f"layer {row['name']} ran {row['calls']} times in one forward pass; "
                           "its statistics and grad_sq are those of its first call", stacklevel=2)
-    message = unreached_warning(model, unreached(model, [r["module"] for r in rows]), "measured")
+    left = unreached(model, [r["module"] for r in rows])
+    message = unreached_warning(model, left, "measured")
     if message is not None:
         warnings.warn(message, stacklevel=2)
     frame = probe_frame(0, rows).drop(columns="network")
     frame.insert(2, "type", [type(row["module"]).__name__ for row in rows])
+    frame.attrs["not_measured"] = [dataclasses.asdict(item) for item in left]
     return frame
