@@ -27,7 +27,7 @@ from varexp.data import fixed_batch
 from varexp.errors import bad_value
 from varexp.inits import HELDOUT_STATS, INITS, initialize, one_batch
 from varexp.models import build_model
-from varexp.sampled import Basis
+from varexp.sampled import Workspace, factor, gram
 from varexp.schema import to_spec
 
 HELDOUT_KEYS = tuple(f"{batch}_{stat}" for stat in HELDOUT_STATS for batch in ("fit", "heldout"))
@@ -97,17 +97,19 @@ def sampled_heldout(x: Tensor, fresh: Tensor, depth: int, width: int, activation
     act = get_activation(activation)
     f, gain = act.module(), act.gain if gain is None else gain
     samples = x.shape[0]
-    X = torch.cat([x, fresh]).reshape(samples + fresh.shape[0], -1).T  # features x samples
+    # (1, features, samples): one network in varexp.sampled's batched layout
+    X = torch.cat([x, fresh]).reshape(samples + fresh.shape[0], -1).T.unsqueeze(0)
+    space = Workspace()
     rows = []
     for layer in range(1, depth + 1):
-        basis = Basis(X)
-        std = record.sampled_std(X.shape[0], width, gain)
-        Z = torch.randn(width, basis.R.shape[0], generator=generator, device=X.device,
-                        dtype=X.dtype).mul_(std)
-        U = Z @ basis.R
+        F, _ = factor(gram(X, space), inverse=False)  # F F^T = X^T X
+        std = record.sampled_std(X.shape[1], width, gain)
+        Z = torch.randn(width, F.shape[-1], generator=generator, device=X.device,
+                        dtype=X.dtype)
+        U = Z @ (std * F[0].mT).to(X.dtype)  # rows iid N(0, std^2 X^T X): the law of W X
         u = record.sampled_map(U[:, :samples], eps)(U)
         rows.append(dict(layer=layer, name=f"layer{layer}", **_stats(u[:, :samples], "fit"),
                          **_stats(u[:, samples:], "heldout")))
-        X = f(u)
+        X = f(u).unsqueeze(0)
     return rows
 
