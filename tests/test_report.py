@@ -23,12 +23,14 @@ from varexp.report import (
     convergence_claim,
     heldout_claims,
     intervention_claims,
+    slope_claims,
     theory_at,
     training_claims,
     unet_claims,
     write_report,
 )
 from varexp.results.tables import HELDOUT, RATIOS, SELECTED, SWEEP
+from varexp.theory import gradient_slope
 
 # ---------------------------------------------------------------------------------------------
 # the rule
@@ -252,3 +254,28 @@ def test_intervention_row_compares_spread_inputs_with_iid_ones_at_one_width_and_
     run("c", 2.0, -0.45, 5.0)  # the largest spread steepens it instead
     (claim,) = intervention_claims(tmp_path)
     assert claim.verdict == "differs"
+
+
+def test_slope_rows_match_within_the_scatter_and_say_why_batchnorm_differs(tmp_path):
+    """A batchnorm slope at the paper's -0.381 matches; one at the finite-T prediction
+    (-0.383 - log(T / (T - 1)), T = 50 here) differs, and its note names finite T and how far
+    ours is from that prediction; kaiming's paper value is printed as preserved gradients."""
+    from test_plot import write_run
+
+    write_run(tmp_path / "figure3" / "a", init="batchnorm", width=300, grad_slope_=-0.381,
+              networks=8)
+    write_run(tmp_path / "figure3" / "b", init="kaiming", width=300, networks=8)
+    rows = {c.claim.split("(")[0].strip(): c for c in slope_claims(tmp_path)}
+    bn, kaiming = rows["slope of log grad_sq vs layer, batchnorm"], \
+        rows["slope of log grad_sq vs layer, kaiming"]
+    assert bn.verdict == "matches" and bn.note == "" and abs(bn.distance) <= Z
+    assert kaiming.verdict == "matches" and kaiming.paper == "0 (gradients preserved)"
+    finite = gradient_slope() - math.log(50 / 49)
+    other = tmp_path / "finite"
+    write_run(other / "figure3" / "a", init="batchnorm", width=300, grad_slope_=finite,
+              networks=8, seed=1)
+    (bn,) = slope_claims(other)
+    assert bn.verdict == "differs" and bn.distance < -Z
+    assert f"T = 50 inputs, which steepens the theory's -0.383 to {finite:.3f}" in bn.note
+    ours_from_finite = float(bn.note.split("ours is ")[1].split(" SE")[0])
+    assert abs(ours_from_finite) <= Z

@@ -8,6 +8,10 @@ initialized, and the weights it did not).
     varexp.init.lsuv_(model, batches)         # Mishkin & Matas (2015)
 
 `batches` is one input tensor or a list of k minibatches (fitted on together, k T samples).
+`heldout`, a batch of fresh inputs, adds to each layer of the report its second moment and the
+mean over channels of its squared sample mean on the fitting batches and on the fresh ones
+(fit_second_moment, fit_mean_sq, heldout_second_moment, heldout_mean_sq): the targets (1 and,
+for scale+bias, 0) hold exactly on the first and only approximately on the second.
 The weights are drawn afresh first, as each init defines them (N(0, 1) for scale and scale+bias,
 orthogonal for lsuv); biases start at 0. scale+bias cannot centre a layer without a bias (a conv
 followed by BatchNorm, say): such a layer gets Eq. 13 alone, with a warning naming it, unless
@@ -33,20 +37,22 @@ def _batches(batches: Tensor | Sequence[Tensor]) -> list[Tensor]:
     return [batches] if isinstance(batches, Tensor) else list(batches)
 
 
-def scale_(model: nn.Module, batches: Tensor | Sequence[Tensor], eps: float = 1e-5) -> InitReport:
+def scale_(model: nn.Module, batches: Tensor | Sequence[Tensor], eps: float = 1e-5,
+           heldout: Tensor | None = None) -> InitReport:
     data = _batches(batches)
-    return _warn(model, initialize(model, Scale(batches=len(data), eps=eps), batches=data),
-                 "scale")
+    return _warn(model, initialize(model, Scale(batches=len(data), eps=eps), batches=data,
+                                   heldout=heldout), "scale")
 
 
 def scale_bias_(model: nn.Module, batches: Tensor | Sequence[Tensor], eps: float = 1e-5,
-                add_bias: bool = False) -> InitReport:
+                add_bias: bool = False, heldout: Tensor | None = None) -> InitReport:
     """Paper Eq. 14 then Eq. 13; `add_bias` first gives weight layers without a bias a zero one
     (varexp.models.base.add_biases) so that every layer is centred."""
     data = _batches(batches)
     added = add_biases(model) if add_bias else []
     try:
-        report = initialize(model, ScaleBias(batches=len(data), eps=eps), batches=data)
+        report = initialize(model, ScaleBias(batches=len(data), eps=eps), batches=data,
+                            heldout=heldout)
     except BaseException:
         for layer in added:  # the model as it was
             layer.register_parameter("bias", None)
@@ -55,10 +61,11 @@ def scale_bias_(model: nn.Module, batches: Tensor | Sequence[Tensor], eps: float
 
 
 def lsuv_(model: nn.Module, batches: Tensor | Sequence[Tensor], tol: float = 0.1,
-          max_iters: int = 10, gain: float = 1.0, eps: float = 1e-5) -> InitReport:
+          max_iters: int = 10, gain: float = 1.0, eps: float = 1e-5,
+          heldout: Tensor | None = None) -> InitReport:
     data = _batches(batches)
     spec = LSUV(batches=len(data), tol=tol, max_iters=max_iters, gain=gain, eps=eps)
-    return _warn(model, initialize(model, spec, batches=data), "lsuv")
+    return _warn(model, initialize(model, spec, batches=data, heldout=heldout), "lsuv")
 
 
 def _warn(model: nn.Module, report: InitReport, init: str) -> InitReport:
