@@ -91,6 +91,13 @@ def test_probe_heldout_writes_heldout_csv_beside_probe_csv(capsys, tmp_path, met
     assert list(probe.columns) == list(PROBE.columns)
     if method == "dense":  # the same networks as probe.csv's: the fit batch agrees
         np.testing.assert_allclose(table.fit_second_moment, probe.second_moment, rtol=1e-5)
+    # the last line names heldout.csv and gives the last layer's numbers on both batches
+    top = table[table.layer == 5]
+    geometric = np.exp(np.log(top.heldout_second_moment).mean())
+    log = (tmp_path / "probe.log").read_text()
+    (line,) = [x for x in log.splitlines() if "probe: 3 networks" in x]
+    assert "probe.csv, heldout.csv" in line
+    assert f"on 12 fresh ones {geometric:.4g} (geometric mean)" in line
 
 
 def test_heldout_needs_a_fitted_init_one_line(capsys, tmp_path):

@@ -271,16 +271,22 @@ def probe(cfg: DictConfig, out_dir: Path) -> None:
     if neurons:
         NEURONS.write(pd.concat([neurons[i] for i in sorted(neurons)], ignore_index=True),
                       out_dir)
+    tail = ""
     if held:
-        HELDOUT.write(pd.concat([held[i] for i in sorted(held)], ignore_index=True), out_dir)
+        fresh_table = pd.concat([held[i] for i in sorted(held)], ignore_index=True)
+        path = f"{path}, {HELDOUT.write(fresh_table, out_dir).name}"
+        top = fresh_table[fresh_table.layer == fresh_table.layer.max()]
+        geometric = np.exp(np.log(top.heldout_second_moment).mean())
+        tail = (f"; second moment on the fit's {len(x)} inputs {top.fit_second_moment.mean():.4g},"
+                f" on {len(fresh)} fresh ones {geometric:.4g} (geometric mean)")
     last = table[table.layer == table.layer.max()]
     how = "" if plan is None else (
         f" ({plural(plan.workers, 'thread')}, up to {plural(plan.batch, 'network')} per batch, "
         f"about {memory.gigabytes(plan.bytes)})")
     log.info(
         "probe: %d networks x %d layers, %s path%s, %.1f s -> %s (layer %d: mean ratio m/v "
-        "%.4g)", cfg.probe.networks, table.layer.max(), method, how,
-        time.perf_counter() - start, path, table.layer.max(), last.ratio.mean(),
+        "%.4g%s)", cfg.probe.networks, table.layer.max(), method, how,
+        time.perf_counter() - start, path, table.layer.max(), last.ratio.mean(), tail,
     )
 
 
