@@ -49,6 +49,31 @@ def test_a_step_whose_command_changed_is_rerun(tmp_path):
     assert [s.changed for s in again] == [True] * 7 + [False] * 4
 
 
+def test_smoke_results_are_not_reused_by_a_real_run_nor_the_other_way(tmp_path, monkeypatch):
+    """A step finished under VAREXP_SMOKE=1 (token sizes) records that in its command: a run
+    without it reruns the step (and the REPORT's commands say which sizes made a result)."""
+    monkeypatch.setenv("VAREXP_SMOKE", "1")
+    steps = plan(QUICK, tmp_path)
+    assert all(s.command.startswith("VAREXP_SMOKE=1 varexp ") for s in steps)
+    for step in steps:
+        step.out.mkdir(parents=True)
+        (step.out / DONE).write_text(step.command + "\n")
+    assert [s.done for s in plan(QUICK, tmp_path)] == [True] * 7 + [False] * 4
+    monkeypatch.delenv("VAREXP_SMOKE")
+    real = plan(QUICK, tmp_path)
+    assert not any(s.done for s in real) and [s.changed for s in real] == [True] * 7 + [False] * 4
+    for step in real:
+        (step.out / DONE).write_text(step.command + "\n")
+    monkeypatch.setenv("VAREXP_SMOKE", "1")
+    assert not any(s.done for s in plan(QUICK, tmp_path))
+
+
+def test_a_smoke_report_says_so_at_the_top(tmp_path):
+    smoke = write_report(tmp_path, "quick", smoke=True).read_text()
+    assert smoke.index("Made with VAREXP_SMOKE=1") < smoke.index("| paper section |")
+    assert "Made with VAREXP_SMOKE=1" not in write_report(tmp_path, "quick").read_text()
+
+
 def fake_probe(where: Path, init: str, width: int, networks: int) -> None:
     """A probe.csv from the sampled MLP (depth 12) with the run config plot and report read."""
     x = torch.randn(64, width)

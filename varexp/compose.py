@@ -75,6 +75,11 @@ SMOKE_PRESETS: dict[str, list[str]] = {
 }
 
 
+def smoke_run() -> bool:
+    """Whether VAREXP_SMOKE=1 (token sizes) is set for this process and the commands it starts."""
+    return bool(os.environ.get("VAREXP_SMOKE"))
+
+
 @dataclass(frozen=True)
 class CommandLine:
     """A checked command line: the first job's config (with its `hydra` node), every job's
@@ -108,7 +113,7 @@ def complete(command: str, args: list[str]) -> list[str]:
         not _preset_picks_task(values.get("experiment"))
     ) and "task" in command_groups(command):
         args = [*args, "~task"]
-    if os.environ.get("VAREXP_SMOKE"):
+    if smoke_run():
         args = [*args, *SMOKE.get(command, []), *SMOKE_PRESETS.get(values.get("experiment"), [])]
     return args
 

@@ -588,11 +588,17 @@ the paper prints K^l(0). For CNNs, the two conventions for a conv layer's ratio 
 per (channel, position), over the T inputs, and per channel, pooled over inputs and positions."""
 
 
+SMOKE_NOTE = """**Made with VAREXP_SMOKE=1: every step ran at a token size (2 probe networks, 4
+training steps, one seed and one learning rate). These rows check that the pipeline runs; they
+are not measurements of the paper's claims. Run without VAREXP_SMOKE for the preset's sizes.**"""
+
+
 def write_report(out: Path, preset: str, commands: dict[Path, str] | None = None,
-                 started: str | None = None, seconds: float | None = None) -> Path:
+                 started: str | None = None, seconds: float | None = None,
+                 smoke: bool = False) -> Path:
     """REPORT.md in `out`: the claims judged by RULE, then per figure its image, the commands
     that made it (`commands`: result folder -> command line), their settings and data, then
-    provenance."""
+    provenance. `smoke`: the steps ran at VAREXP_SMOKE=1's token sizes, said at the top."""
     claims = [*kernel_claims(out), *slope_claims(out), *intervention_claims(out),
               *width_claims(out), *cnn_claims(out), *training_claims(out),
               *convergence_claims(out), *heldout_claims(out)]
@@ -601,7 +607,7 @@ def write_report(out: Path, preset: str, commands: dict[Path, str] | None = None
     rows += [c.row() for c in claims]
     lines = [f"# varexp reproduce: {preset}", "",
              "Each quantitative claim of Luther & Seung (2019) beside the value measured in this "
-             "run directory.", "", RULE, "",
+             "run directory.", "", *([SMOKE_NOTE, ""] if smoke else []), RULE, "",
              *("| " + " | ".join(cell.replace("|", "/") for cell in row) + " |" for row in rows),
              "", NOTES, ""]
     for figure in FIGURES.values():

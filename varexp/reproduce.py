@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from varexp import devices
 from varexp.commands import command_module
-from varexp.compose import parse
+from varexp.compose import parse, smoke_run
 from varexp.errors import VarexpError
 from varexp.figures import FIGURES, SCALES
 from varexp.files import atomic_path
@@ -38,7 +38,9 @@ class Step:
 
     @property
     def command(self) -> str:
-        return "varexp " + " ".join(self.args)
+        """The command line as run; under VAREXP_SMOKE=1 it says so, so that a smoke run's
+        results are neither taken for the preset's (REPORT.md) nor reused by a real run."""
+        return ("VAREXP_SMOKE=1 " if smoke_run() else "") + "varexp " + " ".join(self.args)
 
     @property
     def done(self) -> bool:
@@ -164,5 +166,5 @@ def make(cfg: DictConfig, steps: list[Step], out: Path) -> None:
             execute(step)
     commands = {s.out: s.command for s in steps if not s.always}
     report = write_report(out, cfg.reproduce.preset, commands, started,
-                          time.perf_counter() - start)
+                          time.perf_counter() - start, smoke=smoke_run())
     print(f"reproduce: {report}")
