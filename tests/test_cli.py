@@ -121,6 +121,7 @@ def test_train_uses_a_cpu_sized_task_unless_the_user_names_arch_or_dataset():
                                                                                   128)
 
 
+@pytest.mark.slow  # each <TAB> starts a `varexp` process (about 40 s in all)
 def test_shell_completion_through_the_wrapper(tmp_path):
     """`eval "$(varexp -sc install=bash)"` as the README says, then the completion function bash
     calls on <TAB>: command names first, then each command's keys and options (from Hydra)."""
