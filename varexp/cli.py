@@ -17,7 +17,13 @@ from omegaconf import DictConfig, OmegaConf
 from varexp import compose, devices, results
 from varexp.commands import COMMANDS, command_module
 from varexp.errors import VarexpError
-from varexp.stop import exit_cleanly_on_sigterm, job_ended, job_started, watch_parent
+from varexp.stop import (
+    exit_cleanly_on_sigterm,
+    job_ended,
+    job_started,
+    mark_launcher,
+    watch_parent,
+)
 from varexp.threads import available_cores, configure
 
 EXAMPLES = (
@@ -149,6 +155,8 @@ def main(argv: list[str] | None = None) -> None:
         # a multirun's folder is held for the whole launch: a second launch into it is refused
         held = results.lock(Path(line.output_dir), f"varexp {command}") if line.multirun \
             else nullcontext()
+        if line.multirun:
+            mark_launcher(joblib=compose.launcher(line.cfg) == "joblib")
         with held:
             run_hydra(command, rest)
     except VarexpError as error:
