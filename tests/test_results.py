@@ -138,23 +138,40 @@ def test_sweep_tables_leave_out_runs_of_another_config(tmp_path, capsys):
     assert sorted(pd.read_csv(sweep / "sweep.csv")["seed"]) == [0, 1]
 
 
-def test_two_sweeps_into_one_folder_at_once_the_second_is_refused(tmp_path):
-    sweep = tmp_path / "sweep"
-    slow = [*MLP, "train.steps=100000", "init=scale", "optim=sgd", "sweep.lr_index=0", "seed=0",
-            "sweep.estimate=false", "hydra/launcher=basic", f"hydra.sweep.dir={sweep}"]
+@pytest.mark.parametrize("command", ["train", "sweep"])
+def test_a_folder_in_use_is_refused_even_with_overwrite(tmp_path, command):
+    """A second launch into a folder a running command holds is refused in one line naming
+    that process, with or without overwrite=true (which must not move the running command's
+    folder, lock and all, from under it); the first run goes on in its folder to the end."""
+    folder = tmp_path / "run"
+    where = "hydra.sweep.dir" if command == "sweep" else "hydra.run.dir"
+    sweep = ["sweep.lr_index=0", "sweep.estimate=false", "hydra/launcher=basic"]
+    slow = [*MLP, "train.steps=100000", "train.checkpoint_every=100000", "init=scale",
+            "optim=sgd", "seed=0", *(sweep if command == "sweep" else []), f"{where}={folder}"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    first = subprocess.Popen([sys.executable, "-m", "varexp", "sweep", *slow], cwd=tmp_path,
-                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = subprocess.Popen([sys.executable, "-m", "varexp", command, *slow], cwd=tmp_path,
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True)
     try:
         deadline = time.time() + 120
-        while not list(sweep.rglob("metrics.csv")) and time.time() < deadline:
+        while not list(folder.rglob("metrics.csv")) and time.time() < deadline:
             time.sleep(0.2)
-        second = run_varexp("sweep", *slow, cwd=tmp_path)
-        line = one_line(second)
-        assert f"{sweep} is in use by varexp sweep (pid {first.pid} on " in line
+        assert list(folder.rglob("metrics.csv")), "the first run did not start"
+        before = {p: p.read_bytes() for p in folder.rglob(results.RECORD)}
+        for extra in ([], ["train.batch_size=8", "overwrite=true"]):
+            try:
+                second = run_varexp(command, *slow, *extra, cwd=tmp_path, timeout=120)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"the second launch ({' '.join(extra) or 'plain'}) ran on")
+            line = one_line(second)
+            assert f"{folder} is in use by varexp {command} (pid {first.pid} on " in line
+        assert [p.name for p in tmp_path.iterdir()] == ["run"]  # nothing moved aside
+        assert {p: p.read_bytes() for p in before} == before
     finally:
         first.send_signal(signal.SIGINT)
-        first.wait(timeout=60)
+        code = first.wait(timeout=60)
+    assert code != 0 and "stopped at step" in first.stderr.read()
+    assert len(list(folder.rglob("checkpoint.pt"))) == 1  # saved where it ran
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ import logging
 import os
 import re
 import sys
-from contextlib import nullcontext
 from pathlib import Path
 
 import hydra
@@ -151,13 +150,12 @@ def main(argv: list[str] | None = None) -> None:
         replace = results.check_launch(line, bool(line.cfg.get("overwrite", False)))
         if hasattr(module, "announce"):
             module.announce(line)
-        results.prepare_launch(line, replace)
-        # a multirun's folder is held for the whole launch: a second launch into it is refused
-        held = results.lock(Path(line.output_dir), f"varexp {command}") if line.multirun \
-            else nullcontext()
         if line.multirun:
             mark_launcher(joblib=compose.launcher(line.cfg) == "joblib")
-        with held:
+        # the folder is held before anything in it moves, and for the whole launch: a second
+        # launch into it is refused, with or without overwrite=true
+        with results.lock(Path(line.output_dir), f"varexp {command}"):
+            results.prepare_launch(line, replace)
             run_hydra(command, rest)
     except VarexpError as error:
         print(f"varexp {command}: {error}", file=sys.stderr)

@@ -24,7 +24,7 @@ import shutil
 import socket
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -243,6 +243,32 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def holder(folder: Path) -> dict | None:
+    """Who holds folder/.lock: another live process (its pid, host, start and command), or
+    None when no one does, this process does, or the holder died on this host."""
+    found = _read_lock(folder / LOCK)
+    if found is None or found["host"] != socket.gethostname():
+        return found
+    if found["pid"] == os.getpid() or not _alive(found["pid"]):
+        return None
+    return found
+
+
+def in_use(folder: Path, found: dict) -> VarexpError:
+    since = time.strftime("%H:%M:%S", time.localtime(found["since"]))
+    return VarexpError(
+        f"{folder} is in use by {found['what']} (pid {found['pid']} on {found['host']}, since "
+        f"{since}); wait for it, or choose another folder (if that process is gone, delete "
+        f"{folder / LOCK})")
+
+
+def check_free(folder: Path) -> None:
+    """Refuse (one line naming the pid) a folder another live process holds; takes nothing."""
+    found = holder(folder)
+    if found is not None:
+        raise in_use(folder, found)
+
+
 @contextmanager
 def lock(folder: Path, what: str = "varexp") -> Iterator[None]:
     """Hold folder/.lock while the block runs; one line if another live process holds it."""
@@ -253,18 +279,14 @@ def lock(folder: Path, what: str = "varexp") -> Iterator[None]:
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
-            holder = _read_lock(path)
-            if holder is None or (holder["host"] == me["host"] and not _alive(holder["pid"])):
+            found = _read_lock(path)
+            if found is None or (found["host"] == me["host"] and not _alive(found["pid"])):
                 path.unlink(missing_ok=True)  # its process is gone: take it over
                 continue
-            if holder["host"] == me["host"] and holder["pid"] == me["pid"]:
+            if found["host"] == me["host"] and found["pid"] == me["pid"]:
                 yield  # this process holds it already (a sweep's job in the launching process)
                 return
-            since = time.strftime("%H:%M:%S", time.localtime(holder["since"]))
-            raise VarexpError(
-                f"{folder} is in use by {holder['what']} (pid {holder['pid']} on "
-                f"{holder['host']}, since {since}); wait for it, or choose another folder (if "
-                f"that process is gone, delete {path})") from None
+            raise in_use(folder, found) from None
         except OSError as error:
             raise VarexpError(f"cannot write in {folder} ({error.strerror})") from None
         with os.fdopen(fd, "w") as f:
@@ -403,6 +425,7 @@ def check_launch(line, overwrite: bool) -> list[Path]:
     line, to write into folders that hold another config's results, and two jobs of a multirun
     that would share a folder. Returns the folders whose results `overwrite` moves aside."""
     command = line.command
+    check_free(Path(line.output_dir))
     if not line.multirun:
         folder = Path(line.output_dir)
         state = check_folder(folder, command, identity(command, line.cfg), overwrite)
@@ -425,12 +448,17 @@ def check_launch(line, overwrite: bool) -> list[Path]:
 
 
 def prepare_launch(line, replace: list[Path]) -> None:
-    """After the checks (and a dry run's exit): move results aside as `overwrite` asked, and
-    record what a multirun's jobs share in its folder."""
+    """After the checks (and a dry run's exit), holding the launch's folder: move results aside
+    as `overwrite` asked, each folder held first (a folder another live process holds is
+    refused, and nothing moves), and record what a multirun's jobs share in its folder."""
 
     log = logging.getLogger("varexp")
-    for folder in replace:
-        log.warning("overwrite=true: moved the results in %s to %s", folder, move_aside(folder))
+    with ExitStack() as held:
+        for folder in replace:
+            held.enter_context(lock(folder, f"varexp {line.command}"))
+        for folder in replace:
+            log.warning("overwrite=true: moved the results in %s to %s", folder,
+                        move_aside(folder, keep=(LOCK,)))
     if line.multirun:
         root = Path(line.output_dir)
         root.mkdir(parents=True, exist_ok=True)
