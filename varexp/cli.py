@@ -156,6 +156,8 @@ def main(argv: list[str] | None = None) -> None:
         # launch into it is refused, with or without overwrite=true
         with results.lock(Path(line.output_dir), f"varexp {command}"):
             results.prepare_launch(line, replace)
+            if hasattr(module, "prepare"):
+                module.prepare(line)
             run_hydra(command, rest)
     except VarexpError as error:
         print(f"varexp {command}: {error}", file=sys.stderr)

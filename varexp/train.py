@@ -206,7 +206,7 @@ def existing_run(cfg: DictConfig, run_dir: Path) -> Checkpoint | None:
         logged = logged_steps(run_dir)
         if saved is not None or finished or logged:
             what = (f"a {summary['status']} run" if finished
-                    else f"a checkpoint at step {saved['step']}" if saved is not None
+                    else f"a checkpoint at step {saved.step}" if saved is not None
                     else f"an interrupted run ({logged} steps logged, no checkpoint yet)")
             raise VarexpError(f"{run_dir} already holds {what}; pass resume=true to continue it "
                               "(or start it over, without a checkpoint) or choose another "
@@ -221,9 +221,9 @@ def existing_run(cfg: DictConfig, run_dir: Path) -> Checkpoint | None:
     if diff:
         raise VarexpError(f"{path} is from another config: {', '.join(diff)}")
     if saved.step > cfg.train.steps:
-        raise VarexpError(f"train.steps={cfg.train.steps} is below the {saved['step']} steps "
+        raise VarexpError(f"train.steps={cfg.train.steps} is below the {saved.step} steps "
                           f"the checkpoint in {run_dir} has done; pass "
-                          f"train.steps>={saved['step']}")
+                          f"train.steps>={saved.step}")
     return saved
 
 
@@ -287,10 +287,7 @@ class Trainer:
             self.model.load_state_dict(saved.model)
             self.optimizer.load_state_dict(saved.optimizer)
             self.stream.load_state_dict(saved.stream)
-            self.metrics = list(saved.metrics)
-            # rows of checkpoints made before the per-channel statistics: those left empty
-            width = len(RATIOS.columns)
-            self.ratios = [tuple(r) + (math.nan,) * (width - len(r)) for r in saved.ratios]
+            self.metrics, self.ratios = saved_rows(saved)
             self.step, self.status = saved.step, saved.status
             self.past_wall, self.past_train = saved.seconds, saved.train_seconds
             self.init_forward_passes = saved.init_forward_passes
@@ -465,6 +462,14 @@ class Trainer:
         return out
 
 
+def saved_rows(saved: Checkpoint) -> tuple[list[tuple], list[tuple]]:
+    """The rows of metrics.csv and ratios.csv a checkpoint holds (ratios rows of checkpoints
+    made before the per-channel statistics get those empty)."""
+    width = len(RATIOS.columns)
+    return (list(saved.metrics),
+            [tuple(r) + (math.nan,) * (width - len(r)) for r in saved.ratios])
+
+
 def identifying(cfg: DictConfig) -> dict:
     """The flat keys a sweep table needs, and the whole identifying config."""
     return dict(
@@ -496,6 +501,13 @@ def train(cfg: DictConfig, run_dir: str | Path, quiet: bool = False) -> dict:
     if saved is not None and done(saved.status, saved.step, cfg.train.steps):
         summary = read_summary(run_dir)
         if summary is not None and summary.get("status") == saved.status:
+            try:
+                METRICS.read_run(run_dir, summary)
+            except VarexpError as damage:  # the checkpoint holds every row: write them again
+                metrics, ratios = saved_rows(saved)
+                METRICS.write(metrics, run_dir)
+                RATIOS.write(ratios, run_dir)
+                log.warning("%s; rewrote it from %s", damage, checkpoint_path(run_dir))
             log.info("%s: already %s at step %d", run_dir, saved.status, saved.step)
             return summary
     run = Trainer(cfg, run_dir, info, saved, verbose=not quiet)
@@ -568,4 +580,4 @@ def objective(run_dir: Path, summary: dict) -> float:
     criterion); infinite for a diverged run."""
     if summary["status"] != "completed":
         return math.inf
-    return criterion(METRICS.read(run_dir / METRICS.file).loss, 1.0)
+    return criterion(METRICS.read_run(run_dir, summary).loss, 1.0)

@@ -120,16 +120,20 @@ def shared(identities: list[dict[str, object]]) -> dict[str, object]:
 
 
 def read_record(folder: str | Path) -> dict | None:
-    """The folder's run.json, or None if it has none; a damaged one is an error."""
+    """The folder's run.json, or None if it has none; a damaged one (unreadable, or not a record:
+    wrong types) is an error."""
     path = Path(folder) / RECORD
     if not path.is_file():
         return None
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
-        record["identity"]  # noqa: B018 - every record has one
-        return record
-    except (OSError, ValueError, KeyError, TypeError):
-        raise VarexpError(f"{path} is damaged (not a run record); move it away") from None
+    except (OSError, ValueError):
+        record = None
+    if not (isinstance(record, dict) and isinstance(record.get("identity"), dict)
+            and all(isinstance(record.get(k, ""), str) for k in ("command", "hash", "of"))
+            and isinstance(record.get("preset"), str | None)):
+        raise VarexpError(f"{path} is damaged (not a run record); move it away")
+    return record
 
 
 def recorded_identity(folder: Path, command: str) -> dict[str, object] | None:
@@ -320,11 +324,15 @@ def discover(root: str | Path, filename: str) -> list[Path]:
 
 
 def read_summary(run_dir: str | Path) -> dict | None:
-    """A training run's summary.json, or None if it has none (yet) or it is unreadable."""
+    """A training run's summary.json, or None if it has none (yet), or it is unreadable or not
+    a summary (not a mapping, or its status not a word)."""
     try:
-        return json.loads((Path(run_dir) / "summary.json").read_text(encoding="utf-8"))
+        summary = json.loads((Path(run_dir) / "summary.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+    if not isinstance(summary, dict) or not isinstance(summary.get("status", ""), str):
+        return None
+    return summary
 
 
 def run_config(result_file: str | Path) -> DictConfig:
@@ -462,10 +470,21 @@ def prepare_launch(line, replace: list[Path]) -> None:
     if line.multirun:
         root = Path(line.output_dir)
         root.mkdir(parents=True, exist_ok=True)
-        idents = [identity(line.command, c) for c in line.configs]
-        if read_record(root) is None:
-            write_record(root, "multirun-folder", shared(idents), of=line.command,
+        now = shared([identity(line.command, c) for c in line.configs])
+        record = read_record(root)
+        if record is None:
+            write_record(root, "multirun-folder", now, of=line.command,
                          preset=line.cfg.hydra.runtime.choices.get("experiment"))
+            return
+        # a launch that sweeps a key the folder's runs shared so far (more seeds, inits,
+        # learning rates) widens the folder: its record keeps only what all its runs share
+        missing = object()
+        kept = {k: v for k, v in record["identity"].items() if now.get(k, missing) == v}
+        if kept != record["identity"]:
+            write_record(root, "multirun-folder", kept, of=record.get("of", line.command),
+                         preset=record.get("preset"))
+            log.info("%s now also holds runs of other %s", root,
+                     ", ".join(sorted(set(record["identity"]) - set(kept))))
 
 
 @contextmanager
