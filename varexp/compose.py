@@ -104,9 +104,17 @@ def complete(command: str, args: list[str]) -> list[str]:
         not _preset_picks_task(values.get("experiment"))
     ) and "task" in command_groups(command):
         args = [*args, "~task"]
-    if os.environ.get("VAREXP_SMOKE"):
-        args = [*args, *SMOKE.get(command, []), *SMOKE_PRESETS.get(values.get("experiment"), [])]
-    return args
+    return [*args, *smoke(command, args)]
+
+
+def smoke(command: str, args: list[str]) -> list[str]:
+    """What VAREXP_SMOKE=1 appends to `varexp COMMAND ARGS`: the token sizes (none without
+    it)."""
+    if not os.environ.get("VAREXP_SMOKE"):
+        return []
+    values = dict(a.lstrip("+~").split("=", 1) for a in args
+                  if "=" in a and not a.startswith("-"))
+    return [*SMOKE.get(command, []), *SMOKE_PRESETS.get(values.get("experiment"), [])]
 
 
 def _preset_picks_task(preset: str | None) -> bool:
