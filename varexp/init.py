@@ -6,12 +6,14 @@ global state and no output. Each returns the per-layer report (varexp.inits.Init
     varexp.init.scale_(model, batches)        # paper Eq. 13
     varexp.init.lsuv_(model, batches)         # Mishkin & Matas (2015)
 
-`batches` is one input tensor or a list of k minibatches (fitted on together, k T samples).
-The weights are drawn afresh first, as each init defines them (N(0, 1) for scale and scale+bias,
-orthogonal for lsuv); biases start at 0. scale+bias cannot centre a layer without a bias (a conv
-followed by BatchNorm, say): such a layer gets Eq. 13 alone, with a warning naming it. Errors (a
-dead layer, a layer run twice in one pass, too few samples) raise varexp.errors.VarexpError and
-leave the model as it was.
+`batches` is one input tensor or a list of k minibatches (fitted on together, k T samples;
+moved to the model's device). The weights are drawn afresh first, as each init defines them
+(N(0, 1) for scale and scale+bias, orthogonal for lsuv); biases start at 0. scale+bias cannot
+centre a layer without a bias (a conv followed by BatchNorm, say): such a layer gets Eq. 13
+alone, with a warning naming it. Bad input (not tensors, another dtype than the model's, fewer
+than 2 samples, NaN or inf) is refused before anything changes; errors while fitting (a forward
+pass that fails on the batches, a dead layer, a layer run twice in one pass) leave the model as
+it was. Both raise varexp.errors.VarexpError with one line.
 """
 
 from __future__ import annotations
@@ -21,22 +23,42 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from varexp.errors import VarexpError
 from varexp.inits import LSUV, InitReport, Scale, ScaleBias, initialize
+from varexp.library import check_input, forward_failed, restored_on_error
 
 
-def _batches(batches: Tensor | Sequence[Tensor]) -> list[Tensor]:
-    return [batches] if isinstance(batches, Tensor) else list(batches)
+def _batches(model: nn.Module, batches: Tensor | Sequence[Tensor]) -> list[Tensor]:
+    """The minibatches, each checked (varexp.library.check_input)."""
+    if isinstance(batches, Tensor):
+        check_input(model, batches, "batches")
+        return [batches]
+    if not isinstance(batches, Sequence) or not batches:
+        raise VarexpError("batches must be an input tensor or a non-empty list of them; got "
+                          f"{type(batches).__name__}{' (empty)' if batches == [] else ''}")
+    for i, batch in enumerate(batches):
+        check_input(model, batch, f"batches[{i}]")
+    return list(batches)
+
+
+def _fitted(model: nn.Module, spec: object, data: list[Tensor]) -> InitReport:
+    """initialize(), with the model put back as it was whatever goes wrong."""
+    try:
+        with restored_on_error(model):
+            return initialize(model, spec, batches=data)
+    except RuntimeError as err:  # e.g. the batches' shape is not the model's
+        raise forward_failed(model, data[0], "batches", err) from None
 
 
 def scale_(model: nn.Module, batches: Tensor | Sequence[Tensor], eps: float = 1e-5) -> InitReport:
-    data = _batches(batches)
-    return initialize(model, Scale(batches=len(data), eps=eps), batches=data)
+    data = _batches(model, batches)
+    return _fitted(model, Scale(batches=len(data), eps=eps), data)
 
 
 def scale_bias_(model: nn.Module, batches: Tensor | Sequence[Tensor],
                 eps: float = 1e-5) -> InitReport:
-    data = _batches(batches)
-    report = initialize(model, ScaleBias(batches=len(data), eps=eps), batches=data)
+    data = _batches(model, batches)
+    report = _fitted(model, ScaleBias(batches=len(data), eps=eps), data)
     uncentred = [e["name"] for e in report.layers if e["centred"] == 0]
     if uncentred:
         warnings.warn(f"scale_bias_: {len(uncentred)} layer(s) without a bias were scaled but "
@@ -46,6 +68,6 @@ def scale_bias_(model: nn.Module, batches: Tensor | Sequence[Tensor],
 
 def lsuv_(model: nn.Module, batches: Tensor | Sequence[Tensor], tol: float = 0.1,
           max_iters: int = 10, gain: float = 1.0, eps: float = 1e-5) -> InitReport:
-    data = _batches(batches)
+    data = _batches(model, batches)
     spec = LSUV(batches=len(data), tol=tol, max_iters=max_iters, gain=gain, eps=eps)
-    return initialize(model, spec, batches=data)
+    return _fitted(model, spec, data)
