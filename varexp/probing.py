@@ -67,13 +67,19 @@ def check(cfg: DictConfig) -> None:
         reason = unsupported(cfg.arch, cfg.init)
         if reason is not None:
             raise bad_value("probe.method", "sampled", f"{reason}; use probe.method=auto or dense")
-    if choose_method(cfg) != "dense":
-        return  # the sampled path holds O(width T) per layer
+    device = devices.resolve(cfg.device)
+    if choose_method(cfg) != "dense":  # the sampled path holds O(width T) per layer
+        memory.refuse_if_too_big(
+            memory.sampled_bytes(cfg.arch.width, cfg.arch.depth, cfg.probe.samples,
+                                 cfg.probe.grad), device, "one sampled network",
+            f"{cfg.arch.depth} layers of width {cfg.arch.width} x T = {cfg.probe.samples}",
+            "probe fewer samples (probe.samples) or shallower networks")
+        return
     info = data_info(cfg.dataset, cfg.arch)
     params, outputs = memory.count(cfg.arch, info.input_shape, num_classes(cfg),
                                    cfg.probe.samples)
     memory.refuse_if_too_big(
-        memory.probe_bytes(params, outputs), devices.resolve(cfg.device), "one network",
+        memory.probe_bytes(params, outputs), device, "one network",
         f"{memory.amount(params)} weights, {memory.amount(outputs)} layer outputs for T = "
         f"{cfg.probe.samples}", "probe narrower or shallower networks, fewer samples, or with "
         "probe.method=auto where the exact sampled path applies")

@@ -124,15 +124,48 @@ def check(cfg: DictConfig) -> DataInfo:
     if "logger" in cfg:
         loggers.check(cfg.logger)
     info = data_info(cfg.dataset, cfg.arch)
-    params, outputs = memory.count(cfg.arch, info.input_shape, info.num_classes,
-                                   cfg.train.batch_size)
-    name = cfg.optim.name
-    memory.refuse_if_too_big(
-        memory.train_bytes(params, outputs, name), devices.resolve(cfg.device),
-        "a training step", f"{memory.amount(params)} weights with gradients and {name} "
-        f"state, {memory.amount(outputs)} layer outputs for a batch of {cfg.train.batch_size}",
-        "train a narrower model or a smaller train.batch_size")
+    check_memory(cfg, info)
     return info
+
+
+def check_memory(cfg: DictConfig, info: DataInfo) -> None:
+    """That the run fits where it runs: its weights with gradients and optimizer state, the
+    fixed batch it measures its layers on, the largest of a training step, a pass over that
+    batch and an init's fit on init.batches minibatches; and the generated training data
+    (where the run is, or in the host's memory beside a GPU)."""
+    arch, train, name = cfg.arch, cfg.train, cfg.optim.name
+    params, outputs = memory.count(arch, info.input_shape, info.num_classes, train.batch_size)
+    _, probe_outputs = memory.count(arch, info.input_shape, info.num_classes,
+                                    train.probe_samples)
+    fit = cfg.init.get("batches", 0) * train.batch_size if INITS[cfg.init.name].fit else 0
+    _, fit_outputs = memory.count(arch, info.input_shape, info.num_classes, fit) if fit \
+        else (0, 0)
+    f, width = memory.FLOAT, math.prod(info.input_shape)
+    smaller = "train a narrower model"
+    resident = [
+        memory.Part(f"{memory.amount(params)} weights with gradients and {name} state",
+                    memory.train_bytes(params, 0, name), smaller),
+        memory.Part(f"the fixed batch of train.probe_samples={train.probe_samples}",
+                    f * train.probe_samples * width, "lower train.probe_samples"),
+    ]
+    transient = [
+        memory.Part(f"{memory.amount(outputs)} layer outputs for a batch of {train.batch_size}",
+                    memory.train_bytes(0, outputs, name),
+                    f"{smaller} or a smaller train.batch_size"),
+        memory.Part(f"{memory.amount(probe_outputs)} layer outputs for the fixed batch",
+                    f * probe_outputs, "lower train.probe_samples"),
+        memory.Part(f"the init's fit on init.batches={cfg.init.get('batches')} minibatches",
+                    f * fit_outputs, "lower init.batches"),
+    ]
+    data = memory.Part(f"the generated {info.name} data",
+                       memory.data_bytes(cfg.dataset, info.input_shape, info.task),
+                       memory.DATA_KEYS.get(info.name, ""))
+    device = devices.resolve(cfg.device)
+    if device.type == "cpu":
+        memory.refuse_parts([*resident, data], transient, device, "a training run")
+    else:
+        memory.refuse_parts(resident, transient, device, "a training run")
+        memory.refuse_parts([data], [], torch.device("cpu"), "a training run's data")
 
 
 def reset_globals(seed: int, device: torch.device) -> None:
@@ -249,7 +282,8 @@ class Trainer:
         self.loss_fn = F.cross_entropy if info.task == "classification" else segmentation_loss
         batch, seed, device = cfg.train.batch_size, cfg.seed, self.device
         self.stream = Stream(cfg.dataset, arch, batch, seed, device=device)
-        self.fixed_x = fixed_batch(cfg.dataset, arch, cfg.train.probe_samples, seed, device)
+        self.fixed_x = fixed_batch(cfg.dataset, arch, cfg.train.probe_samples, seed, device,
+                                   key="train.probe_samples")
         # the layers a forward pass runs, in its order (a model not built from Units may
         # register them in another order, or use a layer's weights without calling it)
         self.layers = in_forward_order(self.model, self.fixed_x)[0]
