@@ -299,6 +299,43 @@ def test_disk_full_during_training_is_one_line_and_the_run_resumes(tmp_path, cap
     assert list(pd.read_csv(tmp_path / "metrics.csv")["step"]) == list(range(6))
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_disk_full_while_a_checkpoint_is_saved_is_one_line_and_the_run_resumes(
+        tmp_path, capsys, monkeypatch):
+    """The checkpoint of step 4 goes to /dev/full, where every write fails as on a full disk
+    (torch's own writer says RuntimeError 'unexpected pos' there): one line, the checkpoint of
+    step 2 intact, and the run resumes from it to the rows of an uninterrupted run."""
+    from contextlib import contextmanager
+    from pathlib import Path
+
+    import varexp.results.checkpoint as checkpoint_module
+
+    args = ["train", *MLP, "train.steps=6", "train.checkpoint_every=2",
+            f"hydra.run.dir={tmp_path}"]
+    real = checkpoint_module.atomic_path
+    saves = []
+
+    @contextmanager
+    def full_after_the_first(path):
+        saves.append(path)
+        if len(saves) > 1:
+            yield Path("/dev/full")
+        else:
+            with real(path) as tmp:
+                yield tmp
+
+    monkeypatch.setattr(checkpoint_module, "atomic_path", full_after_the_first)
+    code, err = run_in_process(capsys, *args)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"disk full while writing in {tmp_path} at step 4; its checkpoint of step 2 and the " \
+           "rows up to it are intact: free space, then run the same command with resume=true" \
+           in err
+    assert torch.load(checkpoint_path(tmp_path), weights_only=True)["step"] == 2
+    monkeypatch.setattr(checkpoint_module, "atomic_path", real)
+    assert run_in_process(capsys, *args, "resume=true")[0] == 0
+    assert list(pd.read_csv(tmp_path / "metrics.csv")["step"]) == list(range(6))
+
+
 @pytest.mark.parametrize("args, needle", [
     (["probe", "probe.method=dense", "arch.width=50000"],
      "varexp probe: one network needs about 506 GB (125G weights"),

@@ -293,6 +293,8 @@ def cached(
         except Exception:  # a damaged cache file: regenerate and overwrite it
             path.unlink(missing_ok=True)
     made = make()
-    with suppress(OSError), atomic_path(path) as tmp:  # e.g. a read-only data directory
-        torch.save(list(made), tmp)
+    # e.g. a read-only data directory, or a full disk (through a file object torch reports it
+    # as an OSError)
+    with suppress(OSError), atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(list(made), f)
     return made
