@@ -299,6 +299,23 @@ def test_disk_full_during_training_is_one_line_and_the_run_resumes(tmp_path, cap
     assert list(pd.read_csv(tmp_path / "metrics.csv")["step"]) == list(range(6))
 
 
+def test_a_sweep_whose_output_pipe_closes_stops_in_one_line(tmp_path):
+    """`varexp sweep ... | head -1`: the reader goes after the first line; the sweep stops
+    with one line on stderr and the status a shell gives a program a closed pipe ended."""
+    args = [*MLP, "train.steps=4", "init=scale", "optim=sgd", "sweep.lr_index=0", "seed=0",
+            "hydra/launcher=basic", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    proc = subprocess.Popen([sys.executable, "-m", "varexp", "sweep", *args], cwd=tmp_path,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().startswith("varexp sweep: 1 runs into ")
+    proc.stdout.close()  # as `head -1` does
+    err = proc.stderr.read()
+    assert proc.wait(timeout=300) == 141, err
+    assert err.strip().splitlines() == [
+        "varexp sweep: stopped: its output was closed (the reader of the pipe, such as `head`, "
+        "has ended)"]
+
+
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
 def test_disk_full_while_a_checkpoint_is_saved_is_one_line_and_the_run_resumes(
         tmp_path, capsys, monkeypatch):

@@ -21,6 +21,7 @@ from varexp.stop import (
     job_ended,
     job_started,
     mark_launcher,
+    output_closed,
     watch_parent,
 )
 from varexp.threads import available_cores, configure
@@ -84,6 +85,8 @@ def dispatch(command: str, cfg: DictConfig) -> object:
               f"({error.strerror or error}); results written before are intact",
               file=sys.stderr)
         sys.exit(2)
+    except BrokenPipeError:
+        output_closed(command)
     except KeyboardInterrupt:
         print(f"varexp {command}: interrupted; nothing half-written was kept", file=sys.stderr)
         sys.exit(130)
@@ -113,6 +116,15 @@ def parallel_jobs(cfg: DictConfig) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
+    # a log line to a closed pipe is dropped, not answered with a traceback on stderr
+    logging.raiseExceptions = False
+    try:
+        run_command(args)
+    except BrokenPipeError:  # `varexp sweep | head -1`: the reader has gone
+        output_closed(args[0] if args else "")
+
+
+def run_command(args: list[str]) -> None:
     if not args or args[0] in ("-h", "--help", "help"):
         print_help()
         return

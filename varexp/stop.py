@@ -5,6 +5,9 @@
   second Ctrl-C interrupts at once.
 - Elsewhere SIGTERM exits through Python's normal unwinding (SystemExit), so temporary files of
   atomic writes are removed instead of left behind.
+- When the reader of its output goes away (`varexp sweep | head -1`), a command stops with one
+  line on stderr and exit status 141 (128 + SIGPIPE, as a shell reports a program that a
+  closed pipe ended), instead of a BrokenPipeError traceback.
 - A worker process of a parallel launcher (joblib's loky workers, submitit_local's jobs)
   watches the process that launched it, named by VAREXP_LAUNCHER_PID (set by that process,
   inherited by its workers): when it dies, even by SIGKILL, the worker stops its run as if sent
@@ -18,9 +21,11 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 import time
 from contextlib import suppress
+from typing import NoReturn
 
 GRACE_SECONDS = 5  # after the launcher died: time for a run to reach a step and checkpoint
 POLL_SECONDS = 0.25
@@ -50,6 +55,18 @@ class StopRequests:
     def __exit__(self, *exc: object) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
+
+
+def output_closed(command: str) -> NoReturn:
+    """Stop after a write to a closed pipe: one line on stderr (if it is still open), exit 141.
+    stdout goes to /dev/null first, so that Python's own flush at exit does not fail again."""
+    with suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    with suppress(OSError, ValueError):
+        print(f"varexp {command}: stopped: its output was closed (the reader of the pipe, such "
+              "as `head`, has ended)", file=sys.stderr, flush=True)
+    sys.exit(141)
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:

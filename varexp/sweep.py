@@ -47,6 +47,7 @@ from varexp.results.checkpoint import checkpoint_path
 from varexp.results.records import HYDRA_RECORD, LOCK, move_aside
 from varexp.results.tables import FINISHED, METRICS, SELECTED, SETTING, SWEEP, arch_label
 from varexp.schema import choice, flag, integer, number, option, store, validate
+from varexp.stop import output_closed
 from varexp.threads import auto_threads, available_cores
 from varexp.train import Stopped, existing_run, train
 from varexp.train import check as check_train
@@ -562,6 +563,8 @@ class SweepTables(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         try:
             self.report(config, sweep_dir)
+        except BrokenPipeError:  # the tables are written; only saying so failed
+            output_closed("sweep")
         except OSError as error:
             print(f"varexp sweep: could not write the tables in {sweep_dir} "
                   f"({error.strerror or error}); free space (or fix the folder), then run the "
