@@ -398,6 +398,21 @@ def test_an_outputs_folder_that_is_a_file_is_one_line(tmp_path):
         "is not writable" in line
 
 
+@pytest.mark.parametrize("record", ['{"identity": [1, 2]}', "null", '"s"', "[]",
+                                    '{"identity": {}, "preset": 3}', '{"command": 1}'])
+def test_a_run_record_of_the_wrong_types_is_one_line(tmp_path, capsys, record):
+    """run.json that parses as JSON but is not a record: the command into its folder, and a
+    sweep into a folder holding it, refuse in one line; the sweep's tables leave it out."""
+    (tmp_path / "run.json").write_text(record)
+    needle = f"{tmp_path / 'run.json'} is damaged (not a run record); move it away"
+    code, err = run_in_process(capsys, "theory", "arch.depth=3", f"hydra.run.dir={tmp_path}")
+    assert code == 2 and err.strip().splitlines() == [f"varexp theory: {needle}"]
+    code, err = run_in_process(capsys, *SWEEP, "sweep.estimate=false",
+                               f"hydra.sweep.dir={tmp_path}")
+    assert code == 2 and err.strip().splitlines() == [f"varexp sweep: {needle}"]
+    assert results.made_by(tmp_path / "probe.csv") is None
+
+
 def test_a_checkpoint_without_its_keys_is_one_line(tmp_path, capsys):
     args = ["train", *MLP, "train.steps=2", f"hydra.run.dir={tmp_path}"]
     assert run_in_process(capsys, *args)[0] == 0
