@@ -191,6 +191,25 @@ def test_an_interrupted_run_without_checkpoint_is_not_replaced(tmp_path, capsys)
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "metrics.csv"), rows)
 
 
+def test_a_run_with_a_checkpoint_is_not_restarted_or_shortened(tmp_path, capsys):
+    """Rerunning a stopped run without resume=true, or resuming it with fewer steps than its
+    checkpoint has done: one line each, the run as it was."""
+    args = ["train", *MLP, "train.steps=20", "train.checkpoint_every=4",
+            f"hydra.run.dir={tmp_path}"]
+    code, err = run_in_process(capsys, *args, "train.stop_after=9")
+    assert code == 2 and "stopped after step 9" in err
+    files = {p: p.read_bytes() for p in tmp_path.iterdir() if p.is_file() and p.suffix != ".log"}
+    code, err = run_in_process(capsys, *args)
+    assert code == 2 and err.strip().splitlines() == [
+        f"varexp train: {tmp_path} already holds a checkpoint at step 8; pass resume=true to "
+        "continue it (or start it over, without a checkpoint) or choose another hydra.run.dir"]
+    code, err = run_in_process(capsys, *args, "resume=true", "train.steps=5")
+    assert code == 2 and err.strip().splitlines() == [
+        f"varexp train: train.steps=5 is below the 8 steps the checkpoint in {tmp_path} has "
+        "done; pass train.steps>=8"]
+    assert {p: p.read_bytes() for p in files} == files
+
+
 # ---------------------------------------------------------------------------------------------
 # 8. kills leave no orphans and no temporary files
 
