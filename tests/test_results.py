@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -275,19 +276,29 @@ def test_killing_a_joblib_sweep_at_any_moment_leaves_no_process(tmp_path, when):
 
 
 def test_sigterm_stops_a_training_run_with_a_checkpoint_and_no_stray_files(tmp_path):
+    """SIGTERM: the run stops at a step with its checkpoint, no temporary files, and the
+    command it prints to resume runs as printed (into a folder with a space and
+    non-ASCII letters)."""
+    run = tmp_path / "Läufe é"
     proc = subprocess.Popen([sys.executable, "-m", "varexp", "train", *MLP, "train.steps=100000",
-                             "train.flush_seconds=0.01", f"hydra.run.dir={tmp_path}"],
+                             "train.flush_seconds=0.01", f'hydra.run.dir="{run}"'],
                             env=dict(os.environ, OMP_NUM_THREADS="1"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while not (tmp_path / "metrics.csv").exists() and time.time() < deadline:
+    while not (run / "metrics.csv").exists() and time.time() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 130
-    assert "stopped at step" in proc.stderr.read()
-    step = torch.load(checkpoint_path(tmp_path), weights_only=True)["step"]
-    assert len(pd.read_csv(tmp_path / "metrics.csv")) == step
-    assert not list(tmp_path.glob(".*.tmp"))
+    err = proc.stderr.read()
+    assert "stopped at step" in err
+    step = torch.load(checkpoint_path(run), weights_only=True)["step"]
+    assert len(pd.read_csv(run / "metrics.csv")) == step
+    assert not list(run.glob(".*.tmp"))
+    printed = shlex.split(err.strip().splitlines()[-1])
+    assert printed[:2] == ["varexp", "train"] and "resume=true" in printed
+    again = run_varexp(*printed[1:], f"train.stop_after={step + 3}", cwd=tmp_path)
+    assert again.returncode == 2 and f"stopped after step {step + 3}" in again.stderr
+    assert f"train from step {step}:" in (run / "train.log").read_text()
 
 
 # ---------------------------------------------------------------------------------------------

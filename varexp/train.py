@@ -23,6 +23,7 @@ import itertools
 import logging
 import math
 import random
+import re
 import shlex
 import sys
 import tempfile
@@ -583,10 +584,20 @@ def resume_command(run_dir: Path) -> str:
 
     kept = [o for o in HydraConfig.get().overrides.task
             if o.split("=", 1)[0].lstrip("+~") not in ("resume", "hydra.run.dir")]
-    # a folder name with '=' (a sweep's runs) is quoted for Hydra, then for the shell
-    folder = f'hydra.run.dir="{run_dir}"' if "=" in str(run_dir) else f"hydra.run.dir={run_dir}"
+    folder = f"hydra.run.dir={hydra_quoted(str(run_dir))}"
     return " ".join(["varexp train", *map(shlex.quote, kept), "resume=true",
                      shlex.quote(folder)])
+
+
+def hydra_quoted(value: str) -> str:
+    """A value as Hydra's override grammar reads it back: plain when it is ASCII letters,
+    digits and path punctuation, else in double quotes (a sweep's `lr=0.001` folders, spaces,
+    non-ASCII names) with its quotes escaped."""
+    if re.fullmatch(r"[\w./:~+-]+", value, flags=re.ASCII):
+        return value
+    # Hydra reads a backslash as an escape only before a quote or the closing quote
+    escaped = re.sub(r'(\\+)(?="|$)', lambda m: m.group(1) * 2, value).replace('"', '\\"')
+    return f'"{escaped}"'
 
 
 def run(cfg: DictConfig) -> float:
