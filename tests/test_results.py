@@ -443,6 +443,24 @@ def test_a_run_record_of_the_wrong_types_is_one_line(tmp_path, capsys, record):
     assert results.made_by(tmp_path / "probe.csv") is None
 
 
+def test_a_probe_table_missing_whole_networks_is_left_out_with_one_line(tmp_path, capsys,
+                                                                         caplog):
+    from varexp.errors import VarexpError
+    from varexp.results.tables import load_probes
+
+    run = tmp_path / "run"
+    assert run_in_process(capsys, "probe", *PROBE, "probe.networks=3",
+                          f"hydra.run.dir={run}")[0] == 0
+    assert len(load_probes("figure2", str(tmp_path), "unused")) == 1
+    table = pd.read_csv(run / "probe.csv")
+    table[table["network"] != 1].to_csv(run / "probe.csv", index=False)
+    with pytest.raises(VarexpError, match="every result file found was damaged"):
+        load_probes("figure2", str(tmp_path), "unused")
+    assert [r.message for r in caplog.records if "leaves out" in r.message] == [
+        f"figure2 leaves out {run / 'probe.csv'}: holds 2 of the 3 networks its run probed "
+        "(probe.networks); missing 1 (a partial or altered file)"]
+
+
 def test_a_checkpoint_without_its_keys_is_one_line(tmp_path, capsys):
     args = ["train", *MLP, "train.steps=2", f"hydra.run.dir={tmp_path}"]
     assert run_in_process(capsys, *args)[0] == 0
