@@ -443,14 +443,12 @@ def test_a_run_record_of_the_wrong_types_is_one_line(tmp_path, capsys, record):
     assert results.made_by(tmp_path / "probe.csv") is None
 
 
-def test_a_probe_table_missing_whole_networks_is_left_out_with_one_line(tmp_path, capsys,
-                                                                         caplog):
+def test_a_probe_table_missing_whole_networks_is_left_out_with_one_line(tmp_path, caplog):
     from varexp.errors import VarexpError
     from varexp.results.tables import load_probes
 
-    run = tmp_path / "run"
-    assert run_in_process(capsys, "probe", *PROBE, "probe.networks=3",
-                          f"hydra.run.dir={run}")[0] == 0
+    run = tmp_path / "run"  # (a separate process: Hydra in this one would take over logging)
+    run_varexp("probe", *PROBE, "probe.networks=3", f"hydra.run.dir={run}", check=True)
     assert len(load_probes("figure2", str(tmp_path), "unused")) == 1
     table = pd.read_csv(run / "probe.csv")
     table[table["network"] != 1].to_csv(run / "probe.csv", index=False)
