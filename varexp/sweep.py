@@ -306,7 +306,10 @@ def record_outcome(sweep_dir: Path, number: int, folder: Path, status: str,
     plan = read_plan(sweep_dir)
     if plan is None:
         return
-    rel = folder.absolute().relative_to(sweep_dir.absolute()).as_posix()
+    try:
+        rel = folder.absolute().relative_to(sweep_dir.absolute()).as_posix()
+    except ValueError:  # a hydra.sweep.subdir that leaves the sweep's folder
+        rel = str(folder)
     outcome = {"launch": plan["launch"], "run_dir": rel, "status": status, "error": error}
     try:
         write_json(outcome, sweep_dir / OUTCOMES / f"{number}.json")
@@ -570,7 +573,7 @@ class SweepTables(Callback):
                   f"({error.strerror or error}); free space (or fix the folder), then run the "
                   "same command again: finished runs are kept", file=sys.stderr, flush=True)
             sys.exit(1)
-        except Exception as error:  # noqa: BLE001 - any error here is the sweep's result
+        except Exception as error:  # any error here is the sweep's result, not a warning
             reason = str(error).splitlines()[0] if str(error) else type(error).__name__
             print(f"varexp sweep: the tables in {sweep_dir} could not be made: {reason}",
                   file=sys.stderr, flush=True)
