@@ -139,7 +139,7 @@ def test_sweep_tables_leave_out_runs_of_another_config(tmp_path, capsys):
     assert sorted(pd.read_csv(sweep / "sweep.csv")["seed"]) == [0, 1]
 
 
-@pytest.mark.parametrize("command", ["train", "sweep"])
+@pytest.mark.parametrize("command", ["train", pytest.param("sweep", marks=pytest.mark.slow)])
 def test_a_folder_in_use_is_refused_even_with_overwrite(tmp_path, command):
     """A second launch into a folder a running command holds is refused in one line naming
     that process, with or without overwrite=true (which must not move the running command's
@@ -236,8 +236,8 @@ def group_members(pgid: int) -> list[str]:
 
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads the process table in /proc")
 @pytest.mark.parametrize("when", [
-    pytest.param(0.2, marks=pytest.mark.slow), 0.5, pytest.param(1.5, marks=pytest.mark.slow),
-    "running"])
+    pytest.param(0.2, marks=pytest.mark.slow), 0.5, 1.5,
+    pytest.param("running", marks=pytest.mark.slow)])
 def test_killing_a_joblib_sweep_at_any_moment_leaves_no_process(tmp_path, when):
     """SIGKILL of the launching process, from the moment joblib starts its workers to the
     middle of the runs: its workers, their DataLoader workers and the resource trackers all end
