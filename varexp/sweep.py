@@ -244,10 +244,17 @@ def duration(seconds: float) -> str:
 
 
 def nothing_left(run_dir: Path, steps: int) -> bool:
-    """Whether a run folder holds a run that diverged, or completed `steps` steps."""
+    """Whether a run folder holds a run that diverged, or completed `steps` steps, with its
+    metrics.csv intact (a damaged one is rewritten or trained again)."""
     summary = read_summary(run_dir) or {}
-    return summary.get("status") == "diverged" or (summary.get("status") == "completed"
-                                                   and summary.get("train_steps") == steps)
+    if not (summary.get("status") == "diverged" or (summary.get("status") == "completed"
+                                                    and summary.get("train_steps") == steps)):
+        return False
+    try:
+        METRICS.read_run(run_dir, summary)
+        return True
+    except VarexpError:
+        return False
 
 
 def read_plan(sweep_dir: Path) -> dict | None:
@@ -383,10 +390,8 @@ def run_job(cfg: DictConfig, run_dir: Path) -> dict:
             METRICS.read_run(run_dir, summary)
             log.info("skip %s: already %s", run_dir, summary["status"])
             return summary
-        except VarexpError as damage:
-            if checkpoint_path(run_dir).exists():
-                log.warning("%s; its tables are rewritten from its checkpoint", damage)
-            else:
+        except VarexpError as damage:  # train() rewrites it from the checkpoint, if any
+            if not checkpoint_path(run_dir).exists():
                 moved = move_aside(run_dir, keep=(LOCK, results.RECORD, HYDRA_RECORD,
                                                   f"{HydraConfig.get().job.name}.log"))
                 log.warning("%s, and there is no checkpoint to rewrite it from: the run's "

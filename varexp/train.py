@@ -248,8 +248,10 @@ def existing_run(cfg: DictConfig, run_dir: Path) -> Checkpoint | None:
         return None
     if saved is None:
         if finished:
-            raise VarexpError(f"{run_dir} holds a {summary['status']} run but no {path.name} to "
-                              "resume from; choose another hydra.run.dir")
+            raise VarexpError(f"{run_dir} holds a {summary['status']} run of "
+                              f"{summary.get('steps')} steps but no {path.name} to continue it "
+                              f"from (to train.steps={cfg.train.steps}); choose another folder, "
+                              "or move that run away to train it again")
         return None
     diff = results.differences(saved.identity, results.identity("train", cfg))
     if diff:
