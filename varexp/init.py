@@ -1,6 +1,7 @@
 """The data-dependent inits for any PyTorch model, in place (like torch.nn.init): every Linear,
-Conv2d and ConvTranspose2d is fitted, in one forward pass over the given minibatches, with no
-global state and no output. Each returns the per-layer report (varexp.inits.InitReport).
+Conv1d/2d/3d and ConvTranspose1d/2d/3d is fitted, in one forward pass over the given minibatches,
+with no global state. Each returns the per-layer report (varexp.inits.InitReport: the layers it
+initialized, and the weights it did not).
 
     varexp.init.scale_bias_(model, batches)   # paper Eq. 14 then Eq. 13
     varexp.init.scale_(model, batches)        # paper Eq. 13
@@ -10,10 +11,13 @@ global state and no output. Each returns the per-layer report (varexp.inits.Init
 moved to the model's device). The weights are drawn afresh first, as each init defines them
 (N(0, 1) for scale and scale+bias, orthogonal for lsuv); biases start at 0. scale+bias cannot
 centre a layer without a bias (a conv followed by BatchNorm, say): such a layer gets Eq. 13
-alone, with a warning naming it. Bad input (not tensors, another dtype than the model's, fewer
-than 2 samples, NaN or inf) is refused before anything changes; errors while fitting (a forward
-pass that fails on the batches, a dead layer, a layer run twice in one pass) leave the model as
-it was. Both raise varexp.errors.VarexpError with one line.
+alone, with a warning naming it, unless `add_bias=True` gives every such layer a zero bias
+first. Weights no init reaches (recurrent layers, embeddings, attention's packed projections,
+functional calls, and weight layers the forward pass does not call) keep their values and are
+named in one warning. Bad input (not tensors, another dtype than the model's, fewer than 2
+samples, NaN or inf) is refused before anything changes; errors while fitting (a forward pass
+that fails on the batches, a dead layer, a layer run twice in one pass) leave the model as it
+was, biases added for it removed. Both raise varexp.errors.VarexpError with one line.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from torch import Tensor, nn
 from varexp.errors import VarexpError
 from varexp.inits import LSUV, InitReport, Scale, ScaleBias, initialize
 from varexp.library import check_input, forward_failed, restored_on_error
+from varexp.models.base import add_biases
 
 
 def _batches(model: nn.Module, batches: Tensor | Sequence[Tensor]) -> list[Tensor]:
@@ -41,33 +46,45 @@ def _batches(model: nn.Module, batches: Tensor | Sequence[Tensor]) -> list[Tenso
     return list(batches)
 
 
-def _fitted(model: nn.Module, spec: object, data: list[Tensor]) -> InitReport:
-    """initialize(), with the model put back as it was whatever goes wrong."""
+def _fitted(model: nn.Module, spec: object, data: list[Tensor],
+            add_bias: bool = False) -> InitReport:
+    """initialize() (after add_biases with `add_bias`), with the model put back as it was
+    whatever goes wrong."""
     try:
         with restored_on_error(model):
-            return initialize(model, spec, batches=data)
+            added = add_biases(model) if add_bias else []
+            try:
+                return initialize(model, spec, batches=data)
+            except BaseException:
+                for layer in added:  # the model's own parameters, then their values
+                    layer.register_parameter("bias", None)
+                raise
     except RuntimeError as err:  # e.g. the batches' shape is not the model's
         raise forward_failed(model, data[0], "batches", err) from None
 
 
 def scale_(model: nn.Module, batches: Tensor | Sequence[Tensor], eps: float = 1e-5) -> InitReport:
     data = _batches(model, batches)
-    return _fitted(model, Scale(batches=len(data), eps=eps), data)
+    return _warn(model, _fitted(model, Scale(batches=len(data), eps=eps), data), "scale")
 
 
-def scale_bias_(model: nn.Module, batches: Tensor | Sequence[Tensor],
-                eps: float = 1e-5) -> InitReport:
+def scale_bias_(model: nn.Module, batches: Tensor | Sequence[Tensor], eps: float = 1e-5,
+                add_bias: bool = False) -> InitReport:
+    """Paper Eq. 14 then Eq. 13; `add_bias` first gives weight layers without a bias a zero one
+    (varexp.models.base.add_biases) so that every layer is centred."""
     data = _batches(model, batches)
-    report = _fitted(model, ScaleBias(batches=len(data), eps=eps), data)
-    uncentred = [e["name"] for e in report.layers if e["centred"] == 0]
-    if uncentred:
-        warnings.warn(f"scale_bias_: {len(uncentred)} layer(s) without a bias were scaled but "
-                      f"not centred: {', '.join(uncentred)}", stacklevel=2)
-    return report
+    report = _fitted(model, ScaleBias(batches=len(data), eps=eps), data, add_bias)
+    return _warn(model, report, "scale+bias")
 
 
 def lsuv_(model: nn.Module, batches: Tensor | Sequence[Tensor], tol: float = 0.1,
           max_iters: int = 10, gain: float = 1.0, eps: float = 1e-5) -> InitReport:
     data = _batches(model, batches)
     spec = LSUV(batches=len(data), tol=tol, max_iters=max_iters, gain=gain, eps=eps)
-    return _fitted(model, spec, data)
+    return _warn(model, _fitted(model, spec, data), "lsuv")
+
+
+def _warn(model: nn.Module, report: InitReport, init: str) -> InitReport:
+    for line in report.warnings(model, init):
+        warnings.warn(line, stacklevel=3)
+    return report

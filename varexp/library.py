@@ -1,10 +1,13 @@
 """varexp on any PyTorch model: `varexp.probe(model, x)` measures what the paper measures, per
-weight layer (every Linear, Conv2d and ConvTranspose2d, found by hooks, in the order a forward
-pass runs them), without changing the model's code or state.
+weight layer (every Linear, Conv1d/2d/3d and ConvTranspose1d/2d/3d, found by hooks, in the order a
+forward pass runs them), without changing the model's code or state. Weights it cannot measure
+(recurrent layers, embeddings, attention's packed projections, functional calls) are named in one
+warning with their share of the model's parameters.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from varexp.errors import VarexpError
+from varexp.models.base import unreached, unreached_warning
 from varexp.results.tables import probe_frame
 from varexp.stats import network_stats
 
@@ -30,9 +34,11 @@ def probe(model: nn.Module, x: Tensor, grad: bool = True, seed: int = 0) -> pd.D
     BatchNorm uses batch statistics and dropout is off for the pass (paper Sec. 4); the model's
     modes, buffers and parameters are left as they were, also when it fails. A layer the model
     runs more than once per pass (shared weights) is measured on its first call, with a warning
-    naming it. An input the statistics cannot use (not a tensor, another dtype or device than
-    the model's, no batch dimension, T < 2, NaN or inf), or a forward pass that fails on it, is a
-    one-line VarexpError.
+    naming it. Weights not measured (varexp.models.base.unreached) are named in one warning and
+    listed in the table's attrs["not_measured"] (name, kind, parameters). An input the
+    statistics cannot use (not a tensor, another dtype or device than the model's, no batch
+    dimension, T < 2, NaN or inf), or a forward pass that fails on it, is a one-line
+    VarexpError.
     """
     check_input(model, x, "x", same_device=True)
     generator = torch.Generator(device=x.device).manual_seed(seed)
@@ -49,9 +55,13 @@ def probe(model: nn.Module, x: Tensor, grad: bool = True, seed: int = 0) -> pd.D
         if row["calls"] > 1:
             warnings.warn(f"layer {row['name']} ran {row['calls']} times in one forward pass; "
                           "its statistics and grad_sq are those of its first call", stacklevel=2)
-    modules = dict(model.named_modules())
+    left = unreached(model, [r["module"] for r in rows])
+    message = unreached_warning(model, left, "measured")
+    if message is not None:
+        warnings.warn(message, stacklevel=2)
     frame = probe_frame(0, rows).drop(columns="network")
-    frame.insert(2, "type", [_type(modules, row["name"]) for row in rows])
+    frame.insert(2, "type", [type(row["module"]).__name__ for row in rows])
+    frame.attrs["not_measured"] = [dataclasses.asdict(item) for item in left]
     return frame
 
 
@@ -94,7 +104,7 @@ def forward_failed(model: nn.Module, x: Tensor, what: str, error: Exception) -> 
 @contextmanager
 def restored_on_error(model: nn.Module) -> Iterator[None]:
     """Whatever the block raises, the model's parameters and buffers are put back as they
-    were before it (a copy of its state dict is kept meanwhile)."""
+    were before it (a copy of its state dict is kept meanwhile), and its modes."""
     saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
     modes = {m: m.training for m in model.modules()}
     try:
@@ -104,9 +114,3 @@ def restored_on_error(model: nn.Module) -> Iterator[None]:
         for module, training in modes.items():
             module.training = training
         raise
-
-
-def _type(modules: dict[str, nn.Module], name: str) -> str:
-    module = modules.get(name)
-    layer = getattr(module, "layer", module)  # a varexp Unit holds its weight layer
-    return type(layer).__name__

@@ -27,7 +27,7 @@ from varexp.data import data_info, fixed_batch
 from varexp.errors import VarexpError, bad_value
 from varexp.inits import initialize, one_batch
 from varexp.models import build_model
-from varexp.models.base import weight_layers
+from varexp.models.base import unreached, weight_layers
 from varexp.results import claim
 from varexp.results.tables import NEURONS, PROBE, probe_frame
 from varexp.sampled import sampled_mlp, unsupported
@@ -112,15 +112,23 @@ def choose_method(cfg: DictConfig, device: torch.device | None = None) -> str:
     return "sampled"
 
 
-def dense_network(cfg: DictConfig, x: Tensor, generator: torch.Generator, neurons: bool):
-    """Build and initialize the model (torch's global RNG, seeded by the caller), then record."""
+def dense_network(cfg: DictConfig, x: Tensor, generator: torch.Generator, neurons: bool,
+                  warn: bool = False):
+    """Build and initialize the model (torch's global RNG, seeded by the caller), then record;
+    with `warn`, log what the init and the statistics leave out (layers not centred, weights not
+    reached)."""
 
     with torch.device(x.device):  # build on the device: no host copy of the weights
         model = build_model(cfg.arch, tuple(x.shape[1:]), num_classes(cfg))
     # a data-dependent init fits on the fixed batch itself
-    initialize(model, one_batch(to_spec(cfg.init)), cfg.arch.activation, batches=[x])
+    report = initialize(model, one_batch(to_spec(cfg.init)), cfg.arch.activation, batches=[x])
     keep_u = (1, len(weight_layers(model))) if neurons else ()
-    return network_stats(model, x, cfg.probe.grad, generator, keep_u)
+    rows, kept = network_stats(model, x, cfg.probe.grad, generator, keep_u)
+    if warn:
+        measured = unreached(model, [row["module"] for row in rows])
+        for line in report.warnings(model, cfg.init.name, measured):
+            log.warning(line)
+    return rows, kept
 
 
 def num_classes(cfg: DictConfig) -> int | None:
@@ -138,7 +146,7 @@ def probe_network(cfg: DictConfig, x: Tensor, network: int, method: str):
     generator = torch.Generator(device=x.device).manual_seed(seed)
     neurons = cfg.probe.neurons > 0
     if method == "dense":
-        return dense_network(cfg, x, generator, neurons)
+        return dense_network(cfg, x, generator, neurons, warn=network == 0)
     init = to_spec(cfg.init)
     return sampled_mlp(
         x, cfg.arch.depth, cfg.arch.width, cfg.arch.activation, init.name,
