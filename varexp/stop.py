@@ -161,9 +161,9 @@ def watch_parent() -> None:
         if not _idle.is_set():
             os.kill(os.getpid(), signal.SIGTERM)
             _idle.wait(GRACE_SECONDS)
-        for child in _children():  # DataLoader workers would wait seconds to notice
+        for pid in _children():  # DataLoader workers would wait seconds to notice
             with suppress(OSError):
-                os.kill(child, signal.SIGTERM)
+                os.kill(pid, signal.SIGTERM)
         os._exit(1)
 
     threading.Thread(target=watch, name="varexp-parent-watch", daemon=True).start()
