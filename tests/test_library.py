@@ -13,10 +13,11 @@ import torchvision
 from torch import nn
 
 import varexp
+import varexp.library
 from varexp.errors import VarexpError
 from varexp.models.base import weight_layers
 from varexp.theory import recursion
-from varexp.threads import one_thread
+from varexp.threads import available_cores, free_cores_now, one_thread, using_threads
 
 
 @pytest.fixture(autouse=True)
@@ -103,6 +104,30 @@ def test_bad_models_are_one_line():
     with pytest.raises(VarexpError, match="returns a tuple, not one tensor"):
         varexp.probe(Pair(), torch.randn(4, 3))
     assert len(varexp.probe(Pair(), torch.randn(4, 3), grad=False)) == 1
+
+
+def test_probe_runs_on_the_free_cores_and_restores_torchs_threads(monkeypatch):
+    """threads="auto" takes the cores other processes leave free (at most torch's setting), as
+    the command line's threads=auto does; torch's own setting comes back afterwards."""
+    seen = []
+
+    class Spy(nn.Linear):
+        def forward(self, x):
+            seen.append(torch.get_num_threads())
+            return super().forward(x)
+
+    model, x = Spy(3, 3), torch.randn(4, 3)
+    monkeypatch.setattr(varexp.library, "free_cores_now", lambda: 1)
+    with using_threads(2):
+        varexp.probe(model, x)
+        varexp.probe(model, x, threads=2)
+        varexp.probe(model, x, threads=None)
+        assert torch.get_num_threads() == 2
+    assert seen == [1, 2, 2]
+    with pytest.raises(VarexpError, match="threads=0 is not allowed; must be auto, None or an "
+                                          "integer >= 1"):
+        varexp.probe(model, x, threads=0)
+    assert 1 <= free_cores_now() <= available_cores()
 
 
 def test_scale_bias_centres_every_feature_of_any_model():

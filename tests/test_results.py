@@ -395,7 +395,7 @@ def test_disk_full_while_a_checkpoint_is_saved_is_one_line_and_the_run_resumes(
     (["train", "dataset.train_size=1000000000"], "a smaller dataset.train_size"),
     (["train", "init=scale", "init.batches=10000000"], "lower init.batches"),
     (["probe", "arch.width=1000", "probe.samples=400", "arch.depth=100000000"],
-     "varexp probe: one sampled network needs about"),
+     "varexp probe: one network needs about"),
     (["train", "seed=4294967296"], "seed=4294967296 is not allowed; must be an integer in "
                                    "0..4294967295"),
     (["probe", "arch=allcnnc", "arch.channels=inf", "dataset=shapes"],

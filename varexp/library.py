@@ -20,9 +20,11 @@ from varexp.errors import VarexpError
 from varexp.models.base import unreached, unreached_warning
 from varexp.results.tables import probe_frame
 from varexp.stats import network_stats
+from varexp.threads import free_cores_now, using_threads
 
 
-def probe(model: nn.Module, x: Tensor, grad: bool = True, seed: int = 0) -> pd.DataFrame:
+def probe(model: nn.Module, x: Tensor, grad: bool = True, seed: int = 0,
+          threads: int | str | None = "auto") -> pd.DataFrame:
     """probe.csv's table for `model` on the batch x (T samples on the model's device): per
     weight layer in forward order its layer number, name (as in model.named_modules()), type,
     features and the sample statistics of its output u (varexp.stats: sample mean^2, sample
@@ -39,11 +41,18 @@ def probe(model: nn.Module, x: Tensor, grad: bool = True, seed: int = 0) -> pd.D
     statistics cannot use (not a tensor, another dtype or device than the model's, no batch
     dimension, T < 2, NaN or inf), or a forward pass that fails on it, is a one-line
     VarexpError.
+
+    On the CPU the pass runs on `threads` torch threads, as `varexp probe threads=...` does:
+    "auto" takes the cores other processes leave free at the call, at most
+    torch.get_num_threads() (torch's threads wait for each other after every operation, so one
+    that loses its core to another process slows them all); a number sets the count; None keeps
+    torch's setting. Torch's setting is restored afterwards.
     """
     check_input(model, x, "x", same_device=True)
+    thread_count = call_threads(threads, x.device)
     generator = torch.Generator(device=x.device).manual_seed(seed)
     try:
-        with restored_on_error(model):
+        with restored_on_error(model), using_threads(thread_count):
             rows, _ = network_stats(model, x, grad=grad, generator=generator)
     except ValueError as err:  # no weight layers
         raise VarexpError(str(err)) from None
@@ -114,3 +123,15 @@ def restored_on_error(model: nn.Module) -> Iterator[None]:
         for module, training in modes.items():
             module.training = training
         raise
+
+
+def call_threads(threads: int | str | None, device: torch.device) -> int:
+    """torch's intra-op threads for one call: see probe."""
+    if threads is None or device.type != "cpu":
+        return torch.get_num_threads()
+    if threads == "auto":
+        return min(torch.get_num_threads(), free_cores_now())
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise VarexpError(f"threads={threads!r} is not allowed; must be auto, None or an "
+                          "integer >= 1")
+    return threads
