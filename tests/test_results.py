@@ -330,14 +330,16 @@ def test_disk_full_during_training_is_one_line_and_the_run_resumes(tmp_path, cap
 
 
 def test_a_sweep_whose_output_pipe_closes_stops_in_one_line(tmp_path):
-    """`varexp sweep ... | head -1`: the reader goes after the first line; the sweep stops
-    with one line on stderr and the status a shell gives a program a closed pipe ended."""
-    args = [*MLP, "train.steps=4", "init=scale", "optim=sgd", "sweep.lr_index=0", "seed=0",
-            "hydra/launcher=basic", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    """`varexp sweep ... | head -1` (its default launcher, joblib): the reader goes after the
+    first line; the runs' log lines to the closed pipe are dropped (each run's log file has
+    them), and the sweep ends with one line on stderr and the status a shell gives a program a
+    closed pipe ended."""
+    args = [*MLP, "train.steps=4", "init=scale", "optim=sgd", "sweep.lr_index=0", "seed=0,1",
+            "sweep.estimate=false", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
     proc = subprocess.Popen([sys.executable, "-m", "varexp", "sweep", *args], cwd=tmp_path,
                             env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().startswith("varexp sweep: 1 runs into ")
+    assert proc.stdout.readline().startswith("varexp sweep: 2 runs into ")
     proc.stdout.close()  # as `head -1` does
     err = proc.stderr.read()
     assert proc.wait(timeout=300) == 141, err

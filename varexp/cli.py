@@ -70,6 +70,8 @@ def print_command_help(command: str, overrides: list[str]) -> None:
 def dispatch(command: str, cfg: DictConfig) -> object:
 
     module = command_module(command)
+    # in a launcher's worker too: a log line to a closed pipe is dropped, not a traceback
+    logging.raiseExceptions = False
     exit_cleanly_on_sigterm()
     job_started()
     if launcher_of_job() in ("joblib", "submitit_local"):
@@ -80,13 +82,13 @@ def dispatch(command: str, cfg: DictConfig) -> object:
     except VarexpError as error:
         print(f"varexp {command}: {error}", file=sys.stderr)
         sys.exit(2)
+    except BrokenPipeError:  # an OSError too: the reader of stdout has gone, not the disk
+        output_closed(command)
     except OSError as error:  # a full disk, a folder made read-only under a running command
         print(f"varexp {command}: could not write {error.filename or 'a result'} "
               f"({error.strerror or error}); results written before are intact",
               file=sys.stderr)
         sys.exit(2)
-    except BrokenPipeError:
-        output_closed(command)
     except KeyboardInterrupt:
         print(f"varexp {command}: interrupted; nothing half-written was kept", file=sys.stderr)
         sys.exit(130)
