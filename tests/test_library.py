@@ -268,6 +268,34 @@ def test_an_init_that_fails_leaves_the_model_as_it_was(init, model, x, needle):
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+class NormThenFails(nn.Module):
+    """BatchNorm (whose running statistics a pass in training mode updates), then a forward
+    pass that raises."""
+
+    def __init__(self):
+        super().__init__()
+        self.first, self.norm, self.second = nn.Linear(8, 16), nn.BatchNorm1d(16), nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.second(self.norm(self.first(x)).reshape(-1, 3))
+
+
+def test_a_probe_that_fails_leaves_the_model_as_it_was():
+    """probe runs BatchNorm on batch statistics (training mode) and hooks every layer: a
+    forward pass that raises is one line, and the weights, running statistics, modes and hooks
+    are as before."""
+    torch.manual_seed(0)
+    model = NormThenFails().eval()
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(VarexpError, match=r"NormThenFails failed on x of shape \(32, 8\): "
+                                          r"shape '\[-1, 3\]' is invalid"):
+        varexp.probe(model, torch.randn(32, 8))
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not any(m.training for m in model.modules())
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
 @pytest.mark.parametrize("x, needle", [
     (lambda: torch.randn(32, 8, dtype=torch.float64), r"has dtype torch.float64, the model's "
                                                       r"parameters torch.float32; pass"),
