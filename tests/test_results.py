@@ -335,7 +335,8 @@ def test_a_sweep_whose_output_pipe_closes_stops_in_one_line(tmp_path):
     them), and the sweep ends with one line on stderr and the status a shell gives a program a
     closed pipe ended."""
     args = [*MLP, "train.steps=4", "init=scale", "optim=sgd", "sweep.lr_index=0", "seed=0,1",
-            "sweep.estimate=false", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+            "sweep.estimate=false", "hydra.launcher.n_jobs=2",  # two worker processes
+            f"hydra.sweep.dir={tmp_path / 'sweep'}"]
     proc = subprocess.Popen([sys.executable, "-m", "varexp", "sweep", *args], cwd=tmp_path,
                             env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
