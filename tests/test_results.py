@@ -333,9 +333,9 @@ def test_disk_full_during_training_is_one_line_and_the_run_resumes(tmp_path, cap
 
 def test_a_sweep_whose_output_pipe_closes_stops_in_one_line(tmp_path):
     """`varexp sweep ... | head -1` (its default launcher, joblib): the reader goes after the
-    first line; the runs' log lines to the closed pipe are dropped (each run's log file has
-    them), and the sweep ends with one line on stderr and the status a shell gives a program a
-    closed pipe ended."""
+    first line; log lines to the closed pipe, the workers' too, are dropped (each run's log
+    file has them), and the sweep stops at its next line to stdout with one line on stderr and
+    the status a shell gives a program a closed pipe ended."""
     args = [*MLP, "train.steps=4", "init=scale", "optim=sgd", "sweep.lr_index=0", "seed=0,1",
             "sweep.estimate=false", "hydra.launcher.n_jobs=2",  # two worker processes
             f"hydra.sweep.dir={tmp_path / 'sweep'}"]
