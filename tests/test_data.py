@@ -557,3 +557,19 @@ def test_spreading_the_input_norms_lowers_effective_samples_and_the_gradient_gro
     (flat, flat_error, flat_eff), (spread, spread_error, spread_eff) = result[0.0], result[1.0]
     assert spread_eff < flat_eff / 2
     assert spread - flat > 2 * math.hypot(flat_error, spread_error)  # less negative
+
+
+def test_a_home_folder_that_does_not_exist_grows_no_tree(tmp_path, monkeypatch):
+    """HOME=/nonexistent/x (some batch jobs): the generated data is made but not cached there,
+    and a dataset read from the default data folder says where to put it, in one line."""
+    home = tmp_path / "nonexistent" / "x"
+    monkeypatch.delenv("VAREXP_DATA")
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(home))
+    images, labels = catalog.shapes_set(20, 0, 0, cache=True)
+    assert images.shape == (20, 3, 32, 32) and not (tmp_path / "nonexistent").exists()
+    with pytest.raises(VarexpError, match=rf"dataset=cifar10 is read from \(or downloaded "
+                       rf"into\) {home}/.cache/varexp/data, but the home folder {home} does not "
+                       "exist; set VAREXP_DATA"):
+        catalog.load_source(config("cifar10"), ALLCNNC, "train")
+    assert not (tmp_path / "nonexistent").exists()
