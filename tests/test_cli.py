@@ -112,7 +112,7 @@ def test_command_help_lists_only_its_own_groups_and_presets():
     assert groups == ["arch", "dataset", "init", "experiment"]
     assert "figure4_quick" not in out.stdout and "figure2_quick" in out.stdout
     sweep = run_varexp("sweep", "experiment=figure4_quick", "--help")
-    assert "grid (96 runs into outputs/sweep/figure4_quick/)" in sweep.stdout
+    assert "grid (252 runs into outputs/sweep/figure4_quick/)" in sweep.stdout
     assert "task=shapes,membranes" in sweep.stdout
 
 

@@ -142,6 +142,28 @@ def test_scale_bias_centres_every_feature_of_any_model():
     np.testing.assert_allclose(table.second_moment, 1.0, rtol=1e-4)
 
 
+def test_the_inits_report_their_targets_on_fresh_inputs_beside_the_fitting_ones():
+    """heldout=x_fresh: each layer's second moment and mean on the fitting batch (1 and 0 for
+    scale+bias, exactly) and on the fresh batch, measured on the fitted model itself (the report's
+    held-out numbers are varexp.probe's on x_fresh), for all three inits."""
+    torch.manual_seed(0)
+    x, fresh = torch.randn(16, 64), torch.randn(40, 64)
+    for fit in (varexp.init.scale_bias_, varexp.init.scale_, varexp.init.lsuv_):
+        model = plain_mlp(64, 12)
+        layers = fit(model, x, heldout=fresh).layers
+        table = varexp.probe(model, fresh, grad=False)
+        np.testing.assert_allclose([e["heldout_second_moment"] for e in layers],
+                                   table.second_moment, rtol=1e-5)
+        np.testing.assert_allclose([e["heldout_mean_sq"] for e in layers],
+                                   table.sample_mean_sq_channel, rtol=1e-5)
+        if fit is not varexp.init.lsuv_:  # lsuv's target is the std, within init.tol
+            np.testing.assert_allclose([e["fit_second_moment"] for e in layers], 1.0, rtol=1e-3)
+    # scale+bias centres its fitting batch only
+    layers = varexp.init.scale_bias_(plain_mlp(64, 12), x, heldout=fresh).layers
+    assert max(e["fit_mean_sq"] for e in layers) < 1e-10
+    assert min(e["heldout_mean_sq"] for e in layers) > 1e-4
+
+
 def test_scale_bias_on_convs_without_bias_scales_them_and_says_so():
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=10)

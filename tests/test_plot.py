@@ -149,13 +149,23 @@ def test_figure1_without_neurons_draws_left_panel_only(tmp_path, caplog, neurons
     assert mpimg.imread(paths[0]).shape[1] < 1500  # one panel, not the 5-column layout
 
 
-def test_figure2_mlp_widths_and_cnn_panels(tmp_path):
+def test_figure2_mlp_widths_and_cnn_panels(tmp_path, caplog):
     for width in (30, 100, 300):
         write_run(tmp_path / "res" / f"w{width}", width=width)
     write_run(tmp_path / "res" / "cnn", arch="allcnnc", depth=10)
     write_run(tmp_path / "res" / "unet", arch="unet", depth=23)
+    caplog.set_level("INFO")
     paths = render("figure2", tmp_path / "res", "outputs", tmp_path / "out")
     assert_png(paths[0])
+    drawn = [r.message for r in caplog.records if r.message.startswith("figure2 panel")]
+    # by default both conventions side by side for each CNN, one panel for the MLP
+    assert [m.split("' (")[1].split(")")[0] for m in drawn] == [
+        "both", "position", "channel", "position", "channel"]
+    assert "UNet, kaiming init' (channel)" in drawn[-1]
+    height, width = mpimg.imread(paths[0]).shape[:2]
+    assert height > 1.8 * 4.6 * 150 * 0.9  # UNet's pair on a second row
+    one = render("figure2", tmp_path / "res", "outputs", tmp_path / "one", cnn_ratio="position")
+    assert mpimg.imread(one[0]).shape[1] < width
 
 
 def test_figure3_panels_per_init(tmp_path):
@@ -229,7 +239,8 @@ def test_default_input_is_the_newest_run_made_for_the_figure(tmp_path, caplog):
 
 def test_unknown_figure_lists_the_figures(tmp_path):
     with pytest.raises(VarexpError, match="figure='figure7' is not allowed; choose one of "
-                                          "figure1, figure2, figure3, slopes, figure4"):
+                                          "figure1, figure2, figure3, slopes, heldout, "
+                                          "figure4"):
         render("figure7", None, "outputs", tmp_path)
 
 
@@ -272,8 +283,38 @@ def test_slopes_figure_shows_slope_by_width_and_t_with_effective_samples(tmp_pat
     caplog.set_level("INFO")
     paths = render("slopes", tmp_path / "res", "outputs", tmp_path / "out")
     assert_png(paths[0])
-    fitted = [r.message for r in caplog.records if r.message.startswith("slopes: ")]
+    fitted = [r.message for r in caplog.records if r.message.startswith("slopes: ")
+              and "nets)" in r.message]
     assert len(fitted) == 4
     # the fit recovers each run's slope (write_run's grad_sq follows exp(slope * layer))
     found = re.search(r"scale\+bias width 300 T 50 \(4 nets\): (\S+)", " ".join(fitted))
     assert float(found.group(1)) == pytest.approx(-0.3, abs=0.01)
+
+
+def test_heldout_figure_by_init_fit_size_and_width(tmp_path, caplog):
+    """One row per init, one panel per fit size T plus the last layer vs width; the log line
+    gives each setting's geometric mean at the last layer."""
+    rng = np.random.default_rng(0)
+    for init in ("scale", "scale+bias"):
+        for width in (100, 300):
+            for samples in (30, 100):
+                run = tmp_path / "res" / f"{init}-{width}-{samples}"
+                rows = [dict(network=n, layer=layer, name=f"layer{layer}", fit_samples=samples,
+                             heldout_samples=50, fit_second_moment=1.0,
+                             heldout_second_moment=math.exp(layer * width / 3000 +
+                                                            rng.normal(0, 0.1)),
+                             fit_mean_sq=0.0, heldout_mean_sq=0.01)
+                        for n in range(4) for layer in range(1, DEPTH + 1)]
+                run.mkdir(parents=True)
+                pd.DataFrame(rows).to_csv(run / "heldout.csv", index=False)
+                (run / ".hydra").mkdir()
+                OmegaConf.save({"arch": {"name": "mlp", "width": width, "depth": DEPTH},
+                                "init": {"name": init}, "probe": {"samples": samples}},
+                               run / ".hydra" / "config.yaml")
+    caplog.set_level("INFO")
+    paths = render("heldout", tmp_path / "res", "outputs", tmp_path / "out")
+    assert_png(paths[0])
+    height, width = mpimg.imread(paths[0]).shape[:2]
+    assert (height, width) == (round(2 * 3.8 * 150), round(3 * 4.2 * 150))
+    found = re.search(r"heldout: scale width 300 T 30: last layer (\S+)", caplog.text)
+    assert float(found.group(1)) == pytest.approx(math.exp(DEPTH * 300 / 3000), rel=0.1)

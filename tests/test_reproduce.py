@@ -1,5 +1,6 @@
 """`varexp reproduce`: the plan of steps, reuse of finished steps, and REPORT.md's numbers."""
 
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from varexp.report import write_report
+from varexp.report import kernel_claims, write_report
 from varexp.reproduce import DONE, plan
 from varexp.sampled import sampled_mlp
 
@@ -75,6 +76,12 @@ def test_a_step_made_at_the_smoke_size_is_rerun_at_full_size(tmp_path, monkeypat
     assert [s.done for s in plan(QUICK, tmp_path)] == [True] + [False] * 10
 
 
+def test_a_smoke_report_says_so_at_the_top(tmp_path):
+    smoke = write_report(tmp_path, "quick", smoke=True).read_text()
+    assert smoke.index("Made with VAREXP_SMOKE=1") < smoke.index("| paper section |")
+    assert "Made with VAREXP_SMOKE=1" not in write_report(tmp_path, "quick").read_text()
+
+
 def fake_probe(where: Path, init: str, width: int, networks: int) -> None:
     """A probe.csv from the sampled MLP (depth 12) with the run config plot and report read."""
     x = torch.randn(64, width)
@@ -98,11 +105,18 @@ def test_report_measures_the_claims_from_probes(tmp_path):
         fake_probe(tmp_path / "figure2" / f"arch.width={width}", "kaiming", width, 6)
     report = write_report(tmp_path, "test").read_text()
     row = next(line for line in report.splitlines() if "sigma_s = sqrt" in line)
-    measured = float(row.split("|")[4])
+    cells = [c.strip() for c in row.split("|")]
+    measured, distance = float(cells[4]), float(cells[6])
     assert measured == pytest.approx(0.826, abs=0.03)
+    # the distance column is (ours - sqrt(1 - 1/pi)) / SE, and the verdict follows it
+    sigma = next(c for c in kernel_claims(tmp_path) if c.claim.startswith("sigma_s"))
+    assert sigma.distance == pytest.approx((sigma.ours - math.sqrt(1 - 1 / math.pi))
+                                           / sigma.error)
+    assert distance == pytest.approx(sigma.distance, abs=0.05)  # printed to one decimal
+    assert cells[7] == ("**matches**" if abs(distance) <= 2 else "**differs**")
     assert "slope of log grad_sq vs layer, batchnorm" in report
-    assert "the gap to the theory shrinks as width grows" in report
-    assert "| K(0) = 1/pi" in report.replace("| 3.1 ", "")
+    assert "the gap to the theory shrinks at every step in width" in report
+    assert "| K(0) = 1/pi (Eq. 7): quadrature vs the closed form" in report
 
 
 @pytest.mark.parametrize("override, needle", [

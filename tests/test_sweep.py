@@ -69,6 +69,28 @@ def test_selection_skips_a_lr_where_any_seed_diverged(tmp_path):
     assert row.criterion_std == pytest.approx(np.std([0.5, 0.7], ddof=1))
 
 
+def test_a_selected_lr_at_the_edge_of_what_finished_is_marked():
+    """lr_at_edge says when the best lr is not bracketed: the smallest or largest lr with a run
+    that finished (a diverged larger lr brackets it; a crashed one does not)."""
+    def table(runs):
+        return pd.DataFrame([dict(arch="mlp", dataset="shapes", init="scale", optim="sgd", lr=lr,
+                                  seed=0, status=status, criterion=value)
+                             for lr, value, status in runs])
+
+    def edge(runs):
+        return select(table(runs), 1.0).iloc[0].lr_at_edge
+
+    middle = [(1e-3, 0.5, "completed"), (3e-3, 0.4, "completed"), (1e-2, 0.6, "completed")]
+    assert edge(middle) == ""
+    assert edge([(1e-3, 0.5, "completed"), (3e-3, 0.6, "completed")]) == "low"
+    assert edge([(1e-3, 0.5, "completed"), (3e-3, 0.4, "completed")]) == "high"
+    assert edge([(1e-3, 0.5, "completed"), (3e-3, 0.4, "completed"),
+                 (1e-2, np.nan, "diverged")]) == ""
+    assert edge([(1e-3, 0.5, "completed"), (3e-3, 0.4, "completed"),
+                 (1e-2, np.nan, "failed")]) == "high"
+    assert edge([(1e-3, 0.5, "completed")]) == "both"
+
+
 def test_tables_from_run_directories(tmp_path):
     from varexp.sweep import write_tables
 

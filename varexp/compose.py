@@ -107,10 +107,15 @@ def complete(command: str, args: list[str]) -> list[str]:
     return [*args, *smoke(command, args)]
 
 
+def smoke_run() -> bool:
+    """Whether VAREXP_SMOKE=1 (token sizes) is set for this process and the commands it starts."""
+    return bool(os.environ.get("VAREXP_SMOKE"))
+
+
 def smoke(command: str, args: list[str]) -> list[str]:
     """What VAREXP_SMOKE=1 appends to `varexp COMMAND ARGS`: the token sizes (none without
     it)."""
-    if not os.environ.get("VAREXP_SMOKE"):
+    if not smoke_run():
         return []
     values = dict(a.lstrip("+~").split("=", 1) for a in args
                   if "=" in a and not a.startswith("-"))

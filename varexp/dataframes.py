@@ -26,10 +26,10 @@ from varexp.results.records import (
     read_summary,
     recorded_identity,
 )
-from varexp.results.tables import METRICS, NEURONS, PROBE, RATIOS, THEORY, Table
+from varexp.results.tables import HELDOUT, METRICS, NEURONS, PROBE, RATIOS, THEORY, Table
 
 TABLES: dict[str, Table] = {t.file.removesuffix(".csv"): t
-                            for t in (METRICS, RATIOS, PROBE, NEURONS, THEORY)}
+                            for t in (METRICS, RATIOS, PROBE, NEURONS, HELDOUT, THEORY)}
 # the result file that says which command made a folder older than run.json
 MADE_BY = {"summary.json": "train", "metrics.csv": "train", "probe.csv": "probe",
            "theory.csv": "theory"}
@@ -56,8 +56,9 @@ def load(path: str | Path = "outputs", table: str | None = None,
          command: str | None = None) -> pd.DataFrame:
     """The runs under `path` (a run folder, a sweep, an outputs tree), one row per run: run_dir,
     command, preset, the identifying config keys, and for training runs their summary (status,
-    final_loss, steps, ...). With `table` ("metrics", "ratios", "probe", "neurons", "theory"),
-    every run's table of that name stacked, its run's identifying columns joined in front.
+    final_loss, steps, ...). With `table` ("metrics", "ratios", "probe", "neurons", "heldout",
+    "theory"), every run's table of that name stacked, its run's identifying columns joined in
+    front.
     `command` keeps the runs of one command (train, probe, theory, plot, reproduce).
 
     Runs moved aside by overwrite=true are left out; a damaged record or table is left out with

@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from varexp import devices
 from varexp.commands import command_module
-from varexp.compose import parse, smoke
+from varexp.compose import parse, smoke, smoke_run
 from varexp.errors import VarexpError
 from varexp.figures import FIGURES, SCALES
 from varexp.files import atomic_path
@@ -170,5 +170,5 @@ def make(cfg: DictConfig, steps: list[Step], out: Path) -> None:
             execute(step)
     commands = {s.out: s.command for s in steps if not s.always}
     report = write_report(out, cfg.reproduce.preset, commands, started,
-                          time.perf_counter() - start)
+                          time.perf_counter() - start, smoke=smoke_run())
     print(f"reproduce: {report}")

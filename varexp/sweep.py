@@ -529,8 +529,17 @@ def select(table: pd.DataFrame, fraction: float) -> pd.DataFrame:
         value, lr, done = min(candidates, key=lambda c: c[0])
         std = done["criterion"].std(ddof=1) if len(done) > 1 else 0.0
         rows.append(dict(zip(SETTING, key, strict=True), lr=lr, criterion=value, criterion_std=std,
-                         runs=len(done), select_fraction=fraction))
+                         runs=len(done), select_fraction=fraction,
+                         lr_at_edge=lr_edge(lr, group.loc[group["status"].isin(FINISHED), "lr"])))
     return pd.DataFrame(rows, columns=list(SELECTED.columns))
+
+
+def lr_edge(lr: float, tried: pd.Series) -> str:
+    """selected.csv's lr_at_edge: whether `lr` is the smallest (low) or largest (high) of the
+    learning rates `tried` (those with a run that finished: a larger lr that diverged brackets
+    it, one that crashed says nothing)."""
+    low, high = lr == tried.min(), lr == tried.max()
+    return "both" if low and high else "low" if low else "high" if high else ""
 
 
 def write_tables(sweep_dir: str | Path, fraction: float,

@@ -73,6 +73,8 @@ class Gaussian:
                                      text="must be null or a list of positive integers")
     size: int = integer(1000)  # inputs per split for training
     seed: int = integer(0, minimum=0)  # of the training set (the run's seed orders batches)
+    # s > 0: input t scaled by exp(s n_t - s^2), n_t ~ N(0, 1) (varexp.data.gaussian.draw)
+    norm_spread: float = number(0.0, minimum=0.0, maximum=5.0)
     workers: Any = workers()
     pipeline: str = pipeline()
 
@@ -251,7 +253,7 @@ def load_source(dataset: object, arch: object, split: str) -> Source:
 def _source(keyed: Keyed, split: str, shape: tuple[int, ...], task: str) -> Source:
     d, train = keyed.spec, split == "train"
     if d.name == "gaussian":
-        return gaussian.load(d.size, shape, task, d.seed)[split]
+        return gaussian.load(d.size, shape, task, d.seed, d.norm_spread)[split]
     if d.name == "cifar10":
         images, labels = cifar10.load(data_root(d), train, d.download, d.verify)
         mean, std = torch.tensor(cifar10.MEAN), torch.tensor(cifar10.STD)

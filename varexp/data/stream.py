@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from varexp.data import gaussian
 from varexp.data.catalog import SPLITS, data_info, dataset_spec, load_source
 from varexp.data.sources import Source, generator
 from varexp.errors import bad_value
@@ -74,7 +75,7 @@ def fixed_batch(
     info = data_info(dataset, arch)
     if info.name == "gaussian":
         gen = generator(seed, PROBE)
-        return torch.randn((samples, *info.input_shape), generator=gen).to(device)
+        return gaussian.draw(samples, info.input_shape, dataset.norm_spread, gen).to(device)
     source = load_source(dataset, arch, "train")
     if info.task == "classification" and samples > len(source):
         raise bad_value(

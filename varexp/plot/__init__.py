@@ -17,9 +17,9 @@ from varexp.figures import FIGURES
 from varexp.results import claim
 from varexp.schema import Common, choice, integer, option, validate
 
-# the ratio Fig. 2 draws for convolutional layers (varexp.stats): per channel, pooled over
-# samples and positions, or per (channel, position) over samples
-CNN_RATIOS = ("channel", "position")
+# the ratio Fig. 2 draws for convolutional layers (varexp.stats): both side by side, per
+# (channel, position) over samples, or per channel, pooled over samples and positions
+CNN_RATIOS = ("both", "position", "channel")
 
 
 @dataclass
@@ -32,7 +32,7 @@ class PlotOptions:
     outputs_root: str = option("outputs", test=lambda v: isinstance(v, str),
                                text="must be a folder")
     smooth: int | None = integer(None, none=True)  # figure4's moving-average window, in steps
-    cnn_ratio: str = choice("channel", CNN_RATIOS)  # figure2's CNN panels (varexp.stats)
+    cnn_ratio: str = choice("both", CNN_RATIOS)  # figure2's CNN panels (varexp.stats)
 
 
 def check(cfg: DictConfig) -> None:

@@ -57,10 +57,12 @@ def panel_key(run: RunResult) -> tuple:
 
 
 def line_key(run: RunResult) -> tuple:
-    """Runs pooled into one line: an MLP width, or a CNN's dataset and channel multiplier."""
+    """Runs pooled into one line: an MLP width, or a CNN's dataset and channel multiplier (and
+    for UNet its up-convolution fan, arch.upconv_fan)."""
     if run.arch == "mlp":
         return (int(run.get("arch.width", 0)),)
-    return (str(run.get("dataset.name", "?")), float(run.get("arch.channels", 1.0)))
+    key = (str(run.get("dataset.name", "?")), float(run.get("arch.channels", 1.0)))
+    return (*key, str(run.get("arch.upconv_fan", "in"))) if run.arch == "unet" else key
 
 
 def panel_rank(key: tuple) -> tuple:
@@ -92,7 +94,10 @@ def line_color(arch: str, key: tuple, keys: list[tuple]) -> str:
 
 
 def line_label(arch: str, key: tuple) -> str:
-    return f"width {key[0]}" if arch == "mlp" else f"{key[0]}, channels x{key[1]:g}"
+    if arch == "mlp":
+        return f"width {key[0]}"
+    fan = f", up-conv fan {key[2]}" if len(key) > 2 else ""
+    return f"{key[0]}, channels x{key[1]:g}{fan}"
 
 
 def panel_title(key: tuple) -> str:

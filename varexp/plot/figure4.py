@@ -1,5 +1,6 @@
 """Figure 4: training loss vs iteration at each setting's selected learning rate, one line per
-init (scale, scale+bias, batchnorm) with mean +- std over seeds, one panel per (task, optimizer).
+init (scale, scale+bias, batchnorm) with mean +- std over seeds, one panel per (task, optimizer);
+a legend entry says when its lr is at the edge of the grid (not bracketed).
 Reads a sweep's selected.csv and sweep.csv (varexp.sweep) and its runs' metrics.csv."""
 
 from __future__ import annotations
@@ -48,8 +49,10 @@ def selected_runs(paths: list[Path]) -> pd.DataFrame:
             log.warning("%s selects nothing (%s); see %s", path, told, path.parent / "sweep.csv")
             continue
         selected = selected.astype({"lr": float})
+        if "lr_at_edge" not in selected.columns:  # made before the column
+            selected["lr_at_edge"] = ""
         runs = sweep[sweep["status"] == "completed"].astype({"lr": float}).merge(
-            selected[SETTING + ["lr"]], on=SETTING + ["lr"])
+            selected[[*SETTING, "lr", "lr_at_edge"]], on=SETTING + ["lr"])
         runs["metrics"] = [path.parent / d / "metrics.csv" for d in runs["run_dir"]]
         runs["source"] = len(parts)
         parts.append(runs)
@@ -111,7 +114,10 @@ def draw_panel(ax, runs: pd.DataFrame, title: str, smooth: int) -> None:
             continue
         mean, std = curves.mean(axis=1), curves.std(axis=1, ddof=1).fillna(0.0)
         color = color_for(init, INIT_COLORS, inits)
-        label = f"{init} (lr {mine['lr'].iloc[0]:g}, n={curves.shape[1]})"
+        edge = mine["lr_at_edge"].iloc[0]
+        edge = ("" if not isinstance(edge, str) or not edge else ", the only lr"
+                if edge == "both" else f" at the grid's {edge} end")
+        label = f"{init} (lr {mine['lr'].iloc[0]:g}{edge}, n={curves.shape[1]})"
         ax.plot(curves.index, mean, color=color, linewidth=1.2, label=label)
         ax.fill_between(curves.index, mean - std, mean + std, color=color, alpha=0.25, linewidth=0)
     style_axes(ax, title, "iteration", "training loss")

@@ -52,6 +52,10 @@ THEORY = Table("theory.csv", ("layer", "c", "q", "m", "v", "ratio"))
 PROBE = Table("probe.csv", ("network", "layer", "name", "features", *STAT_NAMES[:4], "grad_sq",
                             *STAT_NAMES[4:]), text=("name",), needed=9)
 NEURONS = Table("neurons.csv", ("network", "layer", "neuron", "sample", "value"))
+# a fitted init's targets (varexp.inits.HELDOUT_STATS) on its fitting batch and on fresh inputs
+HELDOUT = Table("heldout.csv", ("network", "layer", "name", "fit_samples", "heldout_samples",
+                                "fit_second_moment", "heldout_second_moment", "fit_mean_sq",
+                                "heldout_mean_sq"), text=("name",))
 METRICS = Table("metrics.csv", ("step", "epoch", "loss", "lr", "seconds"))
 # per layer on the fixed batch (varexp.stats), then the weight gradient's RMS
 RATIO_STATS = ("sample_mean_sq", "sample_var", "ratio", "sample_mean_sq_channel",
@@ -61,9 +65,12 @@ RATIOS = Table("ratios.csv", ("step", "layer", "name", *RATIO_STATS[:3], "weight
 SWEEP = Table("sweep.csv", ("arch", "dataset", "init", "optim", "lr", "seed", "status", "steps",
                             "final_loss", "criterion", "seconds", "run_dir"),
               text=("arch", "dataset", "init", "optim", "status", "run_dir"))
+# lr_at_edge: low or high when the chosen lr is the smallest or largest of its setting's lrs with
+# a finished run (the best lr is then not bracketed), both when there is one, else empty
+# (varexp.sweep.lr_edge)
 SELECTED = Table("selected.csv", ("arch", "dataset", "init", "optim", "lr", "criterion",
-                                  "criterion_std", "runs", "select_fraction"),
-                 text=("arch", "dataset", "init", "optim"))
+                                  "criterion_std", "runs", "select_fraction", "lr_at_edge"),
+                 text=("arch", "dataset", "init", "optim", "lr_at_edge"), needed=9)
 SETTING = ["arch", "dataset", "init", "optim"]  # what a sweep selects a learning rate for
 FINISHED = ("completed", "diverged")  # a training run's status when nothing is left to do
 
@@ -218,6 +225,21 @@ def load_probes(figure: str, results: str | None, outputs_root: str,
                           "(see the lines above)")
     log.info("%s reads %d %s file(s): %s", figure, len(runs), FIGURES[figure].result,
              ", ".join(str(r.path.parent) for r in runs[:5]) + (" ..." if len(runs) > 5 else ""))
+    return runs
+
+
+def load_heldout(results: str | None, outputs_root: str) -> list[RunResult]:
+    """The heldout.csv tables the heldout figure and the report read (as load_probes finds
+    them), with their runs' configs; damaged files are left out with one line each."""
+    runs = []
+    for path in find_results(FIGURES["heldout"], results, outputs_root):
+        try:
+            runs.append(RunResult(path, run_config(path), HELDOUT.read(path)))
+        except VarexpError as error:
+            log.warning("heldout leaves out %s", error)
+    if not runs:
+        raise VarexpError("nothing to draw for heldout: every result file found was damaged "
+                          "(see the lines above)")
     return runs
 
 
