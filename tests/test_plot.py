@@ -13,6 +13,7 @@ import matplotlib.image as mpimg
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import run_in_process
 from omegaconf import OmegaConf
 
 from varexp.cli import main
@@ -252,6 +253,22 @@ def test_cli_missing_results_is_one_line(tmp_path, monkeypatch, capsys):
     assert exit_.value.code == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         f"varexp plot: results={tmp_path / 'empty'} does not exist"]
+
+
+def test_a_plot_with_nothing_to_draw_leaves_no_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine").mkdir()  # the user's own folder, and one they name: both are kept
+    table = write_run(tmp_path / "res" / "a")  # a probe without gradients: no Fig. 3 to draw
+    table.assign(grad_sq=np.nan).to_csv(tmp_path / "res" / "a" / "probe.csv", index=False)
+    for args in (["figure4"], ["figure3", "results=res"], ["figure1", "outputs_root=mine"],
+                 ["figure4", "hydra.run.dir=mine"]):
+        code, err = run_in_process(capsys, "plot", *args)
+        assert code == 2 and err.strip().splitlines()[-1].startswith("varexp plot: "), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "res"]  # no outputs/
+    # a plot that draws keeps its folder
+    code, err = run_in_process(capsys, "plot", "figure1", "results=res")
+    assert code == 0, err
+    assert [p.name for p in (tmp_path / "outputs" / "plot").iterdir()] != []
 
 
 def test_a_damaged_run_record_is_left_out_with_one_line(tmp_path, caplog):
