@@ -5,6 +5,7 @@
   second Ctrl-C interrupts at once.
 - Elsewhere SIGTERM exits through Python's normal unwinding (SystemExit), so temporary files of
   atomic writes are removed instead of left behind.
+- A benchmark script (bench/) ends at the first Ctrl-C with one line (run_benchmark).
 - A job in a worker process of a parallel launcher (joblib's loky workers, submitit_local)
   watches its parent: when the launching process dies, even by SIGKILL, the worker stops its run
   as if sent SIGTERM and exits, instead of training on unseen for minutes.
@@ -14,11 +15,17 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 GRACE_SECONDS = 30  # after the launcher died: time for a run to reach a step and checkpoint
 POLL_SECONDS = 0.5
+
+
+_ctrl_c = False  # a Ctrl-C reached a StopRequests block in this process
 
 
 class StopRequests:
@@ -29,8 +36,11 @@ class StopRequests:
         self._previous: dict[int, object] = {}
 
     def _handle(self, signum: int, frame: object) -> None:
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
+        global _ctrl_c
+        if signum == signal.SIGINT:
+            _ctrl_c = True
+            if self.requested:
+                raise KeyboardInterrupt
         self.requested = True
 
     def __enter__(self) -> StopRequests:
@@ -89,3 +99,27 @@ def job_started() -> None:
 
 def job_ended() -> None:
     _idle.set()
+
+
+def interrupted(error: BaseException) -> bool:
+    """Whether `error` came of Ctrl-C: KeyboardInterrupt, a training run that it stopped at a
+    step (varexp.train.Interrupted, looked up only where training was imported), or any error
+    raised after a Ctrl-C reached a training run (the same key press also ends the terminal's
+    other processes, e.g. torch.compile's C++ compiler, whose error then surfaces instead)."""
+    train = sys.modules.get("varexp.train")
+    return isinstance(error, KeyboardInterrupt) or _ctrl_c or (
+        train is not None and isinstance(error, train.Interrupted))
+
+
+def run_benchmark(main: Callable[[], object]) -> None:
+    """A benchmark's main(): the first Ctrl-C ends it with one line on stderr and status 130,
+    the rows printed before complete; no traceback, no case marked failed and the next one
+    started."""
+    try:
+        main()
+    except BaseException as error:
+        if not interrupted(error):
+            raise
+        print(f"{Path(sys.argv[0]).stem}: interrupted; the rows printed above are complete",
+              file=sys.stderr, flush=True)
+        sys.exit(130)
