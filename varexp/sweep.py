@@ -30,6 +30,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from varexp import provenance, results
+from varexp.commands import typed_override
 from varexp.compose import compose_config, launcher
 from varexp.devices import resolve as resolve_device
 from varexp.errors import VarexpError, bad_value
@@ -459,6 +460,8 @@ class SweepTables(Callback):
         told = ", ".join(f"{counts[s]} {s}" for s in (*FINISHED, "failed", "incomplete")
                          if s in counts)
         print(f"sweep: {len(table)} runs ({told}) -> {sweep_csv}, {selected_csv}", flush=True)
+        if not SELECTED.read(selected_csv, allow_empty=True).empty:
+            print(f"next: varexp plot figure4 {typed_override('results', sweep_dir)}", flush=True)
         bad = table[~table["status"].isin(FINISHED)]
         if not bad.empty:
             logs = [str(sweep_dir / d / f"{config.hydra.job.name}.log") for d in bad["run_dir"]]
