@@ -59,7 +59,10 @@ def hide_package(monkeypatch, name: str) -> None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_cmdline_main(config: pytest.Config) -> None:
     """The suite runs many short `varexp` processes: with pytest-xdist, one test process per core
-    (at most 4) unless `-n` says otherwise; without it (`-p no:xdist`), one process."""
-    if config.pluginmanager.hasplugin("xdist") and config.option.numprocesses is None:
+    (at most 4) unless `-n` says otherwise; without it (`-p no:xdist`), one process. A test
+    process that xdist started (it has `workerinput`) runs its tests itself."""
+    worker = hasattr(config, "workerinput")
+    if config.pluginmanager.hasplugin("xdist") and config.option.numprocesses is None \
+            and not worker:
         config.option.numprocesses = "auto"
         config.option.maxprocesses = config.option.maxprocesses or 4

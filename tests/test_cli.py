@@ -121,12 +121,16 @@ def test_unwritable_run_dir_is_one_line(tmp_path):
     ("probe", ["probe.networks=2,3"], "probe.networks=2,3 lists several values; add -m"),
     ("theory", ["++hydra.run.dir="], "hydra.run.dir='' is not allowed; it must name a folder"),
     # a misspelled key added with + is refused against the schema like a plain one
-    ("probe", ["+probe.netwroks=5"], "probe.netwroks is not a key of probe; its keys: networks,"),
-    ("probe", ["++probe.netwroks=5"], "probe.netwroks is not a key of probe; its keys: "),
-    ("train", ["+arch.widht=3", "arch=mlp"], "arch.widht is not a key of arch=mlp; its keys: "
-                                             "width, depth"),
-    ("probe", ["+sead=1"], "sead is not a key of varexp probe; its keys: seed, device"),
-    ("sweep", ["+train.stps=1,2"], "train.stps is not a key of train; its keys: steps,"),
+    ("probe", ["+probe.netwroks=5"], "probe.netwroks is not a key of probe; did you mean "
+                                     "probe.networks? its keys: networks,"),
+    ("probe", ["++probe.netwroks=5"], "probe.netwroks is not a key of probe; did you mean "
+                                      "probe.networks? its keys: "),
+    ("train", ["+arch.widht=3", "arch=mlp"], "arch.widht is not a key of arch=mlp; did you mean "
+                                             "arch.width? its keys: width, depth"),
+    ("probe", ["+sead=1"], "sead is not a key of varexp probe; did you mean seed? its keys: "
+                           "seed, device"),
+    ("sweep", ["+train.stps=1,2"], "train.stps is not a key of train; did you mean train.steps? "
+                                   "its keys: steps,"),
 ])
 def test_bad_command_lines_are_one_line_and_leave_no_folder(tmp_path, monkeypatch, capsys,
                                                             command, args, needle):
