@@ -296,8 +296,9 @@ def test_ctrl_c_stops_at_a_step_with_a_checkpoint_and_says_how_to_resume(tmp_pat
     assert resume[:2] == ["varexp", "train"] and f"hydra.run.dir={run_dir}" in resume
     done = run_varexp(*resume[1:], f"train.steps={step + 3}", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert "completed after" in done.stdout.strip().splitlines()[-1]
-    assert str(run_dir) in done.stdout.strip().splitlines()[-1]
+    *_, finished, hint = done.stdout.strip().splitlines()
+    assert "completed after" in finished and str(run_dir) in finished
+    assert hint.startswith("next: varexp sweep arch=mlp ")
     assert list(pd.read_csv(run_dir / "metrics.csv")["step"]) == list(range(step + 3))
 
 
