@@ -20,6 +20,8 @@ import sys
 import tempfile
 import time
 
+from varexp.stop import run_benchmark
+
 PYTHON = sys.executable
 CASES = {
     "import torch": [PYTHON, "-c", "import torch"],
@@ -66,4 +68,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_benchmark(main)

@@ -122,7 +122,8 @@ def test_report_measures_the_claims_from_probes(tmp_path):
 @pytest.mark.parametrize("override, needle", [
     ("reproduce.dry_run=maybe", "reproduce.dry_run='maybe' is not allowed; must be true or false"),
     ("reproduce.figures=[figure9]", "reproduce.figures=['figure9'] is not allowed"),
-    ("reproduce.figure3=[x]", "reproduce.figure3 is not a key of reproduce; its keys: preset"),
+    ("reproduce.figure3=[x]", "reproduce.figure3 is not a key of reproduce; did you mean "
+                              "reproduce.figures? its keys: preset"),
 ])
 def test_bad_reproduce_keys_are_one_line(tmp_path, override, needle):
     out = subprocess.run([sys.executable, "-m", "varexp", "reproduce", override,

@@ -3,6 +3,7 @@ skipped), and end to end a tiny sweep through the basic, joblib and submitit_loc
 writes sweep.csv, selected.csv and figure4, and does no training when re-run."""
 
 import re
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -214,11 +215,28 @@ def test_plot_figure4_draws_the_default_sweep(tmp_path, monkeypatch, capsys):
     """`varexp sweep` then `varexp plot figure4`, as written: the sweep's own grid (no preset)
     is what figure4 draws when no preset made results."""
     outputs = tmp_path / "outputs"
+    capsys.readouterr()
     launch_here(monkeypatch, tmp_path, "sweep", *SIZES, "init=scale", "optim=sgd",
                 "sweep.lr_index=0", "seed=0", "sweep.estimate=false", "hydra/launcher=basic")
     assert find_results(FIGURES["figure4"], None, outputs) == [
         outputs / "sweep" / "default" / "selected.csv"]
+    # its last line names the next command, with the sweep's folder, as a user can paste it
+    assert capsys.readouterr().out.strip().splitlines()[-1] == (
+        "next: varexp plot figure4 results=outputs/sweep/default")
     launch_here(monkeypatch, tmp_path, "plot", "figure4", f"hydra.run.dir={tmp_path / 'fig'}")
+    assert (tmp_path / "fig" / "figure4.png").stat().st_size > 0
+
+
+def test_the_next_command_after_a_sweep_draws_it_as_printed(tmp_path, monkeypatch, capsys):
+    """A sweep folder that needs quoting, for Hydra (a space, an '=') and for the shell."""
+    capsys.readouterr()
+    launch_here(monkeypatch, tmp_path, "sweep", *SIZES, "init=scale", "optim=sgd",
+                "sweep.lr_index=0", "seed=0", "sweep.estimate=false", "hydra/launcher=basic",
+                'hydra.sweep.dir="my sweeps/lr=any"')
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == """next: varexp plot figure4 'results="my sweeps/lr=any"'""", last
+    words = shlex.split(last.removeprefix("next: "))  # as the shell splits it
+    launch_here(monkeypatch, tmp_path, *words[1:], f"hydra.run.dir={tmp_path / 'fig'}")
     assert (tmp_path / "fig" / "figure4.png").stat().st_size > 0
 
 

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from varexp import compose, devices, results
 from varexp.commands import COMMANDS, command_module
-from varexp.errors import VarexpError
+from varexp.errors import VarexpError, did_you_mean
 from varexp.stop import (
     exit_cleanly_on_sigterm,
     job_ended,
@@ -135,8 +135,8 @@ def run_command(args: list[str]) -> None:
         return
     command, rest = args[0], args[1:]
     if command not in COMMANDS:
-        print(f"varexp: unknown command {command!r}; choose one of {', '.join(COMMANDS)}",
-              file=sys.stderr)
+        print(f"varexp: unknown command {command!r}; {did_you_mean(command, COMMANDS)}"
+              f"choose one of {', '.join(COMMANDS)}", file=sys.stderr)
         sys.exit(2)
     if command == "plot" and rest and re.fullmatch(r"\w+", rest[0]):
         rest[0] = f"figure={rest[0]}"  # varexp plot figure2, varexp plot slopes

@@ -33,7 +33,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 import varexp.options  # noqa: F401  (fills Hydra's ConfigStore with every option)
 from varexp.commands import command_module
-from varexp.errors import ConfigError, VarexpError, bad_value
+from varexp.errors import ConfigError, VarexpError, bad_value, did_you_mean
 from varexp.figures import commands_for
 from varexp.schema import allowed_of
 
@@ -395,8 +395,8 @@ def _missing_option(command: str, error: MissingConfigException) -> VarexpError:
              if group == "hydra/launcher" and option.startswith("submitit")
              else " (pip install -e '.[optuna]' adds optuna)"
              if group == "hydra/sweeper" and option == "optuna" else "")
-    return VarexpError(f"{group}={option!r} is not an option; choose one of "
-                       f"{', '.join(options)}{extra}")
+    return VarexpError(f"{group}={option!r} is not an option; {did_you_mean(option, options)}"
+                       f"choose one of {', '.join(options)}{extra}")
 
 
 def _one_line(command: str, overrides: list[str], error: Exception) -> VarexpError:
@@ -406,9 +406,9 @@ def _one_line(command: str, overrides: list[str], error: Exception) -> VarexpErr
         key = first.split("'")[1]
         rest = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != key]
         if "No match in the defaults list" in message:
-            groups = ", ".join(command_groups(command))
-            return VarexpError(f"there is no config group {key!r} in varexp {command}; its "
-                               f"groups: {groups}")
+            groups = command_groups(command)
+            return VarexpError(f"there is no config group {key!r} in varexp {command}; "
+                               f"{did_you_mean(key, groups)}its groups: {', '.join(groups)}")
         return VarexpError(_unknown_key(command, rest, key))
     if first.startswith("Error merging override "):  # a value of the wrong type for its key
         override = first[len("Error merging override "):]
@@ -436,8 +436,14 @@ def _unknown_key(command: str, overrides: list[str], key: str) -> str:
     choices = cfg.hydra.runtime.choices
     if isinstance(node, DictConfig):
         where = f"{parent}={choices[parent]}" if parent in choices else parent
-        keys = [k for k in node.keys() if k not in ("hydra", "name")]
-        return (f"{key} is not a key of {where or 'varexp ' + command}; its keys: "
-                f"{', '.join(map(str, keys))}")
-    sections = [k for k in cfg.keys() if k != "hydra"]
-    return f"{key} is not a key of varexp {command}; its keys: {', '.join(map(str, sections))}"
+        keys = [str(k) for k in node.keys() if k not in ("hydra", "name")]
+        # the leaves alone: a shared "arch." would make any key of arch close
+        guess = did_you_mean(key.rpartition(".")[2], keys, f"{parent}.{{}}" if parent else "{}")
+        return (f"{key} is not a key of {where or 'varexp ' + command}; {guess}its keys: "
+                f"{', '.join(keys)}")
+    # a mistyped section (trian.steps): the closest section with the rest of the key
+    sections = [str(k) for k in cfg.keys() if k != "hydra"]
+    head, _, tail = key.partition(".")
+    guess = did_you_mean(head, sections, f"{{}}.{tail}" if tail else "{}")
+    return (f"{key} is not a key of varexp {command}; {guess}its keys: "
+            f"{', '.join(sections)}")

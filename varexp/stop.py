@@ -5,6 +5,7 @@
   second Ctrl-C interrupts at once.
 - Elsewhere SIGTERM exits through Python's normal unwinding (SystemExit), so temporary files of
   atomic writes are removed instead of left behind.
+- A benchmark script (bench/) ends at the first Ctrl-C with one line (run_benchmark).
 - When the reader of its output goes away (`varexp sweep | head -1`), a command stops with one
   line on stderr and exit status 141 (128 + SIGPIPE, as a shell reports a program that a
   closed pipe ended), instead of a BrokenPipeError traceback.
@@ -24,12 +25,17 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from contextlib import suppress
+from pathlib import Path
 from typing import NoReturn
 
 GRACE_SECONDS = 5  # after the launcher died: time for a run to reach a step and checkpoint
 POLL_SECONDS = 0.25
 LAUNCHER_ENV = "VAREXP_LAUNCHER_PID"
+
+
+_ctrl_c = False  # a Ctrl-C reached a StopRequests block in this process
 
 
 class StopRequests:
@@ -40,8 +46,11 @@ class StopRequests:
         self._previous: dict[int, object] = {}
 
     def _handle(self, signum: int, frame: object) -> None:
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
+        global _ctrl_c
+        if signum == signal.SIGINT:
+            _ctrl_c = True
+            if self.requested:
+                raise KeyboardInterrupt
         self.requested = True
 
     def __enter__(self) -> StopRequests:
@@ -175,3 +184,27 @@ def job_started() -> None:
 
 def job_ended() -> None:
     _idle.set()
+
+
+def interrupted(error: BaseException) -> bool:
+    """Whether `error` came of Ctrl-C: KeyboardInterrupt, a training run that it stopped at a
+    step (varexp.train.Interrupted, looked up only where training was imported), or any error
+    raised after a Ctrl-C reached a training run (the same key press also ends the terminal's
+    other processes, e.g. torch.compile's C++ compiler, whose error then surfaces instead)."""
+    train = sys.modules.get("varexp.train")
+    return isinstance(error, KeyboardInterrupt) or _ctrl_c or (
+        train is not None and isinstance(error, train.Interrupted))
+
+
+def run_benchmark(main: Callable[[], object]) -> None:
+    """A benchmark's main(): the first Ctrl-C ends it with one line on stderr and status 130,
+    the rows printed before complete; no traceback, no case marked failed and the next one
+    started."""
+    try:
+        main()
+    except BaseException as error:
+        if not interrupted(error):
+            raise
+        print(f"{Path(sys.argv[0]).stem}: interrupted; the rows printed above are complete",
+              file=sys.stderr, flush=True)
+        sys.exit(130)

@@ -37,6 +37,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from varexp import provenance, results
+from varexp.commands import typed_override
 from varexp.compose import compose_config, launcher
 from varexp.devices import resolve as resolve_device
 from varexp.errors import VarexpError, bad_value
@@ -609,6 +610,8 @@ class SweepTables(Callback):
         told = ", ".join(f"{counts[s]} {s}" for s in sorted(
             counts.index, key=lambda s: order.index(s) if s in order else len(order)))
         print(f"sweep: {len(table)} runs ({told}) -> {sweep_csv}, {selected_csv}", flush=True)
+        if not SELECTED.read(selected_csv, allow_empty=True).empty:
+            print(f"next: varexp plot figure4 {typed_override('results', sweep_dir)}", flush=True)
         mine = table[table["run_dir"].isin([j["run_dir"] for j in plan["jobs"]])] if plan \
             else table
         bad = mine[~mine["status"].isin(FINISHED)]

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 from torch import Tensor, nn
 from tqdm import tqdm
@@ -44,6 +45,7 @@ from tqdm import tqdm
 from varexp import devices, loggers, memory, provenance, results
 from varexp.data import DataInfo, Stream, data_info, fixed_batch
 from varexp.errors import VarexpError
+from varexp.figures import commands_for
 from varexp.files import write_json
 from varexp.inits import INITS, initialize
 from varexp.loggers import Logger, make_logger
@@ -631,7 +633,33 @@ def run(cfg: DictConfig) -> float:
     log.info("%s after %d steps, final loss %s, %.1f s -> %s", summary["status"],
              summary["steps"], "n/a" if loss is None else f"{loss:.4f}", summary["seconds"],
              run_dir)
+    if HydraConfig.get().mode != RunMode.MULTIRUN:  # a sweep's runs: the sweep says it once
+        print(next_command(cfg, run_dir), flush=True)
     return objective(run_dir, summary)
+
+
+# what a sweep of this run's setting keeps from its command line: the task and its size
+SWEEP_KEEPS = ("task", "arch", "dataset", "experiment")
+
+
+def next_command(cfg: DictConfig, run_dir: Path) -> str:
+    """The line after a run: TensorBoard on it where it logged there; else the sweep of its
+    task over the paper's inits, optimizers, learning rates and seeds, and its figure."""
+    if cfg.logger.name == "tensorboard":
+        return f"next: tensorboard --logdir {shlex.quote(str(run_dir))}"
+    kept = []
+    for override in HydraConfig.get().overrides.task:
+        key, _, value = override.partition("=")
+        key = key.lstrip("+")
+        if key.startswith("~"):  # `~task`, which a sweep of arch= or dataset= adds itself
+            continue
+        if key == "experiment" and "sweep" not in (commands_for(value) or ()):
+            continue
+        if key in SWEEP_KEEPS or key.startswith(tuple(f"{k}." for k in SWEEP_KEEPS + ("train",))):
+            kept.append(override)
+    sweep = " ".join(["varexp sweep", *map(shlex.quote, kept)])
+    return (f"next: {sweep}   (this task at every init, optimizer, learning rate and seed of "
+            "the paper's grid), then varexp plot figure4")
 
 
 def objective(run_dir: Path, summary: dict) -> float:

@@ -8,6 +8,7 @@ global backend state is involved; saving goes through the Agg renderer.
 from __future__ import annotations
 
 import logging
+import textwrap
 from collections import defaultdict
 from pathlib import Path
 
@@ -132,6 +133,30 @@ def style_axes(ax, title: str, xlabel: str, ylabel: str) -> None:
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3, linewidth=0.6)
+
+
+def slope_text(slope: float) -> str:
+    """A slope with enough decimals to show it is not zero (+0.0004), or "0.000 (flat)" where
+    it rounds to zero at 6 decimals: "-0.000" would claim a sign it does not show."""
+    for decimals in range(3, 7):
+        if round(slope, decimals) != 0:
+            return f"{slope:+.{decimals}f}"
+    return "0.000 (flat)"
+
+
+CAPTION_SIZE = 8
+
+
+def caption(fig: Figure, text: str) -> None:
+    """The figure's caption under its panels, in the PNG and PDF themselves: what its lines,
+    markers and bands are (a band's statistic and over what, n), wrapped to the figure's
+    width."""
+    chars = max(40, int(fig.get_figwidth() * 72 / (0.52 * CAPTION_SIZE)))
+    wrapped = textwrap.fill(text, chars)
+    # the figure grows by the caption's height: the panels keep theirs
+    lines = wrapped.count("\n") + 1
+    fig.set_figheight(fig.get_figheight() + (lines * 1.3 + 0.6) * CAPTION_SIZE / 72)
+    fig.supxlabel(wrapped, x=0.005, ha="left", fontsize=CAPTION_SIZE, color="0.25")
 
 
 def save(fig: Figure, out_dir: str | Path, name: str) -> list[Path]:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from varexp.plot.common import (
     THEORY_STYLE,
+    caption,
     line_color,
     line_label,
     lines,
@@ -86,4 +87,9 @@ def make(results: str | None, outputs_root: str, out_dir: str | Path,
             draw_panel(sub.add_subplot(grid[0, i]), key, members, convention)
             log.info("figure2 panel '%s' (%s): %d run(s)", panel_title(key), convention,
                      len(members))
+    cnn = any(key[0] != "mlp" for key, _, _ in cells)
+    caption(fig, "Lines: the ratio's mean over networks (their number in the legend); bands: "
+            "±1 standard deviation of the ratio across those networks (n - 1 in the "
+            "denominator; none for one network); black dashed: the infinite-width theory "
+            f"(Eq. 9 from Eq. 8){', for a CNN the wide-MLP reference' if cnn else ''}.")
     return save(fig, out_dir, "figure2")

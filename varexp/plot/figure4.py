@@ -14,6 +14,7 @@ from varexp.figures import FIGURES
 from varexp.plot.common import (
     ARCH_TITLES,
     INIT_COLORS,
+    caption,
     color_for,
     init_rank,
     log,
@@ -153,4 +154,10 @@ def make(results: str | None, outputs_root: str, out_dir: str | Path,
                 continue
             draw_panel(ax, mine, title, window)
     log.info("figure4 from %s (smoothing window %d)", ", ".join(str(p) for p in paths), window)
+    smoothed = (f"a trailing moving average over {window} iterations" if window > 1
+                else "unsmoothed")
+    caption(fig, f"Lines: the training loss at each init's selected learning rate (in the "
+            f"legend), {smoothed}, averaged over the seeds (n in the legend); bands: ±1 "
+            "standard deviation across those seeds (n - 1 in the denominator; none where "
+            "n = 1).")
     return save(fig, out_dir, "figure4")

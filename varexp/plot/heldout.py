@@ -18,6 +18,7 @@ from matplotlib.ticker import FuncFormatter, NullFormatter
 from varexp.errors import VarexpError
 from varexp.plot.common import (
     WIDTH_COLORS,
+    caption,
     color_for,
     init_rank,
     log,
@@ -119,4 +120,11 @@ def make(results: str | None, outputs_root: str, out_dir: str | Path) -> list[Pa
         for ax, samples in zip(row[:-1], sizes, strict=True):
             draw_depth(ax, init, samples, tables, widths)
         draw_last(row[-1], init, tables, sizes)
+    networks = sorted({int(t["network"].nunique()) for t in tables.values()})
+    counts = str(networks[0]) if len(networks) == 1 else f"{networks[0]} to {networks[-1]}"
+    caption(fig, "Lines: the geometric mean over a setting's networks (their number in the "
+            "legend; "f"{counts} per setting) of the second moment of $u^l$ on fresh inputs; "
+            "bands: ±1 standard deviation of its log across those networks; last panel: the "
+            "last layer's geometric mean, bars ±1 standard error of the mean log, line style: "
+            "the fit size T; black dashed: the 1 the init gives on the inputs it was fitted on.")
     return save(fig, out_dir, "heldout")

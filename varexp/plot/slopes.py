@@ -16,13 +16,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.lines import Line2D
 
 from varexp.plot.common import (
     INIT_COLORS,
     THEORY_STYLE,
+    caption,
     log,
     new_figure,
     save,
+    slope_text,
     style_axes,
 )
 from varexp.results.aggregate import effective_fraction, grad_slope_error, layer_summary
@@ -32,6 +35,7 @@ from varexp.theory import gradient_slope
 INITS = ("scale+bias", "batchnorm")
 BOOTSTRAP = 200
 STYLES = ("-", "--", ":", "-.")
+STYLE_NAMES = {"-": "solid", "--": "dashed", ":": "dotted", "-.": "dash-dot"}
 
 
 def settings(runs: list[RunResult]) -> dict[tuple, pd.DataFrame]:
@@ -59,20 +63,23 @@ def draw_slopes(ax, tables: dict[tuple, pd.DataFrame]) -> list[dict]:
                          networks=table["network"].nunique()))
     frame = pd.DataFrame(rows)
     sample_sizes = sorted(frame["samples"].unique())
+    handles = []  # an errorbar's own legend entry draws every T solid: its line style is lost
     for (init, samples), line in frame.groupby(["init", "samples"]):
         style = STYLES[sample_sizes.index(samples) % len(STYLES)]
+        color = INIT_COLORS.get(init, "black")
         ax.errorbar(line["width"], line["slope"], yerr=line["error"], marker="o", markersize=4,
-                    capsize=3, linestyle=style, color=INIT_COLORS.get(init, "black"),
-                    label=f"{init}, T = {samples}")
+                    capsize=3, linestyle=style, color=color)
+        handles.append(Line2D([], [], color=color, linestyle=style, marker="o", markersize=4,
+                              label=f"{init}, T = {samples} ({STYLE_NAMES[style]})"))
         for row in line.itertuples():
-            log.info("slopes: %s width %d T %d (%d nets): %+.3f +- %.3f", init, row.width,
-                     samples, row.networks, row.slope, row.error)
-    ax.axhline(gradient_slope(), label=f"infinite width: {gradient_slope():+.3f}",
-               **THEORY_STYLE)
+            log.info("slopes: %s width %d T %d (%d nets): %s +- %.3f", init, row.width,
+                     samples, row.networks, slope_text(row.slope), row.error)
+    handles.append(ax.axhline(gradient_slope(), **THEORY_STYLE,
+                              label=f"infinite width: {slope_text(gradient_slope())}"))
     ax.set_xscale("log")
     style_axes(ax, "gradient slope (fit over layers 1..L-1)", "width",
                r"slope of $\log\langle(\partial L/\partial x^l)^2\rangle$ vs $l$")
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(handles=handles, fontsize=7, loc="best", handlelength=3)
     return rows
 
 
@@ -129,11 +136,28 @@ def make(results: str | None, outputs_root: str, out_dir: str | Path) -> list[Pa
     fig = new_figure(16.5, 4.4)
     left, middle, right = fig.subplots(1, 3)
     iid = plain(tables)
+    rows = []
     if iid:
-        draw_slopes(left, iid)
+        rows = draw_slopes(left, iid)
         draw_effective_samples(middle, iid)
     else:  # only intervention runs were found
         for ax in (left, middle):
             ax.set_axis_off()
     draw_slope_vs_effective(right, tables)
+    caption(fig, figure_caption(rows))
     return save(fig, out_dir, "slopes")
+
+
+def figure_caption(rows: list[dict]) -> str:
+    counts = sorted({row["networks"] for row in rows})
+    networks = "" if not counts else (f"{counts[0]} " if len(counts) == 1
+                                      else f"{counts[0]} to {counts[-1]} ")
+    return (f"Left: each point is the slope fitted to the mean over its {networks}networks "
+            "(colour: init; line style: T, the number of inputs); bars: ±1 standard "
+            f"error of that slope, the standard deviation of {BOOTSTRAP} bootstrap resamples "
+            "of the networks; black dashed: the infinite-width slope log(1 - 1/π) "
+            "(Sec. 4). Middle: effective samples per layer as a fraction of T, mean over the "
+            "networks, at the largest T. Right: the scale+bias slope (bars: ±1 standard error, "
+            "as left) against its effective samples / T averaged over the fitted layers, for "
+            "iid inputs (circles, labelled width/T) and inputs with spread norms (squares, "
+            "labelled by the spread s).")
