@@ -14,7 +14,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from varexp import compose, devices, results
+from varexp import compose, devices, results, search
 from varexp.commands import COMMANDS, command_module
 from varexp.errors import VarexpError
 from varexp.stop import exit_cleanly_on_sigterm, job_ended, job_started, watch_parent
@@ -143,14 +143,16 @@ def main(argv: list[str] | None = None) -> None:
         line = compose.parse(command, rest, module.check)
         rest = [*rest, *compose.gpu_overrides(line, devices.cuda_count())]
         replace = results.check_launch(line, bool(line.cfg.get("overwrite", False)))
-        if hasattr(module, "announce"):
+        if line.multirun and search.searching(line.cfg):
+            search.announce(line)
+        elif hasattr(module, "announce"):
             module.announce(line)
         results.prepare_launch(line, replace)
         # a multirun's folder is held for the whole launch: a second launch into it is refused
         held = results.lock(Path(line.output_dir), f"varexp {command}") if line.multirun \
             else nullcontext()
         with held:
-            run_hydra(command, rest)
+            run_hydra(command, [*rest, *search.resume(line)])
     except VarexpError as error:
         print(f"varexp {command}: {error}", file=sys.stderr)
         sys.exit(2)

@@ -37,8 +37,9 @@ from varexp.files import write_json
 from varexp.results import read_summary
 from varexp.results.aggregate import criterion
 from varexp.results.checkpoint import checkpoint_path
-from varexp.results.tables import FINISHED, SELECTED, SETTING, SWEEP, arch_label
+from varexp.results.tables import FINISHED, SELECTED, SETTING, SWEEP, arch_label, best_settings
 from varexp.schema import choice, flag, integer, number, option, store, validate
+from varexp.search import Scored, planned_trials, searching
 from varexp.threads import auto_threads, available_cores
 from varexp.train import Stopped, train
 from varexp.train import check as check_train
@@ -283,7 +284,7 @@ def run(cfg: DictConfig) -> dict:
     sweep_dir = Path(HydraConfig.get().sweep.dir)
     try:
         with results.claim("sweep", cfg) as run_dir:
-            return run_job(cfg, run_dir)
+            return Scored(run_job(cfg, run_dir), run_dir)  # an Optuna search reads its score
     except Stopped:
         raise
     except VarexpError as error:  # the folder was refused (in use, another config): untouched
@@ -437,10 +438,13 @@ class SweepTables(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         """The launch's run count and start time, for the progress lines of its jobs."""
 
-        params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
-        overrides = OverridesParser.create().parse_overrides(
-            params + list(config.hydra.overrides.task))
-        runs = len(BasicSweeper.split_arguments(overrides, None)[0])
+        if searching(config):  # an Optuna search: its trials, those done before included
+            runs = planned_trials(config)
+        else:
+            params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
+            overrides = OverridesParser.create().parse_overrides(
+                params + list(config.hydra.overrides.task))
+            runs = len(BasicSweeper.split_arguments(overrides, None)[0])
         write_json({"runs": runs, "started": time.time()},
                    Path(config.hydra.sweep.dir) / PLAN)
 
@@ -459,6 +463,7 @@ class SweepTables(Callback):
         told = ", ".join(f"{counts[s]} {s}" for s in (*FINISHED, "failed", "incomplete")
                          if s in counts)
         print(f"sweep: {len(table)} runs ({told}) -> {sweep_csv}, {selected_csv}", flush=True)
+        print(best_settings(table, pd.read_csv(selected_csv), config.sweep.select), flush=True)
         bad = table[~table["status"].isin(FINISHED)]
         if not bad.empty:
             logs = [str(sweep_dir / d / f"{config.hydra.job.name}.log") for d in bad["run_dir"]]
@@ -466,3 +471,22 @@ class SweepTables(Callback):
             print(f"varexp sweep: {len(bad)} of {len(table)} runs did not finish; see {shown}",
                   file=sys.stderr, flush=True)
             sys.exit(1)
+
+
+# ---------------------------------------------------------------------------------------------
+# the best settings of a `varexp train -m` run or search
+
+
+def print_best_settings(sweep_dir: Path) -> None:
+    """The best-settings table of the training runs under sweep_dir, by the mean training loss
+    over the whole run (what an Optuna search minimises)."""
+    table = sweep_table(sweep_dir, 1.0)
+    print(best_settings(table, select(table, 1.0), "auc"), flush=True)
+
+
+class BestSettings(Callback):
+    """Hydra callback (conf/train.yaml): after the last job of `varexp train -m` (a grid or an
+    Optuna search), the best settings of its runs."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        print_best_settings(Path(config.hydra.sweep.dir))
