@@ -105,6 +105,18 @@ def planned_trials(cfg: DictConfig) -> int:
     return int(cfg.hydra.sweeper.n_trials) + (counts(study)[0] if study is not None else 0)
 
 
+def search_space(line: CommandLine) -> dict[str, str]:
+    """The searched keys and their ranges: the preset's, then the command line's (which win)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    space = {str(k): str(v) for k, v in (line.cfg.hydra.sweeper.params or {}).items()}
+    for override in OverridesParser.create().parse_overrides(
+            [o for o in line.overrides if not o.startswith("-")]):
+        if override.is_sweep_override():
+            space[override.key_or_group] = override.input_line.split("=", 1)[1]
+    return space
+
+
 def announce(line: CommandLine) -> None:
     """Before Hydra starts: what is searched, how many trials, how many are done already."""
     import optuna
@@ -113,8 +125,7 @@ def announce(line: CommandLine) -> None:
     cfg = line.cfg
     check(cfg)
     sweeper = cfg.hydra.sweeper
-    space = " ".join(f"{k}={v}" for k, v in sweeper.params.items())
-    space += "".join(f" {o}" for o in line.overrides if "(" in o.split("=", 1)[-1])
+    space = " ".join(f"{k}={v}" for k, v in search_space(line).items())
     total = int(sweeper.n_trials)
     study = _open(cfg) if sqlite_file(cfg) is not None and sqlite_file(cfg).exists() else None
     finished, stopped = counts(study) if study is not None else (0, 0)
@@ -148,6 +159,7 @@ def resume(line: CommandLine) -> list[str]:
     import optuna
     from optuna.trial import TrialState
 
+    stored = len(study.get_trials(deepcopy=False))
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         study._storage.set_trial_user_attr(trial._trial_id, INTERRUPTED, True)
         study.tell(trial.number, state=TrialState.FAIL)
@@ -158,7 +170,7 @@ def resume(line: CommandLine) -> list[str]:
     out = [f"hydra.sweeper.n_trials={max(0, int(cfg.hydra.sweeper.n_trials) - finished)}"]
     seed = OmegaConf.select(cfg, "hydra.sweeper.sampler.seed", default=None)
     if isinstance(seed, int):  # the same seed would replay the first launch's random trials
-        out.append(f"hydra.sweeper.sampler.seed={seed + len(study.get_trials(deepcopy=False))}")
+        out.append(f"hydra.sweeper.sampler.seed={seed + stored}")
     return out
 
 
