@@ -12,6 +12,7 @@ import pytest
 import yaml
 from conftest import run_varexp
 
+import varexp
 from varexp.results.aggregate import criterion
 from varexp.train import objective
 
@@ -56,3 +57,7 @@ def test_optuna_searches_the_learning_rate(tmp_path):
     assert len(list((tmp_path / "study").rglob("summary.json"))) == 4
     trials = pd.read_csv(tmp_path / "study" / "trials.csv")
     assert list(trials["state"]) == ["complete"] * 4 and trials["optim.lr"].nunique() == 4
+    loaded = varexp.load(tmp_path, table="trials")
+    assert list(loaded.columns) == ["search_dir", *trials.columns]
+    assert (loaded["search_dir"] == str(tmp_path / "study")).all()
+    pd.testing.assert_frame_equal(loaded.drop(columns="search_dir"), trials)

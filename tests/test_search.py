@@ -129,7 +129,8 @@ def test_varexp_sweep_searches_and_a_rerun_continues_the_study(tmp_path):
     stopped_lr = stopped._suggest("optim.lr", LR)
 
     out = run_varexp(*args, "hydra.sweeper.n_trials=4", cwd=tmp_path, check=True)
-    assert "4 in all, 2 to run, 1 at a time; 2 finished there already, 1 stopped" in out.stdout
+    assert ("4 in all, 2 to run, 1 at a time; 2 finished there already, 1 stopped mid-run"
+            in out.stdout), out.stdout
     trials = pd.read_csv(folder / "trials.csv")
     assert list(trials["state"]) == ["complete", "complete", INTERRUPTED, "complete", "complete"]
     assert trials["optim.lr"][3] == pytest.approx(stopped_lr)  # asked again first

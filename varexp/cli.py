@@ -102,8 +102,8 @@ def parallel_jobs(cfg: DictConfig) -> int:
     if hydra_cfg.runtime.choices.get("hydra/launcher") != "joblib":
         return 1
     n_jobs = hydra_cfg.launcher.get("n_jobs", 1) or 1
-
-    return available_cores() if n_jobs < 0 else int(n_jobs)
+    jobs = available_cores() if n_jobs < 0 else int(n_jobs)
+    return min(jobs, search.trials_at_once(hydra_cfg) or jobs)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
         # a multirun's folder is held for the whole launch: a second launch into it is refused
         held = results.lock(Path(line.output_dir), f"varexp {command}") if line.multirun \
             else nullcontext()
-        with held:
+        with held, search.continuing(line):
             run_hydra(command, [*rest, *search.resume(line)])
     except VarexpError as error:
         print(f"varexp {command}: {error}", file=sys.stderr)

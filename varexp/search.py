@@ -16,6 +16,8 @@ import math
 import sqlite3
 import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,6 +41,15 @@ def searching(cfg: DictConfig) -> bool:
     """Whether a composed config runs Hydra's Optuna sweeper."""
     target = OmegaConf.select(cfg, "hydra.sweeper._target_", default="") or ""
     return str(target).endswith("OptunaSweeper")
+
+
+def trials_at_once(hydra_cfg: DictConfig) -> int | None:
+    """How many trials an Optuna search runs side by side (its n_jobs: the launcher gets that
+    many at a time, so each may have that share of the cores); None for another sweeper."""
+    sweeper = hydra_cfg.get("sweeper") or {}
+    if not str(sweeper.get("_target_", "")).endswith("OptunaSweeper"):
+        return None
+    return max(1, int(sweeper.get("n_jobs", 1) or 1))
 
 
 def sqlite_file(cfg: DictConfig) -> Path | None:
@@ -135,7 +146,7 @@ def announce(line: CommandLine) -> None:
     where = f"study '{sweeper.study_name}' in {sqlite_file(cfg)}" if sqlite_file(cfg) else \
         "study in memory only (hydra.sweeper.storage is not sqlite:///...): not resumable"
     done = (f"; {finished} finished there already" if finished else "") + \
-        (f", {stopped} stopped before they ended (asked again)" if stopped else "")
+        (f", {stopped} stopped mid-run (asked again)" if stopped else "")
     print(f"  trials: {total} in all, {min(total, max(0, total - finished))} to run, "
           f"{sweeper.n_jobs} at a time{done}; {where}", flush=True)
     if sqlite_file(cfg):
@@ -143,6 +154,19 @@ def announce(line: CommandLine) -> None:
     if OmegaConf.select(cfg, "sweep.dry_run", default=False):
         print("sweep.dry_run=true: nothing was run")
         sys.exit(0)
+
+
+@contextmanager
+def continuing(line: CommandLine) -> Iterator[None]:
+    """Around a launch: a search stopped by Ctrl-C (or SIGTERM) says how to go on."""
+    try:
+        yield
+    except VarexpError as error:
+        from varexp.train import Stopped
+
+        if isinstance(error, Stopped) and searching(line.cfg) and sqlite_file(line.cfg):
+            raise VarexpError(f"{error}; the same command again continues the search") from None
+        raise
 
 
 def resume(line: CommandLine) -> list[str]:
