@@ -115,6 +115,16 @@ def test_a_damaged_study_is_one_line_and_kept(capsys, tmp_path):
     assert (tmp_path / "study.db").read_text() == "not a database\n"
 
 
+def test_help_describes_the_search(capsys):
+    from varexp.cli import main
+
+    main(["sweep", "experiment=optuna_lr", "--help"])
+    out = capsys.readouterr().out
+    assert ("Optuna search (12 trials, 1 at a time, into outputs/optuna/allcnnc-shapes/"
+            "kaiming-sgd/): optim.lr=tag(log, interval(1e-5, 1e-1)); the study in "
+            "outputs/optuna/allcnnc-shapes/kaiming-sgd/study.db") in out
+
+
 @pytest.mark.slow
 def test_varexp_sweep_searches_and_a_rerun_continues_the_study(tmp_path):
     folder = tmp_path / "study"
@@ -150,3 +160,4 @@ def test_varexp_sweep_searches_and_a_rerun_continues_the_study(tmp_path):
     assert selected["lr"].iloc[0] == pytest.approx(best["optim.lr"])
     assert selected["criterion"].iloc[0] == pytest.approx(best["value"])
     assert "best settings" in out.stdout and f"{best['optim.lr']:.3g}" in out.stdout
+

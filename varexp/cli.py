@@ -55,7 +55,9 @@ def print_command_help(command: str, overrides: list[str]) -> None:
         shown = ", ".join(f"[{o}]" if o == chosen else o for o in options)
         print(f"  {group:<11} {shown}")
     module = command_module(command)
-    if hasattr(module, "describe"):
+    if search.searching(cfg):
+        print("\n" + search.describe(cfg))
+    elif hasattr(module, "describe"):
         print("\n" + module.describe(cfg))
     body = OmegaConf.to_yaml({k: v for k, v in cfg.items() if k != "hydra"})
     print("\nconfig:\n" + "\n".join("  " + line for line in body.splitlines()))

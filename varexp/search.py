@@ -116,6 +116,16 @@ def planned_trials(cfg: DictConfig) -> int:
     return int(cfg.hydra.sweeper.n_trials) + (counts(study)[0] if study is not None else 0)
 
 
+def describe(cfg: DictConfig) -> str:
+    """The search this config would run (for --help)."""
+    sweeper = cfg.hydra.sweeper
+    space = " ".join(f"{k}={v}" for k, v in (sweeper.params or {}).items())
+    kept = (f"the study in {sqlite_file(cfg)}: the same command again continues it"
+            if sqlite_file(cfg) else "the study in memory only")
+    return (f"Optuna search ({sweeper.n_trials} trials, {sweeper.n_jobs} at a time, into "
+            f"{cfg.hydra.sweep.dir}/): {space}; {kept}")
+
+
 def search_space(line: CommandLine) -> dict[str, str]:
     """The searched keys and their ranges: the preset's, then the command line's (which win)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
