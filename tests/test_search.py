@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import json
 import math
+import socket
+import subprocess
+import sys
+import time
 from types import SimpleNamespace
 
 import pandas as pd
@@ -113,6 +117,23 @@ def test_a_damaged_study_is_one_line_and_kept(capsys, tmp_path):
     assert f"{tmp_path / 'study.db'}: not a readable Optuna study" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.json", "study.db"]
     assert (tmp_path / "study.db").read_text() == "not a database\n"
+
+
+def test_a_search_running_in_the_folder_refuses_a_second_launch_before_counting(capsys,
+                                                                                 tmp_path):
+    write_record(tmp_path, "multirun-folder", {}, of="sweep")
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / ".lock").write_text(json.dumps({"pid": other.pid,
+                                                    "host": socket.gethostname(),
+                                                    "since": time.time(), "what": "varexp sweep"}))
+        capsys.readouterr()
+        code, err = run_in_process(capsys, "sweep", "experiment=optuna_lr", *TINY,
+                                   f"hydra.sweep.dir={tmp_path}")
+    finally:
+        other.kill()
+    assert code == 2 and f"is in use by varexp sweep (pid {other.pid}" in err
+    assert err.strip().count("\n") == 0, err
 
 
 def test_help_describes_the_search(capsys):

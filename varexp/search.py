@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from varexp.errors import VarexpError, bad_value
 from varexp.files import write_csv
+from varexp.results.records import lock
 from varexp.results.tables import TRIALS
 
 if TYPE_CHECKING:
@@ -145,6 +146,10 @@ def announce(line: CommandLine) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # announce says where the study is
     cfg = line.cfg
     check(cfg)
+    folder = Path(str(cfg.hydra.sweep.dir))
+    if folder.is_dir():  # a launch running there: refused now, before its trials are counted
+        with lock(folder, f"varexp {line.command}"):
+            pass
     sweeper = cfg.hydra.sweeper
     space = " ".join(f"{k}={v}" for k, v in search_space(line).items())
     total = int(sweeper.n_trials)
