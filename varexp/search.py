@@ -11,7 +11,6 @@ end, trials.csv (written atomically) lists every trial, and the best settings ar
 
 from __future__ import annotations
 
-import logging
 import math
 import sqlite3
 import sys
@@ -32,8 +31,6 @@ from varexp.results.tables import TRIALS
 
 if TYPE_CHECKING:
     from varexp.compose import CommandLine
-
-log = logging.getLogger("varexp.search")
 
 INTERRUPTED = "interrupted"  # user attr of a trial stopped before it ended (asked again)
 
