@@ -86,6 +86,13 @@ def test_unwritable_run_dir_is_one_line(tmp_path):
                                             "probe.networks=0 is not allowed"),
     ("probe", ["probe.networks=2,3"], "probe.networks=2,3 lists several values; add -m"),
     ("theory", ["++hydra.run.dir="], "hydra.run.dir='' is not allowed; it must name a folder"),
+    # a misspelled key added with + is refused against the schema like a plain one
+    ("probe", ["+probe.netwroks=5"], "probe.netwroks is not a key of probe; its keys: networks,"),
+    ("probe", ["++probe.netwroks=5"], "probe.netwroks is not a key of probe; its keys: "),
+    ("train", ["+arch.widht=3", "arch=mlp"], "arch.widht is not a key of arch=mlp; its keys: "
+                                             "width, depth"),
+    ("probe", ["+sead=1"], "sead is not a key of varexp probe; its keys: seed, device"),
+    ("sweep", ["+train.stps=1,2"], "train.stps is not a key of train; its keys: steps,"),
 ])
 def test_bad_command_lines_are_one_line_and_leave_no_folder(tmp_path, monkeypatch, capsys,
                                                             command, args, needle):
@@ -121,6 +128,7 @@ def test_train_uses_a_cpu_sized_task_unless_the_user_names_arch_or_dataset():
                                                                                   128)
 
 
+@pytest.mark.slow  # each <TAB> starts a `varexp` process (about 40 s in all)
 def test_shell_completion_through_the_wrapper(tmp_path):
     """`eval "$(varexp -sc install=bash)"` as the README says, then the completion function bash
     calls on <TAB>: command names first, then each command's keys and options (from Hydra)."""

@@ -513,3 +513,19 @@ def test_isbi_trains_on_every_slice_by_default_and_can_hold_some_out(tmp_path):
                                           r"isbi2012 for a test split"):
         load_source(cfg, UNET, "test")
     assert len(load_source(isbi(tmp_path), UNET, "test")) == 2
+
+
+def test_a_home_folder_that_does_not_exist_grows_no_tree(tmp_path, monkeypatch):
+    """HOME=/nonexistent/x (some batch jobs): the generated data is made but not cached there,
+    and a dataset read from the default data folder says where to put it, in one line."""
+    home = tmp_path / "nonexistent" / "x"
+    monkeypatch.delenv("VAREXP_DATA")
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(home))
+    images, labels = catalog.shapes_set(20, 0, 0, cache=True)
+    assert images.shape == (20, 3, 32, 32) and not (tmp_path / "nonexistent").exists()
+    with pytest.raises(VarexpError, match=rf"dataset=cifar10 is read from \(or downloaded "
+                       rf"into\) {home}/.cache/varexp/data, but the home folder {home} does not "
+                       "exist; set VAREXP_DATA"):
+        catalog.load_source(config("cifar10"), ALLCNNC, "train")
+    assert not (tmp_path / "nonexistent").exists()

@@ -8,6 +8,7 @@ import sysconfig
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -18,6 +19,7 @@ def run(*cmd, **kw) -> subprocess.CompletedProcess:
     return out
 
 
+@pytest.mark.slow  # builds a wheel and a virtual environment (about 20 s)
 def test_wheel_finds_its_configs(tmp_path):
     run(
         sys.executable,

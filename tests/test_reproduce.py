@@ -48,6 +48,33 @@ def test_a_step_whose_command_changed_is_rerun(tmp_path):
     assert [s.changed for s in again] == [True] * 7 + [False] * 4
 
 
+def test_a_step_made_at_the_smoke_size_is_rerun_at_full_size(tmp_path, monkeypatch):
+    """VAREXP_SMOKE=1 runs every step at a token size: a later run without it must not reuse
+    a 2-network probe as the result (nor the other way round)."""
+    import varexp.reproduce
+
+    ran = []
+    monkeypatch.setattr(varexp.reproduce.subprocess, "run",
+                        lambda command: ran.append(command) or subprocess.CompletedProcess(
+                            command, 0))
+    monkeypatch.setenv("VAREXP_SMOKE", "1")
+    for step in plan(QUICK, tmp_path):
+        varexp.reproduce.execute(step)
+    probe = next(s for s in plan(QUICK, tmp_path) if s.args[0] == "probe")
+    assert "probe.networks=2" in (probe.out / DONE).read_text()
+    assert all(s.done for s in plan(QUICK, tmp_path) if not s.always)  # smoke again: reused
+    monkeypatch.delenv("VAREXP_SMOKE")
+    again = plan(QUICK, tmp_path)
+    # theory has no token size; the probes and the sweep do
+    assert [s.done for s in again] == [True] + [False] * 10
+    assert [s.changed for s in again] == [False] + [True] * 6 + [False] * 4
+    for step in again[1:]:
+        varexp.reproduce.execute(step)
+    assert all(s.done for s in plan(QUICK, tmp_path) if not s.always)
+    monkeypatch.setenv("VAREXP_SMOKE", "1")
+    assert [s.done for s in plan(QUICK, tmp_path)] == [True] + [False] * 10
+
+
 def fake_probe(where: Path, init: str, width: int, networks: int) -> None:
     """A probe.csv from the sampled MLP (depth 12) with the run config plot and report read."""
     x = torch.randn(64, width)
@@ -107,7 +134,7 @@ def test_dry_run_says_which_steps_would_rerun_after_the_command_changed(tmp_path
     assert same.stdout.count("(done, reused)") == 7
     changed = subprocess.run([*args, 'reproduce.extra=["device=cpu","seed=7"]'],
                              capture_output=True, text=True)
-    assert changed.stdout.count("(command changed: rerun)") == 7
+    assert changed.stdout.count("(made with another command or size: rerun)") == 7
     assert "varexp sweep experiment=figure4_quick" in changed.stdout
     assert not (tmp_path / "REPORT.md").exists() and not (tmp_path / "theory" / "theory.csv") \
         .exists()  # a dry run runs nothing

@@ -331,3 +331,127 @@ def test_a_timed_out_submitit_job_is_requeued_and_resumes(tmp_path):
             for d in ("requeued", "whole"))
     pd.testing.assert_frame_equal(a, b, check_exact=True)
     assert list(a.step) == list(range(20000))
+
+
+# ---------------------------------------------------------------------------------------------
+# the verdict of a launch, widened sweeps, damaged runs
+
+
+def sweep_here(monkeypatch, tmp_path: Path, *args: str) -> int:
+    """A tiny basic-launcher sweep into tmp_path/sweep in this process: its exit status."""
+    try:
+        launch_here(monkeypatch, tmp_path, "sweep", *SIZES, "optim=sgd", "sweep.lr_index=0",
+                    "sweep.estimate=false", "hydra/launcher=basic",
+                    f"hydra.sweep.dir={tmp_path / 'sweep'}", *args)
+    except SystemExit as exit_:
+        return exit_.code
+    return 0
+
+
+RUN = "mlp-gaussian/{init}/sgd/lr=0.0003/seed={seed}"
+
+
+def test_a_widened_sweep_tables_all_its_runs(tmp_path, monkeypatch, capsys):
+    """More seeds and inits into a sweep's own folder: every run is in its tables; a narrower
+    launch after it counts its own runs in its progress lines."""
+    sweep = tmp_path / "sweep"
+    assert sweep_here(monkeypatch, tmp_path, "init=scale", "seed=0") == 0
+    assert sweep_here(monkeypatch, tmp_path, "init=scale,scale+bias", "seed=0,1") == 0
+    out = capsys.readouterr()
+    table = pd.read_csv(sweep / "sweep.csv")
+    assert sorted(zip(table["init"], table["seed"], strict=True)) == [
+        ("scale", 0), ("scale", 1), ("scale+bias", 0), ("scale+bias", 1)]
+    assert (table["status"] == "completed").all() and "left out" not in out.err + out.out
+    assert "sweep: 4 runs (4 completed)" in out.out
+    assert sweep_here(monkeypatch, tmp_path, "init=scale", "seed=1") == 0
+    log = (sweep / RUN.format(init="scale", seed=1) / "sweep.log").read_text()
+    assert re.findall(r"sweep: (\d+/\d+) runs done", log)[-1] == "1/1"
+    assert len(pd.read_csv(sweep / "sweep.csv")) == 4  # the folder's runs, all at its steps
+
+
+def test_jobs_that_fail_or_are_refused_now_are_failed_and_the_sweep_exits_non_zero(
+        tmp_path, monkeypatch, capsys):
+    """A finished run that cannot continue to the new train.steps (its checkpoint deleted), and
+    a job refused in its folder (a stray file there): failed in sweep.csv, exit 1, and neither
+    folder rewritten; the job that could continue did."""
+    sweep = tmp_path / "sweep"
+    assert sweep_here(monkeypatch, tmp_path, "init=scale", "seed=0,1") == 0
+    lost = sweep / RUN.format(init="scale", seed=0)
+    (lost / "checkpoint.pt").unlink()
+    kept = {p: p.read_bytes() for p in lost.rglob("*") if p.is_file() and p.suffix != ".log"}
+    stray = sweep / RUN.format(init="scale", seed=2)
+    import varexp.sweep
+
+    real_job = varexp.sweep.run_job
+
+    def then_a_stray_file(cfg, run_dir):  # made while the sweep runs, before the last job
+        summary = real_job(cfg, run_dir)
+        if cfg.seed == 1:
+            stray.mkdir(parents=True)
+            (stray / "notes.txt").write_text("mine")
+        return summary
+
+    monkeypatch.setattr(varexp.sweep, "run_job", then_a_stray_file)
+    capsys.readouterr()
+    assert sweep_here(monkeypatch, tmp_path, "init=scale", "seed=0,1,2",
+                      "train.steps=8") == 1
+    err = capsys.readouterr().err
+    table = pd.read_csv(sweep / "sweep.csv").set_index("seed")
+    assert table["status"].to_dict() == {0: "failed", 1: "completed", 2: "failed"}
+    assert table.loc[1, "steps"] == 8
+    assert err.strip().splitlines()[-1].startswith("varexp sweep: 2 of 3 runs did not finish; ")
+    assert {p: p.read_bytes() for p in kept} == kept  # .hydra/config.yaml and summary included
+    assert sorted(p.name for p in stray.iterdir()) == ["notes.txt", "sweep.log"]
+
+
+def test_a_damaged_metrics_table_is_a_damaged_run_that_the_sweep_trains_again(
+        tmp_path, monkeypatch, capsys):
+    """metrics.csv cut short, or emptied with the checkpoint gone: the tables do not read it
+    as data; a re-launched sweep rewrites it from the checkpoint, or trains the run again, to
+    the rows it had."""
+    sweep = tmp_path / "sweep"
+    assert sweep_here(monkeypatch, tmp_path, "init=scale", "seed=0,1") == 0
+    table = pd.read_csv(sweep / "sweep.csv")
+    cut, emptied = (sweep / RUN.format(init="scale", seed=s) for s in (0, 1))
+    rows = {run: pd.read_csv(run / "metrics.csv") for run in (cut, emptied)}
+    text = (cut / "metrics.csv").read_text()
+    (cut / "metrics.csv").write_text(text[: len(text) // 2])
+
+    from varexp.sweep import write_tables
+
+    write_tables(sweep, 1.0)
+    damaged = pd.read_csv(sweep / "sweep.csv").set_index("seed")
+    assert damaged.loc[0, "status"] == "damaged" and np.isnan(damaged.loc[0, "criterion"])
+    assert pd.read_csv(sweep / "selected.csv")["runs"].tolist() == [1]
+
+    (emptied / "metrics.csv").write_text("")
+    (emptied / "checkpoint.pt").unlink()
+    assert sweep_here(monkeypatch, tmp_path, "init=scale", "seed=0,1") == 0
+    logs = job_logs(sweep)
+    assert "rewrote it from" in logs and "trains again" in logs
+    for run, before in rows.items():
+        pd.testing.assert_frame_equal(pd.read_csv(run / "metrics.csv").drop(columns="seconds"),
+                                      before.drop(columns="seconds"))
+    pd.testing.assert_frame_equal(pd.read_csv(sweep / "sweep.csv").drop(columns="seconds"),
+                                  table.drop(columns="seconds"))
+
+
+def test_an_error_in_the_end_of_sweep_tables_is_one_line_and_exit_1(tmp_path, capsys):
+    """Hydra turns an exception in a callback into a warning: the sweep's tables say it
+    themselves, in one line, with a non-zero exit."""
+    from omegaconf import OmegaConf
+
+    from varexp.sweep import SweepTables
+
+    fake_run(tmp_path, lr=1e-3)
+    (tmp_path / "run.json").write_text('{"identity": [1, 2]}')
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)},
+                                         "job": {"name": "sweep"}, "overrides": {"task": []}},
+                               "sweep": {"select": "auc", "select_fraction": 0.1},
+                               "device": "cpu"})
+    with pytest.raises(SystemExit) as exit_:
+        SweepTables().on_multirun_end(config)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 1 and err == [
+        f"varexp sweep: the tables in {tmp_path} could not be made: {tmp_path / 'run.json'} "
+        "is damaged (not a run record); move it away"]

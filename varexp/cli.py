@@ -7,7 +7,6 @@ import logging
 import os
 import re
 import sys
-from contextlib import nullcontext
 from pathlib import Path
 
 import hydra
@@ -17,7 +16,14 @@ from omegaconf import DictConfig, OmegaConf
 from varexp import compose, devices, results, search
 from varexp.commands import COMMANDS, command_module
 from varexp.errors import VarexpError
-from varexp.stop import exit_cleanly_on_sigterm, job_ended, job_started, watch_parent
+from varexp.stop import (
+    exit_cleanly_on_sigterm,
+    job_ended,
+    job_started,
+    mark_launcher,
+    output_closed,
+    watch_parent,
+)
 from varexp.threads import available_cores, configure
 
 EXAMPLES = (
@@ -66,6 +72,8 @@ def print_command_help(command: str, overrides: list[str]) -> None:
 def dispatch(command: str, cfg: DictConfig) -> object:
 
     module = command_module(command)
+    # in a launcher's worker too: a log line to a closed pipe is dropped, not a traceback
+    logging.raiseExceptions = False
     exit_cleanly_on_sigterm()
     job_started()
     if launcher_of_job() in ("joblib", "submitit_local"):
@@ -76,6 +84,8 @@ def dispatch(command: str, cfg: DictConfig) -> object:
     except VarexpError as error:
         print(f"varexp {command}: {error}", file=sys.stderr)
         sys.exit(2)
+    except BrokenPipeError:  # an OSError too: the reader of stdout has gone, not the disk
+        output_closed(command)
     except OSError as error:  # a full disk, a folder made read-only under a running command
         print(f"varexp {command}: could not write {error.filename or 'a result'} "
               f"({error.strerror or error}); results written before are intact",
@@ -110,6 +120,15 @@ def parallel_jobs(cfg: DictConfig) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
+    # a log line to a closed pipe is dropped, not answered with a traceback on stderr
+    logging.raiseExceptions = False
+    try:
+        run_command(args)
+    except BrokenPipeError:  # `varexp sweep | head -1`: the reader has gone
+        output_closed(args[0] if args else "")
+
+
+def run_command(args: list[str]) -> None:
     if not args or args[0] in ("-h", "--help", "help"):
         print_help()
         return
@@ -149,11 +168,14 @@ def main(argv: list[str] | None = None) -> None:
             search.announce(line)
         elif hasattr(module, "announce"):
             module.announce(line)
-        results.prepare_launch(line, replace)
-        # a multirun's folder is held for the whole launch: a second launch into it is refused
-        held = results.lock(Path(line.output_dir), f"varexp {command}") if line.multirun \
-            else nullcontext()
-        with held, search.continuing(line):
+        if line.multirun:
+            mark_launcher(joblib=compose.launcher(line.cfg) == "joblib")
+        # the folder is held before anything in it moves, and for the whole launch: a second
+        # launch into it is refused, with or without overwrite=true
+        with results.lock(Path(line.output_dir), f"varexp {command}"), search.continuing(line):
+            results.prepare_launch(line, replace)
+            if hasattr(module, "prepare"):
+                module.prepare(line)
             run_hydra(command, [*rest, *search.resume(line)])
     except VarexpError as error:
         print(f"varexp {command}: {error}", file=sys.stderr)

@@ -1,6 +1,7 @@
 """The subcommands: each a module with `check(cfg)` (every key it reads, before any work) and
-`run(cfg)` (the job), optionally `announce(line)` (before Hydra starts: a sweep's plan) and
-`describe(cfg)` (more for --help)."""
+`run(cfg)` (the job), optionally `announce(line)` (before Hydra starts: a sweep's plan, on the
+terminal), `prepare(line)` (once the launch holds its folder: a sweep's plan, for its jobs and
+tables) and `describe(cfg)` (more for --help)."""
 
 from __future__ import annotations
 

@@ -106,9 +106,17 @@ def complete(command: str, args: list[str]) -> list[str]:
         not _preset_picks_task(values.get("experiment"))
     ) and "task" in command_groups(command):
         args = [*args, "~task"]
-    if os.environ.get("VAREXP_SMOKE"):
-        args = [*args, *SMOKE.get(command, []), *SMOKE_PRESETS.get(values.get("experiment"), [])]
-    return args
+    return [*args, *smoke(command, args)]
+
+
+def smoke(command: str, args: list[str]) -> list[str]:
+    """What VAREXP_SMOKE=1 appends to `varexp COMMAND ARGS`: the token sizes (none without
+    it)."""
+    if not os.environ.get("VAREXP_SMOKE"):
+        return []
+    values = dict(a.lstrip("+~").split("=", 1) for a in args
+                  if "=" in a and not a.startswith("-"))
+    return [*SMOKE.get(command, []), *SMOKE_PRESETS.get(values.get("experiment"), [])]
 
 
 def _preset_picks_task(preset: str | None) -> bool:
@@ -179,6 +187,7 @@ def parse(command: str, args: list[str], check: Callable[[DictConfig], object]) 
     base = [o.input_line for o in parsed if not o.is_sweep_override()]
     cfg = compose_config(command, base)
     _check_preset(command, cfg.hydra.runtime.choices.get("experiment"))
+    _check_added_keys(command, parsed, cfg)
     multirun = bool(flags) or cfg.hydra.mode == RunMode.MULTIRUN
     if not multirun:
         if any(o.is_sweep_override() for o in parsed):
@@ -191,6 +200,25 @@ def parse(command: str, args: list[str], check: Callable[[DictConfig], object]) 
         _check_launcher(line.cfg)
     _check_output_dir(line)
     return line
+
+
+def _check_added_keys(command: str, parsed: list, cfg: DictConfig) -> None:
+    """`+key=value` (and `++key=value`) adds a key Hydra's config does not have: refuse one the
+    command's schema does not know either, as a plain misspelled key is refused, instead of
+    letting the typo run and join the run's identity. Hydra's own keys and `+group=option` are
+    Hydra's business."""
+    groups = set(cfg.hydra.runtime.choices)
+    added = [o for o in parsed if (o.is_add() or o.is_force_add())
+             and not o.key_or_group.startswith(("hydra.", "hydra/", "hydra@"))
+             and o.key_or_group not in groups and "@" not in o.key_or_group]
+    if not added:
+        return
+    rest = [o.input_line for o in parsed if not o.is_sweep_override() and o not in added]
+    plain = compose_config(command, rest)
+    missing = object()
+    for o in added:
+        if OmegaConf.select(plain, o.key_or_group, default=missing) is missing:
+            raise VarexpError(_unknown_key(command, rest, o.key_or_group))
 
 
 def _parse_overrides(overrides: list[str]) -> list:

@@ -92,7 +92,10 @@ def load(path: str | Path = "outputs", table: str | None = None,
         if not (run.folder / spec.file).is_file():
             continue
         try:
-            frame = spec.read(run.folder / spec.file, allow_empty=True)
+            if spec in (METRICS, RATIOS):  # a training run's record of its steps
+                frame = spec.read_run(run.folder, read_summary(run.folder))
+            else:
+                frame = spec.read(run.folder / spec.file, allow_empty=True)
         except VarexpError as error:
             warnings.warn(f"varexp.load leaves out {error}", stacklevel=2)
             continue

@@ -72,9 +72,10 @@ def check(cfg: DictConfig) -> None:
         reason = unsupported(cfg.arch, cfg.init)
         if reason is not None:
             raise bad_value("probe.method", "sampled", f"{reason}; use probe.method=auto or dense")
+    device = devices.resolve(cfg.device)
     if choose_method(cfg) != "dense":
         memory.refuse_if_too_big(
-            sampled_network_bytes(cfg), devices.resolve(cfg.device), "one network",
+            sampled_network_bytes(cfg), device, "one network",
             f"the sampled path keeps {cfg.arch.depth} layer outputs of {cfg.arch.width} x "
             f"{cfg.probe.samples} for the backward pass", "probe narrower or shallower "
             "networks, fewer samples, or without gradients (probe.grad=false)")
@@ -83,7 +84,7 @@ def check(cfg: DictConfig) -> None:
     params, outputs = memory.count(cfg.arch, info.input_shape, num_classes(cfg),
                                    cfg.probe.samples)
     memory.refuse_if_too_big(
-        memory.probe_bytes(params, outputs), devices.resolve(cfg.device), "one network",
+        memory.probe_bytes(params, outputs), device, "one network",
         f"{memory.amount(params)} weights, {memory.amount(outputs)} layer outputs for T = "
         f"{cfg.probe.samples}", "probe narrower or shallower networks, fewer samples, or with "
         "probe.method=auto where the exact sampled path applies")

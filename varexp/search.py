@@ -106,12 +106,12 @@ def counts(study) -> tuple[int, int]:
     return finished, stopped
 
 
-def planned_trials(cfg: DictConfig) -> int:
-    """The trials of the whole search, at its launch: those finished before, and those it runs
-    now (hydra.sweeper.n_trials, once resume() has made it what is left)."""
+def trials_to_run(cfg: DictConfig) -> int:
+    """The trials a launch of the search runs: hydra.sweeper.n_trials less those finished."""
     path = sqlite_file(cfg)
     study = _open(cfg) if path is not None and path.exists() else None
-    return int(cfg.hydra.sweeper.n_trials) + (counts(study)[0] if study is not None else 0)
+    return max(0, int(cfg.hydra.sweeper.n_trials) - (counts(study)[0] if study is not None
+                                                      else 0))
 
 
 def describe(cfg: DictConfig) -> str:

@@ -64,10 +64,12 @@ def fixed_batch(
     samples: int,
     seed: int,
     device: str | torch.device = "cpu",
+    key: str = "probe.samples",
 ) -> Tensor:
     """A fixed batch of `samples` inputs (float32, no augmentation) chosen by `seed` (a probe's
     inputs, and the batch a training run measures its layers on): fresh iid N(0, 1) draws for
-    gaussian, else distinct training samples (crops for segmentation)."""
+    gaussian, else distinct training samples (crops for segmentation). `key` is the option that
+    set `samples`, named if there are not that many."""
     dataset = dataset_spec(dataset)
     info = data_info(dataset, arch)
     if info.name == "gaussian":
@@ -76,7 +78,7 @@ def fixed_batch(
     source = load_source(dataset, arch, "train")
     if info.task == "classification" and samples > len(source):
         raise bad_value(
-            "probe.samples",
+            key,
             samples,
             f"must be <= {len(source)}, the training set size of dataset={info.name}",
         )

@@ -21,7 +21,7 @@ from varexp.plot.common import (
     style_axes,
 )
 from varexp.results import find_results, read_summary
-from varexp.results.tables import SELECTED, SETTING, SWEEP
+from varexp.results.tables import METRICS, SELECTED, SETTING, SWEEP
 
 TASK_ORDER = ("cifar10", "isbi2012", "shapes", "membranes")
 OPTIM_TITLES = {"sgd": "SGD", "adam": "Adam"}
@@ -64,7 +64,8 @@ def selected_runs(paths: list[Path]) -> pd.DataFrame:
 def finished_losses(run) -> pd.Series | None:
     """The loss per step of a run that finished as its sweep.csv row says (completed, `steps`
     steps, and a summary.json that agrees), else None with one line naming the file: a run
-    extended and then interrupted, or a damaged metrics.csv, is not drawn."""
+    extended and then interrupted, or a damaged metrics.csv (varexp.results.tables.read_run),
+    is not drawn."""
     summary = read_summary(run.metrics.parent) or {}
     steps = int(run.steps)
     if summary.get("status") != "completed" or summary.get("steps") != steps:
@@ -73,18 +74,11 @@ def finished_losses(run) -> pd.Series | None:
                     run.metrics.parent, steps)
         return None
     try:
-        metrics = pd.read_csv(run.metrics)
-        loss = pd.to_numeric(metrics["loss"], errors="raise").astype(float)
-        step = pd.to_numeric(metrics["step"], errors="raise").astype(int)
-    except (OSError, KeyError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):
-        log.warning("figure4 leaves out %s: not a readable metrics table (step, loss)",
-                    run.metrics)
+        metrics = METRICS.read_run(run.metrics.parent, summary)
+    except VarexpError as damage:
+        log.warning("figure4 leaves out %s", damage)
         return None
-    if list(step) != list(range(steps)):
-        log.warning("figure4 leaves out %s: %d rows, not the %d steps the run finished",
-                    run.metrics, len(step), steps)
-        return None
-    return pd.Series(loss.to_numpy(), index=step.to_numpy())
+    return pd.Series(metrics["loss"].to_numpy(float), index=metrics["step"].to_numpy())
 
 
 def smoothed_losses(runs: pd.DataFrame, smooth: int) -> pd.DataFrame:

@@ -43,6 +43,10 @@ class Table:
     def read(self, path: str | Path, allow_empty: bool = False) -> pd.DataFrame:
         return read_table(Path(path), self, allow_empty)
 
+    def read_run(self, run_dir: str | Path, summary: dict | None = None) -> pd.DataFrame:
+        """This table of a training run, checked as the record of its steps (read_run)."""
+        return read_run(Path(run_dir), self, summary)
+
 
 THEORY = Table("theory.csv", ("layer", "c", "q", "m", "v", "ratio"))
 PROBE = Table("probe.csv", ("network", "layer", "name", "features", *STAT_NAMES[:4], "grad_sq",
@@ -66,9 +70,11 @@ TRIALS = Table("trials.csv", ("trial", "state", "value", "seconds"), text=("stat
 FINISHED = ("completed", "diverged")  # a training run's status when nothing is left to do
 
 
-def read_table(path: Path, table: Table, allow_empty: bool = False) -> pd.DataFrame:
+def read_table(path: Path, table: Table, allow_empty: bool = False,
+               keep_infinite: bool = False) -> pd.DataFrame:
     """A result CSV with the table's columns, numeric where they should be; one-line errors.
-    inf (a dead layer's ratio) cannot be averaged or drawn: it is left out, with a warning."""
+    inf (a dead layer's ratio) cannot be averaged or drawn: it is left out, with a warning
+    (kept with `keep_infinite`)."""
     try:
         frame = pd.read_csv(path)
     except FileNotFoundError:
@@ -88,20 +94,71 @@ def read_table(path: Path, table: Table, allow_empty: bool = False) -> pd.DataFr
             raise VarexpError(f"{path}: column {column} has non-numeric value "
                               f"{frame[column][bad].iloc[0]!r} (row {int(bad.idxmax()) + 2})")
         infinite = np.isinf(numeric)
-        if infinite.any():
+        if infinite.any() and not keep_infinite:
             log.warning("%s: %d non-finite %s value(s) left out of the averages",
                         path, int(infinite.sum()), column)
-        frame[column] = numeric.mask(infinite)
+        frame[column] = numeric if keep_infinite else numeric.mask(infinite)
     return frame
 
 
-def complete(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
-    """A probe table with every layer of every network and its statistics present (a file cut
-    short by hand or by a disk fault fails here)."""
-    with open(path, "rb") as f:  # every file varexp writes ends its last row with a newline
+def whole_rows(path: Path) -> None:
+    """Every file varexp writes ends its last row with a newline: one that does not was cut
+    short (by hand, or a disk fault)."""
+    with open(path, "rb") as f:
+        f.seek(0, 2)
+        if f.tell() == 0:
+            raise VarexpError(f"{path}: empty")
         f.seek(-1, 2)
         if f.read(1) != b"\n":
             raise VarexpError(f"{path}: its last row is cut short (a partial file)")
+
+
+def read_run(run_dir: Path, table: Table, summary: dict | None = None) -> pd.DataFrame:
+    """metrics.csv (or ratios.csv) of a training run, checked as the record of its steps: the
+    table's columns and types, a whole last row, and for metrics.csv the steps 0..n-1 in order
+    with finite values (but the loss of a diverged run's last row); with the run's summary, as
+    many rows as the steps it says it trained. A file that fails is a damaged run (one-line
+    VarexpError), never data."""
+    path = run_dir / table.file
+    frame = read_table(path, table, keep_infinite=True)
+    whole_rows(path)
+    if table is not METRICS:
+        return frame
+    steps = frame["step"].to_numpy()
+    wrong = np.flatnonzero(steps != np.arange(len(steps)))
+    if wrong.size:
+        raise VarexpError(f"{path}: steps are not 0, 1, 2, ... in order (row {wrong[0] + 2} "
+                          f"has step {steps[wrong[0]]})")
+    status = (summary or {}).get("status")
+    diverged = status == "diverged"
+    if status in FINISHED and isinstance(summary.get("steps"), int):
+        expected = int(summary["steps"]) + (1 if diverged else 0)  # and the non-finite row
+        if len(frame) != expected:
+            raise VarexpError(f"{path}: {len(frame)} rows, but the run {status} after "
+                              f"{summary['steps']} steps ({expected} rows)")
+    values = frame[[c for c in METRICS.columns if c != "step"]].to_numpy(float)
+    bad = ~np.isfinite(values)
+    if diverged and len(frame):
+        bad[-1, list(METRICS.columns[1:]).index("loss")] = False
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise VarexpError(f"{path}: {METRICS.columns[1 + col]} is missing or not finite in row "
+                          f"{row + 2}")
+    return frame
+
+
+def complete(frame: pd.DataFrame, path: Path, networks: int | None = None) -> pd.DataFrame:
+    """A probe table with every layer of every network (0..networks-1 when given) and its
+    statistics present (a file cut short by hand or by a disk fault fails here)."""
+    whole_rows(path)
+    if networks is not None:
+        found = sorted(frame["network"].unique())
+        if found != list(range(networks)):
+            missing = sorted(set(range(networks)) - set(found))
+            shown = ", ".join(map(str, missing[:5])) + (" ..." if len(missing) > 5 else "")
+            raise VarexpError(f"{path}: holds {len(found)} of the {networks} networks its run "
+                              f"probed (probe.networks){'; missing ' + shown if missing else ''}"
+                              " (a partial or altered file)")
     layers = frame.groupby("network")["layer"].apply(lambda s: tuple(sorted(s)))
     if layers.nunique() != 1 or layers.iloc[0] != tuple(range(1, len(layers.iloc[0]) + 1)):
         raise VarexpError(f"{path}: not every network has layers 1..L (a partial file)")
@@ -151,7 +208,11 @@ def load_probes(figure: str, results: str | None, outputs_root: str,
     runs = []
     for path in find_results(FIGURES[figure], results, outputs_root, accept):
         try:
-            runs.append(RunResult(path, run_config(path), complete(PROBE.read(path), path)))
+            cfg = run_config(path)
+            networks = OmegaConf.select(cfg, "probe.networks", default=None)
+            table = complete(PROBE.read(path), path,
+                             int(networks) if isinstance(networks, int) else None)
+            runs.append(RunResult(path, cfg, table))
         except VarexpError as error:  # a damaged or partial file: the others are still drawn
             log.warning("%s leaves out %s", figure, error)
     if not runs:
