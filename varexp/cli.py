@@ -82,7 +82,7 @@ def dispatch(command: str, cfg: DictConfig) -> object:
         configure(cfg.get("threads", "auto"), parallel_jobs(cfg))
         return module.run(cfg)
     except VarexpError as error:
-        print(f"varexp {command}: {error}", file=sys.stderr)
+        print(f"varexp {command}: {error}{search.stopped_hint(error)}", file=sys.stderr)
         sys.exit(2)
     except BrokenPipeError:  # an OSError too: the reader of stdout has gone, not the disk
         output_closed(command)
@@ -172,7 +172,7 @@ def run_command(args: list[str]) -> None:
             mark_launcher(joblib=compose.launcher(line.cfg) == "joblib")
         # the folder is held before anything in it moves, and for the whole launch: a second
         # launch into it is refused, with or without overwrite=true
-        with results.lock(Path(line.output_dir), f"varexp {command}"), search.continuing(line):
+        with results.lock(Path(line.output_dir), f"varexp {command}"):
             results.prepare_launch(line, replace)
             if hasattr(module, "prepare"):
                 module.prepare(line)

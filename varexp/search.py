@@ -15,8 +15,6 @@ import math
 import sqlite3
 import sys
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -168,17 +166,17 @@ def announce(line: CommandLine) -> None:
         sys.exit(0)
 
 
-@contextmanager
-def continuing(line: CommandLine) -> Iterator[None]:
-    """Around a launch: a search stopped by Ctrl-C (or SIGTERM) says how to go on."""
-    try:
-        yield
-    except VarexpError as error:
-        from varexp.train import Stopped
+def stopped_hint(error: Exception) -> str:
+    """What a search's job stopped by Ctrl-C (or SIGTERM) adds to its one line."""
+    from hydra.core.hydra_config import HydraConfig
 
-        if isinstance(error, Stopped) and searching(line.cfg) and sqlite_file(line.cfg):
-            raise VarexpError(f"{error}; the same command again continues the search") from None
-        raise
+    from varexp.train import Stopped
+
+    if isinstance(error, Stopped) and HydraConfig.initialized() and \
+            trials_at_once(HydraConfig.get()) and \
+            str(HydraConfig.get().sweeper.get("storage") or "").startswith("sqlite:///"):
+        return "; the same command again continues the search"
+    return ""
 
 
 def resume(line: CommandLine) -> list[str]:
