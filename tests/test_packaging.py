@@ -46,3 +46,6 @@ def test_wheel_finds_its_configs(tmp_path):
     assert str(venv) in where.stdout
     run(venv / "bin" / "varexp", "theory", "arch.depth=4", "hydra.run.dir=out", cwd=elsewhere)
     assert list(pd.read_csv(elsewhere / "out" / "theory.csv").layer) == [1, 2, 3, 4]
+    # the search space of the optuna_lr preset, a config group below hydra/, ships too
+    shown = run(venv / "bin" / "varexp", "sweep", "experiment=optuna_lr", "--help", cwd=elsewhere)
+    assert "optim.lr=tag(log, interval(1e-5, 1e-1))" in shown.stdout

@@ -19,7 +19,7 @@ from varexp.errors import ConfigError
 from varexp.figures import FIGURES
 from varexp.results import find_results
 from varexp.results.aggregate import criterion
-from varexp.results.tables import SELECTED, SWEEP
+from varexp.results.tables import SELECTED, SWEEP, best_settings
 from varexp.sweep import check_sweep, select
 
 # ---------------------------------------------------------------------------------------------
@@ -90,6 +90,37 @@ def test_a_selected_lr_at_the_edge_of_what_finished_is_marked():
     assert edge([(1e-3, 0.5, "completed"), (3e-3, 0.4, "completed"),
                  (1e-2, np.nan, "failed")]) == "high"
     assert edge([(1e-3, 0.5, "completed")]) == "both"
+
+
+def test_the_best_settings_table_says_whether_the_next_lr_is_distinguishable():
+    rows = []
+    for init, lr, values in [("scale", 1e-3, [0.50, 0.52, 0.51]),
+                             ("scale", 3e-3, [0.60, 0.62, 0.61]),
+                             ("scale", 1e-2, [0.05, np.nan, 0.05]),  # diverged on a seed
+                             ("scale+bias", 1e-3, [0.50, 0.60, 0.40]),
+                             ("scale+bias", 3e-3, [0.52, 0.62, 0.42])]:
+        for seed, value in enumerate(values):
+            rows.append(dict(arch="mlp", dataset="shapes", init=init, optim="sgd", lr=lr,
+                             seed=seed, status="diverged" if np.isnan(value) else "completed",
+                             criterion=value))
+    runs = pd.DataFrame(rows)
+    text = best_settings(runs, select(runs, 1.0))
+    lines = text.splitlines()
+    assert lines[0] == ("best settings (mean training loss over the whole run; +- std over "
+                        "seeds; arch=mlp, dataset=shapes, optim=sgd):")
+    scale = next(line for line in lines if " scale " in line)
+    bias = next(line for line in lines if "scale+bias" in line)
+    # 0.51 +- 0.01 vs 0.61 +- 0.01 over 3 seeds: a gap of 0.1 / sqrt(2 * 0.01**2 / 3) = 12.2 se
+    assert "0.001" in scale and "0.51 +- 0.01" in scale and " 3 " in scale
+    assert "0.003: 0.61 (distinguishable, 12.2 se)" in scale
+    # 0.50 +- 0.10 vs 0.52 +- 0.10: 0.02 / 0.0816 = 0.2 se
+    assert "0.5 +- 0.1" in bias and "0.003: 0.52 (not distinguishable, 0.2 se)" in bias
+
+    one_seed = runs[runs["seed"] == 0]
+    text = best_settings(one_seed, select(one_seed, 1.0))
+    assert "0.01 " in text and "0.001: 0.5 (one seed: no spread to judge by)" in text
+    assert best_settings(runs.iloc[:0], select(runs.iloc[:0], 1.0)).startswith(
+        "best settings: none")
 
 
 def test_tables_from_run_directories(tmp_path):

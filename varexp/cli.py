@@ -13,7 +13,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from varexp import compose, devices, results
+from varexp import compose, devices, results, search
 from varexp.commands import COMMANDS, command_module
 from varexp.errors import VarexpError, did_you_mean
 from varexp.stop import (
@@ -61,7 +61,9 @@ def print_command_help(command: str, overrides: list[str]) -> None:
         shown = ", ".join(f"[{o}]" if o == chosen else o for o in options)
         print(f"  {group:<11} {shown}")
     module = command_module(command)
-    if hasattr(module, "describe"):
+    if search.searching(cfg):
+        print("\n" + search.describe(cfg))
+    elif hasattr(module, "describe"):
         print("\n" + module.describe(cfg))
     body = OmegaConf.to_yaml({k: v for k, v in cfg.items() if k != "hydra"})
     print("\nconfig:\n" + "\n".join("  " + line for line in body.splitlines()))
@@ -80,7 +82,7 @@ def dispatch(command: str, cfg: DictConfig) -> object:
         configure(cfg.get("threads", "auto"), parallel_jobs(cfg))
         return module.run(cfg)
     except VarexpError as error:
-        print(f"varexp {command}: {error}", file=sys.stderr)
+        print(f"varexp {command}: {error}{search.stopped_hint(error)}", file=sys.stderr)
         sys.exit(2)
     except BrokenPipeError:  # an OSError too: the reader of stdout has gone, not the disk
         output_closed(command)
@@ -112,8 +114,8 @@ def parallel_jobs(cfg: DictConfig) -> int:
     if hydra_cfg.runtime.choices.get("hydra/launcher") != "joblib":
         return 1
     n_jobs = hydra_cfg.launcher.get("n_jobs", 1) or 1
-
-    return available_cores() if n_jobs < 0 else int(n_jobs)
+    jobs = available_cores() if n_jobs < 0 else int(n_jobs)
+    return min(jobs, search.trials_at_once(hydra_cfg) or jobs)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -162,7 +164,9 @@ def run_command(args: list[str]) -> None:
         line = compose.parse(command, rest, module.check)
         rest = [*rest, *compose.gpu_overrides(line, devices.cuda_count())]
         replace = results.check_launch(line, bool(line.cfg.get("overwrite", False)))
-        if hasattr(module, "announce"):
+        if line.multirun and search.searching(line.cfg):
+            search.announce(line)
+        elif hasattr(module, "announce"):
             module.announce(line)
         if line.multirun:
             mark_launcher(joblib=compose.launcher(line.cfg) == "joblib")
@@ -172,7 +176,7 @@ def run_command(args: list[str]) -> None:
             results.prepare_launch(line, replace)
             if hasattr(module, "prepare"):
                 module.prepare(line)
-            run_hydra(command, rest)
+            run_hydra(command, [*rest, *search.resume(line)])
     except VarexpError as error:
         print(f"varexp {command}: {error}", file=sys.stderr)
         sys.exit(2)

@@ -82,6 +82,8 @@ class CommandLine:
     jobs: list[list[str]]
     multirun: bool
     configs: list[DictConfig]
+    # keys a sweeper that picks its jobs as it goes (an Optuna search) chooses per job
+    searched: tuple[str, ...] = ()
 
     @property
     def output_dir(self) -> str:
@@ -247,7 +249,10 @@ def _expand(command: str, overrides: list[str], cfg: DictConfig, check) -> Comma
     if not str(cfg.hydra.sweeper.get("_target_", "")).endswith("BasicSweeper"):
         # another sweeper (e.g. an optimiser) picks its jobs as it goes: check the base config
         _check(check, cfg)
-        return CommandLine(command, overrides, cfg, [task], True, [cfg])
+        searched = [str(k) for k in (cfg.hydra.sweeper.get("params") or {})]
+        searched += [o.key_or_group.lstrip("+~") for o in _parse_overrides(task)
+                     if o.is_sweep_override()]
+        return CommandLine(command, overrides, cfg, [task], True, [cfg], tuple(searched))
     params = [f"{k}={v}" for k, v in (cfg.hydra.sweeper.get("params") or {}).items()]
     jobs = [list(j) for j in BasicSweeper.split_arguments(_parse_overrides(params + task),
                                                           None)[0]]

@@ -93,7 +93,7 @@ def figure_of(preset: str | None) -> Figure | None:
 
 
 # presets that feed no figure, and the commands they are written for
-OTHER_PRESETS = {"optuna_lr": ("train",)}
+OTHER_PRESETS = {"optuna_lr": ("train", "sweep")}
 
 
 def commands_for(preset: str) -> tuple[str, ...] | None:

@@ -46,8 +46,17 @@ from varexp.results import read_summary
 from varexp.results.aggregate import criterion
 from varexp.results.checkpoint import checkpoint_path
 from varexp.results.records import HYDRA_RECORD, LOCK, move_aside
-from varexp.results.tables import FINISHED, METRICS, SELECTED, SETTING, SWEEP, arch_label
+from varexp.results.tables import (
+    FINISHED,
+    METRICS,
+    SELECTED,
+    SETTING,
+    SWEEP,
+    arch_label,
+    best_settings,
+)
 from varexp.schema import choice, flag, integer, number, option, store, validate
+from varexp.search import Scored, searching, trials_to_run
 from varexp.stop import output_closed
 from varexp.threads import auto_threads, available_cores
 from varexp.train import Stopped, existing_run, train
@@ -301,12 +310,15 @@ def prepare(line) -> None:
     """Once the launch holds its folder: its plan, read by the jobs (progress) and the tables
     (every job's row); outcomes of an earlier launch are cleared."""
     sweep_dir = Path(line.output_dir)
-    jobs = [{"run_dir": folder.absolute().relative_to(sweep_dir.absolute()).as_posix(),
-             "identity": results.identity("train", job_cfg)}
-            for folder, job_cfg in zip(line.folders(), line.configs, strict=True)]
+    searched = searching(line.cfg)  # an Optuna search picks its runs as it goes: no job list
+    jobs = [] if searched else [
+        {"run_dir": folder.absolute().relative_to(sweep_dir.absolute()).as_posix(),
+         "identity": results.identity("train", job_cfg)}
+        for folder, job_cfg in zip(line.folders(), line.configs, strict=True)]
     shutil.rmtree(sweep_dir / OUTCOMES, ignore_errors=True)
     write_json({"launch": f"{time.time():.6f}-{os.getpid()}", "started": time.time(),
-                "runs": len(jobs), "train_steps": int(line.cfg.train.steps), "jobs": jobs},
+                "runs": trials_to_run(line.cfg) if searched else len(jobs),
+                "train_steps": int(line.cfg.train.steps), **({} if searched else {"jobs": jobs})},
                sweep_dir / PLAN)
 
 
@@ -362,7 +374,7 @@ def run(cfg: DictConfig) -> dict:
                 run_dir:
             summary = run_job(cfg, run_dir)
         status, reason = summary["status"], summary.get("error")
-        return summary
+        return Scored(summary, run_dir)  # an Optuna search reads its score
     except Stopped as stop:
         status, reason = "incomplete", str(stop)
         raise
@@ -610,7 +622,9 @@ class SweepTables(Callback):
         told = ", ".join(f"{counts[s]} {s}" for s in sorted(
             counts.index, key=lambda s: order.index(s) if s in order else len(order)))
         print(f"sweep: {len(table)} runs ({told}) -> {sweep_csv}, {selected_csv}", flush=True)
-        if not SELECTED.read(selected_csv, allow_empty=True).empty:
+        selected = SELECTED.read(selected_csv, allow_empty=True)
+        print(best_settings(table, selected, config.sweep.select), flush=True)
+        if not selected.empty:
             print(f"next: varexp plot figure4 {typed_override('results', sweep_dir)}", flush=True)
         mine = table[table["run_dir"].isin([j["run_dir"] for j in plan["jobs"]])] if plan \
             else table
@@ -621,3 +635,22 @@ class SweepTables(Callback):
             print(f"varexp sweep: {len(bad)} of {len(mine)} runs did not finish; see {shown}",
                   file=sys.stderr, flush=True)
             sys.exit(1)
+
+
+# ---------------------------------------------------------------------------------------------
+# the best settings of a `varexp train -m` run or search
+
+
+def print_best_settings(sweep_dir: Path) -> None:
+    """The best-settings table of the training runs under sweep_dir, by the mean training loss
+    over the whole run (what an Optuna search minimises)."""
+    table = sweep_table(sweep_dir, 1.0)
+    print(best_settings(table, select(table, 1.0), "auc"), flush=True)
+
+
+class BestSettings(Callback):
+    """Hydra callback (conf/train.yaml): after the last job of `varexp train -m` (a grid or an
+    Optuna search), the best settings of its runs."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        print_best_settings(Path(config.hydra.sweep.dir))

@@ -42,7 +42,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from varexp import devices, loggers, memory, provenance, results
+from varexp import devices, loggers, memory, provenance, results, search
 from varexp.data import DataInfo, Stream, data_info, fixed_batch
 from varexp.errors import VarexpError
 from varexp.figures import commands_for
@@ -626,8 +626,10 @@ def run(cfg: DictConfig) -> float:
             summary = train(cfg, run_dir)
     except Interrupted as stop:
         run_dir = Path(HydraConfig.get().runtime.output_dir)
-        print(f"varexp train: {stop}; resume with:\n  {resume_command(run_dir)}",
-              file=sys.stderr, flush=True)
+        hint = ("the same command again continues the search (this trial from its checkpoint)"
+                if search.trials_at_once(HydraConfig.get())
+                else f"resume with:\n  {resume_command(run_dir)}")
+        print(f"varexp train: {stop}; {hint}", file=sys.stderr, flush=True)
         sys.exit(130)
     loss = summary["final_loss"]
     log.info("%s after %d steps, final loss %s, %.1f s -> %s", summary["status"],

@@ -453,10 +453,18 @@ def check_launch(line, overwrite: bool) -> list[Path]:
                               f"share the folder {folder} ({diff}); name the swept key in "
                               "hydra.sweep.subdir")
         owner[folder] = (ident, job)
-    if check_folder(root, "multirun-folder", shared(idents), overwrite, what="runs") == "replace":
+    if check_folder(root, "multirun-folder", folder_identity(line, idents), overwrite,
+                    what="runs") == "replace":
         return [root]
     return [f for f, i in zip(folders, idents, strict=True)
             if check_folder(f, command, i, overwrite) == "replace"]
+
+
+def folder_identity(line, idents: list[dict[str, object]]) -> dict[str, object]:
+    """What a multirun's jobs share, less the keys a searching sweeper picks per job."""
+    searched = tuple(getattr(line, "searched", ()))
+    return {k: v for k, v in shared(idents).items()
+            if not any(k == s or k.startswith(f"{s}.") for s in searched)}
 
 
 def prepare_launch(line, replace: list[Path]) -> None:
@@ -474,7 +482,7 @@ def prepare_launch(line, replace: list[Path]) -> None:
     if line.multirun:
         root = Path(line.output_dir)
         root.mkdir(parents=True, exist_ok=True)
-        now = shared([identity(line.command, c) for c in line.configs])
+        now = folder_identity(line, [identity(line.command, c) for c in line.configs])
         record = read_record(root)
         if record is None:
             write_record(root, "multirun-folder", now, of=line.command,

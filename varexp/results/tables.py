@@ -72,6 +72,8 @@ SELECTED = Table("selected.csv", ("arch", "dataset", "init", "optim", "lr", "cri
                                   "criterion_std", "runs", "select_fraction", "lr_at_edge"),
                  text=("arch", "dataset", "init", "optim", "lr_at_edge"), needed=9)
 SETTING = ["arch", "dataset", "init", "optim"]  # what a sweep selects a learning rate for
+# an Optuna search's trials (varexp.search), one row each; a column per searched key follows
+TRIALS = Table("trials.csv", ("trial", "state", "value", "seconds"), text=("state",))
 FINISHED = ("completed", "diverged")  # a training run's status when nothing is left to do
 
 
@@ -276,3 +278,59 @@ def probe_frame(network: int, rows: list[dict]) -> pd.DataFrame:
     frame.insert(0, "layer", [r["layer"] for r in rows])
     frame.insert(0, "network", network)
     return frame
+
+
+# ---------------------------------------------------------------------------------------------
+# the end of a sweep, a `-m` run or a search: what won
+
+
+def best_settings(runs: pd.DataFrame, selected: pd.DataFrame, select: str = "auc") -> str:
+    """The table a sweep prints at its end: per setting (arch, dataset, init, optim) the selected
+    learning rate, its criterion as mean +- std over seeds, and whether it is distinguishable
+    from the runner-up lr (the next lowest mean among the eligible ones: every seed finished and
+    none diverged), by the difference of the means against its standard error (2 se or more:
+    distinguishable; one seed each has no spread to judge by). `runs` is sweep.csv, `selected`
+    selected.csv."""
+    what = ("mean training loss over the whole run" if select == "auc"
+            else "mean training loss over the last part of the run")
+    if selected.empty:
+        return f"best settings: none (no learning rate had every run finish; criterion: {what})"
+    rows = []
+    for _, best in selected.iterrows():
+        key = tuple(best[c] for c in SETTING)
+        mine = runs[(runs[SETTING] == pd.Series(key, index=SETTING)).all(axis=1)]
+        rows.append({**{c: best[c] for c in SETTING}, "lr": f"{best['lr']:.3g}",
+                     "loss (mean +- std)": _mean_std(best["criterion"], best["criterion_std"],
+                                                     int(best["runs"])),
+                     "seeds": int(best["runs"]),
+                     "vs the next lr": _versus_next(mine, float(best["lr"]),
+                                                    float(best["criterion"]))})
+    frame = pd.DataFrame(rows)
+    shown = frame.drop(columns=[c for c in SETTING if frame[c].nunique() == 1 and len(frame) > 1])
+    fixed = ", ".join(f"{c}={frame[c].iloc[0]}" for c in SETTING if c not in shown.columns)
+    head = f"best settings ({what}; +- std over seeds{'; ' + fixed if fixed else ''}):"
+    body = shown.to_string(index=False)
+    return head + "\n" + "\n".join("  " + line for line in body.splitlines())
+
+
+def _mean_std(mean: float, std: float, n: int) -> str:
+    return f"{mean:.4g}" if n < 2 else f"{mean:.4g} +- {std:.2g}"
+
+
+def _versus_next(runs: pd.DataFrame, lr: float, best: float) -> str:
+    eligible = []
+    for other, group in runs.groupby("lr"):
+        done = group[group["status"] == "completed"]
+        if other == lr or done.empty or not group["status"].eq("completed").all():
+            continue
+        eligible.append((done["criterion"].mean(), other, done["criterion"]))
+    if not eligible:
+        return "the only lr that finished"
+    mean, other, criteria = min(eligible, key=lambda c: c[0])
+    mine = runs[(runs["lr"] == lr) & (runs["status"] == "completed")]["criterion"]
+    if len(mine) < 2 or len(criteria) < 2:
+        return f"{other:.3g}: {mean:.4g} (one seed: no spread to judge by)"
+    se = float(np.sqrt(mine.var(ddof=1) / len(mine) + criteria.var(ddof=1) / len(criteria)))
+    gap = (mean - best) / se if se > 0 else np.inf
+    verdict = "distinguishable" if gap >= 2 else "not distinguishable"
+    return f"{other:.3g}: {mean:.4g} ({verdict}, {gap:.1f} se)"
