@@ -98,7 +98,10 @@ def python_blocks() -> list[str]:
 
 @pytest.mark.parametrize("code", python_blocks(), ids=lambda c: c.splitlines()[0][:40])
 def test_readme_python_runs_as_written(code, tmp_path, data_dir):
+    # the code may call `varexp` as a shell command: this environment's, as an activated venv has
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
                          text=True, timeout=600,
-                         env={**os.environ, "VAREXP_DATA": str(data_dir), "OMP_NUM_THREADS": "1"})
+                         env={**os.environ, "VAREXP_DATA": str(data_dir), "OMP_NUM_THREADS": "1",
+                              "PATH": path})
     assert out.returncode == 0, out.stderr[-3000:]
