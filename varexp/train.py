@@ -146,10 +146,16 @@ def reset_globals(seed: int, device: torch.device) -> None:
     torch.backends.cudnn.deterministic = False
 
 
+def loss_input(out: Tensor) -> Tensor:
+    """The model's output as the loss takes it: float32 at least (bf16 under train.amp),
+    float64 where the model computes in float64."""
+    return out if out.dtype == torch.float64 else out.float()
+
+
 def segmentation_loss(logits: Tensor, target: Tensor) -> Tensor:
     """Mean per-pixel BCE of the membrane logit; 2-class cross-entropy for two channels."""
-    if logits.shape[1] == 1:
-        return F.binary_cross_entropy_with_logits(logits, target)
+    if logits.shape[1] == 1:  # (the target's 0/1 in the logits' precision)
+        return F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype))
     return F.cross_entropy(logits, target[:, 0].long())
 
 
@@ -235,7 +241,10 @@ class Trainer:
     """The state of one training run and its files."""
 
     def __init__(self, cfg: DictConfig, run_dir: Path, info: DataInfo, saved: Checkpoint | None,
-                 verbose: bool = True):
+                 verbose: bool = True, stream: Stream | None = None,
+                 fixed_x: Tensor | None = None):
+        """`stream` and `fixed_x`: the training stream and the probe batch, when runs that share
+        them are trained together (varexp.pack); made here otherwise."""
 
         self.cfg, self.run_dir, self.info, self.verbose = cfg, run_dir, info, verbose
         self.device = devices.resolve(cfg.device)
@@ -248,8 +257,10 @@ class Trainer:
         self.model.to(self.device)
         self.loss_fn = F.cross_entropy if info.task == "classification" else segmentation_loss
         batch, seed, device = cfg.train.batch_size, cfg.seed, self.device
-        self.stream = Stream(cfg.dataset, arch, batch, seed, device=device)
-        self.fixed_x = fixed_batch(cfg.dataset, arch, cfg.train.probe_samples, seed, device)
+        self.stream = stream if stream is not None else Stream(cfg.dataset, arch, batch, seed,
+                                                               device=device)
+        self.fixed_x = fixed_x if fixed_x is not None else fixed_batch(
+            cfg.dataset, arch, cfg.train.probe_samples, seed, device)
         # the layers a forward pass runs, in its order (a model not built from Units may
         # register them in another order, or use a layer's weights without calling it)
         self.layers = in_forward_order(self.model, self.fixed_x)[0]
@@ -266,8 +277,14 @@ class Trainer:
 
     def initialize(self) -> None:
         """Fresh run: initialize the weights (data-dependent inits fit on the first init.batches
-        training minibatches) and make the optimizer; resumed run: load every state instead."""
+        training minibatches) and make the optimizer; resumed run: load every state instead.
+        Then start the stream of training batches."""
+        self.initialize_state()
+        self.start_batches()
 
+    def initialize_state(self) -> None:
+        """initialize() without starting the training batches (the weights, the optimizer, the
+        rows of a resumed run)."""
         cfg = self.cfg
         saved = self.saved
         if saved is None:
@@ -286,7 +303,6 @@ class Trainer:
         if saved is not None:
             self.model.load_state_dict(saved.model)
             self.optimizer.load_state_dict(saved.optimizer)
-            self.stream.load_state_dict(saved.stream)
             self.metrics = list(saved.metrics)
             # rows of checkpoints made before the per-channel statistics: those left empty
             width = len(RATIOS.columns)
@@ -295,6 +311,11 @@ class Trainer:
             self.past_wall, self.past_train = saved.seconds, saved.train_seconds
             self.init_forward_passes = saved.init_forward_passes
         self.logger = make_logger(cfg, self.run_dir, self.step)
+
+    def start_batches(self) -> None:
+        saved = self.saved
+        if saved is not None:
+            self.stream.load_state_dict(saved.stream)
         batches = iter(self.stream)
         first = next(batches)  # the DataLoader starts and draws from the global RNG here,
         if saved is not None:  # so restore the RNG after it
@@ -351,7 +372,7 @@ class Trainer:
                     x = x.contiguous(memory_format=torch.channels_last)
                 with amp:
                     out = self.forward(x)
-                loss = self.loss_fn(out.float(), y)
+                loss = self.loss_fn(loss_input(out), y)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if stats is not None:
@@ -398,6 +419,11 @@ class Trainer:
         if not pending:
             return True
         values = torch.stack([loss for _, _, loss, _ in pending]).cpu().tolist()
+        return self.record_losses(pending, values, lr)
+
+    def record_losses(self, pending: list[tuple[int, int, Tensor, float]], values: list[float],
+                      lr: float) -> bool:
+        """settle() with the pending losses already read (`values`, in order)."""
         rows = []
         for (s, epoch, _, seconds), value in zip(pending, values, strict=True):
             rows.append((s, epoch, value, lr, seconds))
