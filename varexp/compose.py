@@ -28,6 +28,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException
 from hydra.types import RunMode
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
@@ -211,7 +212,7 @@ def _expand(command: str, overrides: list[str], cfg: DictConfig, check) -> Comma
                 for o in overrides]  # fmt: skip
     hydra_overrides = [o for o, h in zip(overrides, is_hydra, strict=True) if h]
     task = [o for o, h in zip(overrides, is_hydra, strict=True) if not h]
-    if not str(cfg.hydra.sweeper.get("_target_", "")).endswith("BasicSweeper"):
+    if not _grid_sweeper(cfg):
         # another sweeper (e.g. an optimiser) picks its jobs as it goes: check the base config
         _check(check, cfg)
         return CommandLine(command, overrides, cfg, [task], True, [cfg])
@@ -238,6 +239,18 @@ def _expand(command: str, overrides: list[str], cfg: DictConfig, check) -> Comma
             raise VarexpError(f"in the sweep, {culprit}: {error}") from None
         configs.append(job_cfg)
     return CommandLine(command, overrides, configs[0], jobs, True, configs)
+
+
+def _grid_sweeper(cfg: DictConfig) -> bool:
+    """Whether the sweeper expands the grid as Hydra's basic sweeper does (it, or varexp's
+    packing sweeper)."""
+    target = str(cfg.hydra.sweeper.get("_target_", ""))
+    if target.endswith(".BasicSweeper"):
+        return True
+    try:
+        return bool(getattr(get_class(target), "expands_basic_grid", False))
+    except Exception:  # a sweeper that does not import here: Hydra says why when it runs
+        return False
 
 
 def _with_values(cfg: DictConfig, overrides: list) -> DictConfig:
@@ -361,7 +374,9 @@ def _missing_option(command: str, error: MissingConfigException) -> VarexpError:
     extra = (" (pip install -e '.[slurm]' adds submitit_local and submitit_slurm)"
              if group == "hydra/launcher" and option.startswith("submitit")
              else " (pip install -e '.[optuna]' adds optuna)"
-             if group == "hydra/sweeper" and option == "optuna" else "")
+             if group == "hydra/sweeper" and option == "optuna"
+             else " (pip install -e . again: it installs varexp's own sweeper)"
+             if group == "hydra/sweeper" and option == "varexp" else "")
     return VarexpError(f"{group}={option!r} is not an option; choose one of "
                        f"{', '.join(options)}{extra}")
 

@@ -19,6 +19,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -34,6 +35,10 @@ from varexp.compose import compose_config, launcher
 from varexp.devices import resolve as resolve_device
 from varexp.errors import VarexpError, bad_value
 from varexp.files import write_json
+from varexp.pack import job as pack_job
+from varexp.pack.plan import ALLOWED_TEXT as PACK_ALLOWED
+from varexp.pack.plan import PACK_KEY, key_of, sweep_plan
+from varexp.pack.plan import allowed as pack_allowed
 from varexp.results import read_summary
 from varexp.results.aggregate import criterion
 from varexp.results.checkpoint import checkpoint_path
@@ -92,6 +97,10 @@ class SweepOptions:
     select: str = choice("auc", SELECTIONS)
     select_fraction: float = number(0.1, maximum=1.0)
     estimate: bool = flag(True)  # before the first job, time a few steps of each task
+    # runs that differ only in init, optimizer and lr see the same batches: they train as one
+    # batched model per job (varexp.pack), `auto` where that measured faster, `off` never, N:
+    # at most N runs per pack
+    pack: Any = option("auto", test=pack_allowed, text=PACK_ALLOWED)
     dry_run: bool = flag(False)  # print the runs, the grid and the estimate, then stop
 
 
@@ -136,9 +145,18 @@ def describe(cfg: DictConfig) -> str:
 
     params = [f"{k}={v}" for k, v in (cfg.hydra.sweeper.get("params") or {}).items()]
     jobs = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(params), None)[0]
+    typed = [*cfg.hydra.overrides.hydra, *cfg.hydra.overrides.task]  # the --help line's
+
+    def config_of(i: int) -> DictConfig:
+        keys = {key_of(o) for o in jobs[i]}
+        return compose_config("sweep", [o for o in typed if key_of(o) not in keys] + jobs[i])
+
+    packs = sweep_plan(cfg, jobs, config_of)
     return (f"grid ({len(jobs)} runs into {cfg.hydra.sweep.dir}/): {grid_text(jobs)}\n"
+            f"packs (sweep.pack={cfg.sweep.pack}): {packs.text()}\n"
             "narrow it with e.g. seed=0 optim=adam; sweep.dry_run=true prints the plan and a "
             "time estimate and runs nothing")
+
 
 
 def parallel(cfg: DictConfig, runs: int) -> int:
@@ -156,14 +174,19 @@ def announce(line) -> None:
     cfg, jobs = line.cfg, line.jobs
     sweep_dir = Path(str(cfg.hydra.sweep.dir))
     finished = [f for f in line.folders() if nothing_left(f, int(cfg.train.steps))]
-    side_by_side = parallel(cfg, len(jobs))
+    packs = sweep_plan(cfg, jobs, lambda i: line.configs[i])
+    side_by_side = parallel(cfg, len(packs.packs))
     print(f"varexp sweep: {len(jobs)} runs into {sweep_dir}/ ({launcher(cfg)} launcher, "
-          f"{side_by_side} at a time)", flush=True)
+          f"{side_by_side} {'job' if packs.packed else 'run'}{'s' * (side_by_side > 1)} at a "
+          "time)", flush=True)
     print(f"  grid: {grid_text(jobs)}", flush=True)
+    print(f"  packs (sweep.pack={cfg.sweep.pack}): {packs.text()}", flush=True)
     if finished:
         print(f"  {len(finished)} finished run(s) there already: skipped", flush=True)
     if cfg.sweep.estimate:
-        print(f"  time: {estimate(line, len(jobs) - len(finished), side_by_side)}", flush=True)
+        told = (pack_job.estimate(line, packs, len(jobs) - len(finished), side_by_side)
+                if packs.packed else estimate(line, len(jobs) - len(finished), side_by_side))
+        print(f"  time: {told}", flush=True)
     if cfg.sweep.dry_run:
         print("sweep.dry_run=true: nothing was run")
         sys.exit(0)
@@ -280,6 +303,8 @@ def run(cfg: DictConfig) -> dict:
 
     sweep_dir = Path(HydraConfig.get().sweep.dir)
     try:
+        if PACK_KEY in cfg:  # a pack of runs (varexp.pack.sweeper launched it)
+            return pack_job.run(cfg)
         with results.claim("sweep", cfg) as run_dir:
             return run_job(cfg, run_dir)
     except Stopped:

@@ -71,7 +71,7 @@ class Position:
         self.batch = int(state["batch"])
 
 
-@dataclass
+@dataclass(eq=False)  # a run is itself: compared by identity
 class PackRun:
     """One run of a pack: its config and folder, then its Trainer, or why it could not start."""
 
