@@ -227,9 +227,9 @@ def _expand(command: str, overrides: list[str], cfg: DictConfig, check) -> Comma
         key = tuple(o.input_line for o in parsed if o.key_or_group.lstrip("+~") in groups)
         if key not in composed:
             composed[key] = compose_config(command, hydra_overrides + job)
-        job_cfg = _with_values(composed[key], [o for o in parsed
+        job_cfg = with_values(composed[key], [o for o in parsed
                                                if o.key_or_group.lstrip("+~") not in groups])
-        _set_job(job_cfg, number, parsed)
+        set_job(job_cfg, number, parsed)
         try:
             _check(check, job_cfg)
         except VarexpError as error:
@@ -253,7 +253,7 @@ def _grid_sweeper(cfg: DictConfig) -> bool:
         return False
 
 
-def _with_values(cfg: DictConfig, overrides: list) -> DictConfig:
+def with_values(cfg: DictConfig, overrides: list) -> DictConfig:
     """A copy of a composed config with value overrides (key=value) applied as Hydra does."""
     out = copy.deepcopy(cfg)
     with open_dict(out):
@@ -268,7 +268,7 @@ def _with_values(cfg: DictConfig, overrides: list) -> DictConfig:
     return out
 
 
-def _set_job(cfg: DictConfig, number: int, parsed: list) -> None:
+def set_job(cfg: DictConfig, number: int, parsed: list) -> None:
     """What Hydra sets per job and a job's folder name may use: its number and override_dirname."""
 
     naming = cfg.hydra.job.config.override_dirname

@@ -27,9 +27,11 @@ import pandas as pd
 import torch
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from varexp import results
+from varexp.compose import set_job, with_values
 from varexp.data import data_info
 from varexp.devices import resolve as resolve_device
 from varexp.errors import VarexpError
@@ -77,10 +79,23 @@ def job_configs(cfg: DictConfig) -> list[tuple[int, DictConfig]]:
         "overrides": {"hydra": list(hydra_cfg.overrides.hydra)},
         "job": {"config_name": hydra_cfg.job.config_name}}})
     loader = GlobalHydra.instance().config_loader()
+    groups = set(hydra_cfg.runtime.choices)
+    parser = OverridesParser.create()
+    composed: dict[tuple[str, ...], DictConfig] = {}
     out = []
     for number, differing in decode(list(cfg[PACK_KEY])):
-        job_cfg = loader.load_sweep_config(master, member_overrides(lead, differing))
+        overrides = member_overrides(lead, differing)
+        parsed = parser.parse_overrides(overrides)
+        # runs that differ only in values (the lr index) share one composition, as in
+        # varexp.compose: a composition is most of a run's start-up
+        key = tuple(o.input_line for o in parsed if o.key_or_group.lstrip("+~") in groups)
+        if key not in composed:
+            composed[key] = loader.load_sweep_config(master, overrides)
+        job_cfg = with_values(composed[key], [o for o in parsed
+                                              if o.key_or_group.lstrip("+~") not in groups])
+        set_job(job_cfg, number, parsed)
         with open_dict(job_cfg):
+            job_cfg.hydra.overrides.task = overrides
             # the job that trains it: its number decides the GPU (varexp.devices.resolve)
             job_cfg.hydra.job.id = hydra_cfg.job.id
             job_cfg.hydra.job.num = hydra_cfg.job.num
