@@ -128,7 +128,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if "--help" in rest or "-h" in rest:
             try:
-                print_command_help(command, [a for a in rest if not a.startswith("-")])
+                print_command_help(command, compose.complete(
+                    command, [a for a in rest if not a.startswith("-")]))
             except BrokenPipeError:  # `varexp probe --help | head`
                 sys.stderr.close()
             return

@@ -158,15 +158,18 @@ class Plan:
         return any(len(p) > 1 for p in self.packs)
 
     def text(self) -> str:
-        """'72 runs in 3 packs of 24' or '72 runs, not packed', with the notes."""
-        sizes = sorted({len(p) for p in self.packs}, reverse=True)
+        """'72 runs in 3 jobs: 3 packs of 24', or '72 runs, each its own job (not packed)',
+        with the notes."""
         if not self.packed:
-            head = f"{self.runs} runs, each its own job (not packed)"
-        else:
-            shown = " and ".join(f"{sum(len(p) == n for p in self.packs)} of {n}"
-                                 for n in sizes)
-            head = (f"{self.runs} runs in {len(self.packs)} jobs: packs {shown} (each pack "
-                    "trains its runs as one batched model)")
+            return "; ".join([f"{self.runs} runs, each its own job (not packed)", *self.notes])
+        jobs = len(self.packs)
+        parts = []
+        for size in sorted({len(p) for p in self.packs}, reverse=True):
+            count = sum(len(p) == size for p in self.packs)
+            parts.append(f"{count} pack{'s' * (count > 1)} of {size}" if size > 1
+                         else f"{count} run{'s' * (count > 1)} alone")
+        head = (f"{self.runs} runs in {jobs} job{'s' * (jobs > 1)}: {', '.join(parts)} (a pack "
+                "trains its runs as one batched model)")
         return "; ".join([head, *self.notes])
 
 
@@ -199,7 +202,7 @@ def plan(setting: object, jobs: list[list[str]], config_of: Callable[[int], Dict
             notes.append(note)
         per = math.ceil(len(group) / math.ceil(len(group) / size))  # even packs
         packs += [group[i:i + per] for i in range(0, len(group), per)]
-    if len(groups) > 1 and setting != OFF and any(len(g) > 1 for g in groups):
+    if len(groups) > 1 and any(len(p) > 1 for p in packs):
         notes.append(f"{len(groups)} groups of runs that differ in more than init, optimizer "
                      "and learning rate (another task, seed, batch size, ...) pack apart")
     return Plan(packs, notes)
