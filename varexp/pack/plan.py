@@ -7,9 +7,9 @@ Such jobs form a group; a group is cut into packs of at most N runs. `off` packs
 run is a job of its own, as Hydra launches it. `auto` packs where packing measured faster
 (bench/README.md, "Packed runs"): on the CPU the vmapped step of many small models beats a
 loop over them, but a compute-bound conv step is slower batched (grouped convolutions), so
-auto packs a CPU run only when its training step costs at most CPU_PACK_MACS multiply-adds; on a
-GPU, where one small run leaves most of the chip idle, up to GPU_PACK runs. Either way a pack
-that would not fit in the free memory is cut smaller, with one line saying so.
+auto packs a CPU run only when its training step costs at most CPU_PACK_MACS multiply-adds (per
+architecture); on a GPU, where one small run leaves most of the chip idle, up to GPU_PACK runs.
+Either way a pack that would not fit in the free memory is cut smaller, with one line saying so.
 
 Runs that cannot be packed run alone whatever sweep.pack says: dropout (it draws from the global
 generator at every step, so batched runs would draw differently than alone), torch.compile,
@@ -39,9 +39,11 @@ from varexp.models.base import WEIGHT_TYPES
 # keys (and their sub-keys) that leave the data stream alone: runs differing only in these pack
 PACK_FREE = ("init", "optim", "sweep.lr_index", "arch.norm")
 PACKABLE_ARCHS = ("mlp", "allcnnc", "unet")
-# auto on the CPU: pack runs whose training step costs at most this many multiply-adds (forward,
-# the whole batch); measured crossover in bench/README.md
-CPU_PACK_MACS = 20e6
+# auto on the CPU: pack runs whose training step costs at most this many multiply-adds (the
+# forward pass of the batch), per architecture: about half the step size where the stacked step
+# stopped beating a loop over the models (bench/README.md: MLP about 20M, ALL-CNN-C about 40M,
+# UNet, whose many small layers cost more per multiply-add, about 300M)
+CPU_PACK_MACS = {"mlp": 10e6, "allcnnc": 20e6, "unet": 150e6}
 GPU_PACK = 24  # auto on CUDA: at most this many runs per pack
 # the override that hands a pack job its runs
 PACK_KEY = "packed_runs"
@@ -202,6 +204,8 @@ def plan(setting: object, jobs: list[list[str]], config_of: Callable[[int], Dict
             notes.append(note)
         per = math.ceil(len(group) / math.ceil(len(group) / size))  # even packs
         packs += [group[i:i + per] for i in range(0, len(group), per)]
+    # the longest jobs first, so that a parallel launcher does not end on one pack alone
+    packs.sort(key=len, reverse=True)
     if len(groups) > 1 and any(len(p) > 1 for p in packs):
         notes.append(f"{len(groups)} groups of runs that differ in more than init, optimizer "
                      "and learning rate (another task, seed, batch size, ...) pack apart")
@@ -218,10 +222,11 @@ def pack_size(setting: object, cfg: DictConfig, runs: int, launcher: str, parall
         if device is None:
             return 1, "sweep.pack=auto does not pack where this machine cannot see the device"
         if device.type == "cpu":
-            if macs > CPU_PACK_MACS:
-                return 1, (f"sweep.pack=auto: not packed, {memory.amount(macs)} multiply-adds "
-                           f"per step is compute-bound on the CPU (packs pay below "
-                           f"{memory.amount(CPU_PACK_MACS)})")
+            most = CPU_PACK_MACS[cfg.arch.name]
+            if macs > most:
+                return 1, (f"sweep.pack=auto: not packed, one {cfg.arch.name} step costs "
+                           f"{memory.amount(macs)} multiply-adds, compute-bound on the CPU "
+                           f"(packs pay below {memory.amount(most)})")
             size = runs
             if groups < parallel:  # one pack per core where the launcher runs jobs side by side
                 size = math.ceil(runs / math.ceil(parallel / groups))

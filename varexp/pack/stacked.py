@@ -51,6 +51,7 @@ class Slice:
     lr: list[float]  # per run
     steps: list[float]  # optimizer steps each run has taken
     state: dict[str, list[Tensor]]  # per parameter (stack order): its (runs, ...) state
+    lr_views: list[Tensor] | None = None  # per parameter: the lrs, shaped to broadcast
 
 
 class Stack:
@@ -172,45 +173,53 @@ class Stack:
 
     @torch.no_grad()
     def step(self) -> None:
-        """One optimizer step of every run, each on its slice."""
+        """One optimizer step of every run, each on its slice (torch's foreach kernels over the
+        parameters, per-run numbers broadcast over each run's slice)."""
         for part in self.slices:
+            params = [self.params[n][part.start:part.stop] for n in self.names]
+            grads = [self.params[n].grad[part.start:part.stop] for n in self.names]
             if part.key[0] == "sgd":
-                self._sgd(part)
+                self._sgd(part, params, grads)
             else:
-                self._adam(part)
+                self._adam(part, params, grads)
             part.steps = [s + 1 for s in part.steps]
 
-    def _per_run(self, values: list[float], like: Tensor) -> Tensor:
-        """A (runs, 1, ..., 1) tensor of per-run numbers that broadcasts over `like`'s slice."""
-        return torch.tensor(values, dtype=like.dtype, device=like.device).view(
-            -1, *([1] * (like.dim() - 1)))
+    def _per_run(self, values: list[float], params: list[Tensor]) -> list[Tensor]:
+        """Per parameter, a (runs, 1, ..., 1) view of the per-run numbers."""
+        t = torch.tensor(values, dtype=params[0].dtype, device=params[0].device)
+        shapes: dict[int, Tensor] = {}
+        return [shapes.setdefault(p.dim(), t.view(-1, *([1] * (p.dim() - 1)))) for p in params]
 
-    def _sgd(self, part: Slice) -> None:
-        # torch.optim.SGD: buf = momentum * buf + grad (grad itself at the first step); p -= lr buf
-        momentum = part.key[1]
-        for i, name in enumerate(self.names):
-            p = self.params[name][part.start:part.stop]
-            grad = self.params[name].grad[part.start:part.stop]
-            if momentum != 0:
-                buf = part.state["momentum_buffer"][i]
-                buf.mul_(momentum).add_(grad)  # from zeros: grad itself, as torch's first step
-                grad = buf
-            p.sub_(grad * self._per_run(part.lr, p))
+    def _sgd(self, part: Slice, params: list[Tensor], grads: list[Tensor]) -> None:
+        # torch.optim.SGD: buf = momentum * buf + grad (grad itself at the first step, from a
+        # zero buffer); p -= lr * buf
+        if part.key[1] != 0:
+            bufs = part.state["momentum_buffer"]
+            torch._foreach_mul_(bufs, part.key[1])
+            torch._foreach_add_(bufs, grads)
+            grads = bufs
+        if part.lr_views is None:
+            part.lr_views = self._per_run(part.lr, params)
+        torch._foreach_sub_(params, torch._foreach_mul(grads, part.lr_views))
 
-    def _adam(self, part: Slice) -> None:
-        # torch.optim.Adam (no weight decay, no amsgrad), per run: its step's bias corrections
+    def _adam(self, part: Slice, params: list[Tensor], grads: list[Tensor]) -> None:
+        # torch.optim.Adam (no weight decay, no amsgrad), each run with its step's bias
+        # corrections: p -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
         _, (beta1, beta2), eps = part.key
         steps = [s + 1 for s in part.steps]
-        step_size = [lr / (1 - beta1 ** s) for lr, s in zip(part.lr, steps, strict=True)]
-        correction = [(1 - beta2 ** s) ** 0.5 for s in steps]
-        for i, name in enumerate(self.names):
-            p = self.params[name][part.start:part.stop]
-            grad = self.params[name].grad[part.start:part.stop]
-            exp_avg, exp_avg_sq = part.state["exp_avg"][i], part.state["exp_avg_sq"][i]
-            exp_avg.lerp_(grad, 1 - beta1)
-            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-            denom = (exp_avg_sq.sqrt() / self._per_run(correction, p)).add_(eps)
-            p.sub_(exp_avg / denom * self._per_run(step_size, p))
+        step_size = self._per_run([lr / (1 - beta1 ** s) for lr, s in zip(part.lr, steps,
+                                                                           strict=True)], params)
+        correction = self._per_run([(1 - beta2 ** s) ** 0.5 for s in steps], params)
+        exp_avg, exp_avg_sq = part.state["exp_avg"], part.state["exp_avg_sq"]
+        torch._foreach_lerp_(exp_avg, grads, 1 - beta1)
+        torch._foreach_mul_(exp_avg_sq, beta2)
+        torch._foreach_addcmul_(exp_avg_sq, grads, grads, value=1 - beta2)
+        denom = torch._foreach_sqrt(exp_avg_sq)
+        torch._foreach_div_(denom, correction)
+        torch._foreach_add_(denom, eps)
+        update = torch._foreach_div(exp_avg, denom)
+        torch._foreach_mul_(update, step_size)
+        torch._foreach_sub_(params, update)
 
 
 def structure_key(trainer: Trainer) -> str:
