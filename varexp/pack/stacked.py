@@ -156,8 +156,8 @@ class Stack:
         into the stacked weights."""
 
         def one(params: dict, buffers: dict, x: Tensor, y: Tensor) -> Tensor:
-            with amp:
-                out = functional_call(self.base, (params, buffers), (x,))
+            with amp:  # (varexp's packable models tie no weights: no search for ties)
+                out = functional_call(self.base, (params, buffers), (x,), tie_weights=False)
             return loss_fn(loss_input(out), y)
 
         return vmap(one, in_dims=(0, 0, None, None))(self.params, self.buffers, x, y)

@@ -51,7 +51,7 @@ class PackInterrupted(Stopped):
 
     def __init__(self, step: int, runs: int):
         super().__init__(f"stopped at step {step}; the checkpoints of the pack's {runs} "
-                         "running runs are saved")
+                         "running runs are saved: run the same command to continue them")
         self.step = step
 
 
