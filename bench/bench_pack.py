@@ -115,11 +115,15 @@ def bench_sweep(repeats: int) -> None:
               f"{off / min(values):.2f}x |")
 
 
-def bench_defaults(repeats: int, steps: int) -> None:
-    print(f"\n### default sweeps, auto vs off ({steps} steps, seed 0), load {load()}")
-    short = [f"train.steps={steps}", "train.ratio_every=10", "seed=0"]
+def bench_defaults(repeats: int, steps: int | None, which: list[str]) -> None:
+    """`varexp sweep` and `experiment=figure4_quick` with auto vs off (full length, or cut to
+    `steps` steps and seed 0)."""
+    short = [f"train.steps={steps}", "train.ratio_every=10", "seed=0"] if steps else []
+    length = f"{steps} steps, seed 0" if steps else "as written"
+    print(f"\n### default sweeps, auto vs off ({length}), load {load()}")
     cases = {"varexp sweep": short,
              "experiment=figure4_quick": ["experiment=figure4_quick", *short]}
+    cases = {name: args for name, args in cases.items() if name.split("=")[-1] in which}
     print("| command | auto s | off s | off / auto |\n|---|---|---|---|")
     for name, args in cases.items():
         times = alternate({"auto": args, "off": [*args, "sweep.pack=off"]}, repeats)
@@ -249,7 +253,10 @@ def main() -> None:
     parser.add_argument("--only", choices=("sweep", "bare", "defaults"))
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--runs", type=int, default=24)
-    parser.add_argument("--default-steps", type=int, default=20)
+    parser.add_argument("--default-steps", type=int, default=20,
+                        help="cut the default sweeps to this many steps and seed 0 (0: as written)")
+    parser.add_argument("--defaults", default="varexp sweep,figure4_quick",
+                        help="which default sweeps: 'varexp sweep' and/or figure4_quick")
     parser.add_argument("--gpu", action="store_true")
     parser.add_argument("--steps", type=int, default=150, help="GPU: steps per pack")
     parser.add_argument("--sizes", default="1,4,8,16,24", help="GPU: runs per pack")
@@ -264,7 +271,7 @@ def main() -> None:
     if args.only in (None, "sweep"):
         bench_sweep(args.repeats)
     if args.only in (None, "defaults"):
-        bench_defaults(args.repeats, args.default_steps)
+        bench_defaults(args.repeats, args.default_steps or None, args.defaults.split(","))
 
 
 if __name__ == "__main__":

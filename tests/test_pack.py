@@ -303,12 +303,13 @@ def test_runs_at_different_steps_join_the_pack_at_theirs(tmp_path, monkeypatch, 
 @pytest.mark.slow
 def test_ctrl_c_and_sigkill_of_a_packed_sweep_then_resume(tmp_path):
     """A user's Ctrl-C of a packed sweep stops it at a step with every run's checkpoint (one
-    line, exit 2, as a sweep of lone runs); SIGKILL of the next launch keeps the checkpoints;
-    the same command again gives every run the rows of an uninterrupted sweep."""
+    line, exit 2, as a sweep of lone runs), and so does SIGTERM; SIGKILL of the next launch
+    keeps the checkpoints; the same command again gives every run the rows of an uninterrupted
+    sweep."""
     args = [*sweep_here(tmp_path, "cut")[0:1], *SIZES, *GRID, "train.steps=3000",
             "train.ratio_every=500", "train.checkpoint_every=200", "train.log_seconds=0.2"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    for sig in (signal.SIGINT, signal.SIGKILL):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
         proc = subprocess.Popen([sys.executable, "-m", "varexp", *args,
                                  f"hydra.sweep.dir={tmp_path / 'cut'}", "hydra/launcher=basic"],
                                 cwd=tmp_path, env=env, stdout=subprocess.PIPE,
@@ -324,7 +325,7 @@ def test_ctrl_c_and_sigkill_of_a_packed_sweep_then_resume(tmp_path):
                 time.sleep(0.2)
         proc.send_signal(sig)
         out = proc.communicate(timeout=120)[0]
-        if sig == signal.SIGINT:
+        if sig != signal.SIGKILL:
             assert proc.returncode == 2 and "Traceback" not in out, out[-2000:]
             assert "stopped at step" in out and "checkpoints of the pack's 12" in out
         else:
@@ -420,6 +421,23 @@ def test_a_pack_that_does_not_fit_is_split_with_one_line(monkeypatch):
     assert [len(p) for p in plan.packs] == [4, 4, 4]
     note = next(n for n in plan.notes if "would need" in n)
     assert note.startswith("a pack of 12 runs would need about ") and "packs of at most 5" in note
+
+
+def test_a_pack_job_that_does_not_fit_here_trains_its_runs_in_smaller_packs(
+        tmp_path, monkeypatch, capsys):
+    """The plan cut packs to the memory of the launching machine; the job checks the memory
+    where it runs, and a pack that does not fit there is trained as smaller packs, one after
+    another, with one line, to the same rows."""
+    import varexp.pack.job
+
+    launch_here(monkeypatch, tmp_path, *sweep_here(tmp_path, "whole", "sweep.pack=12"))
+    monkeypatch.setattr(varexp.pack.job, "fitting", lambda cfg, runs, device: 5)
+    launch_here(monkeypatch, tmp_path, *sweep_here(tmp_path, "split", "sweep.pack=12"))
+    assert "12 runs in 1 job: 1 pack of 12" in capsys.readouterr().out
+    assert job_logs(tmp_path / "split").count(
+        "a pack of 12 runs does not fit in the memory free on cpu: 3 packs of at most 4, one "
+        "after another") >= 1
+    assert_same_rows(tmp_path / "whole", tmp_path / "split")
 
 
 def test_pack_overrides_round_trip():

@@ -197,9 +197,11 @@ def _fitting_parts(runs: list[PackRun]) -> list[list[PackRun]]:
     most = fitting(cfg, len(runs), device)
     if most >= len(runs):
         return [runs]
+    parts = -(-len(runs) // most)
+    per = -(-len(runs) // parts)  # even packs
     log.warning("a pack of %d runs does not fit in the memory free on %s: %d packs of at most "
-                "%d, one after another", len(runs), device, -(-len(runs) // most), most)
-    return [runs[i:i + most] for i in range(0, len(runs), most)]
+                "%d, one after another", len(runs), device, parts, per)
+    return [runs[i:i + per] for i in range(0, len(runs), per)]
 
 
 def _run_log(run_dir: Path, hydra_files: list[logging.FileHandler],
