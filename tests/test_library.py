@@ -13,10 +13,11 @@ import torchvision
 from torch import nn
 
 import varexp
+import varexp.library
 from varexp.errors import VarexpError
 from varexp.models.base import weight_layers
 from varexp.theory import recursion
-from varexp.threads import one_thread
+from varexp.threads import available_cores, free_cores_now, one_thread, using_threads
 
 
 @pytest.fixture(autouse=True)
@@ -105,6 +106,30 @@ def test_bad_models_are_one_line():
     assert len(varexp.probe(Pair(), torch.randn(4, 3), grad=False)) == 1
 
 
+def test_probe_runs_on_the_free_cores_and_restores_torchs_threads(monkeypatch):
+    """threads="auto" takes the cores other processes leave free (at most torch's setting), as
+    the command line's threads=auto does; torch's own setting comes back afterwards."""
+    seen = []
+
+    class Spy(nn.Linear):
+        def forward(self, x):
+            seen.append(torch.get_num_threads())
+            return super().forward(x)
+
+    model, x = Spy(3, 3), torch.randn(4, 3)
+    monkeypatch.setattr(varexp.library, "free_cores_now", lambda: 1)
+    with using_threads(2):
+        varexp.probe(model, x)
+        varexp.probe(model, x, threads=2)
+        varexp.probe(model, x, threads=None)
+        assert torch.get_num_threads() == 2
+    assert seen == [1, 2, 2]
+    with pytest.raises(VarexpError, match="threads=0 is not allowed; must be auto, None or an "
+                                          "integer >= 1"):
+        varexp.probe(model, x, threads=0)
+    assert 1 <= free_cores_now() <= available_cores()
+
+
 def test_scale_bias_centres_every_feature_of_any_model():
     """Eq. 14 then 13 on a plain MLP: on the fitting batch every pre-activation's sample mean
     is 0 and the layer's second moment 1 (paper Sec. 4)."""
@@ -181,9 +206,32 @@ def test_linear_layers_on_tokens_pool_their_channels_over_tokens():
     assert u.square().mean().item() == pytest.approx(1.0, abs=1e-4)
 
 
-def test_weights_used_without_calling_their_module_are_one_line():
+def test_weights_used_without_calling_their_module_are_named_and_kept():
+    """torchvision's ViT: nn.MultiheadAttention's packed in_proj and its out_proj (whose weights
+    it uses without calling the module), the class token and the position embedding are not
+    measured or initialized: one warning names them with their share of the parameters, and a
+    data-dependent init leaves them as they were."""
     torch.manual_seed(0)
-    model = torchvision.models.vit_b_16(image_size=32, num_classes=10)
-    with pytest.raises(VarexpError, match=r"self_attention.out_proj ran 0 times in one forward "
-                       r"pass; its weights are used without calling it"):
-        varexp.init.scale_bias_(model, torch.randn(4, 3, 32, 32))
+    model = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2,
+                                                 num_heads=2, hidden_dim=32, mlp_dim=64,
+                                                 num_classes=10)
+    x = torch.randn(16, 3, 32, 32)
+    attention = [m for m in model.modules() if isinstance(m, nn.MultiheadAttention)]
+    left = sum(p.numel() for m in attention for p in m.parameters())
+    left += model.class_token.numel() + model.encoder.pos_embedding.numel()
+    total = sum(p.numel() for p in model.parameters())
+    share = rf"{left:,} of {total:,} parameters \({100 * left / total:.1f}%\)"
+    out_proj = attention[0].out_proj.weight.detach().clone()
+    with pytest.warns(UserWarning, match=r"not initialized by init=scale\+bias: 2 parameters "
+                      r"used directly \(class_token, encoder.pos_embedding\); 2 "
+                      r"MultiheadAttention .*; 2 NonDynamicallyQuantizableLinear used without "
+                      rf"calling it \(encoder.layers.encoder_layer_0.self_attention.out_proj, .*"
+                      rf"\): {share}"):
+        report = varexp.init.scale_bias_(model, x)
+    assert torch.equal(attention[0].out_proj.weight, out_proj)
+    assert [e["name"] for e in report.layers] == [n for n, m in model.named_modules()
+                                                  if type(m) in (nn.Conv2d, nn.Linear)]
+    assert {u.name for u in report.not_initialized} >= {"class_token", "encoder.pos_embedding"}
+    with pytest.warns(UserWarning, match=rf"^not measured: .*: {share}"):
+        table = varexp.probe(model, x)
+    assert not table.name.str.contains("out_proj").any()

@@ -11,6 +11,7 @@ import torch
 from conftest import run_in_process
 from omegaconf import OmegaConf
 
+from varexp import memory, probing
 from varexp.probing import choose_method
 from varexp.results.tables import PROBE
 
@@ -71,6 +72,36 @@ def test_networks_differ_but_share_the_batch_and_runs_repeat(capsys, tmp_path):
     assert layer1.ratio.nunique() == 3
 
 
+def test_sampled_probe_csv_is_the_same_on_one_thread_or_two(capsys, tmp_path):
+    """The sampled path runs one network per thread; network i draws from its own seed."""
+    one, _ = probe(capsys, tmp_path / "one", "probe.method=sampled", "threads=1")
+    two, _ = probe(capsys, tmp_path / "two", "probe.method=sampled", "threads=2")
+    pd.testing.assert_frame_equal(one, two, check_exact=True)
+    assert (tmp_path / "one" / "probe.csv").read_bytes() == (tmp_path / "two" /
+                                                             "probe.csv").read_bytes()
+
+
+def test_sampled_batches_shrink_to_the_free_memory(monkeypatch):
+    """The networks in flight never need more than the pre-run estimate allows (90% of the
+    free memory), however many threads and networks there are."""
+    cfg = OmegaConf.create({
+        "arch": {"name": "mlp", "width": 3000, "depth": 50, "norm": "none", "activation": "relu"},
+        "dataset": {"name": "gaussian"}, "init": {"name": "kaiming"},
+        "probe": {"networks": 30, "samples": 100, "grad": True, "neurons": 3},
+    })
+    per_network = probing.sampled_network_bytes(cfg)
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(memory, "available", lambda device: 100 * per_network)
+    roomy = probing.sampled_plan(cfg, cpu, threads=2)
+    assert (roomy.workers, roomy.batch) == (2, 8)
+    monkeypatch.setattr(memory, "available", lambda device: 4 * per_network)
+    tight = probing.sampled_plan(cfg, cpu, threads=2)
+    assert (tight.workers, tight.batch) == (2, 1)  # 3 would fit, 2 workers take 1 each
+    assert tight.bytes <= memory.USABLE * 4 * per_network
+    monkeypatch.setattr(memory, "available", lambda device: 0.5 * per_network)
+    assert probing.sampled_plan(cfg, cpu, threads=2).bytes == per_network  # check refuses it
+
+
 def test_auto_method_rule():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     cfg = OmegaConf.create({
@@ -97,6 +128,8 @@ def test_auto_method_rule():
         ("probe.samples=1", "probe.samples=1 is not allowed; must be an integer >= 2"),
         ("arch.width=-3", "arch.width=-3 is not allowed"),
         ("init=orthogonal probe.method=sampled", "probe.method='sampled' is not allowed"),
+        ("arch.width=2000000 arch.depth=1000", "varexp probe: one network needs about 814 GB "
+         "(the sampled path keeps 1000 layer outputs of 2000000 x 100 for the backward pass)"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(capsys, tmp_path, arg, needle):

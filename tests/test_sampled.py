@@ -9,7 +9,7 @@ import torch
 from varexp.inits import INITS, initialize
 from varexp.models.mlp import MLP
 from varexp.results.aggregate import grad_slope as fitted_grad_slope
-from varexp.sampled import sampled_mlp
+from varexp.sampled import cut, sampled_mlp, sampled_mlps, sampled_probe
 from varexp.stats import network_stats
 from varexp.theory import gradient_slope, recursion
 from varexp.threads import one_thread
@@ -129,3 +129,62 @@ def test_gradient_slope_at_moderate_width():
 def test_gradient_slope_at_paper_scale(init, paper):
     """Paper Fig. 3: width 3000, 30 networks, T = 100, depth 50."""
     assert grad_slope(init, 3000, 30) == pytest.approx(paper, abs=0.02)
+
+
+@pytest.mark.parametrize("init, activation", [("kaiming", "relu"), ("scale+bias", "relu"),
+                                              ("batchnorm", "relu"), ("xavier", "tanh")])
+def test_a_networks_numbers_do_not_depend_on_its_batch(init, activation):
+    """Network i draws from its own generator: alone, in one batch with the others, or in
+    batches of 2 on two worker threads, every number is the same to the bit."""
+    x = torch.randn(8, 30, generator=torch.Generator().manual_seed(0))
+
+    def generators():
+        return [torch.Generator().manual_seed(100 + i) for i in range(5)]
+
+    options = dict(activation=activation, init=init, keep_u=(1, 6))
+    alone = [sampled_mlps(x, 6, 40, [g], **options)[0] for g in generators()]
+    together = sampled_mlps(x, 6, 40, generators(), **options)
+    threaded = sorted(sampled_probe(x, 6, 40, generators(), batch=2, threads=2, **options),
+                      key=lambda result: result[0])
+    for i, (rows, kept) in enumerate(alone):
+        for other_rows, other_kept in (together[i], threaded[i][1:]):
+            for row, other in zip(rows, other_rows, strict=True):
+                for key in (*KEYS, "sample_mean_sq", "ratio_channel"):
+                    assert torch.equal(row[key], other[key]), (i, row["layer"], key)
+            assert all(torch.equal(kept[layer], other_kept[layer]) for layer in (1, 6))
+    assert together[0][0][2]["ratio"] != together[1][0][2]["ratio"]  # the networks differ
+
+
+def test_repeated_samples_match_dense_in_distribution():
+    """Every sample twice: X^T X is singular at every layer (the factor and the backward's
+    projection come from its eigendecomposition)."""
+    base = torch.randn(12, 60, generator=torch.Generator().manual_seed(5))
+    x = torch.cat([base, base])
+    d = collect(dense, x, 8, 60, "kaiming", 24)
+    s = collect(sampled, x, 8, 60, "kaiming", 24)
+    for key in ("ratio", "second_moment", "grad_sq", "effective_samples"):
+        assert max_z(d[key], s[key]) < 4.0, key
+
+
+def test_rank_deficient_inputs_are_sampled_on_their_span():
+    """Repeated samples and fewer features than samples make X^T X singular: the factor comes
+    from its eigendecomposition, and the outputs keep the law of W X (layer 1 of Kaiming:
+    E <u_i^2>_t = 2 mean_t |x_t|^2 / n) with finite gradients."""
+    base = torch.randn(4, 6, generator=torch.Generator().manual_seed(1))
+    x = torch.cat([base, base])  # T = 8 samples of 6 features, rank 4
+    gen = torch.Generator().manual_seed(2)
+    runs = [sampled_mlp(x, 3, 50, generator=gen) for _ in range(300)]
+    m2 = np.array([rows[0]["second_moment"].item() for rows, _ in runs])
+    expected = 2 * x.double().square().sum(1).mean().item() / 6
+    assert m2.mean() == pytest.approx(expected, abs=4 * m2.std() / np.sqrt(len(m2)))
+    assert all(np.isfinite([r["grad_sq"].item() for r in rows]).all() for rows, _ in runs)
+
+
+@pytest.mark.parametrize("networks, batch, workers", [(30, 8, 2), (30, 1, 2), (5, 8, 2), (1, 8, 4),
+                                                      (7, 3, 4), (30, 30, 1)])
+def test_networks_are_cut_into_even_batches_for_the_workers(networks, batch, workers):
+    pieces = cut(networks, batch, workers)
+    assert [i for piece in pieces for i in piece] == list(range(networks))
+    sizes = [len(piece) for piece in pieces]
+    assert max(sizes) <= batch and max(sizes) - min(sizes) <= 1
+    assert len(pieces) % workers == 0 or len(pieces) == networks

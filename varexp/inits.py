@@ -1,9 +1,9 @@
 """Weight initializations for any model (paper Sec. 2 and 5.1).
 
 Every init works through `weight_layers(model)` and forward hooks, never through per-architecture
-code, so it covers Linear, Conv2d and ConvTranspose2d layers in MLPs, ALL-CNN-C and UNet alike,
-and in any other PyTorch model. Biases start at 0 and BatchNorm units at weight 1, bias 0 with
-fresh running statistics.
+code, so it covers Linear, Conv1d/2d/3d and ConvTranspose1d/2d/3d layers in MLPs, ALL-CNN-C and
+UNet alike, and in any other PyTorch model. Biases start at 0 and BatchNorm units at weight 1,
+bias 0 with fresh running statistics.
 
 - kaiming (He et al. 2015, paper Eq. 2): W ~ N(0, gain^2 / fan_in) in every weight layer, the
   first and the readout included; gain null = the activation's (sqrt 2 for ReLU).
@@ -37,7 +37,9 @@ e.g. dropout, stay in eval mode); modes and running statistics are restored afte
 the pass plus the LSUV re-runs, where a from-scratch refit per layer needs k per layer.
 `InitReport.layers` holds per layer index, name, type, fan_in, fan_out and, for scale and
 scale+bias, second_moment_before, sigma2 (the fitted statistic), scale (the factor applied to W),
-bias_abs_mean; for lsuv std_before, std, scale and iters.
+bias_abs_mean (and for scale+bias centred: 0 for a layer without a bias, only scaled); for lsuv
+std_before, std, scale and iters. `InitReport.not_initialized` names the weights left as they
+were (varexp.models.base.unreached).
 """
 
 from __future__ import annotations
@@ -52,7 +54,14 @@ from torch import Tensor, nn
 
 from varexp.activations import get_activation
 from varexp.errors import VarexpError
-from varexp.models.base import WeightLayer, batch_statistics, weight_layers
+from varexp.models.base import (
+    Unreached,
+    WeightLayer,
+    batch_statistics,
+    unreached,
+    unreached_warning,
+    weight_layers,
+)
 from varexp.schema import choice, integer, number, spec_from, store
 
 # A layer is dead when its fitted statistic is below DEAD times its second moment (0 when all is
@@ -249,25 +258,50 @@ for _init in INITS.values():
 @dataclass
 class InitReport:
     forward_passes: float = 0.0  # minibatch forward-pass equivalents (weight-layer MACs)
-    layers: list[dict] = field(default_factory=list)
+    layers: list[dict] = field(default_factory=list)  # the layers initialized, in fit order
+    # weights left as they were (varexp.models.base.unreached): recurrent layers, embeddings,
+    # attention's packed projections, functional calls; for a data-dependent init also weight
+    # layers the forward pass does not call
+    not_initialized: list[Unreached] = field(default_factory=list)
+
+    def warnings(self, model: nn.Module, init: str,
+                 not_measured: list[Unreached] | None = None) -> list[str]:
+        """The lines a user should read: layers scale+bias could only scale (no bias), and the
+        weights not initialized with their share of the parameters (with `not_measured`, the
+        weights a probe of the model leaves out, in one line with them where they are the
+        same)."""
+        lines = []
+        uncentred = [e["name"] for e in self.layers if e.get("centred") == 0]
+        if uncentred:
+            lines.append(f"init={init}: {len(uncentred)} layer(s) without a bias were scaled but "
+                         f"not centred: {', '.join(uncentred)} (arch.bias=true, or add_bias=True "
+                         "in varexp.init.scale_bias_, gives them zero biases to fit)")
+        what = f"initialized by init={init}"
+        if not_measured is not None:
+            if not_measured == self.not_initialized:
+                what = f"measured or {what}"
+            else:
+                lines.append(unreached_warning(model, not_measured, "measured"))
+        lines.append(unreached_warning(model, self.not_initialized, what))
+        return [line for line in lines if line is not None]
 
 
 def fans(layer: nn.Module) -> tuple[float, float]:
     """(fan_in, fan_out): how many inputs one output unit sums over, and how many outputs one
-    input unit feeds, averaged over positions for strided convolutions.
+    input unit feeds, averaged over positions for strided convolutions (of any dimension).
 
-    torch's _calculate_fan_in_and_fan_out swaps these for ConvTranspose2d (its weight is
-    (in, out/groups, kh, kw)) and ignores stride: a stride-2 2x2 up-convolution sums each output
-    over in_channels inputs, not out_channels * 4.
+    torch's _calculate_fan_in_and_fan_out swaps these for transposed convolutions (their weight
+    is (in, out/groups, *kernel)) and ignores stride: a stride-2 2x2 up-convolution sums each
+    output over in_channels inputs, not out_channels * 4.
     """
     w = layer.weight
     if isinstance(layer, nn.Linear):
         return float(w.shape[1]), float(w.shape[0])
-    taps = w.shape[2] * w.shape[3]
-    stride = layer.stride[0] * layer.stride[1]
+    taps = math.prod(w.shape[2:])
+    stride = math.prod(layer.stride)
     per_group_in = layer.in_channels // layer.groups
     per_group_out = layer.out_channels // layer.groups
-    if isinstance(layer, nn.ConvTranspose2d):
+    if isinstance(layer, nn.modules.conv._ConvTransposeNd):
         return per_group_in * taps / stride, float(per_group_out * taps)
     return float(per_group_in * taps), per_group_out * taps / stride
 
@@ -310,13 +344,26 @@ def initialize(
                 nn.init.zeros_(wl.module.bias)
             if hasattr(wl.norm, "reset_parameters"):
                 wl.norm.reset_parameters()  # BatchNorm: weight 1, bias 0, fresh statistics
-        if data is None:
-            return InitReport(0.0, [_describe(wl) for wl in layers])
+        if data is None:  # init=default redraws nothing: nothing to report as left out
+            left = unreached(model, [wl.module for wl in layers]) if record.draw else []
+            return InitReport(0.0, [_describe(wl) for wl in layers], left)
         try:
-            return _fit(model, layers, record, spec, data)
+            report = _fit(model, layers, record, spec, data)
         except VarexpError:
             model.load_state_dict(saved)
             raise
+        # a layer the pass never called (its weights used by its parent) keeps its own weights:
+        # drawn but not fitted, they would be far off scale
+        fitted = {e["index"] for e in report.layers}
+        prefix = {m: name for name, m in model.named_modules()}
+        for wl in layers:
+            if wl.index not in fitted:
+                for key, param in wl.module.named_parameters(recurse=False):
+                    name = f"{prefix[wl.module]}.{key}" if prefix[wl.module] else key
+                    param.copy_(saved[name])
+        report.not_initialized = unreached(
+            model, [wl.module for wl in layers if wl.index in fitted])
+        return report
 
 
 def one_batch(spec: object) -> object:
@@ -388,13 +435,16 @@ def _fit(model: nn.Module, layers: list[WeightLayer], record: Init, spec: object
             h.remove()
 
     for wl in layers:
-        if calls[wl.index] != 1:
-            why = ("; its weights are used without calling it (as nn.MultiheadAttention "
-                   "does)" if calls[wl.index] == 0 else "")
+        if calls[wl.index] > 1:
             raise VarexpError(
                 f"init={spec.name}: layer {wl.name} ran {calls[wl.index]} times in one "
-                f"forward pass{why}; data-dependent inits need every weight layer to run once"
+                "forward pass; data-dependent inits need every weight layer to run once"
             )
+    # layers never called (nn.MultiheadAttention's out_proj) are left out, and reported
+    layers = [wl for wl in layers if calls[wl.index] == 1]
+    if not layers:
+        raise VarexpError(f"init={spec.name}: no weight layer ran in a forward pass on the "
+                          "batches")
     keys = sorted(next(iter(stats.values())))
     # one device-to-host copy for all layers
     table = torch.stack([torch.stack([stats[wl.index][k].float() for k in keys]) for wl in layers])
@@ -444,8 +494,9 @@ def _scale(wl: WeightLayer, y: Tensor, with_bias: bool, eps: float) -> tuple[Ten
         "sigma2": sigma2,
         "scale": 1.0 / s,
         "bias_abs_mean": bias_abs,
-        "centred": torch.tensor(float(centred), dtype=s.dtype, device=s.device),
     }
+    if with_bias:  # scale+bias: whether Eq. 14 could centre the layer
+        stats["centred"] = torch.tensor(float(centred), dtype=s.dtype, device=s.device)
     return y.add_(shift).div_(s), stats  # y is this call's fresh output: in place saves memory
 
 

@@ -1,10 +1,13 @@
 """varexp on any PyTorch model: `varexp.probe(model, x)` measures what the paper measures, per
-weight layer (every Linear, Conv2d and ConvTranspose2d, found by hooks, in the order a forward
-pass runs them), without changing the model's code or state.
+weight layer (every Linear, Conv1d/2d/3d and ConvTranspose1d/2d/3d, found by hooks, in the order a
+forward pass runs them), without changing the model's code or state. Weights it cannot measure
+(recurrent layers, embeddings, attention's packed projections, functional calls) are named in one
+warning with their share of the model's parameters.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import pandas as pd
@@ -12,11 +15,14 @@ import torch
 from torch import Tensor, nn
 
 from varexp.errors import VarexpError
+from varexp.models.base import unreached, unreached_warning
 from varexp.results.tables import probe_frame
 from varexp.stats import network_stats
+from varexp.threads import free_cores_now, using_threads
 
 
-def probe(model: nn.Module, x: Tensor, grad: bool = True, seed: int = 0) -> pd.DataFrame:
+def probe(model: nn.Module, x: Tensor, grad: bool = True, seed: int = 0,
+          threads: int | str | None = "auto") -> pd.DataFrame:
     """probe.csv's table for `model` on the batch x (T samples on the model's device): per
     weight layer in forward order its layer number, name (as in model.named_modules()), type,
     features and the sample statistics of its output u (varexp.stats: sample mean^2, sample
@@ -27,11 +33,20 @@ def probe(model: nn.Module, x: Tensor, grad: bool = True, seed: int = 0) -> pd.D
 
     BatchNorm uses batch statistics and dropout is off for the pass (paper Sec. 4); the model's
     modes, buffers and parameters are left as they were. A layer the model runs more than once
-    per pass (shared weights) is measured on its first call, with a warning naming it.
+    per pass (shared weights) is measured on its first call, with a warning naming it. Weights
+    not measured (varexp.models.base.unreached) are named in one warning and listed in the
+    table's attrs["not_measured"] (name, kind, parameters).
+
+    On the CPU the pass runs on `threads` torch threads, as `varexp probe threads=...` does:
+    "auto" takes the cores other processes leave free at the call, at most
+    torch.get_num_threads() (torch's threads wait for each other after every operation, so one
+    that loses its core to another process slows them all); a number sets the count; None keeps
+    torch's setting. Torch's setting is restored afterwards.
     """
     generator = torch.Generator(device=x.device).manual_seed(seed)
     try:
-        rows, _ = network_stats(model, x, grad=grad, generator=generator)
+        with using_threads(call_threads(threads, x.device)):
+            rows, _ = network_stats(model, x, grad=grad, generator=generator)
     except ValueError as err:  # no weight layers
         raise VarexpError(str(err)) from None
     if not rows:
@@ -40,13 +55,23 @@ def probe(model: nn.Module, x: Tensor, grad: bool = True, seed: int = 0) -> pd.D
         if row["calls"] > 1:
             warnings.warn(f"layer {row['name']} ran {row['calls']} times in one forward pass; "
                           "its statistics and grad_sq are those of its first call", stacklevel=2)
-    modules = dict(model.named_modules())
+    left = unreached(model, [r["module"] for r in rows])
+    message = unreached_warning(model, left, "measured")
+    if message is not None:
+        warnings.warn(message, stacklevel=2)
     frame = probe_frame(0, rows).drop(columns="network")
-    frame.insert(2, "type", [_type(modules, row["name"]) for row in rows])
+    frame.insert(2, "type", [type(row["module"]).__name__ for row in rows])
+    frame.attrs["not_measured"] = [dataclasses.asdict(item) for item in left]
     return frame
 
 
-def _type(modules: dict[str, nn.Module], name: str) -> str:
-    module = modules.get(name)
-    layer = getattr(module, "layer", module)  # a varexp Unit holds its weight layer
-    return type(layer).__name__
+def call_threads(threads: int | str | None, device: torch.device) -> int:
+    """torch's intra-op threads for one call: see probe."""
+    if threads is None or device.type != "cpu":
+        return torch.get_num_threads()
+    if threads == "auto":
+        return min(torch.get_num_threads(), free_cores_now())
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise VarexpError(f"threads={threads!r} is not allowed; must be auto, None or an "
+                          "integer >= 1")
+    return threads

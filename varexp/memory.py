@@ -87,6 +87,24 @@ def probe_bytes(params: int, outputs: int) -> float:
     return FLOAT * (params + 2 * outputs)
 
 
+# Arrays of width x T floats that one network of the sampled path holds beyond the layer outputs
+# it keeps for the backward pass: its workspace (the draws, the layer input, the statistics'
+# squares, the backward signal and its update: 5; the layer input in float64 for its Gram
+# matrix: 2) and, measured (bench/bench_probe.py --memory), about as much again in small arrays
+# and the allocator's slack
+SAMPLED_WORKING = 16
+
+
+def sampled_network_bytes(width: int, depth: int, samples: int, features: int, grad: bool,
+                          neurons: bool) -> float:
+    """One network of the exact sampled MLP path (varexp.sampled): with gradients every layer's
+    output (width x T) and a T x T float64 matrix kept for the backward pass, plus the arrays of
+    one layer in flight, and u at layers 1 and L for neurons.csv."""
+    kept = depth * (width * samples + 2 * samples**2) if grad else 0
+    kept += 2 * width * samples if neurons else 0
+    return FLOAT * (kept + SAMPLED_WORKING * max(width, features) * samples)
+
+
 def train_bytes(params: int, outputs: int, optimizer: str) -> float:
     """A training step holds the weights, their gradients and the optimizer's state (SGD's
     momentum; Adam's two moments), and the layer outputs of the batch with their gradients."""

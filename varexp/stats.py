@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.graph import GradientEdge, get_gradient_edge
 
 from varexp.errors import VarexpError
 from varexp.models.base import WeightLayer, batch_statistics, weight_layers
@@ -84,9 +85,14 @@ class Recorder:
     """Forward hooks on every weight layer (varexp.models.base.weight_layers) of `model`.
 
     During a forward pass it computes the sample statistics of u^l (output of unit.norm) at once,
-    so in-place activations cannot spoil them, keeps x^l (output of the unit) for gradients when
-    `keep_x` (without it no activation outlives the pass), and keeps u^l itself for the layers in
-    `keep_u`. Use as a context manager; hooks go on exit.
+    so in-place activations cannot spoil them, keeps where x^l (output of the unit) enters the
+    autograd graph for gradients when `keep_x`, and keeps u^l itself for the layers in `keep_u`.
+    Use as a context manager; hooks go on exit.
+
+    x^l is kept as its gradient edge, taken when the unit returns: a later in-place op on the
+    tensor (ReLU(inplace=True), `out += identity`, SiLU's or Hardswish's inplace) rebinds the
+    tensor to its own output, so a gradient taken with respect to the tensor would be that of the
+    op's result, while the edge stays the unit's output. No activation outlives the pass.
     """
 
     def __init__(self, model: nn.Module, keep_u: Sequence[int] = (), keep_x: bool = True,
@@ -106,7 +112,7 @@ class Recorder:
         self.calls: dict[int, int] = {}  # per layer index, in the order layers first ran
         self.stats: dict[int, dict[str, Tensor]] = {}
         self.features: dict[int, int] = {}
-        self.x: dict[int, Tensor] = {}
+        self.x: dict[int, GradientEdge] = {}
         self.u: dict[int, Tensor] = {}
 
     def _on_u(self, index: int):
@@ -123,7 +129,8 @@ class Recorder:
 
     def _on_x(self, index: int):
         def hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:
-            self.x.setdefault(index, output)
+            if index not in self.x and output.grad_fn is not None:
+                self.x[index] = get_gradient_edge(output)
 
         return hook
 
@@ -140,9 +147,10 @@ class Recorder:
 
 
 def grad_sq(
-    output: Tensor, xs: Sequence[Tensor], generator: torch.Generator | None = None
+    output: Tensor, xs: Sequence[Tensor | GradientEdge], generator: torch.Generator | None = None
 ) -> Tensor:
-    """Mean over features and samples of (dL/dx^l)^2 for each x^l in `xs` (paper Fig. 3).
+    """Mean over features and samples of (dL/dx^l)^2 for each x^l in `xs` (tensors or their
+    gradient edges, varexp.stats.Recorder) (paper Fig. 3).
 
     L = sum_t w . x^L_t with w ~ N(0, 1) of the shape of one sample of `output` = x^L, drawn once
     per call. Returns a float64 tensor of shape (len(xs),).
@@ -170,9 +178,14 @@ def network_stats(
 
     Returns per weight layer, in the order the pass first ran them, a dict: layer (1..L in
     that order), name, features, the STAT_NAMES as 0-d float64 tensors, grad_sq (a 0-d tensor,
-    or None without `grad`) and calls (how often the pass ran it; its first call is measured);
+    or None without `grad`), calls (how often the pass ran it; its first call is measured) and
+    module (the weight layer);
     and u^l for `keep_u`. Layers the pass never runs are left out.
     """
+    if grad and x.is_floating_point():
+        # the input in the graph: a model with frozen weights still has gradients to its layers
+        # (only what grad_sq asks for is computed, never dL/dx itself)
+        x = x.detach().requires_grad_()
     with (
         batch_statistics(model),
         Recorder(model, keep_u, keep_x=grad, layers=layers) as rec,
@@ -181,12 +194,17 @@ def network_stats(
         output = model(x)
         by_index = {wl.index: wl for wl in rec.layers}
         ran = [by_index[i] for i in rec.calls]
+        if grad:
+            outside = [wl.name for wl in ran if wl.index not in rec.x]
+            if outside:
+                raise VarexpError(f"layer {outside[0]}: its output needs no gradient (nothing "
+                                  "before it requires grad); probe with grad=False")
         g = grad_sq(output, [rec.x[wl.index] for wl in ran], generator) if grad else None
     rows = []
     for i, wl in enumerate(ran):
         rows.append(
             dict(layer=i + 1, name=wl.name, features=rec.features[wl.index],
                  **rec.stats[wl.index], grad_sq=None if g is None else g[i],
-                 calls=rec.calls[wl.index])
+                 calls=rec.calls[wl.index], module=wl.module)
         )
     return rows, rec.u

@@ -239,6 +239,8 @@ def calibrate(cfg: DictConfig, threads: int, steps: int = 6) -> tuple[float, flo
             cfg.train.progress = False
             cfg.train.stop_after = None
             cfg.resume = False
+            if "logger" in cfg:  # a timing run is nobody's result: no MLflow or W&B run
+                del cfg["logger"]
             summary = train(cfg, Path(tmp), quiet=True)
             seconds = pd.read_csv(Path(tmp) / "metrics.csv")["seconds"].to_numpy()
     finally:

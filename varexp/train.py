@@ -47,7 +47,7 @@ from varexp.files import write_json
 from varexp.inits import INITS, initialize
 from varexp.loggers import Logger, make_logger
 from varexp.models import build_model
-from varexp.models.base import WeightLayer, batch_statistics, in_forward_order
+from varexp.models.base import WeightLayer, batch_statistics, in_forward_order, unreached
 from varexp.optim import make_optimizer
 from varexp.results import checkpoint, read_summary
 from varexp.results.aggregate import criterion
@@ -296,6 +296,9 @@ class Trainer:
                 batches = [x for x, _ in _take(fit, cfg.init.batches)]
             report = initialize(self.model, cfg.init, cfg.arch.activation, batches)
             self.init_forward_passes = report.forward_passes
+            measured = unreached(self.model, [wl.module for wl in self.layers])
+            for line in report.warnings(self.model, cfg.init.name, measured):
+                log.warning(line)
         if cfg.train.channels_last:
             self.model.to(memory_format=torch.channels_last)  # conv weights NHWC
         self.optimizer = make_optimizer(self.model.parameters(), cfg.optim)
@@ -310,7 +313,7 @@ class Trainer:
             self.step, self.status = saved.step, saved.status
             self.past_wall, self.past_train = saved.seconds, saved.train_seconds
             self.init_forward_passes = saved.init_forward_passes
-        self.logger = make_logger(cfg, self.run_dir, self.step)
+        self.logger = make_logger(cfg, self.run_dir, self.step, self.identity)
 
     def start_batches(self) -> None:
         saved = self.saved
@@ -445,6 +448,15 @@ class Trainer:
     def flush(self) -> None:
         METRICS.write(self.metrics, self.run_dir)
         RATIOS.write(self.ratios, self.run_dir)
+        self.logger.commit()
+
+    def log_end(self, summary: dict) -> None:
+        """The logger's last word: the run's summary and, for a completed run, the ratios of
+        its final parameters (after the last update, which no metrics row describes)."""
+        stats = None
+        if self.logger.wants_final_ratios and summary["status"] == "completed":
+            stats = layer_stats(self.model, self.fixed_x, self.layers).cpu().tolist()
+        self.logger.finish(summary, self.step, [wl.name for wl in self.layers], stats)
 
     def fail(self, error: str) -> None:
         """summary.json says failed, and why; if even that cannot be written, the log says it."""
@@ -536,6 +548,7 @@ def train(cfg: DictConfig, run_dir: str | Path, quiet: bool = False) -> dict:
         run.save()
         summary = run.summary(run.status)
         write_json(summary, run_dir / "summary.json")
+        run.log_end(summary)
         return summary
     except Stopped:
         raise

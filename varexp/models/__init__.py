@@ -14,9 +14,10 @@ from varexp.activations import ACTIVATIONS
 from varexp.errors import ConfigError, bad_value
 from varexp.models import allcnnc, unet, zoo
 from varexp.models.allcnnc import AllCNNC
+from varexp.models.base import add_biases
 from varexp.models.mlp import MLP
 from varexp.models.unet import UNet
-from varexp.schema import choice, integer, number, option, spec_from, store
+from varexp.schema import choice, flag, integer, number, option, spec_from, store
 
 __all__ = ["ARCHS", "AllCNNC", "MLP", "UNet", "build_model"]
 
@@ -33,6 +34,7 @@ class MLPArch:
     depth: int = integer(50)
     activation: str = choice("relu", tuple(ACTIVATIONS))
     norm: str = choice("none", NORMS)
+    bias: bool = flag(False)  # every layer has one already: nothing to add
 
 
 @dataclass
@@ -45,6 +47,7 @@ class AllCNNCArch:
     activation: str = choice("relu", tuple(ACTIVATIONS))
     norm: str = choice("none", NORMS)
     dropout: float = number(0.0, minimum=0.0, below=1.0)  # after the input and each stride-2 conv
+    bias: bool = flag(False)  # every layer has one already: nothing to add
 
 
 @dataclass
@@ -58,6 +61,7 @@ class UNetArch:
     norm: str = choice("none", NORMS)
     out_channels: int = option(1, kind="choice", choices=(1, 2),
                                text="choose 1 (membrane logit) or 2 (two classes)")
+    bias: bool = flag(False)  # every layer has one already: nothing to add
 
 
 ARCHS: dict[str, type] = {"mlp": MLPArch, "allcnnc": AllCNNCArch, "unet": UNetArch,
@@ -84,6 +88,13 @@ def build_model(
     shape = tuple(int(n) for n in input_shape)
     if not shape or min(shape) < 1:
         raise ConfigError(f"input shape {shape} is not allowed; every size must be >= 1")
+    model = _build(a, shape, num_classes)
+    if a.bias:
+        add_biases(model)
+    return model
+
+
+def _build(a: object, shape: tuple[int, ...], num_classes: int | None) -> nn.Module:
     if a.name == "mlp":
         outputs = _classes(num_classes, None)
         return MLP(math.prod(shape), a.width, a.depth, a.activation, a.norm, outputs)

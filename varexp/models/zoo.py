@@ -1,8 +1,9 @@
 """Models users have: any torchvision classification model by name (`arch=torchvision
 arch.model=resnet18`) and, when timm is installed, any timm model (`arch=timm
 arch.model=convnext_atto`). They keep their own code; varexp finds their weight layers (every
-Linear, Conv2d and ConvTranspose2d, varexp.models.base.weight_layers) and measures each one's
-output. `arch.norm=none` swaps their BatchNorm, LayerNorm and GroupNorm for Identity.
+Linear, Conv1d/2d/3d and ConvTranspose1d/2d/3d, varexp.models.base.weight_layers) and measures
+each one's output. `arch.norm=none` swaps their BatchNorm, LayerNorm and GroupNorm for Identity;
+`arch.bias=true` gives their bias-less weight layers zero biases (for init=scale+bias).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from torch import nn
 
 from varexp.activations import ACTIVATIONS
 from varexp.errors import ConfigError, bad_value
-from varexp.schema import choice
+from varexp.schema import choice, flag
 
 ZOO_NORMS = ("default", "none")  # default: as the library builds the model
 NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
@@ -29,6 +30,7 @@ class TorchvisionArch:
     model: str = "resnet18"  # any name in torchvision.models.list_models(torchvision.models)
     norm: str = choice("default", ZOO_NORMS)
     activation: str = choice("relu", tuple(ACTIVATIONS))  # the gain of init=kaiming's weights
+    bias: bool = flag(False)  # zero biases for layers without (for init=scale+bias)
 
 
 @dataclass
@@ -39,6 +41,7 @@ class TimmArch:
     model: str = "resnet18"  # any name in timm.list_models()
     norm: str = choice("default", ZOO_NORMS)
     activation: str = choice("relu", tuple(ACTIVATIONS))
+    bias: bool = flag(False)
 
 
 def build(arch: TorchvisionArch | TimmArch, shape: tuple[int, ...],

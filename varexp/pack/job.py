@@ -285,6 +285,8 @@ def calibrate(cfgs: list[DictConfig], threads: int, steps: int = 6) -> tuple[flo
                     cfg.train.progress = False
                     cfg.train.stop_after = None
                     cfg.resume = False
+                    if "logger" in cfg:  # a timing run is nobody's result: no MLflow or W&B run
+                        del cfg["logger"]
                 folder = Path(tmp) / str(k)
                 folder.mkdir()
                 runs.append(PackRun(cfg, folder, data_info(cfg.dataset, cfg.arch), None))

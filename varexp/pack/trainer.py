@@ -333,6 +333,7 @@ class Pack:
             trainer.save()
             run.summary = trainer.summary(trainer.status)
             write_json(run.summary, run.run_dir / "summary.json")
+            trainer.log_end(run.summary)
             trainer.logger.close()
             log.info("%s: %s after %d steps", run.run_dir, trainer.status, trainer.step)
 

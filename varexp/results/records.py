@@ -62,6 +62,9 @@ NOT_IDENTITY = frozenset((
     "train.flush_seconds", "train.log_seconds", "train.progress", "train.compile",
     "train.stop_after",
 ))  # fmt: skip
+# Keys added after runs were made, with the value that does what runs did before them: at that
+# value they are left out, so that those runs keep their identity.
+ADDED_LATER: dict[str, object] = {"arch.bias": False}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -87,7 +90,8 @@ def identity(command: str, cfg: DictConfig) -> dict[str, object]:
             value = OmegaConf.to_container(value, resolve=True)
         flat.update(flatten(value, f"{key}."))
     return json.loads(json.dumps({k: v for k, v in sorted(flat.items())
-                                  if k not in NOT_IDENTITY}))
+                                  if k not in NOT_IDENTITY
+                                  and not (k in ADDED_LATER and ADDED_LATER[k] == v)}))
 
 
 def identity_hash(ident: dict[str, object]) -> str:
