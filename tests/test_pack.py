@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -410,6 +411,68 @@ def test_auto_packs_small_steps_on_the_cpu_only():
     # where a launcher runs jobs side by side, one pack per core
     assert [len(p) for p in packing.plan("auto", jobs, lambda i: small, "joblib", 2).packs] == [
         2, 2]
+
+
+def test_the_slurm_launcher_submits_packs(tmp_path, monkeypatch, capsys):
+    """hydra/launcher=submitit_slurm submits a pack as one job: here its executor runs each
+    submitted job in this process (no cluster) through the launcher's own job function; every
+    run of the pack completes in its own folder."""
+    import submitit
+
+    submitted: list[list[str]] = []
+
+    class HereExecutor:
+        def __init__(self, cluster: str, folder: str, **options: object):
+            assert cluster == "slurm"
+
+        def update_parameters(self, **params: object) -> None:
+            assert params["slurm_partition"] == "gpu"
+
+        def map_array(self, job, *arguments):
+            submitted.extend(arguments[0])
+            done = [job(*one) for one in zip(*arguments, strict=True)]
+            return [SimpleNamespace(results=lambda d=d: [d]) for d in done]
+
+    monkeypatch.setattr(submitit, "AutoExecutor", HereExecutor)
+    monkeypatch.setattr(submitit, "JobEnvironment", lambda: SimpleNamespace(job_id="42"))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text("#!/bin/sh\nexit 1\n")
+    (bin_dir / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    launch_here(monkeypatch, tmp_path, "sweep", *SIZES, *GRID,
+                f"hydra.sweep.dir={tmp_path / 'slurm'}", "hydra/launcher=submitit_slurm",
+                "hydra.launcher.partition=gpu")
+    assert "12 runs in 1 job: 1 pack of 12" in capsys.readouterr().out
+    assert len(submitted) == 1 and any(o.startswith("+packed_runs=") for o in submitted[0])
+    table = pd.read_csv(tmp_path / "slurm" / "sweep.csv")
+    assert len(table) == 12 and (table["status"] == "completed").all()
+    assert job_logs(tmp_path / "slurm").count("pack of 12 runs on cpu") == 12
+
+
+def test_auto_on_a_cluster_packs_for_the_gpus_its_jobs_get(monkeypatch):
+    """The nodes of submitit_slurm are not this machine: auto packs for the device the config
+    asks for (device=cuda, or device=auto with GPUs per job), and leaves the memory check to
+    the pack job on the node."""
+    from varexp.compose import complete, compose_config
+
+    def slurm(*extra: str):
+        return compose_config("sweep", complete("sweep", [
+            *SIZES, "hydra/launcher=submitit_slurm", *extra]))
+
+    monkeypatch.setattr(packing.memory, "available", lambda device: pytest.fail(
+        "the memory of the launching machine is not the nodes'"))
+    jobs = jobs_of("init=scale,scale+bias,batchnorm", "optim=sgd,adam", "sweep.lr_index=0,1,2,3",
+                   "seed=0,1,2")
+    for extra in (["device=auto", "hydra.launcher.gpus_per_node=1"], ["device=cuda"]):
+        cfg = slurm(*extra)
+        plan = packing.plan("auto", jobs, lambda i, cfg=cfg: cfg, "submitit_slurm")
+        assert plan.text().startswith("72 runs in 3 jobs: 3 packs of 24"), extra
+    unknown = slurm("device=auto")
+    plan = packing.plan("auto", jobs, lambda i: unknown, "submitit_slurm")
+    assert not plan.packed and "the cluster's device is not known here" in plan.text()
+    assert [len(p) for p in packing.plan(8, jobs, lambda i: unknown,
+                                         "submitit_slurm").packs] == [8] * 9
 
 
 def test_a_pack_that_does_not_fit_is_split_with_one_line(monkeypatch):

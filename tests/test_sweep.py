@@ -172,15 +172,18 @@ def test_tiny_sweep_resumes_skips_and_plots(tmp_path, monkeypatch, capsys):
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
 def test_tiny_sweep_through_launcher(tmp_path, launcher):
-    """The same sweep through a parallel launcher, its jobs starting DataLoader workers of their
-    own, gives the same tables (CPU, same seeds)."""
+    """The same sweep through a parallel launcher, its jobs (two packs of four runs) starting
+    DataLoader workers of their own, gives the same tables (CPU, same seeds)."""
     basic = tmp_path / "basic"
     basic.mkdir()
     run_varexp(*sweep_args(basic), cwd=basic, check=True)
     start = time.perf_counter()
-    run_varexp(*sweep_args(tmp_path, f"hydra/launcher={launcher}", "dataset.workers=1"),
-           cwd=tmp_path, check=True)
+    out = run_varexp(*sweep_args(tmp_path, f"hydra/launcher={launcher}", "dataset.workers=1"),
+                     cwd=tmp_path, check=True)
     print(f"{launcher}: {time.perf_counter() - start:.1f} s")
+    # the launcher launched the runs of each seed as one pack job
+    assert "8 runs in 2 jobs: 2 packs of 4" in out.stdout
+    assert job_logs(tmp_path / "sweep").count("pack of 4 runs on cpu") == 8
     table = assert_tiny_sweep(tmp_path / "sweep")
     reference = pd.read_csv(basic / "sweep" / "sweep.csv")
     pd.testing.assert_frame_equal(table.drop(columns="seconds"),

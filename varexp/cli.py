@@ -155,6 +155,11 @@ def main(argv: list[str] | None = None) -> None:
     except VarexpError as error:
         print(f"varexp {command}: {error}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:  # Ctrl-C while jobs are composed, launched or waited for
+        again = ("; run the same command to continue: finished runs are skipped, the others "
+                 "resume from their checkpoints" if command == "sweep" else "")
+        print(f"varexp {command}: interrupted{again}", file=sys.stderr)
+        sys.exit(130)
 
 
 COMPLETION_FLAGS = ("-sc", "--shell-completion")

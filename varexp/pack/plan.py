@@ -176,10 +176,23 @@ class Plan:
 
 
 def device_of(cfg: DictConfig, launcher: str) -> torch.device | None:
-    """Where the runs will train, if this machine can tell (not for a cluster's nodes)."""
-    if launcher == "submitit_slurm":
-        return torch.device("cuda") if str(cfg.device).startswith("cuda") else None
+    """Where the runs will train: this machine's device, or for a cluster's nodes what the
+    config asks for (device=cuda, or device=auto with GPUs per job; None: it cannot tell)."""
+    if remote(launcher):
+        device = str(cfg.device)
+        options = cfg.get("hydra", {}).get("launcher", {}) or {}
+        gpus = (options.get("gpus_per_node") or options.get("gpus_per_task")
+                or "gpu" in str(options.get("gres") or ""))
+        if device.startswith("cuda") or device == "auto" and gpus:
+            return torch.device("cuda")
+        return torch.device("cpu") if device == "cpu" else None
     return resolve_device(str(cfg.device), job=0)
+
+
+def remote(launcher: str) -> bool:
+    """Whether the launcher runs its jobs on other machines (whose memory this one cannot see:
+    there a pack job checks it and cuts itself smaller where it must, varexp.pack.job)."""
+    return launcher == "submitit_slurm"
 
 
 def plan(setting: object, jobs: list[list[str]], config_of: Callable[[int], DictConfig],
@@ -220,7 +233,9 @@ def pack_size(setting: object, cfg: DictConfig, runs: int, launcher: str, parall
     if setting == AUTO:
         macs = step_macs(cfg)
         if device is None:
-            return 1, "sweep.pack=auto does not pack where this machine cannot see the device"
+            return 1, ("sweep.pack=auto: not packed, the cluster's device is not known here "
+                       "(device=cuda, or hydra.launcher.gpus_per_node, tells it; or set "
+                       "sweep.pack=N)")
         if device.type == "cpu":
             most = CPU_PACK_MACS[cfg.arch.name]
             if macs > most:
@@ -234,7 +249,7 @@ def pack_size(setting: object, cfg: DictConfig, runs: int, launcher: str, parall
             size = min(runs, GPU_PACK)
     else:
         size = min(int(setting), runs)
-    if device is not None and size > 1:
+    if device is not None and size > 1 and not remote(launcher):
         fits = fitting(cfg, size, device)
         if fits < size:
             note = (f"a pack of {size} runs would need about "
