@@ -281,6 +281,7 @@ def test_a_stopped_pack_resumes_to_the_rows_of_an_uninterrupted_one(tmp_path, mo
     assert [p.stat().st_mtime_ns for p in files] == stamps
 
 
+@pytest.mark.slow
 def test_runs_at_different_steps_join_the_pack_at_theirs(tmp_path, monkeypatch, float64):
     """A sweep stopped while its runs trained alone (sweep.pack=off: the first run has a
     checkpoint at step 2, the others nothing), then run packed: the first run joins the pack
@@ -346,6 +347,7 @@ def test_ctrl_c_and_sigkill_of_a_packed_sweep_then_resume(tmp_path):
 # the plan, and bad input
 
 
+@pytest.mark.slow
 def test_packed_and_unpacked_sweeps_make_the_same_tables(tmp_path, monkeypatch, capsys):
     launch_here(monkeypatch, tmp_path, *sweep_here(tmp_path, "packed"))
     packed_out = capsys.readouterr().out
@@ -486,6 +488,7 @@ def test_a_pack_that_does_not_fit_is_split_with_one_line(monkeypatch):
     assert note.startswith("a pack of 12 runs would need about ") and "packs of at most 5" in note
 
 
+@pytest.mark.slow
 def test_a_pack_job_that_does_not_fit_here_trains_its_runs_in_smaller_packs(
         tmp_path, monkeypatch, capsys):
     """The plan cut packs to the memory of the launching machine; the job checks the memory
