@@ -29,6 +29,7 @@ import bench_inits  # noqa: E402
 from varexp.data import fixed_batch  # noqa: E402
 from varexp.models import build_model  # noqa: E402
 from varexp.probing import probe_network  # noqa: E402
+from varexp.stop import run_benchmark  # noqa: E402
 
 
 def probe_cfg(networks: int, samples: int, channels: float):
@@ -114,4 +115,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_benchmark(main)

@@ -30,6 +30,7 @@ from varexp.data import Stream, data_info, membranes
 from varexp.data.cifar10 import files
 from varexp.data.stream import resolve_workers
 from varexp.models import build_model
+from varexp.stop import run_benchmark
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 
@@ -190,4 +191,4 @@ def table(seconds: float) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_benchmark(main)

@@ -4,7 +4,10 @@ probe's dense-vs-sampled crossover on that device.
 
     python bench/bench_gpu.py                 # on a GPU machine: ALL-CNN-C x1, batch 128, and
                                               # UNet x1, 4 crops of 256x256, 300 steps each
-    python bench/bench_gpu.py --quick         # a smoke run at toy sizes (any device)
+    python bench/bench_gpu.py --quick         # a smoke run at toy sizes
+    python bench/bench_gpu.py --quick --device cpu   # the smoke run without a GPU
+
+Without CUDA and without --device cpu it says so in one line and exits with status 2.
 
 Data: the embedded shapes (CIFAR10's format) and membranes (ISBI2012's), so the numbers need no
 download; on the device pipeline (data and augmentation on the GPU), as `varexp train` uses with
@@ -17,6 +20,7 @@ nothing read back. Prints markdown tables, with the device name.
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from contextlib import nullcontext
@@ -30,6 +34,7 @@ from varexp.inits import INITS, initialize
 from varexp.models import build_model
 from varexp.optim import make_optimizer
 from varexp.probing import probe_network
+from varexp.stop import interrupted, run_benchmark
 from varexp.train import reset_globals, segmentation_loss, train
 
 MODELS = {
@@ -138,16 +143,23 @@ def probe_crossover(device: torch.device, widths: list[int], depth: int, samples
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="cuda",
+                        help="cuda (default), cuda:N, or cpu (with --quick: a smoke run)")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--quick", action="store_true", help="toy sizes, 30 steps")
     parser.add_argument("--no-probe", action="store_true")
     args = parser.parse_args()
     device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("bench_gpu: no CUDA device here (torch.cuda.is_available() is False); it times the "
+              "GPU path: run it on a GPU machine, or `python bench/bench_gpu.py --quick --device "
+              "cpu` for a smoke run at toy sizes", file=sys.stderr)
+        sys.exit(2)
     models, steps = (QUICK, 30) if args.quick else (MODELS, args.steps)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"{name}; torch {torch.__version__}; {steps} steps, rates over the last two thirds\n")
+    print(f"{name}; torch {torch.__version__}; {steps} steps, rates over the last two thirds\n",
+          flush=True)
     print("| model | variant | bare steps/s | varexp train steps/s | images/s | overhead | "
           "start-up s |")
     print("|---|---|---|---|---|---|---|")
@@ -158,6 +170,8 @@ def main() -> None:
                 ours, startup = varexp_train(cfg)
                 theirs = bare(cfg, device)
             except Exception as err:  # e.g. compile without a compiler on this machine
+                if interrupted(err):  # Ctrl-C: the benchmark stops (run_benchmark)
+                    raise
                 print(f"| {label} | {variant} | failed: {type(err).__name__}: "
                       f"{str(err).splitlines()[0][:80]} | | | | |", flush=True)
                 continue
@@ -170,4 +184,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_benchmark(main)

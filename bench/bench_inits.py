@@ -28,6 +28,7 @@ from varexp.inits import initialize
 from varexp.models import ARCHS, build_model
 from varexp.models.base import weight_layers
 from varexp.models.mlp import MLP
+from varexp.stop import run_benchmark
 
 INITS = ("kaiming", "xavier", "orthogonal", "scale", "scale+bias", "lsuv")
 
@@ -188,4 +189,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_benchmark(main)

@@ -18,6 +18,7 @@ import torchvision
 from bench_inits import best_seconds
 
 import varexp
+from varexp.stop import run_benchmark
 
 
 def main() -> None:
@@ -60,4 +61,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_benchmark(main)

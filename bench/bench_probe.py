@@ -34,6 +34,8 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from varexp.stop import run_benchmark
+
 
 def load() -> float:
     return os.getloadavg()[0]
@@ -321,4 +323,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_benchmark(main)

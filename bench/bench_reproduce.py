@@ -9,6 +9,8 @@ import sys
 import tempfile
 import time
 
+from varexp.stop import run_benchmark
+
 
 def timed(where: str) -> float:
     start = time.perf_counter()
@@ -26,4 +28,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_benchmark(main)

@@ -20,6 +20,7 @@ from torch import Tensor
 from varexp.inits import initialize
 from varexp.models import build_model
 from varexp.stats import Recorder, network_stats, sample_stats
+from varexp.stop import run_benchmark
 
 
 def baseline_stats(u: Tensor) -> dict[str, Tensor]:
@@ -85,4 +86,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_benchmark(main)

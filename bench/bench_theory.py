@@ -17,6 +17,7 @@ import os
 import time
 
 from varexp.activations import ACTIVATIONS
+from varexp.stop import run_benchmark
 from varexp.theory import POINTS, recursion
 
 
@@ -47,4 +48,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_benchmark(main)

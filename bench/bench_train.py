@@ -27,6 +27,7 @@ from varexp.data import Stream, data_info
 from varexp.inits import initialize
 from varexp.models import build_model
 from varexp.optim import make_optimizer
+from varexp.stop import run_benchmark
 from varexp.train import reset_globals, train
 
 CASES = {
@@ -99,4 +100,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_benchmark(main)

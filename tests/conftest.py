@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from omegaconf import DictConfig, open_dict
 
 from varexp.cli import main
@@ -53,3 +54,15 @@ def hide_package(monkeypatch, name: str) -> None:
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda package, *a: None if package == name else real(package, *a))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """The suite runs many short `varexp` processes: with pytest-xdist, one test process per core
+    (at most 4) unless `-n` says otherwise; without it (`-p no:xdist`), one process. A test
+    process that xdist started (it has `workerinput`) runs its tests itself."""
+    worker = hasattr(config, "workerinput")
+    if config.pluginmanager.hasplugin("xdist") and config.option.numprocesses is None \
+            and not worker:
+        config.option.numprocesses = "auto"
+        config.option.maxprocesses = config.option.maxprocesses or 4

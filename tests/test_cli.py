@@ -9,6 +9,8 @@ import pandas as pd
 import pytest
 from conftest import run_in_process, run_varexp
 
+from varexp.errors import did_you_mean
+
 
 def test_help_lists_every_subcommand():
     out = run_varexp("--help")
@@ -56,6 +58,37 @@ def test_unknown_command():
     assert out.returncode == 2 and "unknown command 'fit'" in out.stderr
 
 
+@pytest.mark.parametrize("args, needle", [
+    (["trian"], "varexp: unknown command 'trian'; did you mean train? choose one of theory,"),
+    (["sweep", "train.stesp=10"], "train.stesp is not a key of train; did you mean train.steps? "
+                                  "its keys: steps,"),
+    (["train", "trian.steps=10"], "trian.steps is not a key of varexp train; did you mean "
+                                  "train.steps? its keys:"),
+    (["train", "optm=adam"], "optm is not a key of varexp train; did you mean optim?"),
+    (["probe", "arch=mlp", "arch.widht=3"], "arch.widht is not a key of arch=mlp; did you mean "
+                                            "arch.width? its keys: width,"),
+    (["train", "init=kaimng"], "init='kaimng' is not an option; did you mean kaiming? choose"),
+    (["plot", "figur4"], "figure='figur4' is not allowed; did you mean figure4? choose one of"),
+    (["train", "optim.lrr=0.1"], "optim.lrr is not a key of optim=sgd; did you mean optim.lr?"),
+])
+def test_a_mistyped_command_key_or_option_names_the_closest(tmp_path, monkeypatch, capsys,
+                                                             args, needle):
+    monkeypatch.chdir(tmp_path)
+    code, err = run_in_process(capsys, *args)
+    assert code == 2, err
+    assert err.strip().splitlines() == [err.strip()] and needle in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_did_you_mean_names_only_close_words():
+    commands = ["theory", "probe", "train", "sweep", "plot", "reproduce"]
+    assert did_you_mean("swep", commands) == "did you mean sweep? "
+    assert did_you_mean("fit", commands) == ""  # nothing close: no guess
+    assert did_you_mean("train", commands) == ""  # not a typo
+    assert did_you_mean("w", ["width"], "arch.{}") == ""
+    assert did_you_mean("widht", ["width", "depth"], "arch.{}") == "did you mean arch.width? "
+
+
 def test_unwritable_run_dir_is_one_line(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
@@ -79,13 +112,25 @@ def test_unwritable_run_dir_is_one_line(tmp_path):
                               "arch, dataset, init, experiment"),
     ("train", ["experiment=figure1"], "experiment=figure1 is a preset for `varexp probe`, not "
                                       "`varexp train`; presets for train: figure4_cifar10"),
-    ("probe", ["experiment=figure9"], "experiment='figure9' is not an option; choose one of "
-                                      "figure1, figure1_quick"),
+    ("probe", ["experiment=figure9"], "experiment='figure9' is not an option; did you mean "
+                                      "figure1, figure2 or figure3? choose one of figure1, "
+                                      "figure1_quick"),
     ("train", ["optim.lr=abc"], "optim.lr='abc' is not allowed; must be a finite number > 0"),
     ("probe", ["probe.networks=2,0", "-m"], "in the sweep, probe.networks=2,0 (value 2 of 2): "
                                             "probe.networks=0 is not allowed"),
     ("probe", ["probe.networks=2,3"], "probe.networks=2,3 lists several values; add -m"),
     ("theory", ["++hydra.run.dir="], "hydra.run.dir='' is not allowed; it must name a folder"),
+    # a misspelled key added with + is refused against the schema like a plain one
+    ("probe", ["+probe.netwroks=5"], "probe.netwroks is not a key of probe; did you mean "
+                                     "probe.networks? its keys: networks,"),
+    ("probe", ["++probe.netwroks=5"], "probe.netwroks is not a key of probe; did you mean "
+                                      "probe.networks? its keys: "),
+    ("train", ["+arch.widht=3", "arch=mlp"], "arch.widht is not a key of arch=mlp; did you mean "
+                                             "arch.width? its keys: width, depth"),
+    ("probe", ["+sead=1"], "sead is not a key of varexp probe; did you mean seed? its keys: "
+                           "seed, device"),
+    ("sweep", ["+train.stps=1,2"], "train.stps is not a key of train; did you mean train.steps? "
+                                   "its keys: steps,"),
 ])
 def test_bad_command_lines_are_one_line_and_leave_no_folder(tmp_path, monkeypatch, capsys,
                                                             command, args, needle):
@@ -105,7 +150,7 @@ def test_command_help_lists_only_its_own_groups_and_presets():
     assert groups == ["arch", "dataset", "init", "experiment"]
     assert "figure4_quick" not in out.stdout and "figure2_quick" in out.stdout
     sweep = run_varexp("sweep", "experiment=figure4_quick", "--help")
-    assert "grid (96 runs into outputs/sweep/figure4_quick/)" in sweep.stdout
+    assert "grid (252 runs into outputs/sweep/figure4_quick/)" in sweep.stdout
     assert "task=shapes,membranes" in sweep.stdout
 
 
@@ -121,6 +166,7 @@ def test_train_uses_a_cpu_sized_task_unless_the_user_names_arch_or_dataset():
                                                                                   128)
 
 
+@pytest.mark.slow  # each <TAB> starts a `varexp` process (about 40 s in all)
 def test_shell_completion_through_the_wrapper(tmp_path):
     """`eval "$(varexp -sc install=bash)"` as the README says, then the completion function bash
     calls on <TAB>: command names first, then each command's keys and options (from Hydra)."""

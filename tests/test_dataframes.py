@@ -29,13 +29,15 @@ class Uncaptured:
 
 @pytest.fixture(scope="module")
 def outputs(tmp_path_factory):
-    """Two training runs of different lr and init, one probe, and a run moved aside."""
+    """Two training runs of different lr and init, one probe (with held-out statistics), and a
+    run moved aside."""
     root, capture = tmp_path_factory.mktemp("outputs"), Uncaptured()
     for folder, extra in [("a", ["optim.lr=0.01"]), ("b", ["optim.lr=0.1", "init=scale"])]:
         assert run_in_process(capture, *TRAIN, *extra, f"hydra.run.dir={root / folder}")[0] == 0
     assert run_in_process(capture, "probe", "arch=mlp", "arch.width=8", "arch.depth=2",
-                          "probe.networks=2", "probe.samples=4", "device=cpu",
-                          "probe.progress=false", f"hydra.run.dir={root / 'p'}")[0] == 0
+                          "probe.networks=2", "probe.samples=4", "device=cpu", "init=scale+bias",
+                          "probe.heldout=3", "probe.progress=false",
+                          f"hydra.run.dir={root / 'p'}")[0] == 0
     # a's first run moved aside by overwrite=true: left out
     assert run_in_process(capture, *TRAIN, "optim.lr=0.03", "overwrite=true",
                           f"hydra.run.dir={root / 'a'}")[0] == 0
@@ -77,6 +79,11 @@ def test_long_tables_with_the_identifying_keys_joined(outputs):
                                                                                  "scale"}
     probe = varexp.load(outputs, table="probe")
     assert len(probe) == 2 * 2 and set(probe["arch.width"]) == {8}
+    heldout = varexp.load(outputs, table="heldout")
+    assert len(heldout) == 2 * 2 and set(heldout["probe.heldout"]) == {3}
+    # the fit's own batch meets its target; the table is heldout.csv's as written
+    assert heldout.fit_second_moment.to_numpy() == pytest.approx(1.0, rel=1e-3)
+    assert set(heldout.heldout_samples) == {3} and set(heldout.fit_samples) == {4}
 
 
 def test_damaged_tables_are_left_out_with_a_warning(outputs, tmp_path):

@@ -79,9 +79,24 @@ def test_figure_has_one_panel_per_task_and_optimizer(tmp_path):
     paths = make(str(tmp_path / "s"), "unused", tmp_path / "out", smooth=3)
     assert [p.name for p in paths] == ["figure4.png", "figure4.pdf"]
     image = mpimg.imread(paths[0])
-    # 2 x 2 panels of 5 x 3.8 inches at 150 dpi
-    assert image.shape[:2] == (round(2 * 3.8 * 150), round(2 * 5.0 * 150))
+    # 2 x 2 panels of 5 x 3.8 inches at 150 dpi, and the caption's lines under them
+    assert image.shape[1] == round(2 * 5.0 * 150)
+    assert round(2 * 3.8 * 150) < image.shape[0] < round((2 * 3.8 + 1) * 150)
     assert image[..., :3].std() > 0.05
+
+
+def test_caption_says_the_band_is_the_std_across_seeds(tmp_path, monkeypatch):
+    import varexp.plot.figure4 as figure4
+
+    fake_sweep(tmp_path / "s", seeds=(0, 1, 2))
+    real, seen = figure4.save, []
+    monkeypatch.setattr(figure4, "save", lambda fig, *a: seen.append(fig) or real(fig, *a))
+    make(str(tmp_path / "s"), "unused", tmp_path / "out", smooth=3)
+    text = " ".join(seen[0]._supxlabel.get_text().split())
+    assert "bands: ±1 standard deviation across those seeds" in text
+    assert "a trailing moving average over 3 iterations" in text
+    labels = [t.get_text() for t in seen[0].axes[0].get_legend().get_texts()]
+    assert all("n=3" in label for label in labels), labels
 
 
 def test_default_reads_only_the_latest_sweep_made_for_the_figure(tmp_path):

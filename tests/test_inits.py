@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from varexp.errors import ConfigError, VarexpError
-from varexp.inits import fans, initialize
+from varexp.inits import fans, initialize, law_fans
 from varexp.models.base import Unit, weight_layers
 from varexp.models.mlp import MLP
 
@@ -74,6 +74,29 @@ def test_fans_count_inputs_summed_per_output_unit():
     # each output of a stride-2 2x2 up-convolution sums over in_channels inputs (torch says 6*4)
     assert fans(nn.ConvTranspose2d(12, 6, 2, stride=2)) == (12, 24)
     assert fans(nn.ConvTranspose2d(12, 6, 3, stride=1)) == (108, 54)
+
+
+def test_upconv_fan_torch_takes_torch_nn_inits_count_for_the_weight_law():
+    """arch.upconv_fan=torch: UNet's up-convolutions drawn with torch.nn.init's fan_in,
+    C_out * 2 * 2 = 2 C_in, i.e. half the weight variance of the C_in count."""
+    from varexp.models.unet import UNet
+
+    up = nn.ConvTranspose2d(12, 6, 2, stride=2)
+    assert law_fans(up) == fans(up) == (12, 24)  # a transposed conv of any model: C_in
+    up.fan = "torch"
+    assert law_fans(up) == (24, 48) and fans(up) == (12, 24)  # MACs keep the true count
+    stds = {}
+    for fan in ("in", "torch"):
+        torch.manual_seed(0)
+        model = UNet(1, 1, 0.25, upconv_fan=fan)
+        initialize(model, {"name": "kaiming"})
+        stds[fan] = model.up1.upconv.layer.weight.std().item()
+        assert model.down1.conv1.layer.weight.std().item() == pytest.approx(SQRT2 / 3, rel=0.1)
+    c_in = model.up1.upconv.layer.in_channels
+    assert stds["in"] == pytest.approx(SQRT2 / math.sqrt(c_in), rel=0.05)
+    assert stds["in"] / stds["torch"] == pytest.approx(SQRT2, rel=0.05)
+    with pytest.raises(ValueError, match="upconv_fan='out'"):
+        UNet(upconv_fan="out")
 
 
 def test_kaiming_weight_std_is_gain_over_sqrt_fan_in():

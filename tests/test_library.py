@@ -142,6 +142,28 @@ def test_scale_bias_centres_every_feature_of_any_model():
     np.testing.assert_allclose(table.second_moment, 1.0, rtol=1e-4)
 
 
+def test_the_inits_report_their_targets_on_fresh_inputs_beside_the_fitting_ones():
+    """heldout=x_fresh: each layer's second moment and mean on the fitting batch (1 and 0 for
+    scale+bias, exactly) and on the fresh batch, measured on the fitted model itself (the report's
+    held-out numbers are varexp.probe's on x_fresh), for all three inits."""
+    torch.manual_seed(0)
+    x, fresh = torch.randn(16, 64), torch.randn(40, 64)
+    for fit in (varexp.init.scale_bias_, varexp.init.scale_, varexp.init.lsuv_):
+        model = plain_mlp(64, 12)
+        layers = fit(model, x, heldout=fresh).layers
+        table = varexp.probe(model, fresh, grad=False)
+        np.testing.assert_allclose([e["heldout_second_moment"] for e in layers],
+                                   table.second_moment, rtol=1e-5)
+        np.testing.assert_allclose([e["heldout_mean_sq"] for e in layers],
+                                   table.sample_mean_sq_channel, rtol=1e-5)
+        if fit is not varexp.init.lsuv_:  # lsuv's target is the std, within init.tol
+            np.testing.assert_allclose([e["fit_second_moment"] for e in layers], 1.0, rtol=1e-3)
+    # scale+bias centres its fitting batch only
+    layers = varexp.init.scale_bias_(plain_mlp(64, 12), x, heldout=fresh).layers
+    assert max(e["fit_mean_sq"] for e in layers) < 1e-10
+    assert min(e["heldout_mean_sq"] for e in layers) > 1e-4
+
+
 def test_scale_bias_on_convs_without_bias_scales_them_and_says_so():
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=10)
@@ -235,3 +257,92 @@ def test_weights_used_without_calling_their_module_are_named_and_kept():
     with pytest.warns(UserWarning, match=rf"^not measured: .*: {share}"):
         table = varexp.probe(model, x)
     assert not table.name.str.contains("out_proj").any()
+
+
+class FailsInForward(nn.Module):
+    """An MLP whose forward pass raises after its first layer ran (and was fitted)."""
+
+    def __init__(self):
+        super().__init__()
+        self.first, self.second = nn.Linear(8, 16), nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.second(torch.relu(self.first(x)).reshape(-1, 3))
+
+
+@pytest.mark.parametrize("init", ["scale_bias_", "scale_", "lsuv_"])
+@pytest.mark.parametrize("model, x, needle", [
+    (lambda: plain_mlp(8, 3), lambda: torch.randn(32, 7),
+     r"Sequential failed on batches of shape \(32, 7\): mat1 and mat2 shapes cannot be "
+     r"multiplied"),
+    (FailsInForward, lambda: torch.randn(32, 8), r"FailsInForward failed on batches of shape "
+                                                 r"\(32, 8\): shape '\[-1, 3\]' is invalid"),
+])
+def test_an_init_that_fails_leaves_the_model_as_it_was(init, model, x, needle):
+    """The library's inits redraw every weight before fitting: any error on the way (here a
+    forward pass that raises) puts every parameter and buffer back, with one line."""
+    torch.manual_seed(0)
+    model = model()
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(VarexpError, match=needle):
+        getattr(varexp.init, init)(model, x())
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+class NormThenFails(nn.Module):
+    """BatchNorm (whose running statistics a pass in training mode updates), then a forward
+    pass that raises."""
+
+    def __init__(self):
+        super().__init__()
+        self.first, self.norm, self.second = nn.Linear(8, 16), nn.BatchNorm1d(16), nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.second(self.norm(self.first(x)).reshape(-1, 3))
+
+
+def test_a_probe_that_fails_leaves_the_model_as_it_was():
+    """probe runs BatchNorm on batch statistics (training mode) and hooks every layer: a
+    forward pass that raises is one line, and the weights, running statistics, modes and hooks
+    are as before."""
+    torch.manual_seed(0)
+    model = NormThenFails().eval()
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(VarexpError, match=r"NormThenFails failed on x of shape \(32, 8\): "
+                                          r"shape '\[-1, 3\]' is invalid"):
+        varexp.probe(model, torch.randn(32, 8))
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not any(m.training for m in model.modules())
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+@pytest.mark.parametrize("x, needle", [
+    (lambda: torch.randn(32, 8, dtype=torch.float64), r"has dtype torch.float64, the model's "
+                                                      r"parameters torch.float32; pass"),
+    (lambda: torch.randn(1, 8), r"has 1 sample\(s\) \(shape \(1, 8\)\); the sample variance "
+                                r"needs T >= 2"),
+    (lambda: torch.randn(0, 8), r"has 0 sample\(s\)"),
+    (lambda: torch.randn(8), r"has shape \(8,\); it needs the samples first"),
+    (lambda: torch.randn(32, 8).index_fill_(0, torch.tensor([3]), float("nan")),
+     r"has 8 NaN or inf value\(s\) of 256"),
+    (lambda: torch.ones(32, 8, dtype=torch.bool), r"has dtype torch.bool; it must hold real"),
+    (lambda: [[0.0] * 8] * 4, r"must be a torch.Tensor of T samples; got list"),
+])
+def test_inputs_the_statistics_cannot_use_are_one_line_before_any_work(x, needle):
+    torch.manual_seed(0)
+    model = plain_mlp(8, 3)
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(VarexpError, match="x " + needle):
+        varexp.probe(model, x())
+    with pytest.raises(VarexpError, match=needle):
+        varexp.init.scale_bias_(model, x())
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a second device")
+def test_an_input_on_another_device_than_the_model_is_one_line():
+    with pytest.raises(VarexpError, match=r"x is on cuda:0, the model on cpu; pass x.to\('cpu'\)"):
+        varexp.probe(plain_mlp(8, 3), torch.randn(32, 8, device="cuda"))

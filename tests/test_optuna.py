@@ -1,5 +1,6 @@
 """`varexp train experiment=optuna_lr`: Hydra's Optuna sweeper searches the learning rate on
-what `varexp train` returns, its mean training loss over the run."""
+what `varexp train` returns, its mean training loss over the run; the study lasts in study.db
+(`varexp sweep experiment=optuna_lr` and the resume of a stopped trial: tests/test_search.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 import yaml
 from conftest import run_varexp
 
+import varexp
 from varexp.results.aggregate import criterion
 from varexp.train import objective
 
@@ -43,3 +45,19 @@ def test_optuna_searches_the_learning_rate(tmp_path):
         scores[summary["lr"]] = objective(p.parent, summary)
     assert best["best_params"]["optim.lr"] == pytest.approx(min(scores, key=scores.get))
     assert best["best_value"] == pytest.approx(min(scores.values()))
+    trials = pd.read_csv(tmp_path / "study" / "trials.csv")
+    assert sorted(trials["optim.lr"]) == pytest.approx(sorted(scores))
+    assert sorted(trials["value"]) == pytest.approx(sorted(scores.values()))
+    assert "best settings" in out.stdout and f"{best['best_params']['optim.lr']:.3g}" in out.stdout
+
+    # the same command again continues the study: n_trials is the total, one more trial runs
+    again = run_varexp("train", "experiment=optuna_lr", *TINY, "hydra.sweeper.n_trials=4",
+                       f"hydra.sweep.dir={tmp_path / 'study'}", cwd=tmp_path, check=True)
+    assert "4 in all, 1 to run, 1 at a time; 3 finished there already" in again.stdout
+    assert len(list((tmp_path / "study").rglob("summary.json"))) == 4
+    trials = pd.read_csv(tmp_path / "study" / "trials.csv")
+    assert list(trials["state"]) == ["complete"] * 4 and trials["optim.lr"].nunique() == 4
+    loaded = varexp.load(tmp_path, table="trials")
+    assert list(loaded.columns) == ["search_dir", *trials.columns]
+    assert (loaded["search_dir"] == str(tmp_path / "study")).all()
+    pd.testing.assert_frame_equal(loaded.drop(columns="search_dir"), trials)

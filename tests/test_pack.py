@@ -6,6 +6,7 @@ uninterrupted one; the plan (who packs with whom, how many) and its refusals of 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -26,6 +27,7 @@ from varexp.data import data_info
 from varexp.data.catalog import load_source
 from varexp.errors import VarexpError
 from varexp.pack import plan as packing
+from varexp.pack.plan import PACK_KEY
 from varexp.pack.trainer import PackRun, train_pack
 from varexp.results.checkpoint import checkpoint_path
 from varexp.train import train
@@ -257,6 +259,68 @@ def test_a_run_whose_init_fails_is_failed_and_its_pack_completes(tmp_path, monke
     assert "4 of 12 runs did not finish" in out.err
 
 
+def test_runs_refused_inside_a_pack_are_failed_and_the_sweep_exits_non_zero(
+        tmp_path, monkeypatch, capsys):
+    """Inside a pack each run is refused as its own job would be: a finished run that cannot
+    continue to the new train.steps (its checkpoint deleted) and a folder where a stray file
+    appeared after the launch's checks are failed in sweep.csv, their folders untouched; the
+    other runs of the pack train; exit 1."""
+    import varexp.sweep
+
+    sweep = tmp_path / "sweep"
+    narrow = [*SIZES, "init=scale,scale+bias", "optim=sgd", "sweep.lr_index=0,3", "seed=0",
+              f"hydra.sweep.dir={sweep}", "hydra/launcher=basic"]
+    launch_here(monkeypatch, tmp_path, "sweep", *narrow)
+    lost = "mlp-gaussian/scale+bias/sgd/lr=0.0003/seed=0"
+    (sweep / lost / "checkpoint.pt").unlink()
+    kept = {p: p.read_bytes() for p in (sweep / lost).rglob("*")
+            if p.is_file() and p.suffix != ".log"}
+    stray = "mlp-gaussian/batchnorm/sgd/lr=0.01/seed=0"
+    real_prepare = varexp.sweep.prepare
+
+    def then_a_stray_file(line):  # after the launch's checks, before the pack job runs
+        real_prepare(line)
+        (sweep / stray).mkdir(parents=True)
+        (sweep / stray / "notes.txt").write_text("mine")
+
+    monkeypatch.setattr(varexp.sweep, "prepare", then_a_stray_file)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        launch_here(monkeypatch, tmp_path, "sweep", *narrow, "init=scale,scale+bias,batchnorm",
+                    "train.steps=10")
+    assert exit_.value.code == 1
+    out = capsys.readouterr()
+    assert "6 runs in 1 job: 1 pack of 6" in out.out
+    table = pd.read_csv(sweep / "sweep.csv").set_index("run_dir")
+    assert table["status"].to_dict() == {
+        **{d: "completed" for d in table.index}, lost: "failed", stray: "failed"}
+    assert (table.loc[table["status"] == "completed", "steps"] == 10).all()
+    assert out.err.strip().splitlines()[-1].startswith("varexp sweep: 2 of 6 runs did not "
+                                                       "finish; ")
+    assert {p: p.read_bytes() for p in kept} == kept  # .hydra/config.yaml and summary included
+    assert sorted(p.name for p in (sweep / stray).iterdir()) == ["notes.txt", "sweep.log"]
+    assert "holds results made without a record" in (sweep / stray / "sweep.log").read_text()
+
+
+def test_packs_and_runs_alone_report_under_the_plans_job_numbers(tmp_path, monkeypatch, capsys):
+    """The launch numbers a sweep's packs and lone runs in its own order (the longest first),
+    the plan its runs in the grid's: every run's outcome is recorded under its plan number, so
+    a sweep whose lone runs come first in the grid ends with every run completed, exit 0."""
+    sweep = tmp_path / "sweep"
+    # per seed, 3 runs in packs of at most 2: jobs [0, 1], [2], [3, 4], [5] in the grid,
+    # launched as #0 [0, 1], #1 [3, 4], #2 [2], #3 [5]
+    launch_here(monkeypatch, tmp_path, "sweep", *SIZES, "init=scale,scale+bias,batchnorm",
+                "optim=sgd", "sweep.lr_index=0", "seed=0,1", "sweep.pack=2",
+                f"hydra.sweep.dir={sweep}", "hydra/launcher=basic")
+    out = capsys.readouterr().out
+    assert "6 runs in 4 jobs: 2 packs of 2, 2 runs alone" in out
+    assert "sweep: 6 runs (6 completed)" in out
+    plan = json.loads((sweep / ".plan.json").read_text())
+    outcomes = {int(p.stem): json.loads(p.read_text()) for p in (sweep / ".launch").iterdir()}
+    assert sorted(outcomes) == list(range(6))
+    assert [outcomes[i]["run_dir"] for i in range(6)] == [j["run_dir"] for j in plan["jobs"]]
+
+
 # ---------------------------------------------------------------------------------------------
 # stopped and resumed
 
@@ -413,6 +477,27 @@ def test_auto_packs_small_steps_on_the_cpu_only():
     # where a launcher runs jobs side by side, one pack per core
     assert [len(p) for p in packing.plan("auto", jobs, lambda i: small, "joblib", 2).packs] == [
         2, 2]
+
+
+def test_a_preset_with_its_own_sweeper_keeps_it_and_is_never_packed(tmp_path, monkeypatch,
+                                                                    capsys):
+    """`varexp sweep` launches through the packing sweeper unless the preset picks another:
+    experiment=optuna_lr searches with Optuna's, its trials each a run of its own."""
+    pytest.importorskip("optuna")
+    from varexp.compose import compose_config
+
+    def sweeper(*overrides: str) -> str:
+        return str(compose_config("sweep", list(overrides)).hydra.sweeper._target_)
+
+    assert sweeper().endswith(".PackSweeper")
+    assert sweeper("experiment=figure4_quick").endswith(".PackSweeper")
+    assert sweeper("experiment=optuna_lr").endswith(".OptunaSweeper")
+    folder = tmp_path / "search"
+    launch_here(monkeypatch, tmp_path, "sweep", "experiment=optuna_lr", *SIZES[:-1],
+                "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={folder}")
+    out = capsys.readouterr().out
+    assert "packs (" not in out and PACK_KEY not in job_logs(folder)
+    assert len(list(folder.rglob("summary.json"))) == 2
 
 
 def test_the_slurm_launcher_submits_packs(tmp_path, monkeypatch, capsys):

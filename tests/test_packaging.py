@@ -8,6 +8,7 @@ import sysconfig
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -18,6 +19,7 @@ def run(*cmd, **kw) -> subprocess.CompletedProcess:
     return out
 
 
+@pytest.mark.slow  # builds a wheel and a virtual environment (about 20 s)
 def test_wheel_finds_its_configs(tmp_path):
     run(
         sys.executable,
@@ -44,3 +46,6 @@ def test_wheel_finds_its_configs(tmp_path):
     assert str(venv) in where.stdout
     run(venv / "bin" / "varexp", "theory", "arch.depth=4", "hydra.run.dir=out", cwd=elsewhere)
     assert list(pd.read_csv(elsewhere / "out" / "theory.csv").layer) == [1, 2, 3, 4]
+    # the search space of the optuna_lr preset, a config group below hydra/, ships too
+    shown = run(venv / "bin" / "varexp", "sweep", "experiment=optuna_lr", "--help", cwd=elsewhere)
+    assert "optim.lr=tag(log, interval(1e-5, 1e-1))" in shown.stdout

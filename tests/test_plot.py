@@ -2,6 +2,7 @@
 mean-field theory, runs are grouped by their recorded config, the gradient slope fit recovers a
 known slope, and bad inputs fail with one clear line."""
 
+import importlib
 import math
 import re
 import subprocess
@@ -12,12 +13,14 @@ import matplotlib.image as mpimg
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import run_in_process
 from omegaconf import OmegaConf
 
 from varexp.cli import main
 from varexp.errors import VarexpError
+from varexp.figures import FIGURES
 from varexp.plot import render
-from varexp.plot.common import lines, panels
+from varexp.plot.common import lines, panels, slope_text
 from varexp.plot.figure3 import theory_slope
 from varexp.results.aggregate import grad_slope, layer_summary
 from varexp.results.tables import PROBE, load_probes
@@ -149,13 +152,23 @@ def test_figure1_without_neurons_draws_left_panel_only(tmp_path, caplog, neurons
     assert mpimg.imread(paths[0]).shape[1] < 1500  # one panel, not the 5-column layout
 
 
-def test_figure2_mlp_widths_and_cnn_panels(tmp_path):
+def test_figure2_mlp_widths_and_cnn_panels(tmp_path, caplog):
     for width in (30, 100, 300):
         write_run(tmp_path / "res" / f"w{width}", width=width)
     write_run(tmp_path / "res" / "cnn", arch="allcnnc", depth=10)
     write_run(tmp_path / "res" / "unet", arch="unet", depth=23)
+    caplog.set_level("INFO")
     paths = render("figure2", tmp_path / "res", "outputs", tmp_path / "out")
     assert_png(paths[0])
+    drawn = [r.message for r in caplog.records if r.message.startswith("figure2 panel")]
+    # by default both conventions side by side for each CNN, one panel for the MLP
+    assert [m.split("' (")[1].split(")")[0] for m in drawn] == [
+        "both", "position", "channel", "position", "channel"]
+    assert "UNet, kaiming init' (channel)" in drawn[-1]
+    height, width = mpimg.imread(paths[0]).shape[:2]
+    assert height > 1.8 * 4.6 * 150 * 0.9  # UNet's pair on a second row
+    one = render("figure2", tmp_path / "res", "outputs", tmp_path / "one", cnn_ratio="position")
+    assert mpimg.imread(one[0]).shape[1] < width
 
 
 def test_figure3_panels_per_init(tmp_path):
@@ -229,7 +242,8 @@ def test_default_input_is_the_newest_run_made_for_the_figure(tmp_path, caplog):
 
 def test_unknown_figure_lists_the_figures(tmp_path):
     with pytest.raises(VarexpError, match="figure='figure7' is not allowed; choose one of "
-                                          "figure1, figure2, figure3, slopes, figure4"):
+                                          "figure1, figure2, figure3, slopes, heldout, "
+                                          "figure4"):
         render("figure7", None, "outputs", tmp_path)
 
 
@@ -252,6 +266,22 @@ def test_cli_missing_results_is_one_line(tmp_path, monkeypatch, capsys):
         f"varexp plot: results={tmp_path / 'empty'} does not exist"]
 
 
+def test_a_plot_with_nothing_to_draw_leaves_no_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine").mkdir()  # the user's own folder, and one they name: both are kept
+    table = write_run(tmp_path / "res" / "a")  # a probe without gradients: no Fig. 3 to draw
+    table.assign(grad_sq=np.nan).to_csv(tmp_path / "res" / "a" / "probe.csv", index=False)
+    for args in (["figure4"], ["figure3", "results=res"], ["figure1", "outputs_root=mine"],
+                 ["figure4", "hydra.run.dir=mine"]):
+        code, err = run_in_process(capsys, "plot", *args)
+        assert code == 2 and err.strip().splitlines()[-1].startswith("varexp plot: "), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "res"]  # no outputs/
+    # a plot that draws keeps its folder
+    code, err = run_in_process(capsys, "plot", "figure1", "results=res")
+    assert code == 0, err
+    assert [p.name for p in (tmp_path / "outputs" / "plot").iterdir()] != []
+
+
 def test_a_damaged_run_record_is_left_out_with_one_line(tmp_path, caplog):
     write_run(tmp_path / "res" / "a")
     write_run(tmp_path / "res" / "b", width=300)
@@ -272,8 +302,119 @@ def test_slopes_figure_shows_slope_by_width_and_t_with_effective_samples(tmp_pat
     caplog.set_level("INFO")
     paths = render("slopes", tmp_path / "res", "outputs", tmp_path / "out")
     assert_png(paths[0])
-    fitted = [r.message for r in caplog.records if r.message.startswith("slopes: ")]
+    fitted = [r.message for r in caplog.records if r.message.startswith("slopes: ")
+              and "nets)" in r.message]
     assert len(fitted) == 4
     # the fit recovers each run's slope (write_run's grad_sq follows exp(slope * layer))
     found = re.search(r"scale\+bias width 300 T 50 \(4 nets\): (\S+)", " ".join(fitted))
     assert float(found.group(1)) == pytest.approx(-0.3, abs=0.01)
+
+
+def test_heldout_figure_by_init_fit_size_and_width(tmp_path, caplog):
+    """One row per init, one panel per fit size T plus the last layer vs width; the log line
+    gives each setting's geometric mean at the last layer."""
+    rng = np.random.default_rng(0)
+    for init in ("scale", "scale+bias"):
+        for width in (100, 300):
+            for samples in (30, 100):
+                run = tmp_path / "res" / f"{init}-{width}-{samples}"
+                rows = [dict(network=n, layer=layer, name=f"layer{layer}", fit_samples=samples,
+                             heldout_samples=50, fit_second_moment=1.0,
+                             heldout_second_moment=math.exp(layer * width / 3000 +
+                                                            rng.normal(0, 0.1)),
+                             fit_mean_sq=0.0, heldout_mean_sq=0.01)
+                        for n in range(4) for layer in range(1, DEPTH + 1)]
+                run.mkdir(parents=True)
+                pd.DataFrame(rows).to_csv(run / "heldout.csv", index=False)
+                (run / ".hydra").mkdir()
+                OmegaConf.save({"arch": {"name": "mlp", "width": width, "depth": DEPTH},
+                                "init": {"name": init}, "probe": {"samples": samples}},
+                               run / ".hydra" / "config.yaml")
+    caplog.set_level("INFO")
+    paths = render("heldout", tmp_path / "res", "outputs", tmp_path / "out")
+    assert_png(paths[0])
+    height, width = mpimg.imread(paths[0]).shape[:2]
+    # the panels' size; the caption under them adds its lines' height
+    assert width == round(3 * 4.2 * 150) and height > round(2 * 3.8 * 150)
+    found = re.search(r"heldout: scale width 300 T 30: last layer (\S+)", caplog.text)
+    assert float(found.group(1)) == pytest.approx(math.exp(DEPTH * 300 / 3000), rel=0.1)
+
+
+# ---------------------------------------------------------------------------------------------
+# figures that explain themselves: every line, marker and band in a legend or the caption
+
+
+def drawn(monkeypatch, figure: str, results: Path, out: Path):
+    """The matplotlib Figure `render` saves for `figure`."""
+    module = importlib.import_module(FIGURES[figure].module)
+    real, seen = module.save, []
+    monkeypatch.setattr(module, "save", lambda fig, *a: seen.append(fig) or real(fig, *a))
+    render(figure, results, "outputs", out)
+    return seen[0]
+
+
+def caption_of(fig) -> str:
+    return " ".join(fig._supxlabel.get_text().split())
+
+
+def legend_entries(ax) -> dict[str, object]:
+    legend = ax.get_legend()
+    return {t.get_text(): h for t, h in zip(legend.get_texts(), legend.legend_handles,
+                                            strict=True)}
+
+
+@pytest.mark.parametrize("slope, text", [
+    (-0.383, "-0.383"), (0.0012, "+0.001"), (-0.0004, "-0.0004"), (3e-6, "+0.000003"),
+    (0.0, "0.000 (flat)"), (-1e-9, "0.000 (flat)")])
+def test_slopes_are_printed_non_zero_or_flat(slope, text):
+    assert slope_text(slope) == text
+
+
+def test_figure1_names_mean_and_std_and_says_what_its_bars_are(tmp_path, monkeypatch):
+    write_run(tmp_path / "res" / "a", width=300, neurons=True)
+    fig = drawn(monkeypatch, "figure1", tmp_path / "res", tmp_path / "out")
+    left = fig.axes[0]
+    assert "mean $m$" in left.get_ylabel() and "std $v$" in left.get_ylabel()
+    text = caption_of(fig)
+    assert "±1 standard error of that mean across the 4 networks" in text
+    assert "over 50 inputs per network" in text and "pooled (grey)" in text
+    assert sum("(measured)" in label for label in legend_entries(left)) == 3
+
+
+def test_figure2_caption_says_the_band_is_the_std_over_networks(tmp_path, monkeypatch):
+    write_run(tmp_path / "res" / "w100", width=100, networks=3)
+    fig = drawn(monkeypatch, "figure2", tmp_path / "res", tmp_path / "out")
+    assert "bands: ±1 standard deviation of the ratio across those networks" in caption_of(fig)
+    assert "CNN" not in caption_of(fig)  # no CNN panel here
+    assert "width 100 (3 nets)" in legend_entries(fig.axes[0])
+
+
+def test_figure3_legend_has_the_fit_lines_and_a_flat_theory(tmp_path, monkeypatch):
+    for init, slope in (("kaiming", 0.0), ("scale+bias", -0.38)):
+        write_run(tmp_path / "res" / init, init=init, width=300, grad_slope_=slope)
+    fig = drawn(monkeypatch, "figure3", tmp_path / "res", tmp_path / "out")
+    kaiming, scale_bias = (legend_entries(ax) for ax in fig.axes[:2])
+    assert "theory: slope 0.000 (flat)" in kaiming  # not "+0.000" or "-0.000"
+    fits = {label: h for label, h in scale_bias.items() if label.startswith("fit: slope ")}
+    assert len(fits) == 1 and next(iter(fits.values())).get_linestyle() == "--"
+    assert float(next(iter(fits))[len("fit: slope "):]) == pytest.approx(-0.38, abs=0.01)
+    assert "width 300 (4 nets)" in scale_bias
+    assert "dashed: the least-squares line" in caption_of(fig)
+
+
+def test_slopes_legend_tells_t_apart_by_line_style(tmp_path, monkeypatch):
+    for i, (width, samples) in enumerate([(100, 50), (300, 50), (100, 100), (300, 100)]):
+        write_run(tmp_path / "res" / str(i), init="scale+bias", width=width,
+                  grad_slope_=-0.3, seed=i)
+        cfg = OmegaConf.load(tmp_path / "res" / str(i) / ".hydra" / "config.yaml")
+        cfg.probe.samples = samples
+        OmegaConf.save(cfg, tmp_path / "res" / str(i) / ".hydra" / "config.yaml")
+    fig = drawn(monkeypatch, "slopes", tmp_path / "res", tmp_path / "out")
+    entries = legend_entries(fig.axes[0])
+    t50 = entries["scale+bias, T = 50 (solid)"]
+    t100 = entries["scale+bias, T = 100 (dashed)"]
+    assert t50.get_linestyle() == "-" and t100.get_linestyle() == "--"
+    assert t50.get_color() == t100.get_color()
+    assert "infinite width: -0.383" in entries
+    text = caption_of(fig)
+    assert "bars: ±1 standard error of that slope" in text and "its 4 networks" in text

@@ -3,6 +3,7 @@ skipped), and end to end a tiny sweep through the basic, joblib and submitit_loc
 writes sweep.csv, selected.csv and figure4, and does no training when re-run."""
 
 import re
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ from varexp.errors import ConfigError
 from varexp.figures import FIGURES
 from varexp.results import find_results
 from varexp.results.aggregate import criterion
-from varexp.results.tables import SELECTED, SWEEP
+from varexp.results.tables import SELECTED, SWEEP, best_settings
 from varexp.sweep import check_sweep, select
 
 # ---------------------------------------------------------------------------------------------
@@ -67,6 +68,59 @@ def test_selection_skips_a_lr_where_any_seed_diverged(tmp_path):
     # 1e-3 (mean 0.6) beats 3e-3 (0.65); 3e-4's only completed-looking row is "failed"
     assert (row.lr, row.criterion, row.runs) == (1e-3, pytest.approx(0.6), 2)
     assert row.criterion_std == pytest.approx(np.std([0.5, 0.7], ddof=1))
+
+
+def test_a_selected_lr_at_the_edge_of_what_finished_is_marked():
+    """lr_at_edge says when the best lr is not bracketed: the smallest or largest lr with a run
+    that finished (a diverged larger lr brackets it; a crashed one does not)."""
+    def table(runs):
+        return pd.DataFrame([dict(arch="mlp", dataset="shapes", init="scale", optim="sgd", lr=lr,
+                                  seed=0, status=status, criterion=value)
+                             for lr, value, status in runs])
+
+    def edge(runs):
+        return select(table(runs), 1.0).iloc[0].lr_at_edge
+
+    middle = [(1e-3, 0.5, "completed"), (3e-3, 0.4, "completed"), (1e-2, 0.6, "completed")]
+    assert edge(middle) == ""
+    assert edge([(1e-3, 0.5, "completed"), (3e-3, 0.6, "completed")]) == "low"
+    assert edge([(1e-3, 0.5, "completed"), (3e-3, 0.4, "completed")]) == "high"
+    assert edge([(1e-3, 0.5, "completed"), (3e-3, 0.4, "completed"),
+                 (1e-2, np.nan, "diverged")]) == ""
+    assert edge([(1e-3, 0.5, "completed"), (3e-3, 0.4, "completed"),
+                 (1e-2, np.nan, "failed")]) == "high"
+    assert edge([(1e-3, 0.5, "completed")]) == "both"
+
+
+def test_the_best_settings_table_says_whether_the_next_lr_is_distinguishable():
+    rows = []
+    for init, lr, values in [("scale", 1e-3, [0.50, 0.52, 0.51]),
+                             ("scale", 3e-3, [0.60, 0.62, 0.61]),
+                             ("scale", 1e-2, [0.05, np.nan, 0.05]),  # diverged on a seed
+                             ("scale+bias", 1e-3, [0.50, 0.60, 0.40]),
+                             ("scale+bias", 3e-3, [0.52, 0.62, 0.42])]:
+        for seed, value in enumerate(values):
+            rows.append(dict(arch="mlp", dataset="shapes", init=init, optim="sgd", lr=lr,
+                             seed=seed, status="diverged" if np.isnan(value) else "completed",
+                             criterion=value))
+    runs = pd.DataFrame(rows)
+    text = best_settings(runs, select(runs, 1.0))
+    lines = text.splitlines()
+    assert lines[0] == ("best settings (mean training loss over the whole run; +- std over "
+                        "seeds; arch=mlp, dataset=shapes, optim=sgd):")
+    scale = next(line for line in lines if " scale " in line)
+    bias = next(line for line in lines if "scale+bias" in line)
+    # 0.51 +- 0.01 vs 0.61 +- 0.01 over 3 seeds: a gap of 0.1 / sqrt(2 * 0.01**2 / 3) = 12.2 se
+    assert "0.001" in scale and "0.51 +- 0.01" in scale and " 3 " in scale
+    assert "0.003: 0.61 (distinguishable, 12.2 se)" in scale
+    # 0.50 +- 0.10 vs 0.52 +- 0.10: 0.02 / 0.0816 = 0.2 se
+    assert "0.5 +- 0.1" in bias and "0.003: 0.52 (not distinguishable, 0.2 se)" in bias
+
+    one_seed = runs[runs["seed"] == 0]
+    text = best_settings(one_seed, select(one_seed, 1.0))
+    assert "0.01 " in text and "0.001: 0.5 (one seed: no spread to judge by)" in text
+    assert best_settings(runs.iloc[:0], select(runs.iloc[:0], 1.0)).startswith(
+        "best settings: none")
 
 
 def test_tables_from_run_directories(tmp_path):
@@ -196,11 +250,28 @@ def test_plot_figure4_draws_the_default_sweep(tmp_path, monkeypatch, capsys):
     """`varexp sweep` then `varexp plot figure4`, as written: the sweep's own grid (no preset)
     is what figure4 draws when no preset made results."""
     outputs = tmp_path / "outputs"
+    capsys.readouterr()
     launch_here(monkeypatch, tmp_path, "sweep", *SIZES, "init=scale", "optim=sgd",
                 "sweep.lr_index=0", "seed=0", "sweep.estimate=false", "hydra/launcher=basic")
     assert find_results(FIGURES["figure4"], None, outputs) == [
         outputs / "sweep" / "default" / "selected.csv"]
+    # its last line names the next command, with the sweep's folder, as a user can paste it
+    assert capsys.readouterr().out.strip().splitlines()[-1] == (
+        "next: varexp plot figure4 results=outputs/sweep/default")
     launch_here(monkeypatch, tmp_path, "plot", "figure4", f"hydra.run.dir={tmp_path / 'fig'}")
+    assert (tmp_path / "fig" / "figure4.png").stat().st_size > 0
+
+
+def test_the_next_command_after_a_sweep_draws_it_as_printed(tmp_path, monkeypatch, capsys):
+    """A sweep folder that needs quoting, for Hydra (a space, an '=') and for the shell."""
+    capsys.readouterr()
+    launch_here(monkeypatch, tmp_path, "sweep", *SIZES, "init=scale", "optim=sgd",
+                "sweep.lr_index=0", "seed=0", "sweep.estimate=false", "hydra/launcher=basic",
+                'hydra.sweep.dir="my sweeps/lr=any"')
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == """next: varexp plot figure4 'results="my sweeps/lr=any"'""", last
+    words = shlex.split(last.removeprefix("next: "))  # as the shell splits it
+    launch_here(monkeypatch, tmp_path, *words[1:], f"hydra.run.dir={tmp_path / 'fig'}")
     assert (tmp_path / "fig" / "figure4.png").stat().st_size > 0
 
 
@@ -307,3 +378,127 @@ def test_a_timed_out_submitit_job_is_requeued_and_resumes(tmp_path):
             for d in ("requeued", "whole"))
     pd.testing.assert_frame_equal(a, b, check_exact=True)
     assert list(a.step) == list(range(20000))
+
+
+# ---------------------------------------------------------------------------------------------
+# the verdict of a launch, widened sweeps, damaged runs
+
+
+def sweep_here(monkeypatch, tmp_path: Path, *args: str) -> int:
+    """A tiny basic-launcher sweep into tmp_path/sweep in this process: its exit status."""
+    try:
+        launch_here(monkeypatch, tmp_path, "sweep", *SIZES, "optim=sgd", "sweep.lr_index=0",
+                    "sweep.estimate=false", "hydra/launcher=basic",
+                    f"hydra.sweep.dir={tmp_path / 'sweep'}", *args)
+    except SystemExit as exit_:
+        return exit_.code
+    return 0
+
+
+RUN = "mlp-gaussian/{init}/sgd/lr=0.0003/seed={seed}"
+
+
+def test_a_widened_sweep_tables_all_its_runs(tmp_path, monkeypatch, capsys):
+    """More seeds and inits into a sweep's own folder: every run is in its tables; a narrower
+    launch after it counts its own runs in its progress lines."""
+    sweep = tmp_path / "sweep"
+    assert sweep_here(monkeypatch, tmp_path, "init=scale", "seed=0") == 0
+    assert sweep_here(monkeypatch, tmp_path, "init=scale,scale+bias", "seed=0,1") == 0
+    out = capsys.readouterr()
+    table = pd.read_csv(sweep / "sweep.csv")
+    assert sorted(zip(table["init"], table["seed"], strict=True)) == [
+        ("scale", 0), ("scale", 1), ("scale+bias", 0), ("scale+bias", 1)]
+    assert (table["status"] == "completed").all() and "left out" not in out.err + out.out
+    assert "sweep: 4 runs (4 completed)" in out.out
+    assert sweep_here(monkeypatch, tmp_path, "init=scale", "seed=1") == 0
+    log = (sweep / RUN.format(init="scale", seed=1) / "sweep.log").read_text()
+    assert re.findall(r"sweep: (\d+/\d+) runs done", log)[-1] == "1/1"
+    assert len(pd.read_csv(sweep / "sweep.csv")) == 4  # the folder's runs, all at its steps
+
+
+def test_jobs_that_fail_or_are_refused_now_are_failed_and_the_sweep_exits_non_zero(
+        tmp_path, monkeypatch, capsys):
+    """A finished run that cannot continue to the new train.steps (its checkpoint deleted), and
+    a job refused in its folder (a stray file there): failed in sweep.csv, exit 1, and neither
+    folder rewritten; the job that could continue did."""
+    sweep = tmp_path / "sweep"
+    assert sweep_here(monkeypatch, tmp_path, "init=scale", "seed=0,1") == 0
+    lost = sweep / RUN.format(init="scale", seed=0)
+    (lost / "checkpoint.pt").unlink()
+    kept = {p: p.read_bytes() for p in lost.rglob("*") if p.is_file() and p.suffix != ".log"}
+    stray = sweep / RUN.format(init="scale", seed=2)
+    import varexp.sweep
+
+    real_job = varexp.sweep.run_job
+
+    def then_a_stray_file(cfg, run_dir):  # made while the sweep runs, before the last job
+        summary = real_job(cfg, run_dir)
+        if cfg.seed == 1:
+            stray.mkdir(parents=True)
+            (stray / "notes.txt").write_text("mine")
+        return summary
+
+    monkeypatch.setattr(varexp.sweep, "run_job", then_a_stray_file)
+    capsys.readouterr()
+    assert sweep_here(monkeypatch, tmp_path, "init=scale", "seed=0,1,2",
+                      "train.steps=8") == 1
+    err = capsys.readouterr().err
+    table = pd.read_csv(sweep / "sweep.csv").set_index("seed")
+    assert table["status"].to_dict() == {0: "failed", 1: "completed", 2: "failed"}
+    assert table.loc[1, "steps"] == 8
+    assert err.strip().splitlines()[-1].startswith("varexp sweep: 2 of 3 runs did not finish; ")
+    assert {p: p.read_bytes() for p in kept} == kept  # .hydra/config.yaml and summary included
+    assert sorted(p.name for p in stray.iterdir()) == ["notes.txt", "sweep.log"]
+
+
+def test_a_damaged_metrics_table_is_a_damaged_run_that_the_sweep_trains_again(
+        tmp_path, monkeypatch, capsys):
+    """metrics.csv cut short, or emptied with the checkpoint gone: the tables do not read it
+    as data; a re-launched sweep rewrites it from the checkpoint, or trains the run again, to
+    the rows it had."""
+    sweep = tmp_path / "sweep"
+    assert sweep_here(monkeypatch, tmp_path, "init=scale", "seed=0,1") == 0
+    table = pd.read_csv(sweep / "sweep.csv")
+    cut, emptied = (sweep / RUN.format(init="scale", seed=s) for s in (0, 1))
+    rows = {run: pd.read_csv(run / "metrics.csv") for run in (cut, emptied)}
+    text = (cut / "metrics.csv").read_text()
+    (cut / "metrics.csv").write_text(text[: len(text) // 2])
+
+    from varexp.sweep import write_tables
+
+    write_tables(sweep, 1.0)
+    damaged = pd.read_csv(sweep / "sweep.csv").set_index("seed")
+    assert damaged.loc[0, "status"] == "damaged" and np.isnan(damaged.loc[0, "criterion"])
+    assert pd.read_csv(sweep / "selected.csv")["runs"].tolist() == [1]
+
+    (emptied / "metrics.csv").write_text("")
+    (emptied / "checkpoint.pt").unlink()
+    assert sweep_here(monkeypatch, tmp_path, "init=scale", "seed=0,1") == 0
+    logs = job_logs(sweep)
+    assert "rewrote it from" in logs and "trains again" in logs
+    for run, before in rows.items():
+        pd.testing.assert_frame_equal(pd.read_csv(run / "metrics.csv").drop(columns="seconds"),
+                                      before.drop(columns="seconds"))
+    pd.testing.assert_frame_equal(pd.read_csv(sweep / "sweep.csv").drop(columns="seconds"),
+                                  table.drop(columns="seconds"))
+
+
+def test_an_error_in_the_end_of_sweep_tables_is_one_line_and_exit_1(tmp_path, capsys):
+    """Hydra turns an exception in a callback into a warning: the sweep's tables say it
+    themselves, in one line, with a non-zero exit."""
+    from omegaconf import OmegaConf
+
+    from varexp.sweep import SweepTables
+
+    fake_run(tmp_path, lr=1e-3)
+    (tmp_path / "run.json").write_text('{"identity": [1, 2]}')
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)},
+                                         "job": {"name": "sweep"}, "overrides": {"task": []}},
+                               "sweep": {"select": "auc", "select_fraction": 0.1},
+                               "device": "cpu"})
+    with pytest.raises(SystemExit) as exit_:
+        SweepTables().on_multirun_end(config)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 1 and err == [
+        f"varexp sweep: the tables in {tmp_path} could not be made: {tmp_path / 'run.json'} "
+        "is damaged (not a run record); move it away"]

@@ -3,6 +3,8 @@ row, divergence as a result, and one-line refusals of bad input that leave earli
 
 import json
 import math
+import shlex
+import sys
 
 import numpy as np
 import pandas as pd
@@ -294,8 +296,9 @@ def test_ctrl_c_stops_at_a_step_with_a_checkpoint_and_says_how_to_resume(tmp_pat
     assert resume[:2] == ["varexp", "train"] and f"hydra.run.dir={run_dir}" in resume
     done = run_varexp(*resume[1:], f"train.steps={step + 3}", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert "completed after" in done.stdout.strip().splitlines()[-1]
-    assert str(run_dir) in done.stdout.strip().splitlines()[-1]
+    *_, finished, hint = done.stdout.strip().splitlines()
+    assert "completed after" in finished and str(run_dir) in finished
+    assert hint.startswith("next: varexp sweep arch=mlp ")
     assert list(pd.read_csv(run_dir / "metrics.csv")["step"]) == list(range(step + 3))
 
 
@@ -305,3 +308,22 @@ def test_summary_records_provenance(tmp_path):
     assert record["torch"] == torch.__version__ and record["python"].count(".") == 2
     assert record["code"].startswith(("git ", "varexp ")) and record["device"]
     assert record["host"] and summary["started"] <= summary["finished"]
+
+
+def test_last_line_names_the_sweep_of_this_task(tmp_path, monkeypatch, capsys):
+    """After `varexp train` the last line is the next command: the sweep of the run's task (its
+    arch, dataset and train keys kept, the swept init, optimizer and seed left out), which
+    composes as printed."""
+    from varexp import compose, sweep
+    from varexp.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", sys.argv[:1])
+    main(["train", *MLP, *FAST, "init=scale", "optim.lr=0.01", "seed=1", "train.steps=2"])
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("next: varexp sweep arch=mlp arch.width=16 "), last
+    assert last.endswith("then varexp plot figure4")
+    words = shlex.split(last.removeprefix("next: ").split("   (")[0])
+    assert not {"init=scale", "optim.lr=0.01", "seed=1", "device=cpu"} & set(words)
+    line = compose.parse("sweep", compose.complete("sweep", words[2:]), sweep.check)
+    assert line.cfg.arch.width == 16 and line.cfg.train.steps == 2 and len(line.jobs) == 72

@@ -7,17 +7,23 @@ import logging
 import os
 import re
 import sys
-from contextlib import nullcontext
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from varexp import compose, devices, results
+from varexp import compose, devices, results, search
 from varexp.commands import COMMANDS, command_module
-from varexp.errors import VarexpError
-from varexp.stop import exit_cleanly_on_sigterm, job_ended, job_started, watch_parent
+from varexp.errors import VarexpError, did_you_mean
+from varexp.stop import (
+    exit_cleanly_on_sigterm,
+    job_ended,
+    job_started,
+    mark_launcher,
+    output_closed,
+    watch_parent,
+)
 from varexp.threads import available_cores, configure
 
 EXAMPLES = (
@@ -55,7 +61,9 @@ def print_command_help(command: str, overrides: list[str]) -> None:
         shown = ", ".join(f"[{o}]" if o == chosen else o for o in options)
         print(f"  {group:<11} {shown}")
     module = command_module(command)
-    if hasattr(module, "describe"):
+    if search.searching(cfg):
+        print("\n" + search.describe(cfg))
+    elif hasattr(module, "describe"):
         print("\n" + module.describe(cfg))
     body = OmegaConf.to_yaml({k: v for k, v in cfg.items() if k != "hydra"})
     print("\nconfig:\n" + "\n".join("  " + line for line in body.splitlines()))
@@ -64,6 +72,8 @@ def print_command_help(command: str, overrides: list[str]) -> None:
 def dispatch(command: str, cfg: DictConfig) -> object:
 
     module = command_module(command)
+    # in a launcher's worker too: a log line to a closed pipe is dropped, not a traceback
+    logging.raiseExceptions = False
     exit_cleanly_on_sigterm()
     job_started()
     if launcher_of_job() in ("joblib", "submitit_local"):
@@ -72,8 +82,10 @@ def dispatch(command: str, cfg: DictConfig) -> object:
         configure(cfg.get("threads", "auto"), parallel_jobs(cfg))
         return module.run(cfg)
     except VarexpError as error:
-        print(f"varexp {command}: {error}", file=sys.stderr)
+        print(f"varexp {command}: {error}{search.stopped_hint(error)}", file=sys.stderr)
         sys.exit(2)
+    except BrokenPipeError:  # an OSError too: the reader of stdout has gone, not the disk
+        output_closed(command)
     except OSError as error:  # a full disk, a folder made read-only under a running command
         print(f"varexp {command}: could not write {error.filename or 'a result'} "
               f"({error.strerror or error}); results written before are intact",
@@ -102,12 +114,21 @@ def parallel_jobs(cfg: DictConfig) -> int:
     if hydra_cfg.runtime.choices.get("hydra/launcher") != "joblib":
         return 1
     n_jobs = hydra_cfg.launcher.get("n_jobs", 1) or 1
-
-    return available_cores() if n_jobs < 0 else int(n_jobs)
+    jobs = available_cores() if n_jobs < 0 else int(n_jobs)
+    return min(jobs, search.trials_at_once(hydra_cfg) or jobs)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
+    # a log line to a closed pipe is dropped, not answered with a traceback on stderr
+    logging.raiseExceptions = False
+    try:
+        run_command(args)
+    except BrokenPipeError:  # `varexp sweep | head -1`: the reader has gone
+        output_closed(args[0] if args else "")
+
+
+def run_command(args: list[str]) -> None:
     if not args or args[0] in ("-h", "--help", "help"):
         print_help()
         return
@@ -116,8 +137,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     command, rest = args[0], args[1:]
     if command not in COMMANDS:
-        print(f"varexp: unknown command {command!r}; choose one of {', '.join(COMMANDS)}",
-              file=sys.stderr)
+        print(f"varexp: unknown command {command!r}; {did_you_mean(command, COMMANDS)}"
+              f"choose one of {', '.join(COMMANDS)}", file=sys.stderr)
         sys.exit(2)
     if command == "plot" and rest and re.fullmatch(r"\w+", rest[0]):
         rest[0] = f"figure={rest[0]}"  # varexp plot figure2, varexp plot slopes
@@ -144,14 +165,19 @@ def main(argv: list[str] | None = None) -> None:
         line = compose.parse(command, rest, module.check)
         rest = [*rest, *compose.gpu_overrides(line, devices.cuda_count())]
         replace = results.check_launch(line, bool(line.cfg.get("overwrite", False)))
-        if hasattr(module, "announce"):
+        if line.multirun and search.searching(line.cfg):
+            search.announce(line)
+        elif hasattr(module, "announce"):
             module.announce(line)
-        results.prepare_launch(line, replace)
-        # a multirun's folder is held for the whole launch: a second launch into it is refused
-        held = results.lock(Path(line.output_dir), f"varexp {command}") if line.multirun \
-            else nullcontext()
-        with held:
-            run_hydra(command, rest)
+        if line.multirun:
+            mark_launcher(joblib=compose.launcher(line.cfg) == "joblib")
+        # the folder is held before anything in it moves, and for the whole launch: a second
+        # launch into it is refused, with or without overwrite=true
+        with results.lock(Path(line.output_dir), f"varexp {command}"):
+            results.prepare_launch(line, replace)
+            if hasattr(module, "prepare"):
+                module.prepare(line)
+            run_hydra(command, [*rest, *search.resume(line)])
     except VarexpError as error:
         print(f"varexp {command}: {error}", file=sys.stderr)
         sys.exit(2)

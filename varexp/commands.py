@@ -1,10 +1,13 @@
 """The subcommands: each a module with `check(cfg)` (every key it reads, before any work) and
-`run(cfg)` (the job), optionally `announce(line)` (before Hydra starts: a sweep's plan) and
-`describe(cfg)` (more for --help)."""
+`run(cfg)` (the job), optionally `announce(line)` (before Hydra starts: a sweep's plan, on the
+terminal), `prepare(line)` (once the launch holds its folder: a sweep's plan, for its jobs and
+tables) and `describe(cfg)` (more for --help)."""
 
 from __future__ import annotations
 
 import importlib
+import re
+import shlex
 from types import ModuleType
 
 # subcommand -> (module, one-line description)
@@ -23,3 +26,16 @@ def command_module(command: str) -> ModuleType:
     """The module of a subcommand, imported when first needed: each pulls in its own share of
     torch, pandas and matplotlib, which the others need not pay for."""
     return importlib.import_module(COMMANDS[command][0])
+
+
+# a value Hydra's override grammar reads as it is (no '=', ',', space, bracket or quote)
+_PLAIN_VALUE = re.compile(r"[A-Za-z0-9_/.+\-:@%]+")
+
+
+def typed_override(key: str, value: object) -> str:
+    """key=value as a user types it in a shell: the value quoted for Hydra where its grammar
+    would read it otherwise (a folder named lr=0.1, a space, a comma), then for the shell."""
+    text = str(value)
+    if not _PLAIN_VALUE.fullmatch(text):
+        text = '"' + text.replace('"', '\\"') + '"'
+    return shlex.quote(f"{key}={text}")

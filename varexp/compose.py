@@ -34,7 +34,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 import varexp.options  # noqa: F401  (fills Hydra's ConfigStore with every option)
 from varexp.commands import command_module
-from varexp.errors import ConfigError, VarexpError, bad_value
+from varexp.errors import ConfigError, VarexpError, bad_value, did_you_mean
 from varexp.figures import commands_for
 from varexp.schema import allowed_of
 
@@ -83,6 +83,8 @@ class CommandLine:
     jobs: list[list[str]]
     multirun: bool
     configs: list[DictConfig]
+    # keys a sweeper that picks its jobs as it goes (an Optuna search) chooses per job
+    searched: tuple[str, ...] = ()
 
     @property
     def output_dir(self) -> str:
@@ -105,9 +107,22 @@ def complete(command: str, args: list[str]) -> list[str]:
         not _preset_picks_task(values.get("experiment"))
     ) and "task" in command_groups(command):
         args = [*args, "~task"]
-    if os.environ.get("VAREXP_SMOKE"):
-        args = [*args, *SMOKE.get(command, []), *SMOKE_PRESETS.get(values.get("experiment"), [])]
-    return args
+    return [*args, *smoke(command, args)]
+
+
+def smoke_run() -> bool:
+    """Whether VAREXP_SMOKE=1 (token sizes) is set for this process and the commands it starts."""
+    return bool(os.environ.get("VAREXP_SMOKE"))
+
+
+def smoke(command: str, args: list[str]) -> list[str]:
+    """What VAREXP_SMOKE=1 appends to `varexp COMMAND ARGS`: the token sizes (none without
+    it)."""
+    if not smoke_run():
+        return []
+    values = dict(a.lstrip("+~").split("=", 1) for a in args
+                  if "=" in a and not a.startswith("-"))
+    return [*SMOKE.get(command, []), *SMOKE_PRESETS.get(values.get("experiment"), [])]
 
 
 def _preset_picks_task(preset: str | None) -> bool:
@@ -178,6 +193,7 @@ def parse(command: str, args: list[str], check: Callable[[DictConfig], object]) 
     base = [o.input_line for o in parsed if not o.is_sweep_override()]
     cfg = compose_config(command, base)
     _check_preset(command, cfg.hydra.runtime.choices.get("experiment"))
+    _check_added_keys(command, parsed, cfg)
     multirun = bool(flags) or cfg.hydra.mode == RunMode.MULTIRUN
     if not multirun:
         if any(o.is_sweep_override() for o in parsed):
@@ -190,6 +206,25 @@ def parse(command: str, args: list[str], check: Callable[[DictConfig], object]) 
         _check_launcher(line.cfg)
     _check_output_dir(line)
     return line
+
+
+def _check_added_keys(command: str, parsed: list, cfg: DictConfig) -> None:
+    """`+key=value` (and `++key=value`) adds a key Hydra's config does not have: refuse one the
+    command's schema does not know either, as a plain misspelled key is refused, instead of
+    letting the typo run and join the run's identity. Hydra's own keys and `+group=option` are
+    Hydra's business."""
+    groups = set(cfg.hydra.runtime.choices)
+    added = [o for o in parsed if (o.is_add() or o.is_force_add())
+             and not o.key_or_group.startswith(("hydra.", "hydra/", "hydra@"))
+             and o.key_or_group not in groups and "@" not in o.key_or_group]
+    if not added:
+        return
+    rest = [o.input_line for o in parsed if not o.is_sweep_override() and o not in added]
+    plain = compose_config(command, rest)
+    missing = object()
+    for o in added:
+        if OmegaConf.select(plain, o.key_or_group, default=missing) is missing:
+            raise VarexpError(_unknown_key(command, rest, o.key_or_group))
 
 
 def _parse_overrides(overrides: list[str]) -> list:
@@ -215,7 +250,10 @@ def _expand(command: str, overrides: list[str], cfg: DictConfig, check) -> Comma
     if not _grid_sweeper(cfg):
         # another sweeper (e.g. an optimiser) picks its jobs as it goes: check the base config
         _check(check, cfg)
-        return CommandLine(command, overrides, cfg, [task], True, [cfg])
+        searched = [str(k) for k in (cfg.hydra.sweeper.get("params") or {})]
+        searched += [o.key_or_group.lstrip("+~") for o in _parse_overrides(task)
+                     if o.is_sweep_override()]
+        return CommandLine(command, overrides, cfg, [task], True, [cfg], tuple(searched))
     params = [f"{k}={v}" for k, v in (cfg.hydra.sweeper.get("params") or {}).items()]
     jobs = [list(j) for j in BasicSweeper.split_arguments(_parse_overrides(params + task),
                                                           None)[0]]
@@ -377,8 +415,8 @@ def _missing_option(command: str, error: MissingConfigException) -> VarexpError:
              if group == "hydra/sweeper" and option == "optuna"
              else " (pip install -e . again: it installs varexp's own sweeper)"
              if group == "hydra/sweeper" and option == "varexp" else "")
-    return VarexpError(f"{group}={option!r} is not an option; choose one of "
-                       f"{', '.join(options)}{extra}")
+    return VarexpError(f"{group}={option!r} is not an option; {did_you_mean(option, options)}"
+                       f"choose one of {', '.join(options)}{extra}")
 
 
 def _one_line(command: str, overrides: list[str], error: Exception) -> VarexpError:
@@ -388,9 +426,9 @@ def _one_line(command: str, overrides: list[str], error: Exception) -> VarexpErr
         key = first.split("'")[1]
         rest = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != key]
         if "No match in the defaults list" in message:
-            groups = ", ".join(command_groups(command))
-            return VarexpError(f"there is no config group {key!r} in varexp {command}; its "
-                               f"groups: {groups}")
+            groups = command_groups(command)
+            return VarexpError(f"there is no config group {key!r} in varexp {command}; "
+                               f"{did_you_mean(key, groups)}its groups: {', '.join(groups)}")
         return VarexpError(_unknown_key(command, rest, key))
     if first.startswith("Error merging override "):  # a value of the wrong type for its key
         override = first[len("Error merging override "):]
@@ -418,8 +456,14 @@ def _unknown_key(command: str, overrides: list[str], key: str) -> str:
     choices = cfg.hydra.runtime.choices
     if isinstance(node, DictConfig):
         where = f"{parent}={choices[parent]}" if parent in choices else parent
-        keys = [k for k in node.keys() if k not in ("hydra", "name")]
-        return (f"{key} is not a key of {where or 'varexp ' + command}; its keys: "
-                f"{', '.join(map(str, keys))}")
-    sections = [k for k in cfg.keys() if k != "hydra"]
-    return f"{key} is not a key of varexp {command}; its keys: {', '.join(map(str, sections))}"
+        keys = [str(k) for k in node.keys() if k not in ("hydra", "name")]
+        # the leaves alone: a shared "arch." would make any key of arch close
+        guess = did_you_mean(key.rpartition(".")[2], keys, f"{parent}.{{}}" if parent else "{}")
+        return (f"{key} is not a key of {where or 'varexp ' + command}; {guess}its keys: "
+                f"{', '.join(keys)}")
+    # a mistyped section (trian.steps): the closest section with the rest of the key
+    sections = [str(k) for k in cfg.keys() if k != "hydra"]
+    head, _, tail = key.partition(".")
+    guess = did_you_mean(head, sections, f"{{}}.{tail}" if tail else "{}")
+    return (f"{key} is not a key of varexp {command}; {guess}its keys: "
+            f"{', '.join(sections)}")

@@ -26,10 +26,21 @@ from varexp.results.records import (
     read_summary,
     recorded_identity,
 )
-from varexp.results.tables import METRICS, NEURONS, PROBE, RATIOS, THEORY, Table
+from varexp.results.tables import (
+    HELDOUT,
+    METRICS,
+    NEURONS,
+    PROBE,
+    RATIOS,
+    THEORY,
+    TRIALS,
+    Table,
+)
 
 TABLES: dict[str, Table] = {t.file.removesuffix(".csv"): t
-                            for t in (METRICS, RATIOS, PROBE, NEURONS, THEORY)}
+                            for t in (METRICS, RATIOS, PROBE, NEURONS, HELDOUT, THEORY, TRIALS)}
+# tables of a search's folder rather than of one run: their rows get the folder as `search_dir`
+FOLDER_TABLES = ("trials",)
 # the result file that says which command made a folder older than run.json
 MADE_BY = {"summary.json": "train", "metrics.csv": "train", "probe.csv": "probe",
            "theory.csv": "theory"}
@@ -56,8 +67,10 @@ def load(path: str | Path = "outputs", table: str | None = None,
          command: str | None = None) -> pd.DataFrame:
     """The runs under `path` (a run folder, a sweep, an outputs tree), one row per run: run_dir,
     command, preset, the identifying config keys, and for training runs their summary (status,
-    final_loss, steps, ...). With `table` ("metrics", "ratios", "probe", "neurons", "theory"),
-    every run's table of that name stacked, its run's identifying columns joined in front.
+    final_loss, steps, ...). With `table` ("metrics", "ratios", "probe", "neurons", "heldout",
+    "theory"), every run's table of that name stacked, its run's identifying columns joined in
+    front. With table="trials", the trials of every Optuna search under `path` (its trials.csv),
+    each row with its search's folder as `search_dir`.
     `command` keeps the runs of one command (train, probe, theory, plot, reproduce).
 
     Runs moved aside by overwrite=true are left out; a damaged record or table is left out with
@@ -70,6 +83,8 @@ def load(path: str | Path = "outputs", table: str | None = None,
     if table is not None and table not in TABLES:
         raise VarexpError(f"table={table!r} is not allowed; choose one of {', '.join(TABLES)} "
                           "(or none for one row per run)")
+    if table in FOLDER_TABLES:
+        return folder_tables(root, TABLES[table])
     runs = [r for r in find_runs(root) if command is None or r.command == command]
     if table is None:
         if not runs:
@@ -86,7 +101,10 @@ def load(path: str | Path = "outputs", table: str | None = None,
         if not (run.folder / spec.file).is_file():
             continue
         try:
-            frame = spec.read(run.folder / spec.file, allow_empty=True)
+            if spec in (METRICS, RATIOS):  # a training run's record of its steps
+                frame = spec.read_run(run.folder, read_summary(run.folder))
+            else:
+                frame = spec.read(run.folder / spec.file, allow_empty=True)
         except VarexpError as error:
             warnings.warn(f"varexp.load leaves out {error}", stacklevel=2)
             continue
@@ -136,3 +154,19 @@ def older_runs(root: Path) -> set[Path]:
                     not (folder / RECORD).is_file() and REPLACED not in folder.name:
                 found.add(folder)
     return found
+
+
+def folder_tables(root: Path, spec: Table) -> pd.DataFrame:
+    """Every `spec` table under root (those of searches' folders), stacked, `search_dir` first."""
+    frames = []
+    for path in discover(root, spec.file):
+        try:
+            frame = spec.read(path, allow_empty=True)
+        except VarexpError as error:
+            warnings.warn(f"varexp.load leaves out {error}", stacklevel=3)
+            continue
+        frame.insert(0, "search_dir", str(path.parent))
+        frames.append(frame)
+    if not frames:
+        raise VarexpError(f"no {spec.file} under {root}")
+    return pd.concat(frames, ignore_index=True)

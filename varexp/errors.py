@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 
 class VarexpError(Exception):
     """A problem with the user's input: bad config value, missing or corrupt data, ..."""
@@ -23,3 +26,21 @@ class ConfigError(VarexpError):
 
 def bad_value(key: str, value: object, allowed: str) -> ConfigError:
     return ConfigError(f"{key}={value!r} is not allowed; {allowed}", key, allowed)
+
+
+def did_you_mean(typed: object, choices: Iterable[object], shown: str = "{}") -> str:
+    """The words "did you mean X? " naming the choice closest to a mistyped word (difflib's
+    ratio, at least 0.6: `trian` finds train, `xyz` finds nothing), or "" where none is; choices
+    equally close are all named (figure9: figure1, figure2 or figure3). `shown` spells a choice
+    for the message (e.g. "arch.{}" for a key of arch)."""
+    typed = str(typed)
+    scores: dict[str, float] = {}
+    for choice in map(str, choices):
+        matcher = difflib.SequenceMatcher(None, typed, choice)
+        if choice != typed and matcher.ratio() >= 0.6:
+            scores[choice] = matcher.ratio()
+    if not scores:
+        return ""
+    best = [shown.format(c) for c, score in scores.items() if score == max(scores.values())]
+    named = best[0] if len(best) == 1 else ", ".join(best[:-1]) + " or " + best[-1]
+    return f"did you mean {named}? "

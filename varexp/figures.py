@@ -68,9 +68,16 @@ FIGURES: dict[str, Figure] = {
                "probe", "probe.csv", (Part("the three inits", "figure3_quick", "figure3"),),
                "varexp.plot.figure3"),
         Figure("slopes", "finite-size effects on Fig. 3: gradient slope vs width and T, "
-               "effective samples vs layer (not in the paper)", "probe", "probe.csv",
-               (Part("scale+bias and batchnorm MLPs by width and T", "slopes_quick", "slopes"),),
+               "effective samples vs layer, slope vs effective samples (not in the paper)",
+               "probe", "probe.csv",
+               (Part("scale+bias and batchnorm MLPs by width and T", "slopes_quick", "slopes"),
+                Part("scale+bias MLPs with spread input norms (an intervention)",
+                     "slopes_inputs_quick", "slopes_inputs")),
                "varexp.plot.slopes"),
+        Figure("heldout", "a fitted init's second moment on fresh inputs vs layer, by width "
+               "and fit size (not in the paper)", "probe", "heldout.csv",
+               (Part("scale and scale+bias MLPs by width and fit size", "heldout_quick",
+                     "heldout"),), "varexp.plot.heldout"),
         Figure("figure4", "training loss at the selected learning rates (Sec. 5)",
                "sweep", "selected.csv",
                (Part("object recognition", "figure4_quick", "figure4_cifar10"),
@@ -86,7 +93,7 @@ def figure_of(preset: str | None) -> Figure | None:
 
 
 # presets that feed no figure, and the commands they are written for
-OTHER_PRESETS = {"optuna_lr": ("train",)}
+OTHER_PRESETS = {"optuna_lr": ("train", "sweep")}
 
 
 def commands_for(preset: str) -> tuple[str, ...] | None:

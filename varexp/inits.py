@@ -40,6 +40,12 @@ scale+bias, second_moment_before, sigma2 (the fitted statistic), scale (the fact
 bias_abs_mean (and for scale+bias centred: 0 for a layer without a bias, only scaled); for lsuv
 std_before, std, scale and iters. `InitReport.not_initialized` names the weights left as they
 were (varexp.models.base.unreached).
+
+Held-out statistics. A data-dependent init meets its targets (unit second moment; for
+scale+bias zero mean per feature) exactly on the batches it was fitted on, and only
+approximately on any other: at finite width the fit is a function of its k*T samples. With
+`heldout` (a fresh batch), `initialize` measures every layer of the fitted model on the fitting
+batches and on the fresh one (HELDOUT_STATS, by `heldout_stats`) and adds both to the report.
 """
 
 from __future__ import annotations
@@ -63,6 +69,7 @@ from varexp.models.base import (
     weight_layers,
 )
 from varexp.schema import choice, integer, number, spec_from, store
+from varexp.stats import network_stats
 
 # A layer is dead when its fitted statistic is below DEAD times its second moment (0 when all is
 # 0): float32 rounding leaves ~1e-14 on an output constant over samples; live layers are near 1.
@@ -286,6 +293,31 @@ class InitReport:
         return [line for line in lines if line is not None]
 
 
+# What a fit targets, measured per layer on a batch (varexp.stats names): the average second
+# moment of u (Eq. 13: 1 after scale, scale+bias and lsuv) and the mean over channels (features
+# of a Linear layer) of the squared sample mean (Eq. 14: 0 after scale+bias), each pooled over
+# samples and positions as the per-channel bias is.
+HELDOUT_STATS = {"second_moment": "second_moment", "mean_sq": "sample_mean_sq_channel"}
+
+
+def batch_stats(model: nn.Module, x: Tensor) -> dict[str, dict[str, float]]:
+    """Per weight layer name, HELDOUT_STATS of `model` on the batch x (one forward pass,
+    BatchNorm on batch statistics, the model's state left as it was)."""
+    with torch.no_grad():
+        rows, _ = network_stats(model, x, grad=False)
+    return {row["name"]: {key: float(row[stat]) for key, stat in HELDOUT_STATS.items()}
+            for row in rows}
+
+
+def heldout_stats(model: nn.Module, fit: Tensor | None, fresh: Tensor) -> dict[str, dict]:
+    """Per weight layer name, HELDOUT_STATS of the (fitted) model on its fitting batch `fit`
+    (prefixed fit_; left out without one) and on a fresh batch (prefixed heldout_)."""
+    on_fresh = batch_stats(model, fresh)
+    on_fit = batch_stats(model, fit) if fit is not None else {}
+    return {name: {f"fit_{k}": v for k, v in on_fit.get(name, {}).items()}
+            | {f"heldout_{k}": v for k, v in stats.items()} for name, stats in on_fresh.items()}
+
+
 def fans(layer: nn.Module) -> tuple[float, float]:
     """(fan_in, fan_out): how many inputs one output unit sums over, and how many outputs one
     input unit feeds, averaged over positions for strided convolutions (of any dimension).
@@ -306,18 +338,33 @@ def fans(layer: nn.Module) -> tuple[float, float]:
     return float(per_group_in * taps), per_group_out * taps / stride
 
 
+def law_fans(layer: nn.Module) -> tuple[float, float]:
+    """The fans an init's weight law uses: `fans`, except for a transposed convolution built
+    with `fan = "torch"` (UNet's arch.upconv_fan=torch), which gets torch.nn.init's count
+    (its weight read as a conv's: fan_in = out_channels / groups * taps)."""
+    transposed = isinstance(layer, nn.modules.conv._ConvTransposeNd)
+    if transposed and getattr(layer, "fan", "in") == "torch":
+        fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(layer.weight)
+        return float(fan_in), float(fan_out)
+    return fans(layer)
+
+
 def initialize(
     model: nn.Module,
     init: object,
     activation: str = "relu",
     batches: Sequence[Tensor] | None = None,
+    heldout: Tensor | None = None,
 ) -> InitReport:
     """Initialize every weight layer of `model` in place as `init` says (a spec such as
     ScaleBias(batches=5), the `init` config node, or a mapping with `name`).
 
     `batches` are the k input minibatches (init.batches of them are used) the data-dependent
-    inits fit on. Raises VarexpError (model left as it was) on bad options, missing or too small
-    batches, a layer that never runs or runs twice, or a dead layer (zero sample variance).
+    inits fit on. With `heldout`, a fresh batch, each layer's report also holds HELDOUT_STATS on
+    the fitting batches (fit_second_moment, fit_mean_sq) and on the fresh one
+    (heldout_second_moment, heldout_mean_sq); see the module's docstring. Raises VarexpError
+    (model left as it was) on bad options, missing or too small batches, a layer that never runs
+    or runs twice, or a dead layer (zero sample variance).
     """
     spec = spec_from(init, SPECS, "init")
     record = INITS[spec.name]
@@ -339,31 +386,37 @@ def initialize(
         gain = get_activation(activation).gain
     with torch.no_grad():
         for wl in layers if record.draw is not None else ():
-            record.draw(wl.module.weight, *fans(wl.module), gain)
+            record.draw(wl.module.weight, *law_fans(wl.module), gain)
             if wl.module.bias is not None:
                 nn.init.zeros_(wl.module.bias)
             if hasattr(wl.norm, "reset_parameters"):
                 wl.norm.reset_parameters()  # BatchNorm: weight 1, bias 0, fresh statistics
         if data is None:  # init=default redraws nothing: nothing to report as left out
             left = unreached(model, [wl.module for wl in layers]) if record.draw else []
-            return InitReport(0.0, [_describe(wl) for wl in layers], left)
-        try:
-            report = _fit(model, layers, record, spec, data)
-        except VarexpError:
-            model.load_state_dict(saved)
-            raise
-        # a layer the pass never called (its weights used by its parent) keeps its own weights:
-        # drawn but not fitted, they would be far off scale
-        fitted = {e["index"] for e in report.layers}
-        prefix = {m: name for name, m in model.named_modules()}
-        for wl in layers:
-            if wl.index not in fitted:
-                for key, param in wl.module.named_parameters(recurse=False):
-                    name = f"{prefix[wl.module]}.{key}" if prefix[wl.module] else key
-                    param.copy_(saved[name])
-        report.not_initialized = unreached(
-            model, [wl.module for wl in layers if wl.index in fitted])
-        return report
+            report = InitReport(0.0, [_describe(wl) for wl in layers], left)
+        else:
+            try:
+                report = _fit(model, layers, record, spec, data)
+            except VarexpError:
+                model.load_state_dict(saved)
+                raise
+            # a layer the pass never called (its weights used by its parent) keeps its own
+            # weights: drawn but not fitted, they would be far off scale
+            fitted = {e["index"] for e in report.layers}
+            prefix = {m: name for name, m in model.named_modules()}
+            for wl in layers:
+                if wl.index not in fitted:
+                    for key, param in wl.module.named_parameters(recurse=False):
+                        name = f"{prefix[wl.module]}.{key}" if prefix[wl.module] else key
+                        param.copy_(saved[name])
+            report.not_initialized = unreached(
+                model, [wl.module for wl in layers if wl.index in fitted])
+    if heldout is not None:  # an init without a fit: only the fresh batch's statistics
+        fresh = heldout.to(layers[0].module.weight.device)
+        measured = heldout_stats(model, data, fresh)
+        for entry in report.layers:
+            entry.update(measured.get(entry["name"], {}))
+    return report
 
 
 def one_batch(spec: object) -> object:

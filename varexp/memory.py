@@ -2,14 +2,19 @@
 
 The model is built on PyTorch's meta device (shapes only, no memory) and run once on a meta
 batch, which counts its parameters and the elements of every layer's output exactly; the
-estimate is float32 bytes of what stays alive at the peak of a step. A run that cannot fit is
-refused in one line with the estimate and the memory there, instead of dying mid-run.
+estimate is float32 bytes of what stays alive at the peak of a step. Every key that sizes an
+allocation counts: the batch, the fixed batch a run measures its layers on, the minibatches a
+data-dependent init fits on, the generated training data, and a probe's samples on either of
+its paths. A run that cannot fit is refused in one line with the estimate, its largest part and
+the memory there, instead of dying mid-run.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+from dataclasses import dataclass
 from functools import cache
 
 import torch
@@ -110,3 +115,53 @@ def train_bytes(params: int, outputs: int, optimizer: str) -> float:
     momentum; Adam's two moments), and the layer outputs of the batch with their gradients."""
     states = 2 if optimizer == "adam" else 1
     return FLOAT * (params * (2 + states) + 2 * outputs)
+
+
+# the keys that size each generated dataset
+DATA_KEYS = {"gaussian": "a smaller dataset.size",
+             "shapes": "a smaller dataset.train_size or dataset.test_size",
+             "membranes": "fewer dataset.slices or a smaller dataset.size"}
+
+
+def data_bytes(dataset: DictConfig, input_shape: tuple[int, ...], task: str) -> float:
+    """Bytes of the generated training data held in memory, both splits: gaussian's float32
+    inputs and targets, shapes' uint8 images, membranes' uint8 slices and maps (with one
+    slice's float32 work while they are made). The real datasets have fixed sizes (CIFAR10
+    0.18 GB, ISBI 2012 0.01 GB) and are not counted."""
+    name = dataset.get("name")
+    if name == "gaussian":
+        target = FLOAT * math.prod(input_shape[1:]) if task == "segmentation" else 8
+        return 2 * int(dataset.size) * (FLOAT * math.prod(input_shape) + target)
+    if name == "shapes":
+        return (int(dataset.train_size) + int(dataset.test_size)) * (3 * 32 * 32 + 8)
+    if name == "membranes":
+        pixels = int(dataset.size) ** 2
+        return int(dataset.slices) * pixels * 2 + 16 * FLOAT * pixels
+    return 0.0
+
+
+@dataclass(frozen=True)
+class Part:
+    """What a part of a run holds, its bytes, and the key that sizes it."""
+
+    about: str
+    bytes: float
+    advice: str
+
+
+def refuse_parts(resident: list[Part], transient: list[Part], device: torch.device,
+                 what: str) -> None:
+    """Refuse (one line) when what stays alive all run long plus the largest of what comes and
+    goes does not fit on the device: the estimate, its parts, the memory there and how to make
+    the largest part smaller."""
+    peak = max(transient, key=lambda part: part.bytes, default=None)
+    parts = [p for p in [*resident, peak] if p is not None and p.bytes > 0]
+    needed = sum(p.bytes for p in parts)
+    free = available(device)
+    if needed > USABLE * free:
+        parts.sort(key=lambda part: -part.bytes)
+        shown = "; ".join(f"{p.about}: {gigabytes(p.bytes)}" for p in parts
+                          if p.bytes >= 0.01 * needed)
+        largest = parts[0]
+        raise VarexpError(f"{what} needs about {gigabytes(needed)} ({shown}), more than the "
+                          f"{gigabytes(free)} free on {device}; {largest.advice}")

@@ -27,14 +27,14 @@ from omegaconf import DictConfig
 from torch import Tensor
 from tqdm import tqdm
 
-from varexp import devices, memory
+from varexp import devices, heldout, memory
 from varexp.data import data_info, fixed_batch
 from varexp.errors import VarexpError, bad_value
 from varexp.inits import initialize, one_batch
 from varexp.models import build_model
 from varexp.models.base import unreached, weight_layers
 from varexp.results import claim
-from varexp.results.tables import NEURONS, PROBE, probe_frame
+from varexp.results.tables import HELDOUT, NEURONS, PROBE, probe_frame
 from varexp.sampled import default_batch, sampled_mlp, sampled_probe, unsupported
 from varexp.schema import Common, choice, flag, integer, store, to_spec, validate
 from varexp.stats import network_stats
@@ -57,6 +57,8 @@ class ProbeOptions:
     method: str = choice("auto", METHODS)  # sampled: exact O(n T^2) sampling of Gaussian MLPs
     neurons: int = integer(3, minimum=0)  # per network, saved to neurons.csv at layers 1 and L
     grad: bool = flag(True)  # grad_sq of the random linear loss L = w . x^L (paper Fig. 3)
+    # H > 0: heldout.csv, a fitted init's targets on its T inputs and on H fresh ones
+    heldout: int = integer(0, minimum=0)
     progress: bool = flag(True)  # a progress bar on a terminal (never in logs)
 
 
@@ -68,13 +70,15 @@ def check(cfg: DictConfig) -> None:
     network fits in memory on the dense path."""
     validate(cfg, Common)
     devices.check(cfg.device)
+    heldout.check(cfg)
     if cfg.probe.method == "sampled":
         reason = unsupported(cfg.arch, cfg.init)
         if reason is not None:
             raise bad_value("probe.method", "sampled", f"{reason}; use probe.method=auto or dense")
+    device = devices.resolve(cfg.device)
     if choose_method(cfg) != "dense":
         memory.refuse_if_too_big(
-            sampled_network_bytes(cfg), devices.resolve(cfg.device), "one network",
+            sampled_network_bytes(cfg), device, "one network",
             f"the sampled path keeps {cfg.arch.depth} layer outputs of {cfg.arch.width} x "
             f"{cfg.probe.samples} for the backward pass", "probe narrower or shallower "
             "networks, fewer samples, or without gradients (probe.grad=false)")
@@ -83,7 +87,7 @@ def check(cfg: DictConfig) -> None:
     params, outputs = memory.count(cfg.arch, info.input_shape, num_classes(cfg),
                                    cfg.probe.samples)
     memory.refuse_if_too_big(
-        memory.probe_bytes(params, outputs), devices.resolve(cfg.device), "one network",
+        memory.probe_bytes(params, outputs), device, "one network",
         f"{memory.amount(params)} weights, {memory.amount(outputs)} layer outputs for T = "
         f"{cfg.probe.samples}", "probe narrower or shallower networks, fewer samples, or with "
         "probe.method=auto where the exact sampled path applies")
@@ -239,14 +243,16 @@ def run(cfg: DictConfig) -> None:
 
 
 def probe(cfg: DictConfig, out_dir: Path) -> None:
-    """Probe the networks `cfg` describes and write probe.csv (and neurons.csv) into out_dir."""
+    """Probe the networks `cfg` describes and write probe.csv (and neurons.csv, heldout.csv)
+    into out_dir."""
 
     device = devices.resolve(cfg.device)
     method = choose_method(cfg, device)
     x = fixed_batch(cfg.dataset, cfg.arch, cfg.probe.samples, cfg.seed, device)
     plan = sampled_plan(cfg, device, torch.get_num_threads()) if method == "sampled" else None
     start = time.perf_counter()
-    tables, neurons = {}, {}
+    fresh = heldout.fresh_batch(cfg, device) if cfg.probe.heldout else None
+    tables, neurons, held = {}, {}, {}
     # the sampled path finishes a batch of networks at once: show each, and the average rate
     with tqdm(total=cfg.probe.networks, desc="probe", unit="net", mininterval=0, miniters=1,
               smoothing=0, disable=None if cfg.probe.progress else True) as bar:
@@ -256,20 +262,32 @@ def probe(cfg: DictConfig, out_dir: Path) -> None:
                 tables[i] = check_finite(probe_frame(i, rows), cfg)
                 if cfg.probe.neurons > 0:
                     neurons[i] = neuron_rows(i, kept, cfg.probe.neurons, cfg.seed)
+                if fresh is not None:
+                    layers = heldout.heldout_network(cfg, x, fresh, network_seed(cfg.seed, i),
+                                                     num_classes(cfg), method)
+                    held[i] = heldout.heldout_frame(i, layers, len(x), len(fresh))
                 bar.update()
     table = pd.concat([tables[i] for i in sorted(tables)], ignore_index=True)
     path = PROBE.write(table, out_dir)
     if neurons:
         NEURONS.write(pd.concat([neurons[i] for i in sorted(neurons)], ignore_index=True),
                       out_dir)
+    tail = ""
+    if held:
+        fresh_table = pd.concat([held[i] for i in sorted(held)], ignore_index=True)
+        path = f"{path}, {HELDOUT.write(fresh_table, out_dir).name}"
+        top = fresh_table[fresh_table.layer == fresh_table.layer.max()]
+        geometric = np.exp(np.log(top.heldout_second_moment).mean())
+        tail = (f"; second moment on the fit's {len(x)} inputs {top.fit_second_moment.mean():.4g},"
+                f" on {len(fresh)} fresh ones {geometric:.4g} (geometric mean)")
     last = table[table.layer == table.layer.max()]
     how = "" if plan is None else (
         f" ({plural(plan.workers, 'thread')}, up to {plural(plan.batch, 'network')} per batch, "
         f"about {memory.gigabytes(plan.bytes)})")
     log.info(
         "probe: %d networks x %d layers, %s path%s, %.1f s -> %s (layer %d: mean ratio m/v "
-        "%.4g)", cfg.probe.networks, table.layer.max(), method, how,
-        time.perf_counter() - start, path, table.layer.max(), last.ratio.mean(),
+        "%.4g%s)", cfg.probe.networks, table.layer.max(), method, how,
+        time.perf_counter() - start, path, table.layer.max(), last.ratio.mean(), tail,
     )
 
 

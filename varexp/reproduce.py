@@ -1,6 +1,8 @@
 """`varexp reproduce`: every step of the paper in order (theory, probes, Fig. 4 sweeps, plots),
 each as its own `varexp` command so Hydra multiruns and launchers work as they do by hand, then
-REPORT.md. A step that finished leaves a marker and is skipped on the next run."""
+REPORT.md. A step that finished leaves a marker with everything that made its result (the
+command line as it ran, VAREXP_SMOKE's token sizes included) and is skipped on the next run
+that would run it the same way; a step made another way is run again."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from omegaconf import DictConfig
 
 from varexp import devices
 from varexp.commands import command_module
-from varexp.compose import parse
+from varexp.compose import parse, smoke, smoke_run
 from varexp.errors import VarexpError
 from varexp.figures import FIGURES, SCALES
 from varexp.files import atomic_path
@@ -27,6 +29,7 @@ from varexp.schema import Common, choice, flag, option, store, validate
 
 log = logging.getLogger(__name__)
 DONE = ".done"
+CHANGED = "made with another command or size: rerun"
 
 
 @dataclass(frozen=True)
@@ -41,16 +44,21 @@ class Step:
         return "varexp " + " ".join(self.args)
 
     @property
+    def recorded(self) -> str:
+        """The command line as the step runs it: with VAREXP_SMOKE=1, its token sizes too."""
+        return " ".join([self.command, *smoke(self.args[0], self.args[1:])])
+
+    @property
     def done(self) -> bool:
-        """Finished before with this very command line (the marker records it)."""
+        """Finished before exactly as it would run now (the marker records how)."""
         marker = self.out / DONE
         if self.always or not marker.is_file():
             return False
-        return marker.read_text(encoding="utf-8").strip() == self.command
+        return marker.read_text(encoding="utf-8").strip() == self.recorded
 
     @property
     def changed(self) -> bool:
-        """Finished before with another command line: its results no longer match."""
+        """Finished before with another command line or size: its results no longer match."""
         marker = self.out / DONE
         return not self.always and marker.is_file() and not self.done
 
@@ -132,7 +140,7 @@ def execute(step: Step) -> None:
         raise VarexpError(f"step '{step.name}' failed (its log is under {step.out}); fix it and "
                           "rerun the same command: finished steps are kept")
     with atomic_path(step.out / DONE) as tmp:
-        tmp.write_text(step.command + "\n", encoding="utf-8")
+        tmp.write_text(step.recorded + "\n", encoding="utf-8")
 
 
 def run(cfg: DictConfig) -> None:
@@ -147,8 +155,7 @@ def run(cfg: DictConfig) -> None:
 
 def show(steps: list[Step]) -> None:
     for i, step in enumerate(steps, 1):
-        status = ("done, reused" if step.done else "command changed: rerun" if step.changed
-                  else "would run")
+        status = ("done, reused" if step.done else CHANGED if step.changed else "would run")
         print(f"[{i}/{len(steps)}] {step.name} ({status})\n    {step.command}", flush=True)
 
 
@@ -157,12 +164,11 @@ def make(cfg: DictConfig, steps: list[Step], out: Path) -> None:
 
     started, start = now(), time.perf_counter()
     for i, step in enumerate(steps, 1):
-        status = ("done, reused" if step.done else "command changed: rerun" if step.changed
-                  else "")
+        status = "done, reused" if step.done else CHANGED if step.changed else ""
         print(f"[{i}/{len(steps)}] {step.name}" + (f" ({status})" if status else ""), flush=True)
         if not step.done:
             execute(step)
     commands = {s.out: s.command for s in steps if not s.always}
     report = write_report(out, cfg.reproduce.preset, commands, started,
-                          time.perf_counter() - start)
+                          time.perf_counter() - start, smoke=smoke_run())
     print(f"reproduce: {report}")

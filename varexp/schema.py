@@ -19,7 +19,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from varexp import devices
-from varexp.errors import ConfigError, bad_value
+from varexp.errors import ConfigError, bad_value, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,11 @@ class Allowed:
                 words = "must be a finite number"
         return words + (" or null" if self.none and self.kind != "choice" else "")
 
+    def explain(self, value: object) -> str:
+        """What the key may hold, after the closest choice to a mistyped one (figure=figur4)."""
+        guess = did_you_mean(value, self.choices) if self.kind == "choice" else ""
+        return guess + str(self)
+
 
 def option(default: object = dataclasses.MISSING, *, factory=None, **allowed: object) -> Any:
     """A dataclass field with what it may hold (Allowed's keywords)."""
@@ -139,7 +144,7 @@ def validate(cfg: DictConfig, *roots: type, prefix: str = "") -> None:
                 if isinstance(value, ListConfig | DictConfig):
                     value = OmegaConf.to_container(value, resolve=True)
                 if not allowed.holds(value):
-                    raise bad_value(f.name, value, str(allowed))
+                    raise bad_value(f.name, value, allowed.explain(value))
     spec = spec_of(cfg)
     for f in dataclasses.fields(spec) if spec is not None else ():
         allowed = f.metadata.get("allowed")
@@ -150,7 +155,7 @@ def validate(cfg: DictConfig, *roots: type, prefix: str = "") -> None:
         if isinstance(value, ListConfig | DictConfig):
             value = OmegaConf.to_container(value, resolve=True)
         if not allowed.holds(value):
-            raise bad_value(key, value, str(allowed))
+            raise bad_value(key, value, allowed.explain(value))
     for key in cfg:
         if key == "hydra":
             continue
@@ -182,7 +187,7 @@ def check_spec(spec: object, prefix: str) -> object:
         allowed = f.metadata.get("allowed")
         value = getattr(spec, f.name)
         if allowed is not None and not allowed.holds(value):
-            raise bad_value(f"{prefix}{f.name}", value, str(allowed))
+            raise bad_value(f"{prefix}{f.name}", value, allowed.explain(value))
     return spec
 
 

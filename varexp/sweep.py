@@ -4,6 +4,11 @@ settings, so a re-launched sweep skips finished runs and resumes interrupted one
 job, SweepTables writes sweep.csv (one row per run) and selected.csv (the fastest-converging lr
 per arch, dataset, init and optimizer) into the sweep directory.
 
+A launch writes its plan (.plan.json: every job's folder and config) and each job how it ended
+this time (.launch/<job>.json), so the tables give every job of the launch its real status (a
+job refused or failed now is failed, whatever an older summary.json in its folder says), and the
+sweep exits non-zero when any of them did not finish.
+
 The lr grid depends on the optimizer, which a Cartesian sweep cannot express, so the sweep runs
 over an index into the optimizer's grid, `sweep.lr_index`, and `optim.lr` selects
 `sweep.lr_grid.<optim.name>[sweep.lr_index]`.
@@ -14,6 +19,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import shutil
 import sys
 import tempfile
 import time
@@ -31,6 +38,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from varexp import provenance, results
+from varexp.commands import typed_override
 from varexp.compose import compose_config, launcher
 from varexp.devices import resolve as resolve_device
 from varexp.errors import VarexpError, bad_value
@@ -42,15 +50,27 @@ from varexp.pack.plan import allowed as pack_allowed
 from varexp.results import read_summary
 from varexp.results.aggregate import criterion
 from varexp.results.checkpoint import checkpoint_path
-from varexp.results.tables import FINISHED, SELECTED, SETTING, SWEEP, arch_label
+from varexp.results.records import HYDRA_RECORD, LOCK, move_aside
+from varexp.results.tables import (
+    FINISHED,
+    METRICS,
+    SELECTED,
+    SETTING,
+    SWEEP,
+    arch_label,
+    best_settings,
+)
 from varexp.schema import choice, flag, integer, number, option, store, validate
+from varexp.search import Scored, searching, trials_to_run
+from varexp.stop import output_closed
 from varexp.threads import auto_threads, available_cores
-from varexp.train import Stopped, train
+from varexp.train import Stopped, existing_run, train
 from varexp.train import check as check_train
 
 log = logging.getLogger("varexp.sweep")
 
-PLAN = ".plan.json"  # the launch's run count and start time, for the progress lines
+PLAN = ".plan.json"  # the launch: its id, start time and jobs (folder and config of each)
+OUTCOMES = ".launch"  # <job number>.json: how each job of the launch ended
 # overrides that change what one training step costs; the rest (init, optim, lr, seed) barely do
 TASK_KEYS = ("task", "arch", "dataset", "train.batch_size", "arch.channels", "arch.width",
              "arch.depth", "dataset.crop", "device")
@@ -242,7 +262,7 @@ def calibrate(cfg: DictConfig, threads: int, steps: int = 6) -> tuple[float, flo
             if "logger" in cfg:  # a timing run is nobody's result: no MLflow or W&B run
                 del cfg["logger"]
             summary = train(cfg, Path(tmp), quiet=True)
-            seconds = pd.read_csv(Path(tmp) / "metrics.csv")["seconds"].to_numpy()
+            seconds = METRICS.read_run(Path(tmp), summary)["seconds"].to_numpy()
     finally:
         torch.set_num_threads(saved)
     # the first steps warm up (allocations, cuDNN autotuning): time the steady ones
@@ -259,30 +279,106 @@ def duration(seconds: float) -> str:
 
 
 def nothing_left(run_dir: Path, steps: int) -> bool:
-    """Whether a run folder holds a run that diverged, or completed `steps` steps."""
+    """Whether a run folder holds a run that diverged, or completed `steps` steps, with its
+    metrics.csv intact (a damaged one is rewritten or trained again)."""
     summary = read_summary(run_dir) or {}
-    return summary.get("status") == "diverged" or (summary.get("status") == "completed"
-                                                   and summary.get("train_steps") == steps)
+    if not (summary.get("status") == "diverged" or (summary.get("status") == "completed"
+                                                    and summary.get("train_steps") == steps)):
+        return False
+    try:
+        METRICS.read_run(run_dir, summary)
+        return True
+    except VarexpError:
+        return False
+
+
+def read_plan(sweep_dir: Path) -> dict | None:
+    """The launch's plan (None without one, or an unreadable one)."""
+    try:
+        plan = json.loads((sweep_dir / PLAN).read_text(encoding="utf-8"))
+        return plan if isinstance(plan, dict) and isinstance(plan.get("launch"), str) else None
+    except (OSError, ValueError):
+        return None
+
+
+def read_outcomes(sweep_dir: Path, plan: dict) -> dict[int, dict]:
+    """job number -> how it ended, for the jobs of the planned launch that have ended."""
+    outcomes = {}
+    for path in (sweep_dir / OUTCOMES).glob("*.json"):
+        try:
+            outcome = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(outcome, dict) and outcome.get("launch") == plan["launch"]:
+            outcomes[int(path.stem)] = outcome
+    return outcomes
 
 
 def report_progress(sweep_dir: Path) -> None:
     """'k/N runs done' with an ETA, after each job, in whichever process ran it."""
-    try:
-        plan = json.loads((sweep_dir / PLAN).read_text())
-    except (OSError, ValueError):
+    plan = read_plan(sweep_dir)
+    if plan is None:
         return
-    ended, failed, now_done = 0, 0, 0
-    for path in sweep_dir.rglob("summary.json"):
-        status = (read_summary(path.parent) or {}).get("status")
-        if status in (*FINISHED, "failed"):
-            ended += 1
-            failed += status == "failed"
-            now_done += path.stat().st_mtime >= plan["started"]
+    outcomes = read_outcomes(sweep_dir, plan)
+    ended = len(outcomes)
+    failed = sum(o.get("status") not in FINISHED for o in outcomes.values())
     elapsed = time.time() - plan["started"]
     left = max(0, plan["runs"] - ended)
-    eta = f", about {duration(elapsed / now_done * left)} left" if now_done and left else ""
+    eta = f", about {duration(elapsed / ended * left)} left" if ended and left else ""
     log.info("sweep: %d/%d runs done%s, %s elapsed%s", ended, plan["runs"],
              f" ({failed} failed)" if failed else "", duration(elapsed), eta)
+
+
+def prepare(line) -> None:
+    """Once the launch holds its folder: its plan, read by the jobs (progress) and the tables
+    (every job's row); outcomes of an earlier launch are cleared."""
+    sweep_dir = Path(line.output_dir)
+    searched = searching(line.cfg)  # an Optuna search picks its runs as it goes: no job list
+    jobs = [] if searched else [
+        {"run_dir": relative(folder, sweep_dir),
+         "identity": results.identity("train", job_cfg)}
+        for folder, job_cfg in zip(line.folders(), line.configs, strict=True)]
+    shutil.rmtree(sweep_dir / OUTCOMES, ignore_errors=True)
+    write_json({"launch": f"{time.time():.6f}-{os.getpid()}", "started": time.time(),
+                "runs": trials_to_run(line.cfg) if searched else len(jobs),
+                "train_steps": int(line.cfg.train.steps), **({} if searched else {"jobs": jobs})},
+               sweep_dir / PLAN)
+
+
+def relative(folder: Path, sweep_dir: Path) -> str:
+    """A run folder as the plan and the outcomes name it: relative to the sweep's folder (its
+    path where a hydra.sweep.subdir leaves that folder)."""
+    try:
+        return Path(os.path.abspath(folder)).relative_to(os.path.abspath(sweep_dir)).as_posix()
+    except ValueError:
+        return os.path.abspath(folder)
+
+
+def job_number(plan: dict, rel: str, number: int) -> int:
+    """The plan's number of the job whose run folder is `rel`: the launch numbers a sweep's
+    packs and its runs that train alone in its own order (the longest first), the plan its
+    runs in the grid's."""
+    jobs = plan.get("jobs")
+    if not isinstance(jobs, list):  # a search: its jobs are numbered as they are asked
+        return number
+    mine = [i for i, job in enumerate(jobs) if isinstance(job, dict) and job.get("run_dir") == rel]
+    return number if not mine or number in mine else mine[0]
+
+
+def record_outcome(sweep_dir: Path, number: int, folder: Path, status: str,
+                   error: str | None) -> None:
+    """How job `number` of the launch ended (status, and why it failed); a run folder that the
+    plan lists is recorded under the plan's number of its job."""
+    plan = read_plan(sweep_dir)
+    if plan is None:
+        return
+    rel = relative(folder, sweep_dir)
+    number = job_number(plan, rel, number)
+    outcome = {"launch": plan["launch"], "run_dir": rel, "status": status, "error": error}
+    try:
+        write_json(outcome, sweep_dir / OUTCOMES / f"{number}.json")
+    except OSError as err:  # the tables will say it did not report
+        log.error("could not record how %s ended: %s", folder, err)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -297,95 +393,166 @@ def finished_here(summary: dict | None, cfg: DictConfig) -> bool:
     return same and summary.get("train_steps") == cfg.train.steps
 
 
-def run(cfg: DictConfig) -> dict:
-    """One job of the multirun: nothing to do if the run directory holds this run finished;
-    otherwise train, continuing from its checkpoint if there is one (varexp.train with
-    resume=true refuses, naming the keys, a checkpoint made with another config)."""
+def resumed(cfg: DictConfig) -> DictConfig:
+    """The job's config as it trains: continuing its folder's checkpoint if there is one."""
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.resume = True
+    return cfg
 
 
-    sweep_dir = Path(HydraConfig.get().sweep.dir)
-    try:
-        if PACK_KEY in cfg:  # a pack of runs (varexp.pack.sweeper launched it)
+def run(cfg: DictConfig) -> dict | list[dict]:
+    """One job of the multirun: nothing to do if the run directory holds this run finished
+    (and intact); otherwise train, continuing from its checkpoint if there is one. A folder
+    whose run cannot continue as this config (another config's checkpoint, a finished run whose
+    checkpoint is gone) is refused before anything in it is rewritten. How the job ended is
+    recorded for the launch's tables. A pack job (hydra/sweeper=varexp launched it) does all
+    this for each of its runs (varexp.pack.job) and records each run's outcome."""
+
+    hydra_cfg = HydraConfig.get()
+    sweep_dir, folder = Path(hydra_cfg.sweep.dir), Path(hydra_cfg.runtime.output_dir)
+    if PACK_KEY in cfg:
+        try:
             return pack_job.run(cfg)
-        with results.claim("sweep", cfg) as run_dir:
-            return run_job(cfg, run_dir)
-    except Stopped:
+        finally:
+            report_progress(sweep_dir)
+    status, reason = "failed", "ended without a result"
+    try:
+        with results.claim("sweep", cfg, accept=lambda run_dir: accept(cfg, run_dir)) as \
+                run_dir:
+            summary = run_job(cfg, run_dir)
+        status, reason = summary["status"], summary.get("error")
+        return Scored(summary, run_dir)  # an Optuna search reads its score
+    except Stopped as stop:
+        status, reason = "incomplete", str(stop)
         raise
     except VarexpError as error:  # the folder was refused (in use, another config): untouched
-        log.error("run %s not started: %s", HydraConfig.get().runtime.output_dir, error)
+        log.error("run %s not started: %s", folder, error)
+        status, reason = "failed", str(error)
         return dict(status="failed", error=str(error))
+    except BaseException as error:
+        reason = f"{type(error).__name__}: {error}"
+        raise
     finally:
+        record_outcome(sweep_dir, int(hydra_cfg.job.num), folder, status, reason)
         report_progress(sweep_dir)
+
+
+def accept(cfg: DictConfig, run_dir: Path) -> None:
+    """Refuse (VarexpError) a folder whose run this job could not continue."""
+    if not finished_here(read_summary(run_dir), cfg):
+        existing_run(resumed(cfg), run_dir)
+
+
+def finished_intact(cfg: DictConfig, run_dir: Path) -> dict | None:
+    """The summary of this very run, finished in run_dir with its metrics.csv intact: nothing
+    to train. None: it trains (a finished run whose metrics.csv is damaged is rewritten from
+    its checkpoint by varexp.train; without a checkpoint its files are moved aside first)."""
+    summary = read_summary(run_dir)
+    if not finished_here(summary, cfg):
+        return None
+    try:
+        METRICS.read_run(run_dir, summary)
+        log.info("skip %s: already %s", run_dir, summary["status"])
+        return summary
+    except VarexpError as damage:
+        if not checkpoint_path(run_dir).exists():
+            moved = move_aside(run_dir, keep=(LOCK, results.RECORD, HYDRA_RECORD,
+                                              f"{HydraConfig.get().job.name}.log"))
+            log.warning("%s, and there is no checkpoint to rewrite it from: the run's "
+                        "files moved to %s, and it trains again", damage, moved)
+    return None
+
+
+def failed(run_dir: Path, error: Exception) -> dict:
+    """A run that raised: the log says why, its summary.json says failed (a finished result
+    there stays as it was; this launch's job failed all the same)."""
+    if isinstance(error, VarexpError):  # e.g. a dead layer: one line is the whole story
+        log.error("run %s failed: %s", run_dir, error)
+        reason = str(error)
+    else:
+        log.exception("run %s failed", run_dir)
+        reason = f"{type(error).__name__}: {error}"
+    summary = read_summary(run_dir)
+    if summary is None or summary.get("status") not in FINISHED:
+        try:
+            write_json(dict(status="failed", error=reason), run_dir / "summary.json")
+        except OSError as err:  # e.g. the disk is full: the log says it
+            log.error("could not write %s: %s", run_dir / "summary.json", err)
+    return dict(status="failed", error=reason)
 
 
 def run_job(cfg: DictConfig, run_dir: Path) -> dict:
 
     check(cfg)
-    summary = read_summary(run_dir)
-    if finished_here(summary, cfg):
-        log.info("skip %s: already %s", run_dir, summary["status"])
+    summary = finished_intact(cfg, run_dir)
+    if summary is not None:
         return summary
-    with open_dict(cfg):
-        cfg.resume = True
     if checkpoint_path(run_dir).exists():
         log.info("continue %s from its checkpoint", run_dir)
     try:
-        summary = train(cfg, run_dir)
+        summary = train(resumed(cfg), run_dir)
         log.info("%s: %s after %d steps", run_dir, summary["status"], summary["steps"])
         return summary
     except Stopped:  # train.stop_after or Ctrl-C: the run saved its checkpoint; stop the sweep
         raise
     except Exception as error:  # one broken run must not stop the other jobs of the sweep
-        if isinstance(error, VarexpError):  # e.g. a dead layer: one line is the whole story
-            log.error("run %s failed: %s", run_dir, error)
-            reason = str(error)
-        else:
-            log.exception("run %s failed", run_dir)
-            reason = f"{type(error).__name__}: {error}"
-        summary = read_summary(run_dir)
-        if summary is None or summary.get("status") not in (*FINISHED, "failed"):
-            summary = dict(status="failed", error=reason)
-            try:
-                write_json(summary, run_dir / "summary.json")
-            except OSError as err:  # e.g. the disk is full: the log says it
-                log.error("could not write %s: %s", run_dir / "summary.json", err)
-        return summary
+        return failed(run_dir, error)
 
 
 # ---------------------------------------------------------------------------------------------
 # tables
 
 
+def setting_row(rel: str, ident: dict) -> dict:
+    """A sweep.csv row with a run's settings (from its identity) and nothing measured yet."""
+    return dict(arch=arch_label(ident.get("arch.name"), ident.get("arch.model")),
+                dataset=ident.get("dataset.name"), init=ident.get("init.name"),
+                optim=ident.get("optim.name"), lr=float(ident.get("optim.lr", np.nan)),
+                seed=ident.get("seed"), status="incomplete", steps=np.nan, final_loss=np.nan,
+                criterion=np.nan, seconds=np.nan, run_dir=rel)
+
+
 def run_row(run_dir: Path, sweep_dir: Path, ident: dict, fraction: float) -> dict:
-    """The sweep.csv row of one run folder (its config from its identity)."""
-    row = dict(arch=arch_label(ident.get("arch.name"), ident.get("arch.model")),
-               dataset=ident.get("dataset.name"),
-               init=ident.get("init.name"), optim=ident.get("optim.name"),
-               lr=float(ident.get("optim.lr", np.nan)), seed=ident.get("seed"),
-               status="incomplete", steps=np.nan, final_loss=np.nan, criterion=np.nan,
-               seconds=np.nan, run_dir=run_dir.relative_to(sweep_dir).as_posix())
+    """The sweep.csv row of one run folder (its config from its identity); a completed run
+    whose metrics.csv fails the results reader is `damaged`, with one line saying why."""
+    row = setting_row(run_dir.relative_to(sweep_dir).as_posix(), ident)
     summary = read_summary(run_dir)
     if summary is None:
         return row
     row.update(status=summary.get("status", "incomplete"),
                final_loss=summary.get("final_loss", np.nan),
-               seconds=summary.get("seconds", np.nan))
-    metrics = run_dir / "metrics.csv"
-    if row["status"] == "completed" and metrics.exists():
-        losses = pd.read_csv(metrics)["loss"].astype(float)
-        row.update(steps=len(losses), criterion=criterion(losses, fraction))
-    else:
-        row.update(steps=summary.get("steps", np.nan))
+               seconds=summary.get("seconds", np.nan), steps=summary.get("steps", np.nan))
+    if row["status"] == "completed":
+        try:
+            losses = METRICS.read_run(run_dir, summary)["loss"]
+            row.update(steps=len(losses), criterion=criterion(losses, fraction))
+        except VarexpError as damage:
+            log.warning("%s is damaged, left out of the selection: %s", run_dir, damage)
+            row.update(status="damaged")
     return row
 
 
-def sweep_table(sweep_dir: Path, fraction: float) -> pd.DataFrame:
+def run_folders(sweep_dir: Path) -> list[Path]:
+    """The run folders under sweep_dir: each with a run record or Hydra's config record."""
+    found = {p.parent for p in results.discover(sweep_dir, results.RECORD)}
+    found |= {p.parent.parent for p in results.discover(sweep_dir, ".hydra/config.yaml")}
+    return sorted(found - {sweep_dir})
+
+
+def sweep_table(sweep_dir: Path, fraction: float, plan: dict | None = None) -> pd.DataFrame:
     """One row per run folder under sweep_dir whose config agrees with what the sweep's jobs
-    share (the sweep folder's run.json); any other is left out with one line naming it."""
+    share (the sweep folder's run.json); any other is left out with one line naming it. With
+    the `plan` of a launch: every job of it, with how it ended this time (failed if it failed,
+    was refused, or never said), and the runs of earlier launches at its train.steps."""
     shared = (results.read_record(sweep_dir) or {}).get("identity", {})
+    launched = {job["run_dir"]: i for i, job in enumerate(plan["jobs"])} if plan else {}
+    outcomes = read_outcomes(sweep_dir, plan) if plan else {}
     rows = []
-    for config in results.discover(sweep_dir, ".hydra/config.yaml"):
-        run_dir = config.parent.parent
+    for run_dir in run_folders(sweep_dir):
+        rel = run_dir.relative_to(sweep_dir).as_posix()
+        if rel in launched:
+            continue
         try:
             ident = results.recorded_identity(run_dir, "train")
         except VarexpError as error:
@@ -397,7 +564,24 @@ def sweep_table(sweep_dir: Path, fraction: float) -> pd.DataFrame:
                              for k in clash[:3])
             log.warning("%s left out of the tables: made with %s", run_dir, made)
             continue
+        steps = (read_summary(run_dir) or {}).get("train_steps")
+        if plan and steps is not None and steps != plan.get("train_steps"):
+            log.warning("%s left out of the tables: made with train.steps=%s, this launch's "
+                        "runs with %s", run_dir, steps, plan.get("train_steps"))
+            continue
         rows.append(run_row(run_dir, sweep_dir, ident, fraction))
+    for rel, i in launched.items():
+        job, outcome = plan["jobs"][i], outcomes.get(i)
+        if outcome is None or outcome.get("status") not in FINISHED:
+            row = setting_row(rel, job["identity"])
+            row["status"] = "incomplete" if (outcome or {}).get("status") == "incomplete" \
+                else "failed"
+            if outcome is None:
+                log.error("%s: its job never said how it ended (its process died?)",
+                          sweep_dir / rel)
+        else:
+            row = run_row(sweep_dir / rel, sweep_dir, job["identity"], fraction)
+        rows.append(row)
     table = pd.DataFrame(rows, columns=list(SWEEP.columns))
     return table.sort_values(SETTING + ["lr", "seed"], ignore_index=True)
 
@@ -422,14 +606,25 @@ def select(table: pd.DataFrame, fraction: float) -> pd.DataFrame:
         value, lr, done = min(candidates, key=lambda c: c[0])
         std = done["criterion"].std(ddof=1) if len(done) > 1 else 0.0
         rows.append(dict(zip(SETTING, key, strict=True), lr=lr, criterion=value, criterion_std=std,
-                         runs=len(done), select_fraction=fraction))
+                         runs=len(done), select_fraction=fraction,
+                         lr_at_edge=lr_edge(lr, group.loc[group["status"].isin(FINISHED), "lr"])))
     return pd.DataFrame(rows, columns=list(SELECTED.columns))
 
 
-def write_tables(sweep_dir: str | Path, fraction: float) -> tuple[Path, Path]:
-    """sweep.csv and selected.csv in sweep_dir, written atomically."""
+def lr_edge(lr: float, tried: pd.Series) -> str:
+    """selected.csv's lr_at_edge: whether `lr` is the smallest (low) or largest (high) of the
+    learning rates `tried` (those with a run that finished: a larger lr that diverged brackets
+    it, one that crashed says nothing)."""
+    low, high = lr == tried.min(), lr == tried.max()
+    return "both" if low and high else "low" if low else "high" if high else ""
+
+
+def write_tables(sweep_dir: str | Path, fraction: float,
+                 plan: dict | None = None) -> tuple[Path, Path]:
+    """sweep.csv and selected.csv in sweep_dir, written atomically (with a launch's `plan`:
+    sweep_table's rows for it)."""
     sweep_dir = Path(sweep_dir)
-    table = sweep_table(sweep_dir, fraction)
+    table = sweep_table(sweep_dir, fraction, plan)
     selected = select(table, fraction)
     return SWEEP.write(table, sweep_dir), SELECTED.write(selected, sweep_dir)
 
@@ -455,39 +650,71 @@ def write_provenance(sweep_dir: Path, config: DictConfig, runs: int) -> None:
 
 class SweepTables(Callback):
     """Hydra callback (conf/sweep.yaml, hydra.callbacks): writes the tables after the last job
-    and says how the runs ended; any run that failed or did not finish makes the sweep exit
-    non-zero, after all the other runs. It runs in the launching process for every launcher
-    (basic, joblib, submitit), after the launcher has collected all jobs."""
-
-    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        """The launch's run count and start time, for the progress lines of its jobs."""
-
-        params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
-        overrides = OverridesParser.create().parse_overrides(
-            params + list(config.hydra.overrides.task))
-        runs = len(BasicSweeper.split_arguments(overrides, None)[0])
-        write_json({"runs": runs, "started": time.time()},
-                   Path(config.hydra.sweep.dir) / PLAN)
+    and says how the runs ended; any job of the launch that failed or did not finish makes the
+    sweep exit non-zero, after all the other runs, and so does an error in the tables (one
+    line: Hydra would turn an exception here into a warning). It runs in the launching process
+    for every launcher (basic, joblib, submitit), after the launcher has collected all jobs."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         try:
-            sweep_csv, selected_csv = write_tables(sweep_dir, selection_fraction(config))
+            self.report(config, sweep_dir)
+        except BrokenPipeError:  # the tables are written; only saying so failed
+            output_closed("sweep")
         except OSError as error:
-            print(f"varexp sweep: could not write the tables in {sweep_dir} ({error.strerror}); "
-                  "free space (or fix the folder), then run the same command again: finished "
-                  "runs are kept", file=sys.stderr, flush=True)
+            print(f"varexp sweep: could not write the tables in {sweep_dir} "
+                  f"({error.strerror or error}); free space (or fix the folder), then run the "
+                  "same command again: finished runs are kept", file=sys.stderr, flush=True)
             sys.exit(1)
-        table = pd.read_csv(sweep_csv)
+        except Exception as error:  # any error here is the sweep's result, not a warning
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            print(f"varexp sweep: the tables in {sweep_dir} could not be made: {reason}",
+                  file=sys.stderr, flush=True)
+            sys.exit(1)
+
+    def report(self, config: DictConfig, sweep_dir: Path) -> None:
+        plan = read_plan(sweep_dir)
+        if plan is not None and not isinstance(plan.get("jobs"), list):
+            plan = None
+        fraction = selection_fraction(config)
+        table = sweep_table(sweep_dir, fraction, plan)
+        sweep_csv = SWEEP.write(table, sweep_dir)
+        selected_csv = SELECTED.write(select(table, fraction), sweep_dir)
         write_provenance(sweep_dir, config, len(table))
         counts = table["status"].value_counts()
-        told = ", ".join(f"{counts[s]} {s}" for s in (*FINISHED, "failed", "incomplete")
-                         if s in counts)
+        order = [*FINISHED, "failed", "damaged", "incomplete"]
+        told = ", ".join(f"{counts[s]} {s}" for s in sorted(
+            counts.index, key=lambda s: order.index(s) if s in order else len(order)))
         print(f"sweep: {len(table)} runs ({told}) -> {sweep_csv}, {selected_csv}", flush=True)
-        bad = table[~table["status"].isin(FINISHED)]
+        selected = SELECTED.read(selected_csv, allow_empty=True)
+        print(best_settings(table, selected, config.sweep.select), flush=True)
+        if not selected.empty:
+            print(f"next: varexp plot figure4 {typed_override('results', sweep_dir)}", flush=True)
+        mine = table[table["run_dir"].isin([j["run_dir"] for j in plan["jobs"]])] if plan \
+            else table
+        bad = mine[~mine["status"].isin(FINISHED)]
         if not bad.empty:
             logs = [str(sweep_dir / d / f"{config.hydra.job.name}.log") for d in bad["run_dir"]]
             shown = ", ".join(logs[:3]) + (f" and {len(logs) - 3} more" if len(logs) > 3 else "")
-            print(f"varexp sweep: {len(bad)} of {len(table)} runs did not finish; see {shown}",
+            print(f"varexp sweep: {len(bad)} of {len(mine)} runs did not finish; see {shown}",
                   file=sys.stderr, flush=True)
             sys.exit(1)
+
+
+# ---------------------------------------------------------------------------------------------
+# the best settings of a `varexp train -m` run or search
+
+
+def print_best_settings(sweep_dir: Path) -> None:
+    """The best-settings table of the training runs under sweep_dir, by the mean training loss
+    over the whole run (what an Optuna search minimises)."""
+    table = sweep_table(sweep_dir, 1.0)
+    print(best_settings(table, select(table, 1.0), "auc"), flush=True)
+
+
+class BestSettings(Callback):
+    """Hydra callback (conf/train.yaml): after the last job of `varexp train -m` (a grid or an
+    Optuna search), the best settings of its runs."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        print_best_settings(Path(config.hydra.sweep.dir))

@@ -23,6 +23,7 @@ import itertools
 import logging
 import math
 import random
+import re
 import shlex
 import sys
 import tempfile
@@ -36,13 +37,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from varexp import devices, loggers, memory, provenance, results
+from varexp import devices, loggers, memory, provenance, results, search
 from varexp.data import DataInfo, Stream, data_info, fixed_batch
 from varexp.errors import VarexpError
+from varexp.figures import commands_for
 from varexp.files import write_json
 from varexp.inits import INITS, initialize
 from varexp.loggers import Logger, make_logger
@@ -124,15 +127,48 @@ def check(cfg: DictConfig) -> DataInfo:
     if "logger" in cfg:
         loggers.check(cfg.logger)
     info = data_info(cfg.dataset, cfg.arch)
-    params, outputs = memory.count(cfg.arch, info.input_shape, info.num_classes,
-                                   cfg.train.batch_size)
-    name = cfg.optim.name
-    memory.refuse_if_too_big(
-        memory.train_bytes(params, outputs, name), devices.resolve(cfg.device),
-        "a training step", f"{memory.amount(params)} weights with gradients and {name} "
-        f"state, {memory.amount(outputs)} layer outputs for a batch of {cfg.train.batch_size}",
-        "train a narrower model or a smaller train.batch_size")
+    check_memory(cfg, info)
     return info
+
+
+def check_memory(cfg: DictConfig, info: DataInfo) -> None:
+    """That the run fits where it runs: its weights with gradients and optimizer state, the
+    fixed batch it measures its layers on, the largest of a training step, a pass over that
+    batch and an init's fit on init.batches minibatches; and the generated training data
+    (where the run is, or in the host's memory beside a GPU)."""
+    arch, train, name = cfg.arch, cfg.train, cfg.optim.name
+    params, outputs = memory.count(arch, info.input_shape, info.num_classes, train.batch_size)
+    _, probe_outputs = memory.count(arch, info.input_shape, info.num_classes,
+                                    train.probe_samples)
+    fit = cfg.init.get("batches", 0) * train.batch_size if INITS[cfg.init.name].fit else 0
+    _, fit_outputs = memory.count(arch, info.input_shape, info.num_classes, fit) if fit \
+        else (0, 0)
+    f, width = memory.FLOAT, math.prod(info.input_shape)
+    smaller = "train a narrower model"
+    resident = [
+        memory.Part(f"{memory.amount(params)} weights with gradients and {name} state",
+                    memory.train_bytes(params, 0, name), smaller),
+        memory.Part(f"the fixed batch of train.probe_samples={train.probe_samples}",
+                    f * train.probe_samples * width, "lower train.probe_samples"),
+    ]
+    transient = [
+        memory.Part(f"{memory.amount(outputs)} layer outputs for a batch of {train.batch_size}",
+                    memory.train_bytes(0, outputs, name),
+                    f"{smaller} or a smaller train.batch_size"),
+        memory.Part(f"{memory.amount(probe_outputs)} layer outputs for the fixed batch",
+                    f * probe_outputs, "lower train.probe_samples"),
+        memory.Part(f"the init's fit on init.batches={cfg.init.get('batches')} minibatches",
+                    f * fit_outputs, "lower init.batches"),
+    ]
+    data = memory.Part(f"the generated {info.name} data",
+                       memory.data_bytes(cfg.dataset, info.input_shape, info.task),
+                       memory.DATA_KEYS.get(info.name, ""))
+    device = devices.resolve(cfg.device)
+    if device.type == "cpu":
+        memory.refuse_parts([*resident, data], transient, device, "a training run")
+    else:
+        memory.refuse_parts(resident, transient, device, "a training run")
+        memory.refuse_parts([data], [], torch.device("cpu"), "a training run's data")
 
 
 def reset_globals(seed: int, device: torch.device) -> None:
@@ -212,7 +248,7 @@ def existing_run(cfg: DictConfig, run_dir: Path) -> Checkpoint | None:
         logged = logged_steps(run_dir)
         if saved is not None or finished or logged:
             what = (f"a {summary['status']} run" if finished
-                    else f"a checkpoint at step {saved['step']}" if saved is not None
+                    else f"a checkpoint at step {saved.step}" if saved is not None
                     else f"an interrupted run ({logged} steps logged, no checkpoint yet)")
             raise VarexpError(f"{run_dir} already holds {what}; pass resume=true to continue it "
                               "(or start it over, without a checkpoint) or choose another "
@@ -220,16 +256,18 @@ def existing_run(cfg: DictConfig, run_dir: Path) -> Checkpoint | None:
         return None
     if saved is None:
         if finished:
-            raise VarexpError(f"{run_dir} holds a {summary['status']} run but no {path.name} to "
-                              "resume from; choose another hydra.run.dir")
+            raise VarexpError(f"{run_dir} holds a {summary['status']} run of "
+                              f"{summary.get('steps')} steps but no {path.name} to continue it "
+                              f"from (to train.steps={cfg.train.steps}); choose another folder, "
+                              "or move that run away to train it again")
         return None
     diff = results.differences(saved.identity, results.identity("train", cfg))
     if diff:
         raise VarexpError(f"{path} is from another config: {', '.join(diff)}")
     if saved.step > cfg.train.steps:
-        raise VarexpError(f"train.steps={cfg.train.steps} is below the {saved['step']} steps "
+        raise VarexpError(f"train.steps={cfg.train.steps} is below the {saved.step} steps "
                           f"the checkpoint in {run_dir} has done; pass "
-                          f"train.steps>={saved['step']}")
+                          f"train.steps>={saved.step}")
     return saved
 
 
@@ -260,7 +298,7 @@ class Trainer:
         self.stream = stream if stream is not None else Stream(cfg.dataset, arch, batch, seed,
                                                                device=device)
         self.fixed_x = fixed_x if fixed_x is not None else fixed_batch(
-            cfg.dataset, arch, cfg.train.probe_samples, seed, device)
+            cfg.dataset, arch, cfg.train.probe_samples, seed, device, key="train.probe_samples")
         # the layers a forward pass runs, in its order (a model not built from Units may
         # register them in another order, or use a layer's weights without calling it)
         self.layers = in_forward_order(self.model, self.fixed_x)[0]
@@ -306,16 +344,14 @@ class Trainer:
         if saved is not None:
             self.model.load_state_dict(saved.model)
             self.optimizer.load_state_dict(saved.optimizer)
-            self.metrics = list(saved.metrics)
-            # rows of checkpoints made before the per-channel statistics: those left empty
-            width = len(RATIOS.columns)
-            self.ratios = [tuple(r) + (math.nan,) * (width - len(r)) for r in saved.ratios]
+            self.metrics, self.ratios = saved_rows(saved)
             self.step, self.status = saved.step, saved.status
             self.past_wall, self.past_train = saved.seconds, saved.train_seconds
             self.init_forward_passes = saved.init_forward_passes
         self.logger = make_logger(cfg, self.run_dir, self.step, self.identity)
 
     def start_batches(self) -> None:
+        """The stream of training batches, from where a resumed run's checkpoint left it."""
         saved = self.saved
         if saved is not None:
             self.stream.load_state_dict(saved.stream)
@@ -503,6 +539,14 @@ class Trainer:
         return out
 
 
+def saved_rows(saved: Checkpoint) -> tuple[list[tuple], list[tuple]]:
+    """The rows of metrics.csv and ratios.csv a checkpoint holds (ratios rows of checkpoints
+    made before the per-channel statistics get those empty)."""
+    width = len(RATIOS.columns)
+    return (list(saved.metrics),
+            [tuple(r) + (math.nan,) * (width - len(r)) for r in saved.ratios])
+
+
 def identifying(cfg: DictConfig) -> dict:
     """The flat keys a sweep table needs, and the whole identifying config."""
     return dict(
@@ -531,11 +575,9 @@ def train(cfg: DictConfig, run_dir: str | Path, quiet: bool = False) -> dict:
     run_dir = Path(run_dir)
     check_writable(run_dir)
     saved = existing_run(cfg, run_dir)
-    if saved is not None and done(saved.status, saved.step, cfg.train.steps):
-        summary = read_summary(run_dir)
-        if summary is not None and summary.get("status") == saved.status:
-            log.info("%s: already %s at step %d", run_dir, saved.status, saved.step)
-            return summary
+    summary = already_done(cfg, run_dir, saved)
+    if summary is not None:
+        return summary
     run = Trainer(cfg, run_dir, info, saved, verbose=not quiet)
     try:
         run.initialize()
@@ -571,15 +613,45 @@ def train(cfg: DictConfig, run_dir: str | Path, quiet: bool = False) -> dict:
         run.logger.close()
 
 
+def already_done(cfg: DictConfig, run_dir: Path, saved: Checkpoint | None) -> dict | None:
+    """The summary of a run its checkpoint `saved` says has ended at train.steps (its
+    metrics.csv and ratios.csv written again from the checkpoint if damaged), or None: it
+    trains."""
+    if saved is None or not done(saved.status, saved.step, cfg.train.steps):
+        return None
+    summary = read_summary(run_dir)
+    if summary is None or summary.get("status") != saved.status:
+        return None
+    try:
+        METRICS.read_run(run_dir, summary)
+    except VarexpError as damage:  # the checkpoint holds every row: write them again
+        metrics, ratios = saved_rows(saved)
+        METRICS.write(metrics, run_dir)
+        RATIOS.write(ratios, run_dir)
+        log.warning("%s; rewrote it from %s", damage, checkpoint_path(run_dir))
+    log.info("%s: already %s at step %d", run_dir, saved.status, saved.step)
+    return summary
+
+
 def resume_command(run_dir: Path) -> str:
     """The command line that continues this run: the same overrides, resume=true, its folder."""
 
     kept = [o for o in HydraConfig.get().overrides.task
             if o.split("=", 1)[0].lstrip("+~") not in ("resume", "hydra.run.dir")]
-    # a folder name with '=' (a sweep's runs) is quoted for Hydra, then for the shell
-    folder = f'hydra.run.dir="{run_dir}"' if "=" in str(run_dir) else f"hydra.run.dir={run_dir}"
+    folder = f"hydra.run.dir={hydra_quoted(str(run_dir))}"
     return " ".join(["varexp train", *map(shlex.quote, kept), "resume=true",
                      shlex.quote(folder)])
+
+
+def hydra_quoted(value: str) -> str:
+    """A value as Hydra's override grammar reads it back: plain when it is ASCII letters,
+    digits and path punctuation, else in double quotes (a sweep's `lr=0.001` folders, spaces,
+    non-ASCII names) with its quotes escaped."""
+    if re.fullmatch(r"[\w./:~+-]+", value, flags=re.ASCII):
+        return value
+    # Hydra reads a backslash as an escape only before a quote or the closing quote
+    escaped = re.sub(r'(\\+)(?="|$)', lambda m: m.group(1) * 2, value).replace('"', '\\"')
+    return f'"{escaped}"'
 
 
 def run(cfg: DictConfig) -> float:
@@ -591,14 +663,42 @@ def run(cfg: DictConfig) -> float:
             summary = train(cfg, run_dir)
     except Interrupted as stop:
         run_dir = Path(HydraConfig.get().runtime.output_dir)
-        print(f"varexp train: {stop}; resume with:\n  {resume_command(run_dir)}",
-              file=sys.stderr, flush=True)
+        hint = ("the same command again continues the search (this trial from its checkpoint)"
+                if search.trials_at_once(HydraConfig.get())
+                else f"resume with:\n  {resume_command(run_dir)}")
+        print(f"varexp train: {stop}; {hint}", file=sys.stderr, flush=True)
         sys.exit(130)
     loss = summary["final_loss"]
     log.info("%s after %d steps, final loss %s, %.1f s -> %s", summary["status"],
              summary["steps"], "n/a" if loss is None else f"{loss:.4f}", summary["seconds"],
              run_dir)
+    if HydraConfig.get().mode != RunMode.MULTIRUN:  # a sweep's runs: the sweep says it once
+        print(next_command(cfg, run_dir), flush=True)
     return objective(run_dir, summary)
+
+
+# what a sweep of this run's setting keeps from its command line: the task and its size
+SWEEP_KEEPS = ("task", "arch", "dataset", "experiment")
+
+
+def next_command(cfg: DictConfig, run_dir: Path) -> str:
+    """The line after a run: TensorBoard on it where it logged there; else the sweep of its
+    task over the paper's inits, optimizers, learning rates and seeds, and its figure."""
+    if cfg.logger.name == "tensorboard":
+        return f"next: tensorboard --logdir {shlex.quote(str(run_dir))}"
+    kept = []
+    for override in HydraConfig.get().overrides.task:
+        key, _, value = override.partition("=")
+        key = key.lstrip("+")
+        if key.startswith("~"):  # `~task`, which a sweep of arch= or dataset= adds itself
+            continue
+        if key == "experiment" and "sweep" not in (commands_for(value) or ()):
+            continue
+        if key in SWEEP_KEEPS or key.startswith(tuple(f"{k}." for k in SWEEP_KEEPS + ("train",))):
+            kept.append(override)
+    sweep = " ".join(["varexp sweep", *map(shlex.quote, kept)])
+    return (f"next: {sweep}   (this task at every init, optimizer, learning rate and seed of "
+            "the paper's grid), then varexp plot figure4")
 
 
 def objective(run_dir: Path, summary: dict) -> float:
@@ -607,4 +707,4 @@ def objective(run_dir: Path, summary: dict) -> float:
     criterion); infinite for a diverged run."""
     if summary["status"] != "completed":
         return math.inf
-    return criterion(METRICS.read(run_dir / METRICS.file).loss, 1.0)
+    return criterion(METRICS.read_run(run_dir, summary).loss, 1.0)

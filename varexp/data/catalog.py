@@ -73,6 +73,8 @@ class Gaussian:
                                      text="must be null or a list of positive integers")
     size: int = integer(1000)  # inputs per split for training
     seed: int = integer(0, minimum=0)  # of the training set (the run's seed orders batches)
+    # s > 0: input t scaled by exp(s n_t - s^2), n_t ~ N(0, 1) (varexp.data.gaussian.draw)
+    norm_spread: float = number(0.0, minimum=0.0, maximum=5.0)
     workers: Any = workers()
     pipeline: str = pipeline()
 
@@ -178,9 +180,24 @@ def data_dir() -> Path:
     return Path(cache) / "varexp" / "data"
 
 
+def home_missing() -> Path | None:
+    """The home folder data_dir() would be made under, when it does not exist ($HOME pointing
+    nowhere, as in some batch jobs): nothing is created there. None when $VAREXP_DATA or
+    $XDG_CACHE_HOME name the place, or the home folder exists."""
+    if os.environ.get("VAREXP_DATA") or os.environ.get("XDG_CACHE_HOME"):
+        return None
+    home = Path.home()
+    return None if home.is_dir() else home
+
+
 def data_root(dataset: object) -> Path:
     if getattr(dataset, "root", None):
         return Path(str(dataset.root)).expanduser()
+    home = home_missing()
+    if home is not None:
+        raise VarexpError(f"dataset={dataset.name} is read from (or downloaded into) "
+                          f"{data_dir()}, but the home folder {home} does not exist; set "
+                          "VAREXP_DATA (or dataset.root) to the folder for the data")
     return data_dir() / "isbi2012" if dataset.name == "isbi2012" else data_dir()
 
 
@@ -236,7 +253,7 @@ def load_source(dataset: object, arch: object, split: str) -> Source:
 def _source(keyed: Keyed, split: str, shape: tuple[int, ...], task: str) -> Source:
     d, train = keyed.spec, split == "train"
     if d.name == "gaussian":
-        return gaussian.load(d.size, shape, task, d.seed)[split]
+        return gaussian.load(d.size, shape, task, d.seed, d.norm_spread)[split]
     if d.name == "cifar10":
         images, labels = cifar10.load(data_root(d), train, d.download, d.verify)
         mean, std = torch.tensor(cifar10.MEAN), torch.tensor(cifar10.STD)
@@ -282,8 +299,9 @@ def cached(
     name: str, make: Callable[[], tuple[Tensor, Tensor]], use: bool
 ) -> tuple[Tensor, Tensor]:
     """make(), remembered in data_dir()/generated/name when `use`; an unreadable or unwritable
-    cache is only a missed shortcut (the data is regenerated), never an error."""
-    if not use:
+    cache, or none under a home folder that does not exist, is only a missed shortcut (the data
+    is regenerated), never an error."""
+    if not use or home_missing() is not None:
         return make()
     path = data_dir() / "generated" / name
     if path.is_file():
@@ -293,6 +311,8 @@ def cached(
         except Exception:  # a damaged cache file: regenerate and overwrite it
             path.unlink(missing_ok=True)
     made = make()
-    with suppress(OSError), atomic_path(path) as tmp:  # e.g. a read-only data directory
-        torch.save(list(made), tmp)
+    # e.g. a read-only data directory, or a full disk (through a file object torch reports it
+    # as an OSError)
+    with suppress(OSError), atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(list(made), f)
     return made

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from varexp.data import gaussian
 from varexp.data.catalog import SPLITS, data_info, dataset_spec, load_source
 from varexp.data.sources import Source, generator
 from varexp.errors import bad_value
@@ -64,19 +65,21 @@ def fixed_batch(
     samples: int,
     seed: int,
     device: str | torch.device = "cpu",
+    key: str = "probe.samples",
 ) -> Tensor:
     """A fixed batch of `samples` inputs (float32, no augmentation) chosen by `seed` (a probe's
     inputs, and the batch a training run measures its layers on): fresh iid N(0, 1) draws for
-    gaussian, else distinct training samples (crops for segmentation)."""
+    gaussian, else distinct training samples (crops for segmentation). `key` is the option that
+    set `samples`, named if there are not that many."""
     dataset = dataset_spec(dataset)
     info = data_info(dataset, arch)
     if info.name == "gaussian":
         gen = generator(seed, PROBE)
-        return torch.randn((samples, *info.input_shape), generator=gen).to(device)
+        return gaussian.draw(samples, info.input_shape, dataset.norm_spread, gen).to(device)
     source = load_source(dataset, arch, "train")
     if info.task == "classification" and samples > len(source):
         raise bad_value(
-            "probe.samples",
+            key,
             samples,
             f"must be <= {len(source)}, the training set size of dataset={info.name}",
         )

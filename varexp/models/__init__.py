@@ -61,6 +61,8 @@ class UNetArch:
     norm: str = choice("none", NORMS)
     out_channels: int = option(1, kind="choice", choices=(1, 2),
                                text="choose 1 (membrane logit) or 2 (two classes)")
+    # the up-convolutions' fan for the weight laws: in (C_in) or torch (torch.nn.init's count)
+    upconv_fan: str = choice("in", unet.UPCONV_FANS)
     bias: bool = flag(False)  # every layer has one already: nothing to add
 
 
@@ -115,7 +117,7 @@ def _build(a: object, shape: tuple[int, ...], num_classes: int | None) -> nn.Mod
             shape[0], _classes(num_classes, 10), a.channels, a.activation, a.norm, a.dropout
         )
     unet.check_size(shape[1], shape[2])
-    return UNet(shape[0], a.out_channels, a.channels, a.activation, a.norm)
+    return UNet(shape[0], a.out_channels, a.channels, a.activation, a.norm, a.upconv_fan)
 
 
 def _classes(num_classes: int | None, default: int | None) -> int | None:

@@ -13,6 +13,11 @@ from varexp.models.base import Unit, norm_layer
 LEVELS = 4
 BASE = 64
 MIN_SIZE = 2 * 2**LEVELS  # the bottom level's 3x3 convs need a map of at least 2x2 to reflect
+# How the fan of the 2x2 stride-2 up-convolutions is counted when an init draws their weights
+# (varexp.inits.law_fans; the paper does not say): "in", the C_in inputs each output sums over
+# (the variance-preserving count), or "torch", torch.nn.init's count for a transposed conv,
+# C_out * 2 * 2 = 2 C_in here, which halves the weight variance of every up-convolution.
+UPCONV_FANS = ("in", "torch")
 
 
 def check_size(height: int, width: int) -> None:
@@ -44,9 +49,11 @@ class UpLevel(nn.Module):
     """2x2 up-convolution halving the channels (no nonlinearity after it, as in the paper),
     concatenation with the skip from the matching down level, then two 3x3 convs."""
 
-    def __init__(self, n_in: int, n_out: int, activation: str, norm: str):
+    def __init__(self, n_in: int, n_out: int, activation: str, norm: str, upconv_fan: str = "in"):
         super().__init__()
-        self.upconv = Unit(nn.ConvTranspose2d(n_in, n_out, 2, stride=2))
+        upconv = nn.ConvTranspose2d(n_in, n_out, 2, stride=2)
+        upconv.fan = upconv_fan  # read by varexp.inits.law_fans
+        self.upconv = Unit(upconv)
         self.conv1 = conv3x3(2 * n_out, n_out, activation, norm)
         self.conv2 = conv3x3(n_out, n_out, activation, norm)
 
@@ -56,7 +63,7 @@ class UpLevel(nn.Module):
 
 class UNet(nn.Module):
     """down1..down4, bottom, up1..up4 (up1 the deepest), 1x1 readout `out`; level widths
-    64, 128, 256, 512, 1024 times `channels` (at least 1)."""
+    64, 128, 256, 512, 1024 times `channels` (at least 1); `upconv_fan` is one of UPCONV_FANS."""
 
     def __init__(
         self,
@@ -65,8 +72,11 @@ class UNet(nn.Module):
         channels: float = 1.0,
         activation: str = "relu",
         norm: str = "none",
+        upconv_fan: str = "in",
     ):
         super().__init__()
+        if upconv_fan not in UPCONV_FANS:
+            raise ValueError(f"upconv_fan={upconv_fan!r}; choose one of {', '.join(UPCONV_FANS)}")
         widths = [max(1, round(BASE * 2**i * channels)) for i in range(LEVELS + 1)]
         n_in = in_channels
         for i in range(LEVELS):
@@ -76,7 +86,8 @@ class UNet(nn.Module):
         self.bottom = Level(n_in, widths[LEVELS], activation, norm)
         for i in range(LEVELS):
             n_out = widths[LEVELS - 1 - i]
-            self.add_module(f"up{i + 1}", UpLevel(widths[LEVELS - i], n_out, activation, norm))
+            self.add_module(f"up{i + 1}", UpLevel(widths[LEVELS - i], n_out, activation, norm,
+                                                  upconv_fan))
         self.out = Unit(nn.Conv2d(widths[0], out_channels, 1))
 
     def forward(self, x: Tensor) -> Tensor:

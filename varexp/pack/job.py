@@ -35,13 +35,11 @@ from varexp.compose import set_job, with_values
 from varexp.data import data_info
 from varexp.devices import resolve as resolve_device
 from varexp.errors import VarexpError
-from varexp.files import write_json
 from varexp.pack.plan import PACK_KEY, Plan, decode, fitting, key_of, member_overrides
 from varexp.pack.trainer import PackRun, train_pack
-from varexp.results import read_summary
 from varexp.results.checkpoint import checkpoint_path
 from varexp.threads import auto_threads
-from varexp.train import done, existing_run
+from varexp.train import Stopped, already_done, check_writable, existing_run
 
 log = logging.getLogger("varexp.sweep")
 
@@ -126,65 +124,93 @@ def as_job(job_cfg: DictConfig) -> Iterator[DictConfig]:
 
 def run(cfg: DictConfig) -> list[dict]:
     """The pack job: claim every run's folder (held until the pack ends), then train the runs
-    that are not finished together. Returns each run's summary."""
-    from varexp.sweep import check, finished_here  # the sweep's own job checks, per run
+    that are not finished together. Each run's outcome is recorded for the sweep's tables as
+    its own job's would be (varexp.sweep.record_outcome): finished, failed (refused, its own
+    error), or incomplete (the pack was stopped). Returns each run's summary."""
+    from varexp.sweep import record_outcome  # the sweep's own job records, per run
 
+    sweep_dir = Path(HydraConfig.get().sweep.dir)
+    folders: dict[int, Path] = {}
     outcomes: dict[int, dict] = {}
+
+    def record(number: int, outcome: dict) -> None:
+        outcomes[number] = outcome
+        record_outcome(sweep_dir, number, folders[number], outcome.get("status", "failed"),
+                       outcome.get("error"))
+
     runs: list[tuple[int, PackRun]] = []
-    with ExitStack() as held:
-        hydra_files = [h for h in logging.getLogger().handlers
-                       if isinstance(h, logging.FileHandler)]
-        for number, job_cfg in job_configs(cfg):
-            with as_job(job_cfg) as run_cfg:
-                folder = Path(HydraConfig.get().runtime.output_dir)
-                try:
-                    run_dir = held.enter_context(results.claim("sweep", run_cfg))
-                except VarexpError as error:  # in use, another config's: left untouched
-                    log.error("run %s not started: %s", folder, error)
-                    outcomes[number] = dict(status="failed", error=str(error))
-                    continue
-                _run_log(run_dir, hydra_files, held)
-                with about(run_dir):
-                    outcome = _prepare(run_cfg, run_dir, check, finished_here)
+    try:
+        with ExitStack() as held:
+            for number, job_cfg in job_configs(cfg):
+                with as_job(job_cfg) as run_cfg:
+                    folders[number] = Path(HydraConfig.get().runtime.output_dir)
+                    outcome = _claim(run_cfg, folders[number], held)
                 if isinstance(outcome, PackRun):
                     runs.append((number, outcome))
                 else:
-                    outcomes[number] = outcome
-        if runs:
-            for part in _fitting_parts([r for _, r in runs]):
-                train_pack(part, about=about)
-        for number, run in runs:
-            outcomes[number] = run.summary or dict(status="failed")
+                    record(number, outcome)
+            if runs:
+                for part in _fitting_parts([r for _, r in runs]):
+                    train_pack(part, about=about)
+            for number, packed in runs:
+                record(number, packed.summary or dict(status="failed",
+                                                      error="ended without a result"))
+    except Stopped as stop:  # the runs that had not ended can continue from their checkpoints
+        for number, packed in runs:
+            if number not in outcomes:
+                record(number, packed.summary or dict(status="incomplete", error=str(stop)))
+        raise
+    except BaseException as error:
+        for number in folders:
+            if number not in outcomes:
+                record(number, dict(status="failed", error=f"{type(error).__name__}: {error}"))
+        raise
     return [outcomes[n] for n in sorted(outcomes)]
 
 
-def _prepare(cfg: DictConfig, run_dir: Path, check, finished_here) -> PackRun | dict:
+def _claim(cfg: DictConfig, folder: Path, held: ExitStack) -> PackRun | dict:
+    """Hold one run's folder for the pack (refused as its own job would refuse it: in use,
+    another config's results or checkpoint), with its own log; then what it needs."""
+    from varexp.sweep import accept
+
+    # the folder and its log first, as Hydra makes them for a job before the job runs: a
+    # refusal is in the run's own log, where the sweep's last lines point
+    folder.mkdir(parents=True, exist_ok=True)
+    _run_log(folder, [h for h in logging.getLogger().handlers
+                      if isinstance(h, logging.FileHandler)], held)
+    with about(folder):
+        try:
+            run_dir = held.enter_context(results.claim(
+                "sweep", cfg, accept=lambda run_dir: accept(cfg, run_dir)))
+        except VarexpError as error:  # left untouched
+            log.error("run %s not started: %s", folder, error)
+            return dict(status="failed", error=str(error))
+        return _prepare(cfg, run_dir)
+
+
+def _prepare(cfg: DictConfig, run_dir: Path) -> PackRun | dict:
     """What `varexp sweep` does for a run before training it (varexp.sweep.run_job and
     varexp.train.train): the summary of a run that needs no training, or the run to train."""
+    from varexp.sweep import check, failed, finished_intact, resumed
+
     try:
         check(cfg)
     except VarexpError as error:
         log.error("run %s not started: %s", run_dir, error)
         return dict(status="failed", error=str(error))
-    summary = read_summary(run_dir)
-    if finished_here(summary, cfg):
-        log.info("skip %s: already %s", run_dir, summary["status"])
+    summary = finished_intact(cfg, run_dir)
+    if summary is not None:
         return summary
-    with open_dict(cfg):
-        cfg.resume = True
+    cfg = resumed(cfg)
     try:
+        check_writable(run_dir)
         info = data_info(cfg.dataset, cfg.arch)
         saved = existing_run(cfg, run_dir)
-    except VarexpError as error:
-        log.error("run %s failed: %s", run_dir, error)
-        failed = dict(status="failed", error=str(error))
-        if summary is None or summary.get("status") not in ("completed", "diverged", "failed"):
-            write_json(failed, run_dir / "summary.json")
-        return failed
-    if saved is not None and done(saved.status, saved.step, cfg.train.steps):
-        if summary is not None and summary.get("status") == saved.status:
-            log.info("%s: already %s at step %d", run_dir, saved.status, saved.step)
-            return summary
+        summary = already_done(cfg, run_dir, saved)
+    except Exception as error:  # one broken run must not stop the rest of its pack
+        return failed(run_dir, error)
+    if summary is not None:
+        return summary
     if checkpoint_path(run_dir).exists():
         log.info("continue %s from its checkpoint", run_dir)
     return PackRun(cfg, run_dir, info, saved)

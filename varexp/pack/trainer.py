@@ -111,7 +111,7 @@ class Pack:
         self.stream = Stream(lead.dataset, lead.arch, lead.train.batch_size, lead.seed,
                              device=self.device)
         self.fixed_x = fixed_batch(lead.dataset, lead.arch, lead.train.probe_samples, lead.seed,
-                                   self.device)
+                                   self.device, key="train.probe_samples")
         self.stacks: list[Stack] = []
         self.active: list[PackRun] = []
         self.step = 0

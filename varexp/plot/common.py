@@ -8,6 +8,7 @@ global backend state is involved; saving goes through the Agg renderer.
 from __future__ import annotations
 
 import logging
+import textwrap
 from collections import defaultdict
 from pathlib import Path
 
@@ -57,10 +58,12 @@ def panel_key(run: RunResult) -> tuple:
 
 
 def line_key(run: RunResult) -> tuple:
-    """Runs pooled into one line: an MLP width, or a CNN's dataset and channel multiplier."""
+    """Runs pooled into one line: an MLP width, or a CNN's dataset and channel multiplier (and
+    for UNet its up-convolution fan, arch.upconv_fan)."""
     if run.arch == "mlp":
         return (int(run.get("arch.width", 0)),)
-    return (str(run.get("dataset.name", "?")), float(run.get("arch.channels", 1.0)))
+    key = (str(run.get("dataset.name", "?")), float(run.get("arch.channels", 1.0)))
+    return (*key, str(run.get("arch.upconv_fan", "in"))) if run.arch == "unet" else key
 
 
 def panel_rank(key: tuple) -> tuple:
@@ -92,7 +95,10 @@ def line_color(arch: str, key: tuple, keys: list[tuple]) -> str:
 
 
 def line_label(arch: str, key: tuple) -> str:
-    return f"width {key[0]}" if arch == "mlp" else f"{key[0]}, channels x{key[1]:g}"
+    if arch == "mlp":
+        return f"width {key[0]}"
+    fan = f", up-conv fan {key[2]}" if len(key) > 2 else ""
+    return f"{key[0]}, channels x{key[1]:g}{fan}"
 
 
 def panel_title(key: tuple) -> str:
@@ -127,6 +133,30 @@ def style_axes(ax, title: str, xlabel: str, ylabel: str) -> None:
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3, linewidth=0.6)
+
+
+def slope_text(slope: float) -> str:
+    """A slope with enough decimals to show it is not zero (+0.0004), or "0.000 (flat)" where
+    it rounds to zero at 6 decimals: "-0.000" would claim a sign it does not show."""
+    for decimals in range(3, 7):
+        if round(slope, decimals) != 0:
+            return f"{slope:+.{decimals}f}"
+    return "0.000 (flat)"
+
+
+CAPTION_SIZE = 8
+
+
+def caption(fig: Figure, text: str) -> None:
+    """The figure's caption under its panels, in the PNG and PDF themselves: what its lines,
+    markers and bands are (a band's statistic and over what, n), wrapped to the figure's
+    width."""
+    chars = max(40, int(fig.get_figwidth() * 72 / (0.52 * CAPTION_SIZE)))
+    wrapped = textwrap.fill(text, chars)
+    # the figure grows by the caption's height: the panels keep theirs
+    lines = wrapped.count("\n") + 1
+    fig.set_figheight(fig.get_figheight() + (lines * 1.3 + 0.6) * CAPTION_SIZE / 72)
+    fig.supxlabel(wrapped, x=0.005, ha="left", fontsize=CAPTION_SIZE, color="0.25")
 
 
 def save(fig: Figure, out_dir: str | Path, name: str) -> list[Path]:

@@ -11,7 +11,15 @@ import numpy as np
 import pandas as pd
 
 from varexp.errors import VarexpError
-from varexp.plot.common import ARCH_TITLES, log, new_figure, save, style_axes, theory_for
+from varexp.plot.common import (
+    ARCH_TITLES,
+    caption,
+    log,
+    new_figure,
+    save,
+    style_axes,
+    theory_for,
+)
 from varexp.results.aggregate import layer_summary
 from varexp.results.tables import NEURONS, RunResult, load_probes
 
@@ -44,8 +52,12 @@ def draw_moments(ax, run: RunResult) -> None:
             ax.plot(theory["layer"], theory[col], color=color, label=f"{label} (theory)")
     for _, probe_col, label, color in CURVES:
         mean = layer_summary(run.table, probe_col)
-        ax.plot(mean["layer"], np.sqrt(mean["mean"]), linestyle="none", marker="o", markersize=3.5,
-                markerfacecolor="none", color=color, label=f"{label} (measured)")
+        root = np.sqrt(mean["mean"])
+        # the standard error of the mean over networks, carried through the root
+        error = mean["std"] / np.sqrt(mean["count"]) / (2 * root.where(root > 0))
+        ax.errorbar(mean["layer"], root, yerr=error.fillna(0.0), linestyle="none", marker="o",
+                    markersize=3.5, markerfacecolor="none", color=color, elinewidth=0.8,
+                    label=f"{label} (measured)")
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=8, loc="center right")
 
@@ -119,7 +131,21 @@ def make(results: str | None, outputs_root: str, out_dir: str | Path) -> list[Pa
     setting = f"{arch}, width {run.get('arch.width')}" if run.arch == "mlp" else arch
     networks = run.table["network"].nunique()
     style_axes(ax, f"{setting}, {run.init} init ({networks} networks)", "layer $l$",
-               "standard deviation")
+               r"pre-activation mean $m$, std $v$, total std $\sigma$")
     draw_moments(ax, run)
+    caption(fig, figure_caption(run, networks, neurons))
     log.info("figure1 from %s", run.path.parent)
     return save(fig, out_dir, "figure1")
+
+
+def figure_caption(run: RunResult, networks: int, neurons: pd.DataFrame | None) -> str:
+    samples = run.get("probe.samples")
+    text = (f"Left: lines, the infinite-width theory (Eq. 8); circles, measured over "
+            f"{samples} inputs per network, the root of the mean over the {networks} networks "
+            r"of $m^2$, $v^2$ and $\sigma^2 = m^2 + v^2$ per layer; bars, ±1 standard "
+            f"error of that mean across the {networks} networks (through the root).")
+    if neurons is not None:
+        text += (" Right: histograms of one pre-activation over the inputs for three neurons "
+                 "of one network (blue), and of every recorded neuron over inputs and networks "
+                 "pooled (grey), at the first and last layer; densities, one x range per row.")
+    return text

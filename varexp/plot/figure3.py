@@ -14,6 +14,7 @@ import numpy as np
 from varexp.errors import VarexpError
 from varexp.inits import INITS, centred, total_variance
 from varexp.plot.common import (
+    caption,
     line_color,
     line_label,
     lines,
@@ -22,6 +23,7 @@ from varexp.plot.common import (
     panel_title,
     panels,
     save,
+    slope_text,
     style_axes,
 )
 from varexp.results.aggregate import grad_fit, layer_summary
@@ -54,21 +56,21 @@ def draw_panel(ax, key: tuple, runs: list[RunResult]) -> None:
         mean = layer_summary(table, "grad_sq")
         slope, intercept = grad_fit(table)
         layers = mean["layer"].to_numpy(float)
-        label = f"{line_label(arch, lkey)}: slope {slope:+.3f}"
+        networks = table["network"].nunique()
         ax.plot(layers, mean["mean"], color=color, marker="o", markersize=3, linewidth=1.2,
-                label=label)
+                label=f"{line_label(arch, lkey)} ({networks} nets)")
         ax.plot(layers, np.exp(intercept + slope * layers), color=color, linestyle="--",
-                linewidth=1.0, alpha=0.8)
+                linewidth=1.0, alpha=0.8, label=f"fit: slope {slope_text(slope)}")
         fits.append((layers, slope, intercept))
-        log.info("figure3 %s, %s (%d nets): slope %+.4f", panel_title(key), line_label(arch, lkey),
-                 table["network"].nunique(), slope)
+        log.info("figure3 %s, %s (%d nets): slope %s", panel_title(key), line_label(arch, lkey),
+                 networks, slope_text(slope))
     predicted = theory_slope(key, runs[0].get("init.gain"))
     if predicted is not None:
         layers, slope, intercept = fits[-1]  # the widest line, where the theory should hold best
         mid = layers.mean()
         ax.plot(layers, np.exp(intercept + slope * mid + predicted * (layers - mid)),
                 color="black", linestyle=":", linewidth=1.2,
-                label=f"theory: slope {predicted:+.3f}")
+                label=f"theory: slope {slope_text(predicted)}")
     style_axes(ax, panel_title(key), "layer $l$", r"$\langle (\partial L/\partial x^l)^2 \rangle$")
     ax.set_yscale("log")
     ax.legend(fontsize=8, loc="best")
@@ -88,4 +90,10 @@ def make(results: str | None, outputs_root: str, out_dir: str | Path) -> list[Pa
     axes = fig.subplots(1, len(groups), sharey=True, squeeze=False)[0]
     for ax, (key, members) in zip(axes, groups, strict=True):
         draw_panel(ax, key, members)
+    caption(fig, "Circles: the mean over networks (their number in the legend) of the squared "
+            "gradient of the random linear loss per layer; dashed: the least-squares line of "
+            "its log over layers 1..L-1, whose slope the legend gives; dotted black: Sec. 4's "
+            "slope (log(1 - 1/π) once every layer is centred, 0 for Kaiming), drawn "
+            "through the middle of the widest line's fit. No band: the slopes figure gives the "
+            "slope's standard error.")
     return save(fig, out_dir, "figure3")

@@ -1,5 +1,6 @@
 """Figure 4: training loss vs iteration at each setting's selected learning rate, one line per
-init (scale, scale+bias, batchnorm) with mean +- std over seeds, one panel per (task, optimizer).
+init (scale, scale+bias, batchnorm) with mean +- std over seeds, one panel per (task, optimizer);
+a legend entry says when its lr is at the edge of the grid (not bracketed).
 Reads a sweep's selected.csv and sweep.csv (varexp.sweep) and its runs' metrics.csv."""
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from varexp.figures import FIGURES
 from varexp.plot.common import (
     ARCH_TITLES,
     INIT_COLORS,
+    caption,
     color_for,
     init_rank,
     log,
@@ -21,7 +23,7 @@ from varexp.plot.common import (
     style_axes,
 )
 from varexp.results import find_results, read_summary
-from varexp.results.tables import SELECTED, SETTING, SWEEP
+from varexp.results.tables import METRICS, SELECTED, SETTING, SWEEP
 
 TASK_ORDER = ("cifar10", "isbi2012", "shapes", "membranes")
 OPTIM_TITLES = {"sgd": "SGD", "adam": "Adam"}
@@ -48,8 +50,10 @@ def selected_runs(paths: list[Path]) -> pd.DataFrame:
             log.warning("%s selects nothing (%s); see %s", path, told, path.parent / "sweep.csv")
             continue
         selected = selected.astype({"lr": float})
+        if "lr_at_edge" not in selected.columns:  # made before the column
+            selected["lr_at_edge"] = ""
         runs = sweep[sweep["status"] == "completed"].astype({"lr": float}).merge(
-            selected[SETTING + ["lr"]], on=SETTING + ["lr"])
+            selected[[*SETTING, "lr", "lr_at_edge"]], on=SETTING + ["lr"])
         runs["metrics"] = [path.parent / d / "metrics.csv" for d in runs["run_dir"]]
         runs["source"] = len(parts)
         parts.append(runs)
@@ -64,7 +68,8 @@ def selected_runs(paths: list[Path]) -> pd.DataFrame:
 def finished_losses(run) -> pd.Series | None:
     """The loss per step of a run that finished as its sweep.csv row says (completed, `steps`
     steps, and a summary.json that agrees), else None with one line naming the file: a run
-    extended and then interrupted, or a damaged metrics.csv, is not drawn."""
+    extended and then interrupted, or a damaged metrics.csv (varexp.results.tables.read_run),
+    is not drawn."""
     summary = read_summary(run.metrics.parent) or {}
     steps = int(run.steps)
     if summary.get("status") != "completed" or summary.get("steps") != steps:
@@ -73,18 +78,11 @@ def finished_losses(run) -> pd.Series | None:
                     run.metrics.parent, steps)
         return None
     try:
-        metrics = pd.read_csv(run.metrics)
-        loss = pd.to_numeric(metrics["loss"], errors="raise").astype(float)
-        step = pd.to_numeric(metrics["step"], errors="raise").astype(int)
-    except (OSError, KeyError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):
-        log.warning("figure4 leaves out %s: not a readable metrics table (step, loss)",
-                    run.metrics)
+        metrics = METRICS.read_run(run.metrics.parent, summary)
+    except VarexpError as damage:
+        log.warning("figure4 leaves out %s", damage)
         return None
-    if list(step) != list(range(steps)):
-        log.warning("figure4 leaves out %s: %d rows, not the %d steps the run finished",
-                    run.metrics, len(step), steps)
-        return None
-    return pd.Series(loss.to_numpy(), index=step.to_numpy())
+    return pd.Series(metrics["loss"].to_numpy(float), index=metrics["step"].to_numpy())
 
 
 def smoothed_losses(runs: pd.DataFrame, smooth: int) -> pd.DataFrame:
@@ -117,7 +115,10 @@ def draw_panel(ax, runs: pd.DataFrame, title: str, smooth: int) -> None:
             continue
         mean, std = curves.mean(axis=1), curves.std(axis=1, ddof=1).fillna(0.0)
         color = color_for(init, INIT_COLORS, inits)
-        label = f"{init} (lr {mine['lr'].iloc[0]:g}, n={curves.shape[1]})"
+        edge = mine["lr_at_edge"].iloc[0]
+        edge = ("" if not isinstance(edge, str) or not edge else ", the only lr"
+                if edge == "both" else f" at the grid's {edge} end")
+        label = f"{init} (lr {mine['lr'].iloc[0]:g}{edge}, n={curves.shape[1]})"
         ax.plot(curves.index, mean, color=color, linewidth=1.2, label=label)
         ax.fill_between(curves.index, mean - std, mean + std, color=color, alpha=0.25, linewidth=0)
     style_axes(ax, title, "iteration", "training loss")
@@ -153,4 +154,10 @@ def make(results: str | None, outputs_root: str, out_dir: str | Path,
                 continue
             draw_panel(ax, mine, title, window)
     log.info("figure4 from %s (smoothing window %d)", ", ".join(str(p) for p in paths), window)
+    smoothed = (f"a trailing moving average over {window} iterations" if window > 1
+                else "unsmoothed")
+    caption(fig, f"Lines: the training loss at each init's selected learning rate (in the "
+            f"legend), {smoothed}, averaged over the seeds (n in the legend); bands: ±1 "
+            "standard deviation across those seeds (n - 1 in the denominator; none where "
+            "n = 1).")
     return save(fig, out_dir, "figure4")

@@ -29,6 +29,22 @@ def layer_summary(table: pd.DataFrame, column: str) -> pd.DataFrame:
     return out.reset_index()
 
 
+def log_summary(table: pd.DataFrame, column: str) -> pd.DataFrame:
+    """Per layer: mean, std (ddof=1) and standard error over networks of log(`column`), for
+    positive heavy-tailed values (exp(mean) is their geometric mean)."""
+    logs = table.assign(value=np.log(table[column].astype(float)))
+    out = layer_summary(logs, "value")
+    out["error"] = out["std"] / np.sqrt(out["count"])
+    return out
+
+
+def effective_fraction(table: pd.DataFrame, samples: int) -> float:
+    """Effective samples / T averaged over networks and over the layers the gradient slope is
+    fitted on (1..L-1)."""
+    mean = layer_summary(table, "effective_samples")
+    return float(mean.loc[mean["layer"] < mean["layer"].max(), "mean"].mean() / samples)
+
+
 def grad_fit(table: pd.DataFrame, first: int = 1, last: int | None = None) -> tuple[float, float]:
     """(slope, intercept) of the least-squares line log(mean over networks of grad_sq) vs layer,
     over layers first..last (default: 1..L-1); see grad_slope."""
@@ -56,3 +72,18 @@ def grad_slope(table: pd.DataFrame, first: int = 1, last: int | None = None) -> 
     slope (`varexp plot slopes`); that is kept in the fit. Pass first/last to fit a sub-range.
     """
     return grad_fit(table, first, last)[0]
+
+
+def grad_slope_error(table: pd.DataFrame, draws: int = 200,
+                     rng: np.random.Generator | None = None) -> tuple[float, float]:
+    """grad_slope and its standard error over a bootstrap of the networks (`draws` resamples;
+    0 for one network)."""
+    slope = grad_fit(table)[0]
+    networks = table["network"].unique()
+    if len(networks) < 2:
+        return slope, 0.0
+    rng = np.random.default_rng(0) if rng is None else rng
+    by_network = {n: t for n, t in table.groupby("network")}
+    samples = [grad_fit(pd.concat([by_network[n] for n in rng.choice(networks, len(networks))]))[0]
+               for _ in range(draws)]
+    return slope, float(np.std(samples, ddof=1))

@@ -2,7 +2,9 @@
 
 A checkpoint is one dict saved with torch.save (tensors, numbers, strings, lists and dicts only,
 so it loads with weights_only=True). It is written to a temporary file beside checkpoint.pt and
-renamed onto it, so an interrupted save leaves the previous checkpoint intact.
+renamed onto it, so an interrupted save leaves the previous checkpoint intact. torch.save writes
+through a Python file object: given a path, its own writer reports a full disk as a RuntimeError
+("unexpected pos"), through a file object the OSError (ENOSPC) reaches the caller as it is.
 """
 
 from __future__ import annotations
@@ -66,8 +68,8 @@ def set_rng_state(state: dict) -> None:
 
 def save(checkpoint: Checkpoint, path: str | Path) -> None:
     state = {f.name: getattr(checkpoint, f.name) for f in fields(Checkpoint)}
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(state, f)
 
 
 def load(path: str | Path) -> Checkpoint:

@@ -24,7 +24,7 @@ import shutil
 import socket
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -124,16 +124,20 @@ def shared(identities: list[dict[str, object]]) -> dict[str, object]:
 
 
 def read_record(folder: str | Path) -> dict | None:
-    """The folder's run.json, or None if it has none; a damaged one is an error."""
+    """The folder's run.json, or None if it has none; a damaged one (unreadable, or not a record:
+    wrong types) is an error."""
     path = Path(folder) / RECORD
     if not path.is_file():
         return None
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
-        record["identity"]  # noqa: B018 - every record has one
-        return record
-    except (OSError, ValueError, KeyError, TypeError):
-        raise VarexpError(f"{path} is damaged (not a run record); move it away") from None
+    except (OSError, ValueError):
+        record = None
+    if not (isinstance(record, dict) and isinstance(record.get("identity"), dict)
+            and all(isinstance(record.get(k, ""), str) for k in ("command", "hash", "of"))
+            and isinstance(record.get("preset"), str | None)):
+        raise VarexpError(f"{path} is damaged (not a run record); move it away")
+    return record
 
 
 def recorded_identity(folder: Path, command: str) -> dict[str, object] | None:
@@ -247,6 +251,32 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def holder(folder: Path) -> dict | None:
+    """Who holds folder/.lock: another live process (its pid, host, start and command), or
+    None when no one does, this process does, or the holder died on this host."""
+    found = _read_lock(folder / LOCK)
+    if found is None or found["host"] != socket.gethostname():
+        return found
+    if found["pid"] == os.getpid() or not _alive(found["pid"]):
+        return None
+    return found
+
+
+def in_use(folder: Path, found: dict) -> VarexpError:
+    since = time.strftime("%H:%M:%S", time.localtime(found["since"]))
+    return VarexpError(
+        f"{folder} is in use by {found['what']} (pid {found['pid']} on {found['host']}, since "
+        f"{since}); wait for it, or choose another folder (if that process is gone, delete "
+        f"{folder / LOCK})")
+
+
+def check_free(folder: Path) -> None:
+    """Refuse (one line naming the pid) a folder another live process holds; takes nothing."""
+    found = holder(folder)
+    if found is not None:
+        raise in_use(folder, found)
+
+
 @contextmanager
 def lock(folder: Path, what: str = "varexp") -> Iterator[None]:
     """Hold folder/.lock while the block runs; one line if another live process holds it."""
@@ -257,18 +287,14 @@ def lock(folder: Path, what: str = "varexp") -> Iterator[None]:
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
-            holder = _read_lock(path)
-            if holder is None or (holder["host"] == me["host"] and not _alive(holder["pid"])):
+            found = _read_lock(path)
+            if found is None or (found["host"] == me["host"] and not _alive(found["pid"])):
                 path.unlink(missing_ok=True)  # its process is gone: take it over
                 continue
-            if holder["host"] == me["host"] and holder["pid"] == me["pid"]:
+            if found["host"] == me["host"] and found["pid"] == me["pid"]:
                 yield  # this process holds it already (a sweep's job in the launching process)
                 return
-            since = time.strftime("%H:%M:%S", time.localtime(holder["since"]))
-            raise VarexpError(
-                f"{folder} is in use by {holder['what']} (pid {holder['pid']} on "
-                f"{holder['host']}, since {since}); wait for it, or choose another folder (if "
-                f"that process is gone, delete {path})") from None
+            raise in_use(folder, found) from None
         except OSError as error:
             raise VarexpError(f"cannot write in {folder} ({error.strerror})") from None
         with os.fdopen(fd, "w") as f:
@@ -302,11 +328,15 @@ def discover(root: str | Path, filename: str) -> list[Path]:
 
 
 def read_summary(run_dir: str | Path) -> dict | None:
-    """A training run's summary.json, or None if it has none (yet) or it is unreadable."""
+    """A training run's summary.json, or None if it has none (yet), or it is unreadable or not
+    a summary (not a mapping, or its status not a word)."""
     try:
-        return json.loads((Path(run_dir) / "summary.json").read_text(encoding="utf-8"))
+        summary = json.loads((Path(run_dir) / "summary.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+    if not isinstance(summary, dict) or not isinstance(summary.get("status", ""), str):
+        return None
+    return summary
 
 
 def run_config(result_file: str | Path) -> DictConfig:
@@ -407,6 +437,7 @@ def check_launch(line, overwrite: bool) -> list[Path]:
     line, to write into folders that hold another config's results, and two jobs of a multirun
     that would share a folder. Returns the folders whose results `overwrite` moves aside."""
     command = line.command
+    check_free(Path(line.output_dir))
     if not line.multirun:
         folder = Path(line.output_dir)
         state = check_folder(folder, command, identity(command, line.cfg), overwrite)
@@ -422,26 +453,50 @@ def check_launch(line, overwrite: bool) -> list[Path]:
                               f"share the folder {folder} ({diff}); name the swept key in "
                               "hydra.sweep.subdir")
         owner[folder] = (ident, job)
-    if check_folder(root, "multirun-folder", shared(idents), overwrite, what="runs") == "replace":
+    if check_folder(root, "multirun-folder", folder_identity(line, idents), overwrite,
+                    what="runs") == "replace":
         return [root]
     return [f for f, i in zip(folders, idents, strict=True)
             if check_folder(f, command, i, overwrite) == "replace"]
 
 
+def folder_identity(line, idents: list[dict[str, object]]) -> dict[str, object]:
+    """What a multirun's jobs share, less the keys a searching sweeper picks per job."""
+    searched = tuple(getattr(line, "searched", ()))
+    return {k: v for k, v in shared(idents).items()
+            if not any(k == s or k.startswith(f"{s}.") for s in searched)}
+
+
 def prepare_launch(line, replace: list[Path]) -> None:
-    """After the checks (and a dry run's exit): move results aside as `overwrite` asked, and
-    record what a multirun's jobs share in its folder."""
+    """After the checks (and a dry run's exit), holding the launch's folder: move results aside
+    as `overwrite` asked, each folder held first (a folder another live process holds is
+    refused, and nothing moves), and record what a multirun's jobs share in its folder."""
 
     log = logging.getLogger("varexp")
-    for folder in replace:
-        log.warning("overwrite=true: moved the results in %s to %s", folder, move_aside(folder))
+    with ExitStack() as held:
+        for folder in replace:
+            held.enter_context(lock(folder, f"varexp {line.command}"))
+        for folder in replace:
+            log.warning("overwrite=true: moved the results in %s to %s", folder,
+                        move_aside(folder, keep=(LOCK,)))
     if line.multirun:
         root = Path(line.output_dir)
         root.mkdir(parents=True, exist_ok=True)
-        idents = [identity(line.command, c) for c in line.configs]
-        if read_record(root) is None:
-            write_record(root, "multirun-folder", shared(idents), of=line.command,
+        now = folder_identity(line, [identity(line.command, c) for c in line.configs])
+        record = read_record(root)
+        if record is None:
+            write_record(root, "multirun-folder", now, of=line.command,
                          preset=line.cfg.hydra.runtime.choices.get("experiment"))
+            return
+        # a launch that sweeps a key the folder's runs shared so far (more seeds, inits,
+        # learning rates) widens the folder: its record keeps only what all its runs share
+        missing = object()
+        kept = {k: v for k, v in record["identity"].items() if now.get(k, missing) == v}
+        if kept != record["identity"]:
+            write_record(root, "multirun-folder", kept, of=record.get("of", line.command),
+                         preset=record.get("preset"))
+            log.info("%s now also holds runs of other %s", root,
+                     ", ".join(sorted(set(record["identity"]) - set(kept))))
 
 
 @contextmanager

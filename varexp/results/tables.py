@@ -43,11 +43,19 @@ class Table:
     def read(self, path: str | Path, allow_empty: bool = False) -> pd.DataFrame:
         return read_table(Path(path), self, allow_empty)
 
+    def read_run(self, run_dir: str | Path, summary: dict | None = None) -> pd.DataFrame:
+        """This table of a training run, checked as the record of its steps (read_run)."""
+        return read_run(Path(run_dir), self, summary)
+
 
 THEORY = Table("theory.csv", ("layer", "c", "q", "m", "v", "ratio"))
 PROBE = Table("probe.csv", ("network", "layer", "name", "features", *STAT_NAMES[:4], "grad_sq",
                             *STAT_NAMES[4:]), text=("name",), needed=9)
 NEURONS = Table("neurons.csv", ("network", "layer", "neuron", "sample", "value"))
+# a fitted init's targets (varexp.inits.HELDOUT_STATS) on its fitting batch and on fresh inputs
+HELDOUT = Table("heldout.csv", ("network", "layer", "name", "fit_samples", "heldout_samples",
+                                "fit_second_moment", "heldout_second_moment", "fit_mean_sq",
+                                "heldout_mean_sq"), text=("name",))
 METRICS = Table("metrics.csv", ("step", "epoch", "loss", "lr", "seconds"))
 # per layer on the fixed batch (varexp.stats), then the weight gradient's RMS
 RATIO_STATS = ("sample_mean_sq", "sample_var", "ratio", "sample_mean_sq_channel",
@@ -57,16 +65,23 @@ RATIOS = Table("ratios.csv", ("step", "layer", "name", *RATIO_STATS[:3], "weight
 SWEEP = Table("sweep.csv", ("arch", "dataset", "init", "optim", "lr", "seed", "status", "steps",
                             "final_loss", "criterion", "seconds", "run_dir"),
               text=("arch", "dataset", "init", "optim", "status", "run_dir"))
+# lr_at_edge: low or high when the chosen lr is the smallest or largest of its setting's lrs with
+# a finished run (the best lr is then not bracketed), both when there is one, else empty
+# (varexp.sweep.lr_edge)
 SELECTED = Table("selected.csv", ("arch", "dataset", "init", "optim", "lr", "criterion",
-                                  "criterion_std", "runs", "select_fraction"),
-                 text=("arch", "dataset", "init", "optim"))
+                                  "criterion_std", "runs", "select_fraction", "lr_at_edge"),
+                 text=("arch", "dataset", "init", "optim", "lr_at_edge"), needed=9)
 SETTING = ["arch", "dataset", "init", "optim"]  # what a sweep selects a learning rate for
+# an Optuna search's trials (varexp.search), one row each; a column per searched key follows
+TRIALS = Table("trials.csv", ("trial", "state", "value", "seconds"), text=("state",))
 FINISHED = ("completed", "diverged")  # a training run's status when nothing is left to do
 
 
-def read_table(path: Path, table: Table, allow_empty: bool = False) -> pd.DataFrame:
+def read_table(path: Path, table: Table, allow_empty: bool = False,
+               keep_infinite: bool = False) -> pd.DataFrame:
     """A result CSV with the table's columns, numeric where they should be; one-line errors.
-    inf (a dead layer's ratio) cannot be averaged or drawn: it is left out, with a warning."""
+    inf (a dead layer's ratio) cannot be averaged or drawn: it is left out, with a warning
+    (kept with `keep_infinite`)."""
     try:
         frame = pd.read_csv(path)
     except FileNotFoundError:
@@ -86,20 +101,71 @@ def read_table(path: Path, table: Table, allow_empty: bool = False) -> pd.DataFr
             raise VarexpError(f"{path}: column {column} has non-numeric value "
                               f"{frame[column][bad].iloc[0]!r} (row {int(bad.idxmax()) + 2})")
         infinite = np.isinf(numeric)
-        if infinite.any():
+        if infinite.any() and not keep_infinite:
             log.warning("%s: %d non-finite %s value(s) left out of the averages",
                         path, int(infinite.sum()), column)
-        frame[column] = numeric.mask(infinite)
+        frame[column] = numeric if keep_infinite else numeric.mask(infinite)
     return frame
 
 
-def complete(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
-    """A probe table with every layer of every network and its statistics present (a file cut
-    short by hand or by a disk fault fails here)."""
-    with open(path, "rb") as f:  # every file varexp writes ends its last row with a newline
+def whole_rows(path: Path) -> None:
+    """Every file varexp writes ends its last row with a newline: one that does not was cut
+    short (by hand, or a disk fault)."""
+    with open(path, "rb") as f:
+        f.seek(0, 2)
+        if f.tell() == 0:
+            raise VarexpError(f"{path}: empty")
         f.seek(-1, 2)
         if f.read(1) != b"\n":
             raise VarexpError(f"{path}: its last row is cut short (a partial file)")
+
+
+def read_run(run_dir: Path, table: Table, summary: dict | None = None) -> pd.DataFrame:
+    """metrics.csv (or ratios.csv) of a training run, checked as the record of its steps: the
+    table's columns and types, a whole last row, and for metrics.csv the steps 0..n-1 in order
+    with finite values (but the loss of a diverged run's last row); with the run's summary, as
+    many rows as the steps it says it trained. A file that fails is a damaged run (one-line
+    VarexpError), never data."""
+    path = run_dir / table.file
+    frame = read_table(path, table, keep_infinite=True)
+    whole_rows(path)
+    if table is not METRICS:
+        return frame
+    steps = frame["step"].to_numpy()
+    wrong = np.flatnonzero(steps != np.arange(len(steps)))
+    if wrong.size:
+        raise VarexpError(f"{path}: steps are not 0, 1, 2, ... in order (row {wrong[0] + 2} "
+                          f"has step {steps[wrong[0]]})")
+    status = (summary or {}).get("status")
+    diverged = status == "diverged"
+    if status in FINISHED and isinstance(summary.get("steps"), int):
+        expected = int(summary["steps"]) + (1 if diverged else 0)  # and the non-finite row
+        if len(frame) != expected:
+            raise VarexpError(f"{path}: {len(frame)} rows, but the run {status} after "
+                              f"{summary['steps']} steps ({expected} rows)")
+    values = frame[[c for c in METRICS.columns if c != "step"]].to_numpy(float)
+    bad = ~np.isfinite(values)
+    if diverged and len(frame):
+        bad[-1, list(METRICS.columns[1:]).index("loss")] = False
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise VarexpError(f"{path}: {METRICS.columns[1 + col]} is missing or not finite in row "
+                          f"{row + 2}")
+    return frame
+
+
+def complete(frame: pd.DataFrame, path: Path, networks: int | None = None) -> pd.DataFrame:
+    """A probe table with every layer of every network (0..networks-1 when given) and its
+    statistics present (a file cut short by hand or by a disk fault fails here)."""
+    whole_rows(path)
+    if networks is not None:
+        found = sorted(frame["network"].unique())
+        if found != list(range(networks)):
+            missing = sorted(set(range(networks)) - set(found))
+            shown = ", ".join(map(str, missing[:5])) + (" ..." if len(missing) > 5 else "")
+            raise VarexpError(f"{path}: holds {len(found)} of the {networks} networks its run "
+                              f"probed (probe.networks){'; missing ' + shown if missing else ''}"
+                              " (a partial or altered file)")
     layers = frame.groupby("network")["layer"].apply(lambda s: tuple(sorted(s)))
     if layers.nunique() != 1 or layers.iloc[0] != tuple(range(1, len(layers.iloc[0]) + 1)):
         raise VarexpError(f"{path}: not every network has layers 1..L (a partial file)")
@@ -149,7 +215,11 @@ def load_probes(figure: str, results: str | None, outputs_root: str,
     runs = []
     for path in find_results(FIGURES[figure], results, outputs_root, accept):
         try:
-            runs.append(RunResult(path, run_config(path), complete(PROBE.read(path), path)))
+            cfg = run_config(path)
+            networks = OmegaConf.select(cfg, "probe.networks", default=None)
+            table = complete(PROBE.read(path), path,
+                             int(networks) if isinstance(networks, int) else None)
+            runs.append(RunResult(path, cfg, table))
         except VarexpError as error:  # a damaged or partial file: the others are still drawn
             log.warning("%s leaves out %s", figure, error)
     if not runs:
@@ -157,6 +227,21 @@ def load_probes(figure: str, results: str | None, outputs_root: str,
                           "(see the lines above)")
     log.info("%s reads %d %s file(s): %s", figure, len(runs), FIGURES[figure].result,
              ", ".join(str(r.path.parent) for r in runs[:5]) + (" ..." if len(runs) > 5 else ""))
+    return runs
+
+
+def load_heldout(results: str | None, outputs_root: str) -> list[RunResult]:
+    """The heldout.csv tables the heldout figure and the report read (as load_probes finds
+    them), with their runs' configs; damaged files are left out with one line each."""
+    runs = []
+    for path in find_results(FIGURES["heldout"], results, outputs_root):
+        try:
+            runs.append(RunResult(path, run_config(path), HELDOUT.read(path)))
+        except VarexpError as error:
+            log.warning("heldout leaves out %s", error)
+    if not runs:
+        raise VarexpError("nothing to draw for heldout: every result file found was damaged "
+                          "(see the lines above)")
     return runs
 
 
@@ -193,3 +278,59 @@ def probe_frame(network: int, rows: list[dict]) -> pd.DataFrame:
     frame.insert(0, "layer", [r["layer"] for r in rows])
     frame.insert(0, "network", network)
     return frame
+
+
+# ---------------------------------------------------------------------------------------------
+# the end of a sweep, a `-m` run or a search: what won
+
+
+def best_settings(runs: pd.DataFrame, selected: pd.DataFrame, select: str = "auc") -> str:
+    """The table a sweep prints at its end: per setting (arch, dataset, init, optim) the selected
+    learning rate, its criterion as mean +- std over seeds, and whether it is distinguishable
+    from the runner-up lr (the next lowest mean among the eligible ones: every seed finished and
+    none diverged), by the difference of the means against its standard error (2 se or more:
+    distinguishable; one seed each has no spread to judge by). `runs` is sweep.csv, `selected`
+    selected.csv."""
+    what = ("mean training loss over the whole run" if select == "auc"
+            else "mean training loss over the last part of the run")
+    if selected.empty:
+        return f"best settings: none (no learning rate had every run finish; criterion: {what})"
+    rows = []
+    for _, best in selected.iterrows():
+        key = tuple(best[c] for c in SETTING)
+        mine = runs[(runs[SETTING] == pd.Series(key, index=SETTING)).all(axis=1)]
+        rows.append({**{c: best[c] for c in SETTING}, "lr": f"{best['lr']:.3g}",
+                     "loss (mean +- std)": _mean_std(best["criterion"], best["criterion_std"],
+                                                     int(best["runs"])),
+                     "seeds": int(best["runs"]),
+                     "vs the next lr": _versus_next(mine, float(best["lr"]),
+                                                    float(best["criterion"]))})
+    frame = pd.DataFrame(rows)
+    shown = frame.drop(columns=[c for c in SETTING if frame[c].nunique() == 1 and len(frame) > 1])
+    fixed = ", ".join(f"{c}={frame[c].iloc[0]}" for c in SETTING if c not in shown.columns)
+    head = f"best settings ({what}; +- std over seeds{'; ' + fixed if fixed else ''}):"
+    body = shown.to_string(index=False)
+    return head + "\n" + "\n".join("  " + line for line in body.splitlines())
+
+
+def _mean_std(mean: float, std: float, n: int) -> str:
+    return f"{mean:.4g}" if n < 2 else f"{mean:.4g} +- {std:.2g}"
+
+
+def _versus_next(runs: pd.DataFrame, lr: float, best: float) -> str:
+    eligible = []
+    for other, group in runs.groupby("lr"):
+        done = group[group["status"] == "completed"]
+        if other == lr or done.empty or not group["status"].eq("completed").all():
+            continue
+        eligible.append((done["criterion"].mean(), other, done["criterion"]))
+    if not eligible:
+        return "the only lr that finished"
+    mean, other, criteria = min(eligible, key=lambda c: c[0])
+    mine = runs[(runs["lr"] == lr) & (runs["status"] == "completed")]["criterion"]
+    if len(mine) < 2 or len(criteria) < 2:
+        return f"{other:.3g}: {mean:.4g} (one seed: no spread to judge by)"
+    se = float(np.sqrt(mine.var(ddof=1) / len(mine) + criteria.var(ddof=1) / len(criteria)))
+    gap = (mean - best) / se if se > 0 else np.inf
+    verdict = "distinguishable" if gap >= 2 else "not distinguishable"
+    return f"{other:.3g}: {mean:.4g} ({verdict}, {gap:.1f} se)"

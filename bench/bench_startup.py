@@ -1,0 +1,71 @@
+"""Start-up: how long a user waits for `varexp --help`, a command's --help, one <TAB> of shell
+completion and a one-step training, each against `import torch` measured in the same rounds.
+
+    python bench/bench_startup.py               # 5 rounds
+    python bench/bench_startup.py --rounds 2    # a smoke run
+
+Each round runs every case once as a fresh process (alternating, so the machine's load falls on
+all of them alike); a case's time is its median over the rounds, and its ratio is to the median
+of `import torch` in the same rounds. Every process gets OMP_NUM_THREADS=1, as the tests do.
+Prints one markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from varexp.stop import run_benchmark
+
+PYTHON = sys.executable
+CASES = {
+    "import torch": [PYTHON, "-c", "import torch"],
+    "import hydra": [PYTHON, "-c", "import hydra"],
+    "varexp --help": [PYTHON, "-m", "varexp", "--help"],
+    "varexp train --help": [PYTHON, "-m", "varexp", "train", "--help"],
+    "one TAB (train arch=)": [PYTHON, "-m", "varexp", "-sc", "query=bash"],
+    "varexp train train.steps=1": [PYTHON, "-m", "varexp", "train", "train.steps=1",
+                                   "train.progress=false"],
+}
+# what bash puts in the environment when <TAB> is pressed after the typed line
+COMPLETION_LINE = {"one TAB (train arch=)": "varexp train arch="}
+
+
+def seconds(name: str, command: list[str], folder: str) -> float:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    if name in COMPLETION_LINE:
+        env["COMP_LINE"] = COMPLETION_LINE[name]
+    with tempfile.TemporaryDirectory(dir=folder) as cwd:
+        start = time.perf_counter()
+        done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+        took = time.perf_counter() - start
+    if done.returncode != 0:
+        sys.exit(f"{name}: exit {done.returncode}\n{done.stderr[-2000:]}")
+    return took
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    times: dict[str, list[float]] = {name: [] for name in CASES}
+    with tempfile.TemporaryDirectory() as folder:
+        for round_ in range(args.rounds):
+            for name, command in CASES.items():
+                times[name].append(seconds(name, command, folder))
+            print(f"round {round_ + 1}/{args.rounds} done", file=sys.stderr)
+    torch_s = statistics.median(times["import torch"])
+    print(f"load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores, {args.rounds} rounds\n")
+    print("| what | median s | min s | x import torch |\n|---|---|---|---|")
+    for name, values in times.items():
+        median = statistics.median(values)
+        print(f"| {name} | {median:.2f} | {min(values):.2f} | {median / torch_s:.2f} |")
+
+
+if __name__ == "__main__":
+    run_benchmark(main)
