@@ -463,17 +463,23 @@ def test_jobs_pack_only_with_jobs_that_share_their_data_stream():
     assert not not_packed.packed and "runs with arch.dropout=0.2 not packed" in not_packed.text()
 
 
-def test_auto_packs_small_steps_on_the_cpu_only():
+def test_auto_packs_small_mlp_steps_on_the_cpu_only():
     jobs = jobs_of("init=scale,batchnorm", "optim=sgd,adam")
     small = config("sweep", *SIZES)
     assert packing.plan("auto", jobs, lambda i: small).packs == [[0, 1, 2, 3]]
-    default = config("sweep")  # ALL-CNN-C at x1/8 on 32x32 shapes: compute-bound
-    assert packing.step_macs(default) > packing.CPU_PACK_MACS["allcnnc"]
-    plan = packing.plan("auto", jobs, lambda i: default)
-    assert not plan.packed and "one allcnnc step costs 151M multiply-adds, compute-bound" in (
-        plan.text())
-    quick_unet = config("sweep", "task=membranes")  # the quick Fig. 4's UNet: packs pay
-    assert packing.plan("auto", jobs, lambda i: quick_unet).packs == [[0, 1, 2, 3]]
+    wide = config("sweep", *SIZES, "arch.width=1000")  # compute-bound: the stack loses
+    assert packing.step_macs(wide) > packing.CPU_PACK_MACS["mlp"]
+    plan = packing.plan("auto", jobs, lambda i: wide)
+    assert not plan.packed and "one mlp step costs" in plan.text()
+    assert "compute-bound on the CPU (packs pay below 10M)" in plan.text()
+    # the conv models: the default sweep's ALL-CNN-C and the quick Fig. 4's UNet run alone on
+    # the CPU, as with sweep.pack=off, and the plan says why; sweep.pack=N still packs them
+    for task, said in (("task=shapes", "ALL-CNN-C runs not packed on the CPU"),
+                       ("task=membranes", "UNet runs not packed on the CPU")):
+        cfg = config("sweep", task)
+        plan = packing.plan("auto", jobs, lambda i, cfg=cfg: cfg)
+        assert plan.packs == [[0], [1], [2], [3]] and said in plan.text(), plan.text()
+        assert packing.plan(4, jobs, lambda i, cfg=cfg: cfg).packs == [[0, 1, 2, 3]]
     # where a launcher runs jobs side by side, one pack per core
     assert [len(p) for p in packing.plan("auto", jobs, lambda i: small, "joblib", 2).packs] == [
         2, 2]
@@ -624,5 +630,5 @@ def test_help_says_how_runs_are_packed(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "packs (sweep.pack=auto): 72 runs in 3 jobs: 3 packs of 24" in out
     main(["sweep", "--help"])  # the default task: ALL-CNN-C, not packed on the CPU
-    assert ("72 runs, each its own job (not packed); sweep.pack=auto: not packed, one allcnnc "
-            "step costs 151M") in capsys.readouterr().out
+    assert ("72 runs, each its own job (not packed); sweep.pack=auto: ALL-CNN-C runs not "
+            "packed on the CPU") in capsys.readouterr().out

@@ -5,11 +5,13 @@ keys that only change a run's weights, optimizer or learning rate (PACK_FREE): t
 with init=batchnorm the BatchNorm units it adds), the optimizer and its options, the lr index.
 Such jobs form a group; a group is cut into packs of at most N runs. `off` packs nothing: every
 run is a job of its own, as Hydra launches it. `auto` packs where packing measured faster
-(bench/README.md, "Packed runs"): on the CPU the vmapped step of many small models beats a
-loop over them, but a compute-bound conv step is slower batched (grouped convolutions), so
-auto packs a CPU run only when its training step costs at most CPU_PACK_MACS multiply-adds (per
-architecture); on a GPU, where one small run leaves most of the chip idle, up to GPU_PACK runs.
-Either way a pack that would not fit in the free memory is cut smaller, with one line saying so.
+(bench/README.md, "Packed runs"): on the CPU the vmapped step of many small MLPs beats a loop
+over them, so auto packs a CPU MLP run when its training step costs at most CPU_PACK_MACS
+multiply-adds; it packs no convolutional run on the CPU (CPU_UNPACKED: the quick Fig. 4's
+sweep measured slower packed even where its UNet's bare step was faster, and the default
+ALL-CNN-C's step is slower batched); on a GPU, where one small run leaves most of the chip
+idle, up to GPU_PACK runs. Either way a pack that would not fit in the free memory is cut
+smaller, with one line saying so.
 
 Runs that cannot be packed run alone whatever sweep.pack says: dropout (it draws from the global
 generator at every step, so batched runs would draw differently than alone), torch.compile,
@@ -39,11 +41,19 @@ from varexp.models.base import WEIGHT_TYPES
 # keys (and their sub-keys) that leave the data stream alone: runs differing only in these pack
 PACK_FREE = ("init", "optim", "sweep.lr_index", "arch.norm")
 PACKABLE_ARCHS = ("mlp", "allcnnc", "unet")
-# auto on the CPU: pack runs whose training step costs at most this many multiply-adds (the
-# forward pass of the batch), per architecture: about half the step size where the stacked step
-# stopped beating a loop over the models (bench/README.md: MLP about 20M, ALL-CNN-C about 40M,
-# UNet, whose many small layers cost more per multiply-add, about 300M)
-CPU_PACK_MACS = {"mlp": 10e6, "allcnnc": 20e6, "unet": 150e6}
+# auto on the CPU: pack MLP runs whose training step costs at most this many multiply-adds (the
+# forward pass of the batch): about half the step size where the stacked step stopped beating a
+# loop over the models (bench/README.md: about 20M)
+CPU_PACK_MACS = {"mlp": 10e6}
+# auto on the CPU packs no convolutional runs: their bare stacked step beat the loop only for
+# small ones (UNet up to about 300M multiply-adds, ALL-CNN-C about 40M), yet whole sweeps of
+# them ran slower packed (the quick Fig. 4 at 0.57-0.60x of sweep.pack=off, bench/README.md):
+# each run's own start and files dominate a short CPU run, a pack does not share them, and one
+# pack job holds one core while the other's jobs end
+CPU_UNPACKED = {  # the model's name, and why (the plan says it)
+    "allcnnc": ("ALL-CNN-C", "a batched convolution is no faster: 0.84x at the default size"),
+    "unet": ("UNet", "the quick Fig. 4 ran 0.57-0.60x as fast packed"),
+}
 GPU_PACK = 24  # auto on CUDA: at most this many runs per pack
 # the override that hands a pack job its runs
 PACK_KEY = "packed_runs"
@@ -236,6 +246,10 @@ def pack_size(setting: object, cfg: DictConfig, runs: int, launcher: str, parall
             return 1, ("sweep.pack=auto: not packed, the cluster's device is not known here "
                        "(device=cuda, or hydra.launcher.gpus_per_node, tells it; or set "
                        "sweep.pack=N)")
+        if device.type == "cpu" and cfg.arch.name in CPU_UNPACKED:
+            name, why = CPU_UNPACKED[cfg.arch.name]
+            return 1, (f"sweep.pack=auto: {name} runs not packed on the CPU ({why}; "
+                       "sweep.pack=N packs them)")
         if device.type == "cpu":
             most = CPU_PACK_MACS[cfg.arch.name]
             if macs > most:
