@@ -42,7 +42,7 @@ import torch
 
 from varexp.compose import complete, compose_config
 from varexp.data import data_info
-from varexp.pack.plan import CPU_PACK_MACS, step_macs
+from varexp.pack.plan import CPU_PACK_MACS, CPU_UNPACKED, step_macs
 from varexp.pack.stacked import Stack
 from varexp.pack.trainer import PackRun, train_pack
 from varexp.train import Trainer
@@ -193,8 +193,8 @@ def bench_bare(runs: int, repeats: int) -> None:
         print(f"| {name} | {macs / 1e6:.1f}M | {a * 1e3:.1f} | {b * 1e3:.1f} | {a / b:.2f}x |",
               flush=True)
     rule = ", ".join(f"{arch} {macs / 1e6:.0f}M" for arch, macs in CPU_PACK_MACS.items())
-    print(f"\nsweep.pack=auto packs CPU runs up to these multiply-adds per step: {rule} (load "
-          f"after: {load()})")
+    print(f"\nsweep.pack=auto packs CPU runs up to these multiply-adds per step: {rule}, and no "
+          f"{' or '.join(name for name, _ in CPU_UNPACKED.values())} run (load after: {load()})")
 
 
 # ---------------------------------------------------------------------------------------------
