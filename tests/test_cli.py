@@ -186,3 +186,19 @@ def test_shell_completion_through_the_wrapper(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == ["plot", "arch=unet", "init=scale init=scale+bias",
                                        "train.steps= train.stop_after="]
+
+
+def test_ctrl_c_while_a_sweep_is_launched_is_one_line(tmp_path, monkeypatch, capsys):
+    """Ctrl-C before a job trains (while Hydra composes, launches or waits for the jobs): one
+    line saying how to continue, exit 130, no traceback."""
+    import varexp.cli
+
+    def interrupted(command: str, args: list[str], program: str | None = None) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(varexp.cli, "run_hydra", interrupted)
+    code, err = run_in_process(capsys, "sweep", "arch=mlp", "dataset=gaussian", "seed=0",
+                               "sweep.estimate=false", f"hydra.sweep.dir={tmp_path / 's'}")
+    assert code == 130 and err.strip().splitlines() == [
+        "varexp sweep: interrupted; run the same command to continue: finished runs are "
+        "skipped, the others resume from their checkpoints"]

@@ -211,8 +211,9 @@ def test_tiny_sweep_resumes_skips_and_plots(tmp_path, monkeypatch, capsys):
     files = sorted(sweep_dir.rglob("metrics.csv")) + sorted(sweep_dir.rglob("checkpoint.pt"))
     stamps = [p.stat().st_mtime_ns for p in files]
 
+    skipped = job_logs(sweep_dir).count("skip ")  # (a pack's runs that diverged early)
     launch_here(monkeypatch, tmp_path, *sweep_args(tmp_path))
-    assert job_logs(sweep_dir).count("skip ") == 8
+    assert job_logs(sweep_dir).count("skip ") - skipped == 8
     assert [p.stat().st_mtime_ns for p in files] == stamps  # no training
     pd.testing.assert_frame_equal(pd.read_csv(sweep_dir / "sweep.csv"), table)
 
@@ -225,15 +226,18 @@ def test_tiny_sweep_resumes_skips_and_plots(tmp_path, monkeypatch, capsys):
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
 def test_tiny_sweep_through_launcher(tmp_path, launcher):
-    """The same sweep through a parallel launcher, its jobs starting DataLoader workers of their
-    own, gives the same tables (CPU, same seeds)."""
+    """The same sweep through a parallel launcher, its jobs (two packs of four runs) starting
+    DataLoader workers of their own, gives the same tables (CPU, same seeds)."""
     basic = tmp_path / "basic"
     basic.mkdir()
     run_varexp(*sweep_args(basic), cwd=basic, check=True)
     start = time.perf_counter()
-    run_varexp(*sweep_args(tmp_path, f"hydra/launcher={launcher}", "dataset.workers=1"),
-           cwd=tmp_path, check=True)
+    out = run_varexp(*sweep_args(tmp_path, f"hydra/launcher={launcher}", "dataset.workers=1"),
+                     cwd=tmp_path, check=True)
     print(f"{launcher}: {time.perf_counter() - start:.1f} s")
+    # the launcher launched the runs of each seed as one pack job
+    assert "8 runs in 2 jobs: 2 packs of 4" in out.stdout
+    assert job_logs(tmp_path / "sweep").count("pack of 4 runs on cpu") == 8
     table = assert_tiny_sweep(tmp_path / "sweep")
     reference = pd.read_csv(basic / "sweep" / "sweep.csv")
     pd.testing.assert_frame_equal(table.drop(columns="seconds"),
@@ -298,6 +302,8 @@ def test_joblib_sweep_with_dataloader_workers_and_shared_cores(tmp_path):
 
 
 def test_crashed_runs_are_failed_and_the_sweep_exits_non_zero(tmp_path, monkeypatch, capsys):
+    """Runs trained alone (sweep.pack=off) that crash while training; tests/test_pack.py has
+    the packed runs' failures."""
     import varexp.train
 
     real_loop = varexp.train.Trainer.loop
@@ -309,7 +315,8 @@ def test_crashed_runs_are_failed_and_the_sweep_exits_non_zero(tmp_path, monkeypa
 
     monkeypatch.setattr(varexp.train.Trainer, "loop", crash_for_scale_bias)
     with pytest.raises(SystemExit) as exit_:
-        launch_here(monkeypatch, tmp_path, *sweep_args(tmp_path, "sweep.estimate=false"))
+        launch_here(monkeypatch, tmp_path, *sweep_args(tmp_path, "sweep.estimate=false",
+                                                       "sweep.pack=off"))
     assert exit_.value.code == 1
     err = capsys.readouterr()
     table = pd.read_csv(tmp_path / "sweep" / "sweep.csv")

@@ -149,7 +149,8 @@ def run_command(args: list[str]) -> None:
     try:
         if "--help" in rest or "-h" in rest:
             try:
-                print_command_help(command, [a for a in rest if not a.startswith("-")])
+                print_command_help(command, compose.complete(
+                    command, [a for a in rest if not a.startswith("-")]))
             except BrokenPipeError:  # `varexp probe --help | head`
                 sys.stderr.close()
             return
@@ -180,6 +181,11 @@ def run_command(args: list[str]) -> None:
     except VarexpError as error:
         print(f"varexp {command}: {error}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:  # Ctrl-C while jobs are composed, launched or waited for
+        again = ("; run the same command to continue: finished runs are skipped, the others "
+                 "resume from their checkpoints" if command == "sweep" else "")
+        print(f"varexp {command}: interrupted{again}", file=sys.stderr)
+        sys.exit(130)
 
 
 COMPLETION_FLAGS = ("-sc", "--shell-completion")

@@ -28,6 +28,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException
 from hydra.types import RunMode
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
@@ -246,7 +247,7 @@ def _expand(command: str, overrides: list[str], cfg: DictConfig, check) -> Comma
                 for o in overrides]  # fmt: skip
     hydra_overrides = [o for o, h in zip(overrides, is_hydra, strict=True) if h]
     task = [o for o, h in zip(overrides, is_hydra, strict=True) if not h]
-    if not str(cfg.hydra.sweeper.get("_target_", "")).endswith("BasicSweeper"):
+    if not _grid_sweeper(cfg):
         # another sweeper (e.g. an optimiser) picks its jobs as it goes: check the base config
         _check(check, cfg)
         searched = [str(k) for k in (cfg.hydra.sweeper.get("params") or {})]
@@ -264,9 +265,9 @@ def _expand(command: str, overrides: list[str], cfg: DictConfig, check) -> Comma
         key = tuple(o.input_line for o in parsed if o.key_or_group.lstrip("+~") in groups)
         if key not in composed:
             composed[key] = compose_config(command, hydra_overrides + job)
-        job_cfg = _with_values(composed[key], [o for o in parsed
+        job_cfg = with_values(composed[key], [o for o in parsed
                                                if o.key_or_group.lstrip("+~") not in groups])
-        _set_job(job_cfg, number, parsed)
+        set_job(job_cfg, number, parsed)
         try:
             _check(check, job_cfg)
         except VarexpError as error:
@@ -278,7 +279,19 @@ def _expand(command: str, overrides: list[str], cfg: DictConfig, check) -> Comma
     return CommandLine(command, overrides, configs[0], jobs, True, configs)
 
 
-def _with_values(cfg: DictConfig, overrides: list) -> DictConfig:
+def _grid_sweeper(cfg: DictConfig) -> bool:
+    """Whether the sweeper expands the grid as Hydra's basic sweeper does (it, or varexp's
+    packing sweeper)."""
+    target = str(cfg.hydra.sweeper.get("_target_", ""))
+    if target.endswith(".BasicSweeper"):
+        return True
+    try:
+        return bool(getattr(get_class(target), "expands_basic_grid", False))
+    except Exception:  # a sweeper that does not import here: Hydra says why when it runs
+        return False
+
+
+def with_values(cfg: DictConfig, overrides: list) -> DictConfig:
     """A copy of a composed config with value overrides (key=value) applied as Hydra does."""
     out = copy.deepcopy(cfg)
     with open_dict(out):
@@ -293,7 +306,7 @@ def _with_values(cfg: DictConfig, overrides: list) -> DictConfig:
     return out
 
 
-def _set_job(cfg: DictConfig, number: int, parsed: list) -> None:
+def set_job(cfg: DictConfig, number: int, parsed: list) -> None:
     """What Hydra sets per job and a job's folder name may use: its number and override_dirname."""
 
     naming = cfg.hydra.job.config.override_dirname
@@ -399,7 +412,9 @@ def _missing_option(command: str, error: MissingConfigException) -> VarexpError:
     extra = (" (pip install -e '.[slurm]' adds submitit_local and submitit_slurm)"
              if group == "hydra/launcher" and option.startswith("submitit")
              else " (pip install -e '.[optuna]' adds optuna)"
-             if group == "hydra/sweeper" and option == "optuna" else "")
+             if group == "hydra/sweeper" and option == "optuna"
+             else " (pip install -e . again: it installs varexp's own sweeper)"
+             if group == "hydra/sweeper" and option == "varexp" else "")
     return VarexpError(f"{group}={option!r} is not an option; {did_you_mean(option, options)}"
                        f"choose one of {', '.join(options)}{extra}")
 

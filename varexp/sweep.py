@@ -26,6 +26,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -42,6 +43,10 @@ from varexp.compose import compose_config, launcher
 from varexp.devices import resolve as resolve_device
 from varexp.errors import VarexpError, bad_value
 from varexp.files import write_json
+from varexp.pack import job as pack_job
+from varexp.pack.plan import ALLOWED_TEXT as PACK_ALLOWED
+from varexp.pack.plan import PACK_KEY, key_of, sweep_plan
+from varexp.pack.plan import allowed as pack_allowed
 from varexp.results import read_summary
 from varexp.results.aggregate import criterion
 from varexp.results.checkpoint import checkpoint_path
@@ -112,6 +117,10 @@ class SweepOptions:
     select: str = choice("auc", SELECTIONS)
     select_fraction: float = number(0.1, maximum=1.0)
     estimate: bool = flag(True)  # before the first job, time a few steps of each task
+    # runs that differ only in init, optimizer and lr see the same batches: they train as one
+    # batched model per job (varexp.pack), `auto` where that measured faster, `off` never, N:
+    # at most N runs per pack
+    pack: Any = option("auto", test=pack_allowed, text=PACK_ALLOWED)
     dry_run: bool = flag(False)  # print the runs, the grid and the estimate, then stop
 
 
@@ -156,9 +165,18 @@ def describe(cfg: DictConfig) -> str:
 
     params = [f"{k}={v}" for k, v in (cfg.hydra.sweeper.get("params") or {}).items()]
     jobs = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(params), None)[0]
+    typed = [*cfg.hydra.overrides.hydra, *cfg.hydra.overrides.task]  # the --help line's
+
+    def config_of(i: int) -> DictConfig:
+        keys = {key_of(o) for o in jobs[i]}
+        return compose_config("sweep", [o for o in typed if key_of(o) not in keys] + jobs[i])
+
+    packs = sweep_plan(cfg, jobs, config_of)
     return (f"grid ({len(jobs)} runs into {cfg.hydra.sweep.dir}/): {grid_text(jobs)}\n"
+            f"packs (sweep.pack={cfg.sweep.pack}): {packs.text()}\n"
             "narrow it with e.g. seed=0 optim=adam; sweep.dry_run=true prints the plan and a "
             "time estimate and runs nothing")
+
 
 
 def parallel(cfg: DictConfig, runs: int) -> int:
@@ -176,14 +194,19 @@ def announce(line) -> None:
     cfg, jobs = line.cfg, line.jobs
     sweep_dir = Path(str(cfg.hydra.sweep.dir))
     finished = [f for f in line.folders() if nothing_left(f, int(cfg.train.steps))]
-    side_by_side = parallel(cfg, len(jobs))
+    packs = sweep_plan(cfg, jobs, lambda i: line.configs[i])
+    side_by_side = parallel(cfg, len(packs.packs))
     print(f"varexp sweep: {len(jobs)} runs into {sweep_dir}/ ({launcher(cfg)} launcher, "
-          f"{side_by_side} at a time)", flush=True)
+          f"{side_by_side} {'job' if packs.packed else 'run'}{'s' * (side_by_side > 1)} at a "
+          "time)", flush=True)
     print(f"  grid: {grid_text(jobs)}", flush=True)
+    print(f"  packs (sweep.pack={cfg.sweep.pack}): {packs.text()}", flush=True)
     if finished:
         print(f"  {len(finished)} finished run(s) there already: skipped", flush=True)
     if cfg.sweep.estimate:
-        print(f"  time: {estimate(line, len(jobs) - len(finished), side_by_side)}", flush=True)
+        told = (pack_job.estimate(line, packs, len(jobs) - len(finished), side_by_side)
+                if packs.packed else estimate(line, len(jobs) - len(finished), side_by_side))
+        print(f"  time: {told}", flush=True)
     if cfg.sweep.dry_run:
         print("sweep.dry_run=true: nothing was run")
         sys.exit(0)
@@ -312,7 +335,7 @@ def prepare(line) -> None:
     sweep_dir = Path(line.output_dir)
     searched = searching(line.cfg)  # an Optuna search picks its runs as it goes: no job list
     jobs = [] if searched else [
-        {"run_dir": folder.absolute().relative_to(sweep_dir.absolute()).as_posix(),
+        {"run_dir": relative(folder, sweep_dir),
          "identity": results.identity("train", job_cfg)}
         for folder, job_cfg in zip(line.folders(), line.configs, strict=True)]
     shutil.rmtree(sweep_dir / OUTCOMES, ignore_errors=True)
@@ -322,16 +345,35 @@ def prepare(line) -> None:
                sweep_dir / PLAN)
 
 
+def relative(folder: Path, sweep_dir: Path) -> str:
+    """A run folder as the plan and the outcomes name it: relative to the sweep's folder (its
+    path where a hydra.sweep.subdir leaves that folder)."""
+    try:
+        return Path(os.path.abspath(folder)).relative_to(os.path.abspath(sweep_dir)).as_posix()
+    except ValueError:
+        return os.path.abspath(folder)
+
+
+def job_number(plan: dict, rel: str, number: int) -> int:
+    """The plan's number of the job whose run folder is `rel`: the launch numbers a sweep's
+    packs and its runs that train alone in its own order (the longest first), the plan its
+    runs in the grid's."""
+    jobs = plan.get("jobs")
+    if not isinstance(jobs, list):  # a search: its jobs are numbered as they are asked
+        return number
+    mine = [i for i, job in enumerate(jobs) if isinstance(job, dict) and job.get("run_dir") == rel]
+    return number if not mine or number in mine else mine[0]
+
+
 def record_outcome(sweep_dir: Path, number: int, folder: Path, status: str,
                    error: str | None) -> None:
-    """How job `number` of the launch ended (status, and why it failed)."""
+    """How job `number` of the launch ended (status, and why it failed); a run folder that the
+    plan lists is recorded under the plan's number of its job."""
     plan = read_plan(sweep_dir)
     if plan is None:
         return
-    try:
-        rel = folder.absolute().relative_to(sweep_dir.absolute()).as_posix()
-    except ValueError:  # a hydra.sweep.subdir that leaves the sweep's folder
-        rel = str(folder)
+    rel = relative(folder, sweep_dir)
+    number = job_number(plan, rel, number)
     outcome = {"launch": plan["launch"], "run_dir": rel, "status": status, "error": error}
     try:
         write_json(outcome, sweep_dir / OUTCOMES / f"{number}.json")
@@ -359,15 +401,21 @@ def resumed(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
-def run(cfg: DictConfig) -> dict:
+def run(cfg: DictConfig) -> dict | list[dict]:
     """One job of the multirun: nothing to do if the run directory holds this run finished
     (and intact); otherwise train, continuing from its checkpoint if there is one. A folder
     whose run cannot continue as this config (another config's checkpoint, a finished run whose
     checkpoint is gone) is refused before anything in it is rewritten. How the job ended is
-    recorded for the launch's tables."""
+    recorded for the launch's tables. A pack job (hydra/sweeper=varexp launched it) does all
+    this for each of its runs (varexp.pack.job) and records each run's outcome."""
 
     hydra_cfg = HydraConfig.get()
     sweep_dir, folder = Path(hydra_cfg.sweep.dir), Path(hydra_cfg.runtime.output_dir)
+    if PACK_KEY in cfg:
+        try:
+            return pack_job.run(cfg)
+        finally:
+            report_progress(sweep_dir)
     status, reason = "failed", "ended without a result"
     try:
         with results.claim("sweep", cfg, accept=lambda run_dir: accept(cfg, run_dir)) as \
@@ -396,21 +444,50 @@ def accept(cfg: DictConfig, run_dir: Path) -> None:
         existing_run(resumed(cfg), run_dir)
 
 
+def finished_intact(cfg: DictConfig, run_dir: Path) -> dict | None:
+    """The summary of this very run, finished in run_dir with its metrics.csv intact: nothing
+    to train. None: it trains (a finished run whose metrics.csv is damaged is rewritten from
+    its checkpoint by varexp.train; without a checkpoint its files are moved aside first)."""
+    summary = read_summary(run_dir)
+    if not finished_here(summary, cfg):
+        return None
+    try:
+        METRICS.read_run(run_dir, summary)
+        log.info("skip %s: already %s", run_dir, summary["status"])
+        return summary
+    except VarexpError as damage:
+        if not checkpoint_path(run_dir).exists():
+            moved = move_aside(run_dir, keep=(LOCK, results.RECORD, HYDRA_RECORD,
+                                              f"{HydraConfig.get().job.name}.log"))
+            log.warning("%s, and there is no checkpoint to rewrite it from: the run's "
+                        "files moved to %s, and it trains again", damage, moved)
+    return None
+
+
+def failed(run_dir: Path, error: Exception) -> dict:
+    """A run that raised: the log says why, its summary.json says failed (a finished result
+    there stays as it was; this launch's job failed all the same)."""
+    if isinstance(error, VarexpError):  # e.g. a dead layer: one line is the whole story
+        log.error("run %s failed: %s", run_dir, error)
+        reason = str(error)
+    else:
+        log.exception("run %s failed", run_dir)
+        reason = f"{type(error).__name__}: {error}"
+    summary = read_summary(run_dir)
+    if summary is None or summary.get("status") not in FINISHED:
+        try:
+            write_json(dict(status="failed", error=reason), run_dir / "summary.json")
+        except OSError as err:  # e.g. the disk is full: the log says it
+            log.error("could not write %s: %s", run_dir / "summary.json", err)
+    return dict(status="failed", error=reason)
+
+
 def run_job(cfg: DictConfig, run_dir: Path) -> dict:
 
     check(cfg)
-    summary = read_summary(run_dir)
-    if finished_here(summary, cfg):
-        try:
-            METRICS.read_run(run_dir, summary)
-            log.info("skip %s: already %s", run_dir, summary["status"])
-            return summary
-        except VarexpError as damage:  # train() rewrites it from the checkpoint, if any
-            if not checkpoint_path(run_dir).exists():
-                moved = move_aside(run_dir, keep=(LOCK, results.RECORD, HYDRA_RECORD,
-                                                  f"{HydraConfig.get().job.name}.log"))
-                log.warning("%s, and there is no checkpoint to rewrite it from: the run's "
-                            "files moved to %s, and it trains again", damage, moved)
+    summary = finished_intact(cfg, run_dir)
+    if summary is not None:
+        return summary
     if checkpoint_path(run_dir).exists():
         log.info("continue %s from its checkpoint", run_dir)
     try:
@@ -420,20 +497,7 @@ def run_job(cfg: DictConfig, run_dir: Path) -> dict:
     except Stopped:  # train.stop_after or Ctrl-C: the run saved its checkpoint; stop the sweep
         raise
     except Exception as error:  # one broken run must not stop the other jobs of the sweep
-        if isinstance(error, VarexpError):  # e.g. a dead layer: one line is the whole story
-            log.error("run %s failed: %s", run_dir, error)
-            reason = str(error)
-        else:
-            log.exception("run %s failed", run_dir)
-            reason = f"{type(error).__name__}: {error}"
-        summary = read_summary(run_dir)
-        # a finished result there stays as it was; this launch's job failed all the same
-        if summary is None or summary.get("status") not in FINISHED:
-            try:
-                write_json(dict(status="failed", error=reason), run_dir / "summary.json")
-            except OSError as err:  # e.g. the disk is full: the log says it
-                log.error("could not write %s: %s", run_dir / "summary.json", err)
-        return dict(status="failed", error=reason)
+        return failed(run_dir, error)
 
 
 # ---------------------------------------------------------------------------------------------

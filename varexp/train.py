@@ -182,10 +182,16 @@ def reset_globals(seed: int, device: torch.device) -> None:
     torch.backends.cudnn.deterministic = False
 
 
+def loss_input(out: Tensor) -> Tensor:
+    """The model's output as the loss takes it: float32 at least (bf16 under train.amp),
+    float64 where the model computes in float64."""
+    return out if out.dtype == torch.float64 else out.float()
+
+
 def segmentation_loss(logits: Tensor, target: Tensor) -> Tensor:
     """Mean per-pixel BCE of the membrane logit; 2-class cross-entropy for two channels."""
-    if logits.shape[1] == 1:
-        return F.binary_cross_entropy_with_logits(logits, target)
+    if logits.shape[1] == 1:  # (the target's 0/1 in the logits' precision)
+        return F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype))
     return F.cross_entropy(logits, target[:, 0].long())
 
 
@@ -273,7 +279,10 @@ class Trainer:
     """The state of one training run and its files."""
 
     def __init__(self, cfg: DictConfig, run_dir: Path, info: DataInfo, saved: Checkpoint | None,
-                 verbose: bool = True):
+                 verbose: bool = True, stream: Stream | None = None,
+                 fixed_x: Tensor | None = None):
+        """`stream` and `fixed_x`: the training stream and the probe batch, when runs that share
+        them are trained together (varexp.pack); made here otherwise."""
 
         self.cfg, self.run_dir, self.info, self.verbose = cfg, run_dir, info, verbose
         self.device = devices.resolve(cfg.device)
@@ -286,9 +295,10 @@ class Trainer:
         self.model.to(self.device)
         self.loss_fn = F.cross_entropy if info.task == "classification" else segmentation_loss
         batch, seed, device = cfg.train.batch_size, cfg.seed, self.device
-        self.stream = Stream(cfg.dataset, arch, batch, seed, device=device)
-        self.fixed_x = fixed_batch(cfg.dataset, arch, cfg.train.probe_samples, seed, device,
-                                   key="train.probe_samples")
+        self.stream = stream if stream is not None else Stream(cfg.dataset, arch, batch, seed,
+                                                               device=device)
+        self.fixed_x = fixed_x if fixed_x is not None else fixed_batch(
+            cfg.dataset, arch, cfg.train.probe_samples, seed, device, key="train.probe_samples")
         # the layers a forward pass runs, in its order (a model not built from Units may
         # register them in another order, or use a layer's weights without calling it)
         self.layers = in_forward_order(self.model, self.fixed_x)[0]
@@ -305,8 +315,14 @@ class Trainer:
 
     def initialize(self) -> None:
         """Fresh run: initialize the weights (data-dependent inits fit on the first init.batches
-        training minibatches) and make the optimizer; resumed run: load every state instead."""
+        training minibatches) and make the optimizer; resumed run: load every state instead.
+        Then start the stream of training batches."""
+        self.initialize_state()
+        self.start_batches()
 
+    def initialize_state(self) -> None:
+        """initialize() without starting the training batches (the weights, the optimizer, the
+        rows of a resumed run)."""
         cfg = self.cfg
         saved = self.saved
         if saved is None:
@@ -328,12 +344,17 @@ class Trainer:
         if saved is not None:
             self.model.load_state_dict(saved.model)
             self.optimizer.load_state_dict(saved.optimizer)
-            self.stream.load_state_dict(saved.stream)
             self.metrics, self.ratios = saved_rows(saved)
             self.step, self.status = saved.step, saved.status
             self.past_wall, self.past_train = saved.seconds, saved.train_seconds
             self.init_forward_passes = saved.init_forward_passes
         self.logger = make_logger(cfg, self.run_dir, self.step, self.identity)
+
+    def start_batches(self) -> None:
+        """The stream of training batches, from where a resumed run's checkpoint left it."""
+        saved = self.saved
+        if saved is not None:
+            self.stream.load_state_dict(saved.stream)
         batches = iter(self.stream)
         first = next(batches)  # the DataLoader starts and draws from the global RNG here,
         if saved is not None:  # so restore the RNG after it
@@ -390,7 +411,7 @@ class Trainer:
                     x = x.contiguous(memory_format=torch.channels_last)
                 with amp:
                     out = self.forward(x)
-                loss = self.loss_fn(out.float(), y)
+                loss = self.loss_fn(loss_input(out), y)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if stats is not None:
@@ -437,6 +458,11 @@ class Trainer:
         if not pending:
             return True
         values = torch.stack([loss for _, _, loss, _ in pending]).cpu().tolist()
+        return self.record_losses(pending, values, lr)
+
+    def record_losses(self, pending: list[tuple[int, int, Tensor, float]], values: list[float],
+                      lr: float) -> bool:
+        """settle() with the pending losses already read (`values`, in order)."""
         rows = []
         for (s, epoch, _, seconds), value in zip(pending, values, strict=True):
             rows.append((s, epoch, value, lr, seconds))
@@ -549,18 +575,9 @@ def train(cfg: DictConfig, run_dir: str | Path, quiet: bool = False) -> dict:
     run_dir = Path(run_dir)
     check_writable(run_dir)
     saved = existing_run(cfg, run_dir)
-    if saved is not None and done(saved.status, saved.step, cfg.train.steps):
-        summary = read_summary(run_dir)
-        if summary is not None and summary.get("status") == saved.status:
-            try:
-                METRICS.read_run(run_dir, summary)
-            except VarexpError as damage:  # the checkpoint holds every row: write them again
-                metrics, ratios = saved_rows(saved)
-                METRICS.write(metrics, run_dir)
-                RATIOS.write(ratios, run_dir)
-                log.warning("%s; rewrote it from %s", damage, checkpoint_path(run_dir))
-            log.info("%s: already %s at step %d", run_dir, saved.status, saved.step)
-            return summary
+    summary = already_done(cfg, run_dir, saved)
+    if summary is not None:
+        return summary
     run = Trainer(cfg, run_dir, info, saved, verbose=not quiet)
     try:
         run.initialize()
@@ -594,6 +611,26 @@ def train(cfg: DictConfig, run_dir: str | Path, quiet: bool = False) -> dict:
         raise
     finally:
         run.logger.close()
+
+
+def already_done(cfg: DictConfig, run_dir: Path, saved: Checkpoint | None) -> dict | None:
+    """The summary of a run its checkpoint `saved` says has ended at train.steps (its
+    metrics.csv and ratios.csv written again from the checkpoint if damaged), or None: it
+    trains."""
+    if saved is None or not done(saved.status, saved.step, cfg.train.steps):
+        return None
+    summary = read_summary(run_dir)
+    if summary is None or summary.get("status") != saved.status:
+        return None
+    try:
+        METRICS.read_run(run_dir, summary)
+    except VarexpError as damage:  # the checkpoint holds every row: write them again
+        metrics, ratios = saved_rows(saved)
+        METRICS.write(metrics, run_dir)
+        RATIOS.write(ratios, run_dir)
+        log.warning("%s; rewrote it from %s", damage, checkpoint_path(run_dir))
+    log.info("%s: already %s at step %d", run_dir, saved.status, saved.step)
+    return summary
 
 
 def resume_command(run_dir: Path) -> str:
