@@ -13,6 +13,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from hydra_plugins.varexp_sweeper import pack_sweeper
 from varexp import compose, devices, results, search
 from varexp.commands import COMMANDS, command_module
 from varexp.errors import VarexpError, did_you_mean
@@ -213,6 +214,9 @@ def complete_shell(args: list[str]) -> None:
 def run_hydra(command: str, args: list[str], program: str | None = None) -> None:
 
     command_module(command)  # it registers its own section (theory:, probe:, ...) with Hydra
+    # again here: a launcher that ran jobs in this process (submitit's) leaves Hydra's plugin
+    # registry as its pickled copy, without the sweeper an editable install's scan cannot list
+    pack_sweeper.register()
     sys.argv = [program or f"varexp {command}", *args]
     app = hydra.main(config_path="pkg://varexp.conf", config_name=command, version_base="1.3")
     app(lambda cfg: dispatch(command, cfg))()
