@@ -64,7 +64,7 @@ from varexp.schema import choice, flag, integer, number, option, store, validate
 from varexp.search import Scored, searching, trials_to_run
 from varexp.stop import output_closed
 from varexp.threads import auto_threads, available_cores
-from varexp.train import Stopped, existing_run, train
+from varexp.train import Stopped, existing_run, timing_config, train
 from varexp.train import check as check_train
 
 log = logging.getLogger("varexp.sweep")
@@ -253,15 +253,8 @@ def calibrate(cfg: DictConfig, threads: int, steps: int = 6) -> tuple[float, flo
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        with open_dict(cfg), tempfile.TemporaryDirectory() as tmp:
-            cfg.train.steps = steps
-            cfg.train.checkpoint_every = steps
-            cfg.train.progress = False
-            cfg.train.stop_after = None
-            cfg.resume = False
-            if "logger" in cfg:  # a timing run is nobody's result: no MLflow or W&B run
-                del cfg["logger"]
-            summary = train(cfg, Path(tmp), quiet=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            summary = train(timing_config(cfg, steps), Path(tmp), quiet=True)
             seconds = METRICS.read_run(Path(tmp), summary)["seconds"].to_numpy()
     finally:
         torch.set_num_threads(saved)

@@ -19,6 +19,7 @@ A non-finite loss ends the run as `diverged` (a result, exit 0).
 
 from __future__ import annotations
 
+import copy
 import itertools
 import logging
 import math
@@ -38,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 from torch import Tensor, nn
 from tqdm import tqdm
 
@@ -169,6 +170,22 @@ def check_memory(cfg: DictConfig, info: DataInfo) -> None:
     else:
         memory.refuse_parts(resident, transient, device, "a training run")
         memory.refuse_parts([data], [], torch.device("cpu"), "a training run's data")
+
+
+def timing_config(cfg: DictConfig, steps: int) -> DictConfig:
+    """A copy of `cfg` for a short timing run (a sweep's estimate): `steps` steps, saved once at
+    the end, no progress bar, no resume, and no logger (a timing run is nobody's result: no
+    MLflow or W&B run)."""
+    cfg = copy.deepcopy(cfg)
+    with open_dict(cfg):
+        cfg.train.steps = steps
+        cfg.train.checkpoint_every = steps
+        cfg.train.progress = False
+        cfg.train.stop_after = None
+        cfg.resume = False
+        if "logger" in cfg:
+            del cfg["logger"]
+    return cfg
 
 
 def reset_globals(seed: int, device: torch.device) -> None:

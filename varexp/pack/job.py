@@ -39,7 +39,7 @@ from varexp.pack.plan import PACK_KEY, Plan, decode, fitting, key_of, member_ove
 from varexp.pack.trainer import PackRun, train_pack
 from varexp.results.checkpoint import checkpoint_path
 from varexp.threads import auto_threads
-from varexp.train import Stopped, already_done, check_writable, existing_run
+from varexp.train import Stopped, already_done, check_writable, existing_run, timing_config
 
 log = logging.getLogger("varexp.sweep")
 
@@ -304,15 +304,7 @@ def calibrate(cfgs: list[DictConfig], threads: int, steps: int = 6) -> tuple[flo
         with tempfile.TemporaryDirectory() as tmp:
             runs = []
             for k, cfg in enumerate(cfgs):
-                cfg = copy.deepcopy(cfg)
-                with open_dict(cfg):
-                    cfg.train.steps = steps
-                    cfg.train.checkpoint_every = steps
-                    cfg.train.progress = False
-                    cfg.train.stop_after = None
-                    cfg.resume = False
-                    if "logger" in cfg:  # a timing run is nobody's result: no MLflow or W&B run
-                        del cfg["logger"]
+                cfg = timing_config(cfg, steps)
                 folder = Path(tmp) / str(k)
                 folder.mkdir()
                 runs.append(PackRun(cfg, folder, data_info(cfg.dataset, cfg.arch), None))
