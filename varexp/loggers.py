@@ -203,6 +203,14 @@ class Buffered(Logger):
             self.sent = steps[-1]
         self.rows.clear()
 
+    def commit_final(self, step: int, names: list[str], stats: list[list[float]] | None) -> None:
+        """Send the rows left, then the ratios of the final parameters at `step` (the MLflow
+        and W&B loggers end this way)."""
+        self.commit()
+        if stats is not None:
+            self.rows[step] = ratio_scalars(step, names, stats, None)
+            self.commit()
+
     def send(self, rows: list[tuple[int, dict[str, float]]]) -> None:
         raise NotImplementedError
 
@@ -271,10 +279,7 @@ class MLflow(Buffered):
 
     def finish(self, summary: dict, step: int, names: list[str],
                stats: list[list[float]] | None) -> None:
-        self.commit()
-        if stats is not None:
-            self.rows[step] = ratio_scalars(step, names, stats, None)
-            self.commit()
+        self.commit_final(step, names, stats)
         loss = summary.get("final_loss")
         if loss is not None:
             self.client.log_metric(self.run_id, "final_loss", loss, step=step)
@@ -318,10 +323,7 @@ class Wandb(Buffered):
 
     def finish(self, summary: dict, step: int, names: list[str],
                stats: list[list[float]] | None) -> None:
-        self.commit()
-        if stats is not None:
-            self.rows[step] = ratio_scalars(step, names, stats, None)
-            self.commit()
+        self.commit_final(step, names, stats)
         self.run.summary["final_loss"] = summary.get("final_loss")
         self.run.summary["status"] = summary["status"]
 
