@@ -39,13 +39,23 @@ from varexp.train import reset_globals, segmentation_loss, train
 
 MODELS = {
     "allcnnc x1, batch 128, sgd": ["task=shapes", "arch.channels=1", "train.batch_size=128"],
-    "unet x1, 4 x 256x256, adam": ["task=membranes", "arch.channels=1", "dataset.crop=256",
-                                   "train.batch_size=4", "optim=adam"],
+    "unet x1, 4 x 256x256, adam": [
+        "task=membranes",
+        "arch.channels=1",
+        "dataset.crop=256",
+        "train.batch_size=4",
+        "optim=adam",
+    ],
 }
 QUICK = {
     "allcnnc x0.125, batch 32, sgd": ["task=shapes", "train.batch_size=32"],
-    "unet x0.0625, 2 x 64x64, adam": ["task=membranes", "arch.channels=0.0625",
-                                      "dataset.crop=64", "train.batch_size=2", "optim=adam"],
+    "unet x0.0625, 2 x 64x64, adam": [
+        "task=membranes",
+        "arch.channels=0.0625",
+        "dataset.crop=64",
+        "train.batch_size=2",
+        "optim=adam",
+    ],
 }
 VARIANTS = {
     "fp32": [],
@@ -58,10 +68,20 @@ VARIANTS = {
 
 def config(case: list[str], variant: list[str], steps: int, device: str):
     with initialize_config_module("varexp.conf", version_base="1.3"):
-        return compose("train", overrides=[
-            *case, *variant, "init=scale+bias", f"device={device}", "dataset.pipeline=auto",
-            f"train.steps={steps}", "train.ratio_every=100", "train.checkpoint_every=100000",
-            "train.progress=false"])
+        return compose(
+            "train",
+            overrides=[
+                *case,
+                *variant,
+                "init=scale+bias",
+                f"device={device}",
+                "dataset.pipeline=auto",
+                f"train.steps={steps}",
+                "train.ratio_every=100",
+                "train.checkpoint_every=100000",
+                "train.progress=false",
+            ],
+        )
 
 
 def sync(device: torch.device) -> None:
@@ -82,8 +102,9 @@ def bare(cfg, device: torch.device) -> float:
         model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model.parameters(), cfg.optim)
     forward = torch.compile(model) if cfg.train.compile else model
-    loss_fn = torch.nn.functional.cross_entropy if info.task == "classification" \
-        else segmentation_loss
+    loss_fn = (
+        torch.nn.functional.cross_entropy if info.task == "classification" else segmentation_loss
+    )
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.train.amp else nullcontext()
     steps, warm = cfg.train.steps, cfg.train.steps // 3
     for step in range(steps):
@@ -117,14 +138,23 @@ def varexp_train(cfg) -> tuple[float, float]:
 
 
 def probe_crossover(device: torch.device, widths: list[int], depth: int, samples: int) -> None:
-    print(f"\nprobe, one kaiming MLP of depth {depth}, T = {samples}, with gradients "
-          "(median of 3 networks)\n")
+    print(
+        f"\nprobe, one kaiming MLP of depth {depth}, T = {samples}, with gradients "
+        "(median of 3 networks)\n"
+    )
     print("| width | dense s | sampled s | dense / sampled |")
     print("|---|---|---|---|")
     for width in widths:
         with initialize_config_module("varexp.conf", version_base="1.3"):
-            cfg = compose("probe", overrides=[f"arch.width={width}", f"arch.depth={depth}",
-                                              f"probe.samples={samples}", f"device={device}"])
+            cfg = compose(
+                "probe",
+                overrides=[
+                    f"arch.width={width}",
+                    f"arch.depth={depth}",
+                    f"probe.samples={samples}",
+                    f"device={device}",
+                ],
+            )
         x = torch.randn(samples, width, device=device)
         seconds = {}
         for method in ("dense", "sampled"):
@@ -137,14 +167,20 @@ def probe_crossover(device: torch.device, widths: list[int], depth: int, samples
                 sync(device)
                 times.append(time.perf_counter() - start)
             seconds[method] = sorted(times)[1]
-        print(f"| {width} | {seconds['dense']:.3f} | {seconds['sampled']:.3f} | "
-              f"{seconds['dense'] / seconds['sampled']:.2f} |", flush=True)
+        print(
+            f"| {width} | {seconds['dense']:.3f} | {seconds['sampled']:.3f} | "
+            f"{seconds['dense'] / seconds['sampled']:.2f} |",
+            flush=True,
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda",
-                        help="cuda (default), cuda:N, or cpu (with --quick: a smoke run)")
+    parser.add_argument(
+        "--device",
+        default="cuda",
+        help="cuda (default), cuda:N, or cpu (with --quick: a smoke run)",
+    )
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--quick", action="store_true", help="toy sizes, 30 steps")
@@ -152,16 +188,23 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        print("bench_gpu: no CUDA device here (torch.cuda.is_available() is False); it times the "
-              "GPU path: run it on a GPU machine, or `python bench/bench_gpu.py --quick --device "
-              "cpu` for a smoke run at toy sizes", file=sys.stderr)
+        print(
+            "bench_gpu: no CUDA device here (torch.cuda.is_available() is False); it times the "
+            "GPU path: run it on a GPU machine, or `python bench/bench_gpu.py --quick --device "
+            "cpu` for a smoke run at toy sizes",
+            file=sys.stderr,
+        )
         sys.exit(2)
     models, steps = (QUICK, 30) if args.quick else (MODELS, args.steps)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"{name}; torch {torch.__version__}; {steps} steps, rates over the last two thirds\n",
-          flush=True)
-    print("| model | variant | bare steps/s | varexp train steps/s | images/s | overhead | "
-          "start-up s |")
+    print(
+        f"{name}; torch {torch.__version__}; {steps} steps, rates over the last two thirds\n",
+        flush=True,
+    )
+    print(
+        "| model | variant | bare steps/s | varexp train steps/s | images/s | overhead | "
+        "start-up s |"
+    )
     print("|---|---|---|---|---|---|---|")
     for label, case in models.items():
         for variant in args.variants.split(","):
@@ -172,12 +215,18 @@ def main() -> None:
             except Exception as err:  # e.g. compile without a compiler on this machine
                 if interrupted(err):  # Ctrl-C: the benchmark stops (run_benchmark)
                     raise
-                print(f"| {label} | {variant} | failed: {type(err).__name__}: "
-                      f"{str(err).splitlines()[0][:80]} | | | | |", flush=True)
+                print(
+                    f"| {label} | {variant} | failed: {type(err).__name__}: "
+                    f"{str(err).splitlines()[0][:80]} | | | | |",
+                    flush=True,
+                )
                 continue
             images = ours * cfg.train.batch_size
-            print(f"| {label} | {variant} | {theirs:.1f} | {ours:.1f} | {images:.0f} | "
-                  f"{theirs / ours - 1:+.1%} | {startup:.1f} |", flush=True)
+            print(
+                f"| {label} | {variant} | {theirs:.1f} | {ours:.1f} | {images:.0f} | "
+                f"{theirs / ours - 1:+.1%} | {startup:.1f} |",
+                flush=True,
+            )
     if not args.no_probe:
         widths = [200, 500] if args.quick else [500, 1000, 2000, 3000, 6000]
         probe_crossover(device, widths, 10 if args.quick else 50, 100)

@@ -49,8 +49,14 @@ def registry_case(arch: str, overrides: dict, shape: tuple[int, ...], samples: i
     """A model of varexp.models' registry (the arch=<arch> option with `overrides`)."""
     cfg = dataclasses.replace(ARCHS[arch](), **overrides)
     label = f"{arch} x{getattr(cfg, 'channels', 1)} @{'x'.join(map(str, shape[1:]))}"
-    return Case(label, lambda init: build_model(
-        dataclasses.replace(cfg, norm=inits.INITS[init].norm), shape, None), shape, samples)
+    return Case(
+        label,
+        lambda init: build_model(
+            dataclasses.replace(cfg, norm=inits.INITS[init].norm), shape, None
+        ),
+        shape,
+        samples,
+    )
 
 
 def best_seconds(

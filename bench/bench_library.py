@@ -46,18 +46,23 @@ def main() -> None:
         plain = min(plain, best_seconds(forward, 1))
         train = min(train, best_seconds(train_forward, 1))
         with_grad = min(with_grad, best_seconds(lambda: varexp.probe(model, x), 1))
-        without_grad = min(without_grad,
-                           best_seconds(lambda: varexp.probe(model, x, grad=False), 1))
-    print(f"{args.model}, T = {args.samples}, {args.size}x{args.size}, torch "
-          f"{torch.__version__}, {torch.get_num_threads()} threads, best of {args.repeats}\n")
+        without_grad = min(
+            without_grad, best_seconds(lambda: varexp.probe(model, x, grad=False), 1)
+        )
+    print(
+        f"{args.model}, T = {args.samples}, {args.size}x{args.size}, torch "
+        f"{torch.__version__}, {torch.get_num_threads()} threads, best of {args.repeats}\n"
+    )
     print("| call | seconds | forward-pass equivalents |")
     print("|---|---|---|")
     print(f"| model(x), eval, no autograd | {plain:.2f} | 1 |")
-    print(f"| model(x), train mode (batch statistics, autograd) | {train:.2f} | "
-          f"{train / plain:.2f} |")
+    print(
+        f"| model(x), train mode (batch statistics, autograd) | {train:.2f} | {train / plain:.2f} |"
+    )
     print(f"| varexp.probe(model, x) | {with_grad:.2f} | {with_grad / plain:.2f} |")
-    print(f"| varexp.probe(model, x, grad=False) | {without_grad:.2f} | "
-          f"{without_grad / plain:.2f} |")
+    print(
+        f"| varexp.probe(model, x, grad=False) | {without_grad:.2f} | {without_grad / plain:.2f} |"
+    )
 
 
 if __name__ == "__main__":

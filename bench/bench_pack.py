@@ -47,15 +47,21 @@ from varexp.pack.stacked import Stack
 from varexp.pack.trainer import PackRun, train_pack
 from varexp.train import Trainer
 
-MLP_SWEEP = ["arch=mlp", "arch.width=64", "arch.depth=4", "dataset=gaussian", "train.steps=200",
-             "seed=0", "hydra/launcher=basic"]
+MLP_SWEEP = [
+    "arch=mlp",
+    "arch.width=64",
+    "arch.depth=4",
+    "dataset=gaussian",
+    "train.steps=200",
+    "seed=0",
+    "hydra/launcher=basic",
+]
 BARE = {
     "mlp 64x4, batch 32": ["arch=mlp", "arch.width=64", "arch.depth=4", "dataset=gaussian"],
     "mlp 128x4, batch 32": ["arch=mlp", "arch.width=128", "arch.depth=4", "dataset=gaussian"],
     "mlp 256x4, batch 32": ["arch=mlp", "arch.width=256", "arch.depth=4", "dataset=gaussian"],
     "mlp 1000x4, batch 32": ["arch=mlp", "arch.width=1000", "arch.depth=4", "dataset=gaussian"],
-    "allcnnc x1/16, 32x32, batch 8": ["task=shapes", "arch.channels=0.0625",
-                                      "train.batch_size=8"],
+    "allcnnc x1/16, 32x32, batch 8": ["task=shapes", "arch.channels=0.0625", "train.batch_size=8"],
     "allcnnc x1/16, 32x32, batch 32": ["task=shapes", "arch.channels=0.0625"],
     "allcnnc x1/8, 32x32, batch 32 (default)": ["task=shapes"],
     "unet x1/32, 64x64, batch 8": ["task=membranes", "arch.channels=0.03125"],
@@ -65,8 +71,12 @@ BARE = {
 }
 GPU = {
     "allcnnc x1, batch 128": ["task=shapes", "arch.channels=1", "train.batch_size=128"],
-    "unet x1, 4 x 256x256": ["task=membranes", "arch.channels=1", "dataset.crop=256",
-                             "train.batch_size=4"],
+    "unet x1, 4 x 256x256": [
+        "task=membranes",
+        "arch.channels=1",
+        "dataset.crop=256",
+        "train.batch_size=4",
+    ],
 }
 PRECISIONS = {"fp32": [], "bf16": ["train.amp=true"], "channels-last": ["train.channels_last=true"]}
 
@@ -87,8 +97,12 @@ def config(overrides: list[str]):
 def sweep_seconds(args: list[str]) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "varexp", "sweep", *args], cwd=tmp,
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", "varexp", "sweep", *args],
+            cwd=tmp,
+            capture_output=True,
+            text=True,
+        )
         seconds = time.perf_counter() - start
         if proc.returncode != 0:
             raise SystemExit(f"varexp sweep {' '.join(args)} failed:\n{proc.stderr[-2000:]}")
@@ -105,14 +119,15 @@ def alternate(sides: dict[str, list[str]], repeats: int) -> dict[str, list[float
 
 def bench_sweep(repeats: int) -> None:
     print(f"\n### sweep of 24 runs (64x4 MLP, batch 32, 200 steps, basic launcher), load {load()}")
-    times = alternate({"packed (auto)": MLP_SWEEP, "off": [*MLP_SWEEP, "sweep.pack=off"]},
-                      repeats)
+    times = alternate({"packed (auto)": MLP_SWEEP, "off": [*MLP_SWEEP, "sweep.pack=off"]}, repeats)
     print(f"(load after: {load()})\n")
     print("| sweep.pack | wall s (each run) | best | vs off |\n|---|---|---|---|")
     off = min(times["off"])
     for name, values in times.items():
-        print(f"| {name} | {', '.join(f'{v:.1f}' for v in values)} | {min(values):.1f} | "
-              f"{off / min(values):.2f}x |")
+        print(
+            f"| {name} | {', '.join(f'{v:.1f}' for v in values)} | {min(values):.1f} | "
+            f"{off / min(values):.2f}x |"
+        )
 
 
 def bench_defaults(repeats: int, steps: int | None, which: list[str]) -> None:
@@ -121,15 +136,19 @@ def bench_defaults(repeats: int, steps: int | None, which: list[str]) -> None:
     short = [f"train.steps={steps}", "train.ratio_every=10", "seed=0"] if steps else []
     length = f"{steps} steps, seed 0" if steps else "as written"
     print(f"\n### default sweeps, auto vs off ({length}), load {load()}")
-    cases = {"varexp sweep": short,
-             "experiment=figure4_quick": ["experiment=figure4_quick", *short]}
+    cases = {
+        "varexp sweep": short,
+        "experiment=figure4_quick": ["experiment=figure4_quick", *short],
+    }
     cases = {name: args for name, args in cases.items() if name.split("=")[-1] in which}
     print("| command | auto s | off s | off / auto |\n|---|---|---|---|")
     for name, args in cases.items():
         times = alternate({"auto": args, "off": [*args, "sweep.pack=off"]}, repeats)
         auto, off = min(times["auto"]), min(times["off"])
-        print(f"| {name} | {', '.join(f'{v:.1f}' for v in times['auto'])} | "
-              f"{', '.join(f'{v:.1f}' for v in times['off'])} | {off / auto:.2f}x |")
+        print(
+            f"| {name} | {', '.join(f'{v:.1f}' for v in times['auto'])} | "
+            f"{', '.join(f'{v:.1f}' for v in times['off'])} | {off / auto:.2f}x |"
+        )
     print(f"(load after: {load()})")
 
 
@@ -142,16 +161,18 @@ def trainers(overrides: list[str], runs: int, device: str, tmp: Path) -> list[Tr
     optims = [("sgd", 1e-3), ("adam", 1e-4)]
     for k in range(runs):
         optim, lr = optims[k % 2]
-        cfg = config([*overrides, f"optim={optim}", f"optim.lr={lr}", f"device={device}",
-                      "init=kaiming"])
+        cfg = config(
+            [*overrides, f"optim={optim}", f"optim.lr={lr}", f"device={device}", "init=kaiming"]
+        )
         trainer = Trainer(cfg, tmp, data_info(cfg.dataset, cfg.arch), None, verbose=False)
         trainer.initialize_state()
         out.append(trainer)
     return out
 
 
-def bare_times(overrides: list[str], runs: int, repeats: int, steps: int
-               ) -> tuple[int, float, float]:
+def bare_times(
+    overrides: list[str], runs: int, repeats: int, steps: int
+) -> tuple[int, float, float]:
     """(multiply-adds per run-step, seconds of a loop over the models' steps, seconds of the
     stacked step), best of `repeats`, alternating."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -184,17 +205,23 @@ def bare_times(overrides: list[str], runs: int, repeats: int, steps: int
 
 
 def bench_bare(runs: int, repeats: int) -> None:
-    print(f"\n### one step of {runs} runs: a loop over the models vs the stacked step, "
-          f"{torch.get_num_threads()} thread(s), load {load()}\n")
+    print(
+        f"\n### one step of {runs} runs: a loop over the models vs the stacked step, "
+        f"{torch.get_num_threads()} thread(s), load {load()}\n"
+    )
     print("| model | multiply-adds per run-step | loop ms | stacked ms | loop / stacked |")
     print("|---|---|---|---|---|")
     for name, overrides in BARE.items():
         macs, a, b = bare_times(overrides, runs, repeats, 20 if "mlp" in name else 2)
-        print(f"| {name} | {macs / 1e6:.1f}M | {a * 1e3:.1f} | {b * 1e3:.1f} | {a / b:.2f}x |",
-              flush=True)
+        print(
+            f"| {name} | {macs / 1e6:.1f}M | {a * 1e3:.1f} | {b * 1e3:.1f} | {a / b:.2f}x |",
+            flush=True,
+        )
     rule = ", ".join(f"{arch} {macs / 1e6:.0f}M" for arch, macs in CPU_PACK_MACS.items())
-    print(f"\nsweep.pack=auto packs CPU runs up to these multiply-adds per step: {rule}, and no "
-          f"{' or '.join(name for name, _ in CPU_UNPACKED.values())} run (load after: {load()})")
+    print(
+        f"\nsweep.pack=auto packs CPU runs up to these multiply-adds per step: {rule}, and no "
+        f"{' or '.join(name for name, _ in CPU_UNPACKED.values())} run (load after: {load()})"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -206,17 +233,33 @@ def pack_rate(overrides: list[str], runs: int, steps: int, tmp: Path) -> tuple[f
     cfgs = []
     for k in range(runs):
         optim, lr = [("sgd", 1e-3), ("adam", 1e-4)][k % 2]
-        cfgs.append(config([*overrides, f"optim={optim}", f"optim.lr={lr}", "device=cuda",
-                            "init=scale+bias", f"train.steps={steps}",
-                            f"train.ratio_every={steps}", f"train.checkpoint_every={steps}",
-                            "train.progress=false"]))
+        cfgs.append(
+            config(
+                [
+                    *overrides,
+                    f"optim={optim}",
+                    f"optim.lr={lr}",
+                    "device=cuda",
+                    "init=scale+bias",
+                    f"train.steps={steps}",
+                    f"train.ratio_every={steps}",
+                    f"train.checkpoint_every={steps}",
+                    "train.progress=false",
+                ]
+            )
+        )
     folders = []
     for k in range(runs):
         folders.append(tmp / f"{runs}-{k}")
         folders[-1].mkdir()
     start = time.perf_counter()
-    train_pack([PackRun(c, f, data_info(c.dataset, c.arch), None)
-                for c, f in zip(cfgs, folders, strict=True)], verbose=False)
+    train_pack(
+        [
+            PackRun(c, f, data_info(c.dataset, c.arch), None)
+            for c, f in zip(cfgs, folders, strict=True)
+        ],
+        verbose=False,
+    )
     wall = time.perf_counter() - start
     seconds = pd.read_csv(folders[0] / "metrics.csv")["seconds"]
     third = len(seconds) // 3
@@ -229,8 +272,10 @@ def bench_gpu(steps: int, sizes: list[int]) -> None:
     print(f"\n### packs on {name}, {steps} steps each (steady state: the last two thirds)\n")
     for model, overrides in GPU.items():
         images = int(next(o for o in overrides if o.startswith("train.batch_size")).split("=")[1])
-        print(f"\n{model}\n\n| precision | runs per pack | run-steps/s | images/s | vs 1 run "
-              "| start-up s | Fig. 4 grid (72 runs x 20k steps), GPU-hours |")
+        print(
+            f"\n{model}\n\n| precision | runs per pack | run-steps/s | images/s | vs 1 run "
+            "| start-up s | Fig. 4 grid (72 runs x 20k steps), GPU-hours |"
+        )
         print("|---|---|---|---|---|---|---|")
         for precision, extra in PRECISIONS.items():
             one = None
@@ -244,8 +289,11 @@ def bench_gpu(steps: int, sizes: list[int]) -> None:
                         continue
                 one = one or rate / runs
                 hours = 72 * 20000 / rate / 3600
-                print(f"| {precision} | {runs} | {rate:.1f} | {rate * images:.0f} | "
-                      f"{rate / one:.2f}x | {startup:.1f} | {hours:.2f} |", flush=True)
+                print(
+                    f"| {precision} | {runs} | {rate:.1f} | {rate * images:.0f} | "
+                    f"{rate / one:.2f}x | {startup:.1f} | {hours:.2f} |",
+                    flush=True,
+                )
 
 
 def main() -> None:
@@ -253,10 +301,17 @@ def main() -> None:
     parser.add_argument("--only", choices=("sweep", "bare", "defaults"))
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--runs", type=int, default=24)
-    parser.add_argument("--default-steps", type=int, default=20,
-                        help="cut the default sweeps to this many steps and seed 0 (0: as written)")
-    parser.add_argument("--defaults", default="varexp sweep,figure4_quick",
-                        help="which default sweeps: 'varexp sweep' and/or figure4_quick")
+    parser.add_argument(
+        "--default-steps",
+        type=int,
+        default=20,
+        help="cut the default sweeps to this many steps and seed 0 (0: as written)",
+    )
+    parser.add_argument(
+        "--defaults",
+        default="varexp sweep,figure4_quick",
+        help="which default sweeps: 'varexp sweep' and/or figure4_quick",
+    )
     parser.add_argument("--gpu", action="store_true")
     parser.add_argument("--steps", type=int, default=150, help="GPU: steps per pack")
     parser.add_argument("--sizes", default="1,4,8,16,24", help="GPU: runs per pack")

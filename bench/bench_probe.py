@@ -58,8 +58,13 @@ def varexp_probe(args: list[str], folder: str) -> tuple[float, float | None]:
 
 
 def cli(width: int, depth: int, samples: int, networks: int, rounds: int) -> None:
-    base = ["arch=mlp", f"arch.width={width}", f"arch.depth={depth}",
-            f"probe.networks={networks}", f"probe.samples={samples}"]
+    base = [
+        "arch=mlp",
+        f"arch.width={width}",
+        f"arch.depth={depth}",
+        f"probe.networks={networks}",
+        f"probe.samples={samples}",
+    ]
     runs = {
         "sampled": base,
         "dense": [*base, "probe.method=dense"],
@@ -80,21 +85,28 @@ def cli(width: int, depth: int, samples: int, networks: int, rounds: int) -> Non
             walls[name].append(wall)
             loads += [before, after]
             own_text = f"{own:.1f}" if own is not None else ""
-            print(f"| {round_} | {name} | {before:.2f} | {wall:.1f} | {own_text} | "
-                  f"{after:.2f} |", flush=True)
-    print("\n| round | dense / sampled, end to end | sampled s per network (beyond 1) | "
-          "fixed s (1 network) |")
+            print(
+                f"| {round_} | {name} | {before:.2f} | {wall:.1f} | {own_text} | {after:.2f} |",
+                flush=True,
+            )
+    print(
+        "\n| round | dense / sampled, end to end | sampled s per network (beyond 1) | "
+        "fixed s (1 network) |"
+    )
     print("|---|---|---|---|")
     for i in range(rounds):
         sampled, dense, one = (walls[k][i] for k in runs)
         per = (sampled - one) / (networks - 1) if networks > 1 else float("nan")
         print(f"| {i + 1} | **{dense / sampled:.1f}x** | {per:.3f} | {one:.1f} |")
-    print(f"\nload average over the runs: {min(loads):.2f} to {max(loads):.2f} on "
-          f"{os.cpu_count()} cores")
+    print(
+        f"\nload average over the runs: {min(loads):.2f} to {max(loads):.2f} on "
+        f"{os.cpu_count()} cores"
+    )
 
 
-def run_path(path: str, width: int, depth: int, samples: int, networks: int, threads: int | None,
-             queue) -> None:
+def run_path(
+    path: str, width: int, depth: int, samples: int, networks: int, threads: int | None, queue
+) -> None:
     """In a child process: `networks` random Kaiming MLPs by `path` on `threads` torch threads
     (None: torch's default); seconds per network, ratio and grad_sq per layer, peak RSS before
     and after, load before and after."""
@@ -114,21 +126,28 @@ def run_path(path: str, width: int, depth: int, samples: int, networks: int, thr
             torch.manual_seed(i)
             model = MLP(width, width, depth)
             initialize(model, OmegaConf.create({"name": "kaiming"}), "relu")
-            rows_of.append(network_stats(model, x, grad=True,
-                                         generator=torch.Generator().manual_seed(i))[0])
+            rows_of.append(
+                network_stats(model, x, grad=True, generator=torch.Generator().manual_seed(i))[0]
+            )
             del model
     else:
         generators = [torch.Generator().manual_seed(i) for i in range(networks)]
         results = sorted(sampled_probe(x, depth, width, generators), key=lambda r: r[0])
         rows_of = [rows for _, rows, _ in results]
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-    queue.put(dict(
-        seconds=seconds / networks, cpu=cpu / networks, before=before, after=load(), base=base,
-        peak=peak_mb(),
-        threads=torch.get_num_threads(),
-        ratio=np.array([[r["ratio"].item() for r in rows] for rows in rows_of]),
-        grad=np.array([[r["grad_sq"].item() for r in rows] for rows in rows_of]),
-    ))
+    queue.put(
+        dict(
+            seconds=seconds / networks,
+            cpu=cpu / networks,
+            before=before,
+            after=load(),
+            base=base,
+            peak=peak_mb(),
+            threads=torch.get_num_threads(),
+            ratio=np.array([[r["ratio"].item() for r in rows] for rows in rows_of]),
+            grad=np.array([[r["grad_sq"].item() for r in rows] for rows in rows_of]),
+        )
+    )
 
 
 def in_child(*args) -> dict:
@@ -146,12 +165,23 @@ def mean_se(a: np.ndarray) -> str:
     return f"{a.mean():.3f} ± {se:.3f}"
 
 
-def in_process(width: int, depth: int, samples: int, networks: int, dense_networks: int,
-               rounds: int, threads: int | None) -> None:
-    print(f"\n### In-process: width {width}, depth {depth}, T {samples}; sampled_probe of "
-          f"{networks} networks, dense of {dense_networks}; torch {torch.__version__}\n")
-    print("| round | path | threads | load before | s / network | CPU s / network | load after "
-          "| peak RSS MB (over imports) |")
+def in_process(
+    width: int,
+    depth: int,
+    samples: int,
+    networks: int,
+    dense_networks: int,
+    rounds: int,
+    threads: int | None,
+) -> None:
+    print(
+        f"\n### In-process: width {width}, depth {depth}, T {samples}; sampled_probe of "
+        f"{networks} networks, dense of {dense_networks}; torch {torch.__version__}\n"
+    )
+    print(
+        "| round | path | threads | load before | s / network | CPU s / network | load after "
+        "| peak RSS MB (over imports) |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     runs = {"sampled": [], "dense": []}
     for round_ in range(1, rounds + 1):
@@ -160,24 +190,33 @@ def in_process(width: int, depth: int, samples: int, networks: int, dense_networ
             count = networks if path == "sampled" else dense_networks
             r = in_child(path, width, depth, samples, count, threads)
             runs[path].append(r)
-            print(f"| {round_} | {path} | {r['threads']} | {r['before']:.2f} | "
-                  f"{r['seconds']:.3f} | {r['cpu']:.3f} | {r['after']:.2f} | {r['peak']:.0f} "
-                  f"({r['peak'] - r['base']:.0f}) |", flush=True)
+            print(
+                f"| {round_} | {path} | {r['threads']} | {r['before']:.2f} | "
+                f"{r['seconds']:.3f} | {r['cpu']:.3f} | {r['after']:.2f} | {r['peak']:.0f} "
+                f"({r['peak'] - r['base']:.0f}) |",
+                flush=True,
+            )
     print("\n| round | dense / sampled, per network | in CPU seconds |")
     print("|---|---|---|")
     for i in range(rounds):
         dense, sampled = runs["dense"][i], runs["sampled"][i]
-        print(f"| {i + 1} | **{dense['seconds'] / sampled['seconds']:.1f}x** | "
-              f"{dense['cpu'] / sampled['cpu']:.1f}x |")
+        print(
+            f"| {i + 1} | **{dense['seconds'] / sampled['seconds']:.1f}x** | "
+            f"{dense['cpu'] / sampled['cpu']:.1f}x |"
+        )
     dense, sampled = runs["dense"][0], runs["sampled"][0]
     print("\n| statistic (mean ± s.e. over networks) | dense | sampled |")
     print("|---|---|---|")
     for layer in (10, depth):
-        print(f"| ratio, layer {layer} | {mean_se(dense['ratio'][:, layer - 1])} | "
-              f"{mean_se(sampled['ratio'][:, layer - 1])} |")
+        print(
+            f"| ratio, layer {layer} | {mean_se(dense['ratio'][:, layer - 1])} | "
+            f"{mean_se(sampled['ratio'][:, layer - 1])} |"
+        )
     for layer in (1, depth // 2):
-        print(f"| grad_sq, layer {layer} | {mean_se(dense['grad'][:, layer - 1])} | "
-              f"{mean_se(sampled['grad'][:, layer - 1])} |")
+        print(
+            f"| grad_sq, layer {layer} | {mean_se(dense['grad'][:, layer - 1])} | "
+            f"{mean_se(sampled['grad'][:, layer - 1])} |"
+        )
 
 
 def library(width: int, depth: int, samples: int, rounds: int) -> None:
@@ -196,8 +235,10 @@ def library(width: int, depth: int, samples: int, rounds: int) -> None:
     model, x = nn.Sequential(*layers), torch.randn(samples, width)
     varexp.probe(model, x)
     every = torch.get_num_threads()
-    print(f"\n### Library: `varexp.probe(model, x)`, an nn.Sequential MLP of width {width}, depth "
-          f"{depth}, T {samples}\n")
+    print(
+        f"\n### Library: `varexp.probe(model, x)`, an nn.Sequential MLP of width {width}, depth "
+        f"{depth}, T {samples}\n"
+    )
     print(f"| round | load | threads={every} s | threads=auto s | ratio |")
     print("|---|---|---|---|---|")
     for round_ in range(1, rounds + 1):
@@ -210,8 +251,11 @@ def library(width: int, depth: int, samples: int, rounds: int) -> None:
                 varexp.probe(model, x, threads=threads)
                 times.append(time.perf_counter() - start)
             seconds[threads] = min(times)
-        print(f"| {round_} | {before:.2f} | {seconds[every]:.3f} | {seconds['auto']:.3f} | "
-              f"{seconds[every] / seconds['auto']:.1f}x |", flush=True)
+        print(
+            f"| {round_} | {before:.2f} | {seconds[every]:.3f} | {seconds['auto']:.3f} | "
+            f"{seconds[every] / seconds['auto']:.1f}x |",
+            flush=True,
+        )
 
 
 def resident_mb() -> float:
@@ -248,8 +292,10 @@ def memory_check(width: int, depth: int, samples: int) -> None:
 
     estimate = sampled_network_bytes(width, depth, samples, width, True, False) / 2**20
     print(f"\n### Memory, width {width}, depth {depth}, T {samples}, with grad_sq\n")
-    print("| networks in one batch | resident MB above the start, at the peak | per network | "
-          "estimate per network |")
+    print(
+        "| networks in one batch | resident MB above the start, at the peak | per network | "
+        "estimate per network |"
+    )
     print("|---|---|---|---|")
     ctx = mp.get_context("spawn")
     for batch in (1, 4):
@@ -261,10 +307,13 @@ def memory_check(width: int, depth: int, samples: int) -> None:
         print(f"| {batch} | {grown:.0f} | {grown / batch:.0f} | {estimate:.0f} |", flush=True)
 
 
-def crossover(depth: int, samples: int, threads: int | None,
-              widths=(100, 150, 200, 300, 500)) -> None:
-    print(f"\n### Crossover (depth {depth}, T {samples}, kaiming with grad, 30 sampled and 5 "
-          f"dense networks, {threads or 'default'} thread(s))\n")
+def crossover(
+    depth: int, samples: int, threads: int | None, widths=(100, 150, 200, 300, 500)
+) -> None:
+    print(
+        f"\n### Crossover (depth {depth}, T {samples}, kaiming with grad, 30 sampled and 5 "
+        f"dense networks, {threads or 'default'} thread(s))\n"
+    )
     print("| width | load | dense s / network | sampled s / network | dense / sampled |")
     print("|---|---|---|---|---|")
     for w in widths:
@@ -296,8 +345,12 @@ def main() -> None:
     parser.add_argument("--networks", type=int, default=30)
     parser.add_argument("--dense", type=int, default=5, help="dense networks in-process")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads in-process (default: torch's, one per core)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads in-process (default: torch's, one per core)",
+    )
     parser.add_argument("--no-cli", action="store_true")
     parser.add_argument("--no-in-process", action="store_true")
     parser.add_argument("--memory", action="store_true")
@@ -305,13 +358,21 @@ def main() -> None:
     parser.add_argument("--crossover", action="store_true")
     parser.add_argument("--figure2", action="store_true")
     args = parser.parse_args()
-    print(f"{os.cpu_count()} cores, torch {torch.__version__}, load average {load():.2f} at "
-          f"the start")
+    print(
+        f"{os.cpu_count()} cores, torch {torch.__version__}, load average {load():.2f} at the start"
+    )
     if not args.no_cli:
         cli(args.width, args.depth, args.samples, args.networks, args.rounds)
     if not args.no_in_process:
-        in_process(args.width, args.depth, args.samples, args.networks, args.dense, args.rounds,
-                   args.threads)
+        in_process(
+            args.width,
+            args.depth,
+            args.samples,
+            args.networks,
+            args.dense,
+            args.rounds,
+            args.threads,
+        )
     if args.library:
         library(1000, 20, args.samples, args.rounds)
     if args.memory:

@@ -29,8 +29,14 @@ CASES = {
     "varexp --help": [PYTHON, "-m", "varexp", "--help"],
     "varexp train --help": [PYTHON, "-m", "varexp", "train", "--help"],
     "one TAB (train arch=)": [PYTHON, "-m", "varexp", "-sc", "query=bash"],
-    "varexp train train.steps=1": [PYTHON, "-m", "varexp", "train", "train.steps=1",
-                                   "train.progress=false"],
+    "varexp train train.steps=1": [
+        PYTHON,
+        "-m",
+        "varexp",
+        "train",
+        "train.steps=1",
+        "train.progress=false",
+    ],
 }
 # what bash puts in the environment when <TAB> is pressed after the typed line
 COMPLETION_LINE = {"one TAB (train arch=)": "varexp train arch="}

@@ -29,8 +29,12 @@ def baseline_stats(u: Tensor) -> dict[str, Tensor]:
     mean = u.mean(dim=0)
     var = (u - mean).square().mean(dim=0)
     mean_sq, sample_var = mean.square().mean(), var.mean()
-    return {"sample_mean_sq": mean_sq, "sample_var": sample_var,
-            "ratio": (mean_sq / sample_var).sqrt(), "second_moment": mean_sq + sample_var}
+    return {
+        "sample_mean_sq": mean_sq,
+        "sample_var": sample_var,
+        "ratio": (mean_sq / sample_var).sqrt(),
+        "second_moment": mean_sq + sample_var,
+    }
 
 
 def best(fn, repeats: int) -> float:
@@ -42,8 +46,9 @@ def best(fn, repeats: int) -> float:
     return min(times)
 
 
-def bench(name: str, arch: dict, shape: tuple[int, ...], classes: int | None, samples: int,
-          repeats: int) -> None:
+def bench(
+    name: str, arch: dict, shape: tuple[int, ...], classes: int | None, samples: int, repeats: int
+) -> None:
     torch.manual_seed(0)
     model = build_model(OmegaConf.create(arch), shape, classes)
     initialize(model, {"name": "kaiming", "gain": None})
@@ -62,9 +67,12 @@ def shapes(model, x) -> dict[int, tuple[int, ...]]:
     """Each weight layer's pre-activation shape (one sample)."""
     out = {}
     with Recorder(model, keep_x=False) as rec:
-        hooks = [wl.measured.register_forward_hook(
-            lambda m, i, o, index=wl.index: out.__setitem__(index, tuple(o.shape[1:])))
-            for wl in rec.layers]
+        hooks = [
+            wl.measured.register_forward_hook(
+                lambda m, i, o, index=wl.index: out.__setitem__(index, tuple(o.shape[1:]))
+            )
+            for wl in rec.layers
+        ]
         with torch.no_grad():
             model(x)
         for h in hooks:
@@ -79,10 +87,22 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
     print("| network, T = 100 | whole probe s | 4 statistics s | 8 statistics s | added |")
     print("|---|---|---|---|---|")
-    bench("ALL-CNN-C x1, 32x32", {"name": "allcnnc", "channels": 1.0}, (3, 32, 32), 10, 100,
-          args.repeats)
-    bench("MLP 3000 x 50 (dense path)", {"name": "mlp", "width": 3000, "depth": 50}, (3000,),
-          None, 100, args.repeats)
+    bench(
+        "ALL-CNN-C x1, 32x32",
+        {"name": "allcnnc", "channels": 1.0},
+        (3, 32, 32),
+        10,
+        100,
+        args.repeats,
+    )
+    bench(
+        "MLP 3000 x 50 (dense path)",
+        {"name": "mlp", "width": 3000, "depth": 50},
+        (3000,),
+        None,
+        100,
+        args.repeats,
+    )
 
 
 if __name__ == "__main__":

@@ -81,8 +81,10 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{args.steps} steps, train.checkpoint_every={args.checkpoint_every}, "
           f"best of {args.repeats}\n")  # fmt: skip
-    print("| model (shapes, batch 32, sgd) | bare steps/s | varexp train steps/s | overhead | "
-          "with logger=tensorboard | its cost |")
+    print(
+        "| model (shapes, batch 32, sgd) | bare steps/s | varexp train steps/s | overhead | "
+        "with logger=tensorboard | its cost |"
+    )
     print("|---|---|---|---|---|---|")
     for name, case in CASES.items():
         cfg = config(case, args.steps, args.checkpoint_every)
@@ -95,8 +97,11 @@ def main() -> None:
             best_train = max(best_train, varexp_train(cfg))
             best_tb = max(best_tb, varexp_train(tb))
         overhead = best_bare / best_train - 1
-        print(f"| {name} | {best_bare:.2f} | {best_train:.2f} | {overhead:+.1%} | "
-              f"{best_tb:.2f} | {best_train / best_tb - 1:+.1%} |", flush=True)
+        print(
+            f"| {name} | {best_bare:.2f} | {best_train:.2f} | {overhead:+.1%} | "
+            f"{best_tb:.2f} | {best_train / best_tb - 1:+.1%} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

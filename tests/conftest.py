@@ -23,13 +23,24 @@ def config(command: str, *overrides: str) -> DictConfig:
     return cfg
 
 
-def run_varexp(*args: str, cwd: Path | None = None, env: dict | None = None,
-               timeout: float = 600, check: bool = False) -> subprocess.CompletedProcess:
+def run_varexp(
+    *args: str,
+    cwd: Path | None = None,
+    env: dict | None = None,
+    timeout: float = 600,
+    check: bool = False,
+) -> subprocess.CompletedProcess:
     """`varexp ARGS` as a separate process, as a user runs it (one torch thread); with `check`,
     it must exit 0."""
     env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
-    proc = subprocess.run([sys.executable, "-m", "varexp", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "varexp", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert not check or proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -52,8 +63,11 @@ def run_in_process(capsys, *args: str) -> tuple[int, str]:
 def hide_package(monkeypatch, name: str) -> None:
     """Make `name` look not installed to importlib.util.find_spec (an optional extra)."""
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda package, *a: None if package == name else real(package, *a))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda package, *a: None if package == name else real(package, *a),
+    )
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -62,7 +76,10 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
     (at most 4) unless `-n` says otherwise; without it (`-p no:xdist`), one process. A test
     process that xdist started (it has `workerinput`) runs its tests itself."""
     worker = hasattr(config, "workerinput")
-    if config.pluginmanager.hasplugin("xdist") and config.option.numprocesses is None \
-            and not worker:
+    if (
+        config.pluginmanager.hasplugin("xdist")
+        and config.option.numprocesses is None
+        and not worker
+    ):
         config.option.numprocesses = "auto"
         config.option.maxprocesses = config.option.maxprocesses or 4

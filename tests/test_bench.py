@@ -82,8 +82,9 @@ def test_a_case_that_fails_without_ctrl_c_is_a_failed_row(bench_gpu, monkeypatch
         raise RuntimeError("CppCompileError: C++ compile error")
 
     monkeypatch.setattr(bench_gpu, "varexp_train", no_compiler)
-    monkeypatch.setattr(sys, "argv", ["bench/bench_gpu.py", "--quick", "--no-probe",
-                                      "--variants", "fp32,compile"])
+    monkeypatch.setattr(
+        sys, "argv", ["bench/bench_gpu.py", "--quick", "--no-probe", "--variants", "fp32,compile"]
+    )
     run_benchmark(bench_gpu.main)
     rows = [r for r in capsys.readouterr().out.splitlines() if "failed: RuntimeError" in r]
     assert len(rows) == 2 * 2  # both models, both variants: the benchmark carried on

@@ -58,21 +58,31 @@ def test_unknown_command():
     assert out.returncode == 2 and "unknown command 'fit'" in out.stderr
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["trian"], "varexp: unknown command 'trian'; did you mean train? choose one of theory,"),
-    (["sweep", "train.stesp=10"], "train.stesp is not a key of train; did you mean train.steps? "
-                                  "its keys: steps,"),
-    (["train", "trian.steps=10"], "trian.steps is not a key of varexp train; did you mean "
-                                  "train.steps? its keys:"),
-    (["train", "optm=adam"], "optm is not a key of varexp train; did you mean optim?"),
-    (["probe", "arch=mlp", "arch.widht=3"], "arch.widht is not a key of arch=mlp; did you mean "
-                                            "arch.width? its keys: width,"),
-    (["train", "init=kaimng"], "init='kaimng' is not an option; did you mean kaiming? choose"),
-    (["plot", "figur4"], "figure='figur4' is not allowed; did you mean figure4? choose one of"),
-    (["train", "optim.lrr=0.1"], "optim.lrr is not a key of optim=sgd; did you mean optim.lr?"),
-])
-def test_a_mistyped_command_key_or_option_names_the_closest(tmp_path, monkeypatch, capsys,
-                                                             args, needle):
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["trian"], "varexp: unknown command 'trian'; did you mean train? choose one of theory,"),
+        (
+            ["sweep", "train.stesp=10"],
+            "train.stesp is not a key of train; did you mean train.steps? its keys: steps,",
+        ),
+        (
+            ["train", "trian.steps=10"],
+            "trian.steps is not a key of varexp train; did you mean train.steps? its keys:",
+        ),
+        (["train", "optm=adam"], "optm is not a key of varexp train; did you mean optim?"),
+        (
+            ["probe", "arch=mlp", "arch.widht=3"],
+            "arch.widht is not a key of arch=mlp; did you mean arch.width? its keys: width,",
+        ),
+        (["train", "init=kaimng"], "init='kaimng' is not an option; did you mean kaiming? choose"),
+        (["plot", "figur4"], "figure='figur4' is not allowed; did you mean figure4? choose one of"),
+        (["train", "optim.lrr=0.1"], "optim.lrr is not a key of optim=sgd; did you mean optim.lr?"),
+    ],
+)
+def test_a_mistyped_command_key_or_option_names_the_closest(
+    tmp_path, monkeypatch, capsys, args, needle
+):
     monkeypatch.chdir(tmp_path)
     code, err = run_in_process(capsys, *args)
     assert code == 2, err
@@ -105,35 +115,74 @@ def test_unwritable_run_dir_is_one_line(tmp_path):
 # the whole command line is checked before Hydra makes any folder
 
 
-@pytest.mark.parametrize("command, args, needle", [
-    ("train", ["arch.width=100"], "arch.width is not a key of arch=allcnnc; its keys: channels, "
-                                  "activation, norm, dropout"),
-    ("probe", ["optim=adam"], "there is no config group 'optim' in varexp probe; its groups: "
-                              "arch, dataset, init, experiment"),
-    ("train", ["experiment=figure1"], "experiment=figure1 is a preset for `varexp probe`, not "
-                                      "`varexp train`; presets for train: figure4_cifar10"),
-    ("probe", ["experiment=figure9"], "experiment='figure9' is not an option; did you mean "
-                                      "figure1, figure2 or figure3? choose one of figure1, "
-                                      "figure1_quick"),
-    ("train", ["optim.lr=abc"], "optim.lr='abc' is not allowed; must be a finite number > 0"),
-    ("probe", ["probe.networks=2,0", "-m"], "in the sweep, probe.networks=2,0 (value 2 of 2): "
-                                            "probe.networks=0 is not allowed"),
-    ("probe", ["probe.networks=2,3"], "probe.networks=2,3 lists several values; add -m"),
-    ("theory", ["++hydra.run.dir="], "hydra.run.dir='' is not allowed; it must name a folder"),
-    # a misspelled key added with + is refused against the schema like a plain one
-    ("probe", ["+probe.netwroks=5"], "probe.netwroks is not a key of probe; did you mean "
-                                     "probe.networks? its keys: networks,"),
-    ("probe", ["++probe.netwroks=5"], "probe.netwroks is not a key of probe; did you mean "
-                                      "probe.networks? its keys: "),
-    ("train", ["+arch.widht=3", "arch=mlp"], "arch.widht is not a key of arch=mlp; did you mean "
-                                             "arch.width? its keys: width, depth"),
-    ("probe", ["+sead=1"], "sead is not a key of varexp probe; did you mean seed? its keys: "
-                           "seed, device"),
-    ("sweep", ["+train.stps=1,2"], "train.stps is not a key of train; did you mean train.steps? "
-                                   "its keys: steps,"),
-])
-def test_bad_command_lines_are_one_line_and_leave_no_folder(tmp_path, monkeypatch, capsys,
-                                                            command, args, needle):
+@pytest.mark.parametrize(
+    "command, args, needle",
+    [
+        (
+            "train",
+            ["arch.width=100"],
+            "arch.width is not a key of arch=allcnnc; its keys: channels, "
+            "activation, norm, dropout",
+        ),
+        (
+            "probe",
+            ["optim=adam"],
+            "there is no config group 'optim' in varexp probe; its groups: "
+            "arch, dataset, init, experiment",
+        ),
+        (
+            "train",
+            ["experiment=figure1"],
+            "experiment=figure1 is a preset for `varexp probe`, not "
+            "`varexp train`; presets for train: figure4_cifar10",
+        ),
+        (
+            "probe",
+            ["experiment=figure9"],
+            "experiment='figure9' is not an option; did you mean "
+            "figure1, figure2 or figure3? choose one of figure1, "
+            "figure1_quick",
+        ),
+        ("train", ["optim.lr=abc"], "optim.lr='abc' is not allowed; must be a finite number > 0"),
+        (
+            "probe",
+            ["probe.networks=2,0", "-m"],
+            "in the sweep, probe.networks=2,0 (value 2 of 2): probe.networks=0 is not allowed",
+        ),
+        ("probe", ["probe.networks=2,3"], "probe.networks=2,3 lists several values; add -m"),
+        ("theory", ["++hydra.run.dir="], "hydra.run.dir='' is not allowed; it must name a folder"),
+        # a misspelled key added with + is refused against the schema like a plain one
+        (
+            "probe",
+            ["+probe.netwroks=5"],
+            "probe.netwroks is not a key of probe; did you mean "
+            "probe.networks? its keys: networks,",
+        ),
+        (
+            "probe",
+            ["++probe.netwroks=5"],
+            "probe.netwroks is not a key of probe; did you mean probe.networks? its keys: ",
+        ),
+        (
+            "train",
+            ["+arch.widht=3", "arch=mlp"],
+            "arch.widht is not a key of arch=mlp; did you mean arch.width? its keys: width, depth",
+        ),
+        (
+            "probe",
+            ["+sead=1"],
+            "sead is not a key of varexp probe; did you mean seed? its keys: seed, device",
+        ),
+        (
+            "sweep",
+            ["+train.stps=1,2"],
+            "train.stps is not a key of train; did you mean train.steps? its keys: steps,",
+        ),
+    ],
+)
+def test_bad_command_lines_are_one_line_and_leave_no_folder(
+    tmp_path, monkeypatch, capsys, command, args, needle
+):
     monkeypatch.chdir(tmp_path)
     code, err = run_in_process(capsys, command, *args)
     assert code == 2, err
@@ -145,8 +194,11 @@ def test_bad_command_lines_are_one_line_and_leave_no_folder(tmp_path, monkeypatc
 def test_command_help_lists_only_its_own_groups_and_presets():
     out = run_varexp("probe", "--help")
     assert out.returncode == 0, out.stderr
-    groups = [line.split()[0] for line in out.stdout.split("groups")[1].split("config:")[0]
-              .splitlines()[1:] if line.startswith("  ")]
+    groups = [
+        line.split()[0]
+        for line in out.stdout.split("groups")[1].split("config:")[0].splitlines()[1:]
+        if line.startswith("  ")
+    ]
     assert groups == ["arch", "dataset", "init", "experiment"]
     assert "figure4_quick" not in out.stdout and "figure2_quick" in out.stdout
     sweep = run_varexp("sweep", "experiment=figure4_quick", "--help")
@@ -162,8 +214,11 @@ def test_train_uses_a_cpu_sized_task_unless_the_user_names_arch_or_dataset():
     cfg = config("train", "arch=mlp", "dataset=gaussian")
     assert cfg.arch.name == "mlp" and "channels" not in cfg.arch
     paper = config("train", "experiment=figure4_cifar10")
-    assert (paper.arch.channels, paper.dataset.name, paper.train.batch_size) == (1.0, "cifar10",
-                                                                                  128)
+    assert (paper.arch.channels, paper.dataset.name, paper.train.batch_size) == (
+        1.0,
+        "cifar10",
+        128,
+    )
 
 
 @pytest.mark.slow  # each <TAB> starts a `varexp` process (about 40 s in all)
@@ -180,12 +235,21 @@ def test_shell_completion_through_the_wrapper(tmp_path):
         'complete_line "varexp sweep train.st" 2\n'
     )
     bin_dir = str(Path(sys.executable).parent)
-    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, cwd=tmp_path,
-                         env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"},
-                         timeout=120)
+    out = subprocess.run(
+        ["bash", "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"},
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines() == ["plot", "arch=unet", "init=scale init=scale+bias",
-                                       "train.steps= train.stop_after="]
+    assert out.stdout.splitlines() == [
+        "plot",
+        "arch=unet",
+        "init=scale init=scale+bias",
+        "train.steps= train.stop_after=",
+    ]
 
 
 def test_ctrl_c_while_a_sweep_is_launched_is_one_line(tmp_path, monkeypatch, capsys):
@@ -197,8 +261,16 @@ def test_ctrl_c_while_a_sweep_is_launched_is_one_line(tmp_path, monkeypatch, cap
         raise KeyboardInterrupt
 
     monkeypatch.setattr(varexp.cli, "run_hydra", interrupted)
-    code, err = run_in_process(capsys, "sweep", "arch=mlp", "dataset=gaussian", "seed=0",
-                               "sweep.estimate=false", f"hydra.sweep.dir={tmp_path / 's'}")
+    code, err = run_in_process(
+        capsys,
+        "sweep",
+        "arch=mlp",
+        "dataset=gaussian",
+        "seed=0",
+        "sweep.estimate=false",
+        f"hydra.sweep.dir={tmp_path / 's'}",
+    )
     assert code == 130 and err.strip().splitlines() == [
         "varexp sweep: interrupted; run the same command to continue: finished runs are "
-        "skipped, the others resume from their checkpoints"]
+        "skipped, the others resume from their checkpoints"
+    ]

@@ -21,10 +21,19 @@ from varexp.theory import recursion
 from varexp.threads import one_thread
 
 # The figure2 quick presets, on smaller generated sets (never cached, so the test writes nothing)
-ALLCNNC = ["experiment=figure2_allcnnc_quick", "dataset.train_size=512", "dataset.test_size=16",
-           "dataset.cache=false"]
-UNET = ["experiment=figure2_unet_quick", "dataset.slices=6", "dataset.size=256",
-        "dataset.val_slices=1", "dataset.cache=false"]
+ALLCNNC = [
+    "experiment=figure2_allcnnc_quick",
+    "dataset.train_size=512",
+    "dataset.test_size=16",
+    "dataset.cache=false",
+]
+UNET = [
+    "experiment=figure2_unet_quick",
+    "dataset.slices=6",
+    "dataset.size=256",
+    "dataset.val_slices=1",
+    "dataset.cache=false",
+]
 ARCHS = {"allcnnc": ALLCNNC, "unet": UNET}
 FINDINGS_NETWORKS = 10
 
@@ -40,16 +49,22 @@ def single_thread():
 def probe_cfg(*overrides: str):
     with initialize_config_module("varexp.conf", version_base="1.3"):
         # the quick UNet preset is a multirun over arch.upconv_fan; one fan here
-        fan = [] if any(o.startswith("arch.upconv_fan") for o in overrides) or \
-            "experiment=figure2_unet_quick" not in overrides else ["arch.upconv_fan=in"]
+        fan = (
+            []
+            if any(o.startswith("arch.upconv_fan") for o in overrides)
+            or "experiment=figure2_unet_quick" not in overrides
+            else ["arch.upconv_fan=in"]
+        )
         return compose("probe", overrides=["device=cpu", "probe.grad=false", *overrides, *fan])
 
 
 @functools.cache
 def small_setup(arch: str) -> tuple[DictConfig, Tensor]:
     """A small arch (allcnnc x1/8, unet x1/16 on 32x32 crops) and 18 real inputs for it."""
-    small = {"allcnnc": ["arch.channels=0.125"],
-             "unet": ["arch.channels=0.0625", "dataset.crop=32"]}
+    small = {
+        "allcnnc": ["arch.channels=0.125"],
+        "unet": ["arch.channels=0.0625", "dataset.crop=32"],
+    }
     cfg = probe_cfg(*ARCHS[arch], *small[arch])
     return cfg, fixed_batch(cfg.dataset, cfg.arch, 18, seed=1)
 
@@ -67,8 +82,11 @@ def capture(model: nn.Module, x: Tensor, where: str = "norm") -> dict[str, Tenso
     handles = []
     for wl in weight_layers(model):
         module = wl.unit.norm if where == "norm" else wl.unit.layer
-        handles.append(module.register_forward_hook(
-            lambda _m, _i, y, name=wl.name: out.__setitem__(name, y.detach())))
+        handles.append(
+            module.register_forward_hook(
+                lambda _m, _i, y, name=wl.name: out.__setitem__(name, y.detach())
+            )
+        )
     model.eval()
     with torch.no_grad():
         model(x)
@@ -101,8 +119,9 @@ def test_scale_bias_centres_every_channel_and_gives_unit_average_second_moment(a
     centred second moment pooled over channels, samples and positions (eps negligible here)."""
     torch.manual_seed(0)
     model, batches = model_and_batches(arch)
-    initialize(model, {"name": "scale+bias", "batches": len(batches), "eps": 1e-12},
-               batches=batches)
+    initialize(
+        model, {"name": "scale+bias", "batches": len(batches), "eps": 1e-12}, batches=batches
+    )
     u = capture(model, torch.cat(batches))
     assert list(u) == [wl.name for wl in weight_layers(model)]
     for name, v in u.items():
@@ -127,8 +146,11 @@ def test_lsuv_gives_unit_output_std_in_every_layer(arch):
     torch.manual_seed(2)
     model, batches = model_and_batches(arch)
     tol = 0.02
-    initialize(model, {"name": "lsuv", "batches": len(batches), "tol": tol, "max_iters": 10},
-               batches=batches)
+    initialize(
+        model,
+        {"name": "lsuv", "batches": len(batches), "tol": tol, "max_iters": 10},
+        batches=batches,
+    )
     for name, y in capture(model, torch.cat(batches), where="layer").items():
         assert abs(y.std().item() - 1.0) <= tol, name
 
@@ -161,8 +183,9 @@ def test_data_dependent_inits_cost_one_pass_plus_single_layer_reruns(arch, name)
 
 
 @functools.cache
-def probe_ratios(overrides: tuple[str, ...], networks: int,
-                 column: str = "ratio") -> tuple[list[str], Tensor]:
+def probe_ratios(
+    overrides: tuple[str, ...], networks: int, column: str = "ratio"
+) -> tuple[list[str], Tensor]:
     """(layer names, `column` per network and layer) from varexp.probing's networks
     0..networks-1 with Kaiming weights on the preset's probe batch."""
     cfg = probe_cfg(*overrides)
@@ -170,14 +193,14 @@ def probe_ratios(overrides: tuple[str, ...], networks: int,
     ratios = []
     for i in range(networks):
         rows, _ = probe_network(cfg, x, i, "dense")
-        ratios.append(torch.stack([torch.stack([r["ratio"], r["ratio_channel"]])
-                                   for r in rows]))
+        ratios.append(torch.stack([torch.stack([r["ratio"], r["ratio_channel"]]) for r in rows]))
     names, both = [r["name"] for r in rows], torch.stack(ratios)
     return names, both[..., 0 if column == "ratio" else 1]
 
 
-def mean_ratios(overrides: list[str], networks: int,
-                column: str = "ratio") -> tuple[list[str], Tensor]:
+def mean_ratios(
+    overrides: list[str], networks: int, column: str = "ratio"
+) -> tuple[list[str], Tensor]:
     return probe_ratios(tuple(overrides), networks, column)
 
 
@@ -234,7 +257,7 @@ def test_unet_per_channel_ratio_drops_at_the_first_up_convolution_below_the_theo
     assert mean_c[up] < mean_c[up - 1] / 3
     assert mean_c[up] + 2 * error_c[up] < theory[up]
     # per (channel, position) the encoder, the bottom and up1.upconv lie above the theory
-    assert torch.all(mean_p[1:up + 1] > torch.tensor(theory[1:up + 1]))
+    assert torch.all(mean_p[1 : up + 1] > torch.tensor(theory[1 : up + 1]))
 
 
 def test_torch_fan_for_up_convolutions_lowers_the_decoder_ratio():
@@ -245,7 +268,7 @@ def test_torch_fan_for_up_convolutions_lowers_the_decoder_ratio():
     names, fan_in = mean_ratios(UNET, FINDINGS_NETWORKS)
     _, fan_torch = mean_ratios([*UNET, "arch.upconv_fan=torch"], FINDINGS_NETWORKS)
     up = names.index("up1.upconv")
-    torch.testing.assert_close(fan_in[:, :up + 1], fan_torch[:, :up + 1])
-    drop = (fan_in[:, -1] - fan_torch[:, -1])  # paired: same seeds, same encoder
+    torch.testing.assert_close(fan_in[:, : up + 1], fan_torch[:, : up + 1])
+    drop = fan_in[:, -1] - fan_torch[:, -1]  # paired: same seeds, same encoder
     assert drop.mean() > 2 * drop.std() / FINDINGS_NETWORKS**0.5
     assert fan_torch[:, -1].mean() < 0.8 * fan_in[:, -1].mean()

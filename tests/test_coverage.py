@@ -52,13 +52,17 @@ def timm_efficientnet_b0() -> nn.Module:
     return timm.create_model("efficientnet_b0", pretrained=False, num_classes=10)
 
 
-@pytest.mark.parametrize("build", [
-    lambda: torchvision.models.vgg11(num_classes=10),
-    lambda: torchvision.models.vgg11_bn(num_classes=10),
-    # squeeze-excite blocks: a 1x1 conv, SiLU(inplace=True), a 1x1 conv, a sigmoid gate
-    lambda: torchvision.models.efficientnet_b0(num_classes=10),
-    timm_efficientnet_b0,
-], ids=["vgg11", "vgg11_bn", "efficientnet_b0", "timm_efficientnet_b0"])
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: torchvision.models.vgg11(num_classes=10),
+        lambda: torchvision.models.vgg11_bn(num_classes=10),
+        # squeeze-excite blocks: a 1x1 conv, SiLU(inplace=True), a 1x1 conv, a sigmoid gate
+        lambda: torchvision.models.efficientnet_b0(num_classes=10),
+        timm_efficientnet_b0,
+    ],
+    ids=["vgg11", "vgg11_bn", "efficientnet_b0", "timm_efficientnet_b0"],
+)
 def test_in_place_ops_after_a_layer_change_no_statistic(build):
     """Every statistic and grad_sq of a model with in-place activations equal those of the same
     model with them off (grad_sq was up to 2x high on vgg11, 6x on efficientnet's SE convs)."""
@@ -100,8 +104,10 @@ def test_in_place_ops_in_a_hand_written_block_against_the_chain_rule():
     table = varexp.probe(inplace, x, seed=3)
     assert_same_tables(table, varexp.probe(plain, x, seed=3))
     outputs = []
-    hooks = [m.register_forward_hook(lambda _m, _i, y: outputs.append(y))
-             for m in (plain.conv1, plain.conv2, plain.fc)]
+    hooks = [
+        m.register_forward_hook(lambda _m, _i, y: outputs.append(y))
+        for m in (plain.conv1, plain.conv2, plain.fc)
+    ]
     out = plain(x)
     for hook in hooks:
         hook.remove()
@@ -111,8 +117,9 @@ def test_in_place_ops_in_a_hand_written_block_against_the_chain_rule():
     np.testing.assert_allclose(table.grad_sq, expected, rtol=1e-6)
     # the statistics are those of u before relu_ changed it
     u1 = plain.conv1(x).detach().double()
-    assert table.sample_var.iloc[0] == pytest.approx(u1.var(dim=0, unbiased=False).mean().item(),
-                                                     rel=1e-9)
+    assert table.sample_var.iloc[0] == pytest.approx(
+        u1.var(dim=0, unbiased=False).mean().item(), rel=1e-9
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,11 +155,14 @@ def test_every_kind_of_conv_is_measured_per_channel(kind):
     per_channel = u.transpose(0, 1).reshape(u.shape[1], -1)
     assert table.features.iloc[0] == u[0].numel()
     assert table.sample_mean_sq_channel.iloc[0] == pytest.approx(
-        per_channel.mean(dim=1).square().mean().item(), rel=1e-9)
+        per_channel.mean(dim=1).square().mean().item(), rel=1e-9
+    )
     assert table.sample_var_channel.iloc[0] == pytest.approx(
-        per_channel.var(dim=1, unbiased=False).mean().item(), rel=1e-9)
+        per_channel.var(dim=1, unbiased=False).mean().item(), rel=1e-9
+    )
     assert table.sample_var.iloc[0] == pytest.approx(
-        u.var(dim=0, unbiased=False).mean().item(), rel=1e-9)
+        u.var(dim=0, unbiased=False).mean().item(), rel=1e-9
+    )
 
 
 @pytest.mark.parametrize("kind", list(CONVS))
@@ -210,20 +220,26 @@ class Mixed(nn.Module):
 def test_weights_not_reached_are_named_with_their_share_and_left_alone():
     torch.manual_seed(0)
     model, tokens = Mixed(), torch.randint(0, 10, (12, 5))
-    left = sum(p.numel() for p in model.parameters()) - sum(p.numel()
-                                                            for p in model.fc.parameters())
+    left = sum(p.numel() for p in model.parameters()) - sum(
+        p.numel() for p in model.fc.parameters()
+    )
     total = sum(p.numel() for p in model.parameters())
-    named = (r"1 parameter used directly \(mix\); 1 Embedding \(embed\); 1 LSTM \(lstm\); 1 "
-             r"MultiheadAttention \(attention\); 1 NonDynamicallyQuantizableLinear used without "
-             rf"calling it \(attention.out_proj\): {left:,} of {total:,} parameters "
-             rf"\({100 * left / total:.1f}%\)")
+    named = (
+        r"1 parameter used directly \(mix\); 1 Embedding \(embed\); 1 LSTM \(lstm\); 1 "
+        r"MultiheadAttention \(attention\); 1 NonDynamicallyQuantizableLinear used without "
+        rf"calling it \(attention.out_proj\): {left:,} of {total:,} parameters "
+        rf"\({100 * left / total:.1f}%\)"
+    )
     with pytest.warns(UserWarning, match=r"^not measured: " + named) as caught:
         table = varexp.probe(model, tokens)
     assert len(caught) == 1 and list(table.name) == ["fc"]
     assert [(u["name"], u["kind"]) for u in table.attrs["not_measured"]] == [
-        ("mix", "parameter used directly"), ("embed", "Embedding"), ("lstm", "LSTM"),
+        ("mix", "parameter used directly"),
+        ("embed", "Embedding"),
+        ("lstm", "LSTM"),
         ("attention", "MultiheadAttention"),
-        ("attention.out_proj", "NonDynamicallyQuantizableLinear used without calling it")]
+        ("attention.out_proj", "NonDynamicallyQuantizableLinear used without calling it"),
+    ]
     assert sum(u["parameters"] for u in table.attrs["not_measured"]) == left
     before = copy.deepcopy(model.state_dict())
     with pytest.warns(UserWarning, match=r"^not initialized by init=lsuv: " + named):
@@ -246,11 +262,15 @@ def test_add_bias_lets_scale_bias_centre_every_layer_of_a_resnet():
     its 21 layers (their channel ratio stays near 1); with zero biases added every channel is
     centred on the fitting batch."""
     torch.manual_seed(0)
-    model = build_model({"name": "torchvision", "model": "resnet18", "norm": "none"},
-                        (3, 32, 32), 10)
+    model = build_model(
+        {"name": "torchvision", "model": "resnet18", "norm": "none"}, (3, 32, 32), 10
+    )
     bare, x = copy.deepcopy(model), torch.randn(32, 3, 32, 32)
-    with pytest.warns(UserWarning, match=r"20 layer\(s\) without a bias were scaled but not "
-                      r"centred: conv1, layer1.0.conv1, .*arch.bias=true, or add_bias=True"):
+    with pytest.warns(
+        UserWarning,
+        match=r"20 layer\(s\) without a bias were scaled but not "
+        r"centred: conv1, layer1.0.conv1, .*arch.bias=true, or add_bias=True",
+    ):
         varexp.init.scale_bias_(bare, x)
     uncentred = varexp.probe(bare, x, grad=False).ratio_channel
     assert (uncentred.iloc[1:-1] > 0.3).all()  # the fc layer has a bias
@@ -280,9 +300,17 @@ def test_a_failed_scale_bias_takes_the_added_biases_back():
     assert model[0].bias is None and [n for n, _ in model.named_parameters()] == ["0.weight"]
 
 
-SMALL = ["dataset=shapes", "dataset.augment=false", "dataset.train_size=512",
-         "dataset.test_size=16", "dataset.cache=false", "device=cpu", "train.steps=1",
-         "train.batch_size=32", "train.progress=false"]
+SMALL = [
+    "dataset=shapes",
+    "dataset.augment=false",
+    "dataset.train_size=512",
+    "dataset.test_size=16",
+    "dataset.cache=false",
+    "device=cpu",
+    "train.steps=1",
+    "train.batch_size=32",
+    "train.progress=false",
+]
 
 
 def test_the_cli_warns_and_arch_bias_centres_a_resnet(tmp_path, capsys):
@@ -290,19 +318,27 @@ def test_the_cli_warns_and_arch_bias_centres_a_resnet(tmp_path, capsys):
     names the 20 uncentred convs and the step-0 channel ratios on the probe batch stay near 1;
     with arch.bias=true no warning, and they fall to the sampling noise of a probe batch that
     the fit did not see (below 0.3; 0.06-0.17 measured)."""
-    common = ["train", "arch=torchvision", "arch.model=resnet18", "arch.norm=none",
-              "init=scale+bias", *SMALL]
+    common = [
+        "train",
+        "arch=torchvision",
+        "arch.model=resnet18",
+        "arch.norm=none",
+        "init=scale+bias",
+        *SMALL,
+    ]
     code, err = run_in_process(capsys, *common, f"hydra.run.dir={tmp_path / 'plain'}")
     assert code == 0, err
     log = (tmp_path / "plain" / "train.log").read_text()
     assert "init=scale+bias: 20 layer(s) without a bias were scaled but not centred" in log
-    code, err = run_in_process(capsys, *common, "arch.bias=true",
-                               f"hydra.run.dir={tmp_path / 'bias'}")
+    code, err = run_in_process(
+        capsys, *common, "arch.bias=true", f"hydra.run.dir={tmp_path / 'bias'}"
+    )
     assert code == 0, err
     log = (tmp_path / "bias" / "train.log").read_text()
     assert "WARNING" not in log, log
-    plain, bias = (pd.read_csv(tmp_path / run / "ratios.csv").query("step == 0")
-                   for run in ("plain", "bias"))
+    plain, bias = (
+        pd.read_csv(tmp_path / run / "ratios.csv").query("step == 0") for run in ("plain", "bias")
+    )
     assert plain.ratio_channel.iloc[1:-1].median() > 0.7
     assert (bias.ratio_channel < 0.3).all()
 
@@ -310,16 +346,27 @@ def test_the_cli_warns_and_arch_bias_centres_a_resnet(tmp_path, capsys):
 def test_the_cli_names_what_it_does_not_measure(tmp_path, capsys):
     """torchvision's ViT through `varexp probe`: one line per run (not per network) names its
     attention projections and tokens with their share of the parameters."""
-    code, err = run_in_process(capsys, "probe", "arch=torchvision", "arch.model=vit_b_32",
-                               "dataset=shapes", "dataset.cache=false", "device=cpu",
-                               "probe.networks=2", "probe.samples=4", "probe.progress=false",
-                               f"hydra.run.dir={tmp_path}")
+    code, err = run_in_process(
+        capsys,
+        "probe",
+        "arch=torchvision",
+        "arch.model=vit_b_32",
+        "dataset=shapes",
+        "dataset.cache=false",
+        "device=cpu",
+        "probe.networks=2",
+        "probe.samples=4",
+        "probe.progress=false",
+        f"hydra.run.dir={tmp_path}",
+    )
     assert code == 0, err
     log = (tmp_path / "probe.log").read_text()
     lines = [line for line in log.splitlines() if "not measured" in line]
     assert len(lines) == 1, log
-    assert ("12 MultiheadAttention (encoder.layers.encoder_layer_0.self_attention, "
-            "encoder.layers.encoder_layer_1.self_attention, ... (10 more))") in lines[0]
+    assert (
+        "12 MultiheadAttention (encoder.layers.encoder_layer_0.self_attention, "
+        "encoder.layers.encoder_layer_1.self_attention, ... (10 more))"
+    ) in lines[0]
     assert "NonDynamicallyQuantizableLinear used without calling it" in lines[0]
     table = pd.read_csv(tmp_path / "probe.csv")
     assert not table.name.str.contains("out_proj|in_proj").any()

@@ -52,8 +52,9 @@ def take(stream: Stream, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
 # ---------------------------------------------------------------- CIFAR10 in its on-disk format
 
 
-def write_cifar(root, per_batch: int = 12,
-                dtype: str = "uint8") -> dict[str, tuple[np.ndarray, list[int]]]:
+def write_cifar(
+    root, per_batch: int = 12, dtype: str = "uint8"
+) -> dict[str, tuple[np.ndarray, list[int]]]:
     """A cifar-10-batches-py folder in torchvision's format with random images (a custom copy
     may hold another dtype)."""
     folder = root / "cifar-10-batches-py"
@@ -122,8 +123,9 @@ def test_cifar10_missing_folder_says_where_and_what_to_do(tmp_path):
 
 
 def test_cifar10_download_without_network_is_one_clear_line(tmp_path, monkeypatch):
-    monkeypatch.setattr(cifar10.torchvision_cifar10(), "url",
-                        "http://127.0.0.1:9/cifar-10-python.tar.gz")  # refused
+    monkeypatch.setattr(
+        cifar10.torchvision_cifar10(), "url", "http://127.0.0.1:9/cifar-10-python.tar.gz"
+    )  # refused
     cfg = config("cifar10", root=str(tmp_path / "fresh"), download=True)
     with pytest.raises(VarexpError, match=r"could not download CIFAR10 .*dataset=shapes") as error:
         load_source(cfg, ALLCNNC, "train")
@@ -510,8 +512,11 @@ def test_isbi_trains_on_every_slice_by_default_and_can_hold_some_out(tmp_path):
     cfg = config("isbi2012", root=str(tmp_path), crop=32)
     assert cfg.val_slices == 0
     assert len(load_source(cfg, UNET, "train")) == len(volume)
-    with pytest.raises(VarexpError, match=r"dataset.val_slices=0 holds out no slices of "
-                                          r"isbi2012 for a test split"):
+    with pytest.raises(
+        VarexpError,
+        match=r"dataset.val_slices=0 holds out no slices of "
+        r"isbi2012 for a test split",
+    ):
         load_source(cfg, UNET, "test")
     assert len(load_source(isbi(tmp_path), UNET, "test")) == 2
 
@@ -521,8 +526,9 @@ def test_norm_spread_scales_each_gaussian_input_keeping_the_average_power():
     spread; s = 0 is the same draw as without the option."""
     arch = {"name": "mlp", "width": 64}
     plain = fixed_batch({"name": "gaussian"}, arch, 16, seed=3)
-    torch.testing.assert_close(fixed_batch({"name": "gaussian", "norm_spread": 0.0}, arch, 16,
-                                           seed=3), plain)
+    torch.testing.assert_close(
+        fixed_batch({"name": "gaussian", "norm_spread": 0.0}, arch, 16, seed=3), plain
+    )
     spread = fixed_batch({"name": "gaussian", "norm_spread": 0.5}, arch, 4000, seed=3)
     power = spread.square().mean(dim=1)
     assert spread.square().mean().item() == pytest.approx(1.0, abs=0.05)
@@ -548,12 +554,22 @@ def test_spreading_the_input_norms_lowers_effective_samples_and_the_gradient_gro
             g = torch.Generator().manual_seed(n)
             with one_thread():  # small products: a second thread only waits on a busy machine
                 layers = sampled_mlp(x, 20, 100, init="scale+bias", generator=g)[0]
-            rows += [dict(network=n, layer=r["layer"], grad_sq=float(r["grad_sq"]),
-                          effective=float(r["effective_samples"])) for r in layers]
+            rows += [
+                dict(
+                    network=n,
+                    layer=r["layer"],
+                    grad_sq=float(r["grad_sq"]),
+                    effective=float(r["effective_samples"]),
+                )
+                for r in layers
+            ]
         table = pd.DataFrame(rows)
         slopes = [grad_fit(t)[0] for _, t in table.groupby("network")]
-        result[s] = (np.mean(slopes), np.std(slopes, ddof=1) / math.sqrt(networks),
-                     table[table.layer == 10].effective.mean() / 30)
+        result[s] = (
+            np.mean(slopes),
+            np.std(slopes, ddof=1) / math.sqrt(networks),
+            table[table.layer == 10].effective.mean() / 30,
+        )
     (flat, flat_error, flat_eff), (spread, spread_error, spread_eff) = result[0.0], result[1.0]
     assert spread_eff < flat_eff / 2
     assert spread - flat > 2 * math.hypot(flat_error, spread_error)  # less negative
@@ -568,8 +584,11 @@ def test_a_home_folder_that_does_not_exist_grows_no_tree(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(home))
     images, labels = catalog.shapes_set(20, 0, 0, cache=True)
     assert images.shape == (20, 3, 32, 32) and not (tmp_path / "nonexistent").exists()
-    with pytest.raises(VarexpError, match=rf"dataset=cifar10 is read from \(or downloaded "
-                       rf"into\) {home}/.cache/varexp/data, but the home folder {home} does not "
-                       "exist; set VAREXP_DATA"):
+    with pytest.raises(
+        VarexpError,
+        match=rf"dataset=cifar10 is read from \(or downloaded "
+        rf"into\) {home}/.cache/varexp/data, but the home folder {home} does not "
+        "exist; set VAREXP_DATA",
+    ):
         catalog.load_source(config("cifar10"), ALLCNNC, "train")
     assert not (tmp_path / "nonexistent").exists()

@@ -14,10 +14,22 @@ from conftest import run_in_process
 import varexp
 from varexp.errors import VarexpError
 
-TRAIN = ["train", "arch=mlp", "arch.width=16", "arch.depth=3", "dataset=shapes",
-         "dataset.train_size=64", "dataset.test_size=16", "dataset.cache=false", "device=cpu",
-         "train.steps=4", "train.ratio_every=2", "train.batch_size=8", "train.probe_samples=8",
-         "train.progress=false"]
+TRAIN = [
+    "train",
+    "arch=mlp",
+    "arch.width=16",
+    "arch.depth=3",
+    "dataset=shapes",
+    "dataset.train_size=64",
+    "dataset.test_size=16",
+    "dataset.cache=false",
+    "device=cpu",
+    "train.steps=4",
+    "train.ratio_every=2",
+    "train.batch_size=8",
+    "train.probe_samples=8",
+    "train.progress=false",
+]
 
 
 class Uncaptured:
@@ -34,13 +46,30 @@ def outputs(tmp_path_factory):
     root, capture = tmp_path_factory.mktemp("outputs"), Uncaptured()
     for folder, extra in [("a", ["optim.lr=0.01"]), ("b", ["optim.lr=0.1", "init=scale"])]:
         assert run_in_process(capture, *TRAIN, *extra, f"hydra.run.dir={root / folder}")[0] == 0
-    assert run_in_process(capture, "probe", "arch=mlp", "arch.width=8", "arch.depth=2",
-                          "probe.networks=2", "probe.samples=4", "device=cpu", "init=scale+bias",
-                          "probe.heldout=3", "probe.progress=false",
-                          f"hydra.run.dir={root / 'p'}")[0] == 0
+    assert (
+        run_in_process(
+            capture,
+            "probe",
+            "arch=mlp",
+            "arch.width=8",
+            "arch.depth=2",
+            "probe.networks=2",
+            "probe.samples=4",
+            "device=cpu",
+            "init=scale+bias",
+            "probe.heldout=3",
+            "probe.progress=false",
+            f"hydra.run.dir={root / 'p'}",
+        )[0]
+        == 0
+    )
     # a's first run moved aside by overwrite=true: left out
-    assert run_in_process(capture, *TRAIN, "optim.lr=0.03", "overwrite=true",
-                          f"hydra.run.dir={root / 'a'}")[0] == 0
+    assert (
+        run_in_process(
+            capture, *TRAIN, "optim.lr=0.03", "overwrite=true", f"hydra.run.dir={root / 'a'}"
+        )[0]
+        == 0
+    )
     return root
 
 
@@ -69,14 +98,18 @@ def test_one_row_per_run_with_its_identifying_keys(outputs):
 def test_long_tables_with_the_identifying_keys_joined(outputs):
     metrics = varexp.load(outputs, table="metrics")
     assert list(metrics.columns[:2]) == ["run_dir", "arch.activation"]
-    assert metrics.groupby("optim.lr").step.apply(list).to_dict() == {0.03: [0, 1, 2, 3],
-                                                                      0.1: [0, 1, 2, 3]}
+    assert metrics.groupby("optim.lr").step.apply(list).to_dict() == {
+        0.03: [0, 1, 2, 3],
+        0.1: [0, 1, 2, 3],
+    }
     own = pd.read_csv(outputs / "b" / "metrics.csv")
     mine = metrics[metrics["optim.lr"] == 0.1].reset_index(drop=True)
     pd.testing.assert_frame_equal(mine[own.columns], own)
     ratios = varexp.load(outputs, table="ratios")
-    assert sorted(ratios.step.unique()) == [0, 2] and set(ratios["init.name"]) == {"kaiming",
-                                                                                 "scale"}
+    assert sorted(ratios.step.unique()) == [0, 2] and set(ratios["init.name"]) == {
+        "kaiming",
+        "scale",
+    }
     probe = varexp.load(outputs, table="probe")
     assert len(probe) == 2 * 2 and set(probe["arch.width"]) == {8}
     heldout = varexp.load(outputs, table="heldout")
@@ -99,8 +132,11 @@ def test_bad_paths_and_tables_are_one_line(outputs, tmp_path):
         varexp.load(tmp_path / "nowhere")
     with pytest.raises(VarexpError, match=r"no varexp runs under"):
         varexp.load(tmp_path)
-    with pytest.raises(VarexpError, match=r"^table='loss' is not allowed; choose one of "
-                       r"metrics, ratios, probe"):
+    with pytest.raises(
+        VarexpError,
+        match=r"^table='loss' is not allowed; choose one of "
+        r"metrics, ratios, probe",
+    ):
         varexp.load(outputs, table="loss")
     with pytest.raises(VarexpError, match=r"no theory.csv under"):
         varexp.load(outputs, table="theory")

@@ -32,7 +32,8 @@ def test_auto_is_the_cpu_without_cuda(gpus):
 def test_auto_spreads_jobs_over_the_gpus(gpus):
     gpus(4)
     assert [devices.resolve("auto", job=j) for j in range(6)] == [
-        torch.device(f"cuda:{j % 4}") for j in range(6)]
+        torch.device(f"cuda:{j % 4}") for j in range(6)
+    ]
     assert devices.resolve("auto") == torch.device("cuda")  # not a multirun job
     assert devices.resolve("cuda:2", job=1) == torch.device("cuda:2")  # named: as named
     gpus(1)  # a cluster launcher shows each job its own GPU only
@@ -45,19 +46,39 @@ def test_a_device_that_is_not_there_is_one_line(gpus):
         devices.check("cuda")
 
 
-SWEEP = ["arch=mlp", "arch.width=8", "arch.depth=2", "dataset=gaussian", "dataset.size=16",
-         "train.steps=2", "train.batch_size=4", "train.probe_samples=4", "device=cpu",
-         "sweep.estimate=false", "init=scale", "optim=sgd", "sweep.lr_index=0", "seed=0,1"]
+SWEEP = [
+    "arch=mlp",
+    "arch.width=8",
+    "arch.depth=2",
+    "dataset=gaussian",
+    "dataset.size=16",
+    "train.steps=2",
+    "train.batch_size=4",
+    "train.probe_samples=4",
+    "device=cpu",
+    "sweep.estimate=false",
+    "init=scale",
+    "optim=sgd",
+    "sweep.lr_index=0",
+    "seed=0,1",
+]
 
 
-@pytest.mark.parametrize("launcher, extra, cuda, expected", [
-    ("submitit_local", [], 1, ["hydra.launcher.gpus_per_node=1"]),
-    ("submitit_local", [], 0, []),  # no GPU to hand on
-    ("submitit_local", ["hydra.launcher.gpus_per_node=2"], 4, []),  # the user's choice stands
-    ("joblib", [], 2, []),  # joblib's workers see every GPU already
-])
+@pytest.mark.parametrize(
+    "launcher, extra, cuda, expected",
+    [
+        ("submitit_local", [], 1, ["hydra.launcher.gpus_per_node=1"]),
+        ("submitit_local", [], 0, []),  # no GPU to hand on
+        ("submitit_local", ["hydra.launcher.gpus_per_node=2"], 4, []),  # the user's choice stands
+        ("joblib", [], 2, []),  # joblib's workers see every GPU already
+    ],
+)
 def test_submitit_local_gets_the_gpus(tmp_path, launcher, extra, cuda, expected):
-    line = parse("sweep", complete("sweep", [*SWEEP, f"hydra/launcher={launcher}", *extra,
-                                             f"hydra.sweep.dir={tmp_path}"]), check)
+    line = parse(
+        "sweep",
+        complete(
+            "sweep", [*SWEEP, f"hydra/launcher={launcher}", *extra, f"hydra.sweep.dir={tmp_path}"]
+        ),
+        check,
+    )
     assert gpu_overrides(line, cuda) == expected
-

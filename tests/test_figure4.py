@@ -17,39 +17,70 @@ from varexp.sweep import write_tables
 STEPS = 40
 
 
-def fake_run(sweep_dir: Path, *, arch="allcnnc", dataset="shapes", init="scale", optim="sgd",
-             lr=1e-3, seed=0, rate=0.05, status="completed") -> Path:
+def fake_run(
+    sweep_dir: Path,
+    *,
+    arch="allcnnc",
+    dataset="shapes",
+    init="scale",
+    optim="sgd",
+    lr=1e-3,
+    seed=0,
+    rate=0.05,
+    status="completed",
+) -> Path:
     """A run directory as `varexp train` leaves it: loss = exp(-rate * step) + seed / 100."""
     run_dir = sweep_dir / f"{arch}-{dataset}/{init}/{optim}/lr={lr}/seed={seed}"
     (run_dir / ".hydra").mkdir(parents=True)
-    cfg = dict(seed=seed, arch=dict(name=arch), dataset=dict(name=dataset), init=dict(name=init),
-               optim=dict(name=optim, lr=lr))
+    cfg = dict(
+        seed=seed,
+        arch=dict(name=arch),
+        dataset=dict(name=dataset),
+        init=dict(name=init),
+        optim=dict(name=optim, lr=lr),
+    )
     OmegaConf.save(OmegaConf.create(cfg), run_dir / ".hydra" / "config.yaml")
     steps = np.arange(STEPS)  # rows 0..n-1 as varexp train writes them
     loss = np.exp(-rate * steps) + seed / 100
     if status == "diverged":
-        loss[STEPS // 2:] = np.nan
+        loss[STEPS // 2 :] = np.nan
     pd.DataFrame(dict(step=steps, epoch=0, loss=loss, lr=lr, seconds=steps * 0.01)).to_csv(
-        run_dir / "metrics.csv", index=False)
-    write_json(dict(status=status, final_loss=float(loss[-1]), steps=STEPS, seconds=0.4),
-               run_dir / "summary.json")
+        run_dir / "metrics.csv", index=False
+    )
+    write_json(
+        dict(status=status, final_loss=float(loss[-1]), steps=STEPS, seconds=0.4),
+        run_dir / "summary.json",
+    )
     return run_dir
 
 
-def fake_sweep(sweep_dir: Path, tasks=(("allcnnc", "shapes"),), seeds=(0, 1),
-               preset: str | None = "figure4_quick") -> None:
+def fake_sweep(
+    sweep_dir: Path,
+    tasks=(("allcnnc", "shapes"),),
+    seeds=(0, 1),
+    preset: str | None = "figure4_quick",
+) -> None:
     """Per task and optimizer: scale+bias learns faster than scale; lr 1e-3 beats 3e-4. The
     sweep records the preset that made it, as Hydra's multirun.yaml does."""
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save({"hydra": {"runtime": {"choices": {"experiment": preset}}}},
-                   sweep_dir / "multirun.yaml")
+    OmegaConf.save(
+        {"hydra": {"runtime": {"choices": {"experiment": preset}}}}, sweep_dir / "multirun.yaml"
+    )
     for arch, dataset in tasks:
         for optim in ("sgd", "adam"):
             for init, rate in (("scale", 0.05), ("scale+bias", 0.1)):
                 for lr, factor in ((3e-4, 0.5), (1e-3, 1.0)):
                     for seed in seeds:
-                        fake_run(sweep_dir, arch=arch, dataset=dataset, init=init, optim=optim,
-                                 lr=lr, seed=seed, rate=rate * factor)
+                        fake_run(
+                            sweep_dir,
+                            arch=arch,
+                            dataset=dataset,
+                            init=init,
+                            optim=optim,
+                            lr=lr,
+                            seed=seed,
+                            rate=rate * factor,
+                        )
     write_tables(sweep_dir, 0.1)
 
 
@@ -104,8 +135,9 @@ def test_default_reads_only_the_latest_sweep_made_for_the_figure(tmp_path):
     fake_sweep(tmp_path / "outputs" / "sweep" / "new")
     (tmp_path / "outputs" / "sweep" / "new" / "selected.csv").touch()
     # a newer sweep of no figure preset (`varexp sweep` with its defaults) is not Fig. 4's input
-    fake_sweep(tmp_path / "outputs" / "sweep" / "default", tasks=(("mlp", "gaussian"),),
-               preset=None)
+    fake_sweep(
+        tmp_path / "outputs" / "sweep" / "default", tasks=(("mlp", "gaussian"),), preset=None
+    )
     paths = find_selected(None, str(tmp_path / "outputs"))
     assert paths == [tmp_path / "outputs" / "sweep" / "new" / "selected.csv"]
     assert set(selected_runs(paths)["dataset"]) == {"shapes"}
@@ -142,6 +174,7 @@ def test_unfinished_or_damaged_runs_are_left_out_with_one_line_each(tmp_path, ca
     make(str(tmp_path), "unused", tmp_path / "out")
     left_out = [r.message for r in caplog.records if "figure4 leaves out" in r.message]
     assert len(left_out) == 2
-    assert str(extended.metrics.parent) in left_out[0] or str(extended.metrics.parent) in \
-        left_out[1]
+    assert (
+        str(extended.metrics.parent) in left_out[0] or str(extended.metrics.parent) in left_out[1]
+    )
     assert any(str(damaged.metrics) in m for m in left_out)

@@ -76,10 +76,18 @@ def test_the_sampled_path_has_the_dense_law():
 
 @pytest.mark.parametrize("method", ["dense", "sampled"])
 def test_probe_heldout_writes_heldout_csv_beside_probe_csv(capsys, tmp_path, method):
-    code, err = run_in_process(capsys, "probe", "init=scale+bias", "arch.width=40",
-                               "arch.depth=5", "probe.samples=8", "probe.networks=3",
-                               "probe.heldout=12", f"probe.method={method}",
-                               f"hydra.run.dir={tmp_path}")
+    code, err = run_in_process(
+        capsys,
+        "probe",
+        "init=scale+bias",
+        "arch.width=40",
+        "arch.depth=5",
+        "probe.samples=8",
+        "probe.networks=3",
+        "probe.heldout=12",
+        f"probe.method={method}",
+        f"hydra.run.dir={tmp_path}",
+    )
     assert code == 0, err
     table = pd.read_csv(tmp_path / "heldout.csv")
     assert list(table.columns) == list(HELDOUT.columns)
@@ -105,16 +113,25 @@ def test_heldout_needs_a_fitted_init_one_line(capsys, tmp_path):
     assert code == 2
     assert err.strip().splitlines() == [
         "varexp probe: probe.heldout=10 is not allowed; needs a data-dependent init (scale, "
-        "scale+bias, lsuv); init=kaiming is not fitted to data (use probe.heldout=0)"]
+        "scale+bias, lsuv); init=kaiming is not fitted to data (use probe.heldout=0)"
+    ]
     assert not (tmp_path / "probe.csv").exists()
 
 
 @pytest.mark.parametrize("dataset", ["gaussian", "shapes"])
 def test_fresh_inputs_follow_the_probe_batch_and_are_not_in_it(dataset):
-    cfg = config("probe", "init=scale+bias", f"dataset={dataset}", "probe.samples=16",
-                 "probe.heldout=8", *(["arch=allcnnc", "dataset.cache=false",
-                                       "dataset.train_size=64", "dataset.test_size=8"]
-                                      if dataset == "shapes" else []))
+    cfg = config(
+        "probe",
+        "init=scale+bias",
+        f"dataset={dataset}",
+        "probe.samples=16",
+        "probe.heldout=8",
+        *(
+            ["arch=allcnnc", "dataset.cache=false", "dataset.train_size=64", "dataset.test_size=8"]
+            if dataset == "shapes"
+            else []
+        ),
+    )
     x = fixed_batch(cfg.dataset, cfg.arch, 16, cfg.seed)
     fresh = fresh_batch(cfg, torch.device("cpu"))
     assert fresh.shape == (8, *x.shape[1:])

@@ -170,8 +170,9 @@ def test_scale_bias_centres_every_feature_and_gives_unit_average_second_moment(w
         model, batches = MLP(20, 64, 10, outputs=5), mlp_batches()
     else:
         model, batches = SkipNet(), image_batches()
-    report = initialize(model, {"name": "scale+bias", "batches": len(batches), "eps": 1e-12},
-                        batches=batches)
+    report = initialize(
+        model, {"name": "scale+bias", "batches": len(batches), "eps": 1e-12}, batches=batches
+    )
     for name, u in fitted_stats(model, batches).items():
         channel_dims = [d for d in range(u.dim()) if d != 1]
         # per feature for Linear; per channel (the bias is per channel) for convs

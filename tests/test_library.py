@@ -124,8 +124,9 @@ def test_probe_runs_on_the_free_cores_and_restores_torchs_threads(monkeypatch):
         varexp.probe(model, x, threads=None)
         assert torch.get_num_threads() == 2
     assert seen == [1, 2, 2]
-    with pytest.raises(VarexpError, match="threads=0 is not allowed; must be auto, None or an "
-                                          "integer >= 1"):
+    with pytest.raises(
+        VarexpError, match="threads=0 is not allowed; must be auto, None or an integer >= 1"
+    ):
         varexp.probe(model, x, threads=0)
     assert 1 <= free_cores_now() <= available_cores()
 
@@ -152,10 +153,12 @@ def test_the_inits_report_their_targets_on_fresh_inputs_beside_the_fitting_ones(
         model = plain_mlp(64, 12)
         layers = fit(model, x, heldout=fresh).layers
         table = varexp.probe(model, fresh, grad=False)
-        np.testing.assert_allclose([e["heldout_second_moment"] for e in layers],
-                                   table.second_moment, rtol=1e-5)
-        np.testing.assert_allclose([e["heldout_mean_sq"] for e in layers],
-                                   table.sample_mean_sq_channel, rtol=1e-5)
+        np.testing.assert_allclose(
+            [e["heldout_second_moment"] for e in layers], table.second_moment, rtol=1e-5
+        )
+        np.testing.assert_allclose(
+            [e["heldout_mean_sq"] for e in layers], table.sample_mean_sq_channel, rtol=1e-5
+        )
         if fit is not varexp.init.lsuv_:  # lsuv's target is the std, within init.tol
             np.testing.assert_allclose([e["fit_second_moment"] for e in layers], 1.0, rtol=1e-3)
     # scale+bias centres its fitting batch only
@@ -196,8 +199,10 @@ def test_lsuv_matches_the_lsuv_package_on_a_torchvision_model():
 
     def stds(model: nn.Module) -> list[float]:
         out: list[float] = []
-        hooks = [wl.module.register_forward_hook(lambda _m, _i, y: out.append(y.std().item()))
-                 for wl in weight_layers(model)]
+        hooks = [
+            wl.module.register_forward_hook(lambda _m, _i, y: out.append(y.std().item()))
+            for wl in weight_layers(model)
+        ]
         with torch.no_grad():
             model.eval()(x)
         for hook in hooks:
@@ -234,9 +239,15 @@ def test_weights_used_without_calling_their_module_are_named_and_kept():
     measured or initialized: one warning names them with their share of the parameters, and a
     data-dependent init leaves them as they were."""
     torch.manual_seed(0)
-    model = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2,
-                                                 num_heads=2, hidden_dim=32, mlp_dim=64,
-                                                 num_classes=10)
+    model = torchvision.models.VisionTransformer(
+        image_size=32,
+        patch_size=8,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=32,
+        mlp_dim=64,
+        num_classes=10,
+    )
     x = torch.randn(16, 3, 32, 32)
     attention = [m for m in model.modules() if isinstance(m, nn.MultiheadAttention)]
     left = sum(p.numel() for m in attention for p in m.parameters())
@@ -244,15 +255,19 @@ def test_weights_used_without_calling_their_module_are_named_and_kept():
     total = sum(p.numel() for p in model.parameters())
     share = rf"{left:,} of {total:,} parameters \({100 * left / total:.1f}%\)"
     out_proj = attention[0].out_proj.weight.detach().clone()
-    with pytest.warns(UserWarning, match=r"not initialized by init=scale\+bias: 2 parameters "
-                      r"used directly \(class_token, encoder.pos_embedding\); 2 "
-                      r"MultiheadAttention .*; 2 NonDynamicallyQuantizableLinear used without "
-                      rf"calling it \(encoder.layers.encoder_layer_0.self_attention.out_proj, .*"
-                      rf"\): {share}"):
+    with pytest.warns(
+        UserWarning,
+        match=r"not initialized by init=scale\+bias: 2 parameters "
+        r"used directly \(class_token, encoder.pos_embedding\); 2 "
+        r"MultiheadAttention .*; 2 NonDynamicallyQuantizableLinear used without "
+        rf"calling it \(encoder.layers.encoder_layer_0.self_attention.out_proj, .*"
+        rf"\): {share}",
+    ):
         report = varexp.init.scale_bias_(model, x)
     assert torch.equal(attention[0].out_proj.weight, out_proj)
-    assert [e["name"] for e in report.layers] == [n for n, m in model.named_modules()
-                                                  if type(m) in (nn.Conv2d, nn.Linear)]
+    assert [e["name"] for e in report.layers] == [
+        n for n, m in model.named_modules() if type(m) in (nn.Conv2d, nn.Linear)
+    ]
     assert {u.name for u in report.not_initialized} >= {"class_token", "encoder.pos_embedding"}
     with pytest.warns(UserWarning, match=rf"^not measured: .*: {share}"):
         table = varexp.probe(model, x)
@@ -271,13 +286,23 @@ class FailsInForward(nn.Module):
 
 
 @pytest.mark.parametrize("init", ["scale_bias_", "scale_", "lsuv_"])
-@pytest.mark.parametrize("model, x, needle", [
-    (lambda: plain_mlp(8, 3), lambda: torch.randn(32, 7),
-     r"Sequential failed on batches of shape \(32, 7\): mat1 and mat2 shapes cannot be "
-     r"multiplied"),
-    (FailsInForward, lambda: torch.randn(32, 8), r"FailsInForward failed on batches of shape "
-                                                 r"\(32, 8\): shape '\[-1, 3\]' is invalid"),
-])
+@pytest.mark.parametrize(
+    "model, x, needle",
+    [
+        (
+            lambda: plain_mlp(8, 3),
+            lambda: torch.randn(32, 7),
+            r"Sequential failed on batches of shape \(32, 7\): mat1 and mat2 shapes cannot be "
+            r"multiplied",
+        ),
+        (
+            FailsInForward,
+            lambda: torch.randn(32, 8),
+            r"FailsInForward failed on batches of shape "
+            r"\(32, 8\): shape '\[-1, 3\]' is invalid",
+        ),
+    ],
+)
 def test_an_init_that_fails_leaves_the_model_as_it_was(init, model, x, needle):
     """The library's inits redraw every weight before fitting: any error on the way (here a
     forward pass that raises) puts every parameter and buffer back, with one line."""
@@ -309,8 +334,11 @@ def test_a_probe_that_fails_leaves_the_model_as_it_was():
     torch.manual_seed(0)
     model = NormThenFails().eval()
     before = copy.deepcopy(model.state_dict())
-    with pytest.raises(VarexpError, match=r"NormThenFails failed on x of shape \(32, 8\): "
-                                          r"shape '\[-1, 3\]' is invalid"):
+    with pytest.raises(
+        VarexpError,
+        match=r"NormThenFails failed on x of shape \(32, 8\): "
+        r"shape '\[-1, 3\]' is invalid",
+    ):
         varexp.probe(model, torch.randn(32, 8))
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -318,18 +346,29 @@ def test_a_probe_that_fails_leaves_the_model_as_it_was():
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 
 
-@pytest.mark.parametrize("x, needle", [
-    (lambda: torch.randn(32, 8, dtype=torch.float64), r"has dtype torch.float64, the model's "
-                                                      r"parameters torch.float32; pass"),
-    (lambda: torch.randn(1, 8), r"has 1 sample\(s\) \(shape \(1, 8\)\); the sample variance "
-                                r"needs T >= 2"),
-    (lambda: torch.randn(0, 8), r"has 0 sample\(s\)"),
-    (lambda: torch.randn(8), r"has shape \(8,\); it needs the samples first"),
-    (lambda: torch.randn(32, 8).index_fill_(0, torch.tensor([3]), float("nan")),
-     r"has 8 NaN or inf value\(s\) of 256"),
-    (lambda: torch.ones(32, 8, dtype=torch.bool), r"has dtype torch.bool; it must hold real"),
-    (lambda: [[0.0] * 8] * 4, r"must be a torch.Tensor of T samples; got list"),
-])
+@pytest.mark.parametrize(
+    "x, needle",
+    [
+        (
+            lambda: torch.randn(32, 8, dtype=torch.float64),
+            r"has dtype torch.float64, the model's "
+            r"parameters torch.float32; pass",
+        ),
+        (
+            lambda: torch.randn(1, 8),
+            r"has 1 sample\(s\) \(shape \(1, 8\)\); the sample variance "
+            r"needs T >= 2",
+        ),
+        (lambda: torch.randn(0, 8), r"has 0 sample\(s\)"),
+        (lambda: torch.randn(8), r"has shape \(8,\); it needs the samples first"),
+        (
+            lambda: torch.randn(32, 8).index_fill_(0, torch.tensor([3]), float("nan")),
+            r"has 8 NaN or inf value\(s\) of 256",
+        ),
+        (lambda: torch.ones(32, 8, dtype=torch.bool), r"has dtype torch.bool; it must hold real"),
+        (lambda: [[0.0] * 8] * 4, r"must be a torch.Tensor of T samples; got list"),
+    ],
+)
 def test_inputs_the_statistics_cannot_use_are_one_line_before_any_work(x, needle):
     torch.manual_seed(0)
     model = plain_mlp(8, 3)

@@ -20,14 +20,26 @@ from varexp.results import checkpoint
 from varexp.sweep import calibrate
 from varexp.train import Stopped, check, train
 
-MLP = ["arch=mlp", "arch.width=16", "arch.depth=3", "dataset=gaussian", "dataset.size=64",
-       "device=cpu", "train.progress=false", "train.batch_size=4", "train.probe_samples=8",
-       "train.steps=8", "train.ratio_every=2", "train.checkpoint_every=3"]
+MLP = [
+    "arch=mlp",
+    "arch.width=16",
+    "arch.depth=3",
+    "dataset=gaussian",
+    "dataset.size=64",
+    "device=cpu",
+    "train.progress=false",
+    "train.batch_size=4",
+    "train.probe_samples=8",
+    "train.steps=8",
+    "train.ratio_every=2",
+    "train.checkpoint_every=3",
+]
 
 
 def scalars(folder) -> dict[str, list[tuple[int, float]]]:
     event_accumulator = pytest.importorskip(
-        "tensorboard.backend.event_processing.event_accumulator")
+        "tensorboard.backend.event_processing.event_accumulator"
+    )
     acc = event_accumulator.EventAccumulator(str(folder))
     acc.Reload()
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
@@ -55,8 +67,9 @@ def test_tensorboard_holds_the_csv_rows(tmp_path):
     first = ratios[ratios.layer == 1]
     # and at step 8 the final parameters' ratio
     assert [s for s, _ in events["ratio/01_layer1"]] == [*first.step, 8]
-    assert [v for _, v in events["ratio/01_layer1"][:-1]] == pytest.approx(list(first.ratio),
-                                                                          rel=1e-6)
+    assert [v for _, v in events["ratio/01_layer1"][:-1]] == pytest.approx(
+        list(first.ratio), rel=1e-6
+    )
     assert len([t for t in events if t.startswith("weight_grad_rms/")]) == ratios.layer.nunique()
 
 
@@ -73,20 +86,21 @@ def test_tensorboard_ends_with_the_final_ratios_and_the_hparams(tmp_path):
     for layer, row in final.iterrows():
         tag = f"{layer + 1:02d}_{row['name']}"
         assert events[f"ratio/{tag}"][-1] == (8, pytest.approx(row.ratio, rel=1e-5))
-        assert events[f"ratio_channel/{tag}"][-1] == (8, pytest.approx(row.ratio_channel,
-                                                                      rel=1e-5))
+        assert events[f"ratio_channel/{tag}"][-1] == (8, pytest.approx(row.ratio_channel, rel=1e-5))
         assert events[f"weight_grad_rms/{tag}"][-1][0] == 6  # no gradient after the last step
     assert events["hparam/final_loss"] == [(8, pytest.approx(summary["final_loss"], rel=1e-6))]
     acc = event_accumulator.EventAccumulator(str(tmp_path / "tensorboard"))
     acc.Reload()
     content = acc.PluginTagToContent("hparams")
     start = plugin_data_pb2.HParamsPluginData.FromString(
-        content["_hparams_/session_start_info"]).session_start_info
+        content["_hparams_/session_start_info"]
+    ).session_start_info
     assert start.hparams["optim.lr"].number_value == pytest.approx(0.003)
     assert start.hparams["init.name"].string_value == "kaiming"
     assert start.hparams["arch.width"].number_value == 16
     experiment = plugin_data_pb2.HParamsPluginData.FromString(
-        content["_hparams_/experiment"]).experiment
+        content["_hparams_/experiment"]
+    ).experiment
     assert [m.name.tag for m in experiment.metric_infos] == ["hparam/final_loss"]
 
 
@@ -99,8 +113,7 @@ def test_resume_continues_the_events_without_duplicates(tmp_path):
     assert [s for s, _ in events["train/loss"]] == list(range(8))
     assert [s for s, _ in events["ratio/01_layer1"]] == [0, 2, 4, 6, 8]
     # a finished run continued to more steps: its end (final ratios, hparams) is purged
-    train(config("train", *MLP, "logger=tensorboard", "resume=true", "train.steps=10"),
-          tmp_path)
+    train(config("train", *MLP, "logger=tensorboard", "resume=true", "train.steps=10"), tmp_path)
     events = scalars(tmp_path / "tensorboard")
     assert [s for s, _ in events["train/loss"]] == list(range(10))
     assert [s for s, _ in events["ratio/01_layer1"]] == [0, 2, 4, 6, 8, 10]
@@ -114,8 +127,11 @@ def test_csv_logger_writes_no_events(tmp_path):
 
 def test_tensorboard_without_its_package_is_one_line(monkeypatch):
     hide_package(monkeypatch, "tensorboard")
-    with pytest.raises(ConfigError, match=r"^logger=tensorboard needs the tensorboard package, "
-                       r"which is not installed: pip install -e '\.\[tensorboard\]'"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^logger=tensorboard needs the tensorboard package, "
+        r"which is not installed: pip install -e '\.\[tensorboard\]'",
+    ):
         check(config("train", *MLP, "logger=tensorboard"))
 
 
@@ -149,7 +165,8 @@ def test_mlflow_resumes_without_repeating_a_step(tmp_path, store, monkeypatch):
     metrics = pd.read_csv(folder / "metrics.csv")
     assert sorted(m.step for m in loss) == list(range(8))
     assert [m.value for m in sorted(loss, key=lambda m: m.step)] == pytest.approx(
-        list(metrics.loss), rel=1e-6)
+        list(metrics.loss), rel=1e-6
+    )
     ratio = sorted(client.get_metric_history(run_id, "ratio/01_layer1"), key=lambda m: m.step)
     ratios = pd.read_csv(folder / "ratios.csv").query("layer == 1")
     assert [m.step for m in ratio] == [0, 2, 4, 6, 8]
@@ -169,19 +186,25 @@ def wandb_history(folder: Path) -> list[tuple[int, dict]]:
         assert data[:4] == b":W&B"
         while pos + 7 <= len(data):
             left = 32768 - pos % 32768
-            _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+            _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
             if left < 7 or (length == 0 and kind == 0):  # the rest of a block is padding
                 pos += left
                 continue
-            buffer += data[pos + 7:pos + 7 + length]
+            buffer += data[pos + 7 : pos + 7 + length]
             pos += 7 + length
             if kind in (1, 4):  # a whole record, or the last chunk of one
                 record = proto.Record.FromString(buffer)
                 buffer = b""
                 if record.WhichOneof("record_type") == "history":
-                    rows.append((record.history.step.num, {
-                        item.key or "/".join(item.nested_key): json.loads(item.value_json)
-                        for item in record.history.item}))
+                    rows.append(
+                        (
+                            record.history.step.num,
+                            {
+                                item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                                for item in record.history.item
+                            },
+                        )
+                    )
     return rows
 
 
@@ -199,22 +222,25 @@ def test_wandb_offline_resumes_without_repeating_a_step(tmp_path, monkeypatch):
     assert len(list(tmp_path.glob("wandb/offline-run-*"))) == 2  # the first try, the resume
     assert [step for step, _ in history] == list(range(9))
     metrics = pd.read_csv(tmp_path / "metrics.csv")
-    assert [row["train/loss"] for _, row in history[:8]] == pytest.approx(list(metrics.loss),
-                                                                         rel=1e-6)
+    assert [row["train/loss"] for _, row in history[:8]] == pytest.approx(
+        list(metrics.loss), rel=1e-6
+    )
     ratios = pd.read_csv(tmp_path / "ratios.csv").query("layer == 1")
     assert [row["ratio/01_layer1"] for step, row in history if step % 2 == 0] == pytest.approx(
-        [*ratios.ratio, final_ratios(tmp_path).ratio.iloc[0]], rel=1e-5)
+        [*ratios.ratio, final_ratios(tmp_path).ratio.iloc[0]], rel=1e-5
+    )
 
 
 @pytest.mark.parametrize("name", ["wandb", "mlflow"])
 def test_a_logger_without_its_package_is_one_line(monkeypatch, capsys, tmp_path, name):
     hide_package(monkeypatch, name)
-    code, err = run_in_process(capsys, "train", *MLP, f"logger={name}",
-                               f"hydra.run.dir={tmp_path}")
+    code, err = run_in_process(capsys, "train", *MLP, f"logger={name}", f"hydra.run.dir={tmp_path}")
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1, err
-    assert lines[0].endswith(f"logger={name} needs the {name} package, which is not installed: "
-                             f"pip install -e '.[{name}]' (or pip install {name})"), err
+    assert lines[0].endswith(
+        f"logger={name} needs the {name} package, which is not installed: "
+        f"pip install -e '.[{name}]' (or pip install {name})"
+    ), err
     assert not (tmp_path / "metrics.csv").exists()
 
 
@@ -223,8 +249,9 @@ def test_an_mlflow_store_that_cannot_open_is_one_line(tmp_path):
     (tmp_path / "file").write_text("not a folder")
     uri = f"sqlite:///{tmp_path / 'file' / 'mlflow.db'}"
     with pytest.raises(VarexpError, match=r"^logger=mlflow could not open the store sqlite:"):
-        train(config("train", *MLP, "logger=mlflow", f"logger.tracking_uri={uri}"),
-              tmp_path / "run")
+        train(
+            config("train", *MLP, "logger=mlflow", f"logger.tracking_uri={uri}"), tmp_path / "run"
+        )
 
 
 def test_a_sweeps_timing_run_logs_nowhere(tmp_path):

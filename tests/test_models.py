@@ -238,8 +238,11 @@ def test_allcnnc_dropout_is_configurable_and_off_by_default():
 @pytest.mark.parametrize(
     "name, options, message",
     [
-        ("allcnnc", {"channels": -1},
-         "arch.channels=-1 is not allowed; must be a finite number > 0"),
+        (
+            "allcnnc",
+            {"channels": -1},
+            "arch.channels=-1 is not allowed; must be a finite number > 0",
+        ),
         ("unet", {"channels": 0}, "arch.channels=0 is not allowed; must be a finite number > 0"),
         ("unet", {"channels": "wide"}, "arch.channels='wide' is not allowed"),
         ("allcnnc", {"norm": "layernorm"}, "arch.norm='layernorm' is not allowed; choose one of"),

@@ -16,24 +16,40 @@ import varexp
 from varexp.results.aggregate import criterion
 from varexp.train import objective
 
-TINY = ["arch=mlp", "arch.width=16", "arch.depth=3", "dataset=gaussian", "dataset.size=64",
-        "train.steps=6", "train.ratio_every=3", "train.batch_size=8", "train.probe_samples=8",
-        "device=cpu"]
+TINY = [
+    "arch=mlp",
+    "arch.width=16",
+    "arch.depth=3",
+    "dataset=gaussian",
+    "dataset.size=64",
+    "train.steps=6",
+    "train.ratio_every=3",
+    "train.batch_size=8",
+    "train.probe_samples=8",
+    "device=cpu",
+]
 
 
 def test_train_returns_its_mean_training_loss(tmp_path):
-    metrics = pd.DataFrame({"step": range(4), "epoch": 0, "loss": [2.0, 1.0, 0.5, 0.5],
-                            "lr": 0.1, "seconds": 0.0})
+    metrics = pd.DataFrame(
+        {"step": range(4), "epoch": 0, "loss": [2.0, 1.0, 0.5, 0.5], "lr": 0.1, "seconds": 0.0}
+    )
     metrics.to_csv(tmp_path / "metrics.csv", index=False)
     assert objective(tmp_path, {"status": "completed"}) == 1.0 == criterion(metrics.loss, 1.0)
     assert objective(tmp_path, {"status": "diverged"}) == math.inf
 
 
 def test_optuna_searches_the_learning_rate(tmp_path):
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper",
-                        reason="pip install -e '.[optuna]'")
-    out = run_varexp("train", "experiment=optuna_lr", *TINY, "hydra.sweeper.n_trials=3",
-                     f"hydra.sweep.dir={tmp_path / 'study'}", cwd=tmp_path, check=True)
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="pip install -e '.[optuna]'")
+    out = run_varexp(
+        "train",
+        "experiment=optuna_lr",
+        *TINY,
+        "hydra.sweeper.n_trials=3",
+        f"hydra.sweep.dir={tmp_path / 'study'}",
+        cwd=tmp_path,
+        check=True,
+    )
     trials = sorted((tmp_path / "study").rglob("summary.json"))
     assert len(trials) == 3, out.stdout[-2000:]
     lrs = [json.loads(p.read_text())["lr"] for p in trials]
@@ -51,8 +67,15 @@ def test_optuna_searches_the_learning_rate(tmp_path):
     assert "best settings" in out.stdout and f"{best['best_params']['optim.lr']:.3g}" in out.stdout
 
     # the same command again continues the study: n_trials is the total, one more trial runs
-    again = run_varexp("train", "experiment=optuna_lr", *TINY, "hydra.sweeper.n_trials=4",
-                       f"hydra.sweep.dir={tmp_path / 'study'}", cwd=tmp_path, check=True)
+    again = run_varexp(
+        "train",
+        "experiment=optuna_lr",
+        *TINY,
+        "hydra.sweeper.n_trials=4",
+        f"hydra.sweep.dir={tmp_path / 'study'}",
+        cwd=tmp_path,
+        check=True,
+    )
     assert "4 in all, 1 to run, 1 at a time; 3 finished there already" in again.stdout
     assert len(list((tmp_path / "study").rglob("summary.json"))) == 4
     trials = pd.read_csv(tmp_path / "study" / "trials.csv")

@@ -33,25 +33,52 @@ from varexp.results.checkpoint import checkpoint_path
 from varexp.train import train
 
 # small versions of the paper's three models, sized so that 100 steps in float64 take seconds
-MLP = ["arch=mlp", "arch.width=16", "arch.depth=3", "dataset=gaussian", "dataset.size=64",
-       "train.batch_size=8"]
-ALLCNNC = ["arch=allcnnc", "arch.channels=0.1", "dataset=gaussian", "dataset.shape=[3,12,12]",
-           "dataset.size=128", "train.batch_size=16"]
-UNET = ["arch=unet", "arch.channels=0.04", "dataset=membranes", "dataset.slices=3",
-        "dataset.size=64", "dataset.crop=32", "dataset.val_slices=1", "dataset.cache=false",
-        "dataset.augment=false", "train.batch_size=2"]
+MLP = [
+    "arch=mlp",
+    "arch.width=16",
+    "arch.depth=3",
+    "dataset=gaussian",
+    "dataset.size=64",
+    "train.batch_size=8",
+]
+ALLCNNC = [
+    "arch=allcnnc",
+    "arch.channels=0.1",
+    "dataset=gaussian",
+    "dataset.shape=[3,12,12]",
+    "dataset.size=128",
+    "train.batch_size=16",
+]
+UNET = [
+    "arch=unet",
+    "arch.channels=0.04",
+    "dataset=membranes",
+    "dataset.slices=3",
+    "dataset.size=64",
+    "dataset.crop=32",
+    "dataset.val_slices=1",
+    "dataset.cache=false",
+    "dataset.augment=false",
+    "train.batch_size=2",
+]
 FAST = ["device=cpu", "train.progress=false", "train.probe_samples=8"]
 # every init of Fig. 4 (data-dependent fits per run, BatchNorm's per-run batch statistics) and
 # both optimizers, each at its own learning rate, in one pack
-FIG4 = [("scale", "sgd", 1e-3), ("scale+bias", "adam", 3e-4), ("batchnorm", "sgd", 3e-3),
-        ("batchnorm", "adam", 1e-4), ("scale+bias", "sgd", 1e-2)]
+FIG4 = [
+    ("scale", "sgd", 1e-3),
+    ("scale+bias", "adam", 3e-4),
+    ("batchnorm", "sgd", 3e-3),
+    ("batchnorm", "adam", 1e-4),
+    ("scale+bias", "sgd", 1e-2),
+]
 STATS = ["sample_mean_sq", "sample_var", "sample_mean_sq_channel", "sample_var_channel"]
 
 
 def run_cfg(arch: list[str], init: str, optim: str, lr: float, *extra: str):
     fit = ["init.batches=2"] if init != "batchnorm" else []
-    return config("train", *FAST, *arch, f"init={init}", *fit, f"optim={optim}",
-                  f"optim.lr={lr}", *extra)
+    return config(
+        "train", *FAST, *arch, f"init={init}", *fit, f"optim={optim}", f"optim.lr={lr}", *extra
+    )
 
 
 def pack_of(cfgs: list, folder: Path) -> list[dict]:
@@ -65,8 +92,7 @@ def pack_of(cfgs: list, folder: Path) -> list[dict]:
 def relative(a: np.ndarray, b: np.ndarray, scale: np.ndarray) -> float:
     both = np.isfinite(a) & np.isfinite(b)
     assert (np.isfinite(a) == np.isfinite(b)).all()
-    return float(np.max(np.abs(a[both] - b[both]) / np.maximum(scale[both], 1e-300),
-                        initial=0.0))
+    return float(np.max(np.abs(a[both] - b[both]) / np.maximum(scale[both], 1e-300), initial=0.0))
 
 
 def worst_difference(alone: Path, packed: Path) -> float:
@@ -85,8 +111,14 @@ def worst_difference(alone: Path, packed: Path) -> float:
             worst = max(worst, relative(a[column].to_numpy(), b[column].to_numpy(), moment))
         alive = (a[f"sample_var{suffix}"] > 1e-12 * moment).to_numpy()
         column = f"ratio{suffix}"
-        worst = max(worst, relative(a[column].to_numpy()[alive], b[column].to_numpy()[alive],
-                                    a[column].to_numpy()[alive]))
+        worst = max(
+            worst,
+            relative(
+                a[column].to_numpy()[alive],
+                b[column].to_numpy()[alive],
+                a[column].to_numpy()[alive],
+            ),
+        )
     grad = a.weight_grad_rms.to_numpy()
     return max(worst, relative(grad, b.weight_grad_rms.to_numpy(), grad))
 
@@ -149,8 +181,10 @@ def test_a_packed_run_gives_the_rows_it_gives_alone(tmp_path, float64, arch):
         for key, value in a["model"].items():
             # (atol: a conv's bias before BatchNorm has no effect, and no gradient but
             # rounding: it stays at rounding level, 1e-11)
-            assert torch.allclose(value.double(), b["model"][key].double(), rtol=1e-9,
-                                  atol=1e-9), (FIG4[k], key)
+            assert torch.allclose(value.double(), b["model"][key].double(), rtol=1e-9, atol=1e-9), (
+                FIG4[k],
+                key,
+            )
         state_a, state_b = a["optimizer"]["state"], b["optimizer"]["state"]
         assert state_a.keys() == state_b.keys()
         for param, entries in state_a.items():
@@ -164,8 +198,10 @@ def test_a_packed_run_gives_the_rows_it_gives_alone(tmp_path, float64, arch):
 def test_float32_packs_follow_the_same_curve(tmp_path):
     """In float32 the packed and the lone runs round differently and drift apart slowly: over
     100 steps of the MLP the loss agrees to 1e-4 relative (measured: about 1e-6)."""
-    cfgs = [run_cfg(MLP, init, optim, lr, "train.steps=100", "train.ratio_every=50")
-            for init, optim, lr in FIG4]
+    cfgs = [
+        run_cfg(MLP, init, optim, lr, "train.steps=100", "train.ratio_every=50")
+        for init, optim, lr in FIG4
+    ]
     for k, cfg in enumerate(cfgs):
         train(cfg, tmp_path / "alone" / str(k), quiet=True)
     pack_of(cfgs, tmp_path / "pack")
@@ -182,8 +218,10 @@ def test_a_diverging_run_leaves_its_pack_alone(tmp_path):
     """A run with a huge lr diverges at the step it diverges at alone, with the same rows up to
     it; the other runs of its pack give exactly the rows they give in a pack without it."""
     steps = ["train.steps=30", "train.ratio_every=5", "train.checkpoint_every=10"]
-    good = [run_cfg(MLP, "scale", "sgd", 1e-2, *steps), run_cfg(MLP, "batchnorm", "adam", 1e-3,
-                                                                  *steps)]
+    good = [
+        run_cfg(MLP, "scale", "sgd", 1e-2, *steps),
+        run_cfg(MLP, "batchnorm", "adam", 1e-3, *steps),
+    ]
     huge = run_cfg(MLP, "scale+bias", "sgd", 1e6, *steps)
     alone = train(huge, tmp_path / "alone", quiet=True)
     assert alone["status"] == "diverged"
@@ -199,30 +237,49 @@ def test_a_diverging_run_leaves_its_pack_alone(tmp_path):
     for k, j in ((0, 0), (2, 1)):
         assert with_it[k]["status"] == "completed" and with_it[k]["steps"] == 30
         for name in ("metrics.csv", "ratios.csv"):
-            a, b = (pd.read_csv(tmp_path / d / str(i) / name).drop(columns="seconds",
-                                                                   errors="ignore")
-                    for d, i in (("with", k), ("without", j)))
+            a, b = (
+                pd.read_csv(tmp_path / d / str(i) / name).drop(columns="seconds", errors="ignore")
+                for d, i in (("with", k), ("without", j))
+            )
             pd.testing.assert_frame_equal(a, b, check_exact=True)
 
 
-SIZES = ["arch=mlp", "arch.width=16", "arch.depth=3", "dataset=gaussian", "dataset.size=64",
-         "train.steps=8", "train.batch_size=8", "train.ratio_every=2", "train.probe_samples=8",
-         "train.checkpoint_every=2", "train.progress=false", "device=cpu",
-         "sweep.estimate=false"]
+SIZES = [
+    "arch=mlp",
+    "arch.width=16",
+    "arch.depth=3",
+    "dataset=gaussian",
+    "dataset.size=64",
+    "train.steps=8",
+    "train.batch_size=8",
+    "train.ratio_every=2",
+    "train.probe_samples=8",
+    "train.checkpoint_every=2",
+    "train.progress=false",
+    "device=cpu",
+    "sweep.estimate=false",
+]
 GRID = ["init=scale,scale+bias,batchnorm", "optim=sgd,adam", "sweep.lr_index=0,3", "seed=0"]
 
 
 def sweep_here(tmp_path: Path, folder: str, *extra: str) -> list[str]:
-    return ["sweep", *SIZES, *GRID, f"hydra.sweep.dir={tmp_path / folder}",
-            "hydra/launcher=basic", *extra]
+    return [
+        "sweep",
+        *SIZES,
+        *GRID,
+        f"hydra.sweep.dir={tmp_path / folder}",
+        "hydra/launcher=basic",
+        *extra,
+    ]
 
 
 def rows(folder: Path) -> dict[str, pd.DataFrame]:
     """Every run's metrics.csv and ratios.csv under a sweep folder, without the timings."""
     out = {}
     for path in sorted(folder.rglob("metrics.csv")) + sorted(folder.rglob("ratios.csv")):
-        out[str(path.relative_to(folder))] = pd.read_csv(path).drop(columns="seconds",
-                                                                    errors="ignore")
+        out[str(path.relative_to(folder))] = pd.read_csv(path).drop(
+            columns="seconds", errors="ignore"
+        )
     return out
 
 
@@ -260,7 +317,8 @@ def test_a_run_whose_init_fails_is_failed_and_its_pack_completes(tmp_path, monke
 
 
 def test_runs_refused_inside_a_pack_are_failed_and_the_sweep_exits_non_zero(
-        tmp_path, monkeypatch, capsys):
+    tmp_path, monkeypatch, capsys
+):
     """Inside a pack each run is refused as its own job would be: a finished run that cannot
     continue to the new train.steps (its checkpoint deleted) and a folder where a stray file
     appeared after the launch's checks are failed in sweep.csv, their folders untouched; the
@@ -268,13 +326,21 @@ def test_runs_refused_inside_a_pack_are_failed_and_the_sweep_exits_non_zero(
     import varexp.sweep
 
     sweep = tmp_path / "sweep"
-    narrow = [*SIZES, "init=scale,scale+bias", "optim=sgd", "sweep.lr_index=0,3", "seed=0",
-              f"hydra.sweep.dir={sweep}", "hydra/launcher=basic"]
+    narrow = [
+        *SIZES,
+        "init=scale,scale+bias",
+        "optim=sgd",
+        "sweep.lr_index=0,3",
+        "seed=0",
+        f"hydra.sweep.dir={sweep}",
+        "hydra/launcher=basic",
+    ]
     launch_here(monkeypatch, tmp_path, "sweep", *narrow)
     lost = "mlp-gaussian/scale+bias/sgd/lr=0.0003/seed=0"
     (sweep / lost / "checkpoint.pt").unlink()
-    kept = {p: p.read_bytes() for p in (sweep / lost).rglob("*")
-            if p.is_file() and p.suffix != ".log"}
+    kept = {
+        p: p.read_bytes() for p in (sweep / lost).rglob("*") if p.is_file() and p.suffix != ".log"
+    }
     stray = "mlp-gaussian/batchnorm/sgd/lr=0.01/seed=0"
     real_prepare = varexp.sweep.prepare
 
@@ -286,17 +352,25 @@ def test_runs_refused_inside_a_pack_are_failed_and_the_sweep_exits_non_zero(
     monkeypatch.setattr(varexp.sweep, "prepare", then_a_stray_file)
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_:
-        launch_here(monkeypatch, tmp_path, "sweep", *narrow, "init=scale,scale+bias,batchnorm",
-                    "train.steps=10")
+        launch_here(
+            monkeypatch,
+            tmp_path,
+            "sweep",
+            *narrow,
+            "init=scale,scale+bias,batchnorm",
+            "train.steps=10",
+        )
     assert exit_.value.code == 1
     out = capsys.readouterr()
     assert "6 runs in 1 job: 1 pack of 6" in out.out
     table = pd.read_csv(sweep / "sweep.csv").set_index("run_dir")
     assert table["status"].to_dict() == {
-        **{d: "completed" for d in table.index}, lost: "failed", stray: "failed"}
+        **{d: "completed" for d in table.index},
+        lost: "failed",
+        stray: "failed",
+    }
     assert (table.loc[table["status"] == "completed", "steps"] == 10).all()
-    assert out.err.strip().splitlines()[-1].startswith("varexp sweep: 2 of 6 runs did not "
-                                                       "finish; ")
+    assert out.err.strip().splitlines()[-1].startswith("varexp sweep: 2 of 6 runs did not finish; ")
     assert {p: p.read_bytes() for p in kept} == kept  # .hydra/config.yaml and summary included
     assert sorted(p.name for p in (sweep / stray).iterdir()) == ["notes.txt", "sweep.log"]
     assert "holds results made without a record" in (sweep / stray / "sweep.log").read_text()
@@ -309,9 +383,19 @@ def test_packs_and_runs_alone_report_under_the_plans_job_numbers(tmp_path, monke
     sweep = tmp_path / "sweep"
     # per seed, 3 runs in packs of at most 2: jobs [0, 1], [2], [3, 4], [5] in the grid,
     # launched as #0 [0, 1], #1 [3, 4], #2 [2], #3 [5]
-    launch_here(monkeypatch, tmp_path, "sweep", *SIZES, "init=scale,scale+bias,batchnorm",
-                "optim=sgd", "sweep.lr_index=0", "seed=0,1", "sweep.pack=2",
-                f"hydra.sweep.dir={sweep}", "hydra/launcher=basic")
+    launch_here(
+        monkeypatch,
+        tmp_path,
+        "sweep",
+        *SIZES,
+        "init=scale,scale+bias,batchnorm",
+        "optim=sgd",
+        "sweep.lr_index=0",
+        "seed=0,1",
+        "sweep.pack=2",
+        f"hydra.sweep.dir={sweep}",
+        "hydra/launcher=basic",
+    )
     out = capsys.readouterr().out
     assert "6 runs in 4 jobs: 2 packs of 2, 2 runs alone" in out
     assert "sweep: 6 runs (6 completed)" in out
@@ -353,8 +437,11 @@ def test_runs_at_different_steps_join_the_pack_at_theirs(tmp_path, monkeypatch, 
     in_float64([config("sweep", *SIZES[:5])])
     launch_here(monkeypatch, tmp_path, *sweep_here(tmp_path, "whole"))
     with pytest.raises(SystemExit):
-        launch_here(monkeypatch, tmp_path, *sweep_here(tmp_path, "cut", "train.stop_after=3",
-                                                       "sweep.pack=off"))
+        launch_here(
+            monkeypatch,
+            tmp_path,
+            *sweep_here(tmp_path, "cut", "train.stop_after=3", "sweep.pack=off"),
+        )
     cut = tmp_path / "cut"
     assert [torch.load(p, weights_only=True)["step"] for p in cut.rglob("checkpoint.pt")] == [2]
     launch_here(monkeypatch, tmp_path, *sweep_here(tmp_path, "cut"))
@@ -362,8 +449,14 @@ def test_runs_at_different_steps_join_the_pack_at_theirs(tmp_path, monkeypatch, 
     for name, frame in rows(tmp_path / "whole").items():
         other = rows(cut)[name]
         for column in frame.columns.drop("name", errors="ignore"):
-            assert relative(frame[column].to_numpy(float), other[column].to_numpy(float),
-                            np.abs(frame[column].to_numpy(float)) + 1e-12) < 1e-9, name
+            assert (
+                relative(
+                    frame[column].to_numpy(float),
+                    other[column].to_numpy(float),
+                    np.abs(frame[column].to_numpy(float)) + 1e-12,
+                )
+                < 1e-9
+            ), name
 
 
 @pytest.mark.slow
@@ -372,22 +465,41 @@ def test_ctrl_c_and_sigkill_of_a_packed_sweep_then_resume(tmp_path):
     line, exit 2, as a sweep of lone runs), and so does SIGTERM; SIGKILL of the next launch
     keeps the checkpoints; the same command again gives every run the rows of an uninterrupted
     sweep."""
-    args = [*sweep_here(tmp_path, "cut")[0:1], *SIZES, *GRID, "train.steps=3000",
-            "train.ratio_every=500", "train.checkpoint_every=200", "train.log_seconds=0.2"]
+    args = [
+        *sweep_here(tmp_path, "cut")[0:1],
+        *SIZES,
+        *GRID,
+        "train.steps=3000",
+        "train.ratio_every=500",
+        "train.checkpoint_every=200",
+        "train.log_seconds=0.2",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
-        proc = subprocess.Popen([sys.executable, "-m", "varexp", *args,
-                                 f"hydra.sweep.dir={tmp_path / 'cut'}", "hydra/launcher=basic"],
-                                cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "varexp",
+                *args,
+                f"hydra.sweep.dir={tmp_path / 'cut'}",
+                "hydra/launcher=basic",
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         for line in proc.stdout:
             if "pack step" in line and "steps/s" in line:
                 break
         if sig == signal.SIGKILL:  # once a second round of checkpoints is on disk
             start = time.monotonic()
             while time.monotonic() - start < 60 and not any(
-                    torch.load(p, weights_only=True)["step"] >= 1000
-                    for p in (tmp_path / "cut").rglob("checkpoint.pt")):
+                torch.load(p, weights_only=True)["step"] >= 1000
+                for p in (tmp_path / "cut").rglob("checkpoint.pt")
+            ):
                 time.sleep(0.2)
         proc.send_signal(sig)
         out = proc.communicate(timeout=120)[0]
@@ -397,13 +509,24 @@ def test_ctrl_c_and_sigkill_of_a_packed_sweep_then_resume(tmp_path):
         else:
             assert proc.returncode == -9
         assert not list((tmp_path / "cut").rglob("summary.json"))
-    steps = {torch.load(p, weights_only=True)["step"]
-             for p in (tmp_path / "cut").rglob("checkpoint.pt")}
+    steps = {
+        torch.load(p, weights_only=True)["step"] for p in (tmp_path / "cut").rglob("checkpoint.pt")
+    }
     assert min(steps) > 0
-    run_varexp(*args, f"hydra.sweep.dir={tmp_path / 'cut'}", "hydra/launcher=basic",
-               cwd=tmp_path, check=True)
-    run_varexp(*args, f"hydra.sweep.dir={tmp_path / 'whole'}", "hydra/launcher=basic",
-               cwd=tmp_path, check=True)
+    run_varexp(
+        *args,
+        f"hydra.sweep.dir={tmp_path / 'cut'}",
+        "hydra/launcher=basic",
+        cwd=tmp_path,
+        check=True,
+    )
+    run_varexp(
+        *args,
+        f"hydra.sweep.dir={tmp_path / 'whole'}",
+        "hydra/launcher=basic",
+        cwd=tmp_path,
+        check=True,
+    )
     assert_same_rows(tmp_path / "whole", tmp_path / "cut")
 
 
@@ -419,8 +542,9 @@ def test_packed_and_unpacked_sweeps_make_the_same_tables(tmp_path, monkeypatch, 
     alone_out = capsys.readouterr().out
     assert "12 runs in 1 job: 1 pack of 12" in packed_out
     assert "12 runs, each its own job (not packed)" in alone_out
-    a, b = (pd.read_csv(tmp_path / d / "sweep.csv").drop(columns="seconds")
-            for d in ("packed", "alone"))
+    a, b = (
+        pd.read_csv(tmp_path / d / "sweep.csv").drop(columns="seconds") for d in ("packed", "alone")
+    )
     pd.testing.assert_frame_equal(a, b, rtol=1e-4)
     assert_same_rows(tmp_path / "packed", tmp_path / "alone", rtol=1e-4, atol=1e-7)
     for folder in (tmp_path / "packed").glob("mlp-gaussian/*/*/*/seed=0"):
@@ -429,7 +553,8 @@ def test_packed_and_unpacked_sweeps_make_the_same_tables(tmp_path, monkeypatch, 
             left = (folder / ".hydra" / name).read_text()
             right = (twin / ".hydra" / name).read_text()
             assert left == right.replace("pack: 'off'", "pack: auto").replace(
-                "- sweep.pack=off\n", "")
+                "- sweep.pack=off\n", ""
+            )
         assert (folder / "run.json").is_file() and (folder / "sweep.log").is_file()
 
 
@@ -442,13 +567,20 @@ def jobs_of(*swept: str) -> list[list[str]]:
 
 
 def test_jobs_pack_only_with_jobs_that_share_their_data_stream():
-    jobs = jobs_of("init=scale,batchnorm", "optim=sgd,adam", "sweep.lr_index=0,1",
-                   "seed=0,1", "train.batch_size=8,16")
+    jobs = jobs_of(
+        "init=scale,batchnorm",
+        "optim=sgd,adam",
+        "sweep.lr_index=0,1",
+        "seed=0,1",
+        "train.batch_size=8,16",
+    )
     groups = packing.groups_of(jobs)
     assert len(groups) == 4 and all(len(g) == 8 for g in groups)
     for group in groups:
-        shared = {tuple(o for o in jobs[i] if o.split("=")[0] in ("seed", "train.batch_size"))
-                  for i in group}
+        shared = {
+            tuple(o for o in jobs[i] if o.split("=")[0] in ("seed", "train.batch_size"))
+            for i in group
+        }
         assert len(shared) == 1
     cfg = config("sweep", *SIZES)
     plan = packing.plan(3, jobs, lambda i: cfg)
@@ -474,19 +606,22 @@ def test_auto_packs_small_mlp_steps_on_the_cpu_only():
     assert "compute-bound on the CPU (packs pay below 10M)" in plan.text()
     # the conv models: the default sweep's ALL-CNN-C and the quick Fig. 4's UNet run alone on
     # the CPU, as with sweep.pack=off, and the plan says why; sweep.pack=N still packs them
-    for task, said in (("task=shapes", "ALL-CNN-C runs not packed on the CPU"),
-                       ("task=membranes", "UNet runs not packed on the CPU")):
+    for task, said in (
+        ("task=shapes", "ALL-CNN-C runs not packed on the CPU"),
+        ("task=membranes", "UNet runs not packed on the CPU"),
+    ):
         cfg = config("sweep", task)
         plan = packing.plan("auto", jobs, lambda i, cfg=cfg: cfg)
         assert plan.packs == [[0], [1], [2], [3]] and said in plan.text(), plan.text()
         assert packing.plan(4, jobs, lambda i, cfg=cfg: cfg).packs == [[0, 1, 2, 3]]
     # where a launcher runs jobs side by side, one pack per core
     assert [len(p) for p in packing.plan("auto", jobs, lambda i: small, "joblib", 2).packs] == [
-        2, 2]
+        2,
+        2,
+    ]
 
 
-def test_a_preset_with_its_own_sweeper_keeps_it_and_is_never_packed(tmp_path, monkeypatch,
-                                                                    capsys):
+def test_a_preset_with_its_own_sweeper_keeps_it_and_is_never_packed(tmp_path, monkeypatch, capsys):
     """`varexp sweep` launches through the packing sweeper unless the preset picks another:
     experiment=optuna_lr searches with Optuna's, its trials each a run of its own."""
     pytest.importorskip("optuna")
@@ -499,8 +634,15 @@ def test_a_preset_with_its_own_sweeper_keeps_it_and_is_never_packed(tmp_path, mo
     assert sweeper("experiment=figure4_quick").endswith(".PackSweeper")
     assert sweeper("experiment=optuna_lr").endswith(".OptunaSweeper")
     folder = tmp_path / "search"
-    launch_here(monkeypatch, tmp_path, "sweep", "experiment=optuna_lr", *SIZES[:-1],
-                "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={folder}")
+    launch_here(
+        monkeypatch,
+        tmp_path,
+        "sweep",
+        "experiment=optuna_lr",
+        *SIZES[:-1],
+        "hydra.sweeper.n_trials=2",
+        f"hydra.sweep.dir={folder}",
+    )
     out = capsys.readouterr().out
     assert "packs (" not in out and PACK_KEY not in job_logs(folder)
     assert len(list(folder.rglob("summary.json"))) == 2
@@ -533,9 +675,16 @@ def test_the_slurm_launcher_submits_packs(tmp_path, monkeypatch, capsys):
     (bin_dir / "sbatch").write_text("#!/bin/sh\nexit 1\n")
     (bin_dir / "sbatch").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    launch_here(monkeypatch, tmp_path, "sweep", *SIZES, *GRID,
-                f"hydra.sweep.dir={tmp_path / 'slurm'}", "hydra/launcher=submitit_slurm",
-                "hydra.launcher.partition=gpu")
+    launch_here(
+        monkeypatch,
+        tmp_path,
+        "sweep",
+        *SIZES,
+        *GRID,
+        f"hydra.sweep.dir={tmp_path / 'slurm'}",
+        "hydra/launcher=submitit_slurm",
+        "hydra.launcher.partition=gpu",
+    )
     assert "12 runs in 1 job: 1 pack of 12" in capsys.readouterr().out
     assert len(submitted) == 1 and any(o.startswith("+packed_runs=") for o in submitted[0])
     table = pd.read_csv(tmp_path / "slurm" / "sweep.csv")
@@ -550,13 +699,18 @@ def test_auto_on_a_cluster_packs_for_the_gpus_its_jobs_get(monkeypatch):
     from varexp.compose import complete, compose_config
 
     def slurm(*extra: str):
-        return compose_config("sweep", complete("sweep", [
-            *SIZES, "hydra/launcher=submitit_slurm", *extra]))
+        return compose_config(
+            "sweep", complete("sweep", [*SIZES, "hydra/launcher=submitit_slurm", *extra])
+        )
 
-    monkeypatch.setattr(packing.memory, "available", lambda device: pytest.fail(
-        "the memory of the launching machine is not the nodes'"))
-    jobs = jobs_of("init=scale,scale+bias,batchnorm", "optim=sgd,adam", "sweep.lr_index=0,1,2,3",
-                   "seed=0,1,2")
+    monkeypatch.setattr(
+        packing.memory,
+        "available",
+        lambda device: pytest.fail("the memory of the launching machine is not the nodes'"),
+    )
+    jobs = jobs_of(
+        "init=scale,scale+bias,batchnorm", "optim=sgd,adam", "sweep.lr_index=0,1,2,3", "seed=0,1,2"
+    )
     for extra in (["device=auto", "hydra.launcher.gpus_per_node=1"], ["device=cuda"]):
         cfg = slurm(*extra)
         plan = packing.plan("auto", jobs, lambda i, cfg=cfg: cfg, "submitit_slurm")
@@ -564,8 +718,9 @@ def test_auto_on_a_cluster_packs_for_the_gpus_its_jobs_get(monkeypatch):
     unknown = slurm("device=auto")
     plan = packing.plan("auto", jobs, lambda i: unknown, "submitit_slurm")
     assert not plan.packed and "the cluster's device is not known here" in plan.text()
-    assert [len(p) for p in packing.plan(8, jobs, lambda i: unknown,
-                                         "submitit_slurm").packs] == [8] * 9
+    assert [len(p) for p in packing.plan(8, jobs, lambda i: unknown, "submitit_slurm").packs] == [
+        8
+    ] * 9
 
 
 def test_a_pack_that_does_not_fit_is_split_with_one_line(monkeypatch):
@@ -581,7 +736,8 @@ def test_a_pack_that_does_not_fit_is_split_with_one_line(monkeypatch):
 
 @pytest.mark.slow
 def test_a_pack_job_that_does_not_fit_here_trains_its_runs_in_smaller_packs(
-        tmp_path, monkeypatch, capsys):
+    tmp_path, monkeypatch, capsys
+):
     """The plan cut packs to the memory of the launching machine; the job checks the memory
     where it runs, and a pack that does not fit there is trained as smaller packs, one after
     another, with one line, to the same rows."""
@@ -591,15 +747,22 @@ def test_a_pack_job_that_does_not_fit_here_trains_its_runs_in_smaller_packs(
     monkeypatch.setattr(varexp.pack.job, "fitting", lambda cfg, runs, device: 5)
     launch_here(monkeypatch, tmp_path, *sweep_here(tmp_path, "split", "sweep.pack=12"))
     assert "12 runs in 1 job: 1 pack of 12" in capsys.readouterr().out
-    assert job_logs(tmp_path / "split").count(
-        "a pack of 12 runs does not fit in the memory free on cpu: 3 packs of at most 4, one "
-        "after another") >= 1
+    assert (
+        job_logs(tmp_path / "split").count(
+            "a pack of 12 runs does not fit in the memory free on cpu: 3 packs of at most 4, one "
+            "after another"
+        )
+        >= 1
+    )
     assert_same_rows(tmp_path / "whole", tmp_path / "split")
 
 
 def test_pack_overrides_round_trip():
-    members = [(0, []), (3, ["init=scale+bias", "optim.lr=1e-3"]),
-               (7, ["x='a b'", 'y="c,d"', "z=e\\f", "w=100%"])]
+    members = [
+        (0, []),
+        (3, ["init=scale+bias", "optim.lr=1e-3"]),
+        (7, ["x='a b'", 'y="c,d"', "z=e\\f", "w=100%"]),
+    ]
     override = packing.encode(members)
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -608,17 +771,24 @@ def test_pack_overrides_round_trip():
     assert packing.decode(parsed.value()) == members
     lead = ["init=scale", "optim=sgd", "optim.lr=0.1", "seed=0"]
     assert packing.member_overrides(lead, members[1][1]) == [
-        "init=scale+bias", "optim=sgd", "optim.lr=1e-3", "seed=0"]
+        "init=scale+bias",
+        "optim=sgd",
+        "optim.lr=1e-3",
+        "seed=0",
+    ]
 
 
-@pytest.mark.parametrize("value, shown", [("0", "0"), ("-1", "-1"), ("abc", "'abc'"),
-                                          ("1.5", "1.5"), ("true", "True")])
+@pytest.mark.parametrize(
+    "value, shown", [("0", "0"), ("-1", "-1"), ("abc", "'abc'"), ("1.5", "1.5"), ("true", "True")]
+)
 def test_bad_pack_values_are_one_line_exit_2(tmp_path, capsys, value, shown):
-    code, err = run_in_process(capsys, "sweep", *SIZES, f"sweep.pack={value}",
-                               f"hydra.sweep.dir={tmp_path / 's'}")
+    code, err = run_in_process(
+        capsys, "sweep", *SIZES, f"sweep.pack={value}", f"hydra.sweep.dir={tmp_path / 's'}"
+    )
     assert code == 2 and err.strip().splitlines() == [
         f"varexp sweep: sweep.pack={shown} is not allowed; must be auto, off or an integer >= 1 "
-        "(the most runs per pack)"]
+        "(the most runs per pack)"
+    ]
     assert not (tmp_path / "s").exists()
 
 
@@ -630,5 +800,7 @@ def test_help_says_how_runs_are_packed(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "packs (sweep.pack=auto): 72 runs in 3 jobs: 3 packs of 24" in out
     main(["sweep", "--help"])  # the default task: ALL-CNN-C, not packed on the CPU
-    assert ("72 runs, each its own job (not packed); sweep.pack=auto: ALL-CNN-C runs not "
-            "packed on the CPU") in capsys.readouterr().out
+    assert (
+        "72 runs, each its own job (not packed); sweep.pack=auto: ALL-CNN-C runs not "
+        "packed on the CPU"
+    ) in capsys.readouterr().out

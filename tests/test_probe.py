@@ -22,8 +22,16 @@ def keep_argv(monkeypatch):
 
 
 def probe(capsys, tmp_path: Path, *args: str) -> tuple[pd.DataFrame, Path]:
-    code, err = run_in_process(capsys, "probe", "arch.width=24", "arch.depth=6", "probe.samples=8",
-                       "probe.networks=3", f"hydra.run.dir={tmp_path}", *args)
+    code, err = run_in_process(
+        capsys,
+        "probe",
+        "arch.width=24",
+        "arch.depth=6",
+        "probe.samples=8",
+        "probe.networks=3",
+        f"hydra.run.dir={tmp_path}",
+        *args,
+    )
     assert code == 0, err
     assert "it/s" not in err and "net/s" not in err  # no progress bar off a terminal
     return pd.read_csv(tmp_path / "probe.csv"), tmp_path
@@ -33,10 +41,21 @@ def probe(capsys, tmp_path: Path, *args: str) -> tuple[pd.DataFrame, Path]:
 def test_probe_csv_columns_rows_and_neurons(capsys, tmp_path, method):
     table, run_dir = probe(capsys, tmp_path, f"probe.method={method}", "probe.neurons=2")
     assert list(table.columns) == list(PROBE.columns)
-    assert list(table.columns) == ["network", "layer", "name", "features", "sample_mean_sq",
-                                   "sample_var", "ratio", "second_moment", "grad_sq",
-                                   "effective_samples", "sample_mean_sq_channel",
-                                   "sample_var_channel", "ratio_channel"]
+    assert list(table.columns) == [
+        "network",
+        "layer",
+        "name",
+        "features",
+        "sample_mean_sq",
+        "sample_var",
+        "ratio",
+        "second_moment",
+        "grad_sq",
+        "effective_samples",
+        "sample_mean_sq_channel",
+        "sample_var_channel",
+        "ratio_channel",
+    ]
     # an MLP has one convention; effective samples lie in 1..T
     assert np.allclose(table.ratio_channel, table.ratio)
     assert table.effective_samples.between(1, 8).all()
@@ -77,18 +96,28 @@ def test_sampled_probe_csv_is_the_same_on_one_thread_or_two(capsys, tmp_path):
     one, _ = probe(capsys, tmp_path / "one", "probe.method=sampled", "threads=1")
     two, _ = probe(capsys, tmp_path / "two", "probe.method=sampled", "threads=2")
     pd.testing.assert_frame_equal(one, two, check_exact=True)
-    assert (tmp_path / "one" / "probe.csv").read_bytes() == (tmp_path / "two" /
-                                                             "probe.csv").read_bytes()
+    assert (tmp_path / "one" / "probe.csv").read_bytes() == (
+        tmp_path / "two" / "probe.csv"
+    ).read_bytes()
 
 
 def test_sampled_batches_shrink_to_the_free_memory(monkeypatch):
     """The networks in flight never need more than the pre-run estimate allows (90% of the
     free memory), however many threads and networks there are."""
-    cfg = OmegaConf.create({
-        "arch": {"name": "mlp", "width": 3000, "depth": 50, "norm": "none", "activation": "relu"},
-        "dataset": {"name": "gaussian"}, "init": {"name": "kaiming"},
-        "probe": {"networks": 30, "samples": 100, "grad": True, "neurons": 3},
-    })
+    cfg = OmegaConf.create(
+        {
+            "arch": {
+                "name": "mlp",
+                "width": 3000,
+                "depth": 50,
+                "norm": "none",
+                "activation": "relu",
+            },
+            "dataset": {"name": "gaussian"},
+            "init": {"name": "kaiming"},
+            "probe": {"networks": 30, "samples": 100, "grad": True, "neurons": 3},
+        }
+    )
     per_network = probing.sampled_network_bytes(cfg)
     cpu = torch.device("cpu")
     monkeypatch.setattr(memory, "available", lambda device: 100 * per_network)
@@ -104,10 +133,13 @@ def test_sampled_batches_shrink_to_the_free_memory(monkeypatch):
 
 def test_auto_method_rule():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    cfg = OmegaConf.create({
-        "arch": {"name": "mlp", "width": 201, "depth": 50, "norm": "none"},
-        "init": {"name": "kaiming"}, "probe": {"method": "auto", "samples": 100},
-    })
+    cfg = OmegaConf.create(
+        {
+            "arch": {"name": "mlp", "width": 201, "depth": 50, "norm": "none"},
+            "init": {"name": "kaiming"},
+            "probe": {"method": "auto", "samples": 100},
+        }
+    )
     assert choose_method(cfg, cpu) == "sampled"
     cfg.arch.width = 200  # below the measured CPU crossover, about 2 T: dense is faster
     assert choose_method(cfg, cpu) == "dense"
@@ -128,8 +160,11 @@ def test_auto_method_rule():
         ("probe.samples=1", "probe.samples=1 is not allowed; must be an integer >= 2"),
         ("arch.width=-3", "arch.width=-3 is not allowed"),
         ("init=orthogonal probe.method=sampled", "probe.method='sampled' is not allowed"),
-        ("arch.width=2000000 arch.depth=1000", "varexp probe: one network needs about 814 GB "
-         "(the sampled path keeps 1000 layer outputs of 2000000 x 100 for the backward pass)"),
+        (
+            "arch.width=2000000 arch.depth=1000",
+            "varexp probe: one network needs about 814 GB "
+            "(the sampled path keeps 1000 layer outputs of 2000000 x 100 for the backward pass)",
+        ),
     ],
 )
 def test_bad_input_is_one_line_exit_2(capsys, tmp_path, arg, needle):

@@ -47,11 +47,16 @@ def code_blocks(text: str) -> list[list[str]]:
 def varexp_blocks() -> list[list[str]]:
     """The varexp commands of each block; a block that a later one starts with is left out
     (the quick start repeats the main job)."""
-    blocks = [[c for c in b if c.startswith(("varexp ", "VAREXP_SMOKE=1 varexp "))]
-              for b in code_blocks(README.read_text(encoding="utf-8"))]
+    blocks = [
+        [c for c in b if c.startswith(("varexp ", "VAREXP_SMOKE=1 varexp "))]
+        for b in code_blocks(README.read_text(encoding="utf-8"))
+    ]
     blocks = [b for b in blocks if b]
-    return [b for i, b in enumerate(blocks)
-            if not any(later[:len(b)] == b for later in blocks[i + 1:])]
+    return [
+        b
+        for i, b in enumerate(blocks)
+        if not any(later[: len(b)] == b for later in blocks[i + 1 :])
+    ]
 
 
 def needs(command: str) -> str | None:
@@ -76,7 +81,7 @@ def test_readme_block_runs_as_written(block, tmp_path, data_dir):
     env = {"VAREXP_SMOKE": "1", "VAREXP_DATA": str(data_dir), **OFFLINE}
     for command in block:
         args = shlex.split(command)
-        args = args[args.index("varexp") + 1:]
+        args = args[args.index("varexp") + 1 :]
         start = time.perf_counter()
         out = run_varexp(*args, cwd=tmp_path, env=env)
         took = time.perf_counter() - start
@@ -100,8 +105,12 @@ def python_blocks() -> list[str]:
 def test_readme_python_runs_as_written(code, tmp_path, data_dir):
     # the code may call `varexp` as a shell command: this environment's, as an activated venv has
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=600,
-                         env={**os.environ, "VAREXP_DATA": str(data_dir), "OMP_NUM_THREADS": "1",
-                              "PATH": path})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "VAREXP_DATA": str(data_dir), "OMP_NUM_THREADS": "1", "PATH": path},
+    )
     assert out.returncode == 0, out.stderr[-3000:]

@@ -36,18 +36,21 @@ from varexp.theory import gradient_slope
 # the rule
 
 
-@pytest.mark.parametrize("ours, error, sense, verdict", [
-    (1.0 + 1.9 * 0.1, 0.1, "equal", "matches"),
-    (1.0 - 2.1 * 0.1, 0.1, "equal", "differs"),
-    (1.0 + 2.1 * 0.1, 0.1, "above", "matches"),
-    (1.0 + 1.9 * 0.1, 0.1, "above", "not distinguishable"),
-    (1.0 - 2.1 * 0.1, 0.1, "above", "differs"),
-    (1.0 - 2.1 * 0.1, 0.1, "below", "matches"),
-    (1.0 + 0.5 * 0.1, 0.1, "below", "not distinguishable"),
-    (1.0 + 1e-12, None, "equal", "matches"),  # exact
-    (1.0 + 1e-6, None, "equal", "differs"),
-    (1.5, math.nan, "above", "n/a (no scatter: one sample)"),
-])
+@pytest.mark.parametrize(
+    "ours, error, sense, verdict",
+    [
+        (1.0 + 1.9 * 0.1, 0.1, "equal", "matches"),
+        (1.0 - 2.1 * 0.1, 0.1, "equal", "differs"),
+        (1.0 + 2.1 * 0.1, 0.1, "above", "matches"),
+        (1.0 + 1.9 * 0.1, 0.1, "above", "not distinguishable"),
+        (1.0 - 2.1 * 0.1, 0.1, "above", "differs"),
+        (1.0 - 2.1 * 0.1, 0.1, "below", "matches"),
+        (1.0 + 0.5 * 0.1, 0.1, "below", "not distinguishable"),
+        (1.0 + 1e-12, None, "equal", "matches"),  # exact
+        (1.0 + 1e-6, None, "equal", "differs"),
+        (1.5, math.nan, "above", "n/a (no scatter: one sample)"),
+    ],
+)
 def test_verdicts_follow_the_rule_the_header_states(ours, error, sense, verdict):
     claim = Claim("s", "c", "p", ours, error, 1.0, sense)
     assert claim.verdict == verdict
@@ -57,11 +60,25 @@ def test_verdicts_follow_the_rule_the_header_states(ours, error, sense, verdict)
 
 
 def test_a_row_prints_paper_ours_error_distance_and_the_caveat():
-    claim = Claim("5.3", "faster", "faster", 0.05, 0.01, 0.0, "above",
-                  words=("faster", "slower"), caveat="not bracketed: scale lr at the high end")
+    claim = Claim(
+        "5.3",
+        "faster",
+        "faster",
+        0.05,
+        0.01,
+        0.0,
+        "above",
+        words=("faster", "slower"),
+        caveat="not bracketed: scale lr at the high end",
+    )
     row = claim.row()
-    assert row[2:7] == ("faster", "0.05", "0.01", "+5.0",
-                        "**faster; not bracketed: scale lr at the high end**")
+    assert row[2:7] == (
+        "faster",
+        "0.05",
+        "0.01",
+        "+5.0",
+        "**faster; not bracketed: scale lr at the high end**",
+    )
     assert Claim("x", "y", "z").verdict == "n/a"  # no result
 
 
@@ -69,13 +86,21 @@ def test_a_row_prints_paper_ours_error_distance_and_the_caveat():
 # the CNN findings: synthetic per-network curves around the wide-MLP theory
 
 
-def curves(values: np.ndarray, networks: int = 20, noise: float = 0.05,
-           column: str = "ratio") -> pd.DataFrame:
+def curves(
+    values: np.ndarray, networks: int = 20, noise: float = 0.05, column: str = "ratio"
+) -> pd.DataFrame:
     """A probe table whose `column` at layer l is values[l - 1] (+- noise) in every network."""
     rng = np.random.default_rng(0)
-    rows = [dict(network=n, layer=layer, name=f"layer{layer}",
-                 **{column: v * (1 + noise * rng.standard_normal())})
-            for n in range(networks) for layer, v in enumerate(values, 1)]
+    rows = [
+        dict(
+            network=n,
+            layer=layer,
+            name=f"layer{layer}",
+            **{column: v * (1 + noise * rng.standard_normal())},
+        )
+        for n in range(networks)
+        for layer, v in enumerate(values, 1)
+    ]
     return pd.DataFrame(rows)
 
 
@@ -123,32 +148,58 @@ def test_allcnnc_growth_in_every_layer_and_the_last_above_the_theory():
 # Fig. 4: gap, spread, verdict, bracketing
 
 
-def sweep_tables(folder: Path, scale: list[float], scale_bias: list[float],
-                 edge: str = "") -> None:
+def sweep_tables(folder: Path, scale: list[float], scale_bias: list[float], edge: str = "") -> None:
     """selected.csv and sweep.csv of one task and optimizer: per-seed criteria of each init at
     its selected lr (scale lr 1e-2 marked `edge`)."""
     rows, chosen = [], []
     for init, values, lr in (("scale", scale, 1e-2), ("scale+bias", scale_bias, 3e-3)):
         for seed, value in enumerate(values):
-            rows.append(dict(arch="allcnnc", dataset="shapes", init=init, optim="sgd", lr=lr,
-                             seed=seed, status="completed", steps=10, final_loss=value,
-                             criterion=value, seconds=1.0, run_dir=f"{init}/seed={seed}"))
-        chosen.append(dict(arch="allcnnc", dataset="shapes", init=init, optim="sgd", lr=lr,
-                           criterion=np.mean(values), criterion_std=np.std(values, ddof=1),
-                           runs=len(values), select_fraction=1.0,
-                           lr_at_edge=edge if init == "scale" else ""))
+            rows.append(
+                dict(
+                    arch="allcnnc",
+                    dataset="shapes",
+                    init=init,
+                    optim="sgd",
+                    lr=lr,
+                    seed=seed,
+                    status="completed",
+                    steps=10,
+                    final_loss=value,
+                    criterion=value,
+                    seconds=1.0,
+                    run_dir=f"{init}/seed={seed}",
+                )
+            )
+        chosen.append(
+            dict(
+                arch="allcnnc",
+                dataset="shapes",
+                init=init,
+                optim="sgd",
+                lr=lr,
+                criterion=np.mean(values),
+                criterion_std=np.std(values, ddof=1),
+                runs=len(values),
+                select_fraction=1.0,
+                lr_at_edge=edge if init == "scale" else "",
+            )
+        )
     folder.mkdir(parents=True)
     SWEEP.write(pd.DataFrame(rows), folder)
     SELECTED.write(pd.DataFrame(chosen), folder)
 
 
-@pytest.mark.parametrize("scale, scale_bias, verdict", [
-    ([0.50, 0.60, 0.55], [0.40, 0.51, 0.44], "faster"),  # gap 0.1 +- 0.004
-    ([0.40, 0.51, 0.44], [0.50, 0.60, 0.55], "slower"),
-    ([0.50, 0.60, 0.55], [0.52, 0.50, 0.57], "not distinguishable"),  # gap 0.02 +- 0.04
-])
+@pytest.mark.parametrize(
+    "scale, scale_bias, verdict",
+    [
+        ([0.50, 0.60, 0.55], [0.40, 0.51, 0.44], "faster"),  # gap 0.1 +- 0.004
+        ([0.40, 0.51, 0.44], [0.50, 0.60, 0.55], "slower"),
+        ([0.50, 0.60, 0.55], [0.52, 0.50, 0.57], "not distinguishable"),  # gap 0.02 +- 0.04
+    ],
+)
 def test_fig4_row_gives_the_gap_paired_by_seed_and_a_three_valued_verdict(
-        tmp_path, scale, scale_bias, verdict):
+    tmp_path, scale, scale_bias, verdict
+):
     sweep_tables(tmp_path / "figure4" / "quick", scale, scale_bias)
     (claim,) = training_claims(tmp_path)
     gaps = np.subtract(scale, scale_bias)
@@ -170,9 +221,13 @@ def test_fig4_row_with_a_selected_lr_at_the_grid_edge_says_not_bracketed(tmp_pat
 
 def ratio_history(start: np.ndarray, end: np.ndarray) -> pd.DataFrame:
     steps = [0, 50, 100]
-    return pd.DataFrame({layer: np.interp(steps, [0, 100], [a, b])
-                         for layer, (a, b) in enumerate(zip(start, end, strict=True), 1)},
-                        index=steps)
+    return pd.DataFrame(
+        {
+            layer: np.interp(steps, [0, 100], [a, b])
+            for layer, (a, b) in enumerate(zip(start, end, strict=True), 1)
+        },
+        index=steps,
+    )
 
 
 def test_ratios_that_converge_match_and_ones_that_stay_apart_differ():
@@ -192,15 +247,32 @@ def test_ratios_that_converge_match_and_ones_that_stay_apart_differ():
 
 def heldout_run(folder: Path, init: str, width: int, samples: int, values: np.ndarray) -> None:
     """A heldout.csv whose last layer's held-out second moment is `values` (one per network)."""
-    rows = [dict(network=n, layer=layer, name=f"layer{layer}", fit_samples=samples,
-                 heldout_samples=50, fit_second_moment=1.0,
-                 heldout_second_moment=v if layer == 3 else 1.0, fit_mean_sq=0.0,
-                 heldout_mean_sq=0.01) for n, v in enumerate(values) for layer in (1, 2, 3)]
+    rows = [
+        dict(
+            network=n,
+            layer=layer,
+            name=f"layer{layer}",
+            fit_samples=samples,
+            heldout_samples=50,
+            fit_second_moment=1.0,
+            heldout_second_moment=v if layer == 3 else 1.0,
+            fit_mean_sq=0.0,
+            heldout_mean_sq=0.01,
+        )
+        for n, v in enumerate(values)
+        for layer in (1, 2, 3)
+    ]
     folder.mkdir(parents=True)
     HELDOUT.write(pd.DataFrame(rows), folder)
     (folder / ".hydra").mkdir()
-    OmegaConf.save({"arch": {"name": "mlp", "width": width, "depth": 3}, "init": {"name": init},
-                    "probe": {"samples": samples}}, folder / ".hydra" / "config.yaml")
+    OmegaConf.save(
+        {
+            "arch": {"name": "mlp", "width": width, "depth": 3},
+            "init": {"name": init},
+            "probe": {"samples": samples},
+        },
+        folder / ".hydra" / "config.yaml",
+    )
 
 
 def test_heldout_rows_judge_the_geometric_mean_against_one(tmp_path):
@@ -221,10 +293,16 @@ def test_report_has_the_rule_and_one_row_per_claim(tmp_path):
             run = tmp_path / "figure4" / "quick" / init / f"seed={seed}"
             run.mkdir(parents=True)
             history = ratio_history(np.full(4, 3.0 if init == "scale" else 0.0), np.full(4, end))
-            RATIOS.write(pd.DataFrame([dict(step=step, layer=layer, name=f"l{layer}", ratio=v)
-                                       for step, row in history.iterrows()
-                                       for layer, v in row.items()]).reindex(
-                columns=RATIOS.columns), run)
+            RATIOS.write(
+                pd.DataFrame(
+                    [
+                        dict(step=step, layer=layer, name=f"l{layer}", ratio=v)
+                        for step, row in history.iterrows()
+                        for layer, v in row.items()
+                    ]
+                ).reindex(columns=RATIOS.columns),
+                run,
+            )
     text = write_report(tmp_path, "test").read_text()
     assert RULE.splitlines()[0] in text
     header = "| paper section | claim | paper | ours | SE | distance (SE) | verdict | note |"
@@ -262,18 +340,22 @@ def test_slope_rows_match_within_the_scatter_and_say_why_batchnorm_differs(tmp_p
     ours is from that prediction; kaiming's paper value is printed as preserved gradients."""
     from test_plot import write_run
 
-    write_run(tmp_path / "figure3" / "a", init="batchnorm", width=300, grad_slope_=-0.381,
-              networks=8)
+    write_run(
+        tmp_path / "figure3" / "a", init="batchnorm", width=300, grad_slope_=-0.381, networks=8
+    )
     write_run(tmp_path / "figure3" / "b", init="kaiming", width=300, networks=8)
     rows = {c.claim.split("(")[0].strip(): c for c in slope_claims(tmp_path)}
-    bn, kaiming = rows["slope of log grad_sq vs layer, batchnorm"], \
-        rows["slope of log grad_sq vs layer, kaiming"]
+    bn, kaiming = (
+        rows["slope of log grad_sq vs layer, batchnorm"],
+        rows["slope of log grad_sq vs layer, kaiming"],
+    )
     assert bn.verdict == "matches" and bn.note == "" and abs(bn.distance) <= Z
     assert kaiming.verdict == "matches" and kaiming.paper == "0 (gradients preserved)"
     finite = gradient_slope() - math.log(50 / 49)
     other = tmp_path / "finite"
-    write_run(other / "figure3" / "a", init="batchnorm", width=300, grad_slope_=finite,
-              networks=8, seed=1)
+    write_run(
+        other / "figure3" / "a", init="batchnorm", width=300, grad_slope_=finite, networks=8, seed=1
+    )
     (bn,) = slope_claims(other)
     assert bn.verdict == "differs" and bn.distance < -Z
     assert f"T = 50 inputs, which steepens the theory's -0.383 to {finite:.3f}" in bn.note

@@ -14,9 +14,15 @@ from varexp.report import kernel_claims, write_report
 from varexp.reproduce import DONE, plan
 from varexp.sampled import sampled_mlp
 
-QUICK = OmegaConf.create({"reproduce": {
-    "extra": ["device=cpu"], "preset": "quick",
-    "figures": ["figure1", "figure2", "figure3", "figure4"]}})
+QUICK = OmegaConf.create(
+    {
+        "reproduce": {
+            "extra": ["device=cpu"],
+            "preset": "quick",
+            "figures": ["figure1", "figure2", "figure3", "figure4"],
+        }
+    }
+)
 
 
 def test_plan_runs_theory_probes_sweeps_then_plots(tmp_path):
@@ -55,9 +61,11 @@ def test_a_step_made_at_the_smoke_size_is_rerun_at_full_size(tmp_path, monkeypat
     import varexp.reproduce
 
     ran = []
-    monkeypatch.setattr(varexp.reproduce.subprocess, "run",
-                        lambda command: ran.append(command) or subprocess.CompletedProcess(
-                            command, 0))
+    monkeypatch.setattr(
+        varexp.reproduce.subprocess,
+        "run",
+        lambda command: ran.append(command) or subprocess.CompletedProcess(command, 0),
+    )
     monkeypatch.setenv("VAREXP_SMOKE", "1")
     for step in plan(QUICK, tmp_path):
         varexp.reproduce.execute(step)
@@ -89,13 +97,25 @@ def fake_probe(where: Path, init: str, width: int, networks: int) -> None:
     for net in range(networks):
         for layer, stats in enumerate(sampled_mlp(x, 12, width, init=init)[0], 1):
             numbers = {k: float(v) for k, v in stats.items() if k != "name"}
-            rows.append({"network": net, "layer": layer, "name": f"layer{layer}",
-                         "features": width, **numbers})
+            rows.append(
+                {
+                    "network": net,
+                    "layer": layer,
+                    "name": f"layer{layer}",
+                    "features": width,
+                    **numbers,
+                }
+            )
     (where / ".hydra").mkdir(parents=True)
     pd.DataFrame(rows).to_csv(where / "probe.csv", index=False)
-    OmegaConf.save({"arch": {"name": "mlp", "width": width, "depth": 12},
-                    "init": {"name": init}, "dataset": {"name": "gaussian"}},
-                   where / ".hydra" / "config.yaml")
+    OmegaConf.save(
+        {
+            "arch": {"name": "mlp", "width": width, "depth": 12},
+            "init": {"name": init},
+            "dataset": {"name": "gaussian"},
+        },
+        where / ".hydra" / "config.yaml",
+    )
 
 
 def test_report_measures_the_claims_from_probes(tmp_path):
@@ -110,8 +130,7 @@ def test_report_measures_the_claims_from_probes(tmp_path):
     assert measured == pytest.approx(0.826, abs=0.03)
     # the distance column is (ours - sqrt(1 - 1/pi)) / SE, and the verdict follows it
     sigma = next(c for c in kernel_claims(tmp_path) if c.claim.startswith("sigma_s"))
-    assert sigma.distance == pytest.approx((sigma.ours - math.sqrt(1 - 1 / math.pi))
-                                           / sigma.error)
+    assert sigma.distance == pytest.approx((sigma.ours - math.sqrt(1 - 1 / math.pi)) / sigma.error)
     assert distance == pytest.approx(sigma.distance, abs=0.05)  # printed to one decimal
     assert cells[7] == ("**matches**" if abs(distance) <= 2 else "**differs**")
     assert "slope of log grad_sq vs layer, batchnorm" in report
@@ -119,15 +138,27 @@ def test_report_measures_the_claims_from_probes(tmp_path):
     assert "| K(0) = 1/pi (Eq. 7): quadrature vs the closed form" in report
 
 
-@pytest.mark.parametrize("override, needle", [
-    ("reproduce.dry_run=maybe", "reproduce.dry_run='maybe' is not allowed; must be true or false"),
-    ("reproduce.figures=[figure9]", "reproduce.figures=['figure9'] is not allowed"),
-    ("reproduce.figure3=[x]", "reproduce.figure3 is not a key of reproduce; did you mean "
-                              "reproduce.figures? its keys: preset"),
-])
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        (
+            "reproduce.dry_run=maybe",
+            "reproduce.dry_run='maybe' is not allowed; must be true or false",
+        ),
+        ("reproduce.figures=[figure9]", "reproduce.figures=['figure9'] is not allowed"),
+        (
+            "reproduce.figure3=[x]",
+            "reproduce.figure3 is not a key of reproduce; did you mean "
+            "reproduce.figures? its keys: preset",
+        ),
+    ],
+)
 def test_bad_reproduce_keys_are_one_line(tmp_path, override, needle):
-    out = subprocess.run([sys.executable, "-m", "varexp", "reproduce", override,
-                          f"hydra.run.dir={tmp_path}"], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "varexp", "reproduce", override, f"hydra.run.dir={tmp_path}"],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 2 and needle in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "theory").exists()
@@ -141,15 +172,23 @@ def test_dry_run_says_which_steps_would_rerun_after_the_command_changed(tmp_path
     for step in steps:
         step.out.mkdir(parents=True)
         (step.out / DONE).write_text(step.command + "\n")
-    args = [sys.executable, "-m", "varexp", "reproduce", "reproduce.dry_run=true", "device=cpu",
-            f"hydra.run.dir={tmp_path}"]
-    same = subprocess.run([*args, 'reproduce.extra=["device=cpu"]'], capture_output=True,
-                          text=True)
+    args = [
+        sys.executable,
+        "-m",
+        "varexp",
+        "reproduce",
+        "reproduce.dry_run=true",
+        "device=cpu",
+        f"hydra.run.dir={tmp_path}",
+    ]
+    same = subprocess.run([*args, 'reproduce.extra=["device=cpu"]'], capture_output=True, text=True)
     assert same.returncode == 0, same.stderr
     assert same.stdout.count("(done, reused)") == 7
-    changed = subprocess.run([*args, 'reproduce.extra=["device=cpu","seed=7"]'],
-                             capture_output=True, text=True)
+    changed = subprocess.run(
+        [*args, 'reproduce.extra=["device=cpu","seed=7"]'], capture_output=True, text=True
+    )
     assert changed.stdout.count("(made with another command or size: rerun)") == 7
     assert "varexp sweep experiment=figure4_quick" in changed.stdout
-    assert not (tmp_path / "REPORT.md").exists() and not (tmp_path / "theory" / "theory.csv") \
-        .exists()  # a dry run runs nothing
+    assert (
+        not (tmp_path / "REPORT.md").exists() and not (tmp_path / "theory" / "theory.csv").exists()
+    )  # a dry run runs nothing

@@ -21,8 +21,17 @@ from conftest import config, run_in_process, run_varexp
 from varexp import results
 from varexp.results.checkpoint import checkpoint_path
 
-MLP = ["arch=mlp", "arch.width=16", "arch.depth=3", "dataset=gaussian", "dataset.size=64",
-       "device=cpu", "train.batch_size=4", "train.probe_samples=8", "train.progress=false"]
+MLP = [
+    "arch=mlp",
+    "arch.width=16",
+    "arch.depth=3",
+    "dataset=gaussian",
+    "dataset.size=64",
+    "device=cpu",
+    "train.batch_size=4",
+    "train.probe_samples=8",
+    "train.progress=false",
+]
 PROBE = ["arch.width=16", "arch.depth=3", "probe.networks=2", "probe.samples=8", "device=cpu"]
 
 
@@ -38,10 +47,17 @@ def one_line(out: subprocess.CompletedProcess) -> str:
 
 def test_two_trainings_started_together_keep_both_results(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    procs = [subprocess.Popen([sys.executable, "-m", "varexp", "train", *MLP, "train.steps=3",
-                               f"seed={seed}"], cwd=tmp_path, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-             for seed in (0, 1)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "varexp", "train", *MLP, "train.steps=3", f"seed={seed}"],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for seed in (0, 1)
+    ]
     for proc in procs:
         assert proc.wait(timeout=300) == 0, proc.stderr.read()
     folders = sorted((tmp_path / "outputs" / "train").iterdir())
@@ -66,10 +82,15 @@ def test_probe_and_theory_refuse_another_configs_results(tmp_path, capsys):
     assert code == 2 and err.strip().splitlines() == [
         f"varexp probe: {run} holds results of another config: arch.width=16 (now 32); choose "
         "another folder (hydra.run.dir or hydra.sweep.dir), or pass overwrite=true to move "
-        "them aside"]
+        "them aside"
+    ]
     # a command refused for a bad value rewrites nothing either (Hydra's record included)
-    assert run_in_process(capsys, "probe", *PROBE, "arch.width=64", "probe.networks=0",
-                          f"hydra.run.dir={run}")[0] == 2
+    assert (
+        run_in_process(
+            capsys, "probe", *PROBE, "arch.width=64", "probe.networks=0", f"hydra.run.dir={run}"
+        )[0]
+        == 2
+    )
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == files
     theory = tmp_path / "theory"
     assert run_in_process(capsys, "theory", "arch.depth=5", f"hydra.run.dir={theory}")[0] == 0
@@ -99,15 +120,26 @@ def test_a_refused_training_leaves_the_run_and_its_record(tmp_path, capsys):
     assert code == 2 and "optim.lr=-1 is not allowed" in err
     code, err = run_in_process(capsys, *args, "optim.lr=0.5")
     assert code == 2 and "holds results of another config: optim.lr=0.003 (now 0.5)" in err
-    assert {p: p.read_bytes() for p in tmp_path.rglob("*")
-            if p.is_file() and p.suffix != ".log"} == files
+    assert {
+        p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and p.suffix != ".log"
+    } == files
 
 
 # ---------------------------------------------------------------------------------------------
 # 4. sweeps own their folders and tables
 
-SWEEP = ["sweep", *MLP, "train.steps=2", "train.ratio_every=1", "init=scale", "optim=sgd",
-         "sweep.lr_index=0", "seed=0,1", "sweep.estimate=false", "hydra/launcher=basic"]
+SWEEP = [
+    "sweep",
+    *MLP,
+    "train.steps=2",
+    "train.ratio_every=1",
+    "init=scale",
+    "optim=sgd",
+    "sweep.lr_index=0",
+    "seed=0,1",
+    "sweep.estimate=false",
+    "hydra/launcher=basic",
+]
 
 
 def test_a_sweep_into_another_configs_sweep_is_refused_before_any_job(tmp_path, capsys):
@@ -120,7 +152,8 @@ def test_a_sweep_into_another_configs_sweep_is_refused_before_any_job(tmp_path, 
     assert code == 2 and err.strip().splitlines() == [
         f"varexp sweep: {sweep} holds runs of another config: train.batch_size=16 (now 32); "
         "choose another folder (hydra.run.dir or hydra.sweep.dir), or pass overwrite=true to "
-        "move them aside"]
+        "move them aside"
+    ]
     assert {p: p.stat().st_mtime_ns for p in sweep.rglob("*") if p.is_file()} == stamps
     assert (sweep / "sweep.csv").read_bytes() == table
 
@@ -130,9 +163,20 @@ def test_sweep_tables_leave_out_runs_of_another_config(tmp_path, capsys):
     assert run_in_process(capsys, *SWEEP, f"hydra.sweep.dir={sweep}")[0] == 0
     # a run of another config put into the sweep's folder by hand
     foreign = sweep / "mlp-gaussian" / "scale" / "sgd" / "lr=0.0003" / "seed=9"
-    assert run_in_process(capsys, "train", *MLP, "train.steps=2", "train.batch_size=8",
-                          "init=scale", "seed=9", "optim.lr=0.0003",
-                          f"hydra.run.dir='{foreign}'")[0] == 0
+    assert (
+        run_in_process(
+            capsys,
+            "train",
+            *MLP,
+            "train.steps=2",
+            "train.batch_size=8",
+            "init=scale",
+            "seed=9",
+            "optim.lr=0.0003",
+            f"hydra.run.dir='{foreign}'",
+        )[0]
+        == 0
+    )
     from varexp.sweep import write_tables
 
     write_tables(sweep, 0.1)
@@ -147,12 +191,25 @@ def test_a_folder_in_use_is_refused_even_with_overwrite(tmp_path, command):
     folder = tmp_path / "run"
     where = "hydra.sweep.dir" if command == "sweep" else "hydra.run.dir"
     sweep = ["sweep.lr_index=0", "sweep.estimate=false", "hydra/launcher=basic"]
-    slow = [*MLP, "train.steps=100000", "train.checkpoint_every=100000", "init=scale",
-            "optim=sgd", "seed=0", *(sweep if command == "sweep" else []), f"{where}={folder}"]
+    slow = [
+        *MLP,
+        "train.steps=100000",
+        "train.checkpoint_every=100000",
+        "init=scale",
+        "optim=sgd",
+        "seed=0",
+        *(sweep if command == "sweep" else []),
+        f"{where}={folder}",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    first = subprocess.Popen([sys.executable, "-m", "varexp", command, *slow], cwd=tmp_path,
-                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                             text=True)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "varexp", command, *slow],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.time() + 120
         while not list(folder.rglob("metrics.csv")) and time.time() < deadline:
@@ -182,34 +239,53 @@ def test_a_folder_in_use_is_refused_even_with_overwrite(tmp_path, command):
 
 
 def test_an_interrupted_run_without_checkpoint_is_not_replaced(tmp_path, capsys):
-    args = ["train", *MLP, "train.steps=50", "train.checkpoint_every=1000",
-            "train.flush_seconds=0.001", f"hydra.run.dir={tmp_path}"]
+    args = [
+        "train",
+        *MLP,
+        "train.steps=50",
+        "train.checkpoint_every=1000",
+        "train.flush_seconds=0.001",
+        f"hydra.run.dir={tmp_path}",
+    ]
     code, err = run_in_process(capsys, *args, "train.stop_after=7")
     assert code == 2 and "stopped after step 7" in err
     assert not checkpoint_path(tmp_path).exists()
     rows = pd.read_csv(tmp_path / "metrics.csv")
     code, err = run_in_process(capsys, *args)
-    assert code == 2 and (f"{tmp_path} already holds an interrupted run ({len(rows)} steps "
-                          "logged, no checkpoint yet); pass resume=true") in err
+    assert (
+        code == 2
+        and (
+            f"{tmp_path} already holds an interrupted run ({len(rows)} steps "
+            "logged, no checkpoint yet); pass resume=true"
+        )
+        in err
+    )
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "metrics.csv"), rows)
 
 
 def test_a_run_with_a_checkpoint_is_not_restarted_or_shortened(tmp_path, capsys):
     """Rerunning a stopped run without resume=true, or resuming it with fewer steps than its
     checkpoint has done: one line each, the run as it was."""
-    args = ["train", *MLP, "train.steps=20", "train.checkpoint_every=4",
-            f"hydra.run.dir={tmp_path}"]
+    args = [
+        "train",
+        *MLP,
+        "train.steps=20",
+        "train.checkpoint_every=4",
+        f"hydra.run.dir={tmp_path}",
+    ]
     code, err = run_in_process(capsys, *args, "train.stop_after=9")
     assert code == 2 and "stopped after step 9" in err
     files = {p: p.read_bytes() for p in tmp_path.iterdir() if p.is_file() and p.suffix != ".log"}
     code, err = run_in_process(capsys, *args)
     assert code == 2 and err.strip().splitlines() == [
         f"varexp train: {tmp_path} already holds a checkpoint at step 8; pass resume=true to "
-        "continue it (or start it over, without a checkpoint) or choose another hydra.run.dir"]
+        "continue it (or start it over, without a checkpoint) or choose another hydra.run.dir"
+    ]
     code, err = run_in_process(capsys, *args, "resume=true", "train.steps=5")
     assert code == 2 and err.strip().splitlines() == [
         f"varexp train: train.steps=5 is below the 8 steps the checkpoint in {tmp_path} has "
-        "done; pass train.steps>=8"]
+        "done; pass train.steps>=8"
+    ]
     assert {p: p.read_bytes() for p in files} == files
 
 
@@ -237,20 +313,42 @@ def group_members(pgid: int) -> list[str]:
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads the process table in /proc")
-@pytest.mark.parametrize("when", [
-    pytest.param(0.2, marks=pytest.mark.slow), 0.5, 1.5,
-    pytest.param("running", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "when",
+    [
+        pytest.param(0.2, marks=pytest.mark.slow),
+        0.5,
+        1.5,
+        pytest.param("running", marks=pytest.mark.slow),
+    ],
+)
 def test_killing_a_joblib_sweep_at_any_moment_leaves_no_process(tmp_path, when):
     """SIGKILL of the launching process, from the moment joblib starts its workers to the
     middle of the runs: its workers, their DataLoader workers and the resource trackers all end
     within 10 s; runs that had started stopped at a step with a checkpoint there."""
     sweep = tmp_path / "sweep"
-    args = [*MLP, "train.steps=100000", "init=scale", "optim=sgd", "sweep.lr_index=0",
-            "seed=0,1", "dataset.workers=1", "sweep.estimate=false", "hydra/launcher=joblib",
-            "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}"]
-    proc = subprocess.Popen([sys.executable, "-m", "varexp", "sweep", *args], cwd=tmp_path,
-                            env=dict(os.environ, OMP_NUM_THREADS="1"), start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    args = [
+        *MLP,
+        "train.steps=100000",
+        "init=scale",
+        "optim=sgd",
+        "sweep.lr_index=0",
+        "seed=0,1",
+        "dataset.workers=1",
+        "sweep.estimate=false",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        f"hydra.sweep.dir={sweep}",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "varexp", "sweep", *args],
+        cwd=tmp_path,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         for line in proc.stdout:  # Hydra's joblib launcher: "Launching jobs, sweep output dir"
             if "Launching jobs" in line:
@@ -282,10 +380,22 @@ def test_sigterm_stops_a_training_run_with_a_checkpoint_and_no_stray_files(tmp_p
     command it prints to resume runs as printed (into a folder with a space and
     non-ASCII letters)."""
     run = tmp_path / "Läufe é"
-    proc = subprocess.Popen([sys.executable, "-m", "varexp", "train", *MLP, "train.steps=100000",
-                             "train.flush_seconds=0.01", f'hydra.run.dir="{run}"'],
-                            env=dict(os.environ, OMP_NUM_THREADS="1"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "varexp",
+            "train",
+            *MLP,
+            "train.steps=100000",
+            "train.flush_seconds=0.01",
+            f'hydra.run.dir="{run}"',
+        ],
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
     while not (run / "metrics.csv").exists() and time.time() < deadline:
         time.sleep(0.05)
@@ -307,10 +417,8 @@ def test_sigterm_stops_a_training_run_with_a_checkpoint_and_no_stray_files(tmp_p
 # 9, 10. one line for every failure a user can cause or meet
 
 
-def test_disk_full_during_training_is_one_line_and_the_run_resumes(tmp_path, capsys,
-                                                                   monkeypatch):
-    args = ["train", *MLP, "train.steps=6", "train.checkpoint_every=2",
-            f"hydra.run.dir={tmp_path}"]
+def test_disk_full_during_training_is_one_line_and_the_run_resumes(tmp_path, capsys, monkeypatch):
+    args = ["train", *MLP, "train.steps=6", "train.checkpoint_every=2", f"hydra.run.dir={tmp_path}"]
     real = pd.DataFrame.to_csv
     written = []
 
@@ -324,8 +432,10 @@ def test_disk_full_during_training_is_one_line_and_the_run_resumes(tmp_path, cap
     code, err = run_in_process(capsys, *args)
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert f"disk full while writing {tmp_path / 'metrics.csv'} at step 6" in err
-    assert "its checkpoint of step 4 and the rows up " \
-           "to it are intact: free space, then run the same command with resume=true" in err
+    assert (
+        "its checkpoint of step 4 and the rows up "
+        "to it are intact: free space, then run the same command with resume=true" in err
+    )
     monkeypatch.setattr(pd.DataFrame, "to_csv", real)
     assert run_in_process(capsys, *args, "resume=true")[0] == 0
     assert list(pd.read_csv(tmp_path / "metrics.csv")["step"]) == list(range(6))
@@ -336,24 +446,39 @@ def test_a_sweep_whose_output_pipe_closes_stops_in_one_line(tmp_path):
     first line; log lines to the closed pipe, the workers' too, are dropped (each run's log
     file has them), and the sweep stops at its next line to stdout with one line on stderr and
     the status a shell gives a program a closed pipe ended."""
-    args = [*MLP, "train.steps=4", "init=scale", "optim=sgd", "sweep.lr_index=0", "seed=0,1",
-            "sweep.estimate=false", "hydra.launcher.n_jobs=2",  # two worker processes
-            f"hydra.sweep.dir={tmp_path / 'sweep'}"]
-    proc = subprocess.Popen([sys.executable, "-m", "varexp", "sweep", *args], cwd=tmp_path,
-                            env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    args = [
+        *MLP,
+        "train.steps=4",
+        "init=scale",
+        "optim=sgd",
+        "sweep.lr_index=0",
+        "seed=0,1",
+        "sweep.estimate=false",
+        "hydra.launcher.n_jobs=2",  # two worker processes
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "varexp", "sweep", *args],
+        cwd=tmp_path,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout.readline().startswith("varexp sweep: 2 runs into ")
     proc.stdout.close()  # as `head -1` does
     err = proc.stderr.read()
     assert proc.wait(timeout=300) == 141, err
     assert err.strip().splitlines() == [
         "varexp sweep: stopped: its output was closed (the reader of the pipe, such as `head`, "
-        "has ended)"]
+        "has ended)"
+    ]
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
 def test_disk_full_while_a_checkpoint_is_saved_is_one_line_and_the_run_resumes(
-        tmp_path, capsys, monkeypatch):
+    tmp_path, capsys, monkeypatch
+):
     """The checkpoint of step 4 goes to /dev/full, where every write fails as on a full disk
     (torch's own writer says RuntimeError 'unexpected pos' there): one line, the checkpoint of
     step 2 intact, and the run resumes from it to the rows of an uninterrupted run."""
@@ -362,8 +487,7 @@ def test_disk_full_while_a_checkpoint_is_saved_is_one_line_and_the_run_resumes(
 
     import varexp.results.checkpoint as checkpoint_module
 
-    args = ["train", *MLP, "train.steps=6", "train.checkpoint_every=2",
-            f"hydra.run.dir={tmp_path}"]
+    args = ["train", *MLP, "train.steps=6", "train.checkpoint_every=2", f"hydra.run.dir={tmp_path}"]
     real = checkpoint_module.atomic_path
     saves = []
 
@@ -379,47 +503,74 @@ def test_disk_full_while_a_checkpoint_is_saved_is_one_line_and_the_run_resumes(
     monkeypatch.setattr(checkpoint_module, "atomic_path", full_after_the_first)
     code, err = run_in_process(capsys, *args)
     assert code == 2 and len(err.strip().splitlines()) == 1, err
-    assert f"disk full while writing in {tmp_path} at step 4; its checkpoint of step 2 and the " \
-           "rows up to it are intact: free space, then run the same command with resume=true" \
-           in err
+    assert (
+        f"disk full while writing in {tmp_path} at step 4; its checkpoint of step 2 and the "
+        "rows up to it are intact: free space, then run the same command with resume=true" in err
+    )
     assert torch.load(checkpoint_path(tmp_path), weights_only=True)["step"] == 2
     monkeypatch.setattr(checkpoint_module, "atomic_path", real)
     assert run_in_process(capsys, *args, "resume=true")[0] == 0
     assert list(pd.read_csv(tmp_path / "metrics.csv")["step"]) == list(range(6))
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["probe", "probe.method=dense", "arch.width=50000"],
-     "varexp probe: one network needs about 506 GB (125G weights"),
-    (["train", "arch=mlp", "arch.width=50000", "dataset=gaussian"],
-     "varexp train: a training run needs about"),
-    (["train", "arch=mlp", "dataset=gaussian", "train.probe_samples=100000000"],
-     "lower train.probe_samples"),
-    (["train", "arch=mlp", "dataset=gaussian", "dataset.size=1000000000"],
-     "a smaller dataset.size"),
-    (["train", "dataset.train_size=1000000000"], "a smaller dataset.train_size"),
-    (["train", "init=scale", "init.batches=10000000"], "lower init.batches"),
-    (["probe", "arch.width=1000", "probe.samples=400", "arch.depth=100000000"],
-     "varexp probe: one network needs about"),
-    (["train", "seed=4294967296"], "seed=4294967296 is not allowed; must be an integer in "
-                                   "0..4294967295"),
-    (["probe", "arch=allcnnc", "arch.channels=inf", "dataset=shapes"],
-     "arch.channels=inf is not allowed; must be a finite number > 0"),
-    (["probe", "init.gain=1e200"], "init.gain=1e200 is not allowed; must be a number in "
-                                   "(0, 1000] or null"),
-    (["probe", "init.gain=inf"], "init.gain=inf is not allowed"),
-    (["theory", "theory.quadrature_points=100000000"],
-     "theory.quadrature_points=100000000 is not allowed; must be an integer in 2..1000"),
-    (["theory", "theory.input_second_moment=inf"], "theory.input_second_moment=inf is not "
-                                                   "allowed"),
-    (["train", "optim.lr=inf"], "optim.lr=inf is not allowed; must be a finite number > 0"),
-    (["train", "optim.lr=1e400"], "optim.lr=1e400 is not allowed"),
-    (["sweep", "seed=0,-1"], "in the sweep, seed=0,-1 (value 2 of 2): seed=-1 is not allowed"),
-    (["sweep", "sweep.lr_index=0,9"], "in the sweep, sweep.lr_index=0,9 (value 2 of 2): "
-                                      "sweep.lr_index=9 is not allowed"),
-])
-def test_out_of_range_values_are_one_line_before_any_work(tmp_path, monkeypatch, capsys, args,
-                                                          needle):
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (
+            ["probe", "probe.method=dense", "arch.width=50000"],
+            "varexp probe: one network needs about 506 GB (125G weights",
+        ),
+        (
+            ["train", "arch=mlp", "arch.width=50000", "dataset=gaussian"],
+            "varexp train: a training run needs about",
+        ),
+        (
+            ["train", "arch=mlp", "dataset=gaussian", "train.probe_samples=100000000"],
+            "lower train.probe_samples",
+        ),
+        (
+            ["train", "arch=mlp", "dataset=gaussian", "dataset.size=1000000000"],
+            "a smaller dataset.size",
+        ),
+        (["train", "dataset.train_size=1000000000"], "a smaller dataset.train_size"),
+        (["train", "init=scale", "init.batches=10000000"], "lower init.batches"),
+        (
+            ["probe", "arch.width=1000", "probe.samples=400", "arch.depth=100000000"],
+            "varexp probe: one network needs about",
+        ),
+        (
+            ["train", "seed=4294967296"],
+            "seed=4294967296 is not allowed; must be an integer in 0..4294967295",
+        ),
+        (
+            ["probe", "arch=allcnnc", "arch.channels=inf", "dataset=shapes"],
+            "arch.channels=inf is not allowed; must be a finite number > 0",
+        ),
+        (
+            ["probe", "init.gain=1e200"],
+            "init.gain=1e200 is not allowed; must be a number in (0, 1000] or null",
+        ),
+        (["probe", "init.gain=inf"], "init.gain=inf is not allowed"),
+        (
+            ["theory", "theory.quadrature_points=100000000"],
+            "theory.quadrature_points=100000000 is not allowed; must be an integer in 2..1000",
+        ),
+        (
+            ["theory", "theory.input_second_moment=inf"],
+            "theory.input_second_moment=inf is not allowed",
+        ),
+        (["train", "optim.lr=inf"], "optim.lr=inf is not allowed; must be a finite number > 0"),
+        (["train", "optim.lr=1e400"], "optim.lr=1e400 is not allowed"),
+        (["sweep", "seed=0,-1"], "in the sweep, seed=0,-1 (value 2 of 2): seed=-1 is not allowed"),
+        (
+            ["sweep", "sweep.lr_index=0,9"],
+            "in the sweep, sweep.lr_index=0,9 (value 2 of 2): sweep.lr_index=9 is not allowed",
+        ),
+    ],
+)
+def test_out_of_range_values_are_one_line_before_any_work(
+    tmp_path, monkeypatch, capsys, args, needle
+):
     monkeypatch.chdir(tmp_path)
     code, err = run_in_process(capsys, *args)
     assert code == 2 and len(err.strip().splitlines()) == 1 and needle in err, err
@@ -429,12 +580,23 @@ def test_out_of_range_values_are_one_line_before_any_work(tmp_path, monkeypatch,
 def test_an_outputs_folder_that_is_a_file_is_one_line(tmp_path):
     (tmp_path / "outputs").write_text("not a folder")
     line = one_line(run_varexp("theory", cwd=tmp_path))
-    assert line.startswith("varexp theory: hydra.run.dir=outputs/theory/") and \
-        "is not writable" in line
+    assert (
+        line.startswith("varexp theory: hydra.run.dir=outputs/theory/")
+        and "is not writable" in line
+    )
 
 
-@pytest.mark.parametrize("record", ['{"identity": [1, 2]}', "null", '"s"', "[]",
-                                    '{"identity": {}, "preset": 3}', '{"command": 1}'])
+@pytest.mark.parametrize(
+    "record",
+    [
+        '{"identity": [1, 2]}',
+        "null",
+        '"s"',
+        "[]",
+        '{"identity": {}, "preset": 3}',
+        '{"command": 1}',
+    ],
+)
 def test_a_run_record_of_the_wrong_types_is_one_line(tmp_path, capsys, record):
     """run.json that parses as JSON but is not a record: the command into its folder, and a
     sweep into a folder holding it, refuse in one line; the sweep's tables leave it out."""
@@ -442,8 +604,9 @@ def test_a_run_record_of_the_wrong_types_is_one_line(tmp_path, capsys, record):
     needle = f"{tmp_path / 'run.json'} is damaged (not a run record); move it away"
     code, err = run_in_process(capsys, "theory", "arch.depth=3", f"hydra.run.dir={tmp_path}")
     assert code == 2 and err.strip().splitlines() == [f"varexp theory: {needle}"]
-    code, err = run_in_process(capsys, *SWEEP, "sweep.estimate=false",
-                               f"hydra.sweep.dir={tmp_path}")
+    code, err = run_in_process(
+        capsys, *SWEEP, "sweep.estimate=false", f"hydra.sweep.dir={tmp_path}"
+    )
     assert code == 2 and err.strip().splitlines() == [f"varexp sweep: {needle}"]
     assert results.made_by(tmp_path / "probe.csv") is None
 
@@ -461,7 +624,8 @@ def test_a_probe_table_missing_whole_networks_is_left_out_with_one_line(tmp_path
         load_probes("figure2", str(tmp_path), "unused")
     assert [r.message for r in caplog.records if "leaves out" in r.message] == [
         f"figure2 leaves out {run / 'probe.csv'}: holds 2 of the 3 networks its run probed "
-        "(probe.networks); missing 1 (a partial or altered file)"]
+        "(probe.networks); missing 1 (a partial or altered file)"
+    ]
 
 
 def test_a_checkpoint_without_its_keys_is_one_line(tmp_path, capsys):
@@ -480,7 +644,12 @@ def test_float_cifar_arrays_are_one_line(tmp_path):
     from varexp.errors import VarexpError
 
     write_cifar(tmp_path, dtype="float32")
-    cfg = config("probe", "arch=allcnnc", "dataset=cifar10", f"dataset.root={tmp_path}",
-                 "dataset.verify=false")
+    cfg = config(
+        "probe",
+        "arch=allcnnc",
+        "dataset=cifar10",
+        f"dataset.root={tmp_path}",
+        "dataset.verify=false",
+    )
     with pytest.raises(VarexpError, match="holds float32 images; CIFAR10 images are uint8"):
         load_source(cfg.dataset, cfg.arch, "train")

@@ -77,8 +77,10 @@ def test_sampled_layer_one_is_exact_for_a_known_input():
     # 2 mean_t |x_t|^2 / n exactly
     x = torch.randn(10, 500, generator=torch.Generator().manual_seed(3))
     gen = torch.Generator().manual_seed(4)
-    m2 = [sampled_mlp(x, 1, 500, generator=gen, grad=False)[0][0]["second_moment"].item()
-          for _ in range(200)]
+    m2 = [
+        sampled_mlp(x, 1, 500, generator=gen, grad=False)[0][0]["second_moment"].item()
+        for _ in range(200)
+    ]
     expected = 2 * x.double().square().sum(1).mean().item() / 500
     assert np.mean(m2) == pytest.approx(expected, rel=4 * np.std(m2) / np.sqrt(200) / expected)
 
@@ -90,11 +92,15 @@ def test_finite_width_ratio_approaches_theory_from_below():
     gaps = {}
     for width in (100, 300, 1000):
         gen = torch.Generator().manual_seed(width)
-        ratios = np.array([
-            [r["ratio"].item() for r in sampled_mlp(x[:, :width], 50, width, generator=gen,
-                                                     grad=False)[0]]
-            for _ in range(12)
-        ])
+        ratios = np.array(
+            [
+                [
+                    r["ratio"].item()
+                    for r in sampled_mlp(x[:, :width], 50, width, generator=gen, grad=False)[0]
+                ]
+                for _ in range(12)
+            ]
+        )
         mean, se = ratios.mean(0), ratios.std(0, ddof=1) / np.sqrt(12)
         gaps[width] = theory - mean
         for layer in (10, 25, 50):  # below the theory (within noise where it has caught up)
@@ -108,11 +114,13 @@ def grad_slope(init: str, width: int, networks: int) -> float:
     """Fitted slope of log(mean over networks of grad_sq) vs layer, layers 1..L-1 (Fig. 3)."""
     x = torch.randn(100, width, generator=torch.Generator().manual_seed(0))
     gen = torch.Generator().manual_seed(1)
-    table = pd.DataFrame([
-        {"network": i, "layer": layer, "grad_sq": r["grad_sq"].item()}
-        for i in range(networks)
-        for layer, r in enumerate(sampled_mlp(x, 50, width, init=init, generator=gen)[0], 1)
-    ])
+    table = pd.DataFrame(
+        [
+            {"network": i, "layer": layer, "grad_sq": r["grad_sq"].item()}
+            for i in range(networks)
+            for layer, r in enumerate(sampled_mlp(x, 50, width, init=init, generator=gen)[0], 1)
+        ]
+    )
     return fitted_grad_slope(table)
 
 
@@ -124,15 +132,18 @@ def test_gradient_slope_at_moderate_width():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("init, paper", [("scale+bias", -0.379), ("batchnorm", -0.381),
-                                         ("kaiming", 0.0)])
+@pytest.mark.parametrize(
+    "init, paper", [("scale+bias", -0.379), ("batchnorm", -0.381), ("kaiming", 0.0)]
+)
 def test_gradient_slope_at_paper_scale(init, paper):
     """Paper Fig. 3: width 3000, 30 networks, T = 100, depth 50."""
     assert grad_slope(init, 3000, 30) == pytest.approx(paper, abs=0.02)
 
 
-@pytest.mark.parametrize("init, activation", [("kaiming", "relu"), ("scale+bias", "relu"),
-                                              ("batchnorm", "relu"), ("xavier", "tanh")])
+@pytest.mark.parametrize(
+    "init, activation",
+    [("kaiming", "relu"), ("scale+bias", "relu"), ("batchnorm", "relu"), ("xavier", "tanh")],
+)
 def test_a_networks_numbers_do_not_depend_on_its_batch(init, activation):
     """Network i draws from its own generator: alone, in one batch with the others, or in
     batches of 2 on two worker threads, every number is the same to the bit."""
@@ -144,8 +155,10 @@ def test_a_networks_numbers_do_not_depend_on_its_batch(init, activation):
     options = dict(activation=activation, init=init, keep_u=(1, 6))
     alone = [sampled_mlps(x, 6, 40, [g], **options)[0] for g in generators()]
     together = sampled_mlps(x, 6, 40, generators(), **options)
-    threaded = sorted(sampled_probe(x, 6, 40, generators(), batch=2, threads=2, **options),
-                      key=lambda result: result[0])
+    threaded = sorted(
+        sampled_probe(x, 6, 40, generators(), batch=2, threads=2, **options),
+        key=lambda result: result[0],
+    )
     for i, (rows, kept) in enumerate(alone):
         for other_rows, other_kept in (together[i], threaded[i][1:]):
             for row, other in zip(rows, other_rows, strict=True):
@@ -180,8 +193,10 @@ def test_rank_deficient_inputs_are_sampled_on_their_span():
     assert all(np.isfinite([r["grad_sq"].item() for r in rows]).all() for rows, _ in runs)
 
 
-@pytest.mark.parametrize("networks, batch, workers", [(30, 8, 2), (30, 1, 2), (5, 8, 2), (1, 8, 4),
-                                                      (7, 3, 4), (30, 30, 1)])
+@pytest.mark.parametrize(
+    "networks, batch, workers",
+    [(30, 8, 2), (30, 1, 2), (5, 8, 2), (1, 8, 4), (7, 3, 4), (30, 30, 1)],
+)
 def test_networks_are_cut_into_even_batches_for_the_workers(networks, batch, workers):
     pieces = cut(networks, batch, workers)
     assert [i for piece in pieces for i in piece] == list(range(networks))

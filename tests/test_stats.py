@@ -37,17 +37,19 @@ def test_sample_stats_flattens_conv_features_and_uses_float64():
 def test_channel_statistics_pool_samples_and_positions():
     g = np.random.default_rng(1)
     # per-position means differ: the channel convention sees them as spread, not mean
-    u = (g.normal(0, 1, size=(9, 3, 4, 5)) + g.normal(0, 2, size=(1, 3, 4, 5)) + 1.5)
+    u = g.normal(0, 1, size=(9, 3, 4, 5)) + g.normal(0, 2, size=(1, 3, 4, 5)) + 1.5
     s = sample_stats(torch.from_numpy(u))
     pooled = u.transpose(1, 0, 2, 3).reshape(3, -1)
     mean_c, var_c = pooled.mean(1), pooled.var(1)
     assert s["sample_mean_sq_channel"].item() == pytest.approx(np.mean(mean_c**2), rel=1e-12)
     assert s["sample_var_channel"].item() == pytest.approx(np.mean(var_c), rel=1e-12)
     assert s["ratio_channel"].item() == pytest.approx(
-        math.sqrt(np.mean(mean_c**2) / np.mean(var_c)), rel=1e-12)
+        math.sqrt(np.mean(mean_c**2) / np.mean(var_c)), rel=1e-12
+    )
     # the same second moment, split differently between mean and spread
     assert (s["sample_mean_sq_channel"] + s["sample_var_channel"]).item() == pytest.approx(
-        s["second_moment"].item(), rel=1e-12)
+        s["second_moment"].item(), rel=1e-12
+    )
     assert s["ratio_channel"] < s["ratio"]
 
 
@@ -66,12 +68,12 @@ def test_effective_samples_counts_the_samples_that_carry_the_spread():
     one[0] = 5.0  # one sample far from the others (mean 0.5): it holds the centred signal
     distances = np.array([6 * 4.5**2] + [6 * 0.5**2] * (T - 1))
     assert sample_stats(one)["effective_samples"].item() == pytest.approx(
-        distances.sum() ** 2 / np.square(distances).sum(), rel=1e-12)  # 1.23
+        distances.sum() ** 2 / np.square(distances).sum(), rel=1e-12
+    )  # 1.23
     g = torch.Generator().manual_seed(0)
     even = torch.randn(2000, 50, generator=g, dtype=torch.float64)
     # iid Gaussian samples: s_t is 50 chi^2_50-distributed, E[s]^2 / E[s^2] = 50 / 52
-    assert sample_stats(even)["effective_samples"].item() == pytest.approx(2000 * 50 / 52,
-                                                                           rel=0.02)
+    assert sample_stats(even)["effective_samples"].item() == pytest.approx(2000 * 50 / 52, rel=0.02)
 
 
 def conv_model() -> nn.Module:

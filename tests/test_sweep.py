@@ -30,8 +30,9 @@ def sweep_cfg(*overrides: str):
     return config("sweep", *overrides)
 
 
-@pytest.mark.parametrize("optim, grid", [("sgd", [3e-4, 1e-3, 3e-3, 1e-2]),
-                                         ("adam", [3e-5, 1e-4, 3e-4, 1e-3])])
+@pytest.mark.parametrize(
+    "optim, grid", [("sgd", [3e-4, 1e-3, 3e-3, 1e-2]), ("adam", [3e-5, 1e-4, 3e-4, 1e-3])]
+)
 def test_lr_comes_from_the_optimizers_own_grid(optim, grid):
     lrs = [sweep_cfg(f"optim={optim}", f"sweep.lr_index={i}").optim.lr for i in range(4)]
     assert lrs == grid
@@ -56,12 +57,28 @@ def test_criterion_is_the_mean_of_the_last_fraction_of_steps():
 def test_selection_skips_a_lr_where_any_seed_diverged(tmp_path):
     rows = []
     # lr 1e-2 has the lowest loss on seed 0 but diverges on seed 1: not eligible
-    for lr, seed, value, status in [(1e-3, 0, 0.5, "completed"), (1e-3, 1, 0.7, "completed"),
-                                    (3e-3, 0, 0.4, "completed"), (3e-3, 1, 0.9, "completed"),
-                                    (1e-2, 0, 0.1, "completed"), (1e-2, 1, np.nan, "diverged"),
-                                    (3e-4, 0, 0.2, "failed"), (3e-4, 1, np.nan, "incomplete")]:
-        rows.append(dict(arch="mlp", dataset="shapes", init="scale", optim="sgd", lr=lr,
-                         seed=seed, status=status, criterion=value))
+    for lr, seed, value, status in [
+        (1e-3, 0, 0.5, "completed"),
+        (1e-3, 1, 0.7, "completed"),
+        (3e-3, 0, 0.4, "completed"),
+        (3e-3, 1, 0.9, "completed"),
+        (1e-2, 0, 0.1, "completed"),
+        (1e-2, 1, np.nan, "diverged"),
+        (3e-4, 0, 0.2, "failed"),
+        (3e-4, 1, np.nan, "incomplete"),
+    ]:
+        rows.append(
+            dict(
+                arch="mlp",
+                dataset="shapes",
+                init="scale",
+                optim="sgd",
+                lr=lr,
+                seed=seed,
+                status=status,
+                criterion=value,
+            )
+        )
     selected = select(pd.DataFrame(rows), 0.1)
     assert list(selected.columns) == list(SELECTED.columns)
     row = selected.iloc[0]
@@ -73,10 +90,23 @@ def test_selection_skips_a_lr_where_any_seed_diverged(tmp_path):
 def test_a_selected_lr_at_the_edge_of_what_finished_is_marked():
     """lr_at_edge says when the best lr is not bracketed: the smallest or largest lr with a run
     that finished (a diverged larger lr brackets it; a crashed one does not)."""
+
     def table(runs):
-        return pd.DataFrame([dict(arch="mlp", dataset="shapes", init="scale", optim="sgd", lr=lr,
-                                  seed=0, status=status, criterion=value)
-                             for lr, value, status in runs])
+        return pd.DataFrame(
+            [
+                dict(
+                    arch="mlp",
+                    dataset="shapes",
+                    init="scale",
+                    optim="sgd",
+                    lr=lr,
+                    seed=0,
+                    status=status,
+                    criterion=value,
+                )
+                for lr, value, status in runs
+            ]
+        )
 
     def edge(runs):
         return select(table(runs), 1.0).iloc[0].lr_at_edge
@@ -85,29 +115,45 @@ def test_a_selected_lr_at_the_edge_of_what_finished_is_marked():
     assert edge(middle) == ""
     assert edge([(1e-3, 0.5, "completed"), (3e-3, 0.6, "completed")]) == "low"
     assert edge([(1e-3, 0.5, "completed"), (3e-3, 0.4, "completed")]) == "high"
-    assert edge([(1e-3, 0.5, "completed"), (3e-3, 0.4, "completed"),
-                 (1e-2, np.nan, "diverged")]) == ""
-    assert edge([(1e-3, 0.5, "completed"), (3e-3, 0.4, "completed"),
-                 (1e-2, np.nan, "failed")]) == "high"
+    assert (
+        edge([(1e-3, 0.5, "completed"), (3e-3, 0.4, "completed"), (1e-2, np.nan, "diverged")]) == ""
+    )
+    assert (
+        edge([(1e-3, 0.5, "completed"), (3e-3, 0.4, "completed"), (1e-2, np.nan, "failed")])
+        == "high"
+    )
     assert edge([(1e-3, 0.5, "completed")]) == "both"
 
 
 def test_the_best_settings_table_says_whether_the_next_lr_is_distinguishable():
     rows = []
-    for init, lr, values in [("scale", 1e-3, [0.50, 0.52, 0.51]),
-                             ("scale", 3e-3, [0.60, 0.62, 0.61]),
-                             ("scale", 1e-2, [0.05, np.nan, 0.05]),  # diverged on a seed
-                             ("scale+bias", 1e-3, [0.50, 0.60, 0.40]),
-                             ("scale+bias", 3e-3, [0.52, 0.62, 0.42])]:
+    for init, lr, values in [
+        ("scale", 1e-3, [0.50, 0.52, 0.51]),
+        ("scale", 3e-3, [0.60, 0.62, 0.61]),
+        ("scale", 1e-2, [0.05, np.nan, 0.05]),  # diverged on a seed
+        ("scale+bias", 1e-3, [0.50, 0.60, 0.40]),
+        ("scale+bias", 3e-3, [0.52, 0.62, 0.42]),
+    ]:
         for seed, value in enumerate(values):
-            rows.append(dict(arch="mlp", dataset="shapes", init=init, optim="sgd", lr=lr,
-                             seed=seed, status="diverged" if np.isnan(value) else "completed",
-                             criterion=value))
+            rows.append(
+                dict(
+                    arch="mlp",
+                    dataset="shapes",
+                    init=init,
+                    optim="sgd",
+                    lr=lr,
+                    seed=seed,
+                    status="diverged" if np.isnan(value) else "completed",
+                    criterion=value,
+                )
+            )
     runs = pd.DataFrame(rows)
     text = best_settings(runs, select(runs, 1.0))
     lines = text.splitlines()
-    assert lines[0] == ("best settings (mean training loss over the whole run; +- std over "
-                        "seeds; arch=mlp, dataset=shapes, optim=sgd):")
+    assert lines[0] == (
+        "best settings (mean training loss over the whole run; +- std over "
+        "seeds; arch=mlp, dataset=shapes, optim=sgd):"
+    )
     scale = next(line for line in lines if " scale " in line)
     bias = next(line for line in lines if "scale+bias" in line)
     # 0.51 +- 0.01 vs 0.61 +- 0.01 over 3 seeds: a gap of 0.1 / sqrt(2 * 0.01**2 / 3) = 12.2 se
@@ -120,7 +166,8 @@ def test_the_best_settings_table_says_whether_the_next_lr_is_distinguishable():
     text = best_settings(one_seed, select(one_seed, 1.0))
     assert "0.01 " in text and "0.001: 0.5 (one seed: no spread to judge by)" in text
     assert best_settings(runs.iloc[:0], select(runs.iloc[:0], 1.0)).startswith(
-        "best settings: none")
+        "best settings: none"
+    )
 
 
 def test_tables_from_run_directories(tmp_path):
@@ -131,12 +178,16 @@ def test_tables_from_run_directories(tmp_path):
     (tmp_path / "mlp-shapes/scale/sgd/lr=0.1/seed=0/.hydra").mkdir(parents=True)
     (tmp_path / "mlp-shapes/scale/sgd/lr=0.1/seed=0/.hydra/config.yaml").write_text(
         "seed: 0\narch: {name: mlp}\ndataset: {name: shapes}\ninit: {name: scale}\n"
-        "optim: {name: sgd, lr: 0.1}\n")
+        "optim: {name: sgd, lr: 0.1}\n"
+    )
     sweep_csv, selected_csv = write_tables(tmp_path, 0.25)
     table = pd.read_csv(sweep_csv)
     assert list(table.columns) == list(SWEEP.columns)
     assert dict(zip(table["lr"], table["status"], strict=True)) == {
-        1e-3: "completed", 1e-2: "diverged", 0.1: "incomplete"}
+        1e-3: "completed",
+        1e-2: "diverged",
+        0.1: "incomplete",
+    }
     done = table[table["status"] == "completed"].iloc[0]
     steps = np.arange(30, 40)  # last 25% of 40 steps (rows 0..39)
     assert done.criterion == pytest.approx(np.exp(-0.1 * steps).mean())
@@ -149,17 +200,34 @@ def test_tables_from_run_directories(tmp_path):
 
 # 2 inits x 2 lrs (one forced to diverge) x 2 seeds of a tiny MLP on 64 gaussian inputs
 HUGE_LR = 1e10
-SIZES = ["arch=mlp", "arch.width=16", "arch.depth=3", "dataset=gaussian", "dataset.size=64",
-         "train.steps=6", "train.batch_size=8", "train.ratio_every=3", "train.probe_samples=8",
-         "train.checkpoint_every=3", "train.progress=false", "device=cpu"]
-TINY = [*SIZES, "init=scale,scale+bias", "optim=sgd", "sweep.lr_index=0,1", "seed=0,1",
-        "sweep.select=final", f"sweep.lr_grid.sgd=[0.001,{HUGE_LR}]"]
+SIZES = [
+    "arch=mlp",
+    "arch.width=16",
+    "arch.depth=3",
+    "dataset=gaussian",
+    "dataset.size=64",
+    "train.steps=6",
+    "train.batch_size=8",
+    "train.ratio_every=3",
+    "train.probe_samples=8",
+    "train.checkpoint_every=3",
+    "train.progress=false",
+    "device=cpu",
+]
+TINY = [
+    *SIZES,
+    "init=scale,scale+bias",
+    "optim=sgd",
+    "sweep.lr_index=0,1",
+    "seed=0,1",
+    "sweep.select=final",
+    f"sweep.lr_grid.sgd=[0.001,{HUGE_LR}]",
+]
 
 
 def sweep_args(tmp_path: Path, *extra: str) -> list[str]:
     """The tiny sweep, one job at a time in this process unless `extra` names a launcher."""
-    return ["sweep", *TINY, f"hydra.sweep.dir={tmp_path / 'sweep'}", "hydra/launcher=basic",
-            *extra]
+    return ["sweep", *TINY, f"hydra.sweep.dir={tmp_path / 'sweep'}", "hydra/launcher=basic", *extra]
 
 
 def launch_here(monkeypatch, tmp_path: Path, *args: str) -> None:
@@ -177,9 +245,12 @@ def job_logs(sweep_dir: Path) -> str:
 def assert_tiny_sweep(sweep_dir: Path) -> pd.DataFrame:
     table = pd.read_csv(sweep_dir / "sweep.csv")
     assert len(table) == 8 and list(table.columns) == list(SWEEP.columns)
-    assert set(table["run_dir"]) == {f"mlp-gaussian/{i}/sgd/lr={lr}/seed={s}"
-                                     for i in ("scale", "scale+bias") for lr in (0.001, HUGE_LR)
-                                     for s in (0, 1)}
+    assert set(table["run_dir"]) == {
+        f"mlp-gaussian/{i}/sgd/lr={lr}/seed={s}"
+        for i in ("scale", "scale+bias")
+        for lr in (0.001, HUGE_LR)
+        for s in (0, 1)
+    }
     huge = table["lr"] == HUGE_LR
     assert (table[huge]["status"] == "diverged").all()
     assert (table[~huge]["status"] == "completed").all() and (table[~huge]["steps"] == 6).all()
@@ -217,8 +288,14 @@ def test_tiny_sweep_resumes_skips_and_plots(tmp_path, monkeypatch, capsys):
     assert [p.stat().st_mtime_ns for p in files] == stamps  # no training
     pd.testing.assert_frame_equal(pd.read_csv(sweep_dir / "sweep.csv"), table)
 
-    launch_here(monkeypatch, tmp_path, "plot", "figure4", f"results={sweep_dir}",
-                   f"hydra.run.dir={tmp_path / 'fig'}")
+    launch_here(
+        monkeypatch,
+        tmp_path,
+        "plot",
+        "figure4",
+        f"results={sweep_dir}",
+        f"hydra.run.dir={tmp_path / 'fig'}",
+    )
     assert (tmp_path / "fig" / "figure4.png").stat().st_size > 0
     assert (tmp_path / "fig" / "figure4.pdf").stat().st_size > 0
 
@@ -232,16 +309,18 @@ def test_tiny_sweep_through_launcher(tmp_path, launcher):
     basic.mkdir()
     run_varexp(*sweep_args(basic), cwd=basic, check=True)
     start = time.perf_counter()
-    out = run_varexp(*sweep_args(tmp_path, f"hydra/launcher={launcher}", "dataset.workers=1"),
-                     cwd=tmp_path, check=True)
+    out = run_varexp(
+        *sweep_args(tmp_path, f"hydra/launcher={launcher}", "dataset.workers=1"),
+        cwd=tmp_path,
+        check=True,
+    )
     print(f"{launcher}: {time.perf_counter() - start:.1f} s")
     # the launcher launched the runs of each seed as one pack job
     assert "8 runs in 2 jobs: 2 packs of 4" in out.stdout
     assert job_logs(tmp_path / "sweep").count("pack of 4 runs on cpu") == 8
     table = assert_tiny_sweep(tmp_path / "sweep")
     reference = pd.read_csv(basic / "sweep" / "sweep.csv")
-    pd.testing.assert_frame_equal(table.drop(columns="seconds"),
-                                  reference.drop(columns="seconds"))
+    pd.testing.assert_frame_equal(table.drop(columns="seconds"), reference.drop(columns="seconds"))
     run_varexp(*sweep_args(tmp_path, f"hydra/launcher={launcher}"), cwd=tmp_path, check=True)
     assert job_logs(tmp_path / "sweep").count("skip ") == 8
 
@@ -251,13 +330,25 @@ def test_plot_figure4_draws_the_default_sweep(tmp_path, monkeypatch, capsys):
     is what figure4 draws when no preset made results."""
     outputs = tmp_path / "outputs"
     capsys.readouterr()
-    launch_here(monkeypatch, tmp_path, "sweep", *SIZES, "init=scale", "optim=sgd",
-                "sweep.lr_index=0", "seed=0", "sweep.estimate=false", "hydra/launcher=basic")
+    launch_here(
+        monkeypatch,
+        tmp_path,
+        "sweep",
+        *SIZES,
+        "init=scale",
+        "optim=sgd",
+        "sweep.lr_index=0",
+        "seed=0",
+        "sweep.estimate=false",
+        "hydra/launcher=basic",
+    )
     assert find_results(FIGURES["figure4"], None, outputs) == [
-        outputs / "sweep" / "default" / "selected.csv"]
+        outputs / "sweep" / "default" / "selected.csv"
+    ]
     # its last line names the next command, with the sweep's folder, as a user can paste it
     assert capsys.readouterr().out.strip().splitlines()[-1] == (
-        "next: varexp plot figure4 results=outputs/sweep/default")
+        "next: varexp plot figure4 results=outputs/sweep/default"
+    )
     launch_here(monkeypatch, tmp_path, "plot", "figure4", f"hydra.run.dir={tmp_path / 'fig'}")
     assert (tmp_path / "fig" / "figure4.png").stat().st_size > 0
 
@@ -265,9 +356,19 @@ def test_plot_figure4_draws_the_default_sweep(tmp_path, monkeypatch, capsys):
 def test_the_next_command_after_a_sweep_draws_it_as_printed(tmp_path, monkeypatch, capsys):
     """A sweep folder that needs quoting, for Hydra (a space, an '=') and for the shell."""
     capsys.readouterr()
-    launch_here(monkeypatch, tmp_path, "sweep", *SIZES, "init=scale", "optim=sgd",
-                "sweep.lr_index=0", "seed=0", "sweep.estimate=false", "hydra/launcher=basic",
-                'hydra.sweep.dir="my sweeps/lr=any"')
+    launch_here(
+        monkeypatch,
+        tmp_path,
+        "sweep",
+        *SIZES,
+        "init=scale",
+        "optim=sgd",
+        "sweep.lr_index=0",
+        "seed=0",
+        "sweep.estimate=false",
+        "hydra/launcher=basic",
+        'hydra.sweep.dir="my sweeps/lr=any"',
+    )
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last == """next: varexp plot figure4 'results="my sweeps/lr=any"'""", last
     words = shlex.split(last.removeprefix("next: "))  # as the shell splits it
@@ -280,7 +381,8 @@ def test_bad_value_stops_the_sweep_before_any_job(tmp_path, monkeypatch, capsys)
         launch_here(monkeypatch, tmp_path, *sweep_args(tmp_path, "train.steps=0"))
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.strip().splitlines() == [
-        "varexp sweep: train.steps=0 is not allowed; must be an integer >= 1"]
+        "varexp sweep: train.steps=0 is not allowed; must be an integer >= 1"
+    ]
     assert not (tmp_path / "sweep").exists()
 
 
@@ -289,11 +391,20 @@ def test_joblib_sweep_with_dataloader_workers_and_shared_cores(tmp_path):
     side by side share the cores."""
     from varexp.threads import available_cores
 
-    args = [*SIZES, "init=scale", "optim=sgd", "sweep.lr_index=0", "seed=0,1,2,3",
-            "dataset.workers=1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-            "sweep.estimate=false"]
-    out = run_varexp("sweep", *args, f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path,
-                     check=True)
+    args = [
+        *SIZES,
+        "init=scale",
+        "optim=sgd",
+        "sweep.lr_index=0",
+        "seed=0,1,2,3",
+        "dataset.workers=1",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "sweep.estimate=false",
+    ]
+    out = run_varexp(
+        "sweep", *args, f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path, check=True
+    )
     table = pd.read_csv(tmp_path / "sweep" / "sweep.csv")
     assert list(table["status"]) == ["completed"] * 4, out.stdout[-2000:]
     assert "sweep: 4 runs (4 completed)" in out.stdout
@@ -315,8 +426,9 @@ def test_crashed_runs_are_failed_and_the_sweep_exits_non_zero(tmp_path, monkeypa
 
     monkeypatch.setattr(varexp.train.Trainer, "loop", crash_for_scale_bias)
     with pytest.raises(SystemExit) as exit_:
-        launch_here(monkeypatch, tmp_path, *sweep_args(tmp_path, "sweep.estimate=false",
-                                                       "sweep.pack=off"))
+        launch_here(
+            monkeypatch, tmp_path, *sweep_args(tmp_path, "sweep.estimate=false", "sweep.pack=off")
+        )
     assert exit_.value.code == 1
     err = capsys.readouterr()
     table = pd.read_csv(tmp_path / "sweep" / "sweep.csv")
@@ -339,8 +451,9 @@ def test_figure4_of_a_sweep_whose_runs_all_failed_is_one_line(tmp_path):
     for summary in (tmp_path / "s").rglob("summary.json"):
         summary.write_text('{"status": "failed", "error": "RuntimeError: boom"}')
     write_tables(tmp_path / "s", 0.1)
-    with pytest.raises(VarexpError, match="no learning rate was selected in .*: no run "
-                                          "completed there"):
+    with pytest.raises(
+        VarexpError, match="no learning rate was selected in .*: no run completed there"
+    ):
         make(str(tmp_path), "unused", tmp_path / "out")
 
 
@@ -349,8 +462,11 @@ def test_selection_rule_auc_is_the_mean_of_the_whole_curve_and_final_its_tail():
 
     assert selection_fraction(sweep_cfg()) == 1.0  # auc, the default: the paper's "fastest"
     assert selection_fraction(sweep_cfg("sweep.select=final", "sweep.select_fraction=0.2")) == 0.2
-    with pytest.raises(ConfigError, match=r"sweep.select='best' is not allowed; choose one of "
-                                          "auc, final"):
+    with pytest.raises(
+        ConfigError,
+        match=r"sweep.select='best' is not allowed; choose one of "
+        "auc, final",
+    ):
         check_sweep(sweep_cfg("sweep.select=best"))
     # a fast start and a slow finish against a slow start and a fast finish
     fast = pd.Series([1.0, 0.2, 0.2, 0.2, 0.19])
@@ -364,18 +480,40 @@ def test_a_timed_out_submitit_job_is_requeued_and_resumes(tmp_path):
     """submitit_local with timeout_min=1 signals the job 30 s before its time is up; Hydra's
     submitit launcher requeues it, and the run continues from its last checkpoint to the same
     rows as a run that was never stopped (about 2 min)."""
-    args = ["sweep", *SIZES, "train.steps=20000", "train.ratio_every=5000",
-            "train.checkpoint_every=1000", "init=kaiming", "optim=sgd", "sweep.lr_index=0",
-            "seed=0", "sweep.estimate=false"]
-    run_varexp(*args, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=1",
-               f"hydra.sweep.dir={tmp_path / 'requeued'}", cwd=tmp_path, check=True)
-    run_varexp(*args, "hydra/launcher=basic", f"hydra.sweep.dir={tmp_path / 'whole'}",
-               cwd=tmp_path, check=True)
+    args = [
+        "sweep",
+        *SIZES,
+        "train.steps=20000",
+        "train.ratio_every=5000",
+        "train.checkpoint_every=1000",
+        "init=kaiming",
+        "optim=sgd",
+        "sweep.lr_index=0",
+        "seed=0",
+        "sweep.estimate=false",
+    ]
+    run_varexp(
+        *args,
+        "hydra/launcher=submitit_local",
+        "hydra.launcher.timeout_min=1",
+        f"hydra.sweep.dir={tmp_path / 'requeued'}",
+        cwd=tmp_path,
+        check=True,
+    )
+    run_varexp(
+        *args,
+        "hydra/launcher=basic",
+        f"hydra.sweep.dir={tmp_path / 'whole'}",
+        cwd=tmp_path,
+        check=True,
+    )
     logs = "".join(p.read_text() for p in (tmp_path / "requeued" / ".submitit").rglob("*.out"))
     assert "Requeued job" in logs and "from its checkpoint" in logs
     run = "mlp-gaussian/kaiming/sgd/lr=0.0003/seed=0"
-    a, b = (pd.read_csv(tmp_path / d / run / "metrics.csv").drop(columns="seconds")
-            for d in ("requeued", "whole"))
+    a, b = (
+        pd.read_csv(tmp_path / d / run / "metrics.csv").drop(columns="seconds")
+        for d in ("requeued", "whole")
+    )
     pd.testing.assert_frame_equal(a, b, check_exact=True)
     assert list(a.step) == list(range(20000))
 
@@ -387,9 +525,18 @@ def test_a_timed_out_submitit_job_is_requeued_and_resumes(tmp_path):
 def sweep_here(monkeypatch, tmp_path: Path, *args: str) -> int:
     """A tiny basic-launcher sweep into tmp_path/sweep in this process: its exit status."""
     try:
-        launch_here(monkeypatch, tmp_path, "sweep", *SIZES, "optim=sgd", "sweep.lr_index=0",
-                    "sweep.estimate=false", "hydra/launcher=basic",
-                    f"hydra.sweep.dir={tmp_path / 'sweep'}", *args)
+        launch_here(
+            monkeypatch,
+            tmp_path,
+            "sweep",
+            *SIZES,
+            "optim=sgd",
+            "sweep.lr_index=0",
+            "sweep.estimate=false",
+            "hydra/launcher=basic",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+            *args,
+        )
     except SystemExit as exit_:
         return exit_.code
     return 0
@@ -407,7 +554,11 @@ def test_a_widened_sweep_tables_all_its_runs(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr()
     table = pd.read_csv(sweep / "sweep.csv")
     assert sorted(zip(table["init"], table["seed"], strict=True)) == [
-        ("scale", 0), ("scale", 1), ("scale+bias", 0), ("scale+bias", 1)]
+        ("scale", 0),
+        ("scale", 1),
+        ("scale+bias", 0),
+        ("scale+bias", 1),
+    ]
     assert (table["status"] == "completed").all() and "left out" not in out.err + out.out
     assert "sweep: 4 runs (4 completed)" in out.out
     assert sweep_here(monkeypatch, tmp_path, "init=scale", "seed=1") == 0
@@ -417,7 +568,8 @@ def test_a_widened_sweep_tables_all_its_runs(tmp_path, monkeypatch, capsys):
 
 
 def test_jobs_that_fail_or_are_refused_now_are_failed_and_the_sweep_exits_non_zero(
-        tmp_path, monkeypatch, capsys):
+    tmp_path, monkeypatch, capsys
+):
     """A finished run that cannot continue to the new train.steps (its checkpoint deleted), and
     a job refused in its folder (a stray file there): failed in sweep.csv, exit 1, and neither
     folder rewritten; the job that could continue did."""
@@ -440,8 +592,7 @@ def test_jobs_that_fail_or_are_refused_now_are_failed_and_the_sweep_exits_non_ze
 
     monkeypatch.setattr(varexp.sweep, "run_job", then_a_stray_file)
     capsys.readouterr()
-    assert sweep_here(monkeypatch, tmp_path, "init=scale", "seed=0,1,2",
-                      "train.steps=8") == 1
+    assert sweep_here(monkeypatch, tmp_path, "init=scale", "seed=0,1,2", "train.steps=8") == 1
     err = capsys.readouterr().err
     table = pd.read_csv(sweep / "sweep.csv").set_index("seed")
     assert table["status"].to_dict() == {0: "failed", 1: "completed", 2: "failed"}
@@ -452,7 +603,8 @@ def test_jobs_that_fail_or_are_refused_now_are_failed_and_the_sweep_exits_non_ze
 
 
 def test_a_damaged_metrics_table_is_a_damaged_run_that_the_sweep_trains_again(
-        tmp_path, monkeypatch, capsys):
+    tmp_path, monkeypatch, capsys
+):
     """metrics.csv cut short, or emptied with the checkpoint gone: the tables do not read it
     as data; a re-launched sweep rewrites it from the checkpoint, or trains the run again, to
     the rows it had."""
@@ -477,10 +629,12 @@ def test_a_damaged_metrics_table_is_a_damaged_run_that_the_sweep_trains_again(
     logs = job_logs(sweep)
     assert "rewrote it from" in logs and "trains again" in logs
     for run, before in rows.items():
-        pd.testing.assert_frame_equal(pd.read_csv(run / "metrics.csv").drop(columns="seconds"),
-                                      before.drop(columns="seconds"))
-    pd.testing.assert_frame_equal(pd.read_csv(sweep / "sweep.csv").drop(columns="seconds"),
-                                  table.drop(columns="seconds"))
+        pd.testing.assert_frame_equal(
+            pd.read_csv(run / "metrics.csv").drop(columns="seconds"), before.drop(columns="seconds")
+        )
+    pd.testing.assert_frame_equal(
+        pd.read_csv(sweep / "sweep.csv").drop(columns="seconds"), table.drop(columns="seconds")
+    )
 
 
 def test_an_error_in_the_end_of_sweep_tables_is_one_line_and_exit_1(tmp_path, capsys):
@@ -492,13 +646,21 @@ def test_an_error_in_the_end_of_sweep_tables_is_one_line_and_exit_1(tmp_path, ca
 
     fake_run(tmp_path, lr=1e-3)
     (tmp_path / "run.json").write_text('{"identity": [1, 2]}')
-    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)},
-                                         "job": {"name": "sweep"}, "overrides": {"task": []}},
-                               "sweep": {"select": "auc", "select_fraction": 0.1},
-                               "device": "cpu"})
+    config = OmegaConf.create(
+        {
+            "hydra": {
+                "sweep": {"dir": str(tmp_path)},
+                "job": {"name": "sweep"},
+                "overrides": {"task": []},
+            },
+            "sweep": {"select": "auc", "select_fraction": 0.1},
+            "device": "cpu",
+        }
+    )
     with pytest.raises(SystemExit) as exit_:
         SweepTables().on_multirun_end(config)
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_.value.code == 1 and err == [
         f"varexp sweep: the tables in {tmp_path} could not be made: {tmp_path / 'run.json'} "
-        "is damaged (not a run record); move it away"]
+        "is damaged (not a run record); move it away"
+    ]

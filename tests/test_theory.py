@@ -202,8 +202,11 @@ def _ref_relu6(q, q_ab):
         y, w = _composite(np.linspace(k, top, 401))
         return float((w * _pdf(y, q)) @ ((y - k) * _relu_given(rho * y - j, tau)))
 
-    y, w = _composite(np.concatenate([np.linspace(-top, 0, 200), np.linspace(0, 6, 201)[1:],
-                                      np.linspace(6, top, 201)[1:]]))
+    y, w = _composite(
+        np.concatenate(
+            [np.linspace(-top, 0, 200), np.linspace(0, 6, 201)[1:], np.linspace(6, top, 201)[1:]]
+        )
+    )
     x2 = float((w * _pdf(y, q)) @ np.clip(y, 0, 6) ** 2)
     return x2, shifted(0, 0) - shifted(0, 6) - shifted(6, 0) + shifted(6, 6)
 
@@ -263,8 +266,17 @@ def test_leaky_relu_reference_reduces_to_relu_and_linear():
 
 
 # (q, rho) from shallow to deep: silu reaches q = 2e7 at layer 50 and 3e29 at layer 200
-STATES = [(1.0, 0.0), (2.0, 0.5), (3.0, -0.6), (30.0, 0.9), (4e3, 0.98), (2e7, 0.99),
-          (1e12, 0.999), (1e29, 0.9989), (1e4, 0.999999)]
+STATES = [
+    (1.0, 0.0),
+    (2.0, 0.5),
+    (3.0, -0.6),
+    (30.0, 0.9),
+    (4e3, 0.98),
+    (2e7, 0.99),
+    (1e12, 0.999),
+    (1e29, 0.9989),
+    (1e4, 0.999999),
+]
 
 
 def out_of_range(name: str, q: float, rho: float) -> bool:
@@ -299,8 +311,9 @@ def test_depth_50_matches_reference(name):
     """q, m, v and ratio at every layer to 1e-9 relative (measured: 1e-13 at layer 50)."""
     table = recursion(50, activation=name, closed_form=False)
     expected = _reference_recursion(name, 50)
-    np.testing.assert_allclose(table[["q", "m", "v", "ratio"]].to_numpy(), expected,
-                               rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(
+        table[["q", "m", "v", "ratio"]].to_numpy(), expected, rtol=1e-9, atol=1e-12
+    )
 
 
 def test_gelu_and_silu_ratio_at_layer_50_is_converged():
@@ -357,14 +370,17 @@ def test_finite_width_networks_agree_with_theory(name):
     for measured, expected in [(mean_sq, m2 + v2 / samples), (var, v2 * (1 - 1 / samples))]:
         error = measured.std(axis=0, ddof=1) / math.sqrt(networks)
         assert np.all(np.abs(measured.mean(axis=0) - expected) < 4 * error), (
-            (measured.mean(axis=0) - expected) / error
-        )
+            measured.mean(axis=0) - expected
+        ) / error
 
 
 def test_q_leaving_float_range_stops_at_that_layer():
     # ReLU at gain 100: q = 1e4 * 5e3^(l-1) passes 1.8e308 at layer 84
-    with pytest.raises(VarexpError, match=r"^mean-field q overflows at layer 84 \(q=inf; layer 83: "
-                       r"q=2.07e\+307\): arch.activation=relu, init=kaiming, init.gain=100; "):
+    with pytest.raises(
+        VarexpError,
+        match=r"^mean-field q overflows at layer 84 \(q=inf; layer 83: "
+        r"q=2.07e\+307\): arch.activation=relu, init=kaiming, init.gain=100; ",
+    ):
         recursion(200, gain=100.0)
     table = recursion(83, gain=100.0)
     assert np.isfinite(table.to_numpy()).all()
@@ -378,9 +394,17 @@ def test_q_leaving_float_range_stops_at_that_layer():
 
 def test_cli_reports_overflow_in_one_line(tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "varexp", "theory", "init.gain=100", "arch.depth=200",
-         f"hydra.run.dir={tmp_path}"],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "varexp",
+            "theory",
+            "init.gain=100",
+            "arch.depth=200",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
     )
     assert out.returncode == 2
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr

@@ -23,10 +23,24 @@ from varexp.train import check as check_train
 
 # Tiny versions of each arch on its embedded dataset (generated on the fly, never cached).
 MLP = ["arch=mlp", "arch.width=16", "arch.depth=3", "dataset=gaussian", "dataset.size=64"]
-ALLCNNC = ["arch=allcnnc", "arch.channels=0.05", "dataset=shapes", "dataset.train_size=256",
-           "dataset.test_size=16", "dataset.cache=false"]
-UNET = ["arch=unet", "arch.channels=0.0625", "dataset=membranes", "dataset.slices=3",
-        "dataset.size=64", "dataset.crop=32", "dataset.val_slices=1", "dataset.cache=false"]
+ALLCNNC = [
+    "arch=allcnnc",
+    "arch.channels=0.05",
+    "dataset=shapes",
+    "dataset.train_size=256",
+    "dataset.test_size=16",
+    "dataset.cache=false",
+]
+UNET = [
+    "arch=unet",
+    "arch.channels=0.0625",
+    "dataset=membranes",
+    "dataset.slices=3",
+    "dataset.size=64",
+    "dataset.crop=32",
+    "dataset.val_slices=1",
+    "dataset.cache=false",
+]
 FAST = ["device=cpu", "train.progress=false", "train.batch_size=4", "train.probe_samples=8"]
 
 
@@ -98,8 +112,16 @@ def test_loss_decreases_on_shapes(tmp_path):
 
 
 # dropout draws from the global RNG, adam keeps moments, shapes augments: every state matters
-RESUMABLE = [*ALLCNNC, "arch.dropout=0.2", "init=scale+bias", "init.batches=2", "optim=adam",
-             "train.steps=9", "train.ratio_every=2", "train.checkpoint_every=3"]
+RESUMABLE = [
+    *ALLCNNC,
+    "arch.dropout=0.2",
+    "init=scale+bias",
+    "init.batches=2",
+    "optim=adam",
+    "train.steps=9",
+    "train.ratio_every=2",
+    "train.checkpoint_every=3",
+]
 
 
 def test_resume_equals_uninterrupted_run_row_for_row(tmp_path):
@@ -272,11 +294,24 @@ def test_ctrl_c_stops_at_a_step_with_a_checkpoint_and_says_how_to_resume(tmp_pat
 
     from conftest import run_varexp
 
-    args = ["train", *MLP, "device=cpu", "train.batch_size=4", "train.probe_samples=8",
-            "train.steps=100000", "train.log_seconds=0.2"]
+    args = [
+        "train",
+        *MLP,
+        "device=cpu",
+        "train.batch_size=4",
+        "train.probe_samples=8",
+        "train.steps=100000",
+        "train.log_seconds=0.2",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", "varexp", *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "varexp", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     lines = []
     for line in proc.stdout:  # no terminal: a banner, then progress lines
         lines.append(line)
@@ -290,8 +325,9 @@ def test_ctrl_c_stops_at_a_step_with_a_checkpoint_and_says_how_to_resume(tmp_pat
     assert "Traceback" not in err and len(message) == 2, err
     run_dir = next((tmp_path / "outputs" / "train").iterdir())
     step = torch.load(checkpoint_path(run_dir), weights_only=True)["step"]
-    assert message[0] == (f"varexp train: stopped at step {step}; checkpoint saved in "
-                          f"{run_dir}; resume with:")
+    assert message[0] == (
+        f"varexp train: stopped at step {step}; checkpoint saved in {run_dir}; resume with:"
+    )
     resume = shlex.split(message[1].strip())
     assert resume[:2] == ["varexp", "train"] and f"hydra.run.dir={run_dir}" in resume
     done = run_varexp(*resume[1:], f"train.steps={step + 3}", cwd=tmp_path)

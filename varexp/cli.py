@@ -51,14 +51,17 @@ def print_command_help(command: str, overrides: list[str]) -> None:
     """The command's groups and options, its config, and for a sweep the grid it would run."""
     cfg = compose.compose_config(command, overrides)
     print(f"varexp {command}: {COMMANDS[command][1]}\n")
-    print(f"usage: varexp {command} [KEY=VALUE | GROUP=OPTION ...]  (Hydra override syntax; "
-          "--cfg job prints the config, -m runs one job per listed value)\n")
+    print(
+        f"usage: varexp {command} [KEY=VALUE | GROUP=OPTION ...]  (Hydra override syntax; "
+        "--cfg job prints the config, -m runs one job per listed value)\n"
+    )
     groups = compose.command_groups(command)
     print("groups (chosen option in brackets):" if groups else "groups: none")
     for group, chosen in groups.items():
         chosen = cfg.hydra.runtime.choices.get(group, chosen)
-        options = (compose.presets_for(command) if group == "experiment"
-                   else compose.group_options(group))
+        options = (
+            compose.presets_for(command) if group == "experiment" else compose.group_options(group)
+        )
         shown = ", ".join(f"[{o}]" if o == chosen else o for o in options)
         print(f"  {group:<11} {shown}")
     module = command_module(command)
@@ -88,9 +91,11 @@ def dispatch(command: str, cfg: DictConfig) -> object:
     except BrokenPipeError:  # an OSError too: the reader of stdout has gone, not the disk
         output_closed(command)
     except OSError as error:  # a full disk, a folder made read-only under a running command
-        print(f"varexp {command}: could not write {error.filename or 'a result'} "
-              f"({error.strerror or error}); results written before are intact",
-              file=sys.stderr)
+        print(
+            f"varexp {command}: could not write {error.filename or 'a result'} "
+            f"({error.strerror or error}); results written before are intact",
+            file=sys.stderr,
+        )
         sys.exit(2)
     except KeyboardInterrupt:
         print(f"varexp {command}: interrupted; nothing half-written was kept", file=sys.stderr)
@@ -138,8 +143,11 @@ def run_command(args: list[str]) -> None:
         return
     command, rest = args[0], args[1:]
     if command not in COMMANDS:
-        print(f"varexp: unknown command {command!r}; {did_you_mean(command, COMMANDS)}"
-              f"choose one of {', '.join(COMMANDS)}", file=sys.stderr)
+        print(
+            f"varexp: unknown command {command!r}; {did_you_mean(command, COMMANDS)}"
+            f"choose one of {', '.join(COMMANDS)}",
+            file=sys.stderr,
+        )
         sys.exit(2)
     if command == "plot" and rest and re.fullmatch(r"\w+", rest[0]):
         rest[0] = f"figure={rest[0]}"  # varexp plot figure2, varexp plot slopes
@@ -150,8 +158,9 @@ def run_command(args: list[str]) -> None:
     try:
         if "--help" in rest or "-h" in rest:
             try:
-                print_command_help(command, compose.complete(
-                    command, [a for a in rest if not a.startswith("-")]))
+                print_command_help(
+                    command, compose.complete(command, [a for a in rest if not a.startswith("-")])
+                )
             except BrokenPipeError:  # `varexp probe --help | head`
                 sys.stderr.close()
             return
@@ -183,8 +192,12 @@ def run_command(args: list[str]) -> None:
         print(f"varexp {command}: {error}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:  # Ctrl-C while jobs are composed, launched or waited for
-        again = ("; run the same command to continue: finished runs are skipped, the others "
-                 "resume from their checkpoints" if command == "sweep" else "")
+        again = (
+            "; run the same command to continue: finished runs are skipped, the others "
+            "resume from their checkpoints"
+            if command == "sweep"
+            else ""
+        )
         print(f"varexp {command}: interrupted{again}", file=sys.stderr)
         sys.exit(130)
 

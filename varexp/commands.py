@@ -13,8 +13,10 @@ from types import ModuleType
 # subcommand -> (module, one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {
     "theory": ("varexp.theory", "infinite-width mean-field predictions per layer (paper Eq. 6-8)"),
-    "probe": ("varexp.probing",
-              "N random networks on T inputs: per-layer sample statistics, grads"),
+    "probe": (
+        "varexp.probing",
+        "N random networks on T inputs: per-layer sample statistics, grads",
+    ),
     "train": ("varexp.train", "one training run: loss curve and per-layer ratios (paper Sec. 5)"),
     "sweep": ("varexp.sweep", "init x optimizer x learning rate x seed grid as a Hydra multirun"),
     "plot": ("varexp.plot", "render a figure (figure1..figure4, slopes) as PNG and PDF"),

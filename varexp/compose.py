@@ -101,11 +101,13 @@ def complete(command: str, args: list[str]) -> list[str]:
     """The command line Hydra gets: a default task steps aside when the user names arch= or
     dataset= without task= (a narrow ALL-CNN-C's sizes mean nothing to an MLP), and
     VAREXP_SMOKE=1 appends the token sizes."""
-    values = dict(a.lstrip("+~").split("=", 1) for a in args
-                  if "=" in a and not a.startswith("-"))
-    if values.keys() & {"arch", "dataset"} and "task" not in values and (
-        not _preset_picks_task(values.get("experiment"))
-    ) and "task" in command_groups(command):
+    values = dict(a.lstrip("+~").split("=", 1) for a in args if "=" in a and not a.startswith("-"))
+    if (
+        values.keys() & {"arch", "dataset"}
+        and "task" not in values
+        and (not _preset_picks_task(values.get("experiment")))
+        and "task" in command_groups(command)
+    ):
         args = [*args, "~task"]
     return [*args, *smoke(command, args)]
 
@@ -120,8 +122,7 @@ def smoke(command: str, args: list[str]) -> list[str]:
     it)."""
     if not smoke_run():
         return []
-    values = dict(a.lstrip("+~").split("=", 1) for a in args
-                  if "=" in a and not a.startswith("-"))
+    values = dict(a.lstrip("+~").split("=", 1) for a in args if "=" in a and not a.startswith("-"))
     return [*SMOKE.get(command, []), *SMOKE_PRESETS.get(values.get("experiment"), [])]
 
 
@@ -136,7 +137,8 @@ def _preset_picks_task(preset: str | None) -> bool:
     defaults = preset_cfg.get("defaults") or []
     swept = OmegaConf.select(preset_cfg, "hydra.sweeper.params", default=None) or {}
     return "task" in swept or any(
-        "override /task" in (d if isinstance(d, str) else next(iter(d), "")) for d in defaults)
+        "override /task" in (d if isinstance(d, str) else next(iter(d), "")) for d in defaults
+    )
 
 
 def inspects_only(args: list[str]) -> bool:
@@ -214,9 +216,14 @@ def _check_added_keys(command: str, parsed: list, cfg: DictConfig) -> None:
     letting the typo run and join the run's identity. Hydra's own keys and `+group=option` are
     Hydra's business."""
     groups = set(cfg.hydra.runtime.choices)
-    added = [o for o in parsed if (o.is_add() or o.is_force_add())
-             and not o.key_or_group.startswith(("hydra.", "hydra/", "hydra@"))
-             and o.key_or_group not in groups and "@" not in o.key_or_group]
+    added = [
+        o
+        for o in parsed
+        if (o.is_add() or o.is_force_add())
+        and not o.key_or_group.startswith(("hydra.", "hydra/", "hydra@"))
+        and o.key_or_group not in groups
+        and "@" not in o.key_or_group
+    ]
     if not added:
         return
     rest = [o.input_line for o in parsed if not o.is_sweep_override() and o not in added]
@@ -235,8 +242,10 @@ def _parse_overrides(overrides: list[str]) -> list:
             out.extend(parser.parse_overrides([override]))
         except HydraException as error:
             reason = str(error).splitlines()[0]
-            raise VarexpError(f"{override!r} is not a valid override ({reason}); "
-                              "write key=value, group=option or key=a,b,c") from None
+            raise VarexpError(
+                f"{override!r} is not a valid override ({reason}); "
+                "write key=value, group=option or key=a,b,c"
+            ) from None
     return out
 
 
@@ -251,12 +260,12 @@ def _expand(command: str, overrides: list[str], cfg: DictConfig, check) -> Comma
         # another sweeper (e.g. an optimiser) picks its jobs as it goes: check the base config
         _check(check, cfg)
         searched = [str(k) for k in (cfg.hydra.sweeper.get("params") or {})]
-        searched += [o.key_or_group.lstrip("+~") for o in _parse_overrides(task)
-                     if o.is_sweep_override()]
+        searched += [
+            o.key_or_group.lstrip("+~") for o in _parse_overrides(task) if o.is_sweep_override()
+        ]
         return CommandLine(command, overrides, cfg, [task], True, [cfg], tuple(searched))
     params = [f"{k}={v}" for k, v in (cfg.hydra.sweeper.get("params") or {}).items()]
-    jobs = [list(j) for j in BasicSweeper.split_arguments(_parse_overrides(params + task),
-                                                          None)[0]]
+    jobs = [list(j) for j in BasicSweeper.split_arguments(_parse_overrides(params + task), None)[0]]
     groups = set(cfg.hydra.runtime.choices)
     composed: dict[tuple[str, ...], DictConfig] = {}
     configs = []
@@ -265,8 +274,9 @@ def _expand(command: str, overrides: list[str], cfg: DictConfig, check) -> Comma
         key = tuple(o.input_line for o in parsed if o.key_or_group.lstrip("+~") in groups)
         if key not in composed:
             composed[key] = compose_config(command, hydra_overrides + job)
-        job_cfg = with_values(composed[key], [o for o in parsed
-                                               if o.key_or_group.lstrip("+~") not in groups])
+        job_cfg = with_values(
+            composed[key], [o for o in parsed if o.key_or_group.lstrip("+~") not in groups]
+        )
         set_job(job_cfg, number, parsed)
         try:
             _check(check, job_cfg)
@@ -313,8 +323,11 @@ def set_job(cfg: DictConfig, number: int, parsed: list) -> None:
     with open_dict(cfg):
         cfg.hydra.job.num = number
         cfg.hydra.job.override_dirname = get_overrides_dirname(
-            overrides=parsed, exclude_keys=list(naming.exclude_keys), item_sep=naming.item_sep,
-            kv_sep=naming.kv_sep)
+            overrides=parsed,
+            exclude_keys=list(naming.exclude_keys),
+            item_sep=naming.item_sep,
+            kv_sep=naming.kv_sep,
+        )
 
 
 def _culprit(jobs: list[list[str]], number: int, message: str) -> str | None:
@@ -341,16 +354,20 @@ def _swept(jobs: list[list[str]]) -> list[tuple[int, str, list[str]]]:
     return out
 
 
-def _check(check: Callable[[DictConfig], object], cfg: DictConfig,
-           overrides: list[str] = ()) -> None:
+def _check(
+    check: Callable[[DictConfig], object], cfg: DictConfig, overrides: list[str] = ()
+) -> None:
     try:
         check(cfg)
     except OmegaConfBaseException as error:  # e.g. an interpolation that cannot resolve
         raise VarexpError(str(error).splitlines()[0]) from None
     except ConfigError as error:
         typed = {o.split("=", 1)[0]: o.split("=", 1)[1] for o in overrides if "=" in o}
-        if (error.key in typed and error.allowed is not None
-                and isinstance(OmegaConf.select(cfg, error.key, default=None), float)):
+        if (
+            error.key in typed
+            and error.allowed is not None
+            and isinstance(OmegaConf.select(cfg, error.key, default=None), float)
+        ):
             raise error.as_typed(typed[error.key]) from None
         raise
 
@@ -367,25 +384,29 @@ def gpu_overrides(line: CommandLine, cuda_devices: int) -> list[str]:
     if not line.multirun or launcher(line.cfg) != "submitit_local" or cuda_devices == 0:
         return []
     if line.cfg.hydra.launcher.get("gpus_per_node") or any(
-            o.split("=", 1)[0].lstrip("+~") == "hydra.launcher.gpus_per_node"
-            for o in line.overrides):
+        o.split("=", 1)[0].lstrip("+~") == "hydra.launcher.gpus_per_node" for o in line.overrides
+    ):
         return []
     return ["hydra.launcher.gpus_per_node=1"]
 
 
 def _check_launcher(cfg: DictConfig) -> None:
     if launcher(cfg) == "submitit_slurm" and not shutil.which("sbatch"):
-        raise VarexpError("hydra/launcher=submitit_slurm submits jobs with SLURM's sbatch, which "
-                          "is not on PATH here: run it on the cluster, or use "
-                          "hydra/launcher=joblib (or submitit_local) on this machine")
+        raise VarexpError(
+            "hydra/launcher=submitit_slurm submits jobs with SLURM's sbatch, which "
+            "is not on PATH here: run it on the cluster, or use "
+            "hydra/launcher=joblib (or submitit_local) on this machine"
+        )
 
 
 def _check_preset(command: str, preset: str | None) -> None:
     commands = commands_for(preset) if preset else None
     if commands is not None and command not in commands:
         allowed = ", ".join(presets_for(command)) or "none"
-        raise VarexpError(f"experiment={preset} is a preset for `varexp {commands[0]}`, not "
-                          f"`varexp {command}`; presets for {command}: {allowed}")
+        raise VarexpError(
+            f"experiment={preset} is a preset for `varexp {commands[0]}`, not "
+            f"`varexp {command}`; presets for {command}: {allowed}"
+        )
 
 
 def _check_output_dir(line: CommandLine) -> None:
@@ -409,14 +430,19 @@ def _missing_option(command: str, error: MissingConfigException) -> VarexpError:
     if not group:
         return VarexpError(str(error).splitlines()[0])
     options = presets_for(command) if group == "experiment" else list(error.options or [])
-    extra = (" (pip install -e '.[slurm]' adds submitit_local and submitit_slurm)"
-             if group == "hydra/launcher" and option.startswith("submitit")
-             else " (pip install -e '.[optuna]' adds optuna)"
-             if group == "hydra/sweeper" and option == "optuna"
-             else " (pip install -e . again: it installs varexp's own sweeper)"
-             if group == "hydra/sweeper" and option == "varexp" else "")
-    return VarexpError(f"{group}={option!r} is not an option; {did_you_mean(option, options)}"
-                       f"choose one of {', '.join(options)}{extra}")
+    extra = (
+        " (pip install -e '.[slurm]' adds submitit_local and submitit_slurm)"
+        if group == "hydra/launcher" and option.startswith("submitit")
+        else " (pip install -e '.[optuna]' adds optuna)"
+        if group == "hydra/sweeper" and option == "optuna"
+        else " (pip install -e . again: it installs varexp's own sweeper)"
+        if group == "hydra/sweeper" and option == "varexp"
+        else ""
+    )
+    return VarexpError(
+        f"{group}={option!r} is not an option; {did_you_mean(option, options)}"
+        f"choose one of {', '.join(options)}{extra}"
+    )
 
 
 def _one_line(command: str, overrides: list[str], error: Exception) -> VarexpError:
@@ -427,11 +453,13 @@ def _one_line(command: str, overrides: list[str], error: Exception) -> VarexpErr
         rest = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != key]
         if "No match in the defaults list" in message:
             groups = command_groups(command)
-            return VarexpError(f"there is no config group {key!r} in varexp {command}; "
-                               f"{did_you_mean(key, groups)}its groups: {', '.join(groups)}")
+            return VarexpError(
+                f"there is no config group {key!r} in varexp {command}; "
+                f"{did_you_mean(key, groups)}its groups: {', '.join(groups)}"
+            )
         return VarexpError(_unknown_key(command, rest, key))
     if first.startswith("Error merging override "):  # a value of the wrong type for its key
-        override = first[len("Error merging override "):]
+        override = first[len("Error merging override ") :]
         key, _, value = override.partition("=")
         key = key.lstrip("+~")
         rest = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != key]
@@ -459,11 +487,12 @@ def _unknown_key(command: str, overrides: list[str], key: str) -> str:
         keys = [str(k) for k in node.keys() if k not in ("hydra", "name")]
         # the leaves alone: a shared "arch." would make any key of arch close
         guess = did_you_mean(key.rpartition(".")[2], keys, f"{parent}.{{}}" if parent else "{}")
-        return (f"{key} is not a key of {where or 'varexp ' + command}; {guess}its keys: "
-                f"{', '.join(keys)}")
+        return (
+            f"{key} is not a key of {where or 'varexp ' + command}; {guess}its keys: "
+            f"{', '.join(keys)}"
+        )
     # a mistyped section (trian.steps): the closest section with the rest of the key
     sections = [str(k) for k in cfg.keys() if k != "hydra"]
     head, _, tail = key.partition(".")
     guess = did_you_mean(head, sections, f"{{}}.{tail}" if tail else "{}")
-    return (f"{key} is not a key of varexp {command}; {guess}its keys: "
-            f"{', '.join(sections)}")
+    return f"{key} is not a key of varexp {command}; {guess}its keys: {', '.join(sections)}"

@@ -37,13 +37,19 @@ from varexp.results.tables import (
     Table,
 )
 
-TABLES: dict[str, Table] = {t.file.removesuffix(".csv"): t
-                            for t in (METRICS, RATIOS, PROBE, NEURONS, HELDOUT, THEORY, TRIALS)}
+TABLES: dict[str, Table] = {
+    t.file.removesuffix(".csv"): t
+    for t in (METRICS, RATIOS, PROBE, NEURONS, HELDOUT, THEORY, TRIALS)
+}
 # tables of a search's folder rather than of one run: their rows get the folder as `search_dir`
 FOLDER_TABLES = ("trials",)
 # the result file that says which command made a folder older than run.json
-MADE_BY = {"summary.json": "train", "metrics.csv": "train", "probe.csv": "probe",
-           "theory.csv": "theory"}
+MADE_BY = {
+    "summary.json": "train",
+    "metrics.csv": "train",
+    "probe.csv": "probe",
+    "theory.csv": "theory",
+}
 NESTED = ("config", "provenance")  # summary.json's nested fields: the identity, and the machine
 
 
@@ -55,16 +61,21 @@ class Run:
     identity: dict[str, object]
 
     def row(self) -> dict[str, object]:
-        row: dict[str, object] = {"run_dir": str(self.folder), "command": self.command,
-                                  "preset": self.preset, **self.identity}
+        row: dict[str, object] = {
+            "run_dir": str(self.folder),
+            "command": self.command,
+            "preset": self.preset,
+            **self.identity,
+        }
         if self.command == "train":
             summary = read_summary(self.folder) or {"status": None}
             row.update({k: v for k, v in summary.items() if k not in NESTED and k not in row})
         return row
 
 
-def load(path: str | Path = "outputs", table: str | None = None,
-         command: str | None = None) -> pd.DataFrame:
+def load(
+    path: str | Path = "outputs", table: str | None = None, command: str | None = None
+) -> pd.DataFrame:
     """The runs under `path` (a run folder, a sweep, an outputs tree), one row per run: run_dir,
     command, preset, the identifying config keys, and for training runs their summary (status,
     final_loss, steps, ...). With `table` ("metrics", "ratios", "probe", "neurons", "heldout",
@@ -81,15 +92,18 @@ def load(path: str | Path = "outputs", table: str | None = None,
     if not root.exists():
         raise VarexpError(f"{root}: does not exist")
     if table is not None and table not in TABLES:
-        raise VarexpError(f"table={table!r} is not allowed; choose one of {', '.join(TABLES)} "
-                          "(or none for one row per run)")
+        raise VarexpError(
+            f"table={table!r} is not allowed; choose one of {', '.join(TABLES)} "
+            "(or none for one row per run)"
+        )
     if table in FOLDER_TABLES:
         return folder_tables(root, TABLES[table])
     runs = [r for r in find_runs(root) if command is None or r.command == command]
     if table is None:
         if not runs:
-            raise VarexpError(f"no varexp runs under {root}" +
-                              (f" made by `varexp {command}`" if command else ""))
+            raise VarexpError(
+                f"no varexp runs under {root}" + (f" made by `varexp {command}`" if command else "")
+            )
         rows = [r.row() for r in runs]
         identity = sorted({k for r in runs for k in r.identity})
         first = ["run_dir", "command", "preset", *identity]
@@ -108,9 +122,10 @@ def load(path: str | Path = "outputs", table: str | None = None,
         except VarexpError as error:
             warnings.warn(f"varexp.load leaves out {error}", stacklevel=2)
             continue
-        front = pd.DataFrame({k: [v] * len(frame) for k, v in
-                              {"run_dir": str(run.folder), **run.identity}.items()},
-                             index=frame.index)
+        front = pd.DataFrame(
+            {k: [v] * len(frame) for k, v in {"run_dir": str(run.folder), **run.identity}.items()},
+            index=frame.index,
+        )
         frames.append(pd.concat([front, frame], axis=1))
     if not frames:
         raise VarexpError(f"no {spec.file} under {root}")
@@ -133,8 +148,7 @@ def find_runs(root: Path) -> list[Run]:
         if record is not None:
             if record.get("command") == "multirun-folder":
                 continue  # what a multirun's jobs share: they are rows of their own
-            runs.append(Run(folder, record["command"], record.get("preset"),
-                            record["identity"]))
+            runs.append(Run(folder, record["command"], record.get("preset"), record["identity"]))
             continue
         command = next(c for f, c in MADE_BY.items() if (folder / f).is_file())
         identity = recorded_identity(folder, command)
@@ -150,8 +164,11 @@ def older_runs(root: Path) -> set[Path]:
     for name in MADE_BY:
         for path in discover(root, name):
             folder = path.parent
-            if (folder / ".hydra" / "config.yaml").is_file() and \
-                    not (folder / RECORD).is_file() and REPLACED not in folder.name:
+            if (
+                (folder / ".hydra" / "config.yaml").is_file()
+                and not (folder / RECORD).is_file()
+                and REPLACED not in folder.name
+            ):
                 found.add(folder)
     return found
 

@@ -20,8 +20,9 @@ class ConfigError(VarexpError):
     def as_typed(self, typed: str) -> ConfigError:
         """The same error showing the value as the user typed it (a float key reads `lr=0`
         as 0.0)."""
-        return ConfigError(f"{self.key}={typed} is not allowed; {self.allowed}", self.key,
-                           self.allowed)
+        return ConfigError(
+            f"{self.key}={typed} is not allowed; {self.allowed}", self.key, self.allowed
+        )
 
 
 def bad_value(key: str, value: object, allowed: str) -> ConfigError:

@@ -45,11 +45,11 @@ class Figure:
         return tuple(dict.fromkeys(p for scale in SCALES for p in self.presets(scale)))
 
     def hint(self) -> str:
-        commands = " and ".join(f"`varexp {self.command} experiment={p}`"
-                                for p in self.presets("quick"))
+        commands = " and ".join(
+            f"`varexp {self.command} experiment={p}`" for p in self.presets("quick")
+        )
         verb = "make" if len(self.presets("quick")) > 1 else "makes"
-        return (f"{commands} {verb} them (experiment={self.presets('paper')[0]} etc. at paper "
-                "scale)")
+        return f"{commands} {verb} them (experiment={self.presets('paper')[0]} etc. at paper scale)"
 
 
 FIGURES: dict[str, Figure] = {

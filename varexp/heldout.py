@@ -37,9 +37,12 @@ def check(cfg: DictConfig) -> None:
     """probe.heldout needs an init that is fitted to data."""
     if cfg.probe.heldout and INITS[cfg.init.name].fit is None:
         fitted = ", ".join(name for name, init in INITS.items() if init.fit is not None)
-        raise bad_value("probe.heldout", cfg.probe.heldout,
-                        f"needs a data-dependent init ({fitted}); init={cfg.init.name} is not "
-                        "fitted to data (use probe.heldout=0)")
+        raise bad_value(
+            "probe.heldout",
+            cfg.probe.heldout,
+            f"needs a data-dependent init ({fitted}); init={cfg.init.name} is not "
+            "fitted to data (use probe.heldout=0)",
+        )
 
 
 def fresh_batch(cfg: DictConfig, device: torch.device) -> Tensor:
@@ -60,8 +63,9 @@ def heldout_frame(network: int, rows: list[dict], fit: int, fresh: int) -> pd.Da
     return frame
 
 
-def heldout_network(cfg: DictConfig, x: Tensor, fresh: Tensor, seed: int,
-                    num_classes: int | None, method: str) -> list[dict]:
+def heldout_network(
+    cfg: DictConfig, x: Tensor, fresh: Tensor, seed: int, num_classes: int | None, method: str
+) -> list[dict]:
     """Per layer, HELDOUT_KEYS of the network probe.csv seeds with `seed` (dense), or of one of
     its law drawn jointly on both batches (sampled)."""
     torch.manual_seed(seed)
@@ -72,22 +76,40 @@ def heldout_network(cfg: DictConfig, x: Tensor, fresh: Tensor, seed: int,
         report = initialize(model, spec, cfg.arch.activation, batches=[x], heldout=fresh)
         return [dict(layer=e["index"], **e) for e in report.layers]
     generator = torch.Generator(device=x.device).manual_seed(seed + 1)
-    return sampled_heldout(x, fresh, cfg.arch.depth, cfg.arch.width, cfg.arch.activation,
-                           spec.name, getattr(spec, "gain", None), getattr(spec, "eps", 0.0),
-                           generator)
+    return sampled_heldout(
+        x,
+        fresh,
+        cfg.arch.depth,
+        cfg.arch.width,
+        cfg.arch.activation,
+        spec.name,
+        getattr(spec, "gain", None),
+        getattr(spec, "eps", 0.0),
+        generator,
+    )
 
 
 def _stats(u: Tensor, prefix: str) -> dict[str, Tensor]:
     """HELDOUT_STATS of u (features x samples) in float64."""
     u = u.double()
-    return {f"{prefix}_second_moment": u.square().mean(),
-            f"{prefix}_mean_sq": u.mean(dim=1).square().mean()}
+    return {
+        f"{prefix}_second_moment": u.square().mean(),
+        f"{prefix}_mean_sq": u.mean(dim=1).square().mean(),
+    }
 
 
 @torch.no_grad()
-def sampled_heldout(x: Tensor, fresh: Tensor, depth: int, width: int, activation: str,
-                    init: str, gain: float | None, eps: float,
-                    generator: torch.Generator | None = None) -> list[dict]:
+def sampled_heldout(
+    x: Tensor,
+    fresh: Tensor,
+    depth: int,
+    width: int,
+    activation: str,
+    init: str,
+    gain: float | None,
+    eps: float,
+    generator: torch.Generator | None = None,
+) -> list[dict]:
     """One random MLP (varexp.sampled's law, `depth` layers of `width`) sampled exactly on the
     T fitting inputs x and the fresh inputs together, its init's fit (scale, scale+bias)
     made on x's columns only: per layer HELDOUT_KEYS, in O(width (T + H)^2)."""
@@ -104,12 +126,16 @@ def sampled_heldout(x: Tensor, fresh: Tensor, depth: int, width: int, activation
     for layer in range(1, depth + 1):
         F, _ = factor(gram(X, space), inverse=False)  # F F^T = X^T X
         std = record.sampled_std(X.shape[1], width, gain)
-        Z = torch.randn(width, F.shape[-1], generator=generator, device=X.device,
-                        dtype=X.dtype)
+        Z = torch.randn(width, F.shape[-1], generator=generator, device=X.device, dtype=X.dtype)
         U = Z @ (std * F[0].mT).to(X.dtype)  # rows iid N(0, std^2 X^T X): the law of W X
         u = record.sampled_map(U[:, :samples], eps)(U)
-        rows.append(dict(layer=layer, name=f"layer{layer}", **_stats(u[:, :samples], "fit"),
-                         **_stats(u[:, samples:], "heldout")))
+        rows.append(
+            dict(
+                layer=layer,
+                name=f"layer{layer}",
+                **_stats(u[:, :samples], "fit"),
+                **_stats(u[:, samples:], "heldout"),
+            )
+        )
         X = f(u).unsqueeze(0)
     return rows
-

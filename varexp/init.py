@@ -43,8 +43,10 @@ def _batches(model: nn.Module, batches: Tensor | Sequence[Tensor]) -> list[Tenso
         check_input(model, batches, "batches")
         return [batches]
     if not isinstance(batches, Sequence) or not batches:
-        raise VarexpError("batches must be an input tensor or a non-empty list of them; got "
-                          f"{type(batches).__name__}{' (empty)' if batches == [] else ''}")
+        raise VarexpError(
+            "batches must be an input tensor or a non-empty list of them; got "
+            f"{type(batches).__name__}{' (empty)' if batches == [] else ''}"
+        )
     for i, batch in enumerate(batches):
         check_input(model, batch, f"batches[{i}]")
     return list(batches)
@@ -57,8 +59,13 @@ def _heldout(model: nn.Module, heldout: Tensor | None) -> Tensor | None:
     return heldout
 
 
-def _fitted(model: nn.Module, spec: object, data: list[Tensor], add_bias: bool = False,
-            heldout: Tensor | None = None) -> InitReport:
+def _fitted(
+    model: nn.Module,
+    spec: object,
+    data: list[Tensor],
+    add_bias: bool = False,
+    heldout: Tensor | None = None,
+) -> InitReport:
     """initialize() (after add_biases with `add_bias`), with the model put back as it was
     whatever goes wrong."""
     try:
@@ -74,15 +81,25 @@ def _fitted(model: nn.Module, spec: object, data: list[Tensor], add_bias: bool =
         raise forward_failed(model, data[0], "batches", err) from None
 
 
-def scale_(model: nn.Module, batches: Tensor | Sequence[Tensor], eps: float = 1e-5,
-           heldout: Tensor | None = None) -> InitReport:
+def scale_(
+    model: nn.Module,
+    batches: Tensor | Sequence[Tensor],
+    eps: float = 1e-5,
+    heldout: Tensor | None = None,
+) -> InitReport:
     data, fresh = _batches(model, batches), _heldout(model, heldout)
-    return _warn(model, _fitted(model, Scale(batches=len(data), eps=eps), data, heldout=fresh),
-                 "scale")
+    return _warn(
+        model, _fitted(model, Scale(batches=len(data), eps=eps), data, heldout=fresh), "scale"
+    )
 
 
-def scale_bias_(model: nn.Module, batches: Tensor | Sequence[Tensor], eps: float = 1e-5,
-                add_bias: bool = False, heldout: Tensor | None = None) -> InitReport:
+def scale_bias_(
+    model: nn.Module,
+    batches: Tensor | Sequence[Tensor],
+    eps: float = 1e-5,
+    add_bias: bool = False,
+    heldout: Tensor | None = None,
+) -> InitReport:
     """Paper Eq. 14 then Eq. 13; `add_bias` first gives weight layers without a bias a zero one
     (varexp.models.base.add_biases) so that every layer is centred."""
     data, fresh = _batches(model, batches), _heldout(model, heldout)
@@ -90,9 +107,15 @@ def scale_bias_(model: nn.Module, batches: Tensor | Sequence[Tensor], eps: float
     return _warn(model, report, "scale+bias")
 
 
-def lsuv_(model: nn.Module, batches: Tensor | Sequence[Tensor], tol: float = 0.1,
-          max_iters: int = 10, gain: float = 1.0, eps: float = 1e-5,
-          heldout: Tensor | None = None) -> InitReport:
+def lsuv_(
+    model: nn.Module,
+    batches: Tensor | Sequence[Tensor],
+    tol: float = 0.1,
+    max_iters: int = 10,
+    gain: float = 1.0,
+    eps: float = 1e-5,
+    heldout: Tensor | None = None,
+) -> InitReport:
     data, fresh = _batches(model, batches), _heldout(model, heldout)
     spec = LSUV(batches=len(data), tol=tol, max_iters=max_iters, gain=gain, eps=eps)
     return _warn(model, _fitted(model, spec, data, heldout=fresh), "lsuv")

@@ -258,8 +258,12 @@ for _init in INITS.values():
     if _init.norm == "none":
         store("init", _init.name, _init.spec)
     else:  # the units it needs, set once in the config: later code reads only arch.norm
-        store("init", _init.name, {"init": _init.spec, "arch": {"norm": _init.norm}},
-              package="_global_")
+        store(
+            "init",
+            _init.name,
+            {"init": _init.spec, "arch": {"norm": _init.norm}},
+            package="_global_",
+        )
 
 
 @dataclass
@@ -271,8 +275,9 @@ class InitReport:
     # layers the forward pass does not call
     not_initialized: list[Unreached] = field(default_factory=list)
 
-    def warnings(self, model: nn.Module, init: str,
-                 not_measured: list[Unreached] | None = None) -> list[str]:
+    def warnings(
+        self, model: nn.Module, init: str, not_measured: list[Unreached] | None = None
+    ) -> list[str]:
         """The lines a user should read: layers scale+bias could only scale (no bias), and the
         weights not initialized with their share of the parameters (with `not_measured`, the
         weights a probe of the model leaves out, in one line with them where they are the
@@ -280,9 +285,11 @@ class InitReport:
         lines = []
         uncentred = [e["name"] for e in self.layers if e.get("centred") == 0]
         if uncentred:
-            lines.append(f"init={init}: {len(uncentred)} layer(s) without a bias were scaled but "
-                         f"not centred: {', '.join(uncentred)} (arch.bias=true, or add_bias=True "
-                         "in varexp.init.scale_bias_, gives them zero biases to fit)")
+            lines.append(
+                f"init={init}: {len(uncentred)} layer(s) without a bias were scaled but "
+                f"not centred: {', '.join(uncentred)} (arch.bias=true, or add_bias=True "
+                "in varexp.init.scale_bias_, gives them zero biases to fit)"
+            )
         what = f"initialized by init={init}"
         if not_measured is not None:
             if not_measured == self.not_initialized:
@@ -305,8 +312,9 @@ def batch_stats(model: nn.Module, x: Tensor) -> dict[str, dict[str, float]]:
     BatchNorm on batch statistics, the model's state left as it was)."""
     with torch.no_grad():
         rows, _ = network_stats(model, x, grad=False)
-    return {row["name"]: {key: float(row[stat]) for key, stat in HELDOUT_STATS.items()}
-            for row in rows}
+    return {
+        row["name"]: {key: float(row[stat]) for key, stat in HELDOUT_STATS.items()} for row in rows
+    }
 
 
 def heldout_stats(model: nn.Module, fit: Tensor | None, fresh: Tensor) -> dict[str, dict]:
@@ -314,8 +322,11 @@ def heldout_stats(model: nn.Module, fit: Tensor | None, fresh: Tensor) -> dict[s
     (prefixed fit_; left out without one) and on a fresh batch (prefixed heldout_)."""
     on_fresh = batch_stats(model, fresh)
     on_fit = batch_stats(model, fit) if fit is not None else {}
-    return {name: {f"fit_{k}": v for k, v in on_fit.get(name, {}).items()}
-            | {f"heldout_{k}": v for k, v in stats.items()} for name, stats in on_fresh.items()}
+    return {
+        name: {f"fit_{k}": v for k, v in on_fit.get(name, {}).items()}
+        | {f"heldout_{k}": v for k, v in stats.items()}
+        for name, stats in on_fresh.items()
+    }
 
 
 def fans(layer: nn.Module) -> tuple[float, float]:
@@ -372,8 +383,7 @@ def initialize(
         layers = weight_layers(model)
     except ValueError as err:
         raise VarexpError(str(err)) from None
-    if record.norm == "batchnorm" and all(isinstance(wl.norm, nn.Identity)
-                                          for wl in layers):
+    if record.norm == "batchnorm" and all(isinstance(wl.norm, nn.Identity) for wl in layers):
         raise VarexpError(
             f"init={spec.name} needs a model built with BatchNorm units (arch.norm=batchnorm)"
         )
@@ -410,7 +420,8 @@ def initialize(
                         name = f"{prefix[wl.module]}.{key}" if prefix[wl.module] else key
                         param.copy_(saved[name])
             report.not_initialized = unreached(
-                model, [wl.module for wl in layers if wl.index in fitted])
+                model, [wl.module for wl in layers if wl.index in fitted]
+            )
     if heldout is not None:  # an init without a fit: only the fresh batch's statistics
         fresh = heldout.to(layers[0].module.weight.device)
         measured = heldout_stats(model, data, fresh)
@@ -424,8 +435,9 @@ def one_batch(spec: object) -> object:
     return dataclasses.replace(spec, batches=1) if hasattr(spec, "batches") else spec
 
 
-def _check_batches(spec: object, batches: Sequence[Tensor] | None,
-                   layers: list[WeightLayer]) -> Tensor:
+def _check_batches(
+    spec: object, batches: Sequence[Tensor] | None, layers: list[WeightLayer]
+) -> Tensor:
     """The k minibatches, concatenated on the model's device."""
     k, name = spec.batches, spec.name
     if batches is None or len(batches) < k:
@@ -458,8 +470,9 @@ def _describe(wl: WeightLayer) -> dict:
     }
 
 
-def _fit(model: nn.Module, layers: list[WeightLayer], record: Init, spec: object,
-         x: Tensor) -> InitReport:
+def _fit(
+    model: nn.Module, layers: list[WeightLayer], record: Init, spec: object, x: Tensor
+) -> InitReport:
     """One forward pass over the concatenated minibatches; each weight layer is fitted by a hook
     on the input it receives, then passes on the output its new parameters give."""
     owner = {wl.module: wl for wl in layers}
@@ -496,8 +509,7 @@ def _fit(model: nn.Module, layers: list[WeightLayer], record: Init, spec: object
     # layers never called (nn.MultiheadAttention's out_proj) are left out, and reported
     layers = [wl for wl in layers if calls[wl.index] == 1]
     if not layers:
-        raise VarexpError(f"init={spec.name}: no weight layer ran in a forward pass on the "
-                          "batches")
+        raise VarexpError(f"init={spec.name}: no weight layer ran in a forward pass on the batches")
     keys = sorted(next(iter(stats.values())))
     # one device-to-host copy for all layers
     table = torch.stack([torch.stack([stats[wl.index][k].float() for k in keys]) for wl in layers])

@@ -23,8 +23,13 @@ from varexp.stats import network_stats
 from varexp.threads import free_cores_now, using_threads
 
 
-def probe(model: nn.Module, x: Tensor, grad: bool = True, seed: int = 0,
-          threads: int | str | None = "auto") -> pd.DataFrame:
+def probe(
+    model: nn.Module,
+    x: Tensor,
+    grad: bool = True,
+    seed: int = 0,
+    threads: int | str | None = "auto",
+) -> pd.DataFrame:
     """probe.csv's table for `model` on the batch x (T samples on the model's device): per
     weight layer in forward order its layer number, name (as in model.named_modules()), type,
     features and the sample statistics of its output u (varexp.stats: sample mean^2, sample
@@ -62,8 +67,11 @@ def probe(model: nn.Module, x: Tensor, grad: bool = True, seed: int = 0,
         raise VarexpError(f"{type(model).__name__}: no weight layer ran in a forward pass on x")
     for row in rows:
         if row["calls"] > 1:
-            warnings.warn(f"layer {row['name']} ran {row['calls']} times in one forward pass; "
-                          "its statistics and grad_sq are those of its first call", stacklevel=2)
+            warnings.warn(
+                f"layer {row['name']} ran {row['calls']} times in one forward pass; "
+                "its statistics and grad_sq are those of its first call",
+                stacklevel=2,
+            )
     left = unreached(model, [r["module"] for r in rows])
     message = unreached_warning(model, left, "measured")
     if message is not None:
@@ -85,29 +93,39 @@ def check_input(model: nn.Module, x: object, what: str, same_device: bool = Fals
     if x.dtype == torch.bool or x.is_complex():
         raise VarexpError(f"{what} has dtype {x.dtype}; it must hold real numbers")
     if x.is_floating_point() and param is not None and x.dtype != param.dtype:
-        raise VarexpError(f"{what} has dtype {x.dtype}, the model's parameters {param.dtype}; "
-                          f"pass {what}.to({param.dtype})")
+        raise VarexpError(
+            f"{what} has dtype {x.dtype}, the model's parameters {param.dtype}; "
+            f"pass {what}.to({param.dtype})"
+        )
     if same_device and param is not None and x.device != param.device:
-        raise VarexpError(f"{what} is on {x.device}, the model on {param.device}; pass "
-                          f"{what}.to('{param.device}')")
+        raise VarexpError(
+            f"{what} is on {x.device}, the model on {param.device}; pass "
+            f"{what}.to('{param.device}')"
+        )
     if x.dim() < 2:
-        raise VarexpError(f"{what} has shape {tuple(x.shape)}; it needs the samples first: "
-                          "(T, ...) with T >= 2")
+        raise VarexpError(
+            f"{what} has shape {tuple(x.shape)}; it needs the samples first: (T, ...) with T >= 2"
+        )
     if x.shape[0] < 2:
-        raise VarexpError(f"{what} has {x.shape[0]} sample(s) (shape {tuple(x.shape)}); the "
-                          "sample variance needs T >= 2")
+        raise VarexpError(
+            f"{what} has {x.shape[0]} sample(s) (shape {tuple(x.shape)}); the "
+            "sample variance needs T >= 2"
+        )
     if x.is_floating_point():
         bad = int((~torch.isfinite(x)).sum())
         if bad:
-            raise VarexpError(f"{what} has {bad} NaN or inf value(s) of {x.numel()}; the "
-                              "statistics need finite inputs")
+            raise VarexpError(
+                f"{what} has {bad} NaN or inf value(s) of {x.numel()}; the "
+                "statistics need finite inputs"
+            )
 
 
 def forward_failed(model: nn.Module, x: Tensor, what: str, error: Exception) -> VarexpError:
     """The one line for a forward pass of the model that raised on x (its shape, mostly)."""
     reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return VarexpError(f"{type(model).__name__} failed on {what} of shape {tuple(x.shape)}: "
-                       f"{reason}")
+    return VarexpError(
+        f"{type(model).__name__} failed on {what} of shape {tuple(x.shape)}: {reason}"
+    )
 
 
 @contextmanager
@@ -132,6 +150,7 @@ def call_threads(threads: int | str | None, device: torch.device) -> int:
     if threads == "auto":
         return min(torch.get_num_threads(), free_cores_now())
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise VarexpError(f"threads={threads!r} is not allowed; must be auto, None or an "
-                          "integer >= 1")
+        raise VarexpError(
+            f"threads={threads!r} is not allowed; must be auto, None or an integer >= 1"
+        )
     return threads

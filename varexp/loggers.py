@@ -65,8 +65,12 @@ class WandbLogger:
     mode: str | None = option(None, kind="choice", choices=("online", "offline"), none=True)
 
 
-LOGGERS: dict[str, type] = {"csv": CSVLogger, "tensorboard": TensorBoardLogger,
-                            "mlflow": MLflowLogger, "wandb": WandbLogger}
+LOGGERS: dict[str, type] = {
+    "csv": CSVLogger,
+    "tensorboard": TensorBoardLogger,
+    "mlflow": MLflowLogger,
+    "wandb": WandbLogger,
+}
 for _name, _spec in LOGGERS.items():
     store("logger", _name, _spec)
 
@@ -78,9 +82,11 @@ def check(logger: DictConfig) -> None:
     """The chosen logger can run here."""
     package = PACKAGES.get(logger.name)
     if package is not None and importlib.util.find_spec(package) is None:
-        raise ConfigError(f"logger={logger.name} needs the {package} package, which is not "
-                          f"installed: pip install -e '.[{logger.name}]' (or pip install "
-                          f"{package})")
+        raise ConfigError(
+            f"logger={logger.name} needs the {package} package, which is not "
+            f"installed: pip install -e '.[{logger.name}]' (or pip install "
+            f"{package})"
+        )
 
 
 class Logger:
@@ -91,15 +97,17 @@ class Logger:
     def metrics(self, rows: list[tuple]) -> None:
         """Rows (step, epoch, loss, lr, seconds) just read from the device."""
 
-    def ratios(self, step: int, names: list[str], stats: list[list[float]],
-               grads: list[float]) -> None:
+    def ratios(
+        self, step: int, names: list[str], stats: list[list[float]], grads: list[float]
+    ) -> None:
         """Per weight layer: the RATIO_STATS and the weight gradient's RMS at `step`."""
 
     def commit(self) -> None:
         """The CSV files were just written with every row so far."""
 
-    def finish(self, summary: dict, step: int, names: list[str],
-               stats: list[list[float]] | None) -> None:
+    def finish(
+        self, summary: dict, step: int, names: list[str], stats: list[list[float]] | None
+    ) -> None:
         """The run ended (summary.json's fields); `stats`: the RATIO_STATS of the final
         parameters (after `step` updates), or None (a diverged run)."""
 
@@ -109,12 +117,15 @@ class Logger:
 
 def hparams(summary: dict) -> dict[str, object]:
     """The run's identifying config keys as flat scalars (None and lists as text)."""
-    return {k: v if isinstance(v, bool | int | float | str) else str(v)
-            for k, v in summary.get("config", {}).items()}
+    return {
+        k: v if isinstance(v, bool | int | float | str) else str(v)
+        for k, v in summary.get("config", {}).items()
+    }
 
 
-def ratio_scalars(step: int, names: list[str], stats: list[list[float]],
-                  grads: list[float] | None) -> dict[str, float]:
+def ratio_scalars(
+    step: int, names: list[str], stats: list[list[float]], grads: list[float] | None
+) -> dict[str, float]:
     """Per layer, `ratio/NN_name`, `ratio_channel/NN_name` and `weight_grad_rms/NN_name`."""
     out = {}
     for layer, (name, values) in enumerate(zip(names, stats, strict=True), 1):
@@ -133,8 +144,9 @@ class TensorBoard(Logger):
         from torch.utils.tensorboard import SummaryWriter  # deferred: tensorboard is an extra
 
         # purge_step: on resume, events past the checkpoint (written before a kill) go
-        self.writer = SummaryWriter(str(run_dir / "tensorboard"),
-                                    purge_step=start_step if start_step > 0 else None)
+        self.writer = SummaryWriter(
+            str(run_dir / "tensorboard"), purge_step=start_step if start_step > 0 else None
+        )
         self.last: tuple | None = None
         if start_step == 0:
             body = OmegaConf.to_yaml({k: v for k, v in cfg.items() if k != "hydra"})
@@ -150,16 +162,18 @@ class TensorBoard(Logger):
                 self.writer.add_scalar("train/epoch", epoch, step)
                 self.last = (lr, epoch)
 
-    def ratios(self, step: int, names: list[str], stats: list[list[float]],
-               grads: list[float]) -> None:
+    def ratios(
+        self, step: int, names: list[str], stats: list[list[float]], grads: list[float]
+    ) -> None:
         for tag, value in ratio_scalars(step, names, stats, grads).items():
             self.writer.add_scalar(tag, value, step)
 
     def commit(self) -> None:
         self.writer.flush()
 
-    def finish(self, summary: dict, step: int, names: list[str],
-               stats: list[list[float]] | None) -> None:
+    def finish(
+        self, summary: dict, step: int, names: list[str], stats: list[list[float]] | None
+    ) -> None:
         from torch.utils.tensorboard.summary import hparams as hparams_summary
 
         if stats is not None:  # the final parameters' ratios (no gradient: no update follows)
@@ -190,10 +204,12 @@ class Buffered(Logger):
     def metrics(self, rows: list[tuple]) -> None:
         for step, epoch, loss, lr, _ in rows:
             self.rows.setdefault(step, {}).update(
-                {"train/loss": loss, "train/lr": lr, "train/epoch": epoch})
+                {"train/loss": loss, "train/lr": lr, "train/epoch": epoch}
+            )
 
-    def ratios(self, step: int, names: list[str], stats: list[list[float]],
-               grads: list[float]) -> None:
+    def ratios(
+        self, step: int, names: list[str], stats: list[list[float]], grads: list[float]
+    ) -> None:
         self.rows.setdefault(step, {}).update(ratio_scalars(step, names, stats, grads))
 
     def commit(self) -> None:
@@ -216,8 +232,9 @@ class Buffered(Logger):
 
 
 class MLflow(Buffered):
-    def __init__(self, run_dir: Path, cfg: DictConfig, start_step: int,
-                 identity: dict[str, object]) -> None:
+    def __init__(
+        self, run_dir: Path, cfg: DictConfig, start_step: int, identity: dict[str, object]
+    ) -> None:
         import mlflow  # deferred: an optional extra
         from mlflow.entities import Param
 
@@ -235,8 +252,10 @@ class MLflow(Buffered):
                 self.client = mlflow.MlflowClient(tracking_uri=uri)
                 self.client.get_experiment_by_name(cfg.logger.experiment)
         except Exception as err:  # a missing driver (sqlalchemy), an unwritable or foreign file
-            raise VarexpError(f"logger=mlflow could not open the store {shown}: "
-                              f"{' '.join(str(err).split())[:300]}") from None
+            raise VarexpError(
+                f"logger=mlflow could not open the store {shown}: "
+                f"{' '.join(str(err).split())[:300]}"
+            ) from None
         self.record = run_dir / "mlflow.json"
         previous = _read(self.record)
         run_id, sent = None, -1
@@ -255,30 +274,37 @@ class MLflow(Buffered):
                     experiment_id = self.client.create_experiment(cfg.logger.experiment)
                 except Exception:  # made at the same time by another job of a sweep
                     experiment_id = self.client.get_experiment_by_name(
-                        cfg.logger.experiment).experiment_id
+                        cfg.logger.experiment
+                    ).experiment_id
             else:
                 experiment_id = experiment.experiment_id
-            run = self.client.create_run(experiment_id, run_name=run_dir.name,
-                                         tags={"varexp.run_dir": str(run_dir.resolve())})
+            run = self.client.create_run(
+                experiment_id,
+                run_name=run_dir.name,
+                tags={"varexp.run_dir": str(run_dir.resolve())},
+            )
             run_id = run.info.run_id
             params = [Param(k, str(v)) for k, v in identity.items()]
             for start in range(0, len(params), 100):  # MLflow takes 100 params per batch
-                self.client.log_batch(run_id, params=params[start:start + 100])
-            write_json({"tracking_uri": self.client.tracking_uri, "run_id": run_id},
-                       self.record)
+                self.client.log_batch(run_id, params=params[start : start + 100])
+            write_json({"tracking_uri": self.client.tracking_uri, "run_id": run_id}, self.record)
         self.run_id = run_id
         super().__init__(sent)
 
     def send(self, rows: list[tuple[int, dict[str, float]]]) -> None:
         from mlflow.entities import Metric
 
-        metrics = [Metric(key, float(value), 0, step)
-                   for step, values in rows for key, value in values.items()]
+        metrics = [
+            Metric(key, float(value), 0, step)
+            for step, values in rows
+            for key, value in values.items()
+        ]
         for start in range(0, len(metrics), 1000):  # MLflow takes 1000 metrics per batch
-            self.client.log_batch(self.run_id, metrics=metrics[start:start + 1000])
+            self.client.log_batch(self.run_id, metrics=metrics[start : start + 1000])
 
-    def finish(self, summary: dict, step: int, names: list[str],
-               stats: list[list[float]] | None) -> None:
+    def finish(
+        self, summary: dict, step: int, names: list[str], stats: list[list[float]] | None
+    ) -> None:
         self.commit_final(step, names, stats)
         loss = summary.get("final_loss")
         if loss is not None:
@@ -294,8 +320,9 @@ class MLflow(Buffered):
 
 
 class Wandb(Buffered):
-    def __init__(self, run_dir: Path, cfg: DictConfig, start_step: int,
-                 identity: dict[str, object]) -> None:
+    def __init__(
+        self, run_dir: Path, cfg: DictConfig, start_step: int, identity: dict[str, object]
+    ) -> None:
         import wandb  # deferred: an optional extra
 
         self.record = run_dir / "wandb.json"
@@ -304,13 +331,22 @@ class Wandb(Buffered):
         run_id = previous["id"] if resuming else uuid.uuid4().hex[:8]  # as wandb's own ids
         sent = previous.get("sent", -1) if resuming else -1
         try:
-            self.run = wandb.init(project=cfg.logger.project, id=run_id, resume="allow",
-                                  dir=str(run_dir), name=run_dir.name, config=identity,
-                                  mode=cfg.logger.mode, reinit="create_new")
+            self.run = wandb.init(
+                project=cfg.logger.project,
+                id=run_id,
+                resume="allow",
+                dir=str(run_dir),
+                name=run_dir.name,
+                config=identity,
+                mode=cfg.logger.mode,
+                reinit="create_new",
+            )
         except Exception as err:  # not logged in, no network, a bad setting
-            raise VarexpError(f"logger=wandb could not start a run: "
-                              f"{' '.join(str(err).split())[:300]} (logger.mode=offline needs "
-                              "no account)") from None
+            raise VarexpError(
+                f"logger=wandb could not start a run: "
+                f"{' '.join(str(err).split())[:300]} (logger.mode=offline needs "
+                "no account)"
+            ) from None
         self.run_id = run_id
         write_json({"id": run_id, "sent": sent}, self.record)
         super().__init__(sent)
@@ -321,8 +357,9 @@ class Wandb(Buffered):
         for step, values in rows:
             self.run.log(values, step=step)
 
-    def finish(self, summary: dict, step: int, names: list[str],
-               stats: list[list[float]] | None) -> None:
+    def finish(
+        self, summary: dict, step: int, names: list[str], stats: list[list[float]] | None
+    ) -> None:
         self.commit_final(step, names, stats)
         self.run.summary["final_loss"] = summary.get("final_loss")
         self.run.summary["status"] = summary["status"]
@@ -355,8 +392,9 @@ def _read(path: Path) -> dict:
         return {}
 
 
-def make_logger(cfg: DictConfig, run_dir: Path, start_step: int,
-                identity: dict[str, object] | None = None) -> Logger:
+def make_logger(
+    cfg: DictConfig, run_dir: Path, start_step: int, identity: dict[str, object] | None = None
+) -> Logger:
     logger = cfg.get("logger")
     if logger is None or logger.name == "csv":
         return Logger()

@@ -28,8 +28,9 @@ USABLE = 0.9  # of the free memory; the rest for the interpreter, libraries and 
 
 
 @cache
-def _count(arch_json: str, input_shape: tuple[int, ...], classes: int | None,
-           batch: int) -> tuple[int, int]:
+def _count(
+    arch_json: str, input_shape: tuple[int, ...], classes: int | None, batch: int
+) -> tuple[int, int]:
     arch = json.loads(arch_json)
     with torch.device("meta"):
         model = build_model(arch, input_shape, classes)
@@ -46,8 +47,9 @@ def _count(arch_json: str, input_shape: tuple[int, ...], classes: int | None,
     return sum(p.numel() for p in model.parameters()), outputs[0]
 
 
-def count(arch: DictConfig, input_shape: tuple[int, ...], classes: int | None,
-          batch: int) -> tuple[int, int]:
+def count(
+    arch: DictConfig, input_shape: tuple[int, ...], classes: int | None, batch: int
+) -> tuple[int, int]:
     """(parameters, elements of all layer outputs for one batch) of the model `arch` builds."""
     arch_json = json.dumps(OmegaConf.to_container(arch, resolve=True), sort_keys=True)
     return _count(arch_json, tuple(input_shape), classes, batch)
@@ -78,12 +80,15 @@ def amount(n: float) -> str:
     return f"{n:.0f}"
 
 
-def refuse_if_too_big(needed: float, device: torch.device, what: str, parts: str,
-                      advice: str) -> None:
+def refuse_if_too_big(
+    needed: float, device: torch.device, what: str, parts: str, advice: str
+) -> None:
     free = available(device)
     if needed > USABLE * free:
-        raise VarexpError(f"{what} needs about {gigabytes(needed)} ({parts}), more than the "
-                          f"{gigabytes(free)} free on {device}; {advice}")
+        raise VarexpError(
+            f"{what} needs about {gigabytes(needed)} ({parts}), more than the "
+            f"{gigabytes(free)} free on {device}; {advice}"
+        )
 
 
 def probe_bytes(params: int, outputs: int) -> float:
@@ -100,8 +105,9 @@ def probe_bytes(params: int, outputs: int) -> float:
 SAMPLED_WORKING = 16
 
 
-def sampled_network_bytes(width: int, depth: int, samples: int, features: int, grad: bool,
-                          neurons: bool) -> float:
+def sampled_network_bytes(
+    width: int, depth: int, samples: int, features: int, grad: bool, neurons: bool
+) -> float:
     """One network of the exact sampled MLP path (varexp.sampled): with gradients every layer's
     output (width x T) and a T x T float64 matrix kept for the backward pass, plus the arrays of
     one layer in flight, and u at layers 1 and L for neurons.csv."""
@@ -118,9 +124,11 @@ def train_bytes(params: int, outputs: int, optimizer: str) -> float:
 
 
 # the keys that size each generated dataset
-DATA_KEYS = {"gaussian": "a smaller dataset.size",
-             "shapes": "a smaller dataset.train_size or dataset.test_size",
-             "membranes": "fewer dataset.slices or a smaller dataset.size"}
+DATA_KEYS = {
+    "gaussian": "a smaller dataset.size",
+    "shapes": "a smaller dataset.train_size or dataset.test_size",
+    "membranes": "fewer dataset.slices or a smaller dataset.size",
+}
 
 
 def data_bytes(dataset: DictConfig, input_shape: tuple[int, ...], task: str) -> float:
@@ -149,8 +157,9 @@ class Part:
     advice: str
 
 
-def refuse_parts(resident: list[Part], transient: list[Part], device: torch.device,
-                 what: str) -> None:
+def refuse_parts(
+    resident: list[Part], transient: list[Part], device: torch.device, what: str
+) -> None:
     """Refuse (one line) when what stays alive all run long plus the largest of what comes and
     goes does not fit on the device: the estimate, its parts, the memory there and how to make
     the largest part smaller."""
@@ -160,8 +169,11 @@ def refuse_parts(resident: list[Part], transient: list[Part], device: torch.devi
     free = available(device)
     if needed > USABLE * free:
         parts.sort(key=lambda part: -part.bytes)
-        shown = "; ".join(f"{p.about}: {gigabytes(p.bytes)}" for p in parts
-                          if p.bytes >= 0.01 * needed)
+        shown = "; ".join(
+            f"{p.about}: {gigabytes(p.bytes)}" for p in parts if p.bytes >= 0.01 * needed
+        )
         largest = parts[0]
-        raise VarexpError(f"{what} needs about {gigabytes(needed)} ({shown}), more than the "
-                          f"{gigabytes(free)} free on {device}; {largest.advice}")
+        raise VarexpError(
+            f"{what} needs about {gigabytes(needed)} ({shown}), more than the "
+            f"{gigabytes(free)} free on {device}; {largest.advice}"
+        )

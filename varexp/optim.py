@@ -12,9 +12,13 @@ from varexp.schema import choice, number, option, spec_from, store
 
 
 def _betas(value: object) -> bool:
-    return (isinstance(value, list | tuple) and len(value) == 2
-            and all(not isinstance(b, bool) and isinstance(b, int | float) and 0 <= b < 1
-                    for b in value))
+    return (
+        isinstance(value, list | tuple)
+        and len(value) == 2
+        and all(
+            not isinstance(b, bool) and isinstance(b, int | float) and 0 <= b < 1 for b in value
+        )
+    )
 
 
 @dataclass
@@ -32,8 +36,9 @@ class Adam:
 
     name: str = choice("adam", ("adam",))
     lr: float = number(0.001)
-    betas: list[float] = option(factory=lambda: [0.9, 0.999], test=_betas,
-                                text="must be a list of two numbers in [0, 1)")
+    betas: list[float] = option(
+        factory=lambda: [0.9, 0.999], test=_betas, text="must be a list of two numbers in [0, 1)"
+    )
     eps: float = number(1e-8)
 
 

@@ -43,7 +43,6 @@ log = logging.getLogger(__name__)
 METHODS = ("auto", "dense", "sampled")
 
 
-
 def network_seed(seed: int, network: int) -> int:
     return int(np.random.SeedSequence([seed, network]).generate_state(1)[0])
 
@@ -78,26 +77,39 @@ def check(cfg: DictConfig) -> None:
     device = devices.resolve(cfg.device)
     if choose_method(cfg) != "dense":
         memory.refuse_if_too_big(
-            sampled_network_bytes(cfg), device, "one network",
+            sampled_network_bytes(cfg),
+            device,
+            "one network",
             f"the sampled path keeps {cfg.arch.depth} layer outputs of {cfg.arch.width} x "
-            f"{cfg.probe.samples} for the backward pass", "probe narrower or shallower "
-            "networks, fewer samples, or without gradients (probe.grad=false)")
+            f"{cfg.probe.samples} for the backward pass",
+            "probe narrower or shallower "
+            "networks, fewer samples, or without gradients (probe.grad=false)",
+        )
         return
     info = data_info(cfg.dataset, cfg.arch)
-    params, outputs = memory.count(cfg.arch, info.input_shape, num_classes(cfg),
-                                   cfg.probe.samples)
+    params, outputs = memory.count(cfg.arch, info.input_shape, num_classes(cfg), cfg.probe.samples)
     memory.refuse_if_too_big(
-        memory.probe_bytes(params, outputs), device, "one network",
+        memory.probe_bytes(params, outputs),
+        device,
+        "one network",
         f"{memory.amount(params)} weights, {memory.amount(outputs)} layer outputs for T = "
-        f"{cfg.probe.samples}", "probe narrower or shallower networks, fewer samples, or with "
-        "probe.method=auto where the exact sampled path applies")
+        f"{cfg.probe.samples}",
+        "probe narrower or shallower networks, fewer samples, or with "
+        "probe.method=auto where the exact sampled path applies",
+    )
 
 
 def sampled_network_bytes(cfg: DictConfig) -> float:
     """One network of the sampled path (memory.sampled_network_bytes)."""
     features = math.prod(data_info(cfg.dataset, cfg.arch).input_shape)
-    return memory.sampled_network_bytes(cfg.arch.width, cfg.arch.depth, cfg.probe.samples,
-                                        features, cfg.probe.grad, cfg.probe.neurons > 0)
+    return memory.sampled_network_bytes(
+        cfg.arch.width,
+        cfg.arch.depth,
+        cfg.probe.samples,
+        features,
+        cfg.probe.grad,
+        cfg.probe.neurons > 0,
+    )
 
 
 @dataclass(frozen=True)
@@ -158,8 +170,9 @@ def choose_method(cfg: DictConfig, device: torch.device | None = None) -> str:
     return "sampled"
 
 
-def dense_network(cfg: DictConfig, x: Tensor, generator: torch.Generator, neurons: bool,
-                  warn: bool = False):
+def dense_network(
+    cfg: DictConfig, x: Tensor, generator: torch.Generator, neurons: bool, warn: bool = False
+):
     """Build and initialize the model (torch's global RNG, seeded by the caller), then record;
     with `warn`, log what the init and the statistics leave out (layers not centred, weights not
     reached)."""
@@ -195,14 +208,23 @@ def probe_network(cfg: DictConfig, x: Tensor, network: int, method: str):
         return dense_network(cfg, x, generator, neurons, warn=network == 0)
     init = to_spec(cfg.init)
     return sampled_mlp(
-        x, cfg.arch.depth, cfg.arch.width, cfg.arch.activation, init.name,
-        gain=getattr(init, "gain", None), eps=getattr(init, "eps", 0.0), grad=cfg.probe.grad,
-        generator=generator, keep_u=(1, cfg.arch.depth) if neurons else (), norm=cfg.arch.norm,
+        x,
+        cfg.arch.depth,
+        cfg.arch.width,
+        cfg.arch.activation,
+        init.name,
+        gain=getattr(init, "gain", None),
+        eps=getattr(init, "eps", 0.0),
+        grad=cfg.probe.grad,
+        generator=generator,
+        keep_u=(1, cfg.arch.depth) if neurons else (),
+        norm=cfg.arch.norm,
     )
 
 
-def probe_networks(cfg: DictConfig, x: Tensor, method: str,
-                   plan: Plan | None = None) -> Iterator[tuple[int, list, dict]]:
+def probe_networks(
+    cfg: DictConfig, x: Tensor, method: str, plan: Plan | None = None
+) -> Iterator[tuple[int, list, dict]]:
     """(network, per-layer rows, {layer: u^l}) for every network of the probe, in any order;
     the sampled path as `plan` says (default: sampled_plan on torch's threads)."""
     if method == "dense":
@@ -210,14 +232,26 @@ def probe_networks(cfg: DictConfig, x: Tensor, method: str,
             yield i, *probe_network(cfg, x, i, method)
         return
     plan = sampled_plan(cfg, x.device, torch.get_num_threads()) if plan is None else plan
-    generators = [torch.Generator(device=x.device).manual_seed(network_seed(cfg.seed, i))
-                  for i in range(cfg.probe.networks)]
+    generators = [
+        torch.Generator(device=x.device).manual_seed(network_seed(cfg.seed, i))
+        for i in range(cfg.probe.networks)
+    ]
     init = to_spec(cfg.init)
     yield from sampled_probe(
-        x, cfg.arch.depth, cfg.arch.width, generators, batch=plan.batch, threads=plan.workers,
-        activation=cfg.arch.activation, init=init.name, gain=getattr(init, "gain", None),
-        eps=getattr(init, "eps", 0.0), grad=cfg.probe.grad,
-        keep_u=(1, cfg.arch.depth) if cfg.probe.neurons > 0 else (), norm=cfg.arch.norm)
+        x,
+        cfg.arch.depth,
+        cfg.arch.width,
+        generators,
+        batch=plan.batch,
+        threads=plan.workers,
+        activation=cfg.arch.activation,
+        init=init.name,
+        gain=getattr(init, "gain", None),
+        eps=getattr(init, "eps", 0.0),
+        grad=cfg.probe.grad,
+        keep_u=(1, cfg.arch.depth) if cfg.probe.neurons > 0 else (),
+        norm=cfg.arch.norm,
+    )
 
 
 def neuron_rows(network: int, kept: dict[int, Tensor], count: int, seed: int) -> pd.DataFrame:
@@ -228,10 +262,17 @@ def neuron_rows(network: int, kept: dict[int, Tensor], count: int, seed: int) ->
         u = u.cpu().numpy()
         picks = np.sort(gen.choice(u.shape[1], size=min(count, u.shape[1]), replace=False))
         T = u.shape[0]
-        frames.append(pd.DataFrame({
-            "network": network, "layer": layer, "neuron": np.repeat(picks, T),
-            "sample": np.tile(np.arange(T), len(picks)), "value": u[:, picks].T.reshape(-1),
-        }))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "network": network,
+                    "layer": layer,
+                    "neuron": np.repeat(picks, T),
+                    "sample": np.tile(np.arange(T), len(picks)),
+                    "value": u[:, picks].T.reshape(-1),
+                }
+            )
+        )
     return pd.concat(frames, ignore_index=True)
 
 
@@ -254,8 +295,15 @@ def probe(cfg: DictConfig, out_dir: Path) -> None:
     fresh = heldout.fresh_batch(cfg, device) if cfg.probe.heldout else None
     tables, neurons, held = {}, {}, {}
     # the sampled path finishes a batch of networks at once: show each, and the average rate
-    with tqdm(total=cfg.probe.networks, desc="probe", unit="net", mininterval=0, miniters=1,
-              smoothing=0, disable=None if cfg.probe.progress else True) as bar:
+    with tqdm(
+        total=cfg.probe.networks,
+        desc="probe",
+        unit="net",
+        mininterval=0,
+        miniters=1,
+        smoothing=0,
+        disable=None if cfg.probe.progress else True,
+    ) as bar:
         # closed at once on an error or Ctrl-C: the sampled path's worker threads stop
         with closing(probe_networks(cfg, x, method, plan)) as networks:
             for i, rows, kept in networks:
@@ -263,31 +311,45 @@ def probe(cfg: DictConfig, out_dir: Path) -> None:
                 if cfg.probe.neurons > 0:
                     neurons[i] = neuron_rows(i, kept, cfg.probe.neurons, cfg.seed)
                 if fresh is not None:
-                    layers = heldout.heldout_network(cfg, x, fresh, network_seed(cfg.seed, i),
-                                                     num_classes(cfg), method)
+                    layers = heldout.heldout_network(
+                        cfg, x, fresh, network_seed(cfg.seed, i), num_classes(cfg), method
+                    )
                     held[i] = heldout.heldout_frame(i, layers, len(x), len(fresh))
                 bar.update()
     table = pd.concat([tables[i] for i in sorted(tables)], ignore_index=True)
     path = PROBE.write(table, out_dir)
     if neurons:
-        NEURONS.write(pd.concat([neurons[i] for i in sorted(neurons)], ignore_index=True),
-                      out_dir)
+        NEURONS.write(pd.concat([neurons[i] for i in sorted(neurons)], ignore_index=True), out_dir)
     tail = ""
     if held:
         fresh_table = pd.concat([held[i] for i in sorted(held)], ignore_index=True)
         path = f"{path}, {HELDOUT.write(fresh_table, out_dir).name}"
         top = fresh_table[fresh_table.layer == fresh_table.layer.max()]
         geometric = np.exp(np.log(top.heldout_second_moment).mean())
-        tail = (f"; second moment on the fit's {len(x)} inputs {top.fit_second_moment.mean():.4g},"
-                f" on {len(fresh)} fresh ones {geometric:.4g} (geometric mean)")
+        tail = (
+            f"; second moment on the fit's {len(x)} inputs {top.fit_second_moment.mean():.4g},"
+            f" on {len(fresh)} fresh ones {geometric:.4g} (geometric mean)"
+        )
     last = table[table.layer == table.layer.max()]
-    how = "" if plan is None else (
-        f" ({plural(plan.workers, 'thread')}, up to {plural(plan.batch, 'network')} per batch, "
-        f"about {memory.gigabytes(plan.bytes)})")
+    how = (
+        ""
+        if plan is None
+        else (
+            f" ({plural(plan.workers, 'thread')}, up to {plural(plan.batch, 'network')} per batch, "
+            f"about {memory.gigabytes(plan.bytes)})"
+        )
+    )
     log.info(
-        "probe: %d networks x %d layers, %s path%s, %.1f s -> %s (layer %d: mean ratio m/v "
-        "%.4g%s)", cfg.probe.networks, table.layer.max(), method, how,
-        time.perf_counter() - start, path, table.layer.max(), last.ratio.mean(), tail,
+        "probe: %d networks x %d layers, %s path%s, %.1f s -> %s (layer %d: mean ratio m/v %.4g%s)",
+        cfg.probe.networks,
+        table.layer.max(),
+        method,
+        how,
+        time.perf_counter() - start,
+        path,
+        table.layer.max(),
+        last.ratio.mean(),
+        tail,
     )
 
 
@@ -301,8 +363,10 @@ def check_finite(frame: pd.DataFrame, cfg: DictConfig) -> pd.DataFrame:
     bad = frame[~np.isfinite(frame["second_moment"])]
     if not bad.empty:
         row = bad.iloc[0]
-        raise VarexpError(f"network {row.network}, layer {row.layer} ({row['name']}): the "
-                          f"pre-activations overflow float32 (second moment "
-                          f"{row.second_moment}); init={cfg.init.name}, init.gain="
-                          f"{cfg.init.get('gain')}: use a smaller gain or fewer layers")
+        raise VarexpError(
+            f"network {row.network}, layer {row.layer} ({row['name']}): the "
+            f"pre-activations overflow float32 (second moment "
+            f"{row.second_moment}); init={cfg.init.name}, init.gain="
+            f"{cfg.init.get('gain')}: use a smaller gain or fewer layers"
+        )
     return frame

@@ -22,12 +22,19 @@ def code_version() -> str:
     """`git <commit>[+changes]` for a source checkout, else the installed package version."""
     source = Path(varexp.__file__).resolve().parent.parent
     try:
-        commit = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"],
-                                capture_output=True, text=True, timeout=5)
+        commit = subprocess.run(
+            ["git", "-C", str(source), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
         if commit.returncode == 0:
-            status = subprocess.run(["git", "-C", str(source), "status", "--porcelain",
-                                     "--untracked-files=no"], capture_output=True, text=True,
-                                    timeout=5)
+            status = subprocess.run(
+                ["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+            )
             dirty = "+changes" if status.stdout.strip() else ""
             return f"git {commit.stdout.strip()[:12]}{dirty}"
     except (OSError, subprocess.SubprocessError):

@@ -85,8 +85,12 @@ class Claim:
 
     @property
     def distance(self) -> float | None:
-        if self.ours is None or self.reference is None or not self.error or not \
-                math.isfinite(self.error):
+        if (
+            self.ours is None
+            or self.reference is None
+            or not self.error
+            or not math.isfinite(self.error)
+        ):
             return None
         return (self.ours - self.reference) / self.error
 
@@ -105,14 +109,20 @@ class Claim:
             if self.sense == "equal":
                 text = self.words[0] if abs(d) <= Z else self.words[1]
             else:
-                text = self.words[0] if d > Z else self.words[1] if d < -Z else \
-                    "not distinguishable"
+                text = (
+                    self.words[0] if d > Z else self.words[1] if d < -Z else "not distinguishable"
+                )
         return f"{text}; {self.caveat}" if self.caveat else text
 
     def row(self) -> tuple[str, ...]:
         ours = "no result" if self.ours is None else self.shown or f"{self.ours:.4g}"
-        error = ("exact" if self.error is None else f"{self.error:.2g}"
-                 if math.isfinite(self.error) else "n/a")
+        error = (
+            "exact"
+            if self.error is None
+            else f"{self.error:.2g}"
+            if math.isfinite(self.error)
+            else "n/a"
+        )
         distance = "" if self.distance is None else f"{self.distance:+.1f}"
         verdict = self.verdict
         verdict = verdict if verdict.startswith(("n/a", "not dist")) else f"**{verdict}**"
@@ -155,11 +165,26 @@ def kernel_at_zero(table: pd.DataFrame, samples: int) -> tuple[float, float]:
 def kernel_claims(out: Path) -> list[Claim]:
     quadrature = 2 * cross_moment(get_activation("relu"), 1.0, 0.0)
     claims = [
-        Claim("3.1", "K(0) = 1/pi (Eq. 7): quadrature vs the closed form", "1/pi = 0.3183",
-              quadrature, None, 1 / math.pi, shown=f"{quadrature:.10f}"),
-        Claim("4", "the gradient slope -log(1/sigma_s^2) = log(1 - K(0)) from the closed form",
-              "-0.383", gradient_slope(), None, -0.383, shown=f"{gradient_slope():.4f}",
-              tolerance=5e-4, note="the paper's three digits"),
+        Claim(
+            "3.1",
+            "K(0) = 1/pi (Eq. 7): quadrature vs the closed form",
+            "1/pi = 0.3183",
+            quadrature,
+            None,
+            1 / math.pi,
+            shown=f"{quadrature:.10f}",
+        ),
+        Claim(
+            "4",
+            "the gradient slope -log(1/sigma_s^2) = log(1 - K(0)) from the closed form",
+            "-0.383",
+            gradient_slope(),
+            None,
+            -0.383,
+            shown=f"{gradient_slope():.4f}",
+            tolerance=5e-4,
+            note="the paper's three digits",
+        ),
     ]
     kaiming = [r for r in probes(out / "figure3", "figure3", ("kaiming",)) if r.arch == "mlp"]
     if not kaiming:
@@ -169,20 +194,43 @@ def kernel_claims(out: Path) -> list[Claim]:
     samples = int(run.get("probe.samples", 100))
     k0, error = kernel_at_zero(run.table, samples)
     # v(2) / v(1) per network: layer 1 has m = 0 (c = 0 at the input), layer 2 m^2 = 2 K(0)
-    sigma = np.sqrt(per_network(run.table, "sample_var", 2)
-                    / per_network(run.table, "sample_var", 1))
+    sigma = np.sqrt(
+        per_network(run.table, "sample_var", 2) / per_network(run.table, "sample_var", 1)
+    )
     sigma_s, sigma_error = mean_error(sigma)
     inverse, inverse_error = mean_error(1 / sigma)
     exact = math.sqrt(1 - 1 / math.pi)
     where = f"width {width}, T = {samples}, {nets} networks"
     return claims + [
-        Claim("3.1", f"K(0) = m^2 / q at layer 2 ({where}; the v^2/T bias of the squared "
-              "sample mean removed)", "1/pi = 0.3183", k0, error, 1 / math.pi),
-        Claim("4", f"sigma_s = sqrt(1 - K(0)): v(2) / v(1) per network ({where})", "0.826",
-              sigma_s, sigma_error, exact, shown=f"{sigma_s:.4f}",
-              note=f"against sqrt(1 - 1/pi) = {exact:.4f}, which the paper rounds"),
-        Claim("4", f"1 / sigma_s ({where})", "1.21", inverse, inverse_error, 1 / exact,
-              shown=f"{inverse:.4f}", note=f"against 1 / sqrt(1 - 1/pi) = {1 / exact:.4f}"),
+        Claim(
+            "3.1",
+            f"K(0) = m^2 / q at layer 2 ({where}; the v^2/T bias of the squared "
+            "sample mean removed)",
+            "1/pi = 0.3183",
+            k0,
+            error,
+            1 / math.pi,
+        ),
+        Claim(
+            "4",
+            f"sigma_s = sqrt(1 - K(0)): v(2) / v(1) per network ({where})",
+            "0.826",
+            sigma_s,
+            sigma_error,
+            exact,
+            shown=f"{sigma_s:.4f}",
+            note=f"against sqrt(1 - 1/pi) = {exact:.4f}, which the paper rounds",
+        ),
+        Claim(
+            "4",
+            f"1 / sigma_s ({where})",
+            "1.21",
+            inverse,
+            inverse_error,
+            1 / exact,
+            shown=f"{inverse:.4f}",
+            note=f"against 1 / sqrt(1 - 1/pi) = {1 / exact:.4f}",
+        ),
     ]
 
 
@@ -197,14 +245,22 @@ def slope_claims(out: Path) -> list[Claim]:
         slope, error = grad_slope_error(run.table)
         samples = int(run.get("probe.samples", 100))
         width = run.get("arch.width")
-        where = (f"width {width}, T = {samples}, {run.table['network'].nunique()} networks; "
-                 "fit over layers 1..L-1")
+        where = (
+            f"width {width}, T = {samples}, {run.table['network'].nunique()} networks; "
+            "fit over layers 1..L-1"
+        )
         printed = f"{paper:+.3f}" if paper else "0 (gradients preserved)"
-        claim = Claim("4, Fig. 3", f"slope of log grad_sq vs layer, {run.init} ({where})",
-                      printed, slope, error, paper, shown=f"{slope:+.4f}")
+        claim = Claim(
+            "4, Fig. 3",
+            f"slope of log grad_sq vs layer, {run.init} ({where})",
+            printed,
+            slope,
+            error,
+            paper,
+            shown=f"{slope:+.4f}",
+        )
         note = slope_note(run, slope, error, samples)
-        claims.append(dataclasses.replace(claim, note=note if claim.verdict == "differs"
-                                          else ""))
+        claims.append(dataclasses.replace(claim, note=note if claim.verdict == "differs" else ""))
     return claims
 
 
@@ -214,16 +270,20 @@ def slope_note(run: RunResult, slope: float, error: float, samples: int) -> str:
         # BatchNorm divides by the biased sample variance of T inputs: each layer's gain grows
         # by about sqrt(T / (T - 1)), its square steepening the slope by log(T / (T - 1))
         finite = gradient_slope() - math.log(samples / (samples - 1))
-        return (f"finite T: BatchNorm divides by the biased variance of T = {samples} inputs, "
-                f"which steepens the theory's {gradient_slope():.3f} to {finite:.3f}; ours is "
-                f"{(slope - finite) / error:+.1f} SE from that")
+        return (
+            f"finite T: BatchNorm divides by the biased variance of T = {samples} inputs, "
+            f"which steepens the theory's {gradient_slope():.3f} to {finite:.3f}; ours is "
+            f"{(slope - finite) / error:+.1f} SE from that"
+        )
     if run.init == "scale+bias":
         effective = layer_summary(run.table, "effective_samples").set_index("layer")["mean"]
         depth = int(effective.index.max())
-        return (f"finite width: the slope shrinks toward 0 as the width falls (Slopes figure); "
-                f"it goes together with the centred signal resting on few of the T inputs "
-                f"({effective[depth // 2] / samples:.0%} at layer {depth // 2}, "
-                f"{effective[depth] / samples:.0%} at layer {depth}); see the intervention row")
+        return (
+            f"finite width: the slope shrinks toward 0 as the width falls (Slopes figure); "
+            f"it goes together with the centred signal resting on few of the T inputs "
+            f"({effective[depth // 2] / samples:.0%} at layer {depth // 2}, "
+            f"{effective[depth] / samples:.0%} at layer {depth}); see the intervention row"
+        )
     return ""
 
 
@@ -247,19 +307,29 @@ def intervention_claims(out: Path) -> list[Claim]:
         slope1, error1 = grad_slope_error(spread_table)
         eff0 = effective_fraction(base, samples)
         eff1 = effective_fraction(spread_table, samples)
-        claims.append(Claim(
-            "4 (not in the paper)", f"scale+bias, width {width}, T = {samples}: spreading the "
-            f"inputs' norms (s = {spread:g}) lowers the effective samples and the gradient "
-            "slope's magnitude (an intervention)", "not in the paper (our finite-width account)",
-            slope1 - slope0, math.hypot(error0, error1), 0.0, "above",
-            shown=f"{slope1 - slope0:+.3f} ({slope0:+.3f} -> {slope1:+.3f}; effective samples "
-            f"{eff0:.0%} -> {eff1:.0%} of T)"))
+        claims.append(
+            Claim(
+                "4 (not in the paper)",
+                f"scale+bias, width {width}, T = {samples}: spreading the "
+                f"inputs' norms (s = {spread:g}) lowers the effective samples and the gradient "
+                "slope's magnitude (an intervention)",
+                "not in the paper (our finite-width account)",
+                slope1 - slope0,
+                math.hypot(error0, error1),
+                0.0,
+                "above",
+                shown=f"{slope1 - slope0:+.3f} ({slope0:+.3f} -> {slope1:+.3f}; effective samples "
+                f"{eff0:.0%} -> {eff1:.0%} of T)",
+            )
+        )
     return claims
 
 
 def width_claims(out: Path) -> list[Claim]:
-    runs = sorted((r for r in probes(out / "figure2", "figure2", ("kaiming",)) if r.arch == "mlp"),
-                  key=lambda r: r.get("arch.width"))
+    runs = sorted(
+        (r for r in probes(out / "figure2", "figure2", ("kaiming",)) if r.arch == "mlp"),
+        key=lambda r: r.get("arch.width"),
+    )
     if not runs:
         return []
     depth = int(runs[0].table["layer"].max())
@@ -268,18 +338,38 @@ def width_claims(out: Path) -> list[Claim]:
     for run in runs:
         mean, error = mean_error(per_network(run.table, "ratio", depth))
         gaps.append((run.get("arch.width"), theory - mean, error))
-        claims.append(Claim("3.2, Fig. 2", f"ratio at layer {depth}, width "
-                            f"{run.get('arch.width')} ({run.table['network'].nunique()} "
-                            "networks): below the infinite-width theory",
-                            f"below {theory:.2f}", mean, error, theory, "below"))
+        claims.append(
+            Claim(
+                "3.2, Fig. 2",
+                f"ratio at layer {depth}, width "
+                f"{run.get('arch.width')} ({run.table['network'].nunique()} "
+                "networks): below the infinite-width theory",
+                f"below {theory:.2f}",
+                mean,
+                error,
+                theory,
+                "below",
+            )
+        )
     if len(gaps) > 1:
-        steps = [(a[0], b[0], a[1] - b[1], math.hypot(a[2], b[2]))
-                 for a, b in zip(gaps, gaps[1:], strict=False)]
+        steps = [
+            (a[0], b[0], a[1] - b[1], math.hypot(a[2], b[2]))
+            for a, b in zip(gaps, gaps[1:], strict=False)
+        ]
         narrow, wide, step, error = min(steps, key=lambda s: s[2] / s[3])
-        claims.append(Claim("3.2, Fig. 2", "the gap to the theory shrinks at every step in width "
-                            "(the smallest step, in SE)", "shrinks", step, error, 0.0, "above",
-                            shown=f"{step:+.3f} (width {narrow} -> {wide})",
-                            note="gaps: " + ", ".join(f"{g:.2f}" for _, g, _ in gaps)))
+        claims.append(
+            Claim(
+                "3.2, Fig. 2",
+                "the gap to the theory shrinks at every step in width (the smallest step, in SE)",
+                "shrinks",
+                step,
+                error,
+                0.0,
+                "above",
+                shown=f"{step:+.3f} (width {narrow} -> {wide})",
+                note="gaps: " + ", ".join(f"{g:.2f}" for _, g, _ in gaps),
+            )
+        )
     return claims
 
 
@@ -312,7 +402,7 @@ def theory_at(depth: int) -> pd.Series:
 
 
 def allcnnc_claims(table: pd.DataFrame, column: str, what: str) -> list[Claim]:
-    """"The empirical ratio increases in all layers of ALL-CNN-C. The last layer actually has a
+    """ "The empirical ratio increases in all layers of ALL-CNN-C. The last layer actually has a
     higher empirical ratio than a wide MLP would." """
     wide = table.pivot(index="network", columns="layer", values=column)
     names = table.groupby("layer")["name"].first()
@@ -323,25 +413,41 @@ def allcnnc_claims(table: pd.DataFrame, column: str, what: str) -> list[Claim]:
     theory = float(theory_at(depth)[depth])
     last, last_error = mean_error(wide[depth])
     return [
-        Claim("3.3, Fig. 2", f"{what}: the ratio increases in all layers (the smallest step, "
-              "paired over networks)", "increases", step[worst][0], step[worst][1], 0.0, "above",
-              shown=f"{step[worst][0]:+.3f} ({names[worst - 1]} -> {names[worst]})"),
-        Claim("3.3, Fig. 2", f"{what}: the last layer ({names[depth]}, after global pooling) "
-              "above a wide MLP at the same depth", f"above {theory:.2f}", last, last_error,
-              theory, "above"),
+        Claim(
+            "3.3, Fig. 2",
+            f"{what}: the ratio increases in all layers (the smallest step, paired over networks)",
+            "increases",
+            step[worst][0],
+            step[worst][1],
+            0.0,
+            "above",
+            shown=f"{step[worst][0]:+.3f} ({names[worst - 1]} -> {names[worst]})",
+        ),
+        Claim(
+            "3.3, Fig. 2",
+            f"{what}: the last layer ({names[depth]}, after global pooling) "
+            "above a wide MLP at the same depth",
+            f"above {theory:.2f}",
+            last,
+            last_error,
+            theory,
+            "above",
+        ),
     ]
 
 
 def unet_claims(table: pd.DataFrame, column: str, what: str) -> list[Claim]:
-    """"In UNet, the empirical ratio increases up to around layer 12 before decreasing
+    """ "In UNet, the empirical ratio increases up to around layer 12 before decreasing
     significantly [...] up to layer 12, the observed ratio is higher than predicted." """
     wide = table.pivot(index="network", columns="layer", values=column)
     names = table.groupby("layer")["name"].first()
     depth = int(wide.columns.max())
     theory = theory_at(depth)
     # above the theory at every layer 2..12 (layer 1's theory is 0): the worst layer, in SE
-    above = {layer: (*mean_error(wide[layer]), float(theory[layer]))
-             for layer in range(2, min(PEAK, depth) + 1)}
+    above = {
+        layer: (*mean_error(wide[layer]), float(theory[layer]))
+        for layer in range(2, min(PEAK, depth) + 1)
+    }
     worst = min(above, key=lambda layer: (above[layer][0] - above[layer][2]) / above[layer][1])
     mean, error, bound = above[worst]
     means = wide.mean()
@@ -349,18 +455,31 @@ def unet_claims(table: pd.DataFrame, column: str, what: str) -> list[Claim]:
     fall, fall_error = mean_error(1 - wide[depth] / wide[peak])
     around = abs(peak - PEAK) <= AROUND
     return [
-        Claim("3.3, Fig. 2", f"{what}: above the wide-MLP theory at every layer up to {PEAK} "
-              "(the worst layer, in SE)", "above", mean, error, bound, "above",
-              shown=f"{mean:.3f} vs {bound:.3f} at layer {worst} ({names[worst]})"),
-        Claim("3.3, Fig. 2", f"{what}: increases up to around layer {PEAK}, then falls by more "
-              f"than {FALL:.0%} to the last layer", f"peak near {PEAK}; falls significantly",
-              fall, fall_error, FALL, "above",
-              shown=f"{fall:.0%} (peak {means[peak]:.2f} at layer {peak} ({names[peak]}), last "
-              f"{means[depth]:.2f})",
-              caveat="" if around else f"peak at layer {peak}, not around {PEAK}"),
+        Claim(
+            "3.3, Fig. 2",
+            f"{what}: above the wide-MLP theory at every layer up to {PEAK} "
+            "(the worst layer, in SE)",
+            "above",
+            mean,
+            error,
+            bound,
+            "above",
+            shown=f"{mean:.3f} vs {bound:.3f} at layer {worst} ({names[worst]})",
+        ),
+        Claim(
+            "3.3, Fig. 2",
+            f"{what}: increases up to around layer {PEAK}, then falls by more "
+            f"than {FALL:.0%} to the last layer",
+            f"peak near {PEAK}; falls significantly",
+            fall,
+            fall_error,
+            FALL,
+            "above",
+            shown=f"{fall:.0%} (peak {means[peak]:.2f} at layer {peak} ({names[peak]}), last "
+            f"{means[depth]:.2f})",
+            caveat="" if around else f"peak at layer {peak}, not around {PEAK}",
+        ),
     ]
-
-
 
 
 def training_claims(out: Path) -> list[Claim]:
@@ -378,16 +497,28 @@ def training_claims(out: Path) -> list[Claim]:
             chosen = group.set_index("init")
             if not {"scale", "scale+bias"} <= set(chosen.index):
                 continue
-            runs = {init: done[(done["arch"] == arch) & (done["dataset"] == dataset)
-                               & (done["optim"] == optim) & (done["init"] == init)
-                               & np.isclose(done["lr"], chosen.loc[init, "lr"])]
-                    for init in ("scale", "scale+bias")}
+            runs = {
+                init: done[
+                    (done["arch"] == arch)
+                    & (done["dataset"] == dataset)
+                    & (done["optim"] == optim)
+                    & (done["init"] == init)
+                    & np.isclose(done["lr"], chosen.loc[init, "lr"])
+                ]
+                for init in ("scale", "scale+bias")
+            }
             claims.append(training_claim(path.parent, arch, dataset, optim, chosen, runs))
     return claims
 
 
-def training_claim(folder: Path, arch: str, dataset: str, optim: str, chosen: pd.DataFrame,
-                   runs: dict[str, pd.DataFrame]) -> Claim:
+def training_claim(
+    folder: Path,
+    arch: str,
+    dataset: str,
+    optim: str,
+    chosen: pd.DataFrame,
+    runs: dict[str, pd.DataFrame],
+) -> Claim:
     """One Fig. 4 row: gap = criterion(scale) - criterion(scale+bias) (> 0: scale+bias lower,
     i.e. faster), paired by seed where both inits ran the same seeds."""
     by_seed = {init: r.set_index("seed")["criterion"] for init, r in runs.items()}
@@ -402,21 +533,37 @@ def training_claim(folder: Path, arch: str, dataset: str, optim: str, chosen: pd
         pairing = "unpaired"
     fraction = float(chosen["select_fraction"].iloc[0])
     measure = "mean loss over the run" if fraction >= 1 else f"mean loss, last {fraction:.0%}"
-    each = "; ".join(f"{init} {chosen.loc[init, 'criterion']:.3f} ± "
-                     f"{chosen.loc[init, 'criterion_std']:.3f} (lr {chosen.loc[init, 'lr']:g})"
-                     for init in ("scale", "scale+bias"))
-    edges = [f"{init}'s only lr" if edge == "both" else f"{init} lr at the {edge} end"
-             for init in ("scale", "scale+bias")
-             if (edge := str(chosen.loc[init].get("lr_at_edge", "") or "")) not in ("", "nan")]
-    stuck = [f"{init} barely trains (loss {first:.2f} -> {last:.2f})"
-             for init, r in runs.items() if (f := first_last(folder, r)) is not None
-             for first, last in [f] if last > BARELY * first]
-    return Claim("5.3, Fig. 4", f"{arch} on {dataset}, {optim}: scale+bias trains faster than "
-                 f"scale ({measure}; the gap scale - scale+bias, {pairing})", "faster", gap,
-                 error, 0.0, "above", shown=f"{gap:+.3f}",
-                 note="; ".join([f"{each} (mean ± std over seeds)", *stuck]),
-                 words=("faster", "slower"),
-                 caveat=("not bracketed: " + ", ".join(edges)) if edges else "")
+    each = "; ".join(
+        f"{init} {chosen.loc[init, 'criterion']:.3f} ± "
+        f"{chosen.loc[init, 'criterion_std']:.3f} (lr {chosen.loc[init, 'lr']:g})"
+        for init in ("scale", "scale+bias")
+    )
+    edges = [
+        f"{init}'s only lr" if edge == "both" else f"{init} lr at the {edge} end"
+        for init in ("scale", "scale+bias")
+        if (edge := str(chosen.loc[init].get("lr_at_edge", "") or "")) not in ("", "nan")
+    ]
+    stuck = [
+        f"{init} barely trains (loss {first:.2f} -> {last:.2f})"
+        for init, r in runs.items()
+        if (f := first_last(folder, r)) is not None
+        for first, last in [f]
+        if last > BARELY * first
+    ]
+    return Claim(
+        "5.3, Fig. 4",
+        f"{arch} on {dataset}, {optim}: scale+bias trains faster than "
+        f"scale ({measure}; the gap scale - scale+bias, {pairing})",
+        "faster",
+        gap,
+        error,
+        0.0,
+        "above",
+        shown=f"{gap:+.3f}",
+        note="; ".join([f"{each} (mean ± std over seeds)", *stuck]),
+        words=("faster", "slower"),
+        caveat=("not bracketed: " + ", ".join(edges)) if edges else "",
+    )
 
 
 def first_last(folder: Path, runs: pd.DataFrame) -> tuple[float, float] | None:
@@ -431,8 +578,6 @@ def first_last(folder: Path, runs: pd.DataFrame) -> tuple[float, float] | None:
             firsts.append(losses.iloc[0])
             lasts.append(losses.iloc[-1])
     return (float(np.mean(firsts)), float(np.mean(lasts))) if firsts else None
-
-
 
 
 def convergence_claims(out: Path) -> list[Claim]:
@@ -455,12 +600,17 @@ def convergence_claims(out: Path) -> list[Claim]:
                 continue
             ratios = {}
             for init in ("scale", "scale+bias"):
-                runs = done[(done["arch"] == arch) & (done["dataset"] == dataset)
-                            & (done["optim"] == optim) & (done["init"] == init)
-                            & np.isclose(done["lr"], chosen.loc[init, "lr"])]
-                ratios[init] = {seed: read_ratios(path.parent / run_dir)
-                                for seed, run_dir in zip(runs["seed"], runs["run_dir"],
-                                                         strict=True)}
+                runs = done[
+                    (done["arch"] == arch)
+                    & (done["dataset"] == dataset)
+                    & (done["optim"] == optim)
+                    & (done["init"] == init)
+                    & np.isclose(done["lr"], chosen.loc[init, "lr"])
+                ]
+                ratios[init] = {
+                    seed: read_ratios(path.parent / run_dir)
+                    for seed, run_dir in zip(runs["seed"], runs["run_dir"], strict=True)
+                }
             claim = convergence_claim(f"{arch} on {dataset}, {optim}", ratios)
             if claim is not None:
                 claims.append(claim)
@@ -476,10 +626,12 @@ def read_ratios(run_dir: Path) -> pd.DataFrame | None:
     return table.pivot_table(index="step", columns="layer", values="ratio")
 
 
-def convergence_claim(what: str, ratios: dict[str, dict[int, pd.DataFrame | None]]
-                      ) -> Claim | None:
-    seeds = sorted(s for s in set(ratios["scale"]) & set(ratios["scale+bias"])
-                   if ratios["scale"][s] is not None and ratios["scale+bias"][s] is not None)
+def convergence_claim(what: str, ratios: dict[str, dict[int, pd.DataFrame | None]]) -> Claim | None:
+    seeds = sorted(
+        s
+        for s in set(ratios["scale"]) & set(ratios["scale+bias"])
+        if ratios["scale"][s] is not None and ratios["scale+bias"][s] is not None
+    )
     if not seeds:
         return None
     fractions, starts, ends, last = [], [], [], 0
@@ -494,12 +646,19 @@ def convergence_claim(what: str, ratios: dict[str, dict[int, pd.DataFrame | None
         fractions.append(gap.iloc[-1] / gap.iloc[0])
         last = steps[-1]
     fraction, error = mean_error(fractions)
-    return Claim("5.3", f"{what}: the scale and scale+bias ratios converge to similar values "
-                 f"(median over layers of |difference| at step {last} / at step 0; "
-                 f"{plural(len(seeds), 'seed')}"
-                 + (f"; {last} steps, not a few thousand)" if last < 2000 else ")"),
-                 f"similar (below {SIMILAR:.0%} of the start)", fraction, error, SIMILAR, "below",
-                 shown=f"{fraction:.2f} ({np.mean(starts):.2f} -> {np.mean(ends):.2f})")
+    return Claim(
+        "5.3",
+        f"{what}: the scale and scale+bias ratios converge to similar values "
+        f"(median over layers of |difference| at step {last} / at step 0; "
+        f"{plural(len(seeds), 'seed')}"
+        + (f"; {last} steps, not a few thousand)" if last < 2000 else ")"),
+        f"similar (below {SIMILAR:.0%} of the start)",
+        fraction,
+        error,
+        SIMILAR,
+        "below",
+        shown=f"{fraction:.2f} ({np.mean(starts):.2f} -> {np.mean(ends):.2f})",
+    )
 
 
 def heldout_claims(out: Path) -> list[Claim]:
@@ -514,20 +673,29 @@ def heldout_claims(out: Path) -> list[Claim]:
     for init in sorted({r.init for r in runs}):
         mine = [r for r in runs if r.init == init]
         width = max(int(r.get("arch.width")) for r in mine)
-        for run in sorted((r for r in mine if int(r.get("arch.width")) == width),
-                          key=lambda r: int(r.table["fit_samples"].iloc[0])):
+        for run in sorted(
+            (r for r in mine if int(r.get("arch.width")) == width),
+            key=lambda r: int(r.table["fit_samples"].iloc[0]),
+        ):
             table = run.table
             depth = int(table["layer"].max())
             last = log_summary(table, "heldout_second_moment").iloc[-1]
             fit = float(table.loc[table["layer"] == depth, "fit_second_moment"].mean())
             samples, fresh = table["fit_samples"].iloc[0], table["heldout_samples"].iloc[0]
-            claims.append(Claim(
-                "5.1 (not in the paper)", f"{init} (width {width}, depth {depth}, fitted on T = "
-                f"{samples}, {int(last['count'])} networks): layer {depth}'s second moment on "
-                f"{fresh} fresh inputs is the 1 it has on the fitting ones ({fit:.3f})",
-                "not reported (the init's target: 1)", float(last["mean"]), float(last["error"]),
-                0.0, shown=f"{math.exp(last['mean']):.3g} (geometric mean)",
-                note=f"judged on the log: {last['mean']:+.2f} ± {last['error']:.2f}"))
+            claims.append(
+                Claim(
+                    "5.1 (not in the paper)",
+                    f"{init} (width {width}, depth {depth}, fitted on T = "
+                    f"{samples}, {int(last['count'])} networks): layer {depth}'s second moment on "
+                    f"{fresh} fresh inputs is the 1 it has on the fitting ones ({fit:.3f})",
+                    "not reported (the init's target: 1)",
+                    float(last["mean"]),
+                    float(last["error"]),
+                    0.0,
+                    shown=f"{math.exp(last['mean']):.3g} (geometric mean)",
+                    note=f"judged on the log: {last['mean']:+.2f} ± {last['error']:.2f}",
+                )
+            )
     return claims
 
 
@@ -549,8 +717,9 @@ def settings(folder: Path, result: str) -> str:
             value = OmegaConf.select(cfg, key, default=None)
             if value is not None and value not in values[key]:
                 values[key].append(value)
-    return "; ".join(f"{key} {', '.join(map(str, sorted(v, key=str)))}"
-                     for key, v in values.items() if v)
+    return "; ".join(
+        f"{key} {', '.join(map(str, sorted(v, key=str)))}" for key, v in values.items() if v
+    )
 
 
 def figure_section(out: Path, figure: Figure, commands: dict[Path, str]) -> list[str]:
@@ -564,8 +733,10 @@ def figure_section(out: Path, figure: Figure, commands: dict[Path, str]) -> list
         files = sorted(folder.rglob("*.csv" if figure.command == "sweep" else result))
         tables = [f for f in files if figure.command != "sweep" or f.parent == folder]
         links = ", ".join(f"[{f.relative_to(folder)}]({f.relative_to(out)})" for f in tables)
-        lines += [f"- `{commands[folder]}`: {settings(folder, result) or 'no runs'}",
-                  f"  - data: {links or 'none'}"]
+        lines += [
+            f"- `{commands[folder]}`: {settings(folder, result) or 'no runs'}",
+            f"  - data: {links or 'none'}",
+        ]
     return [*lines, ""]
 
 
@@ -573,8 +744,11 @@ def provenance_section(started: str | None, seconds: float | None) -> list[str]:
 
     info = record("cuda" if torch.cuda.is_available() else "cpu")
     if started is not None:
-        info |= {"started": started, "finished": now(),
-                 "wall time": f"{seconds / 60:.1f} min" if seconds is not None else None}
+        info |= {
+            "started": started,
+            "finished": now(),
+            "wall time": f"{seconds / 60:.1f} min" if seconds is not None else None,
+        }
     return ["## Provenance", "", *(f"- {key}: {value}" for key, value in info.items()), ""]
 
 
@@ -593,23 +767,46 @@ training steps, one seed and one learning rate). These rows check that the pipel
 are not measurements of the paper's claims. Run without VAREXP_SMOKE for the preset's sizes.**"""
 
 
-def write_report(out: Path, preset: str, commands: dict[Path, str] | None = None,
-                 started: str | None = None, seconds: float | None = None,
-                 smoke: bool = False) -> Path:
+def write_report(
+    out: Path,
+    preset: str,
+    commands: dict[Path, str] | None = None,
+    started: str | None = None,
+    seconds: float | None = None,
+    smoke: bool = False,
+) -> Path:
     """REPORT.md in `out`: the claims judged by RULE, then per figure its image, the commands
     that made it (`commands`: result folder -> command line), their settings and data, then
     provenance. `smoke`: the steps ran at VAREXP_SMOKE=1's token sizes, said at the top."""
-    claims = [*kernel_claims(out), *slope_claims(out), *intervention_claims(out),
-              *width_claims(out), *cnn_claims(out), *training_claims(out),
-              *convergence_claims(out), *heldout_claims(out)]
-    rows = [("paper section", "claim", "paper", "ours", "SE", "distance (SE)", "verdict",
-             "note"), ("---",) * 8]
+    claims = [
+        *kernel_claims(out),
+        *slope_claims(out),
+        *intervention_claims(out),
+        *width_claims(out),
+        *cnn_claims(out),
+        *training_claims(out),
+        *convergence_claims(out),
+        *heldout_claims(out),
+    ]
+    rows = [
+        ("paper section", "claim", "paper", "ours", "SE", "distance (SE)", "verdict", "note"),
+        ("---",) * 8,
+    ]
     rows += [c.row() for c in claims]
-    lines = [f"# varexp reproduce: {preset}", "",
-             "Each quantitative claim of Luther & Seung (2019) beside the value measured in this "
-             "run directory.", "", *([SMOKE_NOTE, ""] if smoke else []), RULE, "",
-             *("| " + " | ".join(cell.replace("|", "/") for cell in row) + " |" for row in rows),
-             "", NOTES, ""]
+    lines = [
+        f"# varexp reproduce: {preset}",
+        "",
+        "Each quantitative claim of Luther & Seung (2019) beside the value measured in this "
+        "run directory.",
+        "",
+        *([SMOKE_NOTE, ""] if smoke else []),
+        RULE,
+        "",
+        *("| " + " | ".join(cell.replace("|", "/") for cell in row) + " |" for row in rows),
+        "",
+        NOTES,
+        "",
+    ]
     for figure in FIGURES.values():
         lines += figure_section(out, figure, commands or {})
     lines += provenance_section(started, seconds)

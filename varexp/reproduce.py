@@ -76,10 +76,14 @@ class ReproduceOptions:
     """`varexp reproduce`'s own keys (the `reproduce:` section)."""
 
     preset: str = choice("quick", SCALES)  # the scale, set by experiment=quick|paper
-    figures: list[str] = option(factory=lambda: list(FIGURES), test=_figures,
-                                text="must be a non-empty list from " + ", ".join(FIGURES))
-    extra: list[str] = option(factory=list, test=_overrides,
-                              text="must be a list of overrides, e.g. [device=cuda]")
+    figures: list[str] = option(
+        factory=lambda: list(FIGURES),
+        test=_figures,
+        text="must be a non-empty list from " + ", ".join(FIGURES),
+    )
+    extra: list[str] = option(
+        factory=list, test=_overrides, text="must be a list of overrides, e.g. [device=cuda]"
+    )
     dry_run: bool = flag(False)  # print the steps without running them
 
 
@@ -118,14 +122,23 @@ def plan(cfg: DictConfig, out: Path) -> list[Step]:
     for figure in figures:
         for preset in figure.presets(scale):
             where = out / figure.name / preset
-            steps.append(Step(f"{figure.name}: {figure.command} experiment={preset}",
-                              [figure.command, f"experiment={preset}",
-                               f"hydra.sweep.dir={where}"], where))
+            steps.append(
+                Step(
+                    f"{figure.name}: {figure.command} experiment={preset}",
+                    [figure.command, f"experiment={preset}", f"hydra.sweep.dir={where}"],
+                    where,
+                )
+            )
     for figure in figures:
         where = out / "figures" / figure.name
-        steps.append(Step(f"plot {figure.name}",
-                          ["plot", figure.name, f"results={out / figure.name}"], where,
-                          always=True))
+        steps.append(
+            Step(
+                f"plot {figure.name}",
+                ["plot", figure.name, f"results={out / figure.name}"],
+                where,
+                always=True,
+            )
+        )
     return [
         Step(s.name, [*s.args, f"hydra.run.dir={s.out}", *extra], s.out, s.always) for s in steps
     ]
@@ -137,8 +150,10 @@ def execute(step: Step) -> None:
     command = [sys.executable, "-m", "varexp", *step.args, "overwrite=true"]
     log.info("%s: %s", step.name, step.command)
     if subprocess.run(command).returncode != 0:
-        raise VarexpError(f"step '{step.name}' failed (its log is under {step.out}); fix it and "
-                          "rerun the same command: finished steps are kept")
+        raise VarexpError(
+            f"step '{step.name}' failed (its log is under {step.out}); fix it and "
+            "rerun the same command: finished steps are kept"
+        )
     with atomic_path(step.out / DONE) as tmp:
         tmp.write_text(step.recorded + "\n", encoding="utf-8")
 
@@ -155,7 +170,7 @@ def run(cfg: DictConfig) -> None:
 
 def show(steps: list[Step]) -> None:
     for i, step in enumerate(steps, 1):
-        status = ("done, reused" if step.done else CHANGED if step.changed else "would run")
+        status = "done, reused" if step.done else CHANGED if step.changed else "would run"
         print(f"[{i}/{len(steps)}] {step.name} ({status})\n    {step.command}", flush=True)
 
 
@@ -169,6 +184,7 @@ def make(cfg: DictConfig, steps: list[Step], out: Path) -> None:
         if not step.done:
             execute(step)
     commands = {s.out: s.command for s in steps if not s.always}
-    report = write_report(out, cfg.reproduce.preset, commands, started,
-                          time.perf_counter() - start, smoke=smoke_run())
+    report = write_report(
+        out, cfg.reproduce.preset, commands, started, time.perf_counter() - start, smoke=smoke_run()
+    )
     print(f"reproduce: {report}")

@@ -117,13 +117,18 @@ class Workspace:
     def __init__(self) -> None:
         self.buffers: dict[str, Tensor] = {}
 
-    def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype,
-            device: torch.device) -> Tensor:
+    def get(
+        self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
+    ) -> Tensor:
         """An uninitialized array `name` of `shape`, in memory kept under that name."""
         numel = math.prod(shape)
         buffer = self.buffers.get(name)
-        if buffer is None or buffer.numel() < numel or buffer.dtype != dtype \
-                or buffer.device != device:
+        if (
+            buffer is None
+            or buffer.numel() < numel
+            or buffer.dtype != dtype
+            or buffer.device != device
+        ):
             buffer = self.buffers[name] = torch.empty(numel, dtype=dtype, device=device)
         return buffer[:numel].view(shape)
 
@@ -179,17 +184,22 @@ def layer_stats(u: Tensor, space: Workspace) -> dict[str, Tensor]:
     # float32 squares stay finite as long as u is (deep layers of a large init.gain)
     exponent = mean_sq.sqrt().log2().floor().clamp(min=0).nan_to_num(posinf=0)
     scale = torch.exp2(-exponent).to(u.dtype)[:, None, None]
-    squares = torch.addcmul(mean.mul(scale).neg_(), u, scale,
-                            out=space.get("squares", u.shape, u.dtype, u.device)).square_()
+    squares = torch.addcmul(
+        mean.mul(scale).neg_(), u, scale, out=space.get("squares", u.shape, u.dtype, u.device)
+    ).square_()
     unscale = torch.exp2(2 * exponent)
     variance = squares.mean(dim=2).double().mean(dim=1) * unscale
     distance = squares.sum(dim=1).double()
     ratio = (mean_sq / variance).sqrt()
     effective = distance.sum(dim=1).square() / distance.square().sum(dim=1)
     return {
-        "sample_mean_sq": mean_sq, "sample_var": variance, "ratio": ratio,
-        "second_moment": mean_sq + variance, "effective_samples": effective,
-        "sample_mean_sq_channel": mean_sq, "sample_var_channel": variance,
+        "sample_mean_sq": mean_sq,
+        "sample_var": variance,
+        "ratio": ratio,
+        "second_moment": mean_sq + variance,
+        "effective_samples": effective,
+        "sample_mean_sq_channel": mean_sq,
+        "sample_var_channel": variance,
         "ratio_channel": ratio,
     }
 
@@ -266,8 +276,13 @@ def sampled_mlps(
         U = torch.bmm(draws, R, out=store[index - 1 if grad else 0])
         maps = [normalizer(init, norm, part, eps) for part in U]
         layer = Layer(U, K, std, maps)
-        u = U if plain(layer) else torch.stack(
-            [part if m is None else m(part) for part, m in zip(U, maps, strict=True)])
+        u = (
+            U
+            if plain(layer)
+            else torch.stack(
+                [part if m is None else m(part) for part, m in zip(U, maps, strict=True)]
+            )
+        )
         stats.append(layer_stats(u, space))
         if index in keep_u:
             for i, part in enumerate(u):
@@ -280,9 +295,15 @@ def sampled_mlps(
     for i in range(count):
         rows = []
         for index, (layer_stat, g) in enumerate(zip(stats, grads, strict=True), 1):
-            rows.append(dict(layer=index, name=f"layer{index}", features=width,
-                             **{k: v[i] for k, v in layer_stat.items()},
-                             grad_sq=None if g is None else g[i]))
+            rows.append(
+                dict(
+                    layer=index,
+                    name=f"layer{index}",
+                    features=width,
+                    **{k: v[i] for k, v in layer_stat.items()},
+                    grad_sq=None if g is None else g[i],
+                )
+            )
         out.append((rows, kept[i]))
     return out
 
@@ -292,8 +313,13 @@ def check(stop: threading.Event | None) -> None:
         raise Stopped
 
 
-def _backward(layers: list[Layer], generators: Sequence, f: Callable[[Tensor], Tensor],
-              space: Workspace, stop: threading.Event | None) -> list[Tensor]:
+def _backward(
+    layers: list[Layer],
+    generators: Sequence,
+    f: Callable[[Tensor], Tensor],
+    space: Workspace,
+    stop: threading.Event | None,
+) -> list[Tensor]:
     """grad_sq per layer (per network), top down, sampling W^T g exactly (module docstring)."""
     top = layers[-1].U
     count, width, T = top.shape
@@ -305,17 +331,24 @@ def _backward(layers: list[Layer], generators: Sequence, f: Callable[[Tensor], T
         U = layer.U
         if isinstance(f, torch.nn.ReLU) and plain(layer):
             g_U = torch.ops.aten.threshold_backward.grad_input(
-                g_x, U, 0, grad_input=space.get("signal", U.shape, U.dtype, U.device))
+                g_x, U, 0, grad_input=space.get("signal", U.shape, U.dtype, U.device)
+            )
         else:
-            g_U = torch.stack([
-                backward_through(lambda V, m=m: f(V if m is None else m(V)), part, g)
-                for part, m, g in zip(U, layer.maps, g_x, strict=True)])
+            g_U = torch.stack(
+                [
+                    backward_through(lambda V, m=m: f(V if m is None else m(V)), part, g)
+                    for part, m, g in zip(U, layer.maps, g_x, strict=True)
+                ]
+            )
         X = activate(below, f, space)  # this layer's input
         F_g, _ = factor((g_U.mT @ g_U).double(), inverse=False)
         draws = normals(generators, space.get("draws", X.shape, X.dtype, X.device))
         # the new signal takes the memory of the one just used: g_x is no longer needed
-        Y = torch.bmm(draws, (layer.std * F_g.mT).to(X.dtype),
-                      out=space.get("back", X.shape, X.dtype, X.device))
+        Y = torch.bmm(
+            draws,
+            (layer.std * F_g.mT).to(X.dtype),
+            out=space.get("back", X.shape, X.dtype, X.device),
+        )
         P = layer.K @ ((U.mT @ g_U).double() - (X.mT @ Y).double())
         g_x = Y.baddbmm_(X, P.to(X.dtype))
         out.append(mean_square(g_x))
@@ -350,8 +383,9 @@ def sampled_mlp(
     norm: str | None = None,
 ) -> tuple[list[dict], dict[int, Tensor]]:
     """One random MLP: sampled_mlps for the single generator `generator`."""
-    return sampled_mlps(x, depth, width, [generator], activation, init, gain, eps, grad, keep_u,
-                        norm)[0]
+    return sampled_mlps(
+        x, depth, width, [generator], activation, init, gain, eps, grad, keep_u, norm
+    )[0]
 
 
 # On the CPU up to CPU_MAX_BATCH networks per batch, fewer where their arrays would exceed
@@ -411,8 +445,15 @@ def sampled_probe(
     def run(chunk: range) -> list:
         if not hasattr(local, "workspace"):
             local.workspace = Workspace()
-        out = sampled_mlps(x, depth, width, [generators[i] for i in chunk], stop=stop,
-                           workspace=local.workspace, **options)
+        out = sampled_mlps(
+            x,
+            depth,
+            width,
+            [generators[i] for i in chunk],
+            stop=stop,
+            workspace=local.workspace,
+            **options,
+        )
         return [(i, rows, kept) for i, (rows, kept) in zip(chunk, out, strict=True)]
 
     if not cpu:

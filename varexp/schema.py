@@ -46,17 +46,20 @@ class Allowed:
         if self.kind == "boolean":
             return isinstance(value, bool)
         if self.kind in ("integer", "number"):
-            if isinstance(value, bool) or not isinstance(value, int if self.kind == "integer"
-                                                         else int | float):
+            if isinstance(value, bool) or not isinstance(
+                value, int if self.kind == "integer" else int | float
+            ):
                 return False
             return math.isfinite(value) and self._in_range(value)
         return self.test is None or self.test(value)
 
     def _in_range(self, v: float) -> bool:
-        return ((self.minimum is None or v >= self.minimum)
-                and (self.above is None or v > self.above)
-                and (self.maximum is None or v <= self.maximum)
-                and (self.below is None or v < self.below))
+        return (
+            (self.minimum is None or v >= self.minimum)
+            and (self.above is None or v > self.above)
+            and (self.maximum is None or v <= self.maximum)
+            and (self.below is None or v < self.below)
+        )
 
     def __str__(self) -> str:
         if self.text is not None:
@@ -66,13 +69,26 @@ class Allowed:
         elif self.kind == "boolean":
             words = "must be true or false"
         elif self.kind == "integer":
-            words = (f"must be an integer in {self.minimum:.0f}..{self.maximum:.0f}"
-                     if self.maximum is not None else f"must be an integer >= {self.minimum:.0f}")
+            words = (
+                f"must be an integer in {self.minimum:.0f}..{self.maximum:.0f}"
+                if self.maximum is not None
+                else f"must be an integer >= {self.minimum:.0f}"
+            )
         else:
-            low = (f"[{self.minimum:g}" if self.minimum is not None
-                   else f"({self.above:g}" if self.above is not None else None)
-            high = (f"{self.maximum:g}]" if self.maximum is not None
-                    else f"{self.below:g})" if self.below is not None else None)
+            low = (
+                f"[{self.minimum:g}"
+                if self.minimum is not None
+                else f"({self.above:g}"
+                if self.above is not None
+                else None
+            )
+            high = (
+                f"{self.maximum:g}]"
+                if self.maximum is not None
+                else f"{self.below:g})"
+                if self.below is not None
+                else None
+            )
             if low and high:
                 words = f"must be a number in {low}, {high}"
             elif low:
@@ -95,18 +111,33 @@ def option(default: object = dataclasses.MISSING, *, factory=None, **allowed: ob
     return field(default=default, metadata=metadata)
 
 
-def integer(default: int | None, minimum: int = 1, maximum: int | None = None,
-            none: bool = False) -> Any:
+def integer(
+    default: int | None, minimum: int = 1, maximum: int | None = None, none: bool = False
+) -> Any:
     return option(default, kind="integer", minimum=minimum, maximum=maximum, none=none)
 
 
-def number(default: float | None, *, above: float | None = 0.0, minimum: float | None = None,
-           maximum: float | None = None, below: float | None = None, none: bool = False) -> Any:
+def number(
+    default: float | None,
+    *,
+    above: float | None = 0.0,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    below: float | None = None,
+    none: bool = False,
+) -> Any:
     """A finite number; by default > 0."""
     if minimum is not None:
         above = None
-    return option(default, kind="number", above=above, minimum=minimum, maximum=maximum,
-                  below=below, none=none)
+    return option(
+        default,
+        kind="number",
+        above=above,
+        minimum=minimum,
+        maximum=maximum,
+        below=below,
+        none=none,
+    )
 
 
 def flag(default: bool) -> Any:
@@ -199,8 +230,11 @@ def spec_from(given: object, options: dict[str, type], group: str) -> object:
         return check_spec(given, f"{group}.")
     if isinstance(given, DictConfig) and spec_of(given) is not None:
         return check_spec(OmegaConf.to_object(given), f"{group}.")
-    mapping = (OmegaConf.to_container(given, resolve=True) if isinstance(given, DictConfig)
-               else dict(given))
+    mapping = (
+        OmegaConf.to_container(given, resolve=True)
+        if isinstance(given, DictConfig)
+        else dict(given)
+    )
     name = mapping.get("name")
     if name not in options:
         raise bad_value(f"{group}.name", name, "choose one of " + ", ".join(options))
@@ -208,8 +242,10 @@ def spec_from(given: object, options: dict[str, type], group: str) -> object:
     keys = [f.name for f in dataclasses.fields(spec)]
     for key in mapping:
         if key not in keys:
-            raise ConfigError(f"{group}.{key} is not an option of {group}={name}; options: "
-                              + ", ".join(k for k in keys if k != "name"))
+            raise ConfigError(
+                f"{group}.{key} is not an option of {group}={name}; options: "
+                + ", ".join(k for k in keys if k != "name")
+            )
     return check_spec(spec(**mapping), f"{group}.")
 
 
@@ -217,8 +253,9 @@ MAX_SEED = 2**32 - 1  # numpy's global generator takes no larger seed
 
 
 def _threads(value: object) -> bool:
-    return value == "auto" or (isinstance(value, int) and not isinstance(value, bool)
-                               and value >= 1)
+    return value == "auto" or (
+        isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    )
 
 
 @dataclass

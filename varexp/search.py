@@ -54,7 +54,7 @@ def sqlite_file(cfg: DictConfig) -> Path | None:
     storage = OmegaConf.select(cfg, "hydra.sweeper.storage", default=None)
     if not storage or not str(storage).startswith("sqlite:///"):
         return None
-    return Path(str(storage)[len("sqlite:///"):])
+    return Path(str(storage)[len("sqlite:///") :])
 
 
 def check(cfg: DictConfig) -> None:
@@ -65,8 +65,10 @@ def check(cfg: DictConfig) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise bad_value(f"hydra.sweeper.{key}", value, "must be an integer >= 1")
     if not sweeper.get("params"):
-        raise VarexpError("hydra.sweeper.params is empty: name a key to search, e.g. "
-                          "'optim.lr=tag(log, interval(1e-5, 1e-1))'")
+        raise VarexpError(
+            "hydra.sweeper.params is empty: name a key to search, e.g. "
+            "'optim.lr=tag(log, interval(1e-5, 1e-1))'"
+        )
     path = sqlite_file(cfg)
     if path is not None and path.exists():
         _open(cfg)  # a damaged database is one line here, not a traceback in the sweeper
@@ -87,8 +89,10 @@ def _open(cfg: DictConfig):
         return None
     except Exception as error:  # sqlite3 / SQLAlchemy errors: not a database, locked, ...
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise VarexpError(f"{path}: not a readable Optuna study ({reason[:160]}); move it away "
-                          "to start the search afresh") from None
+        raise VarexpError(
+            f"{path}: not a readable Optuna study ({reason[:160]}); move it away "
+            "to start the search afresh"
+        ) from None
 
 
 def counts(study) -> tuple[int, int]:
@@ -108,18 +112,22 @@ def trials_to_run(cfg: DictConfig) -> int:
     """The trials a launch of the search runs: hydra.sweeper.n_trials less those finished."""
     path = sqlite_file(cfg)
     study = _open(cfg) if path is not None and path.exists() else None
-    return max(0, int(cfg.hydra.sweeper.n_trials) - (counts(study)[0] if study is not None
-                                                      else 0))
+    return max(0, int(cfg.hydra.sweeper.n_trials) - (counts(study)[0] if study is not None else 0))
 
 
 def describe(cfg: DictConfig) -> str:
     """The search this config would run (for --help)."""
     sweeper = cfg.hydra.sweeper
     space = " ".join(f"{k}={v}" for k, v in (sweeper.params or {}).items())
-    kept = (f"the study in {sqlite_file(cfg)}: the same command again continues it"
-            if sqlite_file(cfg) else "the study in memory only")
-    return (f"Optuna search ({sweeper.n_trials} trials, {sweeper.n_jobs} at a time, into "
-            f"{cfg.hydra.sweep.dir}/): {space}; {kept}")
+    kept = (
+        f"the study in {sqlite_file(cfg)}: the same command again continues it"
+        if sqlite_file(cfg)
+        else "the study in memory only"
+    )
+    return (
+        f"Optuna search ({sweeper.n_trials} trials, {sweeper.n_jobs} at a time, into "
+        f"{cfg.hydra.sweep.dir}/): {space}; {kept}"
+    )
 
 
 def search_space(line: CommandLine) -> dict[str, str]:
@@ -128,7 +136,8 @@ def search_space(line: CommandLine) -> dict[str, str]:
 
     space = {str(k): str(v) for k, v in (line.cfg.hydra.sweeper.params or {}).items()}
     for override in OverridesParser.create().parse_overrides(
-            [o for o in line.overrides if not o.startswith("-")]):
+        [o for o in line.overrides if not o.startswith("-")]
+    ):
         if override.is_sweep_override():
             space[override.key_or_group] = override.input_line.split("=", 1)[1]
     return space
@@ -150,15 +159,25 @@ def announce(line: CommandLine) -> None:
     total = int(sweeper.n_trials)
     study = _open(cfg) if sqlite_file(cfg) is not None and sqlite_file(cfg).exists() else None
     finished, stopped = counts(study) if study is not None else (0, 0)
-    print(f"varexp {line.command}: Optuna search ({sweeper.direction} the mean training loss) "
-          f"into {cfg.hydra.sweep.dir}/", flush=True)
+    print(
+        f"varexp {line.command}: Optuna search ({sweeper.direction} the mean training loss) "
+        f"into {cfg.hydra.sweep.dir}/",
+        flush=True,
+    )
     print(f"  searching: {space.strip()}", flush=True)
-    where = f"study '{sweeper.study_name}' in {sqlite_file(cfg)}" if sqlite_file(cfg) else \
-        "study in memory only (hydra.sweeper.storage is not sqlite:///...): not resumable"
-    done = (f"; {finished} finished there already" if finished else "") + \
-        (f", {stopped} stopped mid-run (asked again)" if stopped else "")
-    print(f"  trials: {total} in all, {min(total, max(0, total - finished))} to run, "
-          f"{sweeper.n_jobs} at a time{done}; {where}", flush=True)
+    where = (
+        f"study '{sweeper.study_name}' in {sqlite_file(cfg)}"
+        if sqlite_file(cfg)
+        else "study in memory only (hydra.sweeper.storage is not sqlite:///...): not resumable"
+    )
+    done = (f"; {finished} finished there already" if finished else "") + (
+        f", {stopped} stopped mid-run (asked again)" if stopped else ""
+    )
+    print(
+        f"  trials: {total} in all, {min(total, max(0, total - finished))} to run, "
+        f"{sweeper.n_jobs} at a time{done}; {where}",
+        flush=True,
+    )
     if sqlite_file(cfg):
         print("  Ctrl-C stops it; the same command again continues the study", flush=True)
     if OmegaConf.select(cfg, "sweep.dry_run", default=False):
@@ -172,9 +191,12 @@ def stopped_hint(error: Exception) -> str:
 
     from varexp.train import Stopped
 
-    if isinstance(error, Stopped) and HydraConfig.initialized() and \
-            trials_at_once(HydraConfig.get()) and \
-            str(HydraConfig.get().sweeper.get("storage") or "").startswith("sqlite:///"):
+    if (
+        isinstance(error, Stopped)
+        and HydraConfig.initialized()
+        and trials_at_once(HydraConfig.get())
+        and str(HydraConfig.get().sweeper.get("storage") or "").startswith("sqlite:///")
+    ):
         return "; the same command again continues the search"
     return ""
 
@@ -220,8 +242,9 @@ class Scored(dict):
         from varexp.train import objective
 
         if self.get("status") not in ("completed", "diverged"):
-            raise ValueError(f"the run in {self.run_dir} did not finish: "
-                             f"{self.get('error', self.get('status'))}")
+            raise ValueError(
+                f"the run in {self.run_dir} did not finish: {self.get('error', self.get('status'))}"
+            )
         return objective(Path(self.run_dir), self)
 
 
@@ -231,12 +254,20 @@ def trials_table(study) -> pd.DataFrame:
     rows = []
     for trial in study.get_trials(deepcopy=False):
         state = INTERRUPTED if trial.user_attrs.get(INTERRUPTED) else trial.state.name.lower()
-        seconds = (trial.datetime_complete - trial.datetime_start).total_seconds() \
-            if trial.datetime_complete and trial.datetime_start and state != INTERRUPTED \
+        seconds = (
+            (trial.datetime_complete - trial.datetime_start).total_seconds()
+            if trial.datetime_complete and trial.datetime_start and state != INTERRUPTED
             else math.nan
-        rows.append({"trial": trial.number, "state": state,
-                     "value": math.nan if trial.value is None else trial.value,
-                     "seconds": round(seconds, 1), **trial.params})
+        )
+        rows.append(
+            {
+                "trial": trial.number,
+                "state": state,
+                "value": math.nan if trial.value is None else trial.value,
+                "seconds": round(seconds, 1),
+                **trial.params,
+            }
+        )
     return pd.DataFrame(rows, columns=list(TRIALS.columns)) if not rows else pd.DataFrame(rows)
 
 
@@ -254,5 +285,6 @@ class SearchTrials(Callback):
         path = write_csv(table, Path(config.hydra.sweep.dir) / TRIALS.file)
         states = table["state"].value_counts()
         told = ", ".join(f"{n} {s}" for s, n in states.items())
-        print(f"search: {len(table)} trials ({told}) in {sqlite_file(config)} -> {path}",
-              flush=True)
+        print(
+            f"search: {len(table)} trials ({told}) in {sqlite_file(config)} -> {path}", flush=True
+        )

@@ -16,8 +16,16 @@ from torch.autograd.graph import GradientEdge, get_gradient_edge
 from varexp.errors import VarexpError
 from varexp.models.base import WeightLayer, batch_statistics, weight_layers
 
-STAT_NAMES = ("sample_mean_sq", "sample_var", "ratio", "second_moment", "effective_samples",
-              "sample_mean_sq_channel", "sample_var_channel", "ratio_channel")
+STAT_NAMES = (
+    "sample_mean_sq",
+    "sample_var",
+    "ratio",
+    "second_moment",
+    "effective_samples",
+    "sample_mean_sq_channel",
+    "sample_var_channel",
+    "ratio_channel",
+)
 
 
 CHUNK = 2**22  # elements of u converted to float64 at a time
@@ -43,7 +51,7 @@ def sample_stats(u: Tensor, channels_last: bool = False) -> dict[str, Tensor]:
     step = max(1, CHUNK // samples)
     means, variances, distance = [], [], None
     for start in range(0, flat.shape[1], step):
-        part = flat[:, start:start + step].to(torch.float64, copy=True)
+        part = flat[:, start : start + step].to(torch.float64, copy=True)
         part_mean = part.mean(dim=0)
         # centre before squaring: in deep Kaiming layers <u>^2 dwarfs the variance (Sec. 3)
         squares = part.sub_(part_mean).square_()
@@ -95,8 +103,13 @@ class Recorder:
     op's result, while the edge stays the unit's output. No activation outlives the pass.
     """
 
-    def __init__(self, model: nn.Module, keep_u: Sequence[int] = (), keep_x: bool = True,
-                 layers: Sequence[WeightLayer] | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        keep_u: Sequence[int] = (),
+        keep_x: bool = True,
+        layers: Sequence[WeightLayer] | None = None,
+    ):
         self.layers = list(layers) if layers is not None else weight_layers(model)
         # a Linear layer's features are its output's last dim (tokens come before them)
         self.weights = {wl.index: wl.module for wl in self.layers}
@@ -156,8 +169,10 @@ def grad_sq(
     per call. Returns a float64 tensor of shape (len(xs),).
     """
     if not isinstance(output, Tensor):
-        raise VarexpError(f"the model returns a {type(output).__name__}, not one tensor: the "
-                          "gradient probe needs its output (probe with grad=False, or wrap it)")
+        raise VarexpError(
+            f"the model returns a {type(output).__name__}, not one tensor: the "
+            "gradient probe needs its output (probe with grad=False, or wrap it)"
+        )
     w = torch.randn(output.shape[1:], generator=generator, device=output.device, dtype=output.dtype)
     loss = (output * w).sum()
     grads = torch.autograd.grad(loss, list(xs))
@@ -197,14 +212,22 @@ def network_stats(
         if grad:
             outside = [wl.name for wl in ran if wl.index not in rec.x]
             if outside:
-                raise VarexpError(f"layer {outside[0]}: its output needs no gradient (nothing "
-                                  "before it requires grad); probe with grad=False")
+                raise VarexpError(
+                    f"layer {outside[0]}: its output needs no gradient (nothing "
+                    "before it requires grad); probe with grad=False"
+                )
         g = grad_sq(output, [rec.x[wl.index] for wl in ran], generator) if grad else None
     rows = []
     for i, wl in enumerate(ran):
         rows.append(
-            dict(layer=i + 1, name=wl.name, features=rec.features[wl.index],
-                 **rec.stats[wl.index], grad_sq=None if g is None else g[i],
-                 calls=rec.calls[wl.index], module=wl.module)
+            dict(
+                layer=i + 1,
+                name=wl.name,
+                features=rec.features[wl.index],
+                **rec.stats[wl.index],
+                grad_sq=None if g is None else g[i],
+                calls=rec.calls[wl.index],
+                module=wl.module,
+            )
         )
     return rows, rec.u

@@ -73,8 +73,12 @@ def output_closed(command: str) -> NoReturn:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
     with suppress(OSError, ValueError):
-        print(f"varexp {command}: stopped: its output was closed (the reader of the pipe, such "
-              "as `head`, has ended)", file=sys.stderr, flush=True)
+        print(
+            f"varexp {command}: stopped: its output was closed (the reader of the pipe, such "
+            "as `head`, has ended)",
+            file=sys.stderr,
+            flush=True,
+        )
     sys.exit(141)
 
 
@@ -140,8 +144,7 @@ def _children() -> list[int]:
         for entry in os.scandir("/proc"):
             if entry.name.isdigit():
                 with suppress(OSError, IndexError, ValueError):
-                    with open(f"/proc/{entry.name}/stat", encoding="ascii",
-                              errors="replace") as f:
+                    with open(f"/proc/{entry.name}/stat", encoding="ascii", errors="replace") as f:
                         if int(f.read().rsplit(")", 1)[1].split()[1]) == me:
                             found.append(int(entry.name))
     return found
@@ -192,8 +195,11 @@ def interrupted(error: BaseException) -> bool:
     raised after a Ctrl-C reached a training run (the same key press also ends the terminal's
     other processes, e.g. torch.compile's C++ compiler, whose error then surfaces instead)."""
     train = sys.modules.get("varexp.train")
-    return isinstance(error, KeyboardInterrupt) or _ctrl_c or (
-        train is not None and isinstance(error, train.Interrupted))
+    return (
+        isinstance(error, KeyboardInterrupt)
+        or _ctrl_c
+        or (train is not None and isinstance(error, train.Interrupted))
+    )
 
 
 def run_benchmark(main: Callable[[], object]) -> None:
@@ -205,6 +211,9 @@ def run_benchmark(main: Callable[[], object]) -> None:
     except BaseException as error:
         if not interrupted(error):
             raise
-        print(f"{Path(sys.argv[0]).stem}: interrupted; the rows printed above are complete",
-              file=sys.stderr, flush=True)
+        print(
+            f"{Path(sys.argv[0]).stem}: interrupted; the rows printed above are complete",
+            file=sys.stderr,
+            flush=True,
+        )
         sys.exit(130)

@@ -72,8 +72,17 @@ log = logging.getLogger("varexp.sweep")
 PLAN = ".plan.json"  # the launch: its id, start time and jobs (folder and config of each)
 OUTCOMES = ".launch"  # <job number>.json: how each job of the launch ended
 # overrides that change what one training step costs; the rest (init, optim, lr, seed) barely do
-TASK_KEYS = ("task", "arch", "dataset", "train.batch_size", "arch.channels", "arch.width",
-             "arch.depth", "dataset.crop", "device")
+TASK_KEYS = (
+    "task",
+    "arch",
+    "dataset",
+    "train.batch_size",
+    "arch.channels",
+    "arch.width",
+    "arch.depth",
+    "dataset.crop",
+    "device",
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -90,9 +99,14 @@ def selection_fraction(cfg: DictConfig) -> float:
 
 
 def _grid(value: object) -> bool:
-    return isinstance(value, list) and bool(value) and all(
-        not isinstance(lr, bool) and isinstance(lr, int | float) and 0 < lr < math.inf
-        for lr in value)
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(
+            not isinstance(lr, bool) and isinstance(lr, int | float) and 0 < lr < math.inf
+            for lr in value
+        )
+    )
 
 
 def _grids(value: object) -> bool:
@@ -108,7 +122,9 @@ class SweepOptions:
     # grid, so the sweep runs over lr_index and optim.lr picks lr_grid.<optimizer>[lr_index].
     lr_grid: dict[str, list[float]] = option(
         factory=lambda: {"sgd": [3e-4, 1e-3, 3e-3, 1e-2], "adam": [3e-5, 1e-4, 3e-4, 1e-3]},
-        test=_grids, text="must map each optimizer to a non-empty list of learning rates > 0")
+        test=_grids,
+        text="must map each optimizer to a non-empty list of learning rates > 0",
+    )
     lr_index: int = integer(0, minimum=0)
     # selected.csv: per arch, dataset, init and optimizer, the lr with the lowest training loss
     # averaged over seeds and over the whole run (auc: the area under the loss curve, the
@@ -130,17 +146,22 @@ store("section", "sweep", SweepOptions)
 def check_sweep(cfg: DictConfig) -> None:
     """The sweep's own keys, and lr_index within the chosen optimizer's grid."""
     grids = cfg.sweep.get("lr_grid")
-    for optim, grid in (grids.items() if isinstance(grids, DictConfig) else ()):
+    for optim, grid in grids.items() if isinstance(grids, DictConfig) else ():
         grid = OmegaConf.to_container(grid) if isinstance(grid, ListConfig) else grid
         if not _grid(grid):
-            raise bad_value(f"sweep.lr_grid.{optim}", grid,
-                            "must be a non-empty list of learning rates > 0")
+            raise bad_value(
+                f"sweep.lr_grid.{optim}", grid, "must be a non-empty list of learning rates > 0"
+            )
     validate(cfg.sweep, prefix="sweep.")
     index, optim = cfg.sweep.lr_index, cfg.optim.name
     grid = cfg.sweep.lr_grid.get(optim)
     if grid is not None and index >= len(grid):
-        raise bad_value("sweep.lr_index", index, f"must be an integer in 0..{len(grid) - 1} "
-                        f"(sweep.lr_grid.{optim} has {len(grid)} learning rates)")
+        raise bad_value(
+            "sweep.lr_index",
+            index,
+            f"must be an integer in 0..{len(grid) - 1} "
+            f"(sweep.lr_grid.{optim} has {len(grid)} learning rates)",
+        )
 
 
 def check(cfg: DictConfig) -> None:
@@ -172,11 +193,12 @@ def describe(cfg: DictConfig) -> str:
         return compose_config("sweep", [o for o in typed if key_of(o) not in keys] + jobs[i])
 
     packs = sweep_plan(cfg, jobs, config_of)
-    return (f"grid ({len(jobs)} runs into {cfg.hydra.sweep.dir}/): {grid_text(jobs)}\n"
-            f"packs (sweep.pack={cfg.sweep.pack}): {packs.text()}\n"
-            "narrow it with e.g. seed=0 optim=adam; sweep.dry_run=true prints the plan and a "
-            "time estimate and runs nothing")
-
+    return (
+        f"grid ({len(jobs)} runs into {cfg.hydra.sweep.dir}/): {grid_text(jobs)}\n"
+        f"packs (sweep.pack={cfg.sweep.pack}): {packs.text()}\n"
+        "narrow it with e.g. seed=0 optim=adam; sweep.dry_run=true prints the plan and a "
+        "time estimate and runs nothing"
+    )
 
 
 def parallel(cfg: DictConfig, runs: int) -> int:
@@ -196,16 +218,22 @@ def announce(line) -> None:
     finished = [f for f in line.folders() if nothing_left(f, int(cfg.train.steps))]
     packs = sweep_plan(cfg, jobs, lambda i: line.configs[i])
     side_by_side = parallel(cfg, len(packs.packs))
-    print(f"varexp sweep: {len(jobs)} runs into {sweep_dir}/ ({launcher(cfg)} launcher, "
-          f"{side_by_side} {'job' if packs.packed else 'run'}{'s' * (side_by_side > 1)} at a "
-          "time)", flush=True)
+    print(
+        f"varexp sweep: {len(jobs)} runs into {sweep_dir}/ ({launcher(cfg)} launcher, "
+        f"{side_by_side} {'job' if packs.packed else 'run'}{'s' * (side_by_side > 1)} at a "
+        "time)",
+        flush=True,
+    )
     print(f"  grid: {grid_text(jobs)}", flush=True)
     print(f"  packs (sweep.pack={cfg.sweep.pack}): {packs.text()}", flush=True)
     if finished:
         print(f"  {len(finished)} finished run(s) there already: skipped", flush=True)
     if cfg.sweep.estimate:
-        told = (pack_job.estimate(line, packs, len(jobs) - len(finished), side_by_side)
-                if packs.packed else estimate(line, len(jobs) - len(finished), side_by_side))
+        told = (
+            pack_job.estimate(line, packs, len(jobs) - len(finished), side_by_side)
+            if packs.packed
+            else estimate(line, len(jobs) - len(finished), side_by_side)
+        )
         print(f"  time: {told}", flush=True)
     if cfg.sweep.dry_run:
         print("sweep.dry_run=true: nothing was run")
@@ -236,19 +264,20 @@ def estimate(line, remaining: int, side_by_side: int) -> str:
         per_run.append((fixed + steps * step, fixed, step, job))
     mean_run = sum(p[0] for p in per_run) / len(per_run)
     total = mean_run * remaining / side_by_side
-    detail = "; ".join(f"{fixed:.1f} s + {int(cfg.train.steps)} x {step * 1e3:.1f} ms per run"
-                       + (f" ({' '.join(o for o in job if o.startswith('task='))})"
-                          if len(per_run) > 1 else "")
-                       for _, fixed, step, job in per_run)
+    detail = "; ".join(
+        f"{fixed:.1f} s + {int(cfg.train.steps)} x {step * 1e3:.1f} ms per run"
+        + (f" ({' '.join(o for o in job if o.startswith('task='))})" if len(per_run) > 1 else "")
+        for _, fixed, step, job in per_run
+    )
     device = resolve_device(str(cfg.device))
-    return (f"about {duration(total)} for {remaining} runs ({detail}; measured just now on "
-            f"{device}, {torch_threads} thread(s) per run)")
+    return (
+        f"about {duration(total)} for {remaining} runs ({detail}; measured just now on "
+        f"{device}, {torch_threads} thread(s) per run)"
+    )
 
 
 def calibrate(cfg: DictConfig, threads: int, steps: int = 6) -> tuple[float, float]:
     """(seconds outside the training loop, seconds per step) of a short run of `cfg`."""
-
-
 
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -275,8 +304,10 @@ def nothing_left(run_dir: Path, steps: int) -> bool:
     """Whether a run folder holds a run that diverged, or completed `steps` steps, with its
     metrics.csv intact (a damaged one is rewritten or trained again)."""
     summary = read_summary(run_dir) or {}
-    if not (summary.get("status") == "diverged" or (summary.get("status") == "completed"
-                                                    and summary.get("train_steps") == steps)):
+    if not (
+        summary.get("status") == "diverged"
+        or (summary.get("status") == "completed" and summary.get("train_steps") == steps)
+    ):
         return False
     try:
         METRICS.read_run(run_dir, summary)
@@ -318,8 +349,14 @@ def report_progress(sweep_dir: Path) -> None:
     elapsed = time.time() - plan["started"]
     left = max(0, plan["runs"] - ended)
     eta = f", about {duration(elapsed / ended * left)} left" if ended and left else ""
-    log.info("sweep: %d/%d runs done%s, %s elapsed%s", ended, plan["runs"],
-             f" ({failed} failed)" if failed else "", duration(elapsed), eta)
+    log.info(
+        "sweep: %d/%d runs done%s, %s elapsed%s",
+        ended,
+        plan["runs"],
+        f" ({failed} failed)" if failed else "",
+        duration(elapsed),
+        eta,
+    )
 
 
 def prepare(line) -> None:
@@ -327,15 +364,25 @@ def prepare(line) -> None:
     (every job's row); outcomes of an earlier launch are cleared."""
     sweep_dir = Path(line.output_dir)
     searched = searching(line.cfg)  # an Optuna search picks its runs as it goes: no job list
-    jobs = [] if searched else [
-        {"run_dir": relative(folder, sweep_dir),
-         "identity": results.identity("train", job_cfg)}
-        for folder, job_cfg in zip(line.folders(), line.configs, strict=True)]
+    jobs = (
+        []
+        if searched
+        else [
+            {"run_dir": relative(folder, sweep_dir), "identity": results.identity("train", job_cfg)}
+            for folder, job_cfg in zip(line.folders(), line.configs, strict=True)
+        ]
+    )
     shutil.rmtree(sweep_dir / OUTCOMES, ignore_errors=True)
-    write_json({"launch": f"{time.time():.6f}-{os.getpid()}", "started": time.time(),
-                "runs": trials_to_run(line.cfg) if searched else len(jobs),
-                "train_steps": int(line.cfg.train.steps), **({} if searched else {"jobs": jobs})},
-               sweep_dir / PLAN)
+    write_json(
+        {
+            "launch": f"{time.time():.6f}-{os.getpid()}",
+            "started": time.time(),
+            "runs": trials_to_run(line.cfg) if searched else len(jobs),
+            "train_steps": int(line.cfg.train.steps),
+            **({} if searched else {"jobs": jobs}),
+        },
+        sweep_dir / PLAN,
+    )
 
 
 def relative(folder: Path, sweep_dir: Path) -> str:
@@ -358,8 +405,9 @@ def job_number(plan: dict, rel: str, number: int) -> int:
     return number if not mine or number in mine else mine[0]
 
 
-def record_outcome(sweep_dir: Path, number: int, folder: Path, status: str,
-                   error: str | None) -> None:
+def record_outcome(
+    sweep_dir: Path, number: int, folder: Path, status: str, error: str | None
+) -> None:
     """How job `number` of the launch ended (status, and why it failed); a run folder that the
     plan lists is recorded under the plan's number of its job."""
     plan = read_plan(sweep_dir)
@@ -411,8 +459,7 @@ def run(cfg: DictConfig) -> dict | list[dict]:
             report_progress(sweep_dir)
     status, reason = "failed", "ended without a result"
     try:
-        with results.claim("sweep", cfg, accept=lambda run_dir: accept(cfg, run_dir)) as \
-                run_dir:
+        with results.claim("sweep", cfg, accept=lambda run_dir: accept(cfg, run_dir)) as run_dir:
             summary = run_job(cfg, run_dir)
         status, reason = summary["status"], summary.get("error")
         return Scored(summary, run_dir)  # an Optuna search reads its score
@@ -450,10 +497,16 @@ def finished_intact(cfg: DictConfig, run_dir: Path) -> dict | None:
         return summary
     except VarexpError as damage:
         if not checkpoint_path(run_dir).exists():
-            moved = move_aside(run_dir, keep=(LOCK, results.RECORD, HYDRA_RECORD,
-                                              f"{HydraConfig.get().job.name}.log"))
-            log.warning("%s, and there is no checkpoint to rewrite it from: the run's "
-                        "files moved to %s, and it trains again", damage, moved)
+            moved = move_aside(
+                run_dir,
+                keep=(LOCK, results.RECORD, HYDRA_RECORD, f"{HydraConfig.get().job.name}.log"),
+            )
+            log.warning(
+                "%s, and there is no checkpoint to rewrite it from: the run's "
+                "files moved to %s, and it trains again",
+                damage,
+                moved,
+            )
     return None
 
 
@@ -499,11 +552,20 @@ def run_job(cfg: DictConfig, run_dir: Path) -> dict:
 
 def setting_row(rel: str, ident: dict) -> dict:
     """A sweep.csv row with a run's settings (from its identity) and nothing measured yet."""
-    return dict(arch=arch_label(ident.get("arch.name"), ident.get("arch.model")),
-                dataset=ident.get("dataset.name"), init=ident.get("init.name"),
-                optim=ident.get("optim.name"), lr=float(ident.get("optim.lr", np.nan)),
-                seed=ident.get("seed"), status="incomplete", steps=np.nan, final_loss=np.nan,
-                criterion=np.nan, seconds=np.nan, run_dir=rel)
+    return dict(
+        arch=arch_label(ident.get("arch.name"), ident.get("arch.model")),
+        dataset=ident.get("dataset.name"),
+        init=ident.get("init.name"),
+        optim=ident.get("optim.name"),
+        lr=float(ident.get("optim.lr", np.nan)),
+        seed=ident.get("seed"),
+        status="incomplete",
+        steps=np.nan,
+        final_loss=np.nan,
+        criterion=np.nan,
+        seconds=np.nan,
+        run_dir=rel,
+    )
 
 
 def run_row(run_dir: Path, sweep_dir: Path, ident: dict, fraction: float) -> dict:
@@ -513,9 +575,12 @@ def run_row(run_dir: Path, sweep_dir: Path, ident: dict, fraction: float) -> dic
     summary = read_summary(run_dir)
     if summary is None:
         return row
-    row.update(status=summary.get("status", "incomplete"),
-               final_loss=summary.get("final_loss", np.nan),
-               seconds=summary.get("seconds", np.nan), steps=summary.get("steps", np.nan))
+    row.update(
+        status=summary.get("status", "incomplete"),
+        final_loss=summary.get("final_loss", np.nan),
+        seconds=summary.get("seconds", np.nan),
+        steps=summary.get("steps", np.nan),
+    )
     if row["status"] == "completed":
         try:
             losses = METRICS.read_run(run_dir, summary)["loss"]
@@ -553,25 +618,32 @@ def sweep_table(sweep_dir: Path, fraction: float, plan: dict | None = None) -> p
             continue
         clash = [k for k, v in shared.items() if ident is None or ident.get(k, v) != v]
         if clash:
-            made = ", ".join(f"{k}={(ident or {}).get(k)!r} (the sweep's: {shared[k]!r})"
-                             for k in clash[:3])
+            made = ", ".join(
+                f"{k}={(ident or {}).get(k)!r} (the sweep's: {shared[k]!r})" for k in clash[:3]
+            )
             log.warning("%s left out of the tables: made with %s", run_dir, made)
             continue
         steps = (read_summary(run_dir) or {}).get("train_steps")
         if plan and steps is not None and steps != plan.get("train_steps"):
-            log.warning("%s left out of the tables: made with train.steps=%s, this launch's "
-                        "runs with %s", run_dir, steps, plan.get("train_steps"))
+            log.warning(
+                "%s left out of the tables: made with train.steps=%s, this launch's runs with %s",
+                run_dir,
+                steps,
+                plan.get("train_steps"),
+            )
             continue
         rows.append(run_row(run_dir, sweep_dir, ident, fraction))
     for rel, i in launched.items():
         job, outcome = plan["jobs"][i], outcomes.get(i)
         if outcome is None or outcome.get("status") not in FINISHED:
             row = setting_row(rel, job["identity"])
-            row["status"] = "incomplete" if (outcome or {}).get("status") == "incomplete" \
-                else "failed"
+            row["status"] = (
+                "incomplete" if (outcome or {}).get("status") == "incomplete" else "failed"
+            )
             if outcome is None:
-                log.error("%s: its job never said how it ended (its process died?)",
-                          sweep_dir / rel)
+                log.error(
+                    "%s: its job never said how it ended (its process died?)", sweep_dir / rel
+                )
         else:
             row = run_row(sweep_dir / rel, sweep_dir, job["identity"], fraction)
         rows.append(row)
@@ -592,15 +664,27 @@ def select(table: pd.DataFrame, fraction: float) -> pd.DataFrame:
             candidates.append((done["criterion"].mean(), lr, done))
         if not candidates:
             crashed = not group["status"].isin(FINISHED).any()
-            log.warning("%s: nothing selected: %s", ", ".join(map(str, key)),
-                        "no run finished" if crashed
-                        else "every learning rate diverged or did not finish on some seed")
+            log.warning(
+                "%s: nothing selected: %s",
+                ", ".join(map(str, key)),
+                "no run finished"
+                if crashed
+                else "every learning rate diverged or did not finish on some seed",
+            )
             continue
         value, lr, done = min(candidates, key=lambda c: c[0])
         std = done["criterion"].std(ddof=1) if len(done) > 1 else 0.0
-        rows.append(dict(zip(SETTING, key, strict=True), lr=lr, criterion=value, criterion_std=std,
-                         runs=len(done), select_fraction=fraction,
-                         lr_at_edge=lr_edge(lr, group.loc[group["status"].isin(FINISHED), "lr"])))
+        rows.append(
+            dict(
+                zip(SETTING, key, strict=True),
+                lr=lr,
+                criterion=value,
+                criterion_std=std,
+                runs=len(done),
+                select_fraction=fraction,
+                lr_at_edge=lr_edge(lr, group.loc[group["status"].isin(FINISHED), "lr"]),
+            )
+        )
     return pd.DataFrame(rows, columns=list(SELECTED.columns))
 
 
@@ -612,8 +696,9 @@ def lr_edge(lr: float, tried: pd.Series) -> str:
     return "both" if low and high else "low" if low else "high" if high else ""
 
 
-def write_tables(sweep_dir: str | Path, fraction: float,
-                 plan: dict | None = None) -> tuple[Path, Path]:
+def write_tables(
+    sweep_dir: str | Path, fraction: float, plan: dict | None = None
+) -> tuple[Path, Path]:
     """sweep.csv and selected.csv in sweep_dir, written atomically (with a launch's `plan`:
     sweep_table's rows for it)."""
     sweep_dir = Path(sweep_dir)
@@ -632,8 +717,9 @@ def write_provenance(sweep_dir: Path, config: DictConfig, runs: int) -> None:
     record = {
         "command": " ".join(["varexp sweep", *config.hydra.overrides.task]),
         "runs": runs,
-        "started": None if started is None else time.strftime(
-            "%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "started": None
+        if started is None
+        else time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "finished": provenance.now(),
         "seconds": None if started is None else round(time.time() - started, 1),
         **provenance.record(resolve_device(str(config.device))),
@@ -655,14 +741,21 @@ class SweepTables(Callback):
         except BrokenPipeError:  # the tables are written; only saying so failed
             output_closed("sweep")
         except OSError as error:
-            print(f"varexp sweep: could not write the tables in {sweep_dir} "
-                  f"({error.strerror or error}); free space (or fix the folder), then run the "
-                  "same command again: finished runs are kept", file=sys.stderr, flush=True)
+            print(
+                f"varexp sweep: could not write the tables in {sweep_dir} "
+                f"({error.strerror or error}); free space (or fix the folder), then run the "
+                "same command again: finished runs are kept",
+                file=sys.stderr,
+                flush=True,
+            )
             sys.exit(1)
         except Exception as error:  # any error here is the sweep's result, not a warning
             reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-            print(f"varexp sweep: the tables in {sweep_dir} could not be made: {reason}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"varexp sweep: the tables in {sweep_dir} could not be made: {reason}",
+                file=sys.stderr,
+                flush=True,
+            )
             sys.exit(1)
 
     def report(self, config: DictConfig, sweep_dir: Path) -> None:
@@ -676,21 +769,27 @@ class SweepTables(Callback):
         write_provenance(sweep_dir, config, len(table))
         counts = table["status"].value_counts()
         order = [*FINISHED, "failed", "damaged", "incomplete"]
-        told = ", ".join(f"{counts[s]} {s}" for s in sorted(
-            counts.index, key=lambda s: order.index(s) if s in order else len(order)))
+        told = ", ".join(
+            f"{counts[s]} {s}"
+            for s in sorted(
+                counts.index, key=lambda s: order.index(s) if s in order else len(order)
+            )
+        )
         print(f"sweep: {len(table)} runs ({told}) -> {sweep_csv}, {selected_csv}", flush=True)
         selected = SELECTED.read(selected_csv, allow_empty=True)
         print(best_settings(table, selected, config.sweep.select), flush=True)
         if not selected.empty:
             print(f"next: varexp plot figure4 {typed_override('results', sweep_dir)}", flush=True)
-        mine = table[table["run_dir"].isin([j["run_dir"] for j in plan["jobs"]])] if plan \
-            else table
+        mine = table[table["run_dir"].isin([j["run_dir"] for j in plan["jobs"]])] if plan else table
         bad = mine[~mine["status"].isin(FINISHED)]
         if not bad.empty:
             logs = [str(sweep_dir / d / f"{config.hydra.job.name}.log") for d in bad["run_dir"]]
             shown = ", ".join(logs[:3]) + (f" and {len(logs) - 3} more" if len(logs) > 3 else "")
-            print(f"varexp sweep: {len(bad)} of {len(mine)} runs did not finish; see {shown}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"varexp sweep: {len(bad)} of {len(mine)} runs did not finish; see {shown}",
+                file=sys.stderr,
+                flush=True,
+            )
             sys.exit(1)
 
 

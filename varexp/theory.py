@@ -201,9 +201,10 @@ def recursion(
     moments = Moments(act, closed_form, points)
     law = centred if norm == "batchnorm" else INITS[init].mean_field
     if law is None:
-        raise VarexpError(f"init={init} has no mean-field law (it keeps the model's own init); "
-                          "choose one of " + ", ".join(n for n, i in INITS.items()
-                                                       if i.mean_field is not None))
+        raise VarexpError(
+            f"init={init} has no mean-field law (it keeps the model's own init); "
+            "choose one of " + ", ".join(n for n, i in INITS.items() if i.mean_field is not None)
+        )
     g = gain if gain is not None else act.gain
     setting = f"arch.activation={activation}, init={init}, init.gain={g:.6g}"
     x2, x_ab = input_second_moment, input_correlation * input_second_moment

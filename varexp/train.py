@@ -66,8 +66,6 @@ log = logging.getLogger(__name__)
 __all__ = ["check", "run", "train"]
 
 
-
-
 class Stopped(VarexpError):
     """train.stop_after reached: the run stops as a kill would, leaving only its checkpoint."""
 
@@ -85,8 +83,9 @@ class Interrupted(Stopped):
 
 
 def _sync_every(value: object) -> bool:
-    return value == "auto" or (isinstance(value, int) and not isinstance(value, bool)
-                               and value >= 1)
+    return value == "auto" or (
+        isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    )
 
 
 @dataclass
@@ -139,31 +138,45 @@ def check_memory(cfg: DictConfig, info: DataInfo) -> None:
     (where the run is, or in the host's memory beside a GPU)."""
     arch, train, name = cfg.arch, cfg.train, cfg.optim.name
     params, outputs = memory.count(arch, info.input_shape, info.num_classes, train.batch_size)
-    _, probe_outputs = memory.count(arch, info.input_shape, info.num_classes,
-                                    train.probe_samples)
+    _, probe_outputs = memory.count(arch, info.input_shape, info.num_classes, train.probe_samples)
     fit = cfg.init.get("batches", 0) * train.batch_size if INITS[cfg.init.name].fit else 0
-    _, fit_outputs = memory.count(arch, info.input_shape, info.num_classes, fit) if fit \
-        else (0, 0)
+    _, fit_outputs = memory.count(arch, info.input_shape, info.num_classes, fit) if fit else (0, 0)
     f, width = memory.FLOAT, math.prod(info.input_shape)
     smaller = "train a narrower model"
     resident = [
-        memory.Part(f"{memory.amount(params)} weights with gradients and {name} state",
-                    memory.train_bytes(params, 0, name), smaller),
-        memory.Part(f"the fixed batch of train.probe_samples={train.probe_samples}",
-                    f * train.probe_samples * width, "lower train.probe_samples"),
+        memory.Part(
+            f"{memory.amount(params)} weights with gradients and {name} state",
+            memory.train_bytes(params, 0, name),
+            smaller,
+        ),
+        memory.Part(
+            f"the fixed batch of train.probe_samples={train.probe_samples}",
+            f * train.probe_samples * width,
+            "lower train.probe_samples",
+        ),
     ]
     transient = [
-        memory.Part(f"{memory.amount(outputs)} layer outputs for a batch of {train.batch_size}",
-                    memory.train_bytes(0, outputs, name),
-                    f"{smaller} or a smaller train.batch_size"),
-        memory.Part(f"{memory.amount(probe_outputs)} layer outputs for the fixed batch",
-                    f * probe_outputs, "lower train.probe_samples"),
-        memory.Part(f"the init's fit on init.batches={cfg.init.get('batches')} minibatches",
-                    f * fit_outputs, "lower init.batches"),
+        memory.Part(
+            f"{memory.amount(outputs)} layer outputs for a batch of {train.batch_size}",
+            memory.train_bytes(0, outputs, name),
+            f"{smaller} or a smaller train.batch_size",
+        ),
+        memory.Part(
+            f"{memory.amount(probe_outputs)} layer outputs for the fixed batch",
+            f * probe_outputs,
+            "lower train.probe_samples",
+        ),
+        memory.Part(
+            f"the init's fit on init.batches={cfg.init.get('batches')} minibatches",
+            f * fit_outputs,
+            "lower init.batches",
+        ),
     ]
-    data = memory.Part(f"the generated {info.name} data",
-                       memory.data_bytes(cfg.dataset, info.input_shape, info.task),
-                       memory.DATA_KEYS.get(info.name, ""))
+    data = memory.Part(
+        f"the generated {info.name} data",
+        memory.data_bytes(cfg.dataset, info.input_shape, info.task),
+        memory.DATA_KEYS.get(info.name, ""),
+    )
     device = devices.resolve(cfg.device)
     if device.type == "cpu":
         memory.refuse_parts([*resident, data], transient, device, "a training run")
@@ -218,11 +231,15 @@ def segmentation_loss(logits: Tensor, target: Tensor) -> Tensor:
 
 def layer_stats(model: nn.Module, x: Tensor, layers: list[WeightLayer]) -> Tensor:
     """(L, 6) float64: the RATIO_STATS of u^l of each of `layers` on the fixed batch x."""
-    with (batch_statistics(model), torch.no_grad(),
-          Recorder(model, keep_x=False, layers=layers) as rec):
+    with (
+        batch_statistics(model),
+        torch.no_grad(),
+        Recorder(model, keep_x=False, layers=layers) as rec,
+    ):
         model(x)
-        return torch.stack([torch.stack([rec.stats[wl.index][k] for k in RATIO_STATS])
-                            for wl in layers])
+        return torch.stack(
+            [torch.stack([rec.stats[wl.index][k] for k in RATIO_STATS]) for wl in layers]
+        )
 
 
 def grad_rms(layers: list) -> Tensor:
@@ -241,8 +258,10 @@ def check_writable(run_dir: Path) -> None:
         with tempfile.TemporaryFile(dir=run_dir):
             pass
     except OSError as err:
-        raise VarexpError(f"run directory {run_dir} is not writable ({err.strerror or err}); "
-                          "set hydra.run.dir to a writable folder") from None
+        raise VarexpError(
+            f"run directory {run_dir} is not writable ({err.strerror or err}); "
+            "set hydra.run.dir to a writable folder"
+        ) from None
 
 
 def logged_steps(run_dir: Path) -> int:
@@ -264,27 +283,37 @@ def existing_run(cfg: DictConfig, run_dir: Path) -> Checkpoint | None:
     if not cfg.resume:
         logged = logged_steps(run_dir)
         if saved is not None or finished or logged:
-            what = (f"a {summary['status']} run" if finished
-                    else f"a checkpoint at step {saved.step}" if saved is not None
-                    else f"an interrupted run ({logged} steps logged, no checkpoint yet)")
-            raise VarexpError(f"{run_dir} already holds {what}; pass resume=true to continue it "
-                              "(or start it over, without a checkpoint) or choose another "
-                              "hydra.run.dir")
+            what = (
+                f"a {summary['status']} run"
+                if finished
+                else f"a checkpoint at step {saved.step}"
+                if saved is not None
+                else f"an interrupted run ({logged} steps logged, no checkpoint yet)"
+            )
+            raise VarexpError(
+                f"{run_dir} already holds {what}; pass resume=true to continue it "
+                "(or start it over, without a checkpoint) or choose another "
+                "hydra.run.dir"
+            )
         return None
     if saved is None:
         if finished:
-            raise VarexpError(f"{run_dir} holds a {summary['status']} run of "
-                              f"{summary.get('steps')} steps but no {path.name} to continue it "
-                              f"from (to train.steps={cfg.train.steps}); choose another folder, "
-                              "or move that run away to train it again")
+            raise VarexpError(
+                f"{run_dir} holds a {summary['status']} run of "
+                f"{summary.get('steps')} steps but no {path.name} to continue it "
+                f"from (to train.steps={cfg.train.steps}); choose another folder, "
+                "or move that run away to train it again"
+            )
         return None
     diff = results.differences(saved.identity, results.identity("train", cfg))
     if diff:
         raise VarexpError(f"{path} is from another config: {', '.join(diff)}")
     if saved.step > cfg.train.steps:
-        raise VarexpError(f"train.steps={cfg.train.steps} is below the {saved.step} steps "
-                          f"the checkpoint in {run_dir} has done; pass "
-                          f"train.steps>={saved.step}")
+        raise VarexpError(
+            f"train.steps={cfg.train.steps} is below the {saved.step} steps "
+            f"the checkpoint in {run_dir} has done; pass "
+            f"train.steps>={saved.step}"
+        )
     return saved
 
 
@@ -295,9 +324,16 @@ def existing_run(cfg: DictConfig, run_dir: Path) -> Checkpoint | None:
 class Trainer:
     """The state of one training run and its files."""
 
-    def __init__(self, cfg: DictConfig, run_dir: Path, info: DataInfo, saved: Checkpoint | None,
-                 verbose: bool = True, stream: Stream | None = None,
-                 fixed_x: Tensor | None = None):
+    def __init__(
+        self,
+        cfg: DictConfig,
+        run_dir: Path,
+        info: DataInfo,
+        saved: Checkpoint | None,
+        verbose: bool = True,
+        stream: Stream | None = None,
+        fixed_x: Tensor | None = None,
+    ):
         """`stream` and `fixed_x`: the training stream and the probe batch, when runs that share
         them are trained together (varexp.pack); made here otherwise."""
 
@@ -312,10 +348,16 @@ class Trainer:
         self.model.to(self.device)
         self.loss_fn = F.cross_entropy if info.task == "classification" else segmentation_loss
         batch, seed, device = cfg.train.batch_size, cfg.seed, self.device
-        self.stream = stream if stream is not None else Stream(cfg.dataset, arch, batch, seed,
-                                                               device=device)
-        self.fixed_x = fixed_x if fixed_x is not None else fixed_batch(
-            cfg.dataset, arch, cfg.train.probe_samples, seed, device, key="train.probe_samples")
+        self.stream = (
+            stream if stream is not None else Stream(cfg.dataset, arch, batch, seed, device=device)
+        )
+        self.fixed_x = (
+            fixed_x
+            if fixed_x is not None
+            else fixed_batch(
+                cfg.dataset, arch, cfg.train.probe_samples, seed, device, key="train.probe_samples"
+            )
+        )
         # the layers a forward pass runs, in its order (a model not built from Units may
         # register them in another order, or use a layer's weights without calling it)
         self.layers = in_forward_order(self.model, self.fixed_x)[0]
@@ -346,8 +388,9 @@ class Trainer:
             batches = None
             if INITS[cfg.init.name].fit is not None:
                 # the first training minibatches, from a stream of their own
-                fit = Stream(cfg.dataset, cfg.arch, cfg.train.batch_size, cfg.seed,
-                             device=self.device)
+                fit = Stream(
+                    cfg.dataset, cfg.arch, cfg.train.batch_size, cfg.seed, device=self.device
+                )
                 batches = [x for x, _ in _take(fit, cfg.init.batches)]
             report = initialize(self.model, cfg.init, cfg.arch.activation, batches)
             self.init_forward_passes = report.forward_passes
@@ -382,15 +425,33 @@ class Trainer:
         """What runs where, before the first step."""
         cfg, arch = self.cfg, self.cfg.arch
         params = sum(p.numel() for p in self.model.parameters())
-        size = (f"{arch.width}x{arch.depth}" if arch.name == "mlp"
-                else arch.model if "model" in arch else f"x{arch.channels:g} channels")
+        size = (
+            f"{arch.width}x{arch.depth}"
+            if arch.name == "mlp"
+            else arch.model
+            if "model" in arch
+            else f"x{arch.channels:g} channels"
+        )
         start = f"from step {self.step}" if self.saved is not None else "from scratch"
-        log.info("train %s: %s %s (%.3gM parameters), %s init, %s lr %g, %d steps of batch %d "
-                 "on %s (%d training samples); seed %d, %s, %d thread(s) -> %s", start,
-                 arch.name, size, params / 1e6, cfg.init.name, cfg.optim.name, cfg.optim.lr,
-                 cfg.train.steps, cfg.train.batch_size, cfg.dataset.name,
-                 len(self.stream.source), cfg.seed, self.device, torch.get_num_threads(),
-                 self.run_dir)
+        log.info(
+            "train %s: %s %s (%.3gM parameters), %s init, %s lr %g, %d steps of batch %d "
+            "on %s (%d training samples); seed %d, %s, %d thread(s) -> %s",
+            start,
+            arch.name,
+            size,
+            params / 1e6,
+            cfg.init.name,
+            cfg.optim.name,
+            cfg.optim.lr,
+            cfg.train.steps,
+            cfg.train.batch_size,
+            cfg.dataset.name,
+            len(self.stream.source),
+            cfg.seed,
+            self.device,
+            torch.get_num_threads(),
+            self.run_dir,
+        )
 
     def wall(self) -> float:
         return self.past_wall + time.perf_counter() - self.start
@@ -402,11 +463,18 @@ class Trainer:
         cfg = self.cfg.train
         amp = torch.autocast(self.device.type, dtype=torch.bfloat16) if cfg.amp else nullcontext()
         channels_last = cfg.channels_last and self.fixed_x.dim() == 4
-        sync_every = (cfg.sync_every if cfg.sync_every != "auto"
-                      else 50 if self.device.type == "cuda" else 1)
+        sync_every = (
+            cfg.sync_every if cfg.sync_every != "auto" else 50 if self.device.type == "cuda" else 1
+        )
         lr = self.optimizer.param_groups[0]["lr"]
-        bar = tqdm(total=cfg.steps, initial=self.step, unit="step", desc="train",
-                   dynamic_ncols=True, disable=None if cfg.progress else True)
+        bar = tqdm(
+            total=cfg.steps,
+            initial=self.step,
+            unit="step",
+            desc="train",
+            dynamic_ncols=True,
+            disable=None if cfg.progress else True,
+        )
         # without a terminal (a log, a batch job) a line every train.log_seconds instead
         lines = self.verbose and (bar.disable or not cfg.progress)
         started, last_flush = time.perf_counter(), time.perf_counter()
@@ -420,8 +488,11 @@ class Trainer:
                         raise Interrupted(self.step, self.run_dir)
                     break
                 s = self.step
-                stats = (layer_stats(self.model, self.fixed_x, self.layers)
-                         if s % cfg.ratio_every == 0 else None)
+                stats = (
+                    layer_stats(self.model, self.fixed_x, self.layers)
+                    if s % cfg.ratio_every == 0
+                    else None
+                )
                 epoch = s * cfg.batch_size // len(self.stream.source)
                 x, y = next(self.batches)
                 if channels_last:
@@ -433,13 +504,20 @@ class Trainer:
                 loss.backward()
                 if stats is not None:
                     self.record_ratios(s, stats, grad_rms(self.layers))
-                pending.append((s, epoch, loss.detach(), self.past_train + time.perf_counter()
-                                - started))
+                pending.append(
+                    (s, epoch, loss.detach(), self.past_train + time.perf_counter() - started)
+                )
                 checkpoint_due = (s + 1) % cfg.checkpoint_every == 0 and s + 1 < cfg.steps
                 flush_due = time.perf_counter() - last_flush > cfg.flush_seconds
                 line_due = lines and time.perf_counter() - last_line > cfg.log_seconds
-                if (len(pending) >= sync_every or checkpoint_due or flush_due or line_due
-                        or s + 1 == cfg.steps or s + 1 == cfg.stop_after):
+                if (
+                    len(pending) >= sync_every
+                    or checkpoint_due
+                    or flush_due
+                    or line_due
+                    or s + 1 == cfg.steps
+                    or s + 1 == cfg.stop_after
+                ):
                     read = len(pending)
                     if not self.settle(pending, lr):
                         break
@@ -460,8 +538,14 @@ class Trainer:
                     last_line = time.perf_counter()
                     rate = (self.step - first_step) / (last_line - started)
                     left = (cfg.steps - self.step) / rate if rate > 0 else math.nan
-                    log.info("step %d/%d  loss %.4f  %.1f steps/s  about %.0f s left",
-                             self.step, cfg.steps, self.metrics[-1][2], rate, left)
+                    log.info(
+                        "step %d/%d  loss %.4f  %.1f steps/s  about %.0f s left",
+                        self.step,
+                        cfg.steps,
+                        self.metrics[-1][2],
+                        rate,
+                        left,
+                    )
                 if cfg.stop_after is not None and self.step == cfg.stop_after:
                     raise Stopped(f"stopped after step {self.step} (train.stop_after)")
         finally:
@@ -477,8 +561,9 @@ class Trainer:
         values = torch.stack([loss for _, _, loss, _ in pending]).cpu().tolist()
         return self.record_losses(pending, values, lr)
 
-    def record_losses(self, pending: list[tuple[int, int, Tensor, float]], values: list[float],
-                      lr: float) -> bool:
+    def record_losses(
+        self, pending: list[tuple[int, int, Tensor, float]], values: list[float], lr: float
+    ) -> bool:
         """settle() with the pending losses already read (`values`, in order)."""
         rows = []
         for (s, epoch, _, seconds), value in zip(pending, values, strict=True):
@@ -522,14 +607,23 @@ class Trainer:
         """CSVs, then the checkpoint: every row in the files is also in the checkpoint or will be
         recomputed identically from it."""
         self.flush()
-        checkpoint.save(Checkpoint(
-            identity=self.identity, step=self.step, status=self.status,
-            model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
-            stream=self.stream.state_dict(), rng=checkpoint.rng_state(), metrics=self.metrics,
-            ratios=self.ratios, seconds=self.wall(),
-            train_seconds=self.metrics[-1][4] if self.metrics else 0.0,
-            init_forward_passes=self.init_forward_passes,
-        ), checkpoint_path(self.run_dir))
+        checkpoint.save(
+            Checkpoint(
+                identity=self.identity,
+                step=self.step,
+                status=self.status,
+                model=self.model.state_dict(),
+                optimizer=self.optimizer.state_dict(),
+                stream=self.stream.state_dict(),
+                rng=checkpoint.rng_state(),
+                metrics=self.metrics,
+                ratios=self.ratios,
+                seconds=self.wall(),
+                train_seconds=self.metrics[-1][4] if self.metrics else 0.0,
+                init_forward_passes=self.init_forward_passes,
+            ),
+            checkpoint_path(self.run_dir),
+        )
         self.saved_step = self.step
 
     def summary(self, status: str, error: str | None = None) -> dict:
@@ -560,8 +654,7 @@ def saved_rows(saved: Checkpoint) -> tuple[list[tuple], list[tuple]]:
     """The rows of metrics.csv and ratios.csv a checkpoint holds (ratios rows of checkpoints
     made before the per-channel statistics get those empty)."""
     width = len(RATIOS.columns)
-    return (list(saved.metrics),
-            [tuple(r) + (math.nan,) * (width - len(r)) for r in saved.ratios])
+    return (list(saved.metrics), [tuple(r) + (math.nan,) * (width - len(r)) for r in saved.ratios])
 
 
 def identifying(cfg: DictConfig) -> dict:
@@ -618,11 +711,16 @@ def train(cfg: DictConfig, run_dir: str | Path, quiet: bool = False) -> dict:
         if not results.disk_full(err):
             run.fail(f"{type(err).__name__}: {err}")
             raise
-        kept = (f"its checkpoint of step {run.saved_step} and the rows up to it are intact"
-                if run.saved_step is not None else "no checkpoint was saved yet")
-        raise VarexpError(f"disk full while writing {err.filename or 'in ' + str(run_dir)} at "
-                          f"step {run.step}; {kept}: free space, then run the same command "
-                          "with resume=true") from None
+        kept = (
+            f"its checkpoint of step {run.saved_step} and the rows up to it are intact"
+            if run.saved_step is not None
+            else "no checkpoint was saved yet"
+        )
+        raise VarexpError(
+            f"disk full while writing {err.filename or 'in ' + str(run_dir)} at "
+            f"step {run.step}; {kept}: free space, then run the same command "
+            "with resume=true"
+        ) from None
     except Exception as err:
         run.fail(f"{type(err).__name__}: {err}")
         raise
@@ -653,11 +751,13 @@ def already_done(cfg: DictConfig, run_dir: Path, saved: Checkpoint | None) -> di
 def resume_command(run_dir: Path) -> str:
     """The command line that continues this run: the same overrides, resume=true, its folder."""
 
-    kept = [o for o in HydraConfig.get().overrides.task
-            if o.split("=", 1)[0].lstrip("+~") not in ("resume", "hydra.run.dir")]
+    kept = [
+        o
+        for o in HydraConfig.get().overrides.task
+        if o.split("=", 1)[0].lstrip("+~") not in ("resume", "hydra.run.dir")
+    ]
     folder = f"hydra.run.dir={hydra_quoted(str(run_dir))}"
-    return " ".join(["varexp train", *map(shlex.quote, kept), "resume=true",
-                     shlex.quote(folder)])
+    return " ".join(["varexp train", *map(shlex.quote, kept), "resume=true", shlex.quote(folder)])
 
 
 def hydra_quoted(value: str) -> str:
@@ -675,20 +775,28 @@ def run(cfg: DictConfig) -> float:
 
     check(cfg)
     try:
-        with results.claim("train", cfg, accept=lambda folder: existing_run(cfg, folder)) as \
-                run_dir:
+        with results.claim(
+            "train", cfg, accept=lambda folder: existing_run(cfg, folder)
+        ) as run_dir:
             summary = train(cfg, run_dir)
     except Interrupted as stop:
         run_dir = Path(HydraConfig.get().runtime.output_dir)
-        hint = ("the same command again continues the search (this trial from its checkpoint)"
-                if search.trials_at_once(HydraConfig.get())
-                else f"resume with:\n  {resume_command(run_dir)}")
+        hint = (
+            "the same command again continues the search (this trial from its checkpoint)"
+            if search.trials_at_once(HydraConfig.get())
+            else f"resume with:\n  {resume_command(run_dir)}"
+        )
         print(f"varexp train: {stop}; {hint}", file=sys.stderr, flush=True)
         sys.exit(130)
     loss = summary["final_loss"]
-    log.info("%s after %d steps, final loss %s, %.1f s -> %s", summary["status"],
-             summary["steps"], "n/a" if loss is None else f"{loss:.4f}", summary["seconds"],
-             run_dir)
+    log.info(
+        "%s after %d steps, final loss %s, %.1f s -> %s",
+        summary["status"],
+        summary["steps"],
+        "n/a" if loss is None else f"{loss:.4f}",
+        summary["seconds"],
+        run_dir,
+    )
     if HydraConfig.get().mode != RunMode.MULTIRUN:  # a sweep's runs: the sweep says it once
         print(next_command(cfg, run_dir), flush=True)
     return objective(run_dir, summary)
@@ -714,8 +822,10 @@ def next_command(cfg: DictConfig, run_dir: Path) -> str:
         if key in SWEEP_KEEPS or key.startswith(tuple(f"{k}." for k in SWEEP_KEEPS + ("train",))):
             kept.append(override)
     sweep = " ".join(["varexp sweep", *map(shlex.quote, kept)])
-    return (f"next: {sweep}   (this task at every init, optimizer, learning rate and seed of "
-            "the paper's grid), then varexp plot figure4")
+    return (
+        f"next: {sweep}   (this task at every init, optimizer, learning rate and seed of "
+        "the paper's grid), then varexp plot figure4"
+    )
 
 
 def objective(run_dir: Path, summary: dict) -> float:

@@ -23,8 +23,9 @@ class PackSweeperConf:
     params: dict[str, str] | None = None
 
 
-ConfigStore.instance().store(group="hydra/sweeper", name="varexp", node=PackSweeperConf,
-                             provider="varexp")
+ConfigStore.instance().store(
+    group="hydra/sweeper", name="varexp", node=PackSweeperConf, provider="varexp"
+)
 
 
 class PackSweeper(Sweeper):
@@ -33,29 +34,31 @@ class PackSweeper(Sweeper):
 
     expands_basic_grid = True  # every job of the grid is composed before the launch (compose.py)
 
-    def __init__(self, max_batch_size: int | None = None,
-                 params: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, max_batch_size: int | None = None, params: dict[str, str] | None = None
+    ) -> None:
         self.max_batch_size, self.params = max_batch_size, params
         self.basic: Any = None
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
 
-    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
-              config: DictConfig) -> None:
+    def setup(
+        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
+    ) -> None:
         # the basic sweeper as Hydra has it now (its plugin scan re-imports the module)
         from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 
         self.config, self.hydra_context = config, hydra_context
         self.basic = BasicSweeper(self.max_batch_size, self.params)
-        self.basic.setup(hydra_context=hydra_context, task_function=task_function,
-                         config=config)
+        self.basic.setup(hydra_context=hydra_context, task_function=task_function, config=config)
         self.basic.split_arguments = self.split_arguments  # its jobs, then packed
 
     def sweep(self, arguments: list[str]) -> Any:
         return self.basic.sweep(arguments)
 
-    def split_arguments(self, overrides: Sequence, max_batch_size: int | None
-                        ) -> list[list[list[str]]]:
+    def split_arguments(
+        self, overrides: Sequence, max_batch_size: int | None
+    ) -> list[list[list[str]]]:
         """The grid's jobs as the basic sweeper splits them, then packed, in batches."""
         from varexp.pack.plan import pack_job, sweep_plan
 
@@ -64,7 +67,7 @@ class PackSweeper(Sweeper):
         launched = [pack_job(jobs, pack) for pack in packs]
         if max_batch_size is None:
             return [launched]
-        return [launched[i:i + max_batch_size] for i in range(0, len(launched), max_batch_size)]
+        return [launched[i : i + max_batch_size] for i in range(0, len(launched), max_batch_size)]
 
     def compose(self, job: list[str]) -> DictConfig:
         """A job's config, as the launcher will compose it."""

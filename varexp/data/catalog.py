@@ -35,18 +35,23 @@ GENERATOR_VERSION = 1  # bump when shapes.py or membranes.py change what they ge
 
 
 def _workers(value: object) -> bool:
-    return value == "auto" or (isinstance(value, int) and not isinstance(value, bool)
-                               and value >= 0)
+    return value == "auto" or (
+        isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    )
 
 
 def _shape(value: object) -> bool:
-    return (isinstance(value, list | tuple) and len(value) > 0
-            and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in value))
+    return (
+        isinstance(value, list | tuple)
+        and len(value) > 0
+        and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in value)
+    )
 
 
 def _crop(value: object) -> bool:
-    return (isinstance(value, int) and not isinstance(value, bool) and value >= 16
-            and value % 16 == 0)
+    return (
+        isinstance(value, int) and not isinstance(value, bool) and value >= 16 and value % 16 == 0
+    )
 
 
 def workers() -> object:
@@ -58,8 +63,9 @@ def pipeline() -> str:
 
 
 def crop(default: int) -> int:
-    return option(default, test=_crop, text="must be a positive multiple of 16 (UNet pools 4 "
-                                              "times)")
+    return option(
+        default, test=_crop, text="must be a positive multiple of 16 (UNet pools 4 times)"
+    )
 
 
 @dataclass
@@ -69,8 +75,9 @@ class Gaussian:
     maps for unet): a memorization task."""
 
     name: str = choice("gaussian", ("gaussian",))
-    shape: list[int] | None = option(None, test=_shape, none=True,
-                                     text="must be null or a list of positive integers")
+    shape: list[int] | None = option(
+        None, test=_shape, none=True, text="must be null or a list of positive integers"
+    )
     size: int = integer(1000)  # inputs per split for training
     seed: int = integer(0, minimum=0)  # of the training set (the run's seed orders batches)
     # s > 0: input t scaled by exp(s n_t - s^2), n_t ~ N(0, 1) (varexp.data.gaussian.draw)
@@ -148,15 +155,25 @@ class Membranes:
     pipeline: str = pipeline()
 
 
-DATASETS: dict[str, type] = {"gaussian": Gaussian, "cifar10": CIFAR10, "isbi2012": ISBI2012,
-                             "shapes": Shapes, "membranes": Membranes}
+DATASETS: dict[str, type] = {
+    "gaussian": Gaussian,
+    "cifar10": CIFAR10,
+    "isbi2012": ISBI2012,
+    "shapes": Shapes,
+    "membranes": Membranes,
+}
 for _name, _spec in DATASETS.items():
     store("dataset", _name, _spec)
 TASK = {"cifar10": "classification", "shapes": "classification",
         "isbi2012": "segmentation", "membranes": "segmentation"}  # fmt: skip
 # The task each architecture is built for; gaussian adapts to the architecture.
-ARCH_TASK = {"mlp": "classification", "allcnnc": "classification", "unet": "segmentation",
-             "torchvision": "classification", "timm": "classification"}
+ARCH_TASK = {
+    "mlp": "classification",
+    "allcnnc": "classification",
+    "unet": "segmentation",
+    "torchvision": "classification",
+    "timm": "classification",
+}
 
 
 @dataclass(frozen=True)
@@ -195,9 +212,11 @@ def data_root(dataset: object) -> Path:
         return Path(str(dataset.root)).expanduser()
     home = home_missing()
     if home is not None:
-        raise VarexpError(f"dataset={dataset.name} is read from (or downloaded into) "
-                          f"{data_dir()}, but the home folder {home} does not exist; set "
-                          "VAREXP_DATA (or dataset.root) to the folder for the data")
+        raise VarexpError(
+            f"dataset={dataset.name} is read from (or downloaded into) "
+            f"{data_dir()}, but the home folder {home} does not exist; set "
+            "VAREXP_DATA (or dataset.root) to the folder for the data"
+        )
     return data_dir() / "isbi2012" if dataset.name == "isbi2012" else data_dir()
 
 
@@ -231,8 +250,11 @@ class Keyed:
 
     @staticmethod
     def of(spec: object, skip: tuple[str, ...] = ()) -> Keyed:
-        values = tuple((f.name, _frozen(getattr(spec, f.name))) for f in dataclasses.fields(spec)
-                       if f.name not in skip)
+        values = tuple(
+            (f.name, _frozen(getattr(spec, f.name)))
+            for f in dataclasses.fields(spec)
+            if f.name not in skip
+        )
         return Keyed(spec, (type(spec).__name__, *values))
 
 
@@ -265,12 +287,15 @@ def _source(keyed: Keyed, split: str, shape: tuple[int, ...], task: str) -> Sour
         mean, std = shapes.channel_stats(train_set[0])
         return Images(images, labels, torch.tensor(mean), torch.tensor(std), flip=d.flip)
     # the slices depend on fewer fields than the crops cut from them
-    image, membrane = _volume(Keyed.of(d, ("crop", "val_slices", "augment", "elastic_std",
-                                           "workers", "pipeline")))
+    image, membrane = _volume(
+        Keyed.of(d, ("crop", "val_slices", "augment", "elastic_std", "workers", "pipeline"))
+    )
     splits = volume_splits(image, membrane, d.crop, d.val_slices, d.elastic_std, d.name)
     if split not in splits:
-        raise VarexpError(f"dataset.val_slices=0 holds out no slices of {d.name} for a {split} "
-                          "split; set dataset.val_slices=5 (say) to hold some out")
+        raise VarexpError(
+            f"dataset.val_slices=0 holds out no slices of {d.name} for a {split} "
+            "split; set dataset.val_slices=5 (say) to hold some out"
+        )
     return splits[split]
 
 

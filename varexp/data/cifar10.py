@@ -50,11 +50,15 @@ def reader(verify: bool) -> type:
     c = torchvision_cifar10()
     if verify:
         return c
-    return type("UncheckedCIFAR10", (c,), {
-        "train_list": [[name, None] for name, _ in c.train_list],
-        "test_list": [[name, None] for name, _ in c.test_list],
-        "meta": {**c.meta, "md5": None},
-    })
+    return type(
+        "UncheckedCIFAR10",
+        (c,),
+        {
+            "train_list": [[name, None] for name, _ in c.train_list],
+            "test_list": [[name, None] for name, _ in c.test_list],
+            "meta": {**c.meta, "md5": None},
+        },
+    )
 
 
 def one_line(error: BaseException) -> str:
@@ -123,8 +127,10 @@ def load(root: Path, train: bool, download: bool, verify: bool) -> tuple[Tensor,
         hint = "; for a custom copy set dataset.verify=false" if verify else ""
         raise VarexpError(find_bad_file(folder, verify) + hint) from None
     if data.data.dtype != "uint8":
-        raise VarexpError(f"{folder} holds {data.data.dtype} images; CIFAR10 images are uint8 "
-                          "(0..255), as in the official files")
+        raise VarexpError(
+            f"{folder} holds {data.data.dtype} images; CIFAR10 images are uint8 "
+            "(0..255), as in the official files"
+        )
     images = torch.from_numpy(data.data).permute(0, 3, 1, 2).contiguous()
     labels = torch.tensor(data.targets, dtype=torch.long)
     if len(labels) != len(images) or labels.min() < 0 or labels.max() > 9:

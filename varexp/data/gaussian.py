@@ -27,8 +27,7 @@ def task(arch: DictConfig) -> str:
     return "segmentation" if arch.name == "unet" else "classification"
 
 
-def draw(samples: int, shape: tuple[int, ...], norm_spread: float,
-         gen: torch.Generator) -> Tensor:
+def draw(samples: int, shape: tuple[int, ...], norm_spread: float, gen: torch.Generator) -> Tensor:
     """`samples` inputs z_t ~ iid N(0, 1), each times g_t = exp(s n_t - s^2) with n_t ~ N(0, 1)
     and s = norm_spread: E[g_t^2] = 1, so the average second moment stays 1 while s > 0
     spreads the inputs' norms (a few inputs then carry most of the sample variance, which
@@ -41,8 +40,9 @@ def draw(samples: int, shape: tuple[int, ...], norm_spread: float,
     return x
 
 
-def load(size: int, shape: tuple[int, ...], task: str, seed: int,
-         norm_spread: float = 0.0) -> dict[str, Tensors]:
+def load(
+    size: int, shape: tuple[int, ...], task: str, seed: int, norm_spread: float = 0.0
+) -> dict[str, Tensors]:
     """Train and test sets of `size` inputs each (`draw`); targets are uniform class ids, or for
     segmentation binary maps (size, 1, H, W) with each pixel 0 or 1 at random."""
     splits = {}

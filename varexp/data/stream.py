@@ -158,9 +158,7 @@ class Stream:
         self.device = torch.device(device)
         source = load_source(dataset, arch, split)
         what = f"the {split} split of dataset={self.info.name}"
-        self.pipeline = resolve_pipeline(
-            dataset.pipeline, what, source.nbytes, self.device
-        )
+        self.pipeline = resolve_pipeline(dataset.pipeline, what, source.nbytes, self.device)
         self.source = source.to(self.device) if self.pipeline == "device" else source
         augment = split == "train" and bool(getattr(dataset, "augment", False))
         self.batches = Batches(self.source, batch_size, (seed, SPLITS.index(split)), augment)

@@ -59,15 +59,21 @@ class UNetArch:
     channels: float = number(1.0)  # multiplier: 1.0 = level widths 64, 128, 256, 512, 1024
     activation: str = choice("relu", tuple(ACTIVATIONS))
     norm: str = choice("none", NORMS)
-    out_channels: int = option(1, kind="choice", choices=(1, 2),
-                               text="choose 1 (membrane logit) or 2 (two classes)")
+    out_channels: int = option(
+        1, kind="choice", choices=(1, 2), text="choose 1 (membrane logit) or 2 (two classes)"
+    )
     # the up-convolutions' fan for the weight laws: in (C_in) or torch (torch.nn.init's count)
     upconv_fan: str = choice("in", unet.UPCONV_FANS)
     bias: bool = flag(False)  # every layer has one already: nothing to add
 
 
-ARCHS: dict[str, type] = {"mlp": MLPArch, "allcnnc": AllCNNCArch, "unet": UNetArch,
-                          "torchvision": zoo.TorchvisionArch, "timm": zoo.TimmArch}
+ARCHS: dict[str, type] = {
+    "mlp": MLPArch,
+    "allcnnc": AllCNNCArch,
+    "unet": UNetArch,
+    "torchvision": zoo.TorchvisionArch,
+    "timm": zoo.TimmArch,
+}
 for _name, _spec in ARCHS.items():
     store("arch", _name, _spec)
 

@@ -17,8 +17,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-WEIGHT_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d,
-                nn.ConvTranspose2d, nn.ConvTranspose3d)
+WEIGHT_TYPES = (
+    nn.Linear,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+)
 WEIGHT_KINDS = "Linear, Conv1d/2d/3d, ConvTranspose1d/2d/3d"
 
 
@@ -75,12 +82,13 @@ def weight_layers(model: nn.Module) -> list[WeightLayer]:
     (`in_forward_order` sorts them by a forward pass)."""
     units = [(name, m) for name, m in model.named_modules() if isinstance(m, Unit)]
     if not units:
-        units = [(name or type(m).__name__, m) for name, m in model.named_modules()
-                 if isinstance(m, WEIGHT_TYPES)]
+        units = [
+            (name or type(m).__name__, m)
+            for name, m in model.named_modules()
+            if isinstance(m, WEIGHT_TYPES)
+        ]
     if not units:
-        raise ValueError(
-            f"{type(model).__name__} has no weight layers ({WEIGHT_KINDS})"
-        )
+        raise ValueError(f"{type(model).__name__} has no weight layers ({WEIGHT_KINDS})")
     return [WeightLayer(i, name, unit) for i, (name, unit) in enumerate(units, start=1)]
 
 
@@ -140,20 +148,34 @@ def unreached(model: nn.Module, reached: Iterable[nn.Module]) -> list[Unreached]
         covered.update(id(p) for p in own)
         if isinstance(module, WEIGHT_TYPES + UNREACHED_LAYERS):
             called = "" if isinstance(module, UNREACHED_LAYERS) else " used without calling it"
-            out.append(Unreached(name or type(module).__name__, type(module).__name__ + called,
-                                 sum(p.numel() for p in own)))
+            out.append(
+                Unreached(
+                    name or type(module).__name__,
+                    type(module).__name__ + called,
+                    sum(p.numel() for p in own),
+                )
+            )
             continue
         # a module's own tensors, used in functional calls (F.linear(x, self.weight)) or alone
         for key, p in module.named_parameters(recurse=False):
             if p.dim() >= 2:
-                out.append(Unreached(f"{name}.{key}" if name else key, "parameter used directly",
-                                     p.numel()))
+                out.append(
+                    Unreached(
+                        f"{name}.{key}" if name else key, "parameter used directly", p.numel()
+                    )
+                )
     return out
 
 
 # layers with weights that varexp's statistics and inits do not cover (named as such)
-UNREACHED_LAYERS = (nn.RNNBase, nn.RNNCellBase, nn.Embedding, nn.EmbeddingBag,
-                    nn.MultiheadAttention, nn.Bilinear)
+UNREACHED_LAYERS = (
+    nn.RNNBase,
+    nn.RNNCellBase,
+    nn.Embedding,
+    nn.EmbeddingBag,
+    nn.MultiheadAttention,
+    nn.Bilinear,
+)
 
 
 def unreached_warning(model: nn.Module, items: list[Unreached], what: str) -> str | None:
@@ -172,9 +194,11 @@ def unreached_warning(model: nn.Module, items: list[Unreached], what: str) -> st
         if kind == "parameter used directly" and len(names) > 1:
             kind = "parameters used directly"
         parts.append(f"{len(names)} {kind} ({shown})")
-    return (f"not {what}: {'; '.join(parts)}: {share:,} of {total:,} parameters "
-            f"({100 * share / max(total, 1):.1f}%); varexp covers {WEIGHT_KINDS} layers called "
-            "as modules")
+    return (
+        f"not {what}: {'; '.join(parts)}: {share:,} of {total:,} parameters "
+        f"({100 * share / max(total, 1):.1f}%); varexp covers {WEIGHT_KINDS} layers called "
+        "as modules"
+    )
 
 
 def add_biases(model: nn.Module) -> list[nn.Module]:
@@ -187,9 +211,10 @@ def add_biases(model: nn.Module) -> list[nn.Module]:
         if layer.bias is None:
             channels = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
             weight = layer.weight
-            layer.bias = nn.Parameter(torch.zeros(channels, dtype=weight.dtype,
-                                                  device=weight.device),
-                                      requires_grad=weight.requires_grad)
+            layer.bias = nn.Parameter(
+                torch.zeros(channels, dtype=weight.dtype, device=weight.device),
+                requires_grad=weight.requires_grad,
+            )
             added.append(layer)
     return added
 

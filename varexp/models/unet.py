@@ -86,8 +86,9 @@ class UNet(nn.Module):
         self.bottom = Level(n_in, widths[LEVELS], activation, norm)
         for i in range(LEVELS):
             n_out = widths[LEVELS - 1 - i]
-            self.add_module(f"up{i + 1}", UpLevel(widths[LEVELS - i], n_out, activation, norm,
-                                                  upconv_fan))
+            self.add_module(
+                f"up{i + 1}", UpLevel(widths[LEVELS - i], n_out, activation, norm, upconv_fan)
+            )
         self.out = Unit(nn.Conv2d(widths[0], out_channels, 1))
 
     def forward(self, x: Tensor) -> Tensor:

@@ -44,8 +44,7 @@ class TimmArch:
     bias: bool = flag(False)
 
 
-def build(arch: TorchvisionArch | TimmArch, shape: tuple[int, ...],
-          num_classes: int) -> nn.Module:
+def build(arch: TorchvisionArch | TimmArch, shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """The named model for inputs of `shape` (channels, height, width) with num_classes
     outputs; one line naming close matches for an unknown name."""
     if arch.name == "torchvision":
@@ -60,13 +59,16 @@ def build(arch: TorchvisionArch | TimmArch, shape: tuple[int, ...],
         model = torchvision.models.get_model(arch.model, **options)
     else:
         if importlib.util.find_spec("timm") is None:
-            raise ConfigError("arch=timm needs the timm package, which is not installed: "
-                              "pip install -e '.[timm]' (or pip install timm)")
+            raise ConfigError(
+                "arch=timm needs the timm package, which is not installed: "
+                "pip install -e '.[timm]' (or pip install timm)"
+            )
         import timm  # deferred: an optional extra
 
         _check_name(arch.model, timm.list_models(), "timm model")
-        model = timm.create_model(arch.model, pretrained=False, num_classes=num_classes,
-                                  in_chans=shape[0])
+        model = timm.create_model(
+            arch.model, pretrained=False, num_classes=num_classes, in_chans=shape[0]
+        )
     if arch.norm == "none":
         _drop_norms(model)
     return model
@@ -75,8 +77,7 @@ def build(arch: TorchvisionArch | TimmArch, shape: tuple[int, ...],
 def _check_name(name: str, names: list[str], what: str) -> None:
     if name not in names:
         close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
-        hint = ("close matches: " + ", ".join(close)) if close else \
-            "e.g. " + ", ".join(names[:5])
+        hint = ("close matches: " + ", ".join(close)) if close else "e.g. " + ", ".join(names[:5])
         raise bad_value("arch.model", name, f"not a {what}; {hint}")
 
 

@@ -73,9 +73,14 @@ def job_configs(cfg: DictConfig) -> list[tuple[int, DictConfig]]:
     composed as a launcher composes a job: Hydra's overrides of the launch, then the job's."""
     hydra_cfg = HydraConfig.get()
     lead = [o for o in hydra_cfg.overrides.task if key_of(o) != PACK_KEY]
-    master = OmegaConf.create({"hydra": {
-        "overrides": {"hydra": list(hydra_cfg.overrides.hydra)},
-        "job": {"config_name": hydra_cfg.job.config_name}}})
+    master = OmegaConf.create(
+        {
+            "hydra": {
+                "overrides": {"hydra": list(hydra_cfg.overrides.hydra)},
+                "job": {"config_name": hydra_cfg.job.config_name},
+            }
+        }
+    )
     loader = GlobalHydra.instance().config_loader()
     groups = set(hydra_cfg.runtime.choices)
     parser = OverridesParser.create()
@@ -89,8 +94,9 @@ def job_configs(cfg: DictConfig) -> list[tuple[int, DictConfig]]:
         key = tuple(o.input_line for o in parsed if o.key_or_group.lstrip("+~") in groups)
         if key not in composed:
             composed[key] = loader.load_sweep_config(master, overrides)
-        job_cfg = with_values(composed[key], [o for o in parsed
-                                              if o.key_or_group.lstrip("+~") not in groups])
+        job_cfg = with_values(
+            composed[key], [o for o in parsed if o.key_or_group.lstrip("+~") not in groups]
+        )
         set_job(job_cfg, number, parsed)
         with open_dict(job_cfg):
             job_cfg.hydra.overrides.task = overrides
@@ -109,8 +115,10 @@ def as_job(job_cfg: DictConfig) -> Iterator[DictConfig]:
     saved = instance.cfg
     try:
         instance.set_config(job_cfg)
-        output_dir = os.path.join(str(OmegaConf.select(job_cfg, "hydra.sweep.dir")),
-                                  str(OmegaConf.select(job_cfg, "hydra.sweep.subdir")))
+        output_dir = os.path.join(
+            str(OmegaConf.select(job_cfg, "hydra.sweep.dir")),
+            str(OmegaConf.select(job_cfg, "hydra.sweep.subdir")),
+        )
         with read_write(job_cfg.hydra.runtime), open_dict(job_cfg.hydra.runtime):
             job_cfg.hydra.runtime.output_dir = os.path.abspath(output_dir)
         instance.set_config(job_cfg)
@@ -135,8 +143,13 @@ def run(cfg: DictConfig) -> list[dict]:
 
     def record(number: int, outcome: dict) -> None:
         outcomes[number] = outcome
-        record_outcome(sweep_dir, number, folders[number], outcome.get("status", "failed"),
-                       outcome.get("error"))
+        record_outcome(
+            sweep_dir,
+            number,
+            folders[number],
+            outcome.get("status", "failed"),
+            outcome.get("error"),
+        )
 
     runs: list[tuple[int, PackRun]] = []
     try:
@@ -153,8 +166,9 @@ def run(cfg: DictConfig) -> list[dict]:
                 for part in _fitting_parts([r for _, r in runs]):
                     train_pack(part, about=about)
             for number, packed in runs:
-                record(number, packed.summary or dict(status="failed",
-                                                      error="ended without a result"))
+                record(
+                    number, packed.summary or dict(status="failed", error="ended without a result")
+                )
     except Stopped as stop:  # the runs that had not ended can continue from their checkpoints
         for number, packed in runs:
             if number not in outcomes:
@@ -176,12 +190,16 @@ def _claim(cfg: DictConfig, folder: Path, held: ExitStack) -> PackRun | dict:
     # the folder and its log first, as Hydra makes them for a job before the job runs: a
     # refusal is in the run's own log, where the sweep's last lines point
     folder.mkdir(parents=True, exist_ok=True)
-    _run_log(folder, [h for h in logging.getLogger().handlers
-                      if isinstance(h, logging.FileHandler)], held)
+    _run_log(
+        folder,
+        [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)],
+        held,
+    )
     with about(folder):
         try:
-            run_dir = held.enter_context(results.claim(
-                "sweep", cfg, accept=lambda run_dir: accept(cfg, run_dir)))
+            run_dir = held.enter_context(
+                results.claim("sweep", cfg, accept=lambda run_dir: accept(cfg, run_dir))
+            )
         except VarexpError as error:  # left untouched
             log.error("run %s not started: %s", folder, error)
             return dict(status="failed", error=str(error))
@@ -225,13 +243,18 @@ def _fitting_parts(runs: list[PackRun]) -> list[list[PackRun]]:
         return [runs]
     parts = -(-len(runs) // most)
     per = -(-len(runs) // parts)  # even packs
-    log.warning("a pack of %d runs does not fit in the memory free on %s: %d packs of at most "
-                "%d, one after another", len(runs), device, parts, per)
-    return [runs[i:i + per] for i in range(0, len(runs), per)]
+    log.warning(
+        "a pack of %d runs does not fit in the memory free on %s: %d packs of at most "
+        "%d, one after another",
+        len(runs),
+        device,
+        parts,
+        per,
+    )
+    return [runs[i : i + per] for i in range(0, len(runs), per)]
 
 
-def _run_log(run_dir: Path, hydra_files: list[logging.FileHandler],
-             held: ExitStack) -> None:
+def _run_log(run_dir: Path, hydra_files: list[logging.FileHandler], held: ExitStack) -> None:
     """The run's own `<job>.log`: Hydra's handler where it writes into this folder (the lead's),
     else one like it; each passes only this run's lines and the pack's."""
     root = logging.getLogger()
@@ -247,8 +270,9 @@ def _run_log(run_dir: Path, hydra_files: list[logging.FileHandler],
         handler.setFormatter(hydra_files[0].formatter)
         handler.setLevel(hydra_files[0].level)
     else:
-        handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - "
-                                               "%(message)s"))
+        handler.setFormatter(
+            logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+        )
     handler.addFilter(OneRun(run_dir))
     root.addHandler(handler)
 
@@ -280,8 +304,10 @@ def estimate(line, packs: Plan, remaining: int, side_by_side: int) -> str:
     for pack in packs.packs:
         task = tuple(o for o in line.jobs[pack[0]] if key_of(o) in TASK_KEYS)
         kinds.setdefault((task, len(pack)), pack)
-    timed = {kind: calibrate([line.configs[i] for i in pack], torch_threads)
-             for kind, pack in kinds.items()}
+    timed = {
+        kind: calibrate([line.configs[i] for i in pack], torch_threads)
+        for kind, pack in kinds.items()
+    }
     steps = int(cfg.train.steps)
     total = 0.0
     for pack in packs.packs:
@@ -289,11 +315,15 @@ def estimate(line, packs: Plan, remaining: int, side_by_side: int) -> str:
         fixed, step = timed[(task, len(pack))]
         total += fixed + steps * step
     total *= remaining / packs.runs / side_by_side
-    detail = "; ".join(f"{fixed:.1f} s + {steps} x {step * 1e3:.1f} ms per pack of {size}"
-                       for (_, size), (fixed, step) in timed.items())
+    detail = "; ".join(
+        f"{fixed:.1f} s + {steps} x {step * 1e3:.1f} ms per pack of {size}"
+        for (_, size), (fixed, step) in timed.items()
+    )
     device = resolve_device(str(cfg.device))
-    return (f"about {duration(total)} for {remaining} runs ({detail}; measured just now on "
-            f"{device}, {torch_threads} thread(s) per pack)")
+    return (
+        f"about {duration(total)} for {remaining} runs ({detail}; measured just now on "
+        f"{device}, {torch_threads} thread(s) per pack)"
+    )
 
 
 def calibrate(cfgs: list[DictConfig], threads: int, steps: int = 6) -> tuple[float, float]:

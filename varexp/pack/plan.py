@@ -117,8 +117,9 @@ def _step_macs(arch_json: str, dataset_json: str, batch: int) -> int:
 
     with torch.device("meta"):
         model = build_model(arch, info.input_shape, info.num_classes)
-        handles = [m.register_forward_hook(count) for m in model.modules()
-                   if isinstance(m, WEIGHT_TYPES)]
+        handles = [
+            m.register_forward_hook(count) for m in model.modules() if isinstance(m, WEIGHT_TYPES)
+        ]
         model(torch.empty(batch, *info.input_shape))
     for handle in handles:
         handle.remove()
@@ -136,8 +137,9 @@ def run_bytes(cfg: DictConfig) -> float:
     """Memory of one run in a pack: its training step (varexp.memory) and a second copy of its
     weights and optimizer state (its own module beside the stacks)."""
     info = data_info(cfg.dataset, cfg.arch)
-    params, outputs = memory.count(cfg.arch, info.input_shape, info.num_classes,
-                                   cfg.train.batch_size)
+    params, outputs = memory.count(
+        cfg.arch, info.input_shape, info.num_classes, cfg.train.batch_size
+    )
     states = 2 if cfg.optim.name == "adam" else 1
     own_copy = memory.FLOAT * params * (1 + states)
     return memory.train_bytes(params, outputs, cfg.optim.name) + own_copy
@@ -178,10 +180,15 @@ class Plan:
         parts = []
         for size in sorted({len(p) for p in self.packs}, reverse=True):
             count = sum(len(p) == size for p in self.packs)
-            parts.append(f"{count} pack{'s' * (count > 1)} of {size}" if size > 1
-                         else f"{count} run{'s' * (count > 1)} alone")
-        head = (f"{self.runs} runs in {jobs} job{'s' * (jobs > 1)}: {', '.join(parts)} (a pack "
-                "trains its runs as one batched model)")
+            parts.append(
+                f"{count} pack{'s' * (count > 1)} of {size}"
+                if size > 1
+                else f"{count} run{'s' * (count > 1)} alone"
+            )
+        head = (
+            f"{self.runs} runs in {jobs} job{'s' * (jobs > 1)}: {', '.join(parts)} (a pack "
+            "trains its runs as one batched model)"
+        )
         return "; ".join([head, *self.notes])
 
 
@@ -191,8 +198,11 @@ def device_of(cfg: DictConfig, launcher: str) -> torch.device | None:
     if remote(launcher):
         device = str(cfg.device)
         options = cfg.get("hydra", {}).get("launcher", {}) or {}
-        gpus = (options.get("gpus_per_node") or options.get("gpus_per_task")
-                or "gpu" in str(options.get("gres") or ""))
+        gpus = (
+            options.get("gpus_per_node")
+            or options.get("gpus_per_task")
+            or "gpu" in str(options.get("gres") or "")
+        )
         if device.startswith("cuda") or device == "auto" and gpus:
             return torch.device("cuda")
         return torch.device("cpu") if device == "cpu" else None
@@ -205,8 +215,13 @@ def remote(launcher: str) -> bool:
     return launcher == "submitit_slurm"
 
 
-def plan(setting: object, jobs: list[list[str]], config_of: Callable[[int], DictConfig],
-         launcher: str = "basic", parallel: int = 1) -> Plan:
+def plan(
+    setting: object,
+    jobs: list[list[str]],
+    config_of: Callable[[int], DictConfig],
+    launcher: str = "basic",
+    parallel: int = 1,
+) -> Plan:
     """The packs for `jobs` (every job's overrides) with sweep.pack = `setting`; `config_of(i)`
     composes job i (only the first job of each group is composed)."""
     if setting == OFF or setting is False:
@@ -226,36 +241,45 @@ def plan(setting: object, jobs: list[list[str]], config_of: Callable[[int], Dict
         if note and note not in notes:
             notes.append(note)
         per = math.ceil(len(group) / math.ceil(len(group) / size))  # even packs
-        packs += [group[i:i + per] for i in range(0, len(group), per)]
+        packs += [group[i : i + per] for i in range(0, len(group), per)]
     # the longest jobs first, so that a parallel launcher does not end on one pack alone
     packs.sort(key=len, reverse=True)
     if len(groups) > 1 and any(len(p) > 1 for p in packs):
-        notes.append(f"{len(groups)} groups of runs that differ in more than init, optimizer "
-                     "and learning rate (another task, seed, batch size, ...) pack apart")
+        notes.append(
+            f"{len(groups)} groups of runs that differ in more than init, optimizer "
+            "and learning rate (another task, seed, batch size, ...) pack apart"
+        )
     return Plan(packs, notes)
 
 
-def pack_size(setting: object, cfg: DictConfig, runs: int, launcher: str, parallel: int,
-              groups: int) -> tuple[int, str | None]:
+def pack_size(
+    setting: object, cfg: DictConfig, runs: int, launcher: str, parallel: int, groups: int
+) -> tuple[int, str | None]:
     """The most runs of one group per pack, and a note on why (or None)."""
     device = device_of(cfg, launcher)
     note = None
     if setting == AUTO:
         macs = step_macs(cfg)
         if device is None:
-            return 1, ("sweep.pack=auto: not packed, the cluster's device is not known here "
-                       "(device=cuda, or hydra.launcher.gpus_per_node, tells it; or set "
-                       "sweep.pack=N)")
+            return 1, (
+                "sweep.pack=auto: not packed, the cluster's device is not known here "
+                "(device=cuda, or hydra.launcher.gpus_per_node, tells it; or set "
+                "sweep.pack=N)"
+            )
         if device.type == "cpu" and cfg.arch.name in CPU_UNPACKED:
             name, why = CPU_UNPACKED[cfg.arch.name]
-            return 1, (f"sweep.pack=auto: {name} runs not packed on the CPU ({why}; "
-                       "sweep.pack=N packs them)")
+            return 1, (
+                f"sweep.pack=auto: {name} runs not packed on the CPU ({why}; "
+                "sweep.pack=N packs them)"
+            )
         if device.type == "cpu":
             most = CPU_PACK_MACS[cfg.arch.name]
             if macs > most:
-                return 1, (f"sweep.pack=auto: not packed, one {cfg.arch.name} step costs "
-                           f"{memory.amount(macs)} multiply-adds, compute-bound on the CPU "
-                           f"(packs pay below {memory.amount(most)})")
+                return 1, (
+                    f"sweep.pack=auto: not packed, one {cfg.arch.name} step costs "
+                    f"{memory.amount(macs)} multiply-adds, compute-bound on the CPU "
+                    f"(packs pay below {memory.amount(most)})"
+                )
             size = runs
             if groups < parallel:  # one pack per core where the launcher runs jobs side by side
                 size = math.ceil(runs / math.ceil(parallel / groups))
@@ -266,10 +290,12 @@ def pack_size(setting: object, cfg: DictConfig, runs: int, launcher: str, parall
     if device is not None and size > 1 and not remote(launcher):
         fits = fitting(cfg, size, device)
         if fits < size:
-            note = (f"a pack of {size} runs would need about "
-                    f"{memory.gigabytes(size * run_bytes(cfg))}, more than the "
-                    f"{memory.gigabytes(memory.available(device))} free on {device}: packs of "
-                    f"at most {fits}")
+            note = (
+                f"a pack of {size} runs would need about "
+                f"{memory.gigabytes(size * run_bytes(cfg))}, more than the "
+                f"{memory.gigabytes(memory.available(device))} free on {device}: packs of "
+                f"at most {fits}"
+            )
             size = fits
     return max(1, size), note
 
@@ -285,8 +311,10 @@ def encode(members: list[tuple[int, list[str]]]) -> str:
     """The override `+packed_runs=[...]` for runs given as (job number, the overrides in which
     the run differs from the pack's lead): one Hydra string per run, 'NUMBER:override ...',
     each override percent-encoded where it holds spaces, quotes, backslashes or '%'."""
-    items = [f"{number}:" + " ".join(urllib.parse.quote(o, safe=_SAFE) for o in overrides)
-             for number, overrides in members]
+    items = [
+        f"{number}:" + " ".join(urllib.parse.quote(o, safe=_SAFE) for o in overrides)
+        for number, overrides in members
+    ]
     return f"+{PACK_KEY}=[" + ",".join(f'"{item}"' for item in items) + "]"
 
 
@@ -304,8 +332,7 @@ def pack_job(jobs: list[list[str]], pack: list[int]) -> list[str]:
     lead = jobs[pack[0]]
     if len(pack) == 1:
         return list(lead)
-    members = [(i, [o for o, mine in zip(jobs[i], lead, strict=True) if o != mine])
-               for i in pack]
+    members = [(i, [o for o, mine in zip(jobs[i], lead, strict=True) if o != mine]) for i in pack]
     return [*lead, encode(members)]
 
 
@@ -315,12 +342,14 @@ def member_overrides(lead: list[str], differing: list[str]) -> list[str]:
     return [by_key.get(key_of(o), o) for o in lead]
 
 
-def sweep_plan(cfg: DictConfig, jobs: list[list[str]],
-               config_of: Callable[[int], DictConfig]) -> Plan:
+def sweep_plan(
+    cfg: DictConfig, jobs: list[list[str]], config_of: Callable[[int], DictConfig]
+) -> Plan:
     """The packs of `varexp sweep` for its jobs (`config_of(i)`: job i's full config), as the
     plan before the sweep prints them and as its sweeper launches them."""
     from varexp.compose import launcher
     from varexp.sweep import parallel
 
-    return plan(cfg.sweep.get("pack", OFF), jobs, config_of, launcher(cfg),
-                parallel(cfg, len(jobs)))
+    return plan(
+        cfg.sweep.get("pack", OFF), jobs, config_of, launcher(cfg), parallel(cfg, len(jobs))
+    )

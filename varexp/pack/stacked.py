@@ -92,7 +92,7 @@ class Stack:
         if kind == "sgd" and part.key[1] == 0:
             names = ()  # SGD without momentum keeps no state
         part.state = {n: [] for n in names}
-        for trainer in self.trainers[part.start:part.stop]:
+        for trainer in self.trainers[part.start : part.stop]:
             params = trainer.optimizer.param_groups[0]["params"]
             first = trainer.optimizer.state.get(params[0], {}) if params else {}
             # Adam counts its steps; SGD's state exists once the run has taken a step
@@ -101,7 +101,7 @@ class Stack:
         for n in names:
             for i in range(len(self.names)):
                 rows = []
-                for trainer in self.trainers[part.start:part.stop]:
+                for trainer in self.trainers[part.start : part.stop]:
                     p = trainer.optimizer.param_groups[0]["params"][i]
                     saved = trainer.optimizer.state.get(p, {}).get(n)
                     # a run that has not stepped yet: zeros give torch.optim's first step
@@ -131,7 +131,7 @@ class Stack:
             if not optimizer:
                 return
             for part in self.slices:
-                for k, trainer in enumerate(self.trainers[part.start:part.stop]):
+                for k, trainer in enumerate(self.trainers[part.start : part.stop]):
                     if not any(trainer is t for t in skip):
                         self._write_optimizer(part, k, trainer)
 
@@ -150,8 +150,13 @@ class Stack:
     # -----------------------------------------------------------------------------------------
     # a step
 
-    def losses(self, x: Tensor, y: Tensor, loss_fn: Callable[[Tensor, Tensor], Tensor],
-               amp: AbstractContextManager) -> Tensor:
+    def losses(
+        self,
+        x: Tensor,
+        y: Tensor,
+        loss_fn: Callable[[Tensor, Tensor], Tensor],
+        amp: AbstractContextManager,
+    ) -> Tensor:
         """Each run's loss on the batch (x, y), as a (runs,) tensor that autograd can follow
         into the stacked weights."""
 
@@ -168,16 +173,20 @@ class Stack:
 
     def grad_rms(self, run: int) -> Tensor:
         """(L,) RMS of the weight gradient of each measured layer of run `run`."""
-        return torch.stack([self.params[n].grad[run].detach().double().square().mean().sqrt()
-                            for n in self.layer_weights])
+        return torch.stack(
+            [
+                self.params[n].grad[run].detach().double().square().mean().sqrt()
+                for n in self.layer_weights
+            ]
+        )
 
     @torch.no_grad()
     def step(self) -> None:
         """One optimizer step of every run, each on its slice (torch's foreach kernels over the
         parameters, per-run numbers broadcast over each run's slice)."""
         for part in self.slices:
-            params = [self.params[n][part.start:part.stop] for n in self.names]
-            grads = [self.params[n].grad[part.start:part.stop] for n in self.names]
+            params = [self.params[n][part.start : part.stop] for n in self.names]
+            grads = [self.params[n].grad[part.start : part.stop] for n in self.names]
             if part.key[0] == "sgd":
                 self._sgd(part, params, grads)
             else:
@@ -207,9 +216,10 @@ class Stack:
         # corrections: p -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
         _, (beta1, beta2), eps = part.key
         steps = [s + 1 for s in part.steps]
-        step_size = self._per_run([lr / (1 - beta1 ** s) for lr, s in zip(part.lr, steps,
-                                                                           strict=True)], params)
-        correction = self._per_run([(1 - beta2 ** s) ** 0.5 for s in steps], params)
+        step_size = self._per_run(
+            [lr / (1 - beta1**s) for lr, s in zip(part.lr, steps, strict=True)], params
+        )
+        correction = self._per_run([(1 - beta2**s) ** 0.5 for s in steps], params)
         exp_avg, exp_avg_sq = part.state["exp_avg"], part.state["exp_avg_sq"]
         torch._foreach_lerp_(exp_avg, grads, 1 - beta1)
         torch._foreach_mul_(exp_avg_sq, beta2)
@@ -234,4 +244,3 @@ def stacks_of(trainers: list[Trainer]) -> list[Stack]:
     for trainer in trainers:
         groups.setdefault(structure_key(trainer), []).append(trainer)
     return [Stack(group) for group in groups.values()]
-

@@ -50,8 +50,10 @@ class PackInterrupted(Stopped):
     """Ctrl-C or SIGTERM: the pack stopped at a step boundary with every run's checkpoint."""
 
     def __init__(self, step: int, runs: int):
-        super().__init__(f"stopped at step {step}; the checkpoints of the pack's {runs} "
-                         "running runs are saved: run the same command to continue them")
+        super().__init__(
+            f"stopped at step {step}; the checkpoints of the pack's {runs} "
+            "running runs are saved: run the same command to continue them"
+        )
         self.step = step
 
 
@@ -102,16 +104,22 @@ def _no_context(run: PackRun | None) -> Iterator[None]:
 class Pack:
     """The runs of a pack, their shared data and their stacks."""
 
-    def __init__(self, runs: list[PackRun], about: RunContext = _no_context,
-                 verbose: bool = True):
+    def __init__(self, runs: list[PackRun], about: RunContext = _no_context, verbose: bool = True):
         self.runs, self.about, self.verbose = runs, about, verbose
         lead = runs[0].cfg
         self.cfg = lead.train
         self.device = devices.resolve(lead.device)
-        self.stream = Stream(lead.dataset, lead.arch, lead.train.batch_size, lead.seed,
-                             device=self.device)
-        self.fixed_x = fixed_batch(lead.dataset, lead.arch, lead.train.probe_samples, lead.seed,
-                                   self.device, key="train.probe_samples")
+        self.stream = Stream(
+            lead.dataset, lead.arch, lead.train.batch_size, lead.seed, device=self.device
+        )
+        self.fixed_x = fixed_batch(
+            lead.dataset,
+            lead.arch,
+            lead.train.probe_samples,
+            lead.seed,
+            self.device,
+            key="train.probe_samples",
+        )
         self.stacks: list[Stack] = []
         self.active: list[PackRun] = []
         self.step = 0
@@ -123,9 +131,15 @@ class Pack:
         for run in self.runs:
             with self.about(run):
                 try:
-                    run.trainer = Trainer(run.cfg, run.run_dir, run.info, run.saved,
-                                          verbose=False, stream=Position(self.stream),
-                                          fixed_x=self.fixed_x)
+                    run.trainer = Trainer(
+                        run.cfg,
+                        run.run_dir,
+                        run.info,
+                        run.saved,
+                        verbose=False,
+                        stream=Position(self.stream),
+                        fixed_x=self.fixed_x,
+                    )
                     run.trainer.initialize_state()
                     if run.saved is not None:
                         run.trainer.stream.load_state_dict(run.saved.stream)
@@ -153,17 +167,22 @@ class Pack:
         if not waiting:
             return
         self.step = min(r.trainer.step for r in waiting)
-        amp = (torch.autocast(self.device.type, dtype=torch.bfloat16) if cfg.amp
-               else nullcontext())
+        amp = torch.autocast(self.device.type, dtype=torch.bfloat16) if cfg.amp else nullcontext()
         channels_last = cfg.channels_last and self.fixed_x.dim() == 4
-        sync_every = (cfg.sync_every if cfg.sync_every != "auto"
-                      else 50 if self.device.type == "cuda" else 1)
+        sync_every = (
+            cfg.sync_every if cfg.sync_every != "auto" else 50 if self.device.type == "cuda" else 1
+        )
         loss_fn = waiting[0].trainer.loss_fn
         self.stream.load_state_dict({"batch": self.step})
         batches = iter(self.stream)
-        bar = tqdm(total=cfg.steps, initial=self.step, unit="step",
-                   desc=f"pack of {len(waiting)}", dynamic_ncols=True,
-                   disable=None if cfg.progress else True)
+        bar = tqdm(
+            total=cfg.steps,
+            initial=self.step,
+            unit="step",
+            desc=f"pack of {len(waiting)}",
+            dynamic_ncols=True,
+            disable=None if cfg.progress else True,
+        )
         lines = self.verbose and (bar.disable or not cfg.progress)
         started = last_flush = last_line = time.perf_counter()
         first_step = self.step
@@ -179,8 +198,9 @@ class Pack:
                         self.stream.load_state_dict({"batch": self.step})
                         batches = iter(self.stream)
                 s = self.step
-                joining = [r for r in self.running() if r not in self.active
-                           and r.trainer.step == s]
+                joining = [
+                    r for r in self.running() if r not in self.active and r.trainer.step == s
+                ]
                 if joining:
                     now = time.perf_counter()
                     for run in joining:
@@ -194,8 +214,10 @@ class Pack:
                 if s % cfg.ratio_every == 0:
                     for stack in self.stacks:
                         stack.write_back(optimizer=False)
-                    stats = [layer_stats(r.trainer.model, self.fixed_x, r.trainer.layers)
-                             for r in self.active]
+                    stats = [
+                        layer_stats(r.trainer.model, self.fixed_x, r.trainer.layers)
+                        for r in self.active
+                    ]
                 epoch = s * cfg.batch_size // len(self.stream.source)
                 x, y = next(batches)
                 if channels_last:
@@ -221,9 +243,14 @@ class Pack:
                 flush_due = time.perf_counter() - last_flush > cfg.flush_seconds
                 line_due = lines and time.perf_counter() - last_line > cfg.log_seconds
                 synced = False
-                if (len(pending_losses) >= sync_every * len(self.stacks) or checkpoint_due
-                        or flush_due or line_due or s + 1 == cfg.steps
-                        or s + 1 == cfg.stop_after):
+                if (
+                    len(pending_losses) >= sync_every * len(self.stacks)
+                    or checkpoint_due
+                    or flush_due
+                    or line_due
+                    or s + 1 == cfg.steps
+                    or s + 1 == cfg.stop_after
+                ):
                     ended = self.settle(pending_losses)
                     synced = True
                     for run in ended:  # as alone: no update at the step where it diverged
@@ -251,9 +278,16 @@ class Pack:
                     last_line = time.perf_counter()
                     rate = (self.step - first_step) / (last_line - started)
                     left = (cfg.steps - self.step) / rate if rate > 0 else math.nan
-                    log.info("pack step %d/%d  %d runs  %.1f steps/s (%.1f run-steps/s)  "
-                             "about %.0f s left", self.step, cfg.steps, len(self.active), rate,
-                             rate * len(self.active), left)
+                    log.info(
+                        "pack step %d/%d  %d runs  %.1f steps/s (%.1f run-steps/s)  "
+                        "about %.0f s left",
+                        self.step,
+                        cfg.steps,
+                        len(self.active),
+                        rate,
+                        rate * len(self.active),
+                        left,
+                    )
                 if cfg.stop_after is not None and self.step == cfg.stop_after:
                     raise Stopped(f"stopped after step {self.step} (train.stop_after)")
         finally:
@@ -287,7 +321,7 @@ class Pack:
                 continue
             trainer = run.trainer
             lr = trainer.optimizer.param_groups[0]["lr"]
-            if not trainer.record_losses(rows, mine[:len(rows)], lr):
+            if not trainer.record_losses(rows, mine[: len(rows)], lr):
                 ended.append(run)
         return ended
 
@@ -296,8 +330,9 @@ class Pack:
         ended, and are saved with their summaries."""
         if not ended:
             return
-        self.regroup([r for r in self.active if r not in ended],
-                     skip=tuple(r.trainer for r in ended))
+        self.regroup(
+            [r for r in self.active if r not in ended], skip=tuple(r.trainer for r in ended)
+        )
         for run in ended:
             self.finish(run)
 
@@ -340,8 +375,9 @@ class Pack:
     def fail(self, run: PackRun, error: BaseException) -> None:
         """A run that raised: failed in its folder, as a run trained alone."""
         run.error = error
-        reason = (str(error) if isinstance(error, VarexpError)
-                  else f"{type(error).__name__}: {error}")
+        reason = (
+            str(error) if isinstance(error, VarexpError) else f"{type(error).__name__}: {error}"
+        )
         with self.about(run):
             if isinstance(error, VarexpError):
                 log.error("run %s failed: %s", run.run_dir, reason)
@@ -365,17 +401,23 @@ class Pack:
                 self.fail(run, error)
 
 
-def train_pack(runs: list[PackRun], about: RunContext = _no_context, verbose: bool = True
-               ) -> list[dict]:
+def train_pack(
+    runs: list[PackRun], about: RunContext = _no_context, verbose: bool = True
+) -> list[dict]:
     """Train the runs together (each continuing from its checkpoint, `saved`); returns each
     run's summary (also in its summary.json). Ctrl-C or SIGTERM stop it at the next step with
     every running run's checkpoint (PackInterrupted)."""
     pack = Pack(runs, about, verbose)
     if verbose:
-        log.info("pack of %d runs on %s: %s x %d steps of batch %d, one forward and backward "
-                 "pass per step for all of them", len(runs), pack.device,
-                 runs[0].cfg.dataset.name, runs[0].cfg.train.steps,
-                 runs[0].cfg.train.batch_size)
+        log.info(
+            "pack of %d runs on %s: %s x %d steps of batch %d, one forward and backward "
+            "pass per step for all of them",
+            len(runs),
+            pack.device,
+            runs[0].cfg.dataset.name,
+            runs[0].cfg.train.steps,
+            runs[0].cfg.train.batch_size,
+        )
     pack.start()
     try:
         with StopRequests() as stop:
@@ -383,18 +425,23 @@ def train_pack(runs: list[PackRun], about: RunContext = _no_context, verbose: bo
     except Stopped:
         raise
     except torch.OutOfMemoryError as err:
-        pack.fail_unfinished(VarexpError(
-            f"out of memory at step {pack.step} in a pack of {len(pack.active)} runs "
-            f"({str(err).splitlines()[0]}); lower sweep.pack or train.batch_size"))
+        pack.fail_unfinished(
+            VarexpError(
+                f"out of memory at step {pack.step} in a pack of {len(pack.active)} runs "
+                f"({str(err).splitlines()[0]}); lower sweep.pack or train.batch_size"
+            )
+        )
     except OSError as err:
         if results.disk_full(err):
-            pack.fail_unfinished(VarexpError(
-                f"disk full while writing {err.filename} at step {pack.step}; the runs' "
-                "checkpoints and the rows up to them are intact: free space, then run the "
-                "same command"))
+            pack.fail_unfinished(
+                VarexpError(
+                    f"disk full while writing {err.filename} at step {pack.step}; the runs' "
+                    "checkpoints and the rows up to them are intact: free space, then run the "
+                    "same command"
+                )
+            )
         else:
             pack.fail_unfinished(err)
     except Exception as err:
         pack.fail_unfinished(err)
-    return [run.summary if run.summary is not None else dict(status="failed")
-            for run in runs]
+    return [run.summary if run.summary is not None else dict(status="failed") for run in runs]

@@ -23,11 +23,22 @@ from varexp.theory import recursion
 log = logging.getLogger("varexp.plot")
 
 # One colour per setting, the same in every figure.
-WIDTH_COLORS = {30: "tab:blue", 100: "tab:orange", 300: "tab:green", 1000: "tab:red",
-                3000: "tab:purple"}
-INIT_COLORS = {"kaiming": "tab:blue", "scale": "tab:orange", "scale+bias": "tab:green",
-               "batchnorm": "tab:red", "xavier": "tab:purple", "orthogonal": "tab:brown",
-               "lsuv": "tab:pink"}
+WIDTH_COLORS = {
+    30: "tab:blue",
+    100: "tab:orange",
+    300: "tab:green",
+    1000: "tab:red",
+    3000: "tab:purple",
+}
+INIT_COLORS = {
+    "kaiming": "tab:blue",
+    "scale": "tab:orange",
+    "scale+bias": "tab:green",
+    "batchnorm": "tab:red",
+    "xavier": "tab:purple",
+    "orthogonal": "tab:brown",
+    "lsuv": "tab:pink",
+}
 SPARE_COLORS = ("tab:olive", "tab:cyan", "tab:gray", "tab:pink", "tab:brown")
 INIT_ORDER = ("kaiming", "scale+bias", "batchnorm", "scale", "lsuv", "xavier", "orthogonal")
 ARCH_TITLES = {"mlp": "MLP", "allcnnc": "ALL-CNN-C", "unet": "UNet"}
@@ -53,8 +64,12 @@ def init_rank(name: str) -> tuple[int, str]:
 
 def panel_key(run: RunResult) -> tuple:
     """Runs that share a panel: same architecture and init (and activation and norm)."""
-    return (run.arch, run.init, str(run.get("arch.activation", "relu")),
-            str(run.get("arch.norm", "none")))
+    return (
+        run.arch,
+        run.init,
+        str(run.get("arch.activation", "relu")),
+        str(run.get("arch.norm", "none")),
+    )
 
 
 def line_key(run: RunResult) -> tuple:
@@ -116,9 +131,13 @@ def theory_for(run: RunResult, depth: int) -> pd.DataFrame | None:
     init and units (for a convolutional net, the wide-MLP reference); None where the recursion
     has no answer (it says why in the log)."""
     try:
-        return recursion(depth, activation=str(run.get("arch.activation", "relu")),
-                         init=run.init, gain=run.get("init.gain"),
-                         norm=str(run.get("arch.norm", "none")))
+        return recursion(
+            depth,
+            activation=str(run.get("arch.activation", "relu")),
+            init=run.init,
+            gain=run.get("init.gain"),
+            norm=str(run.get("arch.norm", "none")),
+        )
     except VarexpError as error:
         log.warning("no theory curve for %s: %s", run.path.parent, error)
         return None

@@ -26,18 +26,24 @@ from varexp.results.tables import NEURONS, RunResult, load_probes
 NEURONS_SHOWN = 3
 BINS = 50
 # (theory column, probe column, label, colour): m^2 + v^2 = sigma^2 (Eq. 5)
-CURVES = (("m", "sample_mean_sq", "sample mean $m$", "tab:blue"),
-          ("v", "sample_var", "sample std $v$", "tab:orange"),
-          ("sigma", "second_moment", r"total std $\sigma$", "tab:green"))
+CURVES = (
+    ("m", "sample_mean_sq", "sample mean $m$", "tab:blue"),
+    ("v", "sample_var", "sample std $v$", "tab:orange"),
+    ("sigma", "second_moment", r"total std $\sigma$", "tab:green"),
+)
 
 
 def pick_run(runs: list[RunResult]) -> RunResult:
     """The paper's setting if present (Kaiming ReLU MLP), preferring runs with neurons.csv, then
     the widest."""
+
     def score(run: RunResult) -> tuple:
-        paper = (run.arch == "mlp" and run.init == "kaiming"
-                 and run.get("arch.activation", "relu") == "relu"
-                 and run.get("arch.norm", "none") == "none")
+        paper = (
+            run.arch == "mlp"
+            and run.init == "kaiming"
+            and run.get("arch.activation", "relu") == "relu"
+            and run.get("arch.norm", "none") == "none"
+        )
         return (paper, (run.path.parent / "neurons.csv").exists(), run.get("arch.width", 0) or 0)
 
     return max(runs, key=score)
@@ -55,9 +61,18 @@ def draw_moments(ax, run: RunResult) -> None:
         root = np.sqrt(mean["mean"])
         # the standard error of the mean over networks, carried through the root
         error = mean["std"] / np.sqrt(mean["count"]) / (2 * root.where(root > 0))
-        ax.errorbar(mean["layer"], root, yerr=error.fillna(0.0), linestyle="none", marker="o",
-                    markersize=3.5, markerfacecolor="none", color=color, elinewidth=0.8,
-                    label=f"{label} (measured)")
+        ax.errorbar(
+            mean["layer"],
+            root,
+            yerr=error.fillna(0.0),
+            linestyle="none",
+            marker="o",
+            markersize=3.5,
+            markerfacecolor="none",
+            color=color,
+            elinewidth=0.8,
+            label=f"{label} (measured)",
+        )
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=8, loc="center right")
 
@@ -76,8 +91,12 @@ def neuron_panels(neurons: pd.DataFrame, layer: int, rng: np.random.Generator) -
     for net, neuron in chosen.itertuples(index=False):
         values = at[(at["network"] == net) & (at["neuron"] == neuron)]["value"]
         panels.append((f"neuron {neuron}, network {net}\n(over samples)", values.to_numpy()))
-    panels.append((f"{keys['network'].nunique()} networks, {len(keys)} neurons\n"
-                   "(over samples + networks)", at["value"].to_numpy()))
+    panels.append(
+        (
+            f"{keys['network'].nunique()} networks, {len(keys)} neurons\n(over samples + networks)",
+            at["value"].to_numpy(),
+        )
+    )
     return panels
 
 
@@ -104,16 +123,18 @@ def load_neurons(run: RunResult) -> pd.DataFrame | None:
     path = run.path.parent / "neurons.csv"
     neurons = NEURONS.read(path, allow_empty=True) if path.exists() else None
     if neurons is None or neurons.empty:
-        log.info("no neurons.csv with rows beside %s: drawing only the left panel "
-                 "(`varexp probe probe.neurons=3` records them)", run.path)
+        log.info(
+            "no neurons.csv with rows beside %s: drawing only the left panel "
+            "(`varexp probe probe.neurons=3` records them)",
+            run.path,
+        )
         return None
     return neurons
 
 
 def make(results: str | None, outputs_root: str, out_dir: str | Path) -> list[Path]:
     try:  # the paper's figure: a Kaiming run with raw pre-activations
-        runs = load_probes("figure1", results, outputs_root, ("kaiming",),
-                         beside="neurons.csv")
+        runs = load_probes("figure1", results, outputs_root, ("kaiming",), beside="neurons.csv")
     except VarexpError:
         runs = load_probes("figure1", results, outputs_root)
     run = pick_run(runs)
@@ -130,8 +151,12 @@ def make(results: str | None, outputs_root: str, out_dir: str | Path) -> list[Pa
     arch = ARCH_TITLES.get(run.arch, run.arch)
     setting = f"{arch}, width {run.get('arch.width')}" if run.arch == "mlp" else arch
     networks = run.table["network"].nunique()
-    style_axes(ax, f"{setting}, {run.init} init ({networks} networks)", "layer $l$",
-               r"pre-activation mean $m$, std $v$, total std $\sigma$")
+    style_axes(
+        ax,
+        f"{setting}, {run.init} init ({networks} networks)",
+        "layer $l$",
+        r"pre-activation mean $m$, std $v$, total std $\sigma$",
+    )
     draw_moments(ax, run)
     caption(fig, figure_caption(run, networks, neurons))
     log.info("figure1 from %s", run.path.parent)
@@ -140,12 +165,16 @@ def make(results: str | None, outputs_root: str, out_dir: str | Path) -> list[Pa
 
 def figure_caption(run: RunResult, networks: int, neurons: pd.DataFrame | None) -> str:
     samples = run.get("probe.samples")
-    text = (f"Left: lines, the infinite-width theory (Eq. 8); circles, measured over "
-            f"{samples} inputs per network, the root of the mean over the {networks} networks "
-            r"of $m^2$, $v^2$ and $\sigma^2 = m^2 + v^2$ per layer; bars, ±1 standard "
-            f"error of that mean across the {networks} networks (through the root).")
+    text = (
+        f"Left: lines, the infinite-width theory (Eq. 8); circles, measured over "
+        f"{samples} inputs per network, the root of the mean over the {networks} networks "
+        r"of $m^2$, $v^2$ and $\sigma^2 = m^2 + v^2$ per layer; bars, ±1 standard "
+        f"error of that mean across the {networks} networks (through the root)."
+    )
     if neurons is not None:
-        text += (" Right: histograms of one pre-activation over the inputs for three neurons "
-                 "of one network (blue), and of every recorded neuron over inputs and networks "
-                 "pooled (grey), at the first and last layer; densities, one x range per row.")
+        text += (
+            " Right: histograms of one pre-activation over the inputs for three neurons "
+            "of one network (blue), and of every recorded neuron over inputs and networks "
+            "pooled (grey), at the first and last layer; densities, one x range per row."
+        )
     return text

@@ -57,20 +57,44 @@ def draw_panel(ax, key: tuple, runs: list[RunResult]) -> None:
         slope, intercept = grad_fit(table)
         layers = mean["layer"].to_numpy(float)
         networks = table["network"].nunique()
-        ax.plot(layers, mean["mean"], color=color, marker="o", markersize=3, linewidth=1.2,
-                label=f"{line_label(arch, lkey)} ({networks} nets)")
-        ax.plot(layers, np.exp(intercept + slope * layers), color=color, linestyle="--",
-                linewidth=1.0, alpha=0.8, label=f"fit: slope {slope_text(slope)}")
+        ax.plot(
+            layers,
+            mean["mean"],
+            color=color,
+            marker="o",
+            markersize=3,
+            linewidth=1.2,
+            label=f"{line_label(arch, lkey)} ({networks} nets)",
+        )
+        ax.plot(
+            layers,
+            np.exp(intercept + slope * layers),
+            color=color,
+            linestyle="--",
+            linewidth=1.0,
+            alpha=0.8,
+            label=f"fit: slope {slope_text(slope)}",
+        )
         fits.append((layers, slope, intercept))
-        log.info("figure3 %s, %s (%d nets): slope %s", panel_title(key), line_label(arch, lkey),
-                 networks, slope_text(slope))
+        log.info(
+            "figure3 %s, %s (%d nets): slope %s",
+            panel_title(key),
+            line_label(arch, lkey),
+            networks,
+            slope_text(slope),
+        )
     predicted = theory_slope(key, runs[0].get("init.gain"))
     if predicted is not None:
         layers, slope, intercept = fits[-1]  # the widest line, where the theory should hold best
         mid = layers.mean()
-        ax.plot(layers, np.exp(intercept + slope * mid + predicted * (layers - mid)),
-                color="black", linestyle=":", linewidth=1.2,
-                label=f"theory: slope {slope_text(predicted)}")
+        ax.plot(
+            layers,
+            np.exp(intercept + slope * mid + predicted * (layers - mid)),
+            color="black",
+            linestyle=":",
+            linewidth=1.2,
+            label=f"theory: slope {slope_text(predicted)}",
+        )
     style_axes(ax, panel_title(key), "layer $l$", r"$\langle (\partial L/\partial x^l)^2 \rangle$")
     ax.set_yscale("log")
     ax.legend(fontsize=8, loc="best")
@@ -80,8 +104,10 @@ def make(results: str | None, outputs_root: str, out_dir: str | Path) -> list[Pa
     runs = load_probes("figure3", results, outputs_root, FIGURE3_INITS)
     with_grads = [r for r in runs if r.table["grad_sq"].notna().any()]
     if not with_grads:
-        raise VarexpError(f"no grad_sq values in {len(runs)} probe.csv file(s) "
-                          f"(e.g. {runs[0].path}); run `varexp probe probe.grad=true`")
+        raise VarexpError(
+            f"no grad_sq values in {len(runs)} probe.csv file(s) "
+            f"(e.g. {runs[0].path}); run `varexp probe probe.grad=true`"
+        )
     if len(with_grads) < len(runs):
         log.info("figure3: %d run(s) without grad_sq left out", len(runs) - len(with_grads))
     groups = panels(with_grads)
@@ -90,10 +116,13 @@ def make(results: str | None, outputs_root: str, out_dir: str | Path) -> list[Pa
     axes = fig.subplots(1, len(groups), sharey=True, squeeze=False)[0]
     for ax, (key, members) in zip(axes, groups, strict=True):
         draw_panel(ax, key, members)
-    caption(fig, "Circles: the mean over networks (their number in the legend) of the squared "
-            "gradient of the random linear loss per layer; dashed: the least-squares line of "
-            "its log over layers 1..L-1, whose slope the legend gives; dotted black: Sec. 4's "
-            "slope (log(1 - 1/π) once every layer is centred, 0 for Kaiming), drawn "
-            "through the middle of the widest line's fit. No band: the slopes figure gives the "
-            "slope's standard error.")
+    caption(
+        fig,
+        "Circles: the mean over networks (their number in the legend) of the squared "
+        "gradient of the random linear loss per layer; dashed: the least-squares line of "
+        "its log over layers 1..L-1, whose slope the legend gives; dotted black: Sec. 4's "
+        "slope (log(1 - 1/π) once every layer is centred, 0 for Kaiming), drawn "
+        "through the middle of the widest line's fit. No band: the slopes figure gives the "
+        "slope's standard error.",
+    )
     return save(fig, out_dir, "figure3")

@@ -52,14 +52,19 @@ def selected_runs(paths: list[Path]) -> pd.DataFrame:
         selected = selected.astype({"lr": float})
         if "lr_at_edge" not in selected.columns:  # made before the column
             selected["lr_at_edge"] = ""
-        runs = sweep[sweep["status"] == "completed"].astype({"lr": float}).merge(
-            selected[[*SETTING, "lr", "lr_at_edge"]], on=SETTING + ["lr"])
+        runs = (
+            sweep[sweep["status"] == "completed"]
+            .astype({"lr": float})
+            .merge(selected[[*SETTING, "lr", "lr_at_edge"]], on=SETTING + ["lr"])
+        )
         runs["metrics"] = [path.parent / d / "metrics.csv" for d in runs["run_dir"]]
         runs["source"] = len(parts)
         parts.append(runs)
     if not parts:
-        raise VarexpError(f"no learning rate was selected in {', '.join(map(str, paths))}: no "
-                          "run completed there (see sweep.csv and the runs' logs)")
+        raise VarexpError(
+            f"no learning rate was selected in {', '.join(map(str, paths))}: no "
+            "run completed there (see sweep.csv and the runs' logs)"
+        )
     runs = pd.concat(parts, ignore_index=True)
     newest = runs.groupby(SETTING)["source"].transform("min")
     return runs[runs["source"] == newest]
@@ -73,9 +78,12 @@ def finished_losses(run) -> pd.Series | None:
     summary = read_summary(run.metrics.parent) or {}
     steps = int(run.steps)
     if summary.get("status") != "completed" or summary.get("steps") != steps:
-        log.warning("figure4 leaves out %s: its summary.json no longer says completed after %d "
-                    "steps (a run extended or interrupted since the sweep's tables)",
-                    run.metrics.parent, steps)
+        log.warning(
+            "figure4 leaves out %s: its summary.json no longer says completed after %d "
+            "steps (a run extended or interrupted since the sweep's tables)",
+            run.metrics.parent,
+            steps,
+        )
         return None
     try:
         metrics = METRICS.read_run(run.metrics.parent, summary)
@@ -116,8 +124,13 @@ def draw_panel(ax, runs: pd.DataFrame, title: str, smooth: int) -> None:
         mean, std = curves.mean(axis=1), curves.std(axis=1, ddof=1).fillna(0.0)
         color = color_for(init, INIT_COLORS, inits)
         edge = mine["lr_at_edge"].iloc[0]
-        edge = ("" if not isinstance(edge, str) or not edge else ", the only lr"
-                if edge == "both" else f" at the grid's {edge} end")
+        edge = (
+            ""
+            if not isinstance(edge, str) or not edge
+            else ", the only lr"
+            if edge == "both"
+            else f" at the grid's {edge} end"
+        )
         label = f"{init} (lr {mine['lr'].iloc[0]:g}{edge}, n={curves.shape[1]})"
         ax.plot(curves.index, mean, color=color, linewidth=1.2, label=label)
         ax.fill_between(curves.index, mean - std, mean + std, color=color, alpha=0.25, linewidth=0)
@@ -125,28 +138,32 @@ def draw_panel(ax, runs: pd.DataFrame, title: str, smooth: int) -> None:
     ax.legend(fontsize=8, loc="upper right")
 
 
-def make(results: str | None, outputs_root: str, out_dir: str | Path,
-         smooth: int | None = None) -> list[Path]:
+def make(
+    results: str | None, outputs_root: str, out_dir: str | Path, smooth: int | None = None
+) -> list[Path]:
     """Render figure4.png/.pdf into out_dir; `smooth` is the moving-average window in
     iterations (None: 1% of the run length)."""
-    if smooth is not None and (isinstance(smooth, bool) or not isinstance(smooth, int)
-                               or smooth < 1):
+    if smooth is not None and (
+        isinstance(smooth, bool) or not isinstance(smooth, int) or smooth < 1
+    ):
         raise VarexpError(f"smooth={smooth!r} is not allowed; must be an integer >= 1 or null")
     paths = find_selected(results, outputs_root)
     runs = selected_runs(paths)
     if runs.empty:
         raise VarexpError(f"no completed run at a selected lr in {', '.join(map(str, paths))}")
     window = default_smooth(runs) if smooth is None else smooth
-    tasks = sorted({(a, d) for a, d in zip(runs["arch"], runs["dataset"], strict=True)},
-                   key=task_rank)
+    tasks = sorted(
+        {(a, d) for a, d in zip(runs["arch"], runs["dataset"], strict=True)}, key=task_rank
+    )
     optims = sorted(runs["optim"].unique(), key=lambda o: (o not in OPTIM_TITLES, o))
     fig = new_figure(5.0 * len(optims), 3.8 * len(tasks))
     axes = fig.subplots(len(tasks), len(optims), squeeze=False)
     for row, (arch, dataset) in enumerate(tasks):
         for col, optim in enumerate(optims):
             ax = axes[row, col]
-            mine = runs[(runs["arch"] == arch) & (runs["dataset"] == dataset)
-                        & (runs["optim"] == optim)]
+            mine = runs[
+                (runs["arch"] == arch) & (runs["dataset"] == dataset) & (runs["optim"] == optim)
+            ]
             title = f"{ARCH_TITLES.get(arch, arch)} on {dataset}, {OPTIM_TITLES.get(optim, optim)}"
             if mine.empty:
                 ax.set_axis_off()
@@ -154,10 +171,12 @@ def make(results: str | None, outputs_root: str, out_dir: str | Path,
                 continue
             draw_panel(ax, mine, title, window)
     log.info("figure4 from %s (smoothing window %d)", ", ".join(str(p) for p in paths), window)
-    smoothed = (f"a trailing moving average over {window} iterations" if window > 1
-                else "unsmoothed")
-    caption(fig, f"Lines: the training loss at each init's selected learning rate (in the "
-            f"legend), {smoothed}, averaged over the seeds (n in the legend); bands: ±1 "
-            "standard deviation across those seeds (n - 1 in the denominator; none where "
-            "n = 1).")
+    smoothed = f"a trailing moving average over {window} iterations" if window > 1 else "unsmoothed"
+    caption(
+        fig,
+        f"Lines: the training loss at each init's selected learning rate (in the "
+        f"legend), {smoothed}, averaged over the seeds (n in the legend); bands: ±1 "
+        "standard deviation across those seeds (n - 1 in the denominator; none where "
+        "n = 1).",
+    )
     return save(fig, out_dir, "figure4")

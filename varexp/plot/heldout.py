@@ -61,49 +61,82 @@ def last_layer(table: pd.DataFrame) -> tuple[float, float, float]:
     -1 and +1 standard-error bounds."""
     last = log_summary(table, KEY).iloc[-1]
     centre = np.exp(last["mean"])
-    return (float(centre), float(centre - np.exp(last["mean"] - last["error"])),
-            float(np.exp(last["mean"] + last["error"]) - centre))
+    return (
+        float(centre),
+        float(centre - np.exp(last["mean"] - last["error"])),
+        float(np.exp(last["mean"] + last["error"]) - centre),
+    )
 
 
-def draw_depth(ax, init: str, samples: int, tables: dict[tuple, pd.DataFrame],
-               widths: list[int]) -> None:
+def draw_depth(
+    ax, init: str, samples: int, tables: dict[tuple, pd.DataFrame], widths: list[int]
+) -> None:
     for width in widths:
         table = tables.get((init, width, samples))
         if table is None:
             continue
         summary = log_summary(table, KEY)
         color = color_for(width, WIDTH_COLORS, widths)
-        ax.plot(summary["layer"], np.exp(summary["mean"]), color=color, linewidth=1.5,
-                label=f"width {width} ({table['network'].nunique()} nets)")
-        ax.fill_between(summary["layer"], np.exp(summary["mean"] - summary["std"]),
-                        np.exp(summary["mean"] + summary["std"]), color=color, alpha=0.2,
-                        linewidth=0)
+        ax.plot(
+            summary["layer"],
+            np.exp(summary["mean"]),
+            color=color,
+            linewidth=1.5,
+            label=f"width {width} ({table['network'].nunique()} nets)",
+        )
+        ax.fill_between(
+            summary["layer"],
+            np.exp(summary["mean"] - summary["std"]),
+            np.exp(summary["mean"] + summary["std"]),
+            color=color,
+            alpha=0.2,
+            linewidth=0,
+        )
     ax.axhline(1.0, label="on the fitting inputs", **TARGET_STYLE)
     log_y(ax)
     fresh = next(iter(tables.values()))["heldout_samples"].iloc[0]
-    style_axes(ax, f"{init}, fitted on T = {samples}", "layer $l$",
-               f"second moment of $u^l$ on {fresh} fresh inputs")
+    style_axes(
+        ax,
+        f"{init}, fitted on T = {samples}",
+        "layer $l$",
+        f"second moment of $u^l$ on {fresh} fresh inputs",
+    )
     ax.legend(fontsize=7, loc="upper left")
 
 
 def draw_last(ax, init: str, tables: dict[tuple, pd.DataFrame], sizes: list[int]) -> None:
     for i, samples in enumerate(sizes):
-        points = sorted((w, *last_layer(t)) for (n, w, s), t in tables.items()
-                        if n == init and s == samples)
+        points = sorted(
+            (w, *last_layer(t)) for (n, w, s), t in tables.items() if n == init and s == samples
+        )
         if not points:
             continue
         width, mean, low, high = zip(*points, strict=True)
-        ax.errorbar(width, mean, yerr=[low, high], marker="o", markersize=4, capsize=3,
-                    linestyle=STYLES[i % len(STYLES)], color="black",
-                    label=f"fitted on T = {samples}")
+        ax.errorbar(
+            width,
+            mean,
+            yerr=[low, high],
+            marker="o",
+            markersize=4,
+            capsize=3,
+            linestyle=STYLES[i % len(STYLES)],
+            color="black",
+            label=f"fitted on T = {samples}",
+        )
         for w, m, lo, hi in points:
-            log.info("heldout: %s width %d T %d: last layer %.3g (-%.2g +%.2g)", init, w,
-                     samples, m, lo, hi)
+            log.info(
+                "heldout: %s width %d T %d: last layer %.3g (-%.2g +%.2g)",
+                init,
+                w,
+                samples,
+                m,
+                lo,
+                hi,
+            )
     ax.axhline(1.0, **TARGET_STYLE)
     ax.set_xscale("log")
     log_y(ax)
-    style_axes(ax, f"{init}: at the last layer", "width",
-               "held-out second moment (geometric mean)")
+    style_axes(ax, f"{init}: at the last layer", "width", "held-out second moment (geometric mean)")
     ax.legend(fontsize=7, loc="best")
 
 
@@ -122,9 +155,13 @@ def make(results: str | None, outputs_root: str, out_dir: str | Path) -> list[Pa
         draw_last(row[-1], init, tables, sizes)
     networks = sorted({int(t["network"].nunique()) for t in tables.values()})
     counts = str(networks[0]) if len(networks) == 1 else f"{networks[0]} to {networks[-1]}"
-    caption(fig, "Lines: the geometric mean over a setting's networks (their number in the "
-            "legend; "f"{counts} per setting) of the second moment of $u^l$ on fresh inputs; "
-            "bands: ±1 standard deviation of its log across those networks; last panel: the "
-            "last layer's geometric mean, bars ±1 standard error of the mean log, line style: "
-            "the fit size T; black dashed: the 1 the init gives on the inputs it was fitted on.")
+    caption(
+        fig,
+        "Lines: the geometric mean over a setting's networks (their number in the "
+        "legend; "
+        f"{counts} per setting) of the second moment of $u^l$ on fresh inputs; "
+        "bands: ±1 standard deviation of its log across those networks; last panel: the "
+        "last layer's geometric mean, bars ±1 standard error of the mean log, line style: "
+        "the fit size T; black dashed: the 1 the init gives on the inputs it was fitted on.",
+    )
     return save(fig, out_dir, "heldout")

@@ -23,6 +23,23 @@ from varexp.results.records import (
     write_record,
 )
 
-__all__ = ["RECORD", "REPLACED", "check_launch", "claim", "differences", "discover", "disk_full",
-           "find_results", "identity", "identity_hash", "lock", "made_by", "prepare_launch",
-           "read_record", "read_summary", "recorded_identity", "run_config", "write_record"]
+__all__ = [
+    "RECORD",
+    "REPLACED",
+    "check_launch",
+    "claim",
+    "differences",
+    "discover",
+    "disk_full",
+    "find_results",
+    "identity",
+    "identity_hash",
+    "lock",
+    "made_by",
+    "prepare_launch",
+    "read_record",
+    "read_summary",
+    "recorded_identity",
+    "run_config",
+    "write_record",
+]

@@ -22,8 +22,9 @@ def layer_summary(table: pd.DataFrame, column: str) -> pd.DataFrame:
     """Per layer: mean and std (ddof=1; 0 for one network) of `column` over networks, the count
     of finite values, and the layer's name when the table has one."""
     grouped = table.groupby("layer")[column]
-    out = pd.DataFrame({"mean": grouped.mean(), "std": grouped.std().fillna(0.0),
-                        "count": grouped.count()})
+    out = pd.DataFrame(
+        {"mean": grouped.mean(), "std": grouped.std().fillna(0.0), "count": grouped.count()}
+    )
     if "name" in table.columns:
         out["name"] = table.groupby("layer")["name"].first()
     return out.reset_index()
@@ -55,8 +56,10 @@ def grad_fit(table: pd.DataFrame, first: int = 1, last: int | None = None) -> tu
     means = means[(means.index >= first) & (means.index <= top)]
     means = means[np.isfinite(means) & (means > 0)]
     if len(means) < 2:
-        raise VarexpError(f"the gradient fit needs positive finite grad_sq at >= 2 layers in "
-                          f"{first}..{last if last is not None else 'L'}; found {len(means)}")
+        raise VarexpError(
+            f"the gradient fit needs positive finite grad_sq at >= 2 layers in "
+            f"{first}..{last if last is not None else 'L'}; found {len(means)}"
+        )
     slope, intercept = np.polyfit(means.index.to_numpy(float), np.log(means.to_numpy(float)), 1)
     return float(slope), float(intercept)
 
@@ -74,8 +77,9 @@ def grad_slope(table: pd.DataFrame, first: int = 1, last: int | None = None) -> 
     return grad_fit(table, first, last)[0]
 
 
-def grad_slope_error(table: pd.DataFrame, draws: int = 200,
-                     rng: np.random.Generator | None = None) -> tuple[float, float]:
+def grad_slope_error(
+    table: pd.DataFrame, draws: int = 200, rng: np.random.Generator | None = None
+) -> tuple[float, float]:
     """grad_slope and its standard error over a bootstrap of the networks (`draws` resamples;
     0 for one network)."""
     slope = grad_fit(table)[0]
@@ -84,6 +88,8 @@ def grad_slope_error(table: pd.DataFrame, draws: int = 200,
         return slope, 0.0
     rng = np.random.default_rng(0) if rng is None else rng
     by_network = {n: t for n, t in table.groupby("network")}
-    samples = [grad_fit(pd.concat([by_network[n] for n in rng.choice(networks, len(networks))]))[0]
-               for _ in range(draws)]
+    samples = [
+        grad_fit(pd.concat([by_network[n] for n in rng.choice(networks, len(networks))]))[0]
+        for _ in range(draws)
+    ]
     return slope, float(np.std(samples, ddof=1))

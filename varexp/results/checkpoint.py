@@ -83,6 +83,8 @@ def load(path: str | Path) -> Checkpoint:
     keys = [f.name for f in fields(Checkpoint)]
     missing = [k for k in keys if not isinstance(state, dict) or k not in state]
     if missing:
-        raise VarexpError(f"checkpoint {path} lacks {', '.join(missing)} (not a varexp training "
-                          "checkpoint, or a damaged one); move it away to start over")
+        raise VarexpError(
+            f"checkpoint {path} lacks {', '.join(missing)} (not a varexp training "
+            "checkpoint, or a damaged one); move it away to start over"
+        )
     return Checkpoint(**{k: state[k] for k in keys})

@@ -89,9 +89,15 @@ def identity(command: str, cfg: DictConfig) -> dict[str, object]:
         if OmegaConf.is_config(value):
             value = OmegaConf.to_container(value, resolve=True)
         flat.update(flatten(value, f"{key}."))
-    return json.loads(json.dumps({k: v for k, v in sorted(flat.items())
-                                  if k not in NOT_IDENTITY
-                                  and not (k in ADDED_LATER and ADDED_LATER[k] == v)}))
+    return json.loads(
+        json.dumps(
+            {
+                k: v
+                for k, v in sorted(flat.items())
+                if k not in NOT_IDENTITY and not (k in ADDED_LATER and ADDED_LATER[k] == v)
+            }
+        )
+    )
 
 
 def identity_hash(ident: dict[str, object]) -> str:
@@ -133,9 +139,12 @@ def read_record(folder: str | Path) -> dict | None:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         record = None
-    if not (isinstance(record, dict) and isinstance(record.get("identity"), dict)
-            and all(isinstance(record.get(k, ""), str) for k in ("command", "hash", "of"))
-            and isinstance(record.get("preset"), str | None)):
+    if not (
+        isinstance(record, dict)
+        and isinstance(record.get("identity"), dict)
+        and all(isinstance(record.get(k, ""), str) for k in ("command", "hash", "of"))
+        and isinstance(record.get("preset"), str | None)
+    ):
         raise VarexpError(f"{path} is damaged (not a run record); move it away")
     return record
 
@@ -178,17 +187,27 @@ def move_aside(folder: Path, keep: tuple[str, ...] = ()) -> Path:
     return target
 
 
-def check_folder(folder: Path, command: str, ident: dict[str, object], overwrite: bool,
-                 log_name: str | None = None, what: str = "results") -> str | None:
+def check_folder(
+    folder: Path,
+    command: str,
+    ident: dict[str, object],
+    overwrite: bool,
+    log_name: str | None = None,
+    what: str = "results",
+) -> str | None:
     """Refuse (one line) a folder that holds another config's results, unless `overwrite`.
     Returns 'new', 'same' or 'replace'."""
     record = read_record(folder)
     multirun = command == "multirun-folder"
-    old = record["identity"] if record is not None else (
-        None if multirun else recorded_identity(folder, command))
+    old = (
+        record["identity"]
+        if record is not None
+        else (None if multirun else recorded_identity(folder, command))
+    )
     if old is None:
-        if not holds_results(folder, log_name) or (multirun and (folder / "multirun.yaml")
-                                                    .is_file()):
+        if not holds_results(folder, log_name) or (
+            multirun and (folder / "multirun.yaml").is_file()
+        ):
             return "new"  # nothing there, or a multirun made before records: its jobs decide
         reason = "results made without a record of their config"
     else:
@@ -196,8 +215,11 @@ def check_folder(folder: Path, command: str, ident: dict[str, object], overwrite
             return "same"
         if multirun:
             # a multirun's folder records only what its jobs share: agree on the keys both fix
-            diff = [d for d in differences(old, ident)
-                    if d.split("=", 1)[0] in old and d.split("=", 1)[0] in ident]
+            diff = [
+                d
+                for d in differences(old, ident)
+                if d.split("=", 1)[0] in old and d.split("=", 1)[0] in ident
+            ]
             if not diff:
                 return "same"
         else:
@@ -206,14 +228,21 @@ def check_folder(folder: Path, command: str, ident: dict[str, object], overwrite
         reason = f"{what} of another config: {shown}"
     if overwrite:
         return "replace"
-    raise VarexpError(f"{folder} holds {reason}; choose another folder (hydra.run.dir or "
-                      "hydra.sweep.dir), or pass overwrite=true to move them aside")
+    raise VarexpError(
+        f"{folder} holds {reason}; choose another folder (hydra.run.dir or "
+        "hydra.sweep.dir), or pass overwrite=true to move them aside"
+    )
 
 
 def write_record(folder: Path, command: str, ident: dict[str, object], **extra: object) -> None:
 
-    record = {"command": command, "identity": ident, "hash": identity_hash(ident),
-              "created": provenance.now(), **extra}
+    record = {
+        "command": command,
+        "identity": ident,
+        "hash": identity_hash(ident),
+        "created": provenance.now(),
+        **extra,
+    }
     write_json(record, folder / RECORD)
 
 
@@ -224,11 +253,15 @@ def write_hydra_record(folder: Path, cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     out = folder / HYDRA_RECORD
     out.mkdir(exist_ok=True)
-    for name, content in (("config.yaml", cfg), ("hydra.yaml", {"hydra": hydra_cfg}),
-                          ("overrides.yaml", hydra_cfg.overrides.task)):
+    for name, content in (
+        ("config.yaml", cfg),
+        ("hydra.yaml", {"hydra": hydra_cfg}),
+        ("overrides.yaml", hydra_cfg.overrides.task),
+    ):
         with atomic_path(out / name) as tmp:
-            OmegaConf.save(OmegaConf.create(content) if not OmegaConf.is_config(content)
-                           else content, tmp)
+            OmegaConf.save(
+                OmegaConf.create(content) if not OmegaConf.is_config(content) else content, tmp
+            )
 
 
 def remove_stale_temporaries(folder: Path) -> None:
@@ -267,7 +300,8 @@ def in_use(folder: Path, found: dict) -> VarexpError:
     return VarexpError(
         f"{folder} is in use by {found['what']} (pid {found['pid']} on {found['host']}, since "
         f"{since}); wait for it, or choose another folder (if that process is gone, delete "
-        f"{folder / LOCK})")
+        f"{folder / LOCK})"
+    )
 
 
 def check_free(folder: Path) -> None:
@@ -311,8 +345,12 @@ def lock(folder: Path, what: str = "varexp") -> Iterator[None]:
 def _read_lock(path: Path) -> dict | None:
     try:
         holder = json.loads(path.read_text())
-        return {"pid": int(holder["pid"]), "host": str(holder["host"]),
-                "since": float(holder["since"]), "what": str(holder.get("what", "varexp"))}
+        return {
+            "pid": int(holder["pid"]),
+            "host": str(holder["host"]),
+            "since": float(holder["since"]),
+            "what": str(holder.get("what", "varexp")),
+        }
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -323,8 +361,11 @@ def _read_lock(path: Path) -> dict | None:
 
 def discover(root: str | Path, filename: str) -> list[Path]:
     """Every `filename` under root, sorted, leaving out results moved aside by overwrite."""
-    return [p for p in sorted(Path(root).rglob(filename))
-            if not any(REPLACED in part for part in p.relative_to(root).parts)]
+    return [
+        p
+        for p in sorted(Path(root).rglob(filename))
+        if not any(REPLACED in part for part in p.relative_to(root).parts)
+    ]
 
 
 def read_summary(run_dir: str | Path) -> dict | None:
@@ -405,13 +446,21 @@ def find_results(
     for part in figure.parts:
         mine = made.get(part.quick, []) + made.get(part.paper, [])
         if not mine:
-            log.warning("%s: no results for %s under %s/ (`varexp %s experiment=%s` makes them)",
-                        figure.name, part.about, root, figure.command, part.quick)
+            log.warning(
+                "%s: no results for %s under %s/ (`varexp %s experiment=%s` makes them)",
+                figure.name,
+                part.about,
+                root,
+                figure.command,
+                part.quick,
+            )
             continue
         chosen += _newest_launch(mine)
     if not chosen:
-        raise VarexpError(f"no results made for {figure.name} under {root}/; {figure.hint()}; "
-                          "or pass results=DIR to draw other runs")
+        raise VarexpError(
+            f"no results made for {figure.name} under {root}/; {figure.hint()}; "
+            "or pass results=DIR to draw other runs"
+        )
     return list(dict.fromkeys(chosen))
 
 
@@ -449,22 +498,32 @@ def check_launch(line, overwrite: bool) -> list[Path]:
     for folder, ident, job in zip(folders, idents, line.jobs, strict=True):
         if folder in owner and owner[folder][0] != ident:
             diff = ", ".join(differences(owner[folder][0], ident)[:3])
-            raise VarexpError(f"the jobs {' '.join(owner[folder][1])} and {' '.join(job)} would "
-                              f"share the folder {folder} ({diff}); name the swept key in "
-                              "hydra.sweep.subdir")
+            raise VarexpError(
+                f"the jobs {' '.join(owner[folder][1])} and {' '.join(job)} would "
+                f"share the folder {folder} ({diff}); name the swept key in "
+                "hydra.sweep.subdir"
+            )
         owner[folder] = (ident, job)
-    if check_folder(root, "multirun-folder", folder_identity(line, idents), overwrite,
-                    what="runs") == "replace":
+    if (
+        check_folder(root, "multirun-folder", folder_identity(line, idents), overwrite, what="runs")
+        == "replace"
+    ):
         return [root]
-    return [f for f, i in zip(folders, idents, strict=True)
-            if check_folder(f, command, i, overwrite) == "replace"]
+    return [
+        f
+        for f, i in zip(folders, idents, strict=True)
+        if check_folder(f, command, i, overwrite) == "replace"
+    ]
 
 
 def folder_identity(line, idents: list[dict[str, object]]) -> dict[str, object]:
     """What a multirun's jobs share, less the keys a searching sweeper picks per job."""
     searched = tuple(getattr(line, "searched", ()))
-    return {k: v for k, v in shared(idents).items()
-            if not any(k == s or k.startswith(f"{s}.") for s in searched)}
+    return {
+        k: v
+        for k, v in shared(idents).items()
+        if not any(k == s or k.startswith(f"{s}.") for s in searched)
+    }
 
 
 def prepare_launch(line, replace: list[Path]) -> None:
@@ -477,34 +536,48 @@ def prepare_launch(line, replace: list[Path]) -> None:
         for folder in replace:
             held.enter_context(lock(folder, f"varexp {line.command}"))
         for folder in replace:
-            log.warning("overwrite=true: moved the results in %s to %s", folder,
-                        move_aside(folder, keep=(LOCK,)))
+            log.warning(
+                "overwrite=true: moved the results in %s to %s",
+                folder,
+                move_aside(folder, keep=(LOCK,)),
+            )
     if line.multirun:
         root = Path(line.output_dir)
         root.mkdir(parents=True, exist_ok=True)
         now = folder_identity(line, [identity(line.command, c) for c in line.configs])
         record = read_record(root)
         if record is None:
-            write_record(root, "multirun-folder", now, of=line.command,
-                         preset=line.cfg.hydra.runtime.choices.get("experiment"))
+            write_record(
+                root,
+                "multirun-folder",
+                now,
+                of=line.command,
+                preset=line.cfg.hydra.runtime.choices.get("experiment"),
+            )
             return
         # a launch that sweeps a key the folder's runs shared so far (more seeds, inits,
         # learning rates) widens the folder: its record keeps only what all its runs share
         missing = object()
         kept = {k: v for k, v in record["identity"].items() if now.get(k, missing) == v}
         if kept != record["identity"]:
-            write_record(root, "multirun-folder", kept, of=record.get("of", line.command),
-                         preset=record.get("preset"))
-            log.info("%s now also holds runs of other %s", root,
-                     ", ".join(sorted(set(record["identity"]) - set(kept))))
+            write_record(
+                root,
+                "multirun-folder",
+                kept,
+                of=record.get("of", line.command),
+                preset=record.get("preset"),
+            )
+            log.info(
+                "%s now also holds runs of other %s",
+                root,
+                ", ".join(sorted(set(record["identity"]) - set(kept))),
+            )
 
 
 @contextmanager
 def claim(command: str, cfg: DictConfig, accept=None) -> Iterator[Path]:
     """Inside a job: hold the run folder, refuse another config's results (or move them aside
     with overwrite=true), let `accept(folder)` refuse too, then record this config there."""
-
-
 
     hydra_cfg = HydraConfig.get()
     folder = Path(hydra_cfg.runtime.output_dir)
@@ -514,15 +587,19 @@ def claim(command: str, cfg: DictConfig, accept=None) -> Iterator[Path]:
         state = check_folder(folder, command, ident, bool(cfg.get("overwrite", False)), log_name)
         if state == "replace":
             moved = move_aside(folder, keep=(f"{log_name}.log", LOCK))
-            logging.getLogger("varexp").warning("overwrite=true: moved the results in %s to %s",
-                                                folder, moved)
+            logging.getLogger("varexp").warning(
+                "overwrite=true: moved the results in %s to %s", folder, moved
+            )
         if accept is not None:
             accept(folder)
         remove_stale_temporaries(folder)
         if state != "same":
-            write_record(folder, "train" if command == "sweep" else command, ident,
-                         preset=hydra_cfg.runtime.choices.get("experiment"),
-                         provenance=provenance.record(resolve_device(str(cfg.get("device",
-                                                                                 "auto")))))
+            write_record(
+                folder,
+                "train" if command == "sweep" else command,
+                ident,
+                preset=hydra_cfg.runtime.choices.get("experiment"),
+                provenance=provenance.record(resolve_device(str(cfg.get("device", "auto")))),
+            )
         write_hydra_record(folder, cfg)
         yield folder

@@ -36,8 +36,7 @@ class Table:
 
     def write(self, rows: pd.DataFrame | Iterable, folder: str | Path) -> Path:
         """The table in folder, columns in order, written atomically."""
-        frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows,
-                                                                          columns=self.columns)
+        frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows, columns=self.columns)
         return write_csv(frame[list(self.columns)], Path(folder) / self.file)
 
     def read(self, path: str | Path, allow_empty: bool = False) -> pd.DataFrame:
@@ -49,36 +48,91 @@ class Table:
 
 
 THEORY = Table("theory.csv", ("layer", "c", "q", "m", "v", "ratio"))
-PROBE = Table("probe.csv", ("network", "layer", "name", "features", *STAT_NAMES[:4], "grad_sq",
-                            *STAT_NAMES[4:]), text=("name",), needed=9)
+PROBE = Table(
+    "probe.csv",
+    ("network", "layer", "name", "features", *STAT_NAMES[:4], "grad_sq", *STAT_NAMES[4:]),
+    text=("name",),
+    needed=9,
+)
 NEURONS = Table("neurons.csv", ("network", "layer", "neuron", "sample", "value"))
 # a fitted init's targets (varexp.inits.HELDOUT_STATS) on its fitting batch and on fresh inputs
-HELDOUT = Table("heldout.csv", ("network", "layer", "name", "fit_samples", "heldout_samples",
-                                "fit_second_moment", "heldout_second_moment", "fit_mean_sq",
-                                "heldout_mean_sq"), text=("name",))
+HELDOUT = Table(
+    "heldout.csv",
+    (
+        "network",
+        "layer",
+        "name",
+        "fit_samples",
+        "heldout_samples",
+        "fit_second_moment",
+        "heldout_second_moment",
+        "fit_mean_sq",
+        "heldout_mean_sq",
+    ),
+    text=("name",),
+)
 METRICS = Table("metrics.csv", ("step", "epoch", "loss", "lr", "seconds"))
 # per layer on the fixed batch (varexp.stats), then the weight gradient's RMS
-RATIO_STATS = ("sample_mean_sq", "sample_var", "ratio", "sample_mean_sq_channel",
-               "sample_var_channel", "ratio_channel")
-RATIOS = Table("ratios.csv", ("step", "layer", "name", *RATIO_STATS[:3], "weight_grad_rms",
-                              *RATIO_STATS[3:]), text=("name",))
-SWEEP = Table("sweep.csv", ("arch", "dataset", "init", "optim", "lr", "seed", "status", "steps",
-                            "final_loss", "criterion", "seconds", "run_dir"),
-              text=("arch", "dataset", "init", "optim", "status", "run_dir"))
+RATIO_STATS = (
+    "sample_mean_sq",
+    "sample_var",
+    "ratio",
+    "sample_mean_sq_channel",
+    "sample_var_channel",
+    "ratio_channel",
+)
+RATIOS = Table(
+    "ratios.csv",
+    ("step", "layer", "name", *RATIO_STATS[:3], "weight_grad_rms", *RATIO_STATS[3:]),
+    text=("name",),
+)
+SWEEP = Table(
+    "sweep.csv",
+    (
+        "arch",
+        "dataset",
+        "init",
+        "optim",
+        "lr",
+        "seed",
+        "status",
+        "steps",
+        "final_loss",
+        "criterion",
+        "seconds",
+        "run_dir",
+    ),
+    text=("arch", "dataset", "init", "optim", "status", "run_dir"),
+)
 # lr_at_edge: low or high when the chosen lr is the smallest or largest of its setting's lrs with
 # a finished run (the best lr is then not bracketed), both when there is one, else empty
 # (varexp.sweep.lr_edge)
-SELECTED = Table("selected.csv", ("arch", "dataset", "init", "optim", "lr", "criterion",
-                                  "criterion_std", "runs", "select_fraction", "lr_at_edge"),
-                 text=("arch", "dataset", "init", "optim", "lr_at_edge"), needed=9)
+SELECTED = Table(
+    "selected.csv",
+    (
+        "arch",
+        "dataset",
+        "init",
+        "optim",
+        "lr",
+        "criterion",
+        "criterion_std",
+        "runs",
+        "select_fraction",
+        "lr_at_edge",
+    ),
+    text=("arch", "dataset", "init", "optim", "lr_at_edge"),
+    needed=9,
+)
 SETTING = ["arch", "dataset", "init", "optim"]  # what a sweep selects a learning rate for
 # an Optuna search's trials (varexp.search), one row each; a column per searched key follows
 TRIALS = Table("trials.csv", ("trial", "state", "value", "seconds"), text=("state",))
 FINISHED = ("completed", "diverged")  # a training run's status when nothing is left to do
 
 
-def read_table(path: Path, table: Table, allow_empty: bool = False,
-               keep_infinite: bool = False) -> pd.DataFrame:
+def read_table(
+    path: Path, table: Table, allow_empty: bool = False, keep_infinite: bool = False
+) -> pd.DataFrame:
     """A result CSV with the table's columns, numeric where they should be; one-line errors.
     inf (a dead layer's ratio) cannot be averaged or drawn: it is left out, with a warning
     (kept with `keep_infinite`)."""
@@ -90,20 +144,27 @@ def read_table(path: Path, table: Table, allow_empty: bool = False,
         raise VarexpError(f"{path}: not a readable CSV ({str(error).strip()})") from None
     missing = [c for c in table.required if c not in frame.columns]
     if missing:
-        raise VarexpError(f"{path}: missing column(s) {', '.join(missing)}; "
-                          f"expected {', '.join(table.required)}")
+        raise VarexpError(
+            f"{path}: missing column(s) {', '.join(missing)}; expected {', '.join(table.required)}"
+        )
     if frame.empty and not allow_empty:
         raise VarexpError(f"{path}: has a header but no rows")
     for column in (c for c in table.columns if c in frame.columns and c not in table.text):
         numeric = pd.to_numeric(frame[column], errors="coerce")
         bad = numeric.isna() & frame[column].notna()
         if bad.any():
-            raise VarexpError(f"{path}: column {column} has non-numeric value "
-                              f"{frame[column][bad].iloc[0]!r} (row {int(bad.idxmax()) + 2})")
+            raise VarexpError(
+                f"{path}: column {column} has non-numeric value "
+                f"{frame[column][bad].iloc[0]!r} (row {int(bad.idxmax()) + 2})"
+            )
         infinite = np.isinf(numeric)
         if infinite.any() and not keep_infinite:
-            log.warning("%s: %d non-finite %s value(s) left out of the averages",
-                        path, int(infinite.sum()), column)
+            log.warning(
+                "%s: %d non-finite %s value(s) left out of the averages",
+                path,
+                int(infinite.sum()),
+                column,
+            )
         frame[column] = numeric if keep_infinite else numeric.mask(infinite)
     return frame
 
@@ -134,23 +195,28 @@ def read_run(run_dir: Path, table: Table, summary: dict | None = None) -> pd.Dat
     steps = frame["step"].to_numpy()
     wrong = np.flatnonzero(steps != np.arange(len(steps)))
     if wrong.size:
-        raise VarexpError(f"{path}: steps are not 0, 1, 2, ... in order (row {wrong[0] + 2} "
-                          f"has step {steps[wrong[0]]})")
+        raise VarexpError(
+            f"{path}: steps are not 0, 1, 2, ... in order (row {wrong[0] + 2} "
+            f"has step {steps[wrong[0]]})"
+        )
     status = (summary or {}).get("status")
     diverged = status == "diverged"
     if status in FINISHED and isinstance(summary.get("steps"), int):
         expected = int(summary["steps"]) + (1 if diverged else 0)  # and the non-finite row
         if len(frame) != expected:
-            raise VarexpError(f"{path}: {len(frame)} rows, but the run {status} after "
-                              f"{summary['steps']} steps ({expected} rows)")
+            raise VarexpError(
+                f"{path}: {len(frame)} rows, but the run {status} after "
+                f"{summary['steps']} steps ({expected} rows)"
+            )
     values = frame[[c for c in METRICS.columns if c != "step"]].to_numpy(float)
     bad = ~np.isfinite(values)
     if diverged and len(frame):
         bad[-1, list(METRICS.columns[1:]).index("loss")] = False
     if bad.any():
         row, col = np.argwhere(bad)[0]
-        raise VarexpError(f"{path}: {METRICS.columns[1 + col]} is missing or not finite in row "
-                          f"{row + 2}")
+        raise VarexpError(
+            f"{path}: {METRICS.columns[1 + col]} is missing or not finite in row {row + 2}"
+        )
     return frame
 
 
@@ -163,9 +229,11 @@ def complete(frame: pd.DataFrame, path: Path, networks: int | None = None) -> pd
         if found != list(range(networks)):
             missing = sorted(set(range(networks)) - set(found))
             shown = ", ".join(map(str, missing[:5])) + (" ..." if len(missing) > 5 else "")
-            raise VarexpError(f"{path}: holds {len(found)} of the {networks} networks its run "
-                              f"probed (probe.networks){'; missing ' + shown if missing else ''}"
-                              " (a partial or altered file)")
+            raise VarexpError(
+                f"{path}: holds {len(found)} of the {networks} networks its run "
+                f"probed (probe.networks){'; missing ' + shown if missing else ''}"
+                " (a partial or altered file)"
+            )
     layers = frame.groupby("network")["layer"].apply(lambda s: tuple(sorted(s)))
     if layers.nunique() != 1 or layers.iloc[0] != tuple(range(1, len(layers.iloc[0]) + 1)):
         raise VarexpError(f"{path}: not every network has layers 1..L (a partial file)")
@@ -196,9 +264,13 @@ class RunResult:
         return str(self.get("init.name", "kaiming"))
 
 
-def load_probes(figure: str, results: str | None, outputs_root: str,
-                inits: tuple[str, ...] | None = None,
-                beside: str | None = None) -> list[RunResult]:
+def load_probes(
+    figure: str,
+    results: str | None,
+    outputs_root: str,
+    inits: tuple[str, ...] | None = None,
+    beside: str | None = None,
+) -> list[RunResult]:
     """The probe tables `figure` draws (varexp.results.records.find_results: everything under
     `results`, else the newest runs made for the figure under `outputs_root`), with their runs'
     configs; damaged or partial files are left out with one line each. `inits` keeps only runs
@@ -217,16 +289,24 @@ def load_probes(figure: str, results: str | None, outputs_root: str,
         try:
             cfg = run_config(path)
             networks = OmegaConf.select(cfg, "probe.networks", default=None)
-            table = complete(PROBE.read(path), path,
-                             int(networks) if isinstance(networks, int) else None)
+            table = complete(
+                PROBE.read(path), path, int(networks) if isinstance(networks, int) else None
+            )
             runs.append(RunResult(path, cfg, table))
         except VarexpError as error:  # a damaged or partial file: the others are still drawn
             log.warning("%s leaves out %s", figure, error)
     if not runs:
-        raise VarexpError(f"nothing to draw for {figure}: every result file found was damaged "
-                          "(see the lines above)")
-    log.info("%s reads %d %s file(s): %s", figure, len(runs), FIGURES[figure].result,
-             ", ".join(str(r.path.parent) for r in runs[:5]) + (" ..." if len(runs) > 5 else ""))
+        raise VarexpError(
+            f"nothing to draw for {figure}: every result file found was damaged "
+            "(see the lines above)"
+        )
+    log.info(
+        "%s reads %d %s file(s): %s",
+        figure,
+        len(runs),
+        FIGURES[figure].result,
+        ", ".join(str(r.path.parent) for r in runs[:5]) + (" ..." if len(runs) > 5 else ""),
+    )
     return runs
 
 
@@ -240,8 +320,9 @@ def load_heldout(results: str | None, outputs_root: str) -> list[RunResult]:
         except VarexpError as error:
             log.warning("heldout leaves out %s", error)
     if not runs:
-        raise VarexpError("nothing to draw for heldout: every result file found was damaged "
-                          "(see the lines above)")
+        raise VarexpError(
+            "nothing to draw for heldout: every result file found was damaged (see the lines above)"
+        )
     return runs
 
 
@@ -269,9 +350,11 @@ def probe_frame(network: int, rows: list[dict]) -> pd.DataFrame:
     one device-to-host copy for all of them (grad_sq NaN without gradients)."""
     keys = [*STAT_NAMES, "grad_sq"]
     nan = torch.full((), float("nan"), dtype=torch.float64, device=rows[0]["ratio"].device)
-    values = torch.stack(
-        [torch.stack([nan if r[k] is None else r[k] for k in keys]) for r in rows]
-    ).cpu().numpy()
+    values = (
+        torch.stack([torch.stack([nan if r[k] is None else r[k] for k in keys]) for r in rows])
+        .cpu()
+        .numpy()
+    )
     frame = pd.DataFrame(values, columns=keys)
     frame.insert(0, "features", [r["features"] for r in rows])
     frame.insert(0, "name", [r["name"] for r in rows])
@@ -291,20 +374,28 @@ def best_settings(runs: pd.DataFrame, selected: pd.DataFrame, select: str = "auc
     none diverged), by the difference of the means against its standard error (2 se or more:
     distinguishable; one seed each has no spread to judge by). `runs` is sweep.csv, `selected`
     selected.csv."""
-    what = ("mean training loss over the whole run" if select == "auc"
-            else "mean training loss over the last part of the run")
+    what = (
+        "mean training loss over the whole run"
+        if select == "auc"
+        else "mean training loss over the last part of the run"
+    )
     if selected.empty:
         return f"best settings: none (no learning rate had every run finish; criterion: {what})"
     rows = []
     for _, best in selected.iterrows():
         key = tuple(best[c] for c in SETTING)
         mine = runs[(runs[SETTING] == pd.Series(key, index=SETTING)).all(axis=1)]
-        rows.append({**{c: best[c] for c in SETTING}, "lr": f"{best['lr']:.3g}",
-                     "loss (mean +- std)": _mean_std(best["criterion"], best["criterion_std"],
-                                                     int(best["runs"])),
-                     "seeds": int(best["runs"]),
-                     "vs the next lr": _versus_next(mine, float(best["lr"]),
-                                                    float(best["criterion"]))})
+        rows.append(
+            {
+                **{c: best[c] for c in SETTING},
+                "lr": f"{best['lr']:.3g}",
+                "loss (mean +- std)": _mean_std(
+                    best["criterion"], best["criterion_std"], int(best["runs"])
+                ),
+                "seeds": int(best["runs"]),
+                "vs the next lr": _versus_next(mine, float(best["lr"]), float(best["criterion"])),
+            }
+        )
     frame = pd.DataFrame(rows)
     shown = frame.drop(columns=[c for c in SETTING if frame[c].nunique() == 1 and len(frame) > 1])
     fixed = ", ".join(f"{c}={frame[c].iloc[0]}" for c in SETTING if c not in shown.columns)
