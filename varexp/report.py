@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -482,10 +483,10 @@ def unet_claims(table: pd.DataFrame, column: str, what: str) -> list[Claim]:
     ]
 
 
-def training_claims(out: Path) -> list[Claim]:
-    """Sec. 5.3: scale+bias trains faster than scale, per task and optimizer, at each init's
-    selected learning rate: the gap in the selection criterion, paired by seed."""
-    claims = []
+def selected_runs(out: Path) -> Iterator[tuple[Path, str, str, str, pd.DataFrame, dict]]:
+    """Per Fig. 4 sweep, task and optimizer where both scale and scale+bias were selected: the
+    sweep folder, (arch, dataset, optim), the selected rows indexed by init, and each init's
+    completed runs at its selected learning rate."""
     for path in sorted((out / "figure4").rglob(SELECTED.file)):
         selected = SELECTED.read(path, allow_empty=True)
         try:
@@ -507,8 +508,16 @@ def training_claims(out: Path) -> list[Claim]:
                 ]
                 for init in ("scale", "scale+bias")
             }
-            claims.append(training_claim(path.parent, arch, dataset, optim, chosen, runs))
-    return claims
+            yield path.parent, arch, dataset, optim, chosen, runs
+
+
+def training_claims(out: Path) -> list[Claim]:
+    """Sec. 5.3: scale+bias trains faster than scale, per task and optimizer, at each init's
+    selected learning rate: the gap in the selection criterion, paired by seed."""
+    return [
+        training_claim(folder, arch, dataset, optim, chosen, runs)
+        for folder, arch, dataset, optim, chosen, runs in selected_runs(out)
+    ]
 
 
 def training_claim(
@@ -587,33 +596,17 @@ def convergence_claims(out: Path) -> list[Claim]:
     (channel, position)), at the last logged step as a fraction of the same at step 0, per
     seed."""
     claims = []
-    for path in sorted((out / "figure4").rglob(SELECTED.file)):
-        try:
-            selected = SELECTED.read(path, allow_empty=True)
-            sweep = SWEEP.read(path.parent / SWEEP.file, allow_empty=True)
-        except VarexpError:
-            continue
-        done = sweep[sweep["status"] == "completed"]
-        for (arch, dataset, optim), group in selected.groupby(["arch", "dataset", "optim"]):
-            chosen = group.set_index("init")
-            if not {"scale", "scale+bias"} <= set(chosen.index):
-                continue
-            ratios = {}
-            for init in ("scale", "scale+bias"):
-                runs = done[
-                    (done["arch"] == arch)
-                    & (done["dataset"] == dataset)
-                    & (done["optim"] == optim)
-                    & (done["init"] == init)
-                    & np.isclose(done["lr"], chosen.loc[init, "lr"])
-                ]
-                ratios[init] = {
-                    seed: read_ratios(path.parent / run_dir)
-                    for seed, run_dir in zip(runs["seed"], runs["run_dir"], strict=True)
-                }
-            claim = convergence_claim(f"{arch} on {dataset}, {optim}", ratios)
-            if claim is not None:
-                claims.append(claim)
+    for folder, arch, dataset, optim, _, runs in selected_runs(out):
+        ratios = {
+            init: {
+                seed: read_ratios(folder / run_dir)
+                for seed, run_dir in zip(r["seed"], r["run_dir"], strict=True)
+            }
+            for init, r in runs.items()
+        }
+        claim = convergence_claim(f"{arch} on {dataset}, {optim}", ratios)
+        if claim is not None:
+            claims.append(claim)
     return claims
 
 
