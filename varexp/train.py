@@ -50,7 +50,7 @@ from varexp.figures import commands_for
 from varexp.files import write_json
 from varexp.inits import INITS, initialize
 from varexp.loggers import Logger, make_logger
-from varexp.models import build_model
+from varexp.models import architecture, build_model
 from varexp.models.base import WeightLayer, batch_statistics, in_forward_order, unreached
 from varexp.optim import make_optimizer
 from varexp.results import checkpoint, read_summary
@@ -425,20 +425,14 @@ class Trainer:
         """What runs where, before the first step."""
         cfg, arch = self.cfg, self.cfg.arch
         params = sum(p.numel() for p in self.model.parameters())
-        size = (
-            f"{arch.width}x{arch.depth}"
-            if arch.name == "mlp"
-            else arch.model
-            if "model" in arch
-            else f"x{arch.channels:g} channels"
-        )
+        size = architecture(arch.name).size(arch)
         start = f"from step {self.step}" if self.saved is not None else "from scratch"
         log.info(
-            "train %s: %s %s (%.3gM parameters), %s init, %s lr %g, %d steps of batch %d "
+            "train %s: %s%s (%.3gM parameters), %s init, %s lr %g, %d steps of batch %d "
             "on %s (%d training samples); seed %d, %s, %d thread(s) -> %s",
             start,
             arch.name,
-            size,
+            f" {size}" if size else "",
             params / 1e6,
             cfg.init.name,
             cfg.optim.name,

@@ -12,8 +12,8 @@ import pandas as pd
 from varexp.errors import VarexpError
 from varexp.figures import FIGURES
 from varexp.plot.common import (
-    ARCH_TITLES,
     INIT_COLORS,
+    arch_title,
     caption,
     color_for,
     init_rank,
@@ -164,7 +164,7 @@ def make(
             mine = runs[
                 (runs["arch"] == arch) & (runs["dataset"] == dataset) & (runs["optim"] == optim)
             ]
-            title = f"{ARCH_TITLES.get(arch, arch)} on {dataset}, {OPTIM_TITLES.get(optim, optim)}"
+            title = f"{arch_title(arch)} on {dataset}, {OPTIM_TITLES.get(optim, optim)}"
             if mine.empty:
                 ax.set_axis_off()
                 ax.set_title(f"{title}: no completed run", fontsize=11)
