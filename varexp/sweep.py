@@ -43,6 +43,7 @@ from varexp.compose import compose_config, launcher
 from varexp.devices import resolve as resolve_device
 from varexp.errors import VarexpError, bad_value
 from varexp.files import write_json
+from varexp.optim import OPTIMIZERS
 from varexp.pack import job as pack_job
 from varexp.pack.plan import ALLOWED_TEXT as PACK_ALLOWED
 from varexp.pack.plan import PACK_KEY, key_of, sweep_plan
@@ -121,7 +122,7 @@ class SweepOptions:
     # The paper's grids (Sec. 5.2). A Cartesian sweep cannot pair each optimizer with its own
     # grid, so the sweep runs over lr_index and optim.lr picks lr_grid.<optimizer>[lr_index].
     lr_grid: dict[str, list[float]] = option(
-        factory=lambda: {"sgd": [3e-4, 1e-3, 3e-3, 1e-2], "adam": [3e-5, 1e-4, 3e-4, 1e-3]},
+        factory=lambda: {name: list(o.lr_grid) for name, o in OPTIMIZERS.items()},
         test=_grids,
         text="must map each optimizer to a non-empty list of learning rates > 0",
     )

@@ -38,6 +38,7 @@ from varexp.devices import resolve as resolve_device
 from varexp.inits import fans
 from varexp.models import architecture, build_model
 from varexp.models.base import WEIGHT_TYPES
+from varexp.optim import optimizer
 
 # keys (and their sub-keys) that leave the data stream alone: runs differing only in these pack
 PACK_FREE = ("init", "optim", "sweep.lr_index", "arch.norm")
@@ -134,7 +135,7 @@ def run_bytes(cfg: DictConfig) -> float:
     params, outputs = memory.count(
         cfg.arch, info.input_shape, info.num_classes, cfg.train.batch_size
     )
-    states = 2 if cfg.optim.name == "adam" else 1
+    states = optimizer(cfg.optim.name).states
     own_copy = memory.FLOAT * params * (1 + states)
     return memory.train_bytes(params, outputs, cfg.optim.name) + own_copy
 

@@ -11,6 +11,7 @@ import pandas as pd
 
 from varexp.errors import VarexpError
 from varexp.figures import FIGURES
+from varexp.optim import OPTIMIZERS
 from varexp.plot.common import (
     INIT_COLORS,
     arch_title,
@@ -25,8 +26,13 @@ from varexp.plot.common import (
 from varexp.results import find_results, read_summary
 from varexp.results.tables import METRICS, SELECTED, SETTING, SWEEP
 
+
+def optim_title(name: str) -> str:
+    record = OPTIMIZERS.get(name)
+    return record.title if record is not None else name
+
+
 TASK_ORDER = ("cifar10", "isbi2012", "shapes", "membranes")
-OPTIM_TITLES = {"sgd": "SGD", "adam": "Adam"}
 
 
 def find_selected(results: str | None, outputs_root: str) -> list[Path]:
@@ -155,7 +161,7 @@ def make(
     tasks = sorted(
         {(a, d) for a, d in zip(runs["arch"], runs["dataset"], strict=True)}, key=task_rank
     )
-    optims = sorted(runs["optim"].unique(), key=lambda o: (o not in OPTIM_TITLES, o))
+    optims = sorted(runs["optim"].unique(), key=lambda o: (o not in OPTIMIZERS, o))
     fig = new_figure(5.0 * len(optims), 3.8 * len(tasks))
     axes = fig.subplots(len(tasks), len(optims), squeeze=False)
     for row, (arch, dataset) in enumerate(tasks):
@@ -164,7 +170,7 @@ def make(
             mine = runs[
                 (runs["arch"] == arch) & (runs["dataset"] == dataset) & (runs["optim"] == optim)
             ]
-            title = f"{arch_title(arch)} on {dataset}, {OPTIM_TITLES.get(optim, optim)}"
+            title = f"{arch_title(arch)} on {dataset}, {optim_title(optim)}"
             if mine.empty:
                 ax.set_axis_off()
                 ax.set_title(f"{title}: no completed run", fontsize=11)
