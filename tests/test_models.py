@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import pandas as pd
 import pytest
 import torch
+from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -343,6 +344,7 @@ def tiny_records():
     yield records
     for record in records:
         del ARCHITECTURES[record.name], ARCHS[record.name]
+        ConfigStore.instance().repo["arch"].pop(f"{record.name}.yaml")
 
 
 def test_a_new_architecture_is_one_record(tiny_records, tmp_path, capsys, monkeypatch):

@@ -1,6 +1,8 @@
 """The architectures, built from the Hydra `arch` group by `build_model`: the paper's mlp,
 allcnnc and unet (weight layers as Units in forward order, varexp.models.base), and the models
-users have, torchvision and timm (varexp.models.zoo)."""
+users have, torchvision and timm (varexp.models.zoo). Each is one `Architecture` record in
+ARCHITECTURES, which the data, the figures, the memory checks and the sweep's packing read: a
+new model is its module and one `register(Architecture(...))`."""
 
 from __future__ import annotations
 

@@ -24,6 +24,7 @@ from varexp.plot.common import (
     style_axes,
 )
 from varexp.results import find_results, read_summary
+from varexp.results.summary import Status
 from varexp.results.tables import METRICS, SELECTED, SETTING, SWEEP
 
 
@@ -59,7 +60,7 @@ def selected_runs(paths: list[Path]) -> pd.DataFrame:
         if "lr_at_edge" not in selected.columns:  # made before the column
             selected["lr_at_edge"] = ""
         runs = (
-            sweep[sweep["status"] == "completed"]
+            sweep[sweep["status"] == Status.COMPLETED]
             .astype({"lr": float})
             .merge(selected[[*SETTING, "lr", "lr_at_edge"]], on=SETTING + ["lr"])
         )
@@ -83,7 +84,7 @@ def finished_losses(run) -> pd.Series | None:
     is not drawn."""
     summary = read_summary(run.metrics.parent) or {}
     steps = int(run.steps)
-    if summary.get("status") != "completed" or summary.get("steps") != steps:
+    if summary.get("status") != Status.COMPLETED or summary.get("steps") != steps:
         log.warning(
             "figure4 leaves out %s: its summary.json no longer says completed after %d "
             "steps (a run extended or interrupted since the sweep's tables)",
