@@ -42,7 +42,8 @@ import torch
 
 from varexp.compose import complete, compose_config
 from varexp.data import data_info
-from varexp.pack.plan import CPU_PACK_MACS, CPU_UNPACKED, step_macs
+from varexp.models import ARCHITECTURES
+from varexp.pack.plan import step_macs
 from varexp.pack.stacked import Stack
 from varexp.pack.trainer import PackRun, train_pack
 from varexp.train import Trainer
@@ -217,10 +218,14 @@ def bench_bare(runs: int, repeats: int) -> None:
             f"| {name} | {macs / 1e6:.1f}M | {a * 1e3:.1f} | {b * 1e3:.1f} | {a / b:.2f}x |",
             flush=True,
         )
-    rule = ", ".join(f"{arch} {macs / 1e6:.0f}M" for arch, macs in CPU_PACK_MACS.items())
+    records = [r for r in ARCHITECTURES.values() if r.packable]
+    rule = ", ".join(
+        f"{r.name} {r.cpu_pack_macs / 1e6:.0f}M" for r in records if r.cpu_pack_macs is not None
+    )
+    unpacked = " or ".join(r.title for r in records if r.cpu_pack_macs is None)
     print(
         f"\nsweep.pack=auto packs CPU runs up to these multiply-adds per step: {rule}, and no "
-        f"{' or '.join(name for name, _ in CPU_UNPACKED.values())} run (load after: {load()})"
+        f"{unpacked} run (load after: {load()})"
     )
 
 

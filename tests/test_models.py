@@ -3,14 +3,20 @@
 
 from __future__ import annotations
 
+import sys
+from dataclasses import dataclass
+
+import pandas as pd
 import pytest
 import torch
+from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from varexp.errors import ConfigError, VarexpError
-from varexp.models import ARCHS, build_model
+from varexp.models import ARCHITECTURES, ARCHS, Architecture, build_model, register
 from varexp.models.base import Unit, weight_layers
+from varexp.schema import choice, flag, integer
 
 # (in, out, kernel, stride) of ALL-CNN-C's nine convs at multiplier 1, then the readout
 ALLCNNC_SPEC = [
@@ -277,3 +283,103 @@ def test_defaults_fill_missing_options():
     assert all(
         isinstance(u.act, nn.ReLU) for u in model.modules() if isinstance(u, Unit) and u.has_act
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# a new architecture is its module and one record
+
+
+class TinyNet(nn.Module):
+    """A toy model as a user would add one: a conv, a ReLU and a 1x1 conv readout (per pixel for
+    segmentation, pooled for classification)."""
+
+    def __init__(self, channels: int, width: int, outputs: int, pool: bool) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, width, 3, padding=1)
+        self.out = nn.Conv2d(width, outputs, 1)
+        self.pool = pool
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.out(torch.relu(self.conv(x)))
+        return y.mean(dim=(2, 3)) if self.pool else y
+
+
+@dataclass
+class TinyArch:
+    name: str = choice("tiny", ("tiny", "tinyseg"))
+    width: int = integer(8)
+    activation: str = choice("relu", ("relu",))
+    norm: str = choice("none", ("none",))
+    bias: bool = flag(False)
+
+
+@dataclass
+class TinySegArch(TinyArch):
+    name: str = choice("tinyseg", ("tinyseg",))
+
+
+@pytest.fixture
+def tiny_records():
+    """arch=tiny (a classifier) and arch=tinyseg (a segmentation model), registered for one test
+    and forgotten after it."""
+    records = [
+        Architecture(
+            "tiny",
+            TinyArch,
+            lambda a, shape, classes: TinyNet(shape[0], a.width, classes or 10, pool=True),
+            "Tiny",
+            natural_shape=lambda a: (3, 8, 8),
+        ),
+        Architecture(
+            "tinyseg",
+            TinySegArch,
+            lambda a, shape, classes: TinyNet(shape[0], a.width, 1, pool=False),
+            "Tiny segmenter",
+            task="segmentation",
+            natural_shape=lambda a: (1, 16, 16),
+        ),
+    ]
+    for record in records:
+        register(record)
+    yield records
+    for record in records:
+        del ARCHITECTURES[record.name], ARCHS[record.name]
+        ConfigStore.instance().repo["arch"].pop(f"{record.name}.yaml")
+
+
+def test_a_new_architecture_is_one_record(tiny_records, tmp_path, capsys, monkeypatch):
+    from conftest import config, run_in_process
+
+    from varexp.data import data_info
+    from varexp.plot.common import arch_title
+    from varexp.train import train
+
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    for name, task, shape in (("tiny", "classification", (3, 8, 8)),
+                              ("tinyseg", "segmentation", (1, 16, 16))):  # fmt: skip
+        info = data_info({"name": "gaussian", "shape": None}, {"name": name})
+        assert (info.task, info.input_shape) == (task, shape)
+        model = build_model(arch(name, width=4), info.input_shape, info.num_classes)
+        assert [wl.name for wl in weight_layers(model)] == ["conv", "out"]
+        assert arch_title(name) == ARCHITECTURES[name].title
+
+        run = tmp_path / name
+        code, err = run_in_process(capsys, "probe", f"arch={name}", "arch.width=4",
+                                   "probe.samples=8", "probe.networks=2",
+                                   f"hydra.run.dir={run / 'probe'}")  # fmt: skip
+        assert code == 0, err
+        probe = pd.read_csv(run / "probe" / "probe.csv")
+        assert list(probe.name.unique()) == ["conv", "out"]
+        assert (probe.sample_var > 0).all()
+
+        cfg = config("train", f"arch={name}", "arch.width=4", "dataset=gaussian",
+                     "dataset.size=16", "device=cpu", "train.progress=false",
+                     "train.batch_size=4", "train.probe_samples=4", "train.steps=3")  # fmt: skip
+        summary = train(cfg, run / "train")
+        assert summary["status"] == "completed" and summary["arch"] == name
+        metrics = pd.read_csv(run / "train" / "metrics.csv")
+        assert list(metrics.step) == [0, 1, 2] and metrics.loss.gt(0).all()
+
+    # the task is the record's: a segmentation model refuses classification data
+    with pytest.raises(VarexpError, match="arch=tinyseg needs a segmentation dataset"):
+        data_info({"name": "shapes"}, {"name": "tinyseg"})

@@ -26,6 +26,7 @@ import varexp.train
 from varexp.data import data_info
 from varexp.data.catalog import load_source
 from varexp.errors import VarexpError
+from varexp.models import ARCHITECTURES
 from varexp.pack import plan as packing
 from varexp.pack.plan import PACK_KEY
 from varexp.pack.trainer import PackRun, train_pack
@@ -600,7 +601,7 @@ def test_auto_packs_small_mlp_steps_on_the_cpu_only():
     small = config("sweep", *SIZES)
     assert packing.plan("auto", jobs, lambda i: small).packs == [[0, 1, 2, 3]]
     wide = config("sweep", *SIZES, "arch.width=1000")  # compute-bound: the stack loses
-    assert packing.step_macs(wide) > packing.CPU_PACK_MACS["mlp"]
+    assert packing.step_macs(wide) > ARCHITECTURES["mlp"].cpu_pack_macs
     plan = packing.plan("auto", jobs, lambda i: wide)
     assert not plan.packed and "one mlp step costs" in plan.text()
     assert "compute-bound on the CPU (packs pay below 10M)" in plan.text()

@@ -20,6 +20,15 @@ from conftest import config, run_in_process, run_varexp
 
 from varexp import results
 from varexp.results.checkpoint import checkpoint_path
+from varexp.results.summary import (
+    SUMMARY,
+    Status,
+    failed_summary,
+    finished,
+    read_summary,
+    summary_finished,
+    write_summary,
+)
 
 MLP = [
     "arch=mlp",
@@ -653,3 +662,28 @@ def test_float_cifar_arrays_are_one_line(tmp_path):
     )
     with pytest.raises(VarexpError, match="holds float32 images; CIFAR10 images are uint8"):
         load_source(cfg.dataset, cfg.arch, "train")
+
+
+# ---------------------------------------------------------------------------------------------
+# summary.json and the one "finished?" rule
+
+
+def test_one_finished_rule_for_checkpoints_and_summaries():
+    assert finished(Status.DIVERGED, 3, 100)  # a diverged run has nothing left at any length
+    assert finished("completed", 100, 100) and finished("completed", 120, 100)
+    assert not finished("completed", 80, 100)  # a longer train.steps continues it
+    for status in (Status.RUNNING, Status.FAILED, Status.INCOMPLETE, "running"):
+        assert not finished(status, 100, 100)
+    assert summary_finished({"status": "completed", "steps": 5}, 5)
+    assert not summary_finished({"status": "completed"}, 5)  # no step count: not trusted
+    assert not summary_finished(None, 5)
+
+
+def test_statuses_are_the_strings_in_the_files(tmp_path):
+    assert [str(s) for s in Status] == [
+        "running", "completed", "diverged", "failed", "incomplete", "damaged"
+    ]  # fmt: skip
+    write_summary(failed_summary("boom"), tmp_path)
+    assert (tmp_path / SUMMARY).read_text() == '{\n  "error": "boom",\n  "status": "failed"\n}\n'
+    assert read_summary(tmp_path)["status"] == Status.FAILED
+    assert {Status.COMPLETED: 1}["completed"] == 1  # found where its value is

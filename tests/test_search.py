@@ -17,7 +17,8 @@ from conftest import run_in_process, run_varexp
 
 from varexp.compose import compose_config
 from varexp.results.aggregate import criterion
-from varexp.results.records import folder_identity, write_record
+from varexp.results.launch import folder_identity
+from varexp.results.run_record import write_record
 from varexp.search import INTERRUPTED, Scored, counts, resume, trials_table
 
 optuna = pytest.importorskip("optuna", reason="pip install -e '.[optuna]'")

@@ -3,7 +3,7 @@
     runs = varexp.load("outputs/sweep/default")            # one row per run
     metrics = varexp.load("outputs/", table="metrics")     # every run's metrics.csv, stacked
 
-A run is a folder varexp made (its run.json, varexp.results.records); its row holds the config
+A run is a folder varexp made (its run.json, varexp.results.run_record); its row holds the config
 keys that identify it, as run.json lists them ("optim.lr", "init.name", ...), and for a training
 run the fields of its summary.json (status, final_loss, steps, seconds, ...). A table is read
 with varexp.results.tables' reader, each run's rows with its identifying columns in front.
@@ -18,14 +18,15 @@ from pathlib import Path
 import pandas as pd
 
 from varexp.errors import VarexpError
-from varexp.results.records import (
+from varexp.results.finding import discover
+from varexp.results.run_record import (
+    MULTIRUN_FOLDER,
     RECORD,
     REPLACED,
-    discover,
     read_record,
-    read_summary,
     recorded_identity,
 )
+from varexp.results.summary import SUMMARY, read_summary
 from varexp.results.tables import (
     HELDOUT,
     METRICS,
@@ -45,10 +46,10 @@ TABLES: dict[str, Table] = {
 FOLDER_TABLES = ("trials",)
 # the result file that says which command made a folder older than run.json
 MADE_BY = {
-    "summary.json": "train",
-    "metrics.csv": "train",
-    "probe.csv": "probe",
-    "theory.csv": "theory",
+    SUMMARY: "train",
+    METRICS.file: "train",
+    PROBE.file: "probe",
+    THEORY.file: "theory",
 }
 NESTED = ("config", "provenance")  # summary.json's nested fields: the identity, and the machine
 
@@ -146,7 +147,7 @@ def find_runs(root: Path) -> list[Run]:
             warnings.warn(f"varexp.load leaves out {error}", stacklevel=3)
             continue
         if record is not None:
-            if record.get("command") == "multirun-folder":
+            if record.get("command") == MULTIRUN_FOLDER:
                 continue  # what a multirun's jobs share: they are rows of their own
             runs.append(Run(folder, record["command"], record.get("preset"), record["identity"]))
             continue

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from varexp.errors import VarexpError
 from varexp.models import build_model
+from varexp.optim import optimizer as optimizer_record
 
 FLOAT = 4  # bytes
 USABLE = 0.9  # of the free memory; the rest for the interpreter, libraries and the data
@@ -117,9 +118,10 @@ def sampled_network_bytes(
 
 
 def train_bytes(params: int, outputs: int, optimizer: str) -> float:
-    """A training step holds the weights, their gradients and the optimizer's state (SGD's
-    momentum; Adam's two moments), and the layer outputs of the batch with their gradients."""
-    states = 2 if optimizer == "adam" else 1
+    """A training step holds the weights, their gradients and the optimizer's state (its record's
+    states per parameter: SGD's momentum; Adam's two moments), and the layer outputs of the
+    batch with their gradients."""
+    states = optimizer_record(optimizer).states
     return FLOAT * (params * (2 + states) + 2 * outputs)
 
 

@@ -26,6 +26,7 @@ from varexp.results.aggregate import (
     layer_summary,
     log_summary,
 )
+from varexp.results.summary import SUMMARY, Status
 from varexp.results.tables import (
     METRICS,
     RATIOS,
@@ -493,7 +494,7 @@ def selected_runs(out: Path) -> Iterator[tuple[Path, str, str, str, pd.DataFrame
             sweep = SWEEP.read(path.parent / SWEEP.file, allow_empty=True)
         except VarexpError:
             continue
-        done = sweep[sweep["status"] == "completed"]
+        done = sweep[sweep["status"] == Status.COMPLETED]
         for (arch, dataset, optim), group in selected.groupby(["arch", "dataset", "optim"]):
             chosen = group.set_index("init")
             if not {"scale", "scale+bias"} <= set(chosen.index):
@@ -721,7 +722,7 @@ def figure_section(out: Path, figure: Figure, commands: dict[Path, str]) -> list
     png = out / "figures" / figure.name / f"{figure.name}.png"
     if png.exists():
         lines += [f"![{figure.name}]({png.relative_to(out)})", ""]
-    result = "summary.json" if figure.command == "sweep" else figure.result
+    result = SUMMARY if figure.command == "sweep" else figure.result
     for folder in sorted(p for p in commands if out / figure.name in p.parents):
         files = sorted(folder.rglob("*.csv" if figure.command == "sweep" else result))
         tables = [f for f in files if figure.command != "sweep" or f.parent == folder]

@@ -24,7 +24,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from varexp.errors import VarexpError, bad_value
 from varexp.files import write_csv
-from varexp.results.records import lock
+from varexp.results.locks import lock
+from varexp.results.summary import FINISHED
 from varexp.results.tables import TRIALS
 
 if TYPE_CHECKING:
@@ -241,7 +242,7 @@ class Scored(dict):
     def __float__(self) -> float:
         from varexp.train import objective
 
-        if self.get("status") not in ("completed", "diverged"):
+        if self.get("status") not in FINISHED:
             raise ValueError(
                 f"the run in {self.run_dir} did not finish: {self.get('error', self.get('status'))}"
             )

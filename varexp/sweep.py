@@ -39,20 +39,30 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from varexp import provenance, results
 from varexp.commands import typed_override
+from varexp.compose import _swept as swept  # the keys a multirun varies, in order
 from varexp.compose import compose_config, launcher
 from varexp.devices import resolve as resolve_device
 from varexp.errors import VarexpError, bad_value
 from varexp.files import write_json
+from varexp.optim import OPTIMIZERS
 from varexp.pack import job as pack_job
 from varexp.pack.plan import ALLOWED_TEXT as PACK_ALLOWED
 from varexp.pack.plan import PACK_KEY, key_of, sweep_plan
 from varexp.pack.plan import allowed as pack_allowed
-from varexp.results import read_summary
 from varexp.results.aggregate import criterion
 from varexp.results.checkpoint import checkpoint_path
-from varexp.results.records import HYDRA_RECORD, LOCK, move_aside
-from varexp.results.tables import (
+from varexp.results.locks import LOCK
+from varexp.results.run_record import HYDRA_RECORD, move_aside
+from varexp.results.summary import (
     FINISHED,
+    Status,
+    failed_summary,
+    read_summary,
+    summary_finished,
+    summary_path,
+    write_summary,
+)
+from varexp.results.tables import (
     METRICS,
     SELECTED,
     SETTING,
@@ -121,7 +131,7 @@ class SweepOptions:
     # The paper's grids (Sec. 5.2). A Cartesian sweep cannot pair each optimizer with its own
     # grid, so the sweep runs over lr_index and optim.lr picks lr_grid.<optimizer>[lr_index].
     lr_grid: dict[str, list[float]] = option(
-        factory=lambda: {"sgd": [3e-4, 1e-3, 3e-3, 1e-2], "adam": [3e-5, 1e-4, 3e-4, 1e-3]},
+        factory=lambda: {name: list(o.lr_grid) for name, o in OPTIMIZERS.items()},
         test=_grids,
         text="must map each optimizer to a non-empty list of learning rates > 0",
     )
@@ -172,12 +182,9 @@ def check(cfg: DictConfig) -> None:
 
 def grid_text(jobs: list[list[str]]) -> str:
     """The swept keys and their values, e.g. init=scale,scale+bias x optim=sgd,adam."""
-    parts = []
-    for position in range(len(jobs[0])):
-        values = list(dict.fromkeys(job[position] for job in jobs))
-        if len(values) > 1:
-            key = values[0].split("=", 1)[0]
-            parts.append(f"{key}=" + ",".join(v.split("=", 1)[1] for v in values))
+    parts = [
+        f"{key}=" + ",".join(v.split("=", 1)[1] for v in values) for _, key, values in swept(jobs)
+    ]
     return " x ".join(parts) or "a single run"
 
 
@@ -304,10 +311,7 @@ def nothing_left(run_dir: Path, steps: int) -> bool:
     """Whether a run folder holds a run that diverged, or completed `steps` steps, with its
     metrics.csv intact (a damaged one is rewritten or trained again)."""
     summary = read_summary(run_dir) or {}
-    if not (
-        summary.get("status") == "diverged"
-        or (summary.get("status") == "completed" and summary.get("train_steps") == steps)
-    ):
+    if not summary_finished(summary, steps):
         return False
     try:
         METRICS.read_run(run_dir, summary)
@@ -428,10 +432,9 @@ def record_outcome(
 
 def finished_here(summary: dict | None, cfg: DictConfig) -> bool:
     """Whether run_dir already holds this very run, completed or diverged, at train.steps."""
-    if summary is None or summary.get("status") not in FINISHED:
+    if not summary_finished(summary, int(cfg.train.steps)):
         return False
-    same = results.identity("train", cfg) == summary.get("config")
-    return same and summary.get("train_steps") == cfg.train.steps
+    return results.identity("train", cfg) == summary.get("config")
 
 
 def resumed(cfg: DictConfig) -> DictConfig:
@@ -457,19 +460,19 @@ def run(cfg: DictConfig) -> dict | list[dict]:
             return pack_job.run(cfg)
         finally:
             report_progress(sweep_dir)
-    status, reason = "failed", "ended without a result"
+    status, reason = Status.FAILED, "ended without a result"
     try:
         with results.claim("sweep", cfg, accept=lambda run_dir: accept(cfg, run_dir)) as run_dir:
             summary = run_job(cfg, run_dir)
         status, reason = summary["status"], summary.get("error")
         return Scored(summary, run_dir)  # an Optuna search reads its score
     except Stopped as stop:
-        status, reason = "incomplete", str(stop)
+        status, reason = Status.INCOMPLETE, str(stop)
         raise
     except VarexpError as error:  # the folder was refused (in use, another config): untouched
         log.error("run %s not started: %s", folder, error)
-        status, reason = "failed", str(error)
-        return dict(status="failed", error=str(error))
+        status, reason = Status.FAILED, str(error)
+        return failed_summary(str(error))
     except BaseException as error:
         reason = f"{type(error).__name__}: {error}"
         raise
@@ -522,10 +525,10 @@ def failed(run_dir: Path, error: Exception) -> dict:
     summary = read_summary(run_dir)
     if summary is None or summary.get("status") not in FINISHED:
         try:
-            write_json(dict(status="failed", error=reason), run_dir / "summary.json")
+            write_summary(failed_summary(reason), run_dir)
         except OSError as err:  # e.g. the disk is full: the log says it
-            log.error("could not write %s: %s", run_dir / "summary.json", err)
-    return dict(status="failed", error=reason)
+            log.error("could not write %s: %s", summary_path(run_dir), err)
+    return failed_summary(reason)
 
 
 def run_job(cfg: DictConfig, run_dir: Path) -> dict:
@@ -559,7 +562,7 @@ def setting_row(rel: str, ident: dict) -> dict:
         optim=ident.get("optim.name"),
         lr=float(ident.get("optim.lr", np.nan)),
         seed=ident.get("seed"),
-        status="incomplete",
+        status=Status.INCOMPLETE,
         steps=np.nan,
         final_loss=np.nan,
         criterion=np.nan,
@@ -576,18 +579,18 @@ def run_row(run_dir: Path, sweep_dir: Path, ident: dict, fraction: float) -> dic
     if summary is None:
         return row
     row.update(
-        status=summary.get("status", "incomplete"),
+        status=summary.get("status", Status.INCOMPLETE),
         final_loss=summary.get("final_loss", np.nan),
         seconds=summary.get("seconds", np.nan),
         steps=summary.get("steps", np.nan),
     )
-    if row["status"] == "completed":
+    if row["status"] == Status.COMPLETED:
         try:
             losses = METRICS.read_run(run_dir, summary)["loss"]
             row.update(steps=len(losses), criterion=criterion(losses, fraction))
         except VarexpError as damage:
             log.warning("%s is damaged, left out of the selection: %s", run_dir, damage)
-            row.update(status="damaged")
+            row.update(status=Status.DAMAGED)
     return row
 
 
@@ -638,7 +641,9 @@ def sweep_table(sweep_dir: Path, fraction: float, plan: dict | None = None) -> p
         if outcome is None or outcome.get("status") not in FINISHED:
             row = setting_row(rel, job["identity"])
             row["status"] = (
-                "incomplete" if (outcome or {}).get("status") == "incomplete" else "failed"
+                Status.INCOMPLETE
+                if (outcome or {}).get("status") == Status.INCOMPLETE
+                else Status.FAILED
             )
             if outcome is None:
                 log.error(
@@ -658,8 +663,8 @@ def select(table: pd.DataFrame, fraction: float) -> pd.DataFrame:
     for key, group in table.groupby(SETTING, sort=True):
         candidates = []
         for lr, runs in group.groupby("lr"):
-            done = runs[runs["status"] == "completed"]
-            if (runs["status"] == "diverged").any() or done.empty:
+            done = runs[runs["status"] == Status.COMPLETED]
+            if (runs["status"] == Status.DIVERGED).any() or done.empty:
                 continue
             candidates.append((done["criterion"].mean(), lr, done))
         if not candidates:
@@ -768,7 +773,7 @@ class SweepTables(Callback):
         selected_csv = SELECTED.write(select(table, fraction), sweep_dir)
         write_provenance(sweep_dir, config, len(table))
         counts = table["status"].value_counts()
-        order = [*FINISHED, "failed", "damaged", "incomplete"]
+        order = [*FINISHED, Status.FAILED, Status.DAMAGED, Status.INCOMPLETE]
         told = ", ".join(
             f"{counts[s]} {s}"
             for s in sorted(

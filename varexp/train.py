@@ -47,16 +47,24 @@ from varexp import devices, loggers, memory, provenance, results, search
 from varexp.data import DataInfo, Stream, data_info, fixed_batch
 from varexp.errors import VarexpError
 from varexp.figures import commands_for
-from varexp.files import write_json
 from varexp.inits import INITS, initialize
 from varexp.loggers import Logger, make_logger
-from varexp.models import build_model
+from varexp.models import architecture, build_model
 from varexp.models.base import WeightLayer, batch_statistics, in_forward_order, unreached
 from varexp.optim import make_optimizer
-from varexp.results import checkpoint, read_summary
+from varexp.results import checkpoint
 from varexp.results.aggregate import criterion
 from varexp.results.checkpoint import Checkpoint, checkpoint_path
-from varexp.results.tables import FINISHED, METRICS, RATIO_STATS, RATIOS, arch_label
+from varexp.results.summary import (
+    FINISHED,
+    Status,
+    Summary,
+    finished,
+    read_summary,
+    summary_path,
+    write_summary,
+)
+from varexp.results.tables import METRICS, RATIO_STATS, RATIOS, arch_label
 from varexp.schema import Common, flag, integer, number, option, store, validate
 from varexp.stats import Recorder
 from varexp.stop import StopRequests
@@ -279,13 +287,13 @@ def existing_run(cfg: DictConfig, run_dir: Path) -> Checkpoint | None:
     path = checkpoint_path(run_dir)
     saved = checkpoint.load(path) if path.exists() else None
     summary = read_summary(run_dir)
-    finished = summary is not None and summary.get("status") in FINISHED
+    ended = summary is not None and summary.get("status") in FINISHED
     if not cfg.resume:
         logged = logged_steps(run_dir)
-        if saved is not None or finished or logged:
+        if saved is not None or ended or logged:
             what = (
                 f"a {summary['status']} run"
-                if finished
+                if ended
                 else f"a checkpoint at step {saved.step}"
                 if saved is not None
                 else f"an interrupted run ({logged} steps logged, no checkpoint yet)"
@@ -297,7 +305,7 @@ def existing_run(cfg: DictConfig, run_dir: Path) -> Checkpoint | None:
             )
         return None
     if saved is None:
-        if finished:
+        if ended:
             raise VarexpError(
                 f"{run_dir} holds a {summary['status']} run of "
                 f"{summary.get('steps')} steps but no {path.name} to continue it "
@@ -366,7 +374,7 @@ class Trainer:
         self.metrics: list[tuple] = []
         self.ratios: list[tuple] = []
         self.step = 0
-        self.status = "running"
+        self.status = Status.RUNNING
         self.past_wall = self.past_train = 0.0  # seconds spent before this session
         self.saved_step = saved.step if saved is not None else None  # in checkpoint.pt
         self.init_forward_passes = 0.0
@@ -425,20 +433,14 @@ class Trainer:
         """What runs where, before the first step."""
         cfg, arch = self.cfg, self.cfg.arch
         params = sum(p.numel() for p in self.model.parameters())
-        size = (
-            f"{arch.width}x{arch.depth}"
-            if arch.name == "mlp"
-            else arch.model
-            if "model" in arch
-            else f"x{arch.channels:g} channels"
-        )
+        size = architecture(arch.name).size(arch)
         start = f"from step {self.step}" if self.saved is not None else "from scratch"
         log.info(
-            "train %s: %s %s (%.3gM parameters), %s init, %s lr %g, %d steps of batch %d "
+            "train %s: %s%s (%.3gM parameters), %s init, %s lr %g, %d steps of batch %d "
             "on %s (%d training samples); seed %d, %s, %d thread(s) -> %s",
             start,
             arch.name,
-            size,
+            f" {size}" if size else "",
             params / 1e6,
             cfg.init.name,
             cfg.optim.name,
@@ -550,8 +552,8 @@ class Trainer:
                     raise Stopped(f"stopped after step {self.step} (train.stop_after)")
         finally:
             bar.close()
-        if self.status == "running":
-            self.status = "completed"
+        if self.status == Status.RUNNING:
+            self.status = Status.COMPLETED
 
     def settle(self, pending: list[tuple[int, int, Tensor, float]], lr: float) -> bool:
         """Read the pending losses (one transfer) into the metrics rows; False, with the run
@@ -569,13 +571,13 @@ class Trainer:
         for (s, epoch, _, seconds), value in zip(pending, values, strict=True):
             rows.append((s, epoch, value, lr, seconds))
             if not math.isfinite(value):
-                self.status, self.step = "diverged", s
+                self.status, self.step = Status.DIVERGED, s
                 self.ratios = [r for r in self.ratios if r[0] <= s]
                 break
         self.metrics.extend(rows)
         self.logger.metrics(rows)
         pending.clear()
-        return self.status != "diverged"
+        return self.status != Status.DIVERGED
 
     def record_ratios(self, step: int, stats: Tensor, grads: Tensor) -> None:
         stats, grads = stats.cpu().tolist(), grads.cpu().tolist()
@@ -592,16 +594,16 @@ class Trainer:
         """The logger's last word: the run's summary and, for a completed run, the ratios of
         its final parameters (after the last update, which no metrics row describes)."""
         stats = None
-        if self.logger.wants_final_ratios and summary["status"] == "completed":
+        if self.logger.wants_final_ratios and summary["status"] == Status.COMPLETED:
             stats = layer_stats(self.model, self.fixed_x, self.layers).cpu().tolist()
         self.logger.finish(summary, self.step, [wl.name for wl in self.layers], stats)
 
     def fail(self, error: str) -> None:
         """summary.json says failed, and why; if even that cannot be written, the log says it."""
         try:
-            write_json(self.summary("failed", error), self.run_dir / "summary.json")
+            write_summary(self.summary(Status.FAILED, error), self.run_dir)
         except OSError as err:
-            log.error("could not write %s: %s", self.run_dir / "summary.json", err)
+            log.error("could not write %s: %s", summary_path(self.run_dir), err)
 
     def save(self) -> None:
         """CSVs, then the checkpoint: every row in the files is also in the checkpoint or will be
@@ -611,7 +613,7 @@ class Trainer:
             Checkpoint(
                 identity=self.identity,
                 step=self.step,
-                status=self.status,
+                status=str(self.status),  # a plain string: the checkpoint loads weights only
                 model=self.model.state_dict(),
                 optimizer=self.optimizer.state_dict(),
                 stream=self.stream.state_dict(),
@@ -627,14 +629,15 @@ class Trainer:
         self.saved_step = self.step
 
     def summary(self, status: str, error: str | None = None) -> dict:
+        """summary.json of the run as it ends (Summary's fields)."""
         cfg = self.cfg
         last = self.metrics[-1][2] if self.metrics else None
         train_seconds = self.metrics[-1][4] if self.metrics else 0.0
-        out = dict(
-            status=status,
+        return Summary(
+            status=Status(status),
             steps=self.step,
             final_loss=last if last is not None and math.isfinite(last) else None,
-            diverged_at=self.metrics[-1][0] if status == "diverged" else None,
+            diverged_at=self.metrics[-1][0] if status == Status.DIVERGED else None,
             seconds=self.wall(),
             train_seconds=train_seconds,
             steps_per_second=self.step / train_seconds if train_seconds > 0 else None,
@@ -644,10 +647,8 @@ class Trainer:
             finished=provenance.now(),
             provenance=provenance.record(self.device),
             **identifying(cfg),
-        )
-        if error is not None:
-            out["error"] = error
-        return out
+            error=error,
+        ).as_dict()
 
 
 def saved_rows(saved: Checkpoint) -> tuple[list[tuple], list[tuple]]:
@@ -665,11 +666,6 @@ def identifying(cfg: DictConfig) -> dict:
         lr=float(cfg.optim.lr), seed=cfg.seed, batch_size=cfg.train.batch_size,
         train_steps=cfg.train.steps, config=results.identity("train", cfg),
     )  # fmt: skip
-
-
-def done(status: str, step: int, steps: int) -> bool:
-    """Nothing left to train: diverged, or completed with train.steps steps."""
-    return status == "diverged" or status == "completed" and step >= steps
 
 
 def _take(stream: Stream, k: int) -> list[tuple[Tensor, Tensor]]:
@@ -693,13 +689,13 @@ def train(cfg: DictConfig, run_dir: str | Path, quiet: bool = False) -> dict:
         run.initialize()
         if not quiet:
             run.banner()
-        if not done(run.status, run.step, cfg.train.steps):
-            run.status = "running"  # a completed run continues when train.steps grew
+        if not finished(run.status, run.step, cfg.train.steps):
+            run.status = Status.RUNNING  # a completed run continues when train.steps grew
             with StopRequests() as stop:
                 run.loop(stop)
         run.save()
         summary = run.summary(run.status)
-        write_json(summary, run_dir / "summary.json")
+        write_summary(summary, run_dir)
         run.log_end(summary)
         return summary
     except Stopped:
@@ -732,7 +728,7 @@ def already_done(cfg: DictConfig, run_dir: Path, saved: Checkpoint | None) -> di
     """The summary of a run its checkpoint `saved` says has ended at train.steps (its
     metrics.csv and ratios.csv written again from the checkpoint if damaged), or None: it
     trains."""
-    if saved is None or not done(saved.status, saved.step, cfg.train.steps):
+    if saved is None or not finished(saved.status, saved.step, cfg.train.steps):
         return None
     summary = read_summary(run_dir)
     if summary is None or summary.get("status") != saved.status:
@@ -832,6 +828,6 @@ def objective(run_dir: Path, summary: dict) -> float:
     """What an optimising sweeper (Hydra's Optuna sweeper) minimises: the run's mean training
     loss over all its steps (the area under the loss curve per step, `sweep.select=auc`'s
     criterion); infinite for a diverged run."""
-    if summary["status"] != "completed":
+    if summary["status"] != Status.COMPLETED:
         return math.inf
     return criterion(METRICS.read_run(run_dir, summary).loss, 1.0)

@@ -26,6 +26,7 @@ from varexp.data import cifar10, gaussian, isbi2012, membranes, shapes
 from varexp.data.sources import Images, Source, volume_splits
 from varexp.errors import VarexpError, bad_value
 from varexp.files import atomic_path
+from varexp.models import architecture
 from varexp.schema import choice, flag, integer, number, option, spec_from, store
 
 SPLITS = ("train", "test")
@@ -166,14 +167,6 @@ for _name, _spec in DATASETS.items():
     store("dataset", _name, _spec)
 TASK = {"cifar10": "classification", "shapes": "classification",
         "isbi2012": "segmentation", "membranes": "segmentation"}  # fmt: skip
-# The task each architecture is built for; gaussian adapts to the architecture.
-ARCH_TASK = {
-    "mlp": "classification",
-    "allcnnc": "classification",
-    "unet": "segmentation",
-    "torchvision": "classification",
-    "timm": "classification",
-}
 
 
 @dataclass(frozen=True)
@@ -231,8 +224,8 @@ def data_info(dataset: object, arch: object) -> DataInfo:
         shape, task = (3, 32, 32), "classification"
     else:
         shape, task = (1, d.crop, d.crop), "segmentation"
-    needs = ARCH_TASK.get(arch.name)
-    if needs is not None and needs != task:
+    needs = architecture(arch.name).task
+    if needs != task:
         fits = ", ".join(n for n in DATASETS if TASK.get(n, needs) == needs)
         raise VarexpError(
             f"arch={arch.name} needs a {needs} dataset ({fits}); dataset={d.name} is {task}"

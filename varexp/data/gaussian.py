@@ -8,23 +8,21 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from varexp.data.sources import Tensors, generator
+from varexp.models import architecture
 
-# The natural input of each architecture when dataset.shape is null; the mlp's is (arch.width,),
-# the paper's Eq. 1 network of equal widths.
-NATURAL_SHAPE = {"allcnnc": (3, 32, 32), "unet": (1, 64, 64)}
 CLASSES = 10
 
 
 def input_shape(dataset: DictConfig, arch: DictConfig) -> tuple[int, ...]:
+    """dataset.shape, or when null the architecture's natural input (its record's)."""
     if dataset.shape is not None:
         return tuple(int(n) for n in dataset.shape)
-    if arch.name == "mlp":
-        return (int(arch.width),)
-    return NATURAL_SHAPE.get(arch.name, (3, 32, 32))
+    return tuple(architecture(arch.name).natural_shape(arch))
 
 
 def task(arch: DictConfig) -> str:
-    return "segmentation" if arch.name == "unet" else "classification"
+    """Gaussian data adapts to the architecture: the task it is built for."""
+    return architecture(arch.name).task
 
 
 def draw(samples: int, shape: tuple[int, ...], norm_spread: float, gen: torch.Generator) -> Tensor:

@@ -23,7 +23,6 @@ from contextvars import ContextVar
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -38,6 +37,8 @@ from varexp.errors import VarexpError
 from varexp.pack.plan import PACK_KEY, Plan, decode, fitting, key_of, member_overrides
 from varexp.pack.trainer import PackRun, train_pack
 from varexp.results.checkpoint import checkpoint_path
+from varexp.results.summary import Status, failed_summary
+from varexp.results.tables import METRICS
 from varexp.threads import auto_threads
 from varexp.train import Stopped, already_done, check_writable, existing_run, timing_config
 
@@ -147,7 +148,7 @@ def run(cfg: DictConfig) -> list[dict]:
             sweep_dir,
             number,
             folders[number],
-            outcome.get("status", "failed"),
+            outcome.get("status", Status.FAILED),
             outcome.get("error"),
         )
 
@@ -166,18 +167,18 @@ def run(cfg: DictConfig) -> list[dict]:
                 for part in _fitting_parts([r for _, r in runs]):
                     train_pack(part, about=about)
             for number, packed in runs:
-                record(
-                    number, packed.summary or dict(status="failed", error="ended without a result")
-                )
+                record(number, packed.summary or failed_summary("ended without a result"))
     except Stopped as stop:  # the runs that had not ended can continue from their checkpoints
         for number, packed in runs:
             if number not in outcomes:
-                record(number, packed.summary or dict(status="incomplete", error=str(stop)))
+                record(
+                    number, packed.summary or {"status": str(Status.INCOMPLETE), "error": str(stop)}
+                )
         raise
     except BaseException as error:
         for number in folders:
             if number not in outcomes:
-                record(number, dict(status="failed", error=f"{type(error).__name__}: {error}"))
+                record(number, failed_summary(f"{type(error).__name__}: {error}"))
         raise
     return [outcomes[n] for n in sorted(outcomes)]
 
@@ -202,7 +203,7 @@ def _claim(cfg: DictConfig, folder: Path, held: ExitStack) -> PackRun | dict:
             )
         except VarexpError as error:  # left untouched
             log.error("run %s not started: %s", folder, error)
-            return dict(status="failed", error=str(error))
+            return failed_summary(str(error))
         return _prepare(cfg, run_dir)
 
 
@@ -215,7 +216,7 @@ def _prepare(cfg: DictConfig, run_dir: Path) -> PackRun | dict:
         check(cfg)
     except VarexpError as error:
         log.error("run %s not started: %s", run_dir, error)
-        return dict(status="failed", error=str(error))
+        return failed_summary(str(error))
     summary = finished_intact(cfg, run_dir)
     if summary is not None:
         return summary
@@ -341,7 +342,7 @@ def calibrate(cfgs: list[DictConfig], threads: int, steps: int = 6) -> tuple[flo
             start = time.perf_counter()
             train_pack(runs, verbose=False)
             wall = time.perf_counter() - start
-            seconds = pd.read_csv(Path(tmp) / "0" / "metrics.csv")["seconds"].to_numpy()
+            seconds = METRICS.read(Path(tmp) / "0" / METRICS.file)["seconds"].to_numpy()
     finally:
         torch.set_num_threads(saved)
     # the first steps warm up (allocations, cuDNN autotuning): time the steady ones

@@ -6,8 +6,9 @@ with init=batchnorm the BatchNorm units it adds), the optimizer and its options,
 Such jobs form a group; a group is cut into packs of at most N runs. `off` packs nothing: every
 run is a job of its own, as Hydra launches it. `auto` packs where packing measured faster
 (bench/README.md, "Packed runs"): on the CPU the vmapped step of many small MLPs beats a loop
-over them, so auto packs a CPU MLP run when its training step costs at most CPU_PACK_MACS
-multiply-adds; it packs no convolutional run on the CPU (CPU_UNPACKED: the quick Fig. 4's
+over them, so auto packs a CPU MLP run when its training step costs at most its record's
+cpu_pack_macs multiply-adds (varexp.models.ARCHITECTURES); it packs no convolutional run on the
+CPU (cpu_pack_macs None, cpu_unpacked saying why: the quick Fig. 4's
 sweep measured slower packed even where its UNet's bare step was faster, and the default
 ALL-CNN-C's step is slower batched); on a GPU, where one small run leaves most of the chip
 idle, up to GPU_PACK runs. Either way a pack that would not fit in the free memory is cut
@@ -35,25 +36,19 @@ from varexp import memory
 from varexp.data import data_info
 from varexp.devices import resolve as resolve_device
 from varexp.inits import fans
-from varexp.models import build_model
+from varexp.models import architecture, build_model
 from varexp.models.base import WEIGHT_TYPES
+from varexp.optim import optimizer
 
 # keys (and their sub-keys) that leave the data stream alone: runs differing only in these pack
 PACK_FREE = ("init", "optim", "sweep.lr_index", "arch.norm")
-PACKABLE_ARCHS = ("mlp", "allcnnc", "unet")
-# auto on the CPU: pack MLP runs whose training step costs at most this many multiply-adds (the
-# forward pass of the batch): about half the step size where the stacked step stopped beating a
-# loop over the models (bench/README.md: about 20M)
-CPU_PACK_MACS = {"mlp": 10e6}
-# auto on the CPU packs no convolutional runs: their bare stacked step beat the loop only for
-# small ones (UNet up to about 300M multiply-adds, ALL-CNN-C about 40M), yet whole sweeps of
-# them ran slower packed (the quick Fig. 4 at 0.57-0.60x of sweep.pack=off, bench/README.md):
-# each run's own start and files dominate a short CPU run, a pack does not share them, and one
-# pack job holds one core while the other's jobs end
-CPU_UNPACKED = {  # the model's name, and why (the plan says it)
-    "allcnnc": ("ALL-CNN-C", "a batched convolution is no faster: 0.84x at the default size"),
-    "unet": ("UNet", "the quick Fig. 4 ran 0.57-0.60x as fast packed"),
-}
+# which architectures pack, and which sweep.pack=auto packs on the CPU, are their records'
+# (varexp.models.ARCHITECTURES: packable, cpu_pack_macs, cpu_unpacked). auto on the CPU packs no
+# convolutional runs: their bare stacked step beat the loop only for small ones (UNet up to
+# about 300M multiply-adds, ALL-CNN-C about 40M), yet whole sweeps of them ran slower packed
+# (the quick Fig. 4 at 0.57-0.60x of sweep.pack=off, bench/README.md): each run's own start and
+# files dominate a short CPU run, a pack does not share them, and one pack job holds one core
+# while the other's jobs end
 GPU_PACK = 24  # auto on CUDA: at most this many runs per pack
 # the override that hands a pack job its runs
 PACK_KEY = "packed_runs"
@@ -93,7 +88,7 @@ def groups_of(jobs: list[list[str]]) -> list[list[int]]:
 
 def unpackable(cfg: DictConfig) -> str | None:
     """Why runs of this config cannot be trained in a pack, or None."""
-    if cfg.arch.name not in PACKABLE_ARCHS:
+    if not architecture(cfg.arch.name).packable:
         return f"arch={cfg.arch.name}"
     if float(cfg.arch.get("dropout", 0.0) or 0.0) > 0:
         return f"arch.dropout={cfg.arch.dropout}"
@@ -140,7 +135,7 @@ def run_bytes(cfg: DictConfig) -> float:
     params, outputs = memory.count(
         cfg.arch, info.input_shape, info.num_classes, cfg.train.batch_size
     )
-    states = 2 if cfg.optim.name == "adam" else 1
+    states = optimizer(cfg.optim.name).states
     own_copy = memory.FLOAT * params * (1 + states)
     return memory.train_bytes(params, outputs, cfg.optim.name) + own_copy
 
@@ -266,14 +261,14 @@ def pack_size(
                 "(device=cuda, or hydra.launcher.gpus_per_node, tells it; or set "
                 "sweep.pack=N)"
             )
-        if device.type == "cpu" and cfg.arch.name in CPU_UNPACKED:
-            name, why = CPU_UNPACKED[cfg.arch.name]
+        record = architecture(cfg.arch.name)
+        if device.type == "cpu" and record.cpu_pack_macs is None:
             return 1, (
-                f"sweep.pack=auto: {name} runs not packed on the CPU ({why}; "
-                "sweep.pack=N packs them)"
+                f"sweep.pack=auto: {record.title} runs not packed on the CPU "
+                f"({record.cpu_unpacked}; sweep.pack=N packs them)"
             )
         if device.type == "cpu":
-            most = CPU_PACK_MACS[cfg.arch.name]
+            most = record.cpu_pack_macs
             if macs > most:
                 return 1, (
                     f"sweep.pack=auto: not packed, one {cfg.arch.name} step costs "

@@ -36,12 +36,18 @@ from tqdm import tqdm
 from varexp import devices, results
 from varexp.data import DataInfo, Stream, fixed_batch
 from varexp.errors import VarexpError
-from varexp.files import write_json
 from varexp.pack.stacked import Stack, stacks_of
-from varexp.results import read_summary
 from varexp.results.checkpoint import Checkpoint
+from varexp.results.summary import (
+    Status,
+    failed_summary,
+    finished,
+    read_summary,
+    summary_path,
+    write_summary,
+)
 from varexp.stop import StopRequests
-from varexp.train import Stopped, Trainer, done, layer_stats
+from varexp.train import Stopped, Trainer, layer_stats
 
 log = logging.getLogger("varexp.pack")
 
@@ -145,10 +151,10 @@ class Pack:
                         run.trainer.stream.load_state_dict(run.saved.stream)
                     if self.verbose:
                         run.trainer.banner()
-                    if done(run.trainer.status, run.trainer.step, run.cfg.train.steps):
+                    if finished(run.trainer.status, run.trainer.step, run.cfg.train.steps):
                         self.finish(run)  # e.g. a diverged checkpoint without its summary
                     else:
-                        run.trainer.status = "running"
+                        run.trainer.status = Status.RUNNING
                 except Stopped:
                     raise
                 except Exception as error:  # its own init failed: the others go on
@@ -259,9 +265,9 @@ class Pack:
                     stack.step()
                 self.step = s + 1
                 for run in self.active:
-                    if run.trainer.status == "running":
+                    if run.trainer.status == Status.RUNNING:
                         run.trainer.step = s + 1
-                self.leave([r for r in self.active if r.trainer.status != "running"])
+                self.leave([r for r in self.active if r.trainer.status != Status.RUNNING])
                 if not synced:
                     continue
                 bar.update(self.step - bar.n)
@@ -293,7 +299,7 @@ class Pack:
         finally:
             bar.close()
         for run in list(self.active):
-            run.trainer.status = "completed"
+            run.trainer.status = Status.COMPLETED
         for stack in self.stacks:
             stack.write_back()
         for run in list(self.active):
@@ -317,7 +323,7 @@ class Pack:
         for run in self.active:
             rows, run.pending = run.pending, []
             mine = per_run.get(id(run), [])
-            if run.trainer.status != "running" or not rows:
+            if run.trainer.status != Status.RUNNING or not rows:
                 continue
             trainer = run.trainer
             lr = trainer.optimizer.param_groups[0]["lr"]
@@ -367,7 +373,7 @@ class Pack:
         with self.about(run):
             trainer.save()
             run.summary = trainer.summary(trainer.status)
-            write_json(run.summary, run.run_dir / "summary.json")
+            write_summary(run.summary, run.run_dir)
             trainer.log_end(run.summary)
             trainer.logger.close()
             log.info("%s: %s after %d steps", run.run_dir, trainer.status, trainer.step)
@@ -383,16 +389,16 @@ class Pack:
                 log.error("run %s failed: %s", run.run_dir, reason)
             else:
                 log.error("run %s failed: %s", run.run_dir, reason, exc_info=error)
-            run.summary = dict(status="failed", error=reason)
+            run.summary = failed_summary(reason)
             if run.trainer is not None:
                 run.trainer.fail(reason)
                 run.summary = read_summary(run.run_dir) or run.summary
                 run.trainer.logger.close()
             else:
                 try:
-                    write_json(run.summary, run.run_dir / "summary.json")
+                    write_summary(run.summary, run.run_dir)
                 except OSError as err:
-                    log.error("could not write %s: %s", run.run_dir / "summary.json", err)
+                    log.error("could not write %s: %s", summary_path(run.run_dir), err)
 
     def fail_unfinished(self, error: BaseException) -> None:
         """The shared training raised (out of memory, a full disk): every run not yet ended."""
@@ -444,4 +450,4 @@ def train_pack(
             pack.fail_unfinished(err)
     except Exception as err:
         pack.fail_unfinished(err)
-    return [run.summary if run.summary is not None else dict(status="failed") for run in runs]
+    return [run.summary if run.summary is not None else failed_summary() for run in runs]

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from varexp.errors import VarexpError, bad_value
 from varexp.figures import FIGURES
 from varexp.results import claim
-from varexp.results.records import holds_results
+from varexp.results.run_record import holds_results
 from varexp.schema import Common, choice, integer, option, validate
 
 # the ratio Fig. 2 draws for convolutional layers (varexp.stats): both side by side, per

@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 
 from varexp.errors import VarexpError
 from varexp.files import atomic_path
+from varexp.models import ARCHITECTURES
 from varexp.results.tables import RunResult, stack
 from varexp.theory import recursion
 
@@ -41,8 +42,6 @@ INIT_COLORS = {
 }
 SPARE_COLORS = ("tab:olive", "tab:cyan", "tab:gray", "tab:pink", "tab:brown")
 INIT_ORDER = ("kaiming", "scale+bias", "batchnorm", "scale", "lsuv", "xavier", "orthogonal")
-ARCH_TITLES = {"mlp": "MLP", "allcnnc": "ALL-CNN-C", "unet": "UNet"}
-ARCH_ORDER = tuple(ARCH_TITLES)
 THEORY_STYLE = dict(color="black", linestyle="--", linewidth=1.3)
 
 
@@ -52,6 +51,18 @@ def color_for(value: object, palette: dict, order: list) -> str:
         return palette[value]
     spare = [v for v in order if v not in palette]
     return SPARE_COLORS[spare.index(value) % len(SPARE_COLORS)]
+
+
+def arch_title(name: str) -> str:
+    """The architecture's title (its record's; a zoo model's own name)."""
+    record = ARCHITECTURES.get(name)
+    return record.title if record is not None else name
+
+
+def arch_rank(name: str) -> int:
+    """Architectures in the order of their records: MLP, ALL-CNN-C, UNet, then the others."""
+    order = list(ARCHITECTURES)
+    return order.index(name) if name in order else len(order)
 
 
 def init_rank(name: str) -> tuple[int, str]:
@@ -82,8 +93,7 @@ def line_key(run: RunResult) -> tuple:
 
 
 def panel_rank(key: tuple) -> tuple:
-    arch = ARCH_ORDER.index(key[0]) if key[0] in ARCH_ORDER else len(ARCH_ORDER)
-    return (arch, key[0], init_rank(key[1]), key[2:])
+    return (arch_rank(key[0]), key[0], init_rank(key[1]), key[2:])
 
 
 def panels(runs: list[RunResult]) -> list[tuple[tuple, list[RunResult]]]:
@@ -118,7 +128,7 @@ def line_label(arch: str, key: tuple) -> str:
 
 def panel_title(key: tuple) -> str:
     arch, init, activation, norm = key
-    title = f"{ARCH_TITLES.get(arch, arch)}, {init} init"
+    title = f"{arch_title(arch)}, {init} init"
     if arch == "mlp" and activation != "relu":
         title += f", {activation}"
     if norm != "none" and init != "batchnorm":

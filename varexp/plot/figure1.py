@@ -12,7 +12,7 @@ import pandas as pd
 
 from varexp.errors import VarexpError
 from varexp.plot.common import (
-    ARCH_TITLES,
+    arch_title,
     caption,
     log,
     new_figure,
@@ -148,7 +148,7 @@ def make(results: str | None, outputs_root: str, out_dir: str | Path) -> list[Pa
     else:
         fig = new_figure(6, 4.5)
         ax = fig.add_subplot()
-    arch = ARCH_TITLES.get(run.arch, run.arch)
+    arch = arch_title(run.arch)
     setting = f"{arch}, width {run.get('arch.width')}" if run.arch == "mlp" else arch
     networks = run.table["network"].nunique()
     style_axes(

@@ -11,9 +11,10 @@ import pandas as pd
 
 from varexp.errors import VarexpError
 from varexp.figures import FIGURES
+from varexp.optim import OPTIMIZERS
 from varexp.plot.common import (
-    ARCH_TITLES,
     INIT_COLORS,
+    arch_title,
     caption,
     color_for,
     init_rank,
@@ -23,10 +24,16 @@ from varexp.plot.common import (
     style_axes,
 )
 from varexp.results import find_results, read_summary
+from varexp.results.summary import Status
 from varexp.results.tables import METRICS, SELECTED, SETTING, SWEEP
 
+
+def optim_title(name: str) -> str:
+    record = OPTIMIZERS.get(name)
+    return record.title if record is not None else name
+
+
 TASK_ORDER = ("cifar10", "isbi2012", "shapes", "membranes")
-OPTIM_TITLES = {"sgd": "SGD", "adam": "Adam"}
 
 
 def find_selected(results: str | None, outputs_root: str) -> list[Path]:
@@ -53,7 +60,7 @@ def selected_runs(paths: list[Path]) -> pd.DataFrame:
         if "lr_at_edge" not in selected.columns:  # made before the column
             selected["lr_at_edge"] = ""
         runs = (
-            sweep[sweep["status"] == "completed"]
+            sweep[sweep["status"] == Status.COMPLETED]
             .astype({"lr": float})
             .merge(selected[[*SETTING, "lr", "lr_at_edge"]], on=SETTING + ["lr"])
         )
@@ -77,7 +84,7 @@ def finished_losses(run) -> pd.Series | None:
     is not drawn."""
     summary = read_summary(run.metrics.parent) or {}
     steps = int(run.steps)
-    if summary.get("status") != "completed" or summary.get("steps") != steps:
+    if summary.get("status") != Status.COMPLETED or summary.get("steps") != steps:
         log.warning(
             "figure4 leaves out %s: its summary.json no longer says completed after %d "
             "steps (a run extended or interrupted since the sweep's tables)",
@@ -155,7 +162,7 @@ def make(
     tasks = sorted(
         {(a, d) for a, d in zip(runs["arch"], runs["dataset"], strict=True)}, key=task_rank
     )
-    optims = sorted(runs["optim"].unique(), key=lambda o: (o not in OPTIM_TITLES, o))
+    optims = sorted(runs["optim"].unique(), key=lambda o: (o not in OPTIMIZERS, o))
     fig = new_figure(5.0 * len(optims), 3.8 * len(tasks))
     axes = fig.subplots(len(tasks), len(optims), squeeze=False)
     for row, (arch, dataset) in enumerate(tasks):
@@ -164,7 +171,7 @@ def make(
             mine = runs[
                 (runs["arch"] == arch) & (runs["dataset"] == dataset) & (runs["optim"] == optim)
             ]
-            title = f"{ARCH_TITLES.get(arch, arch)} on {dataset}, {OPTIM_TITLES.get(optim, optim)}"
+            title = f"{arch_title(arch)} on {dataset}, {optim_title(optim)}"
             if mine.empty:
                 ax.set_axis_off()
                 ax.set_title(f"{title}: no completed run", fontsize=11)

@@ -17,7 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 from varexp.errors import VarexpError
 from varexp.figures import FIGURES
 from varexp.files import write_csv
-from varexp.results.records import find_results, run_config
+from varexp.results.finding import find_results, run_config
+from varexp.results.summary import FINISHED, Status
 from varexp.stats import STAT_NAMES
 
 log = logging.getLogger("varexp.results")
@@ -127,7 +128,6 @@ SELECTED = Table(
 SETTING = ["arch", "dataset", "init", "optim"]  # what a sweep selects a learning rate for
 # an Optuna search's trials (varexp.search), one row each; a column per searched key follows
 TRIALS = Table("trials.csv", ("trial", "state", "value", "seconds"), text=("state",))
-FINISHED = ("completed", "diverged")  # a training run's status when nothing is left to do
 
 
 def read_table(
@@ -200,7 +200,7 @@ def read_run(run_dir: Path, table: Table, summary: dict | None = None) -> pd.Dat
             f"has step {steps[wrong[0]]})"
         )
     status = (summary or {}).get("status")
-    diverged = status == "diverged"
+    diverged = status == Status.DIVERGED
     if status in FINISHED and isinstance(summary.get("steps"), int):
         expected = int(summary["steps"]) + (1 if diverged else 0)  # and the non-finite row
         if len(frame) != expected:
@@ -271,7 +271,7 @@ def load_probes(
     inits: tuple[str, ...] | None = None,
     beside: str | None = None,
 ) -> list[RunResult]:
-    """The probe tables `figure` draws (varexp.results.records.find_results: everything under
+    """The probe tables `figure` draws (varexp.results.finding.find_results: everything under
     `results`, else the newest runs made for the figure under `outputs_root`), with their runs'
     configs; damaged or partial files are left out with one line each. `inits` keeps only runs
     of those inits; `beside` only runs that also wrote that file."""
@@ -411,14 +411,14 @@ def _mean_std(mean: float, std: float, n: int) -> str:
 def _versus_next(runs: pd.DataFrame, lr: float, best: float) -> str:
     eligible = []
     for other, group in runs.groupby("lr"):
-        done = group[group["status"] == "completed"]
-        if other == lr or done.empty or not group["status"].eq("completed").all():
+        done = group[group["status"] == Status.COMPLETED]
+        if other == lr or done.empty or not group["status"].eq(Status.COMPLETED).all():
             continue
         eligible.append((done["criterion"].mean(), other, done["criterion"]))
     if not eligible:
         return "the only lr that finished"
     mean, other, criteria = min(eligible, key=lambda c: c[0])
-    mine = runs[(runs["lr"] == lr) & (runs["status"] == "completed")]["criterion"]
+    mine = runs[(runs["lr"] == lr) & (runs["status"] == Status.COMPLETED)]["criterion"]
     if len(mine) < 2 or len(criteria) < 2:
         return f"{other:.3g}: {mean:.4g} (one seed: no spread to judge by)"
     se = float(np.sqrt(mine.var(ddof=1) / len(mine) + criteria.var(ddof=1) / len(criteria)))
