@@ -5,77 +5,20 @@ users have, torchvision and timm (varexp.models.zoo)."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from numbers import Integral
 
 from torch import nn
 
-from varexp.activations import ACTIVATIONS
 from varexp.errors import ConfigError, bad_value
 from varexp.models import allcnnc, unet, zoo
 from varexp.models.allcnnc import AllCNNC
 from varexp.models.base import add_biases
 from varexp.models.mlp import MLP
 from varexp.models.unet import UNet
-from varexp.schema import choice, flag, integer, number, option, spec_from, store
+from varexp.options.arch import ARCHS, AllCNNCArch, MLPArch, UNetArch
+from varexp.schema import spec_from
 
-__all__ = ["ARCHS", "AllCNNC", "MLP", "UNet", "build_model"]
-
-NORMS = ("none", "batchnorm")  # batchnorm: BatchNorm before every nonlinearity (paper Sec. 4)
-
-
-@dataclass
-class MLPArch:
-    """The paper's Eq. 1 network: `depth` layers of `width` units (inputs flattened; a linear
-    readout `fc` for classification data)."""
-
-    name: str = choice("mlp", ("mlp",))
-    width: int = integer(1000)
-    depth: int = integer(50)
-    activation: str = choice("relu", tuple(ACTIVATIONS))
-    norm: str = choice("none", NORMS)
-    bias: bool = flag(False)  # every layer has one already: nothing to add
-
-
-@dataclass
-class AllCNNCArch:
-    """ALL-CNN-C (Springenberg et al. 2014) as in the paper (Sec. 3.3): nine ReLU convs, global
-    average pooling, one linear output layer; reflection padding."""
-
-    name: str = choice("allcnnc", ("allcnnc",))
-    channels: float = number(1.0)  # multiplier: 1.0 = the paper's widths (96, 192)
-    activation: str = choice("relu", tuple(ACTIVATIONS))
-    norm: str = choice("none", NORMS)
-    dropout: float = number(0.0, minimum=0.0, below=1.0)  # after the input and each stride-2 conv
-    bias: bool = flag(False)  # every layer has one already: nothing to add
-
-
-@dataclass
-class UNetArch:
-    """UNet (Ronneberger et al. 2015) as in the paper (Sec. 3.3): 23 convs, 4 max-pools, skip
-    concatenations; reflection padding keeps the output at the input's size."""
-
-    name: str = choice("unet", ("unet",))
-    channels: float = number(1.0)  # multiplier: 1.0 = level widths 64, 128, 256, 512, 1024
-    activation: str = choice("relu", tuple(ACTIVATIONS))
-    norm: str = choice("none", NORMS)
-    out_channels: int = option(
-        1, kind="choice", choices=(1, 2), text="choose 1 (membrane logit) or 2 (two classes)"
-    )
-    # the up-convolutions' fan for the weight laws: in (C_in) or torch (torch.nn.init's count)
-    upconv_fan: str = choice("in", unet.UPCONV_FANS)
-    bias: bool = flag(False)  # every layer has one already: nothing to add
-
-
-ARCHS: dict[str, type] = {
-    "mlp": MLPArch,
-    "allcnnc": AllCNNCArch,
-    "unet": UNetArch,
-    "torchvision": zoo.TorchvisionArch,
-    "timm": zoo.TimmArch,
-}
-for _name, _spec in ARCHS.items():
-    store("arch", _name, _spec)
+__all__ = ["ARCHS", "AllCNNC", "AllCNNCArch", "MLP", "MLPArch", "UNet", "UNetArch", "build_model"]
 
 
 def build_model(
