@@ -5,6 +5,7 @@ completion and a one-step training, each against `import torch` measured in the 
     python bench/bench_startup.py --rounds 2    # a smoke run
     git worktree add /tmp/before <commit>       # then, before and after side by side:
     python bench/bench_startup.py --before /tmp/before
+    python bench/bench_startup.py --before /tmp/before --only dynamo steps   # a training's start
 
 Each round runs every case once as a fresh process (alternating, so the machine's load falls on
 all of them alike); a case's time is its median over the rounds, and its ratio is to the median
@@ -75,10 +76,18 @@ def main() -> None:
     parser.add_argument(
         "--before", metavar="DIR", help="a checkout of varexp to run every varexp case with too"
     )
+    parser.add_argument(
+        "--only", nargs="+", metavar="TEXT", help="only the cases whose name has one of these"
+    )
     args = parser.parse_args()
+    cases = {
+        name: command
+        for name, command in CASES.items()
+        if name == "import torch" or not args.only or any(text in name for text in args.only)
+    }
     before = os.path.abspath(args.before) if args.before else None
     runs = []  # each varexp case beside its run before, so both meet the same load
-    for name, command in CASES.items():
+    for name, command in cases.items():
         runs.append((name, command, None))
         if before is not None and command[1:3] == ["-m", "varexp"]:
             runs.append((name + BEFORE, command, before))
