@@ -221,6 +221,111 @@ def test_train_uses_a_cpu_sized_task_unless_the_user_names_arch_or_dataset():
     )
 
 
+# what a user's --help or <TAB> runs, in a fresh interpreter: which heavy libraries it imported
+IMPORTED_AFTER = """
+import os, sys
+sys.argv = ["varexp", *sys.argv[1:]]
+from varexp.cli import main
+try:
+    main()
+except SystemExit:
+    pass
+print("\\nimported:", *sorted(m for m in ("torch", "pandas", "matplotlib") if m in sys.modules))
+"""
+
+
+@pytest.mark.parametrize(
+    "args, line",
+    [
+        (["--help"], None),
+        (["train", "--help"], None),
+        (["probe", "--help"], None),
+        (["theory", "--help"], None),
+        (["reproduce", "--help"], None),
+        (["plot", "--help"], None),
+        (["-sc", "query=bash"], "varexp tr"),
+        (["-sc", "query=bash"], "varexp train arch="),
+        (["-sc", "query=bash"], "varexp train experiment="),
+        (["-sc", "query=fish"], "varexp probe init=sc"),
+    ],
+)
+def test_help_and_completion_import_neither_torch_nor_pandas(tmp_path, args, line):
+    """They start in a blink: only Hydra and varexp's torch-free modules (the option
+    dataclasses, the presets' headers), never torch, pandas or matplotlib."""
+    env = dict(os.environ, COMP_LINE=line) if line else dict(os.environ)
+    out = subprocess.run(
+        [sys.executable, "-c", IMPORTED_AFTER, *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    last = out.stdout.rstrip().splitlines()[-1]
+    assert last == "imported:", f"{' '.join(args)} ({line}) {last}"
+    assert out.stdout.split("\nimported:")[0].strip(), "it printed nothing"
+
+
+def test_completion_offers_only_the_presets_the_command_accepts(monkeypatch, capsys):
+    """`varexp train experiment=<TAB>` offers train's presets only, as the refusal of another
+    command's preset and `varexp train --help` list them (their `# @commands` header)."""
+    from varexp.cli import main
+    from varexp.compose import presets_for
+
+    offered = {}
+    for command in ("train", "sweep", "probe", "reproduce"):
+        monkeypatch.setenv("COMP_LINE", f"varexp {command} experiment=")
+        capsys.readouterr()
+        main(["-sc", "query=bash"])
+        offered[command] = capsys.readouterr().out.split()
+        assert offered[command] == [f"experiment={p}" for p in presets_for(command)]
+    assert offered["train"] == [
+        "experiment=figure4_cifar10",
+        "experiment=figure4_isbi2012",
+        "experiment=figure4_quick",
+        "experiment=optuna_lr",
+    ]
+    assert offered["reproduce"] == ["experiment=paper", "experiment=quick"]
+    assert "experiment=figure1" in offered["probe"] and "experiment=quick" not in offered["probe"]
+    monkeypatch.setenv("COMP_LINE", "varexp train experiment=figure1")
+    main(["-sc", "query=bash"])
+    assert capsys.readouterr().out.strip() == ""  # a probe preset: nothing to complete
+
+
+def test_each_preset_names_its_commands_in_its_header():
+    """Every preset says which commands it is for; a figure's presets are for the command whose
+    runs the figure draws (a Fig. 4 preset: a sweep, or one run of it with train)."""
+    from varexp.figures import FIGURES, SCALES
+    from varexp.presets import commands_for, header, preset_commands
+
+    presets = preset_commands()
+    assert all(commands for commands in presets.values()), presets
+    for figure in FIGURES.values():
+        for preset in figure.all_presets:
+            assert commands_for(preset)[0] == figure.command, preset
+    for scale in SCALES:
+        assert commands_for(scale) == ("reproduce",)
+    assert commands_for("no_such_preset") is None
+    # Hydra's header syntax: `# @KEY VALUE` lines up to the first other line
+    assert header("# @package _global_\n# @commands a,b\n# text\n# @late x\n") == {
+        "package": "_global_",
+        "commands": "a,b",
+    }
+
+
+def test_the_options_name_what_the_code_has():
+    """The torch-free option dataclasses (varexp.options) list what the code builds."""
+    from varexp.activations import ACTIVATIONS
+    from varexp.inits import INITS
+    from varexp.options.arch import ACTIVATION_NAMES
+    from varexp.options.init import SPECS
+
+    assert ACTIVATION_NAMES == tuple(ACTIVATIONS)
+    assert SPECS == {name: init.spec for name, init in INITS.items()}
+    assert INITS["batchnorm"].norm == "batchnorm" and INITS["scale"].norm == "none"
+
+
 @pytest.mark.slow  # each <TAB> starts a `varexp` process (about 40 s in all)
 def test_shell_completion_through_the_wrapper(tmp_path):
     """`eval "$(varexp -sc install=bash)"` as the README says, then the completion function bash

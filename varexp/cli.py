@@ -1,8 +1,14 @@
 """The `varexp` command line: parse the subcommand, check the config before any work
-(varexp.compose), hand the rest to Hydra, dispatch to the command's `run(cfg)`."""
+(varexp.compose), hand the rest to Hydra, dispatch to the command's `run(cfg)`.
+
+`varexp --help`, `varexp COMMAND --help` and shell completion import neither torch nor pandas
+(tests/test_cli.py checks): the modules imported here are light, and a command's own module,
+the results module and torch's thread settings are imported when a command runs."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import re
@@ -14,9 +20,10 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from hydra_plugins.varexp_sweeper import pack_sweeper
-from varexp import compose, devices, results, search
-from varexp.commands import COMMANDS, command_module
+from varexp import compose, devices, search
+from varexp.commands import COMMANDS, DESCRIBED, command_module
 from varexp.errors import VarexpError, did_you_mean
+from varexp.presets import accepts
 from varexp.stop import (
     exit_cleanly_on_sigterm,
     job_ended,
@@ -25,7 +32,6 @@ from varexp.stop import (
     output_closed,
     watch_parent,
 )
-from varexp.threads import available_cores, configure
 
 EXAMPLES = (
     "varexp theory arch.depth=50",
@@ -64,16 +70,16 @@ def print_command_help(command: str, overrides: list[str]) -> None:
         )
         shown = ", ".join(f"[{o}]" if o == chosen else o for o in options)
         print(f"  {group:<11} {shown}")
-    module = command_module(command)
     if search.searching(cfg):
         print("\n" + search.describe(cfg))
-    elif hasattr(module, "describe"):
-        print("\n" + module.describe(cfg))
+    elif command in DESCRIBED:
+        print("\n" + command_module(command).describe(cfg))
     body = OmegaConf.to_yaml({k: v for k, v in cfg.items() if k != "hydra"})
     print("\nconfig:\n" + "\n".join("  " + line for line in body.splitlines()))
 
 
 def dispatch(command: str, cfg: DictConfig) -> object:
+    from varexp.threads import configure
 
     module = command_module(command)
     # in a launcher's worker too: a log line to a closed pipe is dropped, not a traceback
@@ -119,6 +125,8 @@ def parallel_jobs(cfg: DictConfig) -> int:
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.runtime.choices.get("hydra/launcher") != "joblib":
         return 1
+    from varexp.threads import available_cores
+
     n_jobs = hydra_cfg.launcher.get("n_jobs", 1) or 1
     jobs = available_cores() if n_jobs < 0 else int(n_jobs)
     return min(jobs, search.trials_at_once(hydra_cfg) or jobs)
@@ -170,6 +178,8 @@ def run_command(args: list[str]) -> None:
         if compose.inspects_only(rest):
             run_hydra(command, rest)
             return
+        from varexp import results
+
         rest = compose.complete(command, rest)
         module = command_module(command)
         line = compose.parse(command, rest, module.check)
@@ -221,12 +231,26 @@ def complete_shell(args: list[str]) -> None:
     elif words[1] in COMMANDS:  # its keys and options: Hydra, on the line without it
         rest = line.split(None, 2)[2] if len(words) > 2 else ""
         os.environ["COMP_LINE"] = f"varexp {rest}"
-        run_hydra(words[1], ["-sc", *args], program="varexp")
+        offered = io.StringIO()
+        with contextlib.redirect_stdout(offered):
+            run_hydra(words[1], ["-sc", *args], program="varexp")
+        print(only_its_presets(words[1], offered.getvalue()), end="")
+
+
+def only_its_presets(command: str, offered: str) -> str:
+    """Hydra's completions (words separated by spaces, or lines for fish) less the experiment
+    presets written for other commands."""
+    words = offered.split()
+    kept = [
+        w
+        for w in words
+        if w.split("=", 1)[0].lstrip("+~") != "experiment" or accepts(command, w.split("=", 1)[1])
+    ]
+    separator = "\n" if "\n" in offered.strip() else " "
+    return separator.join(kept) + offered[len(offered.rstrip()) :]
 
 
 def run_hydra(command: str, args: list[str], program: str | None = None) -> None:
-
-    command_module(command)  # it registers its own section (theory:, probe:, ...) with Hydra
     # again here: a launcher that ran jobs in this process (submitit's) leaves Hydra's plugin
     # registry as its pickled copy, without the sweeper an editable install's scan cannot list
     pack_sweeper.register()

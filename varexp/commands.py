@@ -24,6 +24,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# the commands whose module adds to their --help (`describe(cfg)`: a sweep's grid and packs);
+# the others' --help needs no more than their config, without importing torch
+DESCRIBED = ("sweep",)
+
+
 def command_module(command: str) -> ModuleType:
     """The module of a subcommand, imported when first needed: each pulls in its own share of
     torch, pandas and matplotlib, which the others need not pay for."""

@@ -32,10 +32,9 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-import varexp.options  # noqa: F401  (fills Hydra's ConfigStore with every option)
-from varexp.commands import command_module
+import varexp.options  # noqa: F401  (fills Hydra's ConfigStore with every option and section)
 from varexp.errors import ConfigError, VarexpError, bad_value, did_you_mean
-from varexp.figures import commands_for
+from varexp.presets import commands_for
 from varexp.schema import allowed_of
 
 CONFIG_MODULE = "varexp.conf"
@@ -147,7 +146,6 @@ def inspects_only(args: list[str]) -> bool:
 
 def compose_config(command: str, overrides: list[str]) -> DictConfig:
     """The config `varexp COMMAND OVERRIDES` runs with, or a one-line VarexpError."""
-    command_module(command)  # it registers its own section (theory:, probe:, ...) with Hydra
     try:
         with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
             return compose(command, overrides=list(overrides), return_hydra_config=True)

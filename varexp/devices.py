@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
 from varexp.errors import bad_value
+
+if TYPE_CHECKING:  # torch is imported where it is used: --help and completion read ALLOWED and
+    import torch  # well_formed (varexp.schema) and never need torch
 
 ALLOWED = "choose auto, cpu, cuda or cuda:N"
 
@@ -22,6 +25,8 @@ def check(name: str) -> None:
     to the CPU."""
     if not name.startswith("cuda"):
         return
+    import torch
+
     if not torch.cuda.is_available():
         raise bad_value("device", name, "no CUDA device is visible here; use device=auto or cpu")
     count = torch.cuda.device_count()
@@ -36,6 +41,8 @@ def resolve(name: str, job: int | None = None) -> torch.device:
     `job` of a multirun (by default this process's job, if it is one) gets GPU job mod count, so
     the jobs a local launcher runs side by side spread over the GPUs; a cluster launcher that
     gives each job its own GPU leaves one visible, cuda:0."""
+    import torch
+
     if name != "auto":
         return torch.device(name)
     if not torch.cuda.is_available():
@@ -55,4 +62,6 @@ def multirun_job() -> int | None:
 
 def cuda_count() -> int:
     """How many CUDA devices this process sees (0 without CUDA)."""
+    import torch
+
     return torch.cuda.device_count() if torch.cuda.is_available() else 0

@@ -1,6 +1,6 @@
 """The paper's figures: what each shows, which command and `experiment` presets make its results,
-and which module draws it. `varexp plot`, `varexp reproduce`, REPORT.md and the command line's
-check that a preset belongs to the command it is given to all read this table."""
+and which module draws it. `varexp plot`, `varexp reproduce` and REPORT.md read this table; which
+commands a preset is written for is in the preset's own header (varexp.presets)."""
 
 from __future__ import annotations
 
@@ -85,25 +85,3 @@ FIGURES: dict[str, Figure] = {
                "varexp.plot.figure4", ("smooth",), plain=True),
     ]
 }  # fmt: skip
-
-
-def figure_of(preset: str | None) -> Figure | None:
-    """The figure an experiment preset makes results for, if any."""
-    return next((f for f in FIGURES.values() if preset in f.all_presets), None)
-
-
-# presets that feed no figure, and the commands they are written for
-OTHER_PRESETS = {"optuna_lr": ("train", "sweep")}
-
-
-def commands_for(preset: str) -> tuple[str, ...] | None:
-    """The commands an experiment preset is written for; None: unknown (any)."""
-    if preset in SCALES:
-        return ("reproduce",)
-    if preset in OTHER_PRESETS:
-        return OTHER_PRESETS[preset]
-    figure = figure_of(preset)
-    if figure is None:
-        return None
-    # one run of a Fig. 4 setting is a `varexp train` of its preset
-    return ("sweep", "train") if figure.command == "sweep" else (figure.command,)

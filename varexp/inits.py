@@ -68,75 +68,24 @@ from varexp.models.base import (
     unreached_warning,
     weight_layers,
 )
-from varexp.schema import choice, integer, number, spec_from, store
+from varexp.options.init import (
+    LSUV,
+    SPECS,
+    BatchNormInit,
+    Default,
+    Kaiming,
+    Orthogonal,
+    Scale,
+    ScaleBias,
+    Xavier,
+    units_of,
+)
+from varexp.schema import spec_from
 from varexp.stats import network_stats
 
 # A layer is dead when its fitted statistic is below DEAD times its second moment (0 when all is
 # 0): float32 rounding leaves ~1e-14 on an output constant over samples; live layers are near 1.
 DEAD = 1e-12
-MAX_GAIN = 1e3  # a weight std beyond this overflows float32 within a few layers
-
-
-# ---------------------------------------------------------------------------------------------
-# the options of each init (config group `init`)
-
-
-def gain_option(default: float | None) -> float | None:
-    """The weight scale's gain; null = the activation's (sqrt 2 for ReLU)."""
-    return number(default, maximum=MAX_GAIN, none=True)
-
-
-@dataclass
-class Kaiming:
-    name: str = choice("kaiming", ("kaiming",))
-    gain: float | None = gain_option(None)
-
-
-@dataclass
-class Xavier:
-    name: str = choice("xavier", ("xavier",))
-    gain: float | None = gain_option(1.0)  # torch's default
-
-
-@dataclass
-class Orthogonal:
-    name: str = choice("orthogonal", ("orthogonal",))
-    gain: float | None = gain_option(None)
-
-
-@dataclass
-class BatchNormInit:
-    name: str = choice("batchnorm", ("batchnorm",))
-    gain: float | None = gain_option(None)
-
-
-@dataclass
-class Default:
-    name: str = choice("default", ("default",))
-
-
-@dataclass
-class Scale:
-    name: str = choice("scale", ("scale",))
-    batches: int = integer(5)  # k minibatches the fit sees
-    eps: float = number(1e-5)
-
-
-@dataclass
-class ScaleBias:
-    name: str = choice("scale+bias", ("scale+bias",))
-    batches: int = integer(5)
-    eps: float = number(1e-5)
-
-
-@dataclass
-class LSUV:
-    name: str = choice("lsuv", ("lsuv",))
-    batches: int = integer(5)
-    tol: float = number(0.1)  # on the std of the layer's output
-    max_iters: int = integer(10)
-    gain: float | None = gain_option(1.0)  # of the orthogonal weights before the rescaling
-    eps: float = number(1e-5)  # W *= 1 / (std + eps) (the lsuv package uses 1e-8)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,7 +166,10 @@ class Init:
     fit: Callable | None = None
     sampled_std: Callable[[float, float, float], float] | None = None
     sampled_map: Callable[[Tensor, float], Callable[[Tensor], Tensor]] | None = None
-    norm: str = "none"
+
+    @property
+    def norm(self) -> str:
+        return units_of(self.spec)
 
 
 def _fit_scale(wl: WeightLayer, inputs: tuple, y: Tensor, spec: Scale) -> tuple:
@@ -240,8 +192,7 @@ INITS: dict[str, Init] = {i.name: i for i in [
     # Saxe et al. (2014)
     Init("orthogonal", Orthogonal, orthogonal, total_variance),
     # the paper's third setting (Sec. 4): kaiming weights, BatchNorm before every nonlinearity
-    Init("batchnorm", BatchNormInit, gaussian(kaiming_std), centred, sampled_std=kaiming_std,
-         norm="batchnorm"),
+    Init("batchnorm", BatchNormInit, gaussian(kaiming_std), centred, sampled_std=kaiming_std),
     # paper Eq. 13
     Init("scale", Scale, gaussian(unit_std), unit_second_moment, _fit_scale,
          sampled_std=unit_std, sampled_map=scale_map),
@@ -253,17 +204,6 @@ INITS: dict[str, Init] = {i.name: i for i in [
     # the model's own init as its code builds it (torchvision's, timm's, PyTorch's defaults)
     Init("default", Default, None, None),
 ]}  # fmt: skip
-SPECS: dict[str, type] = {name: init.spec for name, init in INITS.items()}
-for _init in INITS.values():
-    if _init.norm == "none":
-        store("init", _init.name, _init.spec)
-    else:  # the units it needs, set once in the config: later code reads only arch.norm
-        store(
-            "init",
-            _init.name,
-            {"init": _init.spec, "arch": {"norm": _init.norm}},
-            package="_global_",
-        )
 
 
 @dataclass

@@ -27,7 +27,6 @@ import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -35,44 +34,6 @@ from omegaconf import DictConfig, OmegaConf
 from varexp.errors import ConfigError, VarexpError
 from varexp.files import write_json
 from varexp.results.tables import RATIO_STATS
-from varexp.schema import choice, option, store
-
-
-@dataclass
-class CSVLogger:
-    name: str = choice("csv", ("csv",))
-
-
-@dataclass
-class TensorBoardLogger:
-    name: str = choice("tensorboard", ("tensorboard",))
-
-
-@dataclass
-class MLflowLogger:
-    name: str = choice("mlflow", ("mlflow",))
-    # null: MLflow's default ($MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the current
-    # folder); a sqlite:///PATH or file:PATH URI, or a folder (a file store there)
-    tracking_uri: str | None = None
-    experiment: str = "varexp"
-
-
-@dataclass
-class WandbLogger:
-    name: str = choice("wandb", ("wandb",))
-    project: str = "varexp"
-    # null: wandb's own setting (WANDB_MODE, else online); offline needs no account
-    mode: str | None = option(None, kind="choice", choices=("online", "offline"), none=True)
-
-
-LOGGERS: dict[str, type] = {
-    "csv": CSVLogger,
-    "tensorboard": TensorBoardLogger,
-    "mlflow": MLflowLogger,
-    "wandb": WandbLogger,
-}
-for _name, _spec in LOGGERS.items():
-    store("logger", _name, _spec)
 
 # the package each logger needs, and the extra that installs it
 PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}

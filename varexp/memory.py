@@ -1,7 +1,10 @@
 """Whether a probe or a training run fits in memory, decided before it starts.
 
-The model is built on PyTorch's meta device (shapes only, no memory) and run once on a meta
-batch, which counts its parameters and the elements of every layer's output exactly; the
+The model is built on PyTorch's meta device (shapes only, no memory), which counts its
+parameters exactly, and the elements of every layer's output follow from its layers' shapes:
+walked through varexp's own models as their forward passes go (no tensor is made, and PyTorch's
+meta kernels, whose first call imports torch._dynamo, a third of a run's start-up, never run),
+or for another model (torchvision's, timm's) counted by a forward pass on a meta batch. The
 estimate is float32 bytes of what stays alive at the peak of a step. Every key that sizes an
 allocation counts: the batch, the fixed batch a run measures its layers on, the minibatches a
 data-dependent init fits on, the generated training data, and a probe's samples on either of
@@ -21,7 +24,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from varexp.errors import VarexpError
-from varexp.models import build_model
+from varexp.models import build_model, unet
 from varexp.optim import optimizer as optimizer_record
 
 FLOAT = 4  # bytes
@@ -35,17 +38,92 @@ def _count(
     arch = json.loads(arch_json)
     with torch.device("meta"):
         model = build_model(arch, input_shape, classes)
-        outputs = [0]
+    params = sum(p.numel() for p in model.parameters())
+    walked = layer_outputs(model, (batch, *input_shape))
+    return params, walked if walked is not None else _forward_outputs(model, batch, input_shape)
 
-        def count(module, inputs, output) -> None:
-            outputs[0] += output.numel() if isinstance(output, torch.Tensor) else 0
 
-        leaves = [m for m in model.modules() if not list(m.children())]
-        handles = [m.register_forward_hook(count) for m in leaves]
-        model(torch.empty(batch, *input_shape))
+def _forward_outputs(model: torch.nn.Module, batch: int, input_shape: tuple[int, ...]) -> int:
+    """Elements of every leaf module's output, from a forward pass on a meta batch."""
+    outputs = [0]
+
+    def count(module, inputs, output) -> None:
+        outputs[0] += output.numel() if isinstance(output, torch.Tensor) else 0
+
+    leaves = [m for m in model.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(count) for m in leaves]
+    try:
+        with torch.device("meta"):
+            model(torch.empty(batch, *input_shape))
+    finally:
         for handle in handles:
             handle.remove()
-    return sum(p.numel() for p in model.parameters()), outputs[0]
+    return outputs[0]
+
+
+def layer_outputs(model: torch.nn.Module, shape: tuple[int, ...]) -> int | None:
+    """Elements of every leaf module's output for an input batch of `shape`, from the shapes of
+    varexp's models' layers, as their forward passes call them (an MLP's and ALL-CNN-C's leaves
+    one after the other; UNet's levels, pools and up-levels); None for another model."""
+    from varexp.models import MLP, AllCNNC, UNet
+
+    if isinstance(model, MLP | AllCNNC):
+        return _chain(leaves(model), shape)[1]
+    if not isinstance(model, UNet):
+        return None
+    total = 0
+    for level in [getattr(model, f"down{i}") for i in range(1, unet.LEVELS + 1)]:
+        shape, elements = _chain([*leaves(level), model.pool], shape)
+        total += elements
+    for part in [model.bottom, *(getattr(model, f"up{i}") for i in range(1, unet.LEVELS + 1))]:
+        shape, elements = _chain(leaves(part), shape)
+        total += elements
+    return total + _chain(leaves(model.out), shape)[1]
+
+
+def leaves(module: torch.nn.Module) -> list[torch.nn.Module]:
+    return [m for m in module.modules() if not list(m.children())]
+
+
+def _chain(modules: list[torch.nn.Module], shape: tuple[int, ...]) -> tuple[tuple[int, ...], int]:
+    """The shape after `modules` applied one after the other, and the elements of each one's
+    output summed."""
+    total = 0
+    for module in modules:
+        shape = output_shape(module, shape)
+        total += math.prod(shape)
+    return shape, total
+
+
+def output_shape(module: torch.nn.Module, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The output shape of one leaf module of varexp's models for an input of `shape`."""
+    nn = torch.nn
+    if isinstance(module, nn.Flatten):
+        return (shape[0], math.prod(shape[1:]))
+    if isinstance(module, nn.Linear):
+        return (*shape[:-1], module.out_features)
+    if isinstance(module, nn.Conv2d | nn.ConvTranspose2d | nn.MaxPool2d):
+        return (shape[0], getattr(module, "out_channels", shape[1]), *_spatial(module, shape[2:]))
+    if isinstance(module, nn.AdaptiveAvgPool2d):
+        size = module.output_size
+        return (*shape[:2], *((size, size) if isinstance(size, int) else size))
+    return shape  # normalizations, activations, dropout, identities
+
+
+def _spatial(module: torch.nn.Module, sizes: tuple[int, ...]) -> tuple[int, ...]:
+    def pair(value: object) -> tuple[int, int]:
+        return (value, value) if isinstance(value, int) else tuple(value)
+
+    kernel, stride = pair(module.kernel_size), pair(module.stride or module.kernel_size)
+    padding, dilation = pair(module.padding), pair(module.dilation)
+    if isinstance(module, torch.nn.ConvTranspose2d):
+        extra = pair(module.output_padding)
+        sides = zip(sizes, kernel, stride, padding, dilation, extra, strict=True)
+        return tuple((n - 1) * s - 2 * p + d * (k - 1) + e + 1 for n, k, s, p, d, e in sides)
+    return tuple(
+        (n + 2 * p - d * (k - 1) - 1) // s + 1
+        for n, k, s, p, d in zip(sizes, kernel, stride, padding, dilation, strict=True)
+    )
 
 
 def count(

@@ -5,42 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from varexp.errors import bad_value
-from varexp.schema import choice, number, option, spec_from, store
+from varexp.options.optim import OPTIM_SPECS, SGD, Adam
+from varexp.schema import spec_from, store
 
-
-def _betas(value: object) -> bool:
-    return (
-        isinstance(value, list | tuple)
-        and len(value) == 2
-        and all(
-            not isinstance(b, bool) and isinstance(b, int | float) and 0 <= b < 1 for b in value
-        )
-    )
-
-
-@dataclass
-class SGD:
-    """SGD with momentum 0.9 (the paper's lr grid: 3e-4, 1e-3, 3e-3, 1e-2)."""
-
-    name: str = choice("sgd", ("sgd",))
-    lr: float = number(0.003)
-    momentum: float = number(0.9, minimum=0.0, below=1.0)
-
-
-@dataclass
-class Adam:
-    """Adam with betas 0.9, 0.999 and eps 1e-8 (the paper's lr grid: 3e-5, 1e-4, 3e-4, 1e-3)."""
-
-    name: str = choice("adam", ("adam",))
-    lr: float = number(0.001)
-    betas: list[float] = option(
-        factory=lambda: [0.9, 0.999], test=_betas, text="must be a list of two numbers in [0, 1)"
-    )
-    eps: float = number(1e-8)
+if TYPE_CHECKING:  # the records are read by the torch-free options (sweep.lr_grid's default)
+    import torch
 
 
 @dataclass(frozen=True)
@@ -57,14 +29,20 @@ class Optimizer:
 
 
 OPTIMIZERS: dict[str, Optimizer] = {}
-OPTIM_SPECS: dict[str, type] = {}  # name -> option dataclass (what schema.spec_from reads)
+
+
+def _torch():
+    import torch
+
+    return torch
 
 
 def register(record: Optimizer) -> Optimizer:
     """Make optim=<record.name> known to make_optimizer, the memory checks, figures and Hydra."""
     OPTIMIZERS[record.name] = record
-    OPTIM_SPECS[record.name] = record.spec
-    store("optim", record.name, record.spec)
+    if OPTIM_SPECS.get(record.name) is not record.spec:  # an optimizer from outside varexp.options
+        OPTIM_SPECS[record.name] = record.spec
+        store("optim", record.name, record.spec)
     return record
 
 
@@ -72,7 +50,7 @@ register(
     Optimizer(
         "sgd",
         SGD,
-        lambda params, s: torch.optim.SGD(params, lr=s.lr, momentum=s.momentum),
+        lambda params, s: _torch().optim.SGD(params, lr=s.lr, momentum=s.momentum),
         states=1,  # the momentum buffer
         title="SGD",
         lr_grid=(3e-4, 1e-3, 3e-3, 1e-2),
@@ -82,7 +60,7 @@ register(
     Optimizer(
         "adam",
         Adam,
-        lambda params, s: torch.optim.Adam(params, lr=s.lr, betas=tuple(s.betas), eps=s.eps),
+        lambda params, s: _torch().optim.Adam(params, lr=s.lr, betas=tuple(s.betas), eps=s.eps),
         states=2,  # the two moments
         title="Adam",
         lr_grid=(3e-5, 1e-4, 3e-4, 1e-3),
@@ -95,6 +73,9 @@ def optimizer(name: str) -> Optimizer:
     if name not in OPTIMIZERS:
         raise bad_value("optim.name", name, "choose one of " + ", ".join(OPTIMIZERS))
     return OPTIMIZERS[name]
+
+
+__all__ = ["OPTIMIZERS", "SGD", "Adam", "Optimizer", "make_optimizer", "optimizer", "register"]
 
 
 def make_optimizer(params: Iterable, optim: object) -> torch.optim.Optimizer:

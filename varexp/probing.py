@@ -36,32 +36,14 @@ from varexp.models.base import unreached, weight_layers
 from varexp.results import claim
 from varexp.results.tables import HELDOUT, NEURONS, PROBE, probe_frame
 from varexp.sampled import default_batch, sampled_mlp, sampled_probe, unsupported
-from varexp.schema import Common, choice, flag, integer, store, to_spec, validate
+from varexp.schema import Common, to_spec, validate
 from varexp.stats import network_stats
 
 log = logging.getLogger(__name__)
-METHODS = ("auto", "dense", "sampled")
 
 
 def network_seed(seed: int, network: int) -> int:
     return int(np.random.SeedSequence([seed, network]).generate_state(1)[0])
-
-
-@dataclass
-class ProbeOptions:
-    """`varexp probe`'s own keys (the `probe:` section)."""
-
-    networks: int = integer(30)  # N random initializations
-    samples: int = integer(100, minimum=2)  # T inputs in the fixed batch
-    method: str = choice("auto", METHODS)  # sampled: exact O(n T^2) sampling of Gaussian MLPs
-    neurons: int = integer(3, minimum=0)  # per network, saved to neurons.csv at layers 1 and L
-    grad: bool = flag(True)  # grad_sq of the random linear loss L = w . x^L (paper Fig. 3)
-    # H > 0: heldout.csv, a fitted init's targets on its T inputs and on H fresh ones
-    heldout: int = integer(0, minimum=0)
-    progress: bool = flag(True)  # a progress bar on a terminal (never in logs)
-
-
-store("section", "probe", ProbeOptions)
 
 
 def check(cfg: DictConfig) -> None:

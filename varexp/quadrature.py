@@ -17,11 +17,12 @@ from functools import cache
 
 import numpy as np
 
+from varexp.options.sections import POINTS
+
 TAIL = 10.0  # integrate the unit Gaussian over [-TAIL, TAIL]: z^2 beyond it weighs 1.5e-21
 FAR = (1.0, 2.0, 3.0, 4.5, 6.5)  # fixed edges (and their negatives): the Gaussian weight's pieces
 GRADE = 2.5  # ratio of successive piece widths away from a feature
 REACH = 40.0  # bend-widths beyond which each activation is its asymptote (silu, slowest: 2e-16)
-POINTS = 12  # Gauss-Legendre nodes per piece
 
 
 @cache

@@ -20,12 +20,12 @@ from varexp import devices
 from varexp.commands import command_module
 from varexp.compose import parse, smoke, smoke_run
 from varexp.errors import VarexpError
-from varexp.figures import FIGURES, SCALES
+from varexp.figures import FIGURES
 from varexp.files import atomic_path
 from varexp.provenance import now
 from varexp.report import write_report
 from varexp.results import claim
-from varexp.schema import Common, choice, flag, option, store, validate
+from varexp.schema import Common, validate
 
 log = logging.getLogger(__name__)
 DONE = ".done"
@@ -61,33 +61,6 @@ class Step:
         """Finished before with another command line or size: its results no longer match."""
         marker = self.out / DONE
         return not self.always and marker.is_file() and not self.done
-
-
-def _figures(value: object) -> bool:
-    return isinstance(value, list) and len(value) > 0 and set(value) <= set(FIGURES)
-
-
-def _overrides(value: object) -> bool:
-    return isinstance(value, list) and all(isinstance(e, str) for e in value)
-
-
-@dataclass
-class ReproduceOptions:
-    """`varexp reproduce`'s own keys (the `reproduce:` section)."""
-
-    preset: str = choice("quick", SCALES)  # the scale, set by experiment=quick|paper
-    figures: list[str] = option(
-        factory=lambda: list(FIGURES),
-        test=_figures,
-        text="must be a non-empty list from " + ", ".join(FIGURES),
-    )
-    extra: list[str] = option(
-        factory=list, test=_overrides, text="must be a list of overrides, e.g. [device=cuda]"
-    )
-    dry_run: bool = flag(False)  # print the steps without running them
-
-
-store("section", "reproduce", ReproduceOptions)
 
 
 def check(cfg: DictConfig) -> None:

@@ -1,6 +1,7 @@
 """Option schemas. Every config group option (arch=mlp, init=scale+bias, ...) and every
-command's own section (probe:, train:, ...) is a dataclass declared once, next to the code it
-configures: its keys, their types and defaults, and what each may be (`option(...)`). They are
+command's own section (probe:, train:, ...) is a dataclass declared once, in varexp.options
+(torch-free, for --help and completion): its keys, their types and defaults, and what each may
+be (`option(...)`). They are
 registered in Hydra's ConfigStore (`store`) as the options Hydra composes, the same dataclasses
 are the typed specs the library's functions take, and `validate` checks a composed config
 against them, saying what is wrong in one line that names the key, the value and what is

@@ -18,19 +18,18 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import pandas as pd
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from varexp.errors import VarexpError, bad_value
-from varexp.files import write_csv
-from varexp.results.locks import lock
-from varexp.results.summary import FINISHED
-from varexp.results.tables import TRIALS
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from varexp.compose import CommandLine
 
+# pandas, optuna and the results module are imported where a search uses them: `--help` and
+# completion ask `searching` without them
 INTERRUPTED = "interrupted"  # user attr of a trial stopped before it ended (asked again)
 
 
@@ -148,6 +147,8 @@ def announce(line: CommandLine) -> None:
     """Before Hydra starts: what is searched, how many trials, how many are done already."""
     import optuna
 
+    from varexp.results.locks import lock
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # announce says where the study is
     cfg = line.cfg
     check(cfg)
@@ -240,6 +241,7 @@ class Scored(dict):
         self.run_dir = str(run_dir)
 
     def __float__(self) -> float:
+        from varexp.results.summary import FINISHED
         from varexp.train import objective
 
         if self.get("status") not in FINISHED:
@@ -252,6 +254,10 @@ class Scored(dict):
 def trials_table(study) -> pd.DataFrame:
     """One row per trial: its number, state, value (the objective; inf: diverged), seconds, and
     a column per searched key."""
+    import pandas as pd
+
+    from varexp.results.tables import TRIALS
+
     rows = []
     for trial in study.get_trials(deepcopy=False):
         state = INTERRUPTED if trial.user_attrs.get(INTERRUPTED) else trial.state.name.lower()
@@ -282,6 +288,9 @@ class SearchTrials(Callback):
         study = _open(config)
         if study is None:
             return
+        from varexp.files import write_csv
+        from varexp.results.tables import TRIALS
+
         table = trials_table(study)
         path = write_csv(table, Path(config.hydra.sweep.dir) / TRIALS.file)
         states = table["state"].value_counts()

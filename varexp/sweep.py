@@ -18,15 +18,12 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -44,11 +41,9 @@ from varexp.compose import compose_config, launcher
 from varexp.devices import resolve as resolve_device
 from varexp.errors import VarexpError, bad_value
 from varexp.files import write_json
-from varexp.optim import OPTIMIZERS
+from varexp.options.sections import learning_rates
 from varexp.pack import job as pack_job
-from varexp.pack.plan import ALLOWED_TEXT as PACK_ALLOWED
 from varexp.pack.plan import PACK_KEY, key_of, sweep_plan
-from varexp.pack.plan import allowed as pack_allowed
 from varexp.results.aggregate import criterion
 from varexp.results.checkpoint import checkpoint_path
 from varexp.results.locks import LOCK
@@ -70,7 +65,7 @@ from varexp.results.tables import (
     arch_label,
     best_settings,
 )
-from varexp.schema import choice, flag, integer, number, option, store, validate
+from varexp.schema import validate
 from varexp.search import Scored, searching, trials_to_run
 from varexp.stop import output_closed
 from varexp.threads import auto_threads, available_cores
@@ -99,58 +94,10 @@ TASK_KEYS = (
 # checks and the plan
 
 
-SELECTIONS = ("auc", "final")
-
-
 def selection_fraction(cfg: DictConfig) -> float:
     """The tail of the loss curve the criterion averages: all of it for `auc` (the area under
     the curve per step), the last sweep.select_fraction of it for `final`."""
     return 1.0 if cfg.sweep.select == "auc" else float(cfg.sweep.select_fraction)
-
-
-def _grid(value: object) -> bool:
-    return (
-        isinstance(value, list)
-        and bool(value)
-        and all(
-            not isinstance(lr, bool) and isinstance(lr, int | float) and 0 < lr < math.inf
-            for lr in value
-        )
-    )
-
-
-def _grids(value: object) -> bool:
-    return isinstance(value, dict) and all(_grid(grid) for grid in value.values())
-
-
-@dataclass
-class SweepOptions:
-    """`varexp sweep`'s own keys (the `sweep:` section)."""
-
-    name: str = "default"  # the sweep's folder: outputs/sweep/<name> (the presets set their own)
-    # The paper's grids (Sec. 5.2). A Cartesian sweep cannot pair each optimizer with its own
-    # grid, so the sweep runs over lr_index and optim.lr picks lr_grid.<optimizer>[lr_index].
-    lr_grid: dict[str, list[float]] = option(
-        factory=lambda: {name: list(o.lr_grid) for name, o in OPTIMIZERS.items()},
-        test=_grids,
-        text="must map each optimizer to a non-empty list of learning rates > 0",
-    )
-    lr_index: int = integer(0, minimum=0)
-    # selected.csv: per arch, dataset, init and optimizer, the lr with the lowest training loss
-    # averaged over seeds and over the whole run (auc: the area under the loss curve, the
-    # paper's "fastest converging learning rate") or over its last select_fraction (final); a lr
-    # where a seed diverged is not eligible.
-    select: str = choice("auc", SELECTIONS)
-    select_fraction: float = number(0.1, maximum=1.0)
-    estimate: bool = flag(True)  # before the first job, time a few steps of each task
-    # runs that differ only in init, optimizer and lr see the same batches: they train as one
-    # batched model per job (varexp.pack), `auto` where that measured faster, `off` never, N:
-    # at most N runs per pack
-    pack: Any = option("auto", test=pack_allowed, text=PACK_ALLOWED)
-    dry_run: bool = flag(False)  # print the runs, the grid and the estimate, then stop
-
-
-store("section", "sweep", SweepOptions)
 
 
 def check_sweep(cfg: DictConfig) -> None:
@@ -158,7 +105,7 @@ def check_sweep(cfg: DictConfig) -> None:
     grids = cfg.sweep.get("lr_grid")
     for optim, grid in grids.items() if isinstance(grids, DictConfig) else ():
         grid = OmegaConf.to_container(grid) if isinstance(grid, ListConfig) else grid
-        if not _grid(grid):
+        if not learning_rates(grid):
             raise bad_value(
                 f"sweep.lr_grid.{optim}", grid, "must be a non-empty list of learning rates > 0"
             )

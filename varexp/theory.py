@@ -43,23 +43,10 @@ from varexp.inits import INITS, centred
 from varexp.quadrature import POINTS, edges, gaussian_expectation, rule
 from varexp.results import claim
 from varexp.results.tables import THEORY
-from varexp.schema import Common, integer, number, store, validate
+from varexp.schema import Common, validate
 from varexp.threads import one_thread
 
 RTOL = 1e-6  # largest relative change allowed when the nodes per piece are doubled
-
-
-@dataclass
-class TheoryOptions:
-    """`varexp theory`'s own keys (the `theory:` section)."""
-
-    input_second_moment: float = number(1.0)  # <(x^0_i)^2>_t of the inputs
-    input_correlation: float = number(0.0, minimum=-1.0, maximum=1.0)  # c of x^0, two inputs
-    # Gauss-Legendre nodes per piece (non-ReLU activations); checked against half as many
-    quadrature_points: int = integer(POINTS, minimum=2, maximum=1000)
-
-
-store("section", "theory", TheoryOptions)
 
 
 class QuadratureError(VarexpError):

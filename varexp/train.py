@@ -30,9 +30,7 @@ import sys
 import tempfile
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -46,12 +44,13 @@ from tqdm import tqdm
 from varexp import devices, loggers, memory, provenance, results, search
 from varexp.data import DataInfo, Stream, data_info, fixed_batch
 from varexp.errors import VarexpError
-from varexp.figures import commands_for
 from varexp.inits import INITS, initialize
 from varexp.loggers import Logger, make_logger
 from varexp.models import architecture, build_model
 from varexp.models.base import WeightLayer, batch_statistics, in_forward_order, unreached
 from varexp.optim import make_optimizer
+from varexp.options.sections import TrainRoot
+from varexp.presets import commands_for
 from varexp.results import checkpoint
 from varexp.results.aggregate import criterion
 from varexp.results.checkpoint import Checkpoint, checkpoint_path
@@ -65,7 +64,7 @@ from varexp.results.summary import (
     write_summary,
 )
 from varexp.results.tables import METRICS, RATIO_STATS, RATIOS, arch_label
-from varexp.schema import Common, flag, integer, number, option, store, validate
+from varexp.schema import Common, validate
 from varexp.stats import Recorder
 from varexp.stop import StopRequests
 
@@ -88,43 +87,6 @@ class Interrupted(Stopped):
 
 # ---------------------------------------------------------------------------------------------
 # config
-
-
-def _sync_every(value: object) -> bool:
-    return value == "auto" or (
-        isinstance(value, int) and not isinstance(value, bool) and value >= 1
-    )
-
-
-@dataclass
-class TrainOptions:
-    """`varexp train`'s own keys (the `train:` section; `varexp sweep` shares them)."""
-
-    steps: int = integer(300)  # optimizer updates
-    batch_size: int = integer(32, minimum=2)  # the sample variance needs 2
-    ratio_every: int = integer(50)  # k: per-layer ratios on the fixed batch every k steps
-    probe_samples: int = integer(100, minimum=2)  # T inputs of that batch (seeded, unaugmented)
-    checkpoint_every: int = integer(100)  # steps between checkpoints (one more at the end)
-    flush_seconds: float = number(30.0)  # metrics.csv and ratios.csv are also rewritten this often
-    log_seconds: float = number(30.0)  # without a terminal: a progress line this often
-    progress: bool = flag(True)  # a progress bar on a terminal (never in logs)
-    amp: bool = flag(False)  # bf16 autocast (CUDA; on CPU it works but is slow)
-    compile: bool = flag(False)  # torch.compile the training forward pass
-    channels_last: bool = flag(False)  # NHWC convolutions (faster on tensor cores)
-    # steps between reads of the loss on the host: each read waits for the GPU. auto: every
-    # step on the CPU (where a read costs nothing), every 50 on CUDA.
-    sync_every: Any = option("auto", test=_sync_every, text="must be auto or an integer >= 1")
-    stop_after: int | None = integer(None, none=True)  # debug: stop here, as a kill would
-
-
-@dataclass
-class TrainRoot:
-    """The key at the top of `varexp train`'s config (default in conf/_train.yaml)."""
-
-    resume: bool = flag(False)  # continue the run in hydra.run.dir from its checkpoint
-
-
-store("section", "train", TrainOptions)
 
 
 def check(cfg: DictConfig) -> DataInfo:

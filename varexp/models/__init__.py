@@ -13,71 +13,36 @@ from numbers import Integral
 
 from torch import nn
 
-from varexp.activations import ACTIVATIONS
 from varexp.errors import ConfigError, bad_value
 from varexp.models import allcnnc, unet, zoo
 from varexp.models.allcnnc import AllCNNC
 from varexp.models.base import add_biases
 from varexp.models.mlp import MLP
 from varexp.models.unet import UNet
-from varexp.schema import choice, flag, integer, number, option, spec_from, store
+from varexp.options.arch import (
+    ARCHS,
+    AllCNNCArch,
+    MLPArch,
+    TimmArch,
+    TorchvisionArch,
+    UNetArch,
+)
+from varexp.schema import spec_from, store
 
 __all__ = [
     "ARCHITECTURES",
     "ARCHS",
     "AllCNNC",
+    "AllCNNCArch",
     "Architecture",
     "MLP",
+    "MLPArch",
     "UNet",
+    "UNetArch",
     "architecture",
     "build_model",
     "register",
 ]
-
-NORMS = ("none", "batchnorm")  # batchnorm: BatchNorm before every nonlinearity (paper Sec. 4)
-
-
-@dataclass
-class MLPArch:
-    """The paper's Eq. 1 network: `depth` layers of `width` units (inputs flattened; a linear
-    readout `fc` for classification data)."""
-
-    name: str = choice("mlp", ("mlp",))
-    width: int = integer(1000)
-    depth: int = integer(50)
-    activation: str = choice("relu", tuple(ACTIVATIONS))
-    norm: str = choice("none", NORMS)
-    bias: bool = flag(False)  # every layer has one already: nothing to add
-
-
-@dataclass
-class AllCNNCArch:
-    """ALL-CNN-C (Springenberg et al. 2014) as in the paper (Sec. 3.3): nine ReLU convs, global
-    average pooling, one linear output layer; reflection padding."""
-
-    name: str = choice("allcnnc", ("allcnnc",))
-    channels: float = number(1.0)  # multiplier: 1.0 = the paper's widths (96, 192)
-    activation: str = choice("relu", tuple(ACTIVATIONS))
-    norm: str = choice("none", NORMS)
-    dropout: float = number(0.0, minimum=0.0, below=1.0)  # after the input and each stride-2 conv
-    bias: bool = flag(False)  # every layer has one already: nothing to add
-
-
-@dataclass
-class UNetArch:
-    """UNet (Ronneberger et al. 2015) as in the paper (Sec. 3.3): 23 convs, 4 max-pools, skip
-    concatenations; reflection padding keeps the output at the input's size."""
-
-    name: str = choice("unet", ("unet",))
-    channels: float = number(1.0)  # multiplier: 1.0 = level widths 64, 128, 256, 512, 1024
-    activation: str = choice("relu", tuple(ACTIVATIONS))
-    norm: str = choice("none", NORMS)
-    out_channels: int = option(
-        1, kind="choice", choices=(1, 2), text="choose 1 (membrane logit) or 2 (two classes)"
-    )
-    # the up-convolutions' fan for the weight laws: in (C_in) or torch (torch.nn.init's count)
-    upconv_fan: str = choice("in", unet.UPCONV_FANS)
-    bias: bool = flag(False)  # every layer has one already: nothing to add
 
 
 @dataclass(frozen=True)
@@ -107,14 +72,14 @@ class Architecture:
 
 
 ARCHITECTURES: dict[str, Architecture] = {}
-ARCHS: dict[str, type] = {}  # name -> option dataclass (what schema.spec_from reads)
 
 
 def register(record: Architecture) -> Architecture:
     """Make arch=<record.name> known to build_model, the data, the figures and Hydra."""
     ARCHITECTURES[record.name] = record
-    ARCHS[record.name] = record.spec
-    store("arch", record.name, record.spec)
+    if ARCHS.get(record.name) is not record.spec:  # a model from outside varexp.options
+        ARCHS[record.name] = record.spec
+        store("arch", record.name, record.spec)
     return record
 
 
@@ -162,6 +127,7 @@ register(
         MLPArch,
         _mlp,
         "MLP",
+        "MLPArch",
         images=False,
         size=lambda a: f"{a.width}x{a.depth}",
         natural_shape=lambda a: (int(a.width),),  # the paper's Eq. 1 network of equal widths
@@ -188,6 +154,7 @@ register(
         UNetArch,
         _unet,
         "UNet",
+        "UNetArch",
         task="segmentation",
         size=_channels,
         natural_shape=lambda a: (1, 64, 64),
@@ -195,8 +162,8 @@ register(
         cpu_unpacked="the quick Fig. 4 ran 0.57-0.60x as fast packed",
     )
 )
-register(Architecture("torchvision", zoo.TorchvisionArch, _zoo, "torchvision", size=_model))
-register(Architecture("timm", zoo.TimmArch, _zoo, "timm", size=_model))
+register(Architecture("torchvision", TorchvisionArch, _zoo, "torchvision", size=_model))
+register(Architecture("timm", TimmArch, _zoo, "timm", size=_model))
 
 
 def build_model(

@@ -9,15 +9,11 @@ from torch import Tensor, nn
 from varexp.activations import get_activation
 from varexp.errors import VarexpError
 from varexp.models.base import Unit, norm_layer
+from varexp.options.arch import UPCONV_FANS
 
 LEVELS = 4
 BASE = 64
 MIN_SIZE = 2 * 2**LEVELS  # the bottom level's 3x3 convs need a map of at least 2x2 to reflect
-# How the fan of the 2x2 stride-2 up-convolutions is counted when an init draws their weights
-# (varexp.inits.law_fans; the paper does not say): "in", the C_in inputs each output sums over
-# (the variance-preserving count), or "torch", torch.nn.init's count for a transposed conv,
-# C_out * 2 * 2 = 2 C_in here, which halves the weight variance of every up-convolution.
-UPCONV_FANS = ("in", "torch")
 
 
 def check_size(height: int, width: int) -> None:

@@ -10,38 +10,13 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
-from dataclasses import dataclass
 
 from torch import nn
 
-from varexp.activations import ACTIVATIONS
 from varexp.errors import ConfigError, bad_value
-from varexp.schema import choice, flag
+from varexp.options.arch import TimmArch, TorchvisionArch
 
-ZOO_NORMS = ("default", "none")  # default: as the library builds the model
 NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
-
-
-@dataclass
-class TorchvisionArch:
-    """A torchvision classification model, randomly initialized (no pretrained weights)."""
-
-    name: str = choice("torchvision", ("torchvision",))
-    model: str = "resnet18"  # any name in torchvision.models.list_models(torchvision.models)
-    norm: str = choice("default", ZOO_NORMS)
-    activation: str = choice("relu", tuple(ACTIVATIONS))  # the gain of init=kaiming's weights
-    bias: bool = flag(False)  # zero biases for layers without (for init=scale+bias)
-
-
-@dataclass
-class TimmArch:
-    """A timm model (pip install timm), randomly initialized."""
-
-    name: str = choice("timm", ("timm",))
-    model: str = "resnet18"  # any name in timm.list_models()
-    norm: str = choice("default", ZOO_NORMS)
-    activation: str = choice("relu", tuple(ACTIVATIONS))
-    bias: bool = flag(False)
 
 
 def build(arch: TorchvisionArch | TimmArch, shape: tuple[int, ...], num_classes: int) -> nn.Module:

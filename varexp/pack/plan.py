@@ -39,6 +39,8 @@ from varexp.inits import fans
 from varexp.models import architecture, build_model
 from varexp.models.base import WEIGHT_TYPES
 from varexp.optim import optimizer
+from varexp.options.sections import PACK_AUTO as AUTO
+from varexp.options.sections import PACK_OFF as OFF
 
 # keys (and their sub-keys) that leave the data stream alone: runs differing only in these pack
 PACK_FREE = ("init", "optim", "sweep.lr_index", "arch.norm")
@@ -52,17 +54,6 @@ PACK_FREE = ("init", "optim", "sweep.lr_index", "arch.norm")
 GPU_PACK = 24  # auto on CUDA: at most this many runs per pack
 # the override that hands a pack job its runs
 PACK_KEY = "packed_runs"
-AUTO, OFF = "auto", "off"
-
-
-def allowed(value: object) -> bool:
-    """What sweep.pack may hold: auto, off, or an integer >= 1."""
-    if value in (AUTO, OFF):
-        return True
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
-ALLOWED_TEXT = "must be auto, off or an integer >= 1 (the most runs per pack)"
 
 
 # ---------------------------------------------------------------------------------------------
