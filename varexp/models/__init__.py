@@ -127,7 +127,6 @@ register(
         MLPArch,
         _mlp,
         "MLP",
-        "MLPArch",
         images=False,
         size=lambda a: f"{a.width}x{a.depth}",
         natural_shape=lambda a: (int(a.width),),  # the paper's Eq. 1 network of equal widths
@@ -154,7 +153,6 @@ register(
         UNetArch,
         _unet,
         "UNet",
-        "UNetArch",
         task="segmentation",
         size=_channels,
         natural_shape=lambda a: (1, 64, 64),
