@@ -16,8 +16,9 @@ from varexp.data import data_info
 from varexp.errors import ConfigError, VarexpError
 from varexp.models import build_model
 from varexp.models.base import weight_layers
+from varexp.results import checkpoint
 from varexp.results.checkpoint import checkpoint_path
-from varexp.results.tables import METRICS, RATIOS
+from varexp.results.tables import METRICS, RATIOS, MetricsRow
 from varexp.train import Stopped, train
 from varexp.train import check as check_train
 
@@ -138,6 +139,40 @@ def test_resume_equals_uninterrupted_run_row_for_row(tmp_path):
         pd.testing.assert_frame_equal(a, b, check_exact=True)
     assert list(pd.read_csv(tmp_path / "cut" / "metrics.csv").step) == list(range(9))
     assert resumed["final_loss"] == whole["final_loss"] and resumed["steps"] == 9
+
+
+def test_metrics_rows_round_trip_through_a_checkpoint(tmp_path):
+    """The typed rows a run keeps are what its checkpoint gives back, field for field."""
+    with pytest.raises(Stopped):
+        train(cfg_of(*RESUMABLE, "train.stop_after=4"), tmp_path)
+    saved = checkpoint.load(checkpoint_path(tmp_path))
+    assert all(isinstance(row, MetricsRow) for row in saved.metrics)
+    on_disk = pd.read_csv(tmp_path / "metrics.csv")
+    assert list(on_disk.columns) == list(MetricsRow._fields)
+    back = pd.DataFrame(saved.metrics)
+    pd.testing.assert_frame_equal(on_disk, back, check_dtype=False)
+    raw = torch.load(checkpoint_path(tmp_path), weights_only=True)["metrics"]
+    assert [MetricsRow.from_saved(r) for r in raw] == saved.metrics
+
+
+def test_a_checkpoint_with_rows_of_the_first_five_columns_resumes(tmp_path):
+    """Checkpoints made when metrics.csv had only step, epoch, loss, lr and seconds resume: the
+    later columns of their rows are empty, every row after them as an uninterrupted run's."""
+    train(cfg_of(*RESUMABLE), tmp_path / "whole")
+    with pytest.raises(Stopped):
+        train(cfg_of(*RESUMABLE, "train.stop_after=5"), tmp_path / "old")
+    path = checkpoint_path(tmp_path / "old")
+    state = torch.load(path, weights_only=True)
+    state["metrics"] = [tuple(row[:5]) for row in state["metrics"]]
+    torch.save(state, path)
+    train(cfg_of(*RESUMABLE, "resume=true"), tmp_path / "old")
+    a = pd.read_csv(tmp_path / "whole" / "metrics.csv").drop(columns="seconds")
+    b = pd.read_csv(tmp_path / "old" / "metrics.csv").drop(columns="seconds")
+    first = ["step", "epoch", "loss", "lr"]
+    pd.testing.assert_frame_equal(a[first], b[first], check_exact=True)
+    later = [c for c in a.columns if c not in first]
+    pd.testing.assert_frame_equal(a[later].iloc[3:], b[later].iloc[3:], check_exact=True)
+    assert b[later].iloc[:3].isna().all().all()  # the old checkpoint's rows (steps 0-2)
 
 
 def test_resume_extends_a_completed_run_and_reruns_nothing(tmp_path):

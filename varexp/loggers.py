@@ -34,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from varexp.errors import ConfigError, VarexpError
 from varexp.files import write_json
-from varexp.results.tables import RATIO_STATS
+from varexp.results.tables import RATIO_STATS, MetricsRow
 from varexp.schema import choice, option, store
 
 
@@ -94,8 +94,8 @@ class Logger:
 
     wants_final_ratios = False  # whether finish() needs the final parameters' statistics
 
-    def metrics(self, rows: list[tuple]) -> None:
-        """Rows (step, epoch, loss, lr, seconds) just read from the device."""
+    def metrics(self, rows: list[MetricsRow]) -> None:
+        """Rows of metrics.csv just read from the device."""
 
     def ratios(
         self, step: int, names: list[str], stats: list[list[float]], grads: list[float]
@@ -152,15 +152,15 @@ class TensorBoard(Logger):
             body = OmegaConf.to_yaml({k: v for k, v in cfg.items() if k != "hydra"})
             self.writer.add_text("config", "```\n" + body + "```", 0)
 
-    def metrics(self, rows: list[tuple]) -> None:
-        for step, epoch, loss, lr, _ in rows:
-            self.writer.add_scalar("train/loss", loss, step)
+    def metrics(self, rows: list[MetricsRow]) -> None:
+        for row in rows:
+            self.writer.add_scalar("train/loss", row.loss, row.step)
             # lr and epoch change rarely: a point where they do (a cost per step adds up on
             # small models, at hundreds of steps per second)
-            if (lr, epoch) != self.last:
-                self.writer.add_scalar("train/lr", lr, step)
-                self.writer.add_scalar("train/epoch", epoch, step)
-                self.last = (lr, epoch)
+            if (row.lr, row.epoch) != self.last:
+                self.writer.add_scalar("train/lr", row.lr, row.step)
+                self.writer.add_scalar("train/epoch", row.epoch, row.step)
+                self.last = (row.lr, row.epoch)
 
     def ratios(
         self, step: int, names: list[str], stats: list[list[float]], grads: list[float]
@@ -201,10 +201,10 @@ class Buffered(Logger):
         self.sent = sent  # the last step the service has (-1: none)
         self.rows: dict[int, dict[str, float]] = {}
 
-    def metrics(self, rows: list[tuple]) -> None:
-        for step, epoch, loss, lr, _ in rows:
-            self.rows.setdefault(step, {}).update(
-                {"train/loss": loss, "train/lr": lr, "train/epoch": epoch}
+    def metrics(self, rows: list[MetricsRow]) -> None:
+        for row in rows:
+            self.rows.setdefault(row.step, {}).update(
+                {"train/loss": row.loss, "train/lr": row.lr, "train/epoch": row.epoch}
             )
 
     def ratios(

@@ -56,7 +56,7 @@ from varexp.optim import make_optimizer
 from varexp.results import checkpoint, read_summary
 from varexp.results.aggregate import criterion
 from varexp.results.checkpoint import Checkpoint, checkpoint_path
-from varexp.results.tables import FINISHED, METRICS, RATIO_STATS, RATIOS, arch_label
+from varexp.results.tables import FINISHED, METRICS, RATIO_STATS, RATIOS, MetricsRow, arch_label
 from varexp.schema import Common, flag, integer, number, option, store, validate
 from varexp.stats import Recorder
 from varexp.stop import StopRequests
@@ -363,7 +363,7 @@ class Trainer:
         self.layers = in_forward_order(self.model, self.fixed_x)[0]
         self.logger = Logger()
         self.identity = results.identity("train", cfg)
-        self.metrics: list[tuple] = []
+        self.metrics: list[MetricsRow] = []
         self.ratios: list[tuple] = []
         self.step = 0
         self.status = "running"
@@ -522,7 +522,7 @@ class Trainer:
                     if not self.settle(pending, lr):
                         break
                     bar.update(read - 1)
-                    bar.set_postfix_str(f"loss={self.metrics[-1][2]:.4f}", refresh=False)
+                    bar.set_postfix_str(f"loss={self.metrics[-1].loss:.4f}", refresh=False)
                 self.optimizer.step()
                 self.step = s + 1
                 if pending:
@@ -542,7 +542,7 @@ class Trainer:
                         "step %d/%d  loss %.4f  %.1f steps/s  about %.0f s left",
                         self.step,
                         cfg.steps,
-                        self.metrics[-1][2],
+                        self.metrics[-1].loss,
                         rate,
                         left,
                     )
@@ -567,7 +567,7 @@ class Trainer:
         """settle() with the pending losses already read (`values`, in order)."""
         rows = []
         for (s, epoch, _, seconds), value in zip(pending, values, strict=True):
-            rows.append((s, epoch, value, lr, seconds))
+            rows.append(MetricsRow(s, epoch, value, lr, seconds))
             if not math.isfinite(value):
                 self.status, self.step = "diverged", s
                 self.ratios = [r for r in self.ratios if r[0] <= s]
@@ -619,7 +619,7 @@ class Trainer:
                 metrics=self.metrics,
                 ratios=self.ratios,
                 seconds=self.wall(),
-                train_seconds=self.metrics[-1][4] if self.metrics else 0.0,
+                train_seconds=self.metrics[-1].seconds if self.metrics else 0.0,
                 init_forward_passes=self.init_forward_passes,
             ),
             checkpoint_path(self.run_dir),
@@ -628,13 +628,13 @@ class Trainer:
 
     def summary(self, status: str, error: str | None = None) -> dict:
         cfg = self.cfg
-        last = self.metrics[-1][2] if self.metrics else None
-        train_seconds = self.metrics[-1][4] if self.metrics else 0.0
+        last = self.metrics[-1].loss if self.metrics else None
+        train_seconds = self.metrics[-1].seconds if self.metrics else 0.0
         out = dict(
             status=status,
             steps=self.step,
             final_loss=last if last is not None and math.isfinite(last) else None,
-            diverged_at=self.metrics[-1][0] if status == "diverged" else None,
+            diverged_at=self.metrics[-1].step if status == "diverged" else None,
             seconds=self.wall(),
             train_seconds=train_seconds,
             steps_per_second=self.step / train_seconds if train_seconds > 0 else None,
@@ -650,7 +650,7 @@ class Trainer:
         return out
 
 
-def saved_rows(saved: Checkpoint) -> tuple[list[tuple], list[tuple]]:
+def saved_rows(saved: Checkpoint) -> tuple[list[MetricsRow], list[tuple]]:
     """The rows of metrics.csv and ratios.csv a checkpoint holds (ratios rows of checkpoints
     made before the per-channel statistics get those empty)."""
     width = len(RATIOS.columns)

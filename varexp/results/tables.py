@@ -5,9 +5,11 @@ reads, with the config of the run that made each."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -71,7 +73,26 @@ HELDOUT = Table(
     ),
     text=("name",),
 )
-METRICS = Table("metrics.csv", ("step", "epoch", "loss", "lr", "seconds"))
+
+
+class MetricsRow(NamedTuple):
+    """One row of metrics.csv: training minibatch `step` at the parameters reached after `step`
+    updates (varexp.train)."""
+
+    step: int
+    epoch: int  # passes over the training split begun before this minibatch
+    loss: float  # on this minibatch
+    lr: float
+    seconds: float  # in the training loop so far, all sessions
+
+    @classmethod
+    def from_saved(cls, values: Sequence) -> MetricsRow:
+        """A row as a checkpoint keeps it (a plain tuple); the rows of checkpoints made before a
+        column existed get it empty (NaN)."""
+        return cls(*values, *(math.nan,) * (len(cls._fields) - len(values)))
+
+
+METRICS = Table("metrics.csv", MetricsRow._fields, needed=5)
 # per layer on the fixed batch (varexp.stats), then the weight gradient's RMS
 RATIO_STATS = (
     "sample_mean_sq",
