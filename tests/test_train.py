@@ -10,16 +10,18 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import config, run_in_process
 
-from varexp.data import data_info
+from varexp.data import Stream, data_info
+from varexp.data.catalog import load_source
 from varexp.errors import ConfigError, VarexpError
 from varexp.models import build_model
 from varexp.models.base import weight_layers
 from varexp.results import checkpoint
 from varexp.results.checkpoint import checkpoint_path
 from varexp.results.tables import METRICS, RATIOS, MetricsRow
-from varexp.train import Stopped, train
+from varexp.train import Stopped, accuracy, train
 from varexp.train import check as check_train
 
 # Tiny versions of each arch on its embedded dataset (generated on the fly, never cached).
@@ -144,7 +146,7 @@ def test_resume_equals_uninterrupted_run_row_for_row(tmp_path):
 def test_metrics_rows_round_trip_through_a_checkpoint(tmp_path):
     """The typed rows a run keeps are what its checkpoint gives back, field for field."""
     with pytest.raises(Stopped):
-        train(cfg_of(*RESUMABLE, "train.stop_after=4"), tmp_path)
+        train(cfg_of(*RESUMABLE, "train.stop_after=4", "train.eval_every=2"), tmp_path)
     saved = checkpoint.load(checkpoint_path(tmp_path))
     assert all(isinstance(row, MetricsRow) for row in saved.metrics)
     on_disk = pd.read_csv(tmp_path / "metrics.csv")
@@ -152,7 +154,8 @@ def test_metrics_rows_round_trip_through_a_checkpoint(tmp_path):
     back = pd.DataFrame(saved.metrics)
     pd.testing.assert_frame_equal(on_disk, back, check_dtype=False)
     raw = torch.load(checkpoint_path(tmp_path), weights_only=True)["metrics"]
-    assert [MetricsRow.from_saved(r) for r in raw] == saved.metrics
+    pd.testing.assert_frame_equal(pd.DataFrame([MetricsRow.from_saved(r) for r in raw]), back)
+    assert on_disk.test_loss.notna().sum() == 2  # steps 0 and 2
 
 
 def test_a_checkpoint_with_rows_of_the_first_five_columns_resumes(tmp_path):
@@ -173,6 +176,72 @@ def test_a_checkpoint_with_rows_of_the_first_five_columns_resumes(tmp_path):
     later = [c for c in a.columns if c not in first]
     pd.testing.assert_frame_equal(a[later].iloc[3:], b[later].iloc[3:], check_exact=True)
     assert b[later].iloc[:3].isna().all().all()  # the old checkpoint's rows (steps 0-2)
+    assert b.accuracy.iloc[3:].notna().all()
+    METRICS.read_run(tmp_path / "old")  # a whole record of its steps
+
+
+def test_accuracy_is_the_share_of_correct_predictions():
+    """By hand: classes (the largest logit), membrane pixels (logit > 0), two-channel pixels."""
+    logits = torch.tensor([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0], [1.0, 0.0, 5.0], [0.0, 0.5, 0.2]])
+    assert accuracy(logits, torch.tensor([0, 2, 2, 1])).item() == 0.75  # rows 0, 2, 3
+    membrane = torch.tensor([[[[1.0, -1.0], [-2.0, 3.0]]]])
+    target = torch.tensor([[[[1.0, 0.0], [1.0, 1.0]]]])
+    assert accuracy(membrane, target).item() == 0.75  # all but the -2 on membrane
+    two = torch.cat([-membrane, membrane], dim=1)  # the same predictions as two channels
+    assert accuracy(two, target).item() == 0.75
+    assert accuracy(logits, torch.tensor([1, 1, 0, 0])).item() == 0.25
+
+
+EVAL = [*ALLCNNC, "optim=adam", "train.steps=8", "train.ratio_every=4",
+        "train.checkpoint_every=2", "train.eval_every=2"]  # fmt: skip
+
+
+def test_held_out_accuracy_every_eval_every_steps_as_computed_by_hand(tmp_path):
+    """test_loss and test_accuracy at steps 0, 2, 4, 6 only (train.eval_every=2); a resumed run
+    computes every column as an uninterrupted one; at step 4 the training minibatch's accuracy
+    and the held-out loss and accuracy equal a plain forward pass of the checkpoint's model."""
+    with pytest.raises(Stopped):
+        train(cfg_of(*EVAL, "train.stop_after=5"), tmp_path / "cut")
+    saved = checkpoint.load(checkpoint_path(tmp_path / "cut"))
+    assert saved.step == 4
+    train(cfg_of(*EVAL, "resume=true"), tmp_path / "cut")
+    train(cfg_of(*EVAL), tmp_path / "whole")
+    rows = METRICS.read_run(tmp_path / "cut")
+    whole = METRICS.read_run(tmp_path / "whole")
+    pd.testing.assert_frame_equal(rows.drop(columns="seconds"), whole.drop(columns="seconds"))
+    assert list(rows.dropna(subset=["test_loss"]).step) == [0, 2, 4, 6]
+    assert rows.test_accuracy.notna().tolist() == rows.test_loss.notna().tolist()
+
+    cfg = cfg_of(*EVAL)
+    info = data_info(cfg.dataset, cfg.arch)
+    model = build_model(cfg.arch, info.input_shape, info.num_classes)
+    model.load_state_dict(saved.model)  # after 4 updates: row 4's parameters
+    stream = Stream(cfg.dataset, cfg.arch, cfg.train.batch_size, cfg.seed)
+    stream.load_state_dict(saved.stream)
+    x, y = next(iter(stream))  # training minibatch 4
+    with torch.no_grad():
+        right = (model(x).argmax(1) == y).sum().item()
+    assert rows.accuracy[4] == right / 4
+    test = load_source(cfg.dataset, cfg.arch, "test")  # the 16 images of shapes' test split
+    x, y = test.batch(torch.arange(len(test)), torch.Generator(), augment=False)
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+    assert rows.test_loss[4] == pytest.approx(F.cross_entropy(out, y).item(), rel=1e-6)
+    assert rows.test_accuracy[4] == (out.argmax(1) == y).sum().item() / 16
+
+
+def test_no_held_out_columns_without_eval_every_and_a_clear_refusal_without_a_test_split(
+    tmp_path,
+):
+    train(cfg_of(*MLP, "train.steps=3"), tmp_path)
+    rows = METRICS.read_run(tmp_path)
+    assert rows.test_loss.isna().all() and rows.test_accuracy.isna().all()
+    assert rows.accuracy.between(0, 1).all()
+    no_test = [o for o in UNET if o != "dataset.val_slices=1"]
+    with pytest.raises(ConfigError, match=r"train.eval_every=2 evaluates on the test split.*"
+                       r"dataset.val_slices=0"):  # fmt: skip
+        check_train(cfg_of(*no_test, "train.eval_every=2"))
 
 
 def test_resume_extends_a_completed_run_and_reruns_nothing(tmp_path):
@@ -237,6 +306,10 @@ def test_channels_last_trains_the_same_model(tmp_path):
         ("train.ratio_every=0", "train.ratio_every=0 is not allowed"),
         ("optim.momentum=1.0", "optim.momentum=1.0 is not allowed; must be a number in [0, 1)"),
         ("train.progress=maybe", "train.progress='maybe' is not allowed; must be true or false"),
+        (
+            "train.eval_every=0",
+            "train.eval_every=0 is not allowed; must be an integer >= 1 or null",
+        ),
     ],
 )
 def test_bad_values_are_refused_before_any_work(override, needle):

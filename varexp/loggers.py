@@ -1,9 +1,10 @@
 """Where a training run reports besides its CSV files (config group `logger`):
 
 - `csv` (the default): metrics.csv and ratios.csv only;
-- `tensorboard`: TensorBoard event files in the run folder's `tensorboard/` (loss, lr, epoch,
-  per-layer ratios and weight-gradient RMS, the config as text; at the end the ratios of the final
-  parameters and the run's hyperparameters with its final loss, for the HPARAMS tab);
+- `tensorboard`: TensorBoard event files in the run folder's `tensorboard/` (loss, accuracy, the
+  held-out loss and accuracy where train.eval_every evaluates them, lr, epoch, per-layer ratios
+  and weight-gradient RMS, the config as text; at the end the ratios of the final parameters
+  and the run's hyperparameters with its final loss, for the HPARAMS tab);
 - `mlflow`: an MLflow run in a local store (`logger.tracking_uri`, default MLflow's own:
   $MLFLOW_TRACKING_URI, else mlflow.db in the current folder; a `file:` URI for a folder store),
   in experiment `logger.experiment`: the identifying config as params, the same metrics;
@@ -123,6 +124,22 @@ def hparams(summary: dict) -> dict[str, object]:
     }
 
 
+# metrics.csv's columns as the loggers name them (lr and epoch: see each logger)
+ROW_TAGS = {
+    "loss": "train/loss",
+    "accuracy": "train/accuracy",
+    "test_loss": "test/loss",
+    "test_accuracy": "test/accuracy",
+}
+
+
+def row_scalars(row: MetricsRow) -> dict[str, float]:
+    """A row's loss and accuracies by tag; the empty ones (NaN: the test columns between
+    evaluations, accuracy in rows of older checkpoints) are left out, but a diverged loss."""
+    values = {tag: getattr(row, column) for column, tag in ROW_TAGS.items()}
+    return {t: v for t, v in values.items() if t == "train/loss" or not math.isnan(v)}
+
+
 def ratio_scalars(
     step: int, names: list[str], stats: list[list[float]], grads: list[float] | None
 ) -> dict[str, float]:
@@ -154,7 +171,8 @@ class TensorBoard(Logger):
 
     def metrics(self, rows: list[MetricsRow]) -> None:
         for row in rows:
-            self.writer.add_scalar("train/loss", row.loss, row.step)
+            for tag, value in row_scalars(row).items():
+                self.writer.add_scalar(tag, value, row.step)
             # lr and epoch change rarely: a point where they do (a cost per step adds up on
             # small models, at hundreds of steps per second)
             if (row.lr, row.epoch) != self.last:
@@ -204,7 +222,7 @@ class Buffered(Logger):
     def metrics(self, rows: list[MetricsRow]) -> None:
         for row in rows:
             self.rows.setdefault(row.step, {}).update(
-                {"train/loss": row.loss, "train/lr": row.lr, "train/epoch": row.epoch}
+                {**row_scalars(row), "train/lr": row.lr, "train/epoch": row.epoch}
             )
 
     def ratios(

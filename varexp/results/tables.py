@@ -84,6 +84,9 @@ class MetricsRow(NamedTuple):
     loss: float  # on this minibatch
     lr: float
     seconds: float  # in the training loop so far, all sessions
+    accuracy: float = math.nan  # on this minibatch (of pixels for segmentation)
+    test_loss: float = math.nan  # on the test split, every train.eval_every steps (else empty)
+    test_accuracy: float = math.nan
 
     @classmethod
     def from_saved(cls, values: Sequence) -> MetricsRow:
@@ -229,15 +232,16 @@ def read_run(run_dir: Path, table: Table, summary: dict | None = None) -> pd.Dat
                 f"{path}: {len(frame)} rows, but the run {status} after "
                 f"{summary['steps']} steps ({expected} rows)"
             )
-    values = frame[[c for c in METRICS.columns if c != "step"]].to_numpy(float)
+    # the later columns may be empty: accuracy in rows of older runs, the test columns but
+    # every train.eval_every steps
+    checked = [c for c in METRICS.required if c != "step"]
+    values = frame[checked].to_numpy(float)
     bad = ~np.isfinite(values)
     if diverged and len(frame):
-        bad[-1, list(METRICS.columns[1:]).index("loss")] = False
+        bad[-1, checked.index("loss")] = False
     if bad.any():
         row, col = np.argwhere(bad)[0]
-        raise VarexpError(
-            f"{path}: {METRICS.columns[1 + col]} is missing or not finite in row {row + 2}"
-        )
+        raise VarexpError(f"{path}: {checked[col]} is missing or not finite in row {row + 2}")
     return frame
 
 
