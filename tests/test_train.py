@@ -12,8 +12,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import config, run_in_process
+from test_data import write_cifar
 
-from varexp.data import Stream, data_info
+from varexp.data import Stream, cifar10, data_info
 from varexp.data.catalog import load_source
 from varexp.errors import ConfigError, VarexpError
 from varexp.models import build_model
@@ -229,6 +230,67 @@ def test_held_out_accuracy_every_eval_every_steps_as_computed_by_hand(tmp_path):
         out = model(x)
     assert rows.test_loss[4] == pytest.approx(F.cross_entropy(out, y).item(), rel=1e-6)
     assert rows.test_accuracy[4] == (out.argmax(1) == y).sum().item() / 16
+
+
+def test_cifar10_held_out_accuracy_is_on_torchvisions_test_batch(tmp_path):
+    """On small files in CIFAR10's on-disk format: test_accuracy is on test_batch (the split
+    torchvision reads with train=False), computed here from the written arrays."""
+    written = write_cifar(tmp_path / "data")
+    cifar = ["arch=allcnnc", "arch.channels=0.05", "dataset=cifar10",
+             f"dataset.root={tmp_path / 'data'}", "dataset.download=false",
+             "dataset.verify=false", "train.steps=3", "train.checkpoint_every=1",
+             "train.eval_every=2", "train.ratio_every=2"]  # fmt: skip
+    with pytest.raises(Stopped):
+        train(cfg_of(*cifar, "train.stop_after=2"), tmp_path / "run")
+    saved = checkpoint.load(checkpoint_path(tmp_path / "run"))
+    assert saved.step == 2
+    train(cfg_of(*cifar, "resume=true"), tmp_path / "run")
+    rows = METRICS.read_run(tmp_path / "run")
+    assert list(rows.dropna(subset=["test_accuracy"]).step) == [0, 2]
+
+    cfg = cfg_of(*cifar)
+    model = build_model(cfg.arch, (3, 32, 32), 10)
+    model.load_state_dict(saved.model)
+    data, labels = written["test_batch"]
+    images = torch.from_numpy(data.reshape(-1, 3, 32, 32)).float() / 255
+    mean, std = torch.tensor(cifar10.MEAN), torch.tensor(cifar10.STD)
+    x = (images - mean[:, None, None]) / std[:, None, None]
+    model.eval()
+    with torch.no_grad():
+        predicted = model(x).argmax(1)
+    right = (predicted == torch.tensor(labels)).sum().item()
+    assert rows.test_accuracy[2] == right / len(labels)
+
+
+def test_unet_held_out_pixel_accuracy_covers_every_test_pixel(tmp_path):
+    """Segmentation: test_accuracy is the share of the test slice's pixels predicted right
+    (membrane where the logit is > 0), over the crops that tile it, computed here by hand."""
+    unet = [*UNET, "train.steps=3", "train.checkpoint_every=1", "train.eval_every=2",
+            "train.ratio_every=2"]  # fmt: skip
+    with pytest.raises(Stopped):
+        train(cfg_of(*unet, "train.stop_after=2"), tmp_path)
+    saved = checkpoint.load(checkpoint_path(tmp_path))
+    train(cfg_of(*unet, "resume=true"), tmp_path)
+    rows = METRICS.read_run(tmp_path)
+    assert list(rows.dropna(subset=["test_accuracy"]).step) == [0, 2]
+
+    cfg = cfg_of(*unet)
+    model = build_model(cfg.arch, (1, 32, 32), None)
+    model.load_state_dict(saved.model)
+    model.eval()
+    test = load_source(cfg.dataset, cfg.arch, "test")  # one 64x64 slice: four 32x32 tiles
+    image, membrane = test.image[0], test.membrane[0]
+    right, loss = 0, 0.0
+    with torch.no_grad():
+        for top in (0, 32):
+            for left in (0, 32):
+                x = image[None, None, top : top + 32, left : left + 32]
+                y = membrane[None, None, top : top + 32, left : left + 32]
+                out = model(x)
+                right += ((out > 0) == (y > 0.5)).sum().item()
+                loss += F.binary_cross_entropy_with_logits(out, y).item() / 4
+    assert rows.test_accuracy[2] == right / 64**2
+    assert rows.test_loss[2] == pytest.approx(loss, rel=1e-6)
 
 
 def test_no_held_out_columns_without_eval_every_and_a_clear_refusal_without_a_test_split(

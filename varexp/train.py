@@ -52,7 +52,7 @@ from tqdm import tqdm
 from varexp import devices, loggers, memory, provenance, results, search
 from varexp.data import DataInfo, Stream, data_info, fixed_batch
 from varexp.data.catalog import load_source
-from varexp.data.sources import Source, generator
+from varexp.data.sources import Source
 from varexp.errors import ConfigError, VarexpError
 from varexp.figures import commands_for
 from varexp.files import write_json
@@ -76,8 +76,6 @@ from varexp.stats import Recorder
 from varexp.stop import StopRequests
 
 log = logging.getLogger(__name__)
-
-EVAL = 3  # the purpose key of held-out crops' generators (varexp.data.stream's are 0-2)
 
 __all__ = ["check", "run", "train"]
 
@@ -756,26 +754,26 @@ def held_out(
     device: torch.device,
     amp: AbstractContextManager,
 ) -> tuple[float, float]:
-    """(loss, accuracy) of `model` in eval mode on every sample of `source`, unaugmented, in
-    order (a segmentation crop's place drawn from a generator of its own, the same for every
-    run and every evaluation); one read from the device at the end."""
+    """(loss, accuracy) of `model` in eval mode on every sample of `source` (Source.held_out:
+    unaugmented, in order; crops tiling every slice for segmentation); one read from the
+    device at the end."""
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.float64, device=device)
     predictions = 0
     with inference(model):
-        for start in range(0, len(source), batch_size):
-            index = torch.arange(start, min(start + batch_size, len(source)))
-            x, y = source.batch(index, generator(EVAL, start), augment=False)
+        samples = 0
+        for x, y in source.held_out(batch_size):
             x, y = x.to(device), y.to(device)
             with amp:
                 out = loss_input(model(x))
             # every sample has as many predictions (pixels): a batch weighs by its samples
-            loss_sum += loss_fn(out, y).double() * len(index)
+            loss_sum += loss_fn(out, y).double() * len(x)
+            samples += len(x)
             right = hits(out, y)
             correct += right.sum(dtype=torch.float64)
             predictions += right.numel()
     loss_value, correct_value = torch.stack([loss_sum, correct]).tolist()
-    return loss_value / len(source), correct_value / predictions
+    return loss_value / samples, correct_value / predictions
 
 
 def saved_rows(saved: Checkpoint) -> tuple[list[MetricsRow], list[tuple]]:
