@@ -48,7 +48,7 @@ def config(*overrides: str):
 def per_step(overrides: list[str], reps: int, repeats: int) -> tuple[float, float, float, int]:
     """Seconds of a training step, of accuracy() on its logits and of one held-out evaluation
     (varexp.train.held_out over the test split), best of repeats, one after the other in each
-    round; and the test split's size."""
+    round; and the number of samples (crops for segmentation) an evaluation predicts."""
     cfg = config(*overrides)
     reset_globals(cfg.seed, torch.device("cpu"))
     info = data_info(cfg.dataset, cfg.arch)
@@ -76,7 +76,7 @@ def per_step(overrides: list[str], reps: int, repeats: int) -> tuple[float, floa
         start = time.perf_counter()
         held_out(model, test, eval_batch, loss_fn, torch.device("cpu"), nullcontext())
         eval_best = min(eval_best, time.perf_counter() - start)
-    return step_best, hits_best, eval_best, len(test)
+    return step_best, hits_best, eval_best, sum(len(x) for x, _ in test.held_out(eval_batch))
 
 
 def train_seconds(steps: int, every: int | None) -> float:
