@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import config, run_in_process
+from conftest import config, run_in_process, run_varexp
 from test_data import write_cifar
 
 from varexp.data import Stream, cifar10, data_info
@@ -291,6 +291,16 @@ def test_unet_held_out_pixel_accuracy_covers_every_test_pixel(tmp_path):
                 loss += F.binary_cross_entropy_with_logits(out, y).item() / 4
     assert rows.test_accuracy[2] == right / 64**2
     assert rows.test_loss[2] == pytest.approx(loss, rel=1e-6)
+
+
+def test_help_names_the_columns_and_how_to_evaluate_held_out():
+    out = run_varexp("train", "--help")
+    assert out.returncode == 0, out.stderr
+    assert f"writes metrics.csv ({', '.join(METRICS.columns)})" in out.stdout
+    assert "test_loss and test_accuracy: off (train.eval_every=N: every N steps" in out.stdout
+    assert "    eval_every: null" in out.stdout
+    on = run_varexp("train", "train.eval_every=50", "--help")
+    assert "test_loss and test_accuracy: every 50 steps (train.eval_every)" in on.stdout
 
 
 def test_no_held_out_columns_without_eval_every_and_a_clear_refusal_without_a_test_split(
