@@ -191,7 +191,7 @@ def bare_times(
 
         def stacked() -> None:
             stack.zero_grad()
-            stack.losses(x, y, loss_fn, nullcontext()).sum().backward()
+            stack.losses(x, y, loss_fn, nullcontext())[0].sum().backward()
             stack.step()
 
         best: dict[str, list[float]] = {"loop": [], "stacked": []}

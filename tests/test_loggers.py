@@ -57,11 +57,16 @@ def final_ratios(folder: Path) -> pd.DataFrame:
 
 def test_tensorboard_holds_the_csv_rows(tmp_path):
     pytest.importorskip("tensorboard")
-    train(config("train", *MLP, "logger=tensorboard"), tmp_path)
+    train(config("train", *MLP, "logger=tensorboard", "train.eval_every=3"), tmp_path)
     events = scalars(tmp_path / "tensorboard")
     metrics = pd.read_csv(tmp_path / "metrics.csv")
     assert [s for s, _ in events["train/loss"]] == list(metrics.step)
     assert [v for _, v in events["train/loss"]] == pytest.approx(list(metrics.loss), rel=1e-6)
+    assert [v for _, v in events["train/accuracy"]] == pytest.approx(list(metrics.accuracy))
+    held_out = metrics.dropna(subset=["test_accuracy"])  # steps 0, 3, 6: nothing between
+    for column, tag in (("test_loss", "test/loss"), ("test_accuracy", "test/accuracy")):
+        assert [s for s, _ in events[tag]] == list(held_out.step) == [0, 3, 6]
+        assert [v for _, v in events[tag]] == pytest.approx(list(held_out[column]), rel=1e-6)
     assert events["train/lr"] == [(0, pytest.approx(metrics.lr.iloc[0], rel=1e-6))]  # no change
     ratios = pd.read_csv(tmp_path / "ratios.csv")
     first = ratios[ratios.layer == 1]
@@ -224,6 +229,9 @@ def test_wandb_offline_resumes_without_repeating_a_step(tmp_path, monkeypatch):
     metrics = pd.read_csv(tmp_path / "metrics.csv")
     assert [row["train/loss"] for _, row in history[:8]] == pytest.approx(
         list(metrics.loss), rel=1e-6
+    )
+    assert [row["train/accuracy"] for _, row in history[:8]] == pytest.approx(
+        list(metrics.accuracy)
     )
     ratios = pd.read_csv(tmp_path / "ratios.csv").query("layer == 1")
     assert [row["ratio/01_layer1"] for step, row in history if step % 2 == 0] == pytest.approx(

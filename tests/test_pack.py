@@ -104,6 +104,11 @@ def worst_difference(alone: Path, packed: Path) -> float:
     a, b = (pd.read_csv(d / "metrics.csv") for d in (alone, packed))
     assert list(a.step) == list(b.step)
     worst = relative(a.loss.to_numpy(), b.loss.to_numpy(), np.abs(a.loss.to_numpy()))
+    # the accuracies count the same correct predictions; the held-out loss rounds as the loss
+    for column in ("accuracy", "test_accuracy"):
+        pd.testing.assert_series_equal(a[column], b[column], check_exact=True)
+    test = a.test_loss.to_numpy()
+    worst = max(worst, relative(test, b.test_loss.to_numpy(), np.abs(test)))
     a, b = (pd.read_csv(d / "ratios.csv") for d in (alone, packed))
     assert a[["step", "layer", "name"]].equals(b[["step", "layer", "name"]])
     for suffix in ("", "_channel"):
@@ -163,10 +168,15 @@ def in_float64(cfgs: list) -> None:
 
 @pytest.mark.parametrize("arch", [MLP, ALLCNNC, UNET], ids=["mlp", "allcnnc", "unet"])
 def test_a_packed_run_gives_the_rows_it_gives_alone(tmp_path, float64, arch):
-    """100 steps in float64: loss and every ratios.csv column agree to 1e-9 relative (measured:
-    at most 1e-11), and so do the checkpoints (weights, BatchNorm statistics, each optimizer's
-    state) and the summaries."""
-    steps = ["train.steps=100", "train.ratio_every=10", "train.checkpoint_every=40"]
+    """100 steps in float64: loss, held-out loss and every ratios.csv column agree to 1e-9
+    relative (measured: at most 1e-11), the accuracies exactly, and so do the checkpoints
+    (weights, BatchNorm statistics, each optimizer's state) and the summaries."""
+    steps = [
+        "train.steps=100",
+        "train.ratio_every=10",
+        "train.checkpoint_every=40",
+        "train.eval_every=15",  # at steps of its own and at steps of the ratios
+    ]
     cfgs = [run_cfg(arch, init, optim, lr, *steps) for init, optim, lr in FIG4]
     in_float64(cfgs)
     alone = [train(cfg, tmp_path / "alone" / str(k), quiet=True) for k, cfg in enumerate(cfgs)]
@@ -174,6 +184,8 @@ def test_a_packed_run_gives_the_rows_it_gives_alone(tmp_path, float64, arch):
     for k, (one, other) in enumerate(zip(alone, packed, strict=True)):
         folder_a, folder_b = tmp_path / "alone" / str(k), tmp_path / "pack" / str(k)
         assert worst_difference(folder_a, folder_b) < 1e-9, FIG4[k]
+        evaluated = pd.read_csv(folder_b / "metrics.csv").dropna(subset=["test_accuracy"])
+        assert list(evaluated.step) == list(range(0, 100, 15))
         assert one["status"] == other["status"] == "completed" and other["steps"] == 100
         assert other["config"] == one["config"]
         a, b = (torch.load(checkpoint_path(f), weights_only=True) for f in (folder_a, folder_b))

@@ -10,15 +10,19 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import config, run_in_process
+import torch.nn.functional as F
+from conftest import config, run_in_process, run_varexp
+from test_data import write_cifar
 
-from varexp.data import data_info
+from varexp.data import Stream, cifar10, data_info
+from varexp.data.catalog import load_source
 from varexp.errors import ConfigError, VarexpError
 from varexp.models import build_model
 from varexp.models.base import weight_layers
+from varexp.results import checkpoint
 from varexp.results.checkpoint import checkpoint_path
-from varexp.results.tables import METRICS, RATIOS
-from varexp.train import Stopped, train
+from varexp.results.tables import METRICS, RATIOS, MetricsRow
+from varexp.train import Stopped, accuracy, train
 from varexp.train import check as check_train
 
 # Tiny versions of each arch on its embedded dataset (generated on the fly, never cached).
@@ -140,6 +144,178 @@ def test_resume_equals_uninterrupted_run_row_for_row(tmp_path):
     assert resumed["final_loss"] == whole["final_loss"] and resumed["steps"] == 9
 
 
+def test_metrics_rows_round_trip_through_a_checkpoint(tmp_path):
+    """The typed rows a run keeps are what its checkpoint gives back, field for field."""
+    with pytest.raises(Stopped):
+        train(cfg_of(*RESUMABLE, "train.stop_after=4", "train.eval_every=2"), tmp_path)
+    saved = checkpoint.load(checkpoint_path(tmp_path))
+    assert all(isinstance(row, MetricsRow) for row in saved.metrics)
+    on_disk = pd.read_csv(tmp_path / "metrics.csv")
+    assert list(on_disk.columns) == list(MetricsRow._fields)
+    back = pd.DataFrame(saved.metrics)
+    pd.testing.assert_frame_equal(on_disk, back, check_dtype=False)
+    raw = torch.load(checkpoint_path(tmp_path), weights_only=True)["metrics"]
+    pd.testing.assert_frame_equal(pd.DataFrame([MetricsRow.from_saved(r) for r in raw]), back)
+    assert on_disk.test_loss.notna().sum() == 2  # steps 0 and 2
+
+
+def test_a_checkpoint_with_rows_of_the_first_five_columns_resumes(tmp_path):
+    """Checkpoints made when metrics.csv had only step, epoch, loss, lr and seconds resume: the
+    later columns of their rows are empty, every row after them as an uninterrupted run's."""
+    train(cfg_of(*RESUMABLE), tmp_path / "whole")
+    with pytest.raises(Stopped):
+        train(cfg_of(*RESUMABLE, "train.stop_after=5"), tmp_path / "old")
+    path = checkpoint_path(tmp_path / "old")
+    state = torch.load(path, weights_only=True)
+    state["metrics"] = [tuple(row[:5]) for row in state["metrics"]]
+    torch.save(state, path)
+    train(cfg_of(*RESUMABLE, "resume=true"), tmp_path / "old")
+    a = pd.read_csv(tmp_path / "whole" / "metrics.csv").drop(columns="seconds")
+    b = pd.read_csv(tmp_path / "old" / "metrics.csv").drop(columns="seconds")
+    first = ["step", "epoch", "loss", "lr"]
+    pd.testing.assert_frame_equal(a[first], b[first], check_exact=True)
+    later = [c for c in a.columns if c not in first]
+    pd.testing.assert_frame_equal(a[later].iloc[3:], b[later].iloc[3:], check_exact=True)
+    assert b[later].iloc[:3].isna().all().all()  # the old checkpoint's rows (steps 0-2)
+    assert b.accuracy.iloc[3:].notna().all()
+    METRICS.read_run(tmp_path / "old")  # a whole record of its steps
+
+
+def test_accuracy_is_the_share_of_correct_predictions():
+    """By hand: classes (the largest logit), membrane pixels (logit > 0), two-channel pixels."""
+    logits = torch.tensor([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0], [1.0, 0.0, 5.0], [0.0, 0.5, 0.2]])
+    assert accuracy(logits, torch.tensor([0, 2, 2, 1])).item() == 0.75  # rows 0, 2, 3
+    membrane = torch.tensor([[[[1.0, -1.0], [-2.0, 3.0]]]])
+    target = torch.tensor([[[[1.0, 0.0], [1.0, 1.0]]]])
+    assert accuracy(membrane, target).item() == 0.75  # all but the -2 on membrane
+    two = torch.cat([-membrane, membrane], dim=1)  # the same predictions as two channels
+    assert accuracy(two, target).item() == 0.75
+    assert accuracy(logits, torch.tensor([1, 1, 0, 0])).item() == 0.25
+
+
+EVAL = [*ALLCNNC, "optim=adam", "train.steps=8", "train.ratio_every=4",
+        "train.checkpoint_every=2", "train.eval_every=2"]  # fmt: skip
+
+
+def test_held_out_accuracy_every_eval_every_steps_as_computed_by_hand(tmp_path):
+    """test_loss and test_accuracy at steps 0, 2, 4, 6 only (train.eval_every=2); a resumed run
+    computes every column as an uninterrupted one; at step 4 the training minibatch's accuracy
+    and the held-out loss and accuracy equal a plain forward pass of the checkpoint's model."""
+    with pytest.raises(Stopped):
+        train(cfg_of(*EVAL, "train.stop_after=5"), tmp_path / "cut")
+    saved = checkpoint.load(checkpoint_path(tmp_path / "cut"))
+    assert saved.step == 4
+    train(cfg_of(*EVAL, "resume=true"), tmp_path / "cut")
+    train(cfg_of(*EVAL), tmp_path / "whole")
+    rows = METRICS.read_run(tmp_path / "cut")
+    whole = METRICS.read_run(tmp_path / "whole")
+    pd.testing.assert_frame_equal(rows.drop(columns="seconds"), whole.drop(columns="seconds"))
+    assert list(rows.dropna(subset=["test_loss"]).step) == [0, 2, 4, 6]
+    assert rows.test_accuracy.notna().tolist() == rows.test_loss.notna().tolist()
+
+    cfg = cfg_of(*EVAL)
+    info = data_info(cfg.dataset, cfg.arch)
+    model = build_model(cfg.arch, info.input_shape, info.num_classes)
+    model.load_state_dict(saved.model)  # after 4 updates: row 4's parameters
+    stream = Stream(cfg.dataset, cfg.arch, cfg.train.batch_size, cfg.seed)
+    stream.load_state_dict(saved.stream)
+    x, y = next(iter(stream))  # training minibatch 4
+    with torch.no_grad():
+        right = (model(x).argmax(1) == y).sum().item()
+    assert rows.accuracy[4] == right / 4
+    test = load_source(cfg.dataset, cfg.arch, "test")  # the 16 images of shapes' test split
+    x, y = test.batch(torch.arange(len(test)), torch.Generator(), augment=False)
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+    assert rows.test_loss[4] == pytest.approx(F.cross_entropy(out, y).item(), rel=1e-6)
+    assert rows.test_accuracy[4] == (out.argmax(1) == y).sum().item() / 16
+
+
+def test_cifar10_held_out_accuracy_is_on_torchvisions_test_batch(tmp_path):
+    """On small files in CIFAR10's on-disk format: test_accuracy is on test_batch (the split
+    torchvision reads with train=False), computed here from the written arrays."""
+    written = write_cifar(tmp_path / "data")
+    cifar = ["arch=allcnnc", "arch.channels=0.05", "dataset=cifar10",
+             f"dataset.root={tmp_path / 'data'}", "dataset.download=false",
+             "dataset.verify=false", "train.steps=3", "train.checkpoint_every=1",
+             "train.eval_every=2", "train.ratio_every=2"]  # fmt: skip
+    with pytest.raises(Stopped):
+        train(cfg_of(*cifar, "train.stop_after=2"), tmp_path / "run")
+    saved = checkpoint.load(checkpoint_path(tmp_path / "run"))
+    assert saved.step == 2
+    train(cfg_of(*cifar, "resume=true"), tmp_path / "run")
+    rows = METRICS.read_run(tmp_path / "run")
+    assert list(rows.dropna(subset=["test_accuracy"]).step) == [0, 2]
+
+    cfg = cfg_of(*cifar)
+    model = build_model(cfg.arch, (3, 32, 32), 10)
+    model.load_state_dict(saved.model)
+    data, labels = written["test_batch"]
+    images = torch.from_numpy(data.reshape(-1, 3, 32, 32)).float() / 255
+    mean, std = torch.tensor(cifar10.MEAN), torch.tensor(cifar10.STD)
+    x = (images - mean[:, None, None]) / std[:, None, None]
+    model.eval()
+    with torch.no_grad():
+        predicted = model(x).argmax(1)
+    right = (predicted == torch.tensor(labels)).sum().item()
+    assert rows.test_accuracy[2] == right / len(labels)
+
+
+def test_unet_held_out_pixel_accuracy_covers_every_test_pixel(tmp_path):
+    """Segmentation: test_accuracy is the share of the test slice's pixels predicted right
+    (membrane where the logit is > 0), over the crops that tile it, computed here by hand."""
+    unet = [*UNET, "train.steps=3", "train.checkpoint_every=1", "train.eval_every=2",
+            "train.ratio_every=2"]  # fmt: skip
+    with pytest.raises(Stopped):
+        train(cfg_of(*unet, "train.stop_after=2"), tmp_path)
+    saved = checkpoint.load(checkpoint_path(tmp_path))
+    train(cfg_of(*unet, "resume=true"), tmp_path)
+    rows = METRICS.read_run(tmp_path)
+    assert list(rows.dropna(subset=["test_accuracy"]).step) == [0, 2]
+
+    cfg = cfg_of(*unet)
+    model = build_model(cfg.arch, (1, 32, 32), None)
+    model.load_state_dict(saved.model)
+    model.eval()
+    test = load_source(cfg.dataset, cfg.arch, "test")  # one 64x64 slice: four 32x32 tiles
+    image, membrane = test.image[0], test.membrane[0]
+    right, loss = 0, 0.0
+    with torch.no_grad():
+        for top in (0, 32):
+            for left in (0, 32):
+                x = image[None, None, top : top + 32, left : left + 32]
+                y = membrane[None, None, top : top + 32, left : left + 32]
+                out = model(x)
+                right += ((out > 0) == (y > 0.5)).sum().item()
+                loss += F.binary_cross_entropy_with_logits(out, y).item() / 4
+    assert rows.test_accuracy[2] == right / 64**2
+    assert rows.test_loss[2] == pytest.approx(loss, rel=1e-6)
+
+
+def test_help_names_the_columns_and_how_to_evaluate_held_out():
+    out = run_varexp("train", "--help")
+    assert out.returncode == 0, out.stderr
+    assert f"writes metrics.csv ({', '.join(METRICS.columns)})" in out.stdout
+    assert "test_loss and test_accuracy: off (train.eval_every=N: every N steps" in out.stdout
+    assert "    eval_every: null" in out.stdout
+    on = run_varexp("train", "train.eval_every=50", "--help")
+    assert "test_loss and test_accuracy: every 50 steps (train.eval_every)" in on.stdout
+
+
+def test_no_held_out_columns_without_eval_every_and_a_clear_refusal_without_a_test_split(
+    tmp_path,
+):
+    train(cfg_of(*MLP, "train.steps=3"), tmp_path)
+    rows = METRICS.read_run(tmp_path)
+    assert rows.test_loss.isna().all() and rows.test_accuracy.isna().all()
+    assert rows.accuracy.between(0, 1).all()
+    no_test = [o for o in UNET if o != "dataset.val_slices=1"]
+    with pytest.raises(ConfigError, match=r"train.eval_every=2 evaluates on the test split.*"
+                       r"dataset.val_slices=0"):  # fmt: skip
+        check_train(cfg_of(*no_test, "train.eval_every=2"))
+
+
 def test_resume_extends_a_completed_run_and_reruns_nothing(tmp_path):
     steps8 = [*MLP, "optim=adam", "train.steps=8", "train.ratio_every=3"]
     train(cfg_of(*steps8), tmp_path / "whole")
@@ -202,6 +378,10 @@ def test_channels_last_trains_the_same_model(tmp_path):
         ("train.ratio_every=0", "train.ratio_every=0 is not allowed"),
         ("optim.momentum=1.0", "optim.momentum=1.0 is not allowed; must be a number in [0, 1)"),
         ("train.progress=maybe", "train.progress='maybe' is not allowed; must be true or false"),
+        (
+            "train.eval_every=0",
+            "train.eval_every=0 is not allowed; must be an integer >= 1 or null",
+        ),
     ],
 )
 def test_bad_values_are_refused_before_any_work(override, needle):

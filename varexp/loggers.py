@@ -1,9 +1,10 @@
 """Where a training run reports besides its CSV files (config group `logger`):
 
 - `csv` (the default): metrics.csv and ratios.csv only;
-- `tensorboard`: TensorBoard event files in the run folder's `tensorboard/` (loss, lr, epoch,
-  per-layer ratios and weight-gradient RMS, the config as text; at the end the ratios of the final
-  parameters and the run's hyperparameters with its final loss, for the HPARAMS tab);
+- `tensorboard`: TensorBoard event files in the run folder's `tensorboard/` (loss, accuracy, the
+  held-out loss and accuracy where train.eval_every evaluates them, lr, epoch, per-layer ratios
+  and weight-gradient RMS, the config as text; at the end the ratios of the final parameters
+  and the run's hyperparameters with its final loss, for the HPARAMS tab);
 - `mlflow`: an MLflow run in a local store (`logger.tracking_uri`, default MLflow's own:
   $MLFLOW_TRACKING_URI, else mlflow.db in the current folder; a `file:` URI for a folder store),
   in experiment `logger.experiment`: the identifying config as params, the same metrics;
@@ -33,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from varexp.errors import ConfigError, VarexpError
 from varexp.files import write_json
-from varexp.results.tables import RATIO_STATS
+from varexp.results.tables import RATIO_STATS, MetricsRow
 
 # the package each logger needs, and the extra that installs it
 PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
@@ -55,8 +56,8 @@ class Logger:
 
     wants_final_ratios = False  # whether finish() needs the final parameters' statistics
 
-    def metrics(self, rows: list[tuple]) -> None:
-        """Rows (step, epoch, loss, lr, seconds) just read from the device."""
+    def metrics(self, rows: list[MetricsRow]) -> None:
+        """Rows of metrics.csv just read from the device."""
 
     def ratios(
         self, step: int, names: list[str], stats: list[list[float]], grads: list[float]
@@ -82,6 +83,22 @@ def hparams(summary: dict) -> dict[str, object]:
         k: v if isinstance(v, bool | int | float | str) else str(v)
         for k, v in summary.get("config", {}).items()
     }
+
+
+# metrics.csv's columns as the loggers name them (lr and epoch: see each logger)
+ROW_TAGS = {
+    "loss": "train/loss",
+    "accuracy": "train/accuracy",
+    "test_loss": "test/loss",
+    "test_accuracy": "test/accuracy",
+}
+
+
+def row_scalars(row: MetricsRow) -> dict[str, float]:
+    """A row's loss and accuracies by tag; the empty ones (NaN: the test columns between
+    evaluations, accuracy in rows of older checkpoints) are left out, but a diverged loss."""
+    values = {tag: getattr(row, column) for column, tag in ROW_TAGS.items()}
+    return {t: v for t, v in values.items() if t == "train/loss" or not math.isnan(v)}
 
 
 def ratio_scalars(
@@ -113,15 +130,16 @@ class TensorBoard(Logger):
             body = OmegaConf.to_yaml({k: v for k, v in cfg.items() if k != "hydra"})
             self.writer.add_text("config", "```\n" + body + "```", 0)
 
-    def metrics(self, rows: list[tuple]) -> None:
-        for step, epoch, loss, lr, _ in rows:
-            self.writer.add_scalar("train/loss", loss, step)
+    def metrics(self, rows: list[MetricsRow]) -> None:
+        for row in rows:
+            for tag, value in row_scalars(row).items():
+                self.writer.add_scalar(tag, value, row.step)
             # lr and epoch change rarely: a point where they do (a cost per step adds up on
             # small models, at hundreds of steps per second)
-            if (lr, epoch) != self.last:
-                self.writer.add_scalar("train/lr", lr, step)
-                self.writer.add_scalar("train/epoch", epoch, step)
-                self.last = (lr, epoch)
+            if (row.lr, row.epoch) != self.last:
+                self.writer.add_scalar("train/lr", row.lr, row.step)
+                self.writer.add_scalar("train/epoch", row.epoch, row.step)
+                self.last = (row.lr, row.epoch)
 
     def ratios(
         self, step: int, names: list[str], stats: list[list[float]], grads: list[float]
@@ -162,10 +180,10 @@ class Buffered(Logger):
         self.sent = sent  # the last step the service has (-1: none)
         self.rows: dict[int, dict[str, float]] = {}
 
-    def metrics(self, rows: list[tuple]) -> None:
-        for step, epoch, loss, lr, _ in rows:
-            self.rows.setdefault(step, {}).update(
-                {"train/loss": loss, "train/lr": lr, "train/epoch": epoch}
+    def metrics(self, rows: list[MetricsRow]) -> None:
+        for row in rows:
+            self.rows.setdefault(row.step, {}).update(
+                {**row_scalars(row), "train/lr": row.lr, "train/epoch": row.epoch}
             )
 
     def ratios(

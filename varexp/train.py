@@ -10,6 +10,11 @@ the probe batch with its own statistics, as in `varexp probe`; probing changes n
 
 Loss: cross-entropy for classification; for segmentation per-pixel binary cross-entropy with
 logits on the one-channel membrane logit (2-class cross-entropy if a model gives two channels).
+Accuracy: the share of correct predictions, of images (the largest logit) for classification and
+of pixels (membrane where the logit is positive) for segmentation; `accuracy` on the training
+minibatch, from the training step's own logits, and every train.eval_every steps `test_loss` and
+`test_accuracy` on the whole test split (eval mode: BatchNorm's running statistics), at the
+parameters of the same row.
 
 A resumed run continues from checkpoint.pt and rewrites metrics.csv and ratios.csv exactly as
 an uninterrupted run would (on CPU with the same seed): the rows up to the checkpoint come from
@@ -29,8 +34,10 @@ import shlex
 import sys
 import tempfile
 import time
-from contextlib import nullcontext
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -43,11 +50,19 @@ from tqdm import tqdm
 
 from varexp import devices, loggers, memory, provenance, results, search
 from varexp.data import DataInfo, Stream, data_info, fixed_batch
-from varexp.errors import VarexpError
+from varexp.data.catalog import load_source
+from varexp.data.sources import Source
+from varexp.errors import ConfigError, VarexpError
 from varexp.inits import INITS, initialize
 from varexp.loggers import Logger, make_logger
 from varexp.models import architecture, build_model
-from varexp.models.base import WeightLayer, batch_statistics, in_forward_order, unreached
+from varexp.models.base import (
+    WeightLayer,
+    batch_statistics,
+    in_forward_order,
+    inference,
+    unreached,
+)
 from varexp.optim import make_optimizer
 from varexp.options.sections import TrainRoot
 from varexp.presets import commands_for
@@ -63,7 +78,7 @@ from varexp.results.summary import (
     summary_path,
     write_summary,
 )
-from varexp.results.tables import METRICS, RATIO_STATS, RATIOS, arch_label
+from varexp.results.tables import METRICS, RATIO_STATS, RATIOS, MetricsRow, arch_label
 from varexp.schema import Common, validate
 from varexp.stats import Recorder
 from varexp.stop import StopRequests
@@ -97,6 +112,12 @@ def check(cfg: DictConfig) -> DataInfo:
     if "logger" in cfg:
         loggers.check(cfg.logger)
     info = data_info(cfg.dataset, cfg.arch)
+    if cfg.train.eval_every is not None and cfg.dataset.get("val_slices") == 0:
+        raise ConfigError(
+            f"train.eval_every={cfg.train.eval_every} evaluates on the test split, but "
+            f"dataset.val_slices=0 holds out no slices of {cfg.dataset.name}; set "
+            "dataset.val_slices=5 (say), or train.eval_every=null"
+        )
     check_memory(cfg, info)
     return info
 
@@ -155,6 +176,20 @@ def check_memory(cfg: DictConfig, info: DataInfo) -> None:
         memory.refuse_parts([data], [], torch.device("cpu"), "a training run's data")
 
 
+def describe(cfg: DictConfig) -> str:
+    """What the run writes, and whether it evaluates on the test split (for --help)."""
+    every = cfg.train.eval_every
+    held_out = (
+        f"every {every} steps (train.eval_every)"
+        if every is not None
+        else "off (train.eval_every=N: every N steps, a forward pass over the whole test split)"
+    )
+    return (
+        f"writes {METRICS.file} ({', '.join(METRICS.columns)}), {RATIOS.file}, summary.json and "
+        f"a checkpoint to hydra.run.dir; test_loss and test_accuracy: {held_out}"
+    )
+
+
 def timing_config(cfg: DictConfig, steps: int) -> DictConfig:
     """A copy of `cfg` for a short timing run (a sweep's estimate): `steps` steps, saved once at
     the end, no progress bar, no resume, and no logger (a timing run is nobody's result: no
@@ -193,6 +228,36 @@ def segmentation_loss(logits: Tensor, target: Tensor) -> Tensor:
     if logits.shape[1] == 1:  # (the target's 0/1 in the logits' precision)
         return F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype))
     return F.cross_entropy(logits, target[:, 0].long())
+
+
+def hits(out: Tensor, target: Tensor) -> Tensor:
+    """Which predictions are correct (bool): per sample for classification (out (N, C), the
+    largest logit; target (N,) class ids), per pixel for segmentation (out (N, 1, H, W):
+    membrane where the logit is > 0, (N, 2, H, W): the larger logit; target (N, 1, H, W))."""
+    if out.dim() == 2:
+        return out.argmax(1) == target
+    if out.shape[1] == 1:
+        return (out > 0) == (target > 0.5)
+    return out.argmax(1) == target[:, 0].long()
+
+
+def accuracy(out: Tensor, target: Tensor) -> Tensor:
+    """The share of correct predictions, a float64 0-d tensor where `out` is."""
+    correct = hits(out, target)
+    return correct.sum(dtype=torch.float64) / correct.numel()
+
+
+class Pending(NamedTuple):
+    """A step whose metrics row waits for its loss and accuracy on the device (read every
+    train.sync_every steps); the held-out values are already numbers."""
+
+    step: int
+    epoch: int
+    seconds: float
+    loss: Tensor | None  # None where its caller reads the values itself (varexp.pack)
+    accuracy: Tensor | None
+    test_loss: float = math.nan
+    test_accuracy: float = math.nan
 
 
 # ---------------------------------------------------------------------------------------------
@@ -333,7 +398,7 @@ class Trainer:
         self.layers = in_forward_order(self.model, self.fixed_x)[0]
         self.logger = Logger()
         self.identity = results.identity("train", cfg)
-        self.metrics: list[tuple] = []
+        self.metrics: list[MetricsRow] = []
         self.ratios: list[tuple] = []
         self.step = 0
         self.status = Status.RUNNING
@@ -341,6 +406,10 @@ class Trainer:
         self.saved_step = saved.step if saved is not None else None  # in checkpoint.pt
         self.init_forward_passes = 0.0
         self.saved = saved
+        # the held-out split, when train.eval_every asks for it (data_info checked it exists)
+        self.test_source: Source | None = (
+            load_source(cfg.dataset, arch, "test") if cfg.train.eval_every is not None else None
+        )
 
     def initialize(self) -> None:
         """Fresh run: initialize the weights (data-dependent inits fit on the first init.batches
@@ -443,7 +512,7 @@ class Trainer:
         lines = self.verbose and (bar.disable or not cfg.progress)
         started, last_flush = time.perf_counter(), time.perf_counter()
         last_line, first_step = started, self.step
-        pending: list[tuple[int, int, Tensor, float]] = []  # (step, epoch, loss, seconds)
+        pending: list[Pending] = []
         try:
             while self.step < cfg.steps:
                 if stop.requested:
@@ -457,6 +526,7 @@ class Trainer:
                     if s % cfg.ratio_every == 0
                     else None
                 )
+                test = self.evaluate(amp) if self.eval_due(s) else (math.nan, math.nan)
                 epoch = s * cfg.batch_size // len(self.stream.source)
                 x, y = next(self.batches)
                 if channels_last:
@@ -468,9 +538,9 @@ class Trainer:
                 loss.backward()
                 if stats is not None:
                     self.record_ratios(s, stats, grad_rms(self.layers))
-                pending.append(
-                    (s, epoch, loss.detach(), self.past_train + time.perf_counter() - started)
-                )
+                seconds = self.past_train + time.perf_counter() - started
+                hits = accuracy(out.detach(), y)
+                pending.append(Pending(s, epoch, seconds, loss.detach(), hits, *test))
                 checkpoint_due = (s + 1) % cfg.checkpoint_every == 0 and s + 1 < cfg.steps
                 flush_due = time.perf_counter() - last_flush > cfg.flush_seconds
                 line_due = lines and time.perf_counter() - last_line > cfg.log_seconds
@@ -486,7 +556,7 @@ class Trainer:
                     if not self.settle(pending, lr):
                         break
                     bar.update(read - 1)
-                    bar.set_postfix_str(f"loss={self.metrics[-1][2]:.4f}", refresh=False)
+                    bar.set_postfix_str(f"loss={self.metrics[-1].loss:.4f}", refresh=False)
                 self.optimizer.step()
                 self.step = s + 1
                 if pending:
@@ -506,7 +576,7 @@ class Trainer:
                         "step %d/%d  loss %.4f  %.1f steps/s  about %.0f s left",
                         self.step,
                         cfg.steps,
-                        self.metrics[-1][2],
+                        self.metrics[-1].loss,
                         rate,
                         left,
                     )
@@ -517,21 +587,45 @@ class Trainer:
         if self.status == Status.RUNNING:
             self.status = Status.COMPLETED
 
-    def settle(self, pending: list[tuple[int, int, Tensor, float]], lr: float) -> bool:
-        """Read the pending losses (one transfer) into the metrics rows; False, with the run
-        diverged at the first non-finite one and the rows after it dropped, if there is one."""
+    def eval_due(self, step: int) -> bool:
+        every = self.cfg.train.eval_every
+        return every is not None and step % every == 0
+
+    def evaluate(self, amp: AbstractContextManager) -> tuple[float, float]:
+        """(test_loss, test_accuracy): the loss and accuracy on the whole test split, each the
+        mean over its samples (pixels for segmentation), in batches of the larger of
+        train.batch_size and train.probe_samples (both fit in memory: check_memory)."""
+        assert self.test_source is not None
+        return held_out(
+            self.model,
+            self.test_source,
+            max(self.cfg.train.batch_size, self.cfg.train.probe_samples),
+            self.loss_fn,
+            self.device,
+            amp,
+        )
+
+    def settle(self, pending: list[Pending], lr: float) -> bool:
+        """Read the pending losses and accuracies (one transfer) into the metrics rows; False,
+        with the run diverged at the first non-finite loss and the rows after it dropped, if
+        there is one."""
         if not pending:
             return True
-        values = torch.stack([loss for _, _, loss, _ in pending]).cpu().tolist()
-        return self.record_losses(pending, values, lr)
+        # (a float32 loss is exact in float64)
+        values = torch.stack([v.double() for p in pending for v in (p.loss, p.accuracy)])
+        values = values.cpu().tolist()
+        return self.record_losses(pending, values[0::2], values[1::2], lr)
 
     def record_losses(
-        self, pending: list[tuple[int, int, Tensor, float]], values: list[float], lr: float
+        self, pending: list[Pending], losses: list[float], accuracies: list[float], lr: float
     ) -> bool:
-        """settle() with the pending losses already read (`values`, in order)."""
+        """settle() with the pending losses and accuracies already read (in order)."""
         rows = []
-        for (s, epoch, _, seconds), value in zip(pending, values, strict=True):
-            rows.append((s, epoch, value, lr, seconds))
+        for p, value, hits in zip(pending, losses, accuracies, strict=True):
+            s = p.step
+            rows.append(
+                MetricsRow(s, p.epoch, value, lr, p.seconds, hits, p.test_loss, p.test_accuracy)
+            )
             if not math.isfinite(value):
                 self.status, self.step = Status.DIVERGED, s
                 self.ratios = [r for r in self.ratios if r[0] <= s]
@@ -583,7 +677,7 @@ class Trainer:
                 metrics=self.metrics,
                 ratios=self.ratios,
                 seconds=self.wall(),
-                train_seconds=self.metrics[-1][4] if self.metrics else 0.0,
+                train_seconds=self.metrics[-1].seconds if self.metrics else 0.0,
                 init_forward_passes=self.init_forward_passes,
             ),
             checkpoint_path(self.run_dir),
@@ -593,13 +687,13 @@ class Trainer:
     def summary(self, status: str, error: str | None = None) -> dict:
         """summary.json of the run as it ends (Summary's fields)."""
         cfg = self.cfg
-        last = self.metrics[-1][2] if self.metrics else None
-        train_seconds = self.metrics[-1][4] if self.metrics else 0.0
+        last = self.metrics[-1].loss if self.metrics else None
+        train_seconds = self.metrics[-1].seconds if self.metrics else 0.0
         return Summary(
             status=Status(status),
             steps=self.step,
             final_loss=last if last is not None and math.isfinite(last) else None,
-            diverged_at=self.metrics[-1][0] if status == Status.DIVERGED else None,
+            diverged_at=self.metrics[-1].step if status == Status.DIVERGED else None,
             seconds=self.wall(),
             train_seconds=train_seconds,
             steps_per_second=self.step / train_seconds if train_seconds > 0 else None,
@@ -613,7 +707,37 @@ class Trainer:
         ).as_dict()
 
 
-def saved_rows(saved: Checkpoint) -> tuple[list[tuple], list[tuple]]:
+def held_out(
+    model: nn.Module,
+    source: Source,
+    batch_size: int,
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    device: torch.device,
+    amp: AbstractContextManager,
+) -> tuple[float, float]:
+    """(loss, accuracy) of `model` in eval mode on every sample of `source` (Source.held_out:
+    unaugmented, in order; crops tiling every slice for segmentation); one read from the
+    device at the end."""
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.float64, device=device)
+    predictions = 0
+    with inference(model):
+        samples = 0
+        for x, y in source.held_out(batch_size):
+            x, y = x.to(device), y.to(device)
+            with amp:
+                out = loss_input(model(x))
+            # every sample has as many predictions (pixels): a batch weighs by its samples
+            loss_sum += loss_fn(out, y).double() * len(x)
+            samples += len(x)
+            right = hits(out, y)
+            correct += right.sum(dtype=torch.float64)
+            predictions += right.numel()
+    loss_value, correct_value = torch.stack([loss_sum, correct]).tolist()
+    return loss_value / samples, correct_value / predictions
+
+
+def saved_rows(saved: Checkpoint) -> tuple[list[MetricsRow], list[tuple]]:
     """The rows of metrics.csv and ratios.csv a checkpoint holds (ratios rows of checkpoints
     made before the per-channel statistics get those empty)."""
     width = len(RATIOS.columns)

@@ -5,6 +5,7 @@ where the data is."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, fields, replace
 from typing import Protocol, TypeVar
 
@@ -39,6 +40,8 @@ class Source(Protocol):
     def batch(self, index: Tensor, gen: Generator, augment: bool) -> tuple[Tensor, Tensor]: ...
 
     def to(self, device: torch.device) -> Source: ...
+
+    def held_out(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]: ...
 
     @property
     def nbytes(self) -> int: ...
@@ -76,6 +79,11 @@ class Tensors(OnDevice):
         index = on(self.x, index)
         return self.x[index], self.y[index]
 
+    def held_out(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """Every sample once, in order, in batches of up to batch_size (an evaluation)."""
+        for start in range(0, len(self), batch_size):
+            yield self.x[start : start + batch_size], self.y[start : start + batch_size]
+
 
 @dataclass(frozen=True)
 class Images(OnDevice):
@@ -103,6 +111,12 @@ class Images(OnDevice):
             if self.flip:
                 x = hflip(x, gen)
         return (x - self.mean[:, None, None]) / self.std[:, None, None], self.labels[index]
+
+    def held_out(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """Every image once, in order, unaugmented, in batches of up to batch_size."""
+        for start in range(0, len(self), batch_size):
+            index = torch.arange(start, min(start + batch_size, len(self)))
+            yield self.batch(index, torch.Generator(), augment=False)  # (draws nothing)
 
 
 @dataclass(frozen=True)
@@ -134,6 +148,21 @@ class Volume(OnDevice):
         if augment:
             x, y = dihedral([x, y], gen)
         return x, y
+
+    def held_out(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """Unaugmented crops that tile every slice (the last row and column of tiles flush
+        with its far edges, overlapping the one before where the side is not a multiple of
+        the crop), in order, in batches of up to batch_size: every pixel is predicted."""
+        _, h, w = self.image.shape
+        tops = sorted({*range(0, h - self.crop + 1, self.crop), h - self.crop})
+        lefts = sorted({*range(0, w - self.crop + 1, self.crop), w - self.crop})
+        tiles = torch.tensor(
+            [(i, t, left) for i in range(len(self)) for t in tops for left in lefts]
+        )
+        for part in tiles.split(batch_size):
+            index, top, left = on(self.image, part).unbind(1)
+            x, y = self.image[index, None], self.membrane[index, None]
+            yield crop_at(x, top, left, self.crop), crop_at(y, top, left, self.crop)
 
 
 def volume_splits(

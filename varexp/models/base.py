@@ -229,6 +229,20 @@ def norm_layer(kind: str, channels: int, dims: int) -> nn.Module | None:
 
 
 @contextmanager
+def inference(model: nn.Module) -> Iterator[None]:
+    """Eval mode (BatchNorm with its running statistics, no dropout) without gradients, as a
+    trained model is used on held-out data; every module's mode comes back as it was."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+@contextmanager
 def batch_statistics(model: nn.Module) -> Iterator[None]:
     """Eval mode (no dropout) except BatchNorm, which normalizes with the batch's statistics
     (paper Sec. 4); every module's mode and every buffer (the running statistics) come back as

@@ -75,6 +75,9 @@ class TrainOptions:
     # step on the CPU (where a read costs nothing), every 50 on CUDA.
     sync_every: Any = option("auto", test=_sync_every, text="must be auto or an integer >= 1")
     stop_after: int | None = integer(None, none=True)  # debug: stop here, as a kill would
+    # steps between evaluations of test_loss and test_accuracy on the whole test split (each
+    # costs a forward pass over it); null: none
+    eval_every: int | None = integer(None, none=True)
 
 
 @dataclass

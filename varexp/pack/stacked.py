@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from torch.func import functional_call, stack_module_state, vmap
 
-from varexp.train import Trainer, loss_input
+from varexp.train import Trainer, accuracy, loss_input
 
 
 def scalar_dtype() -> torch.dtype:
@@ -156,14 +156,14 @@ class Stack:
         y: Tensor,
         loss_fn: Callable[[Tensor, Tensor], Tensor],
         amp: AbstractContextManager,
-    ) -> Tensor:
+    ) -> tuple[Tensor, Tensor]:
         """Each run's loss on the batch (x, y), as a (runs,) tensor that autograd can follow
-        into the stacked weights."""
+        into the stacked weights, and its accuracy (varexp.train.accuracy), (runs,) float64."""
 
-        def one(params: dict, buffers: dict, x: Tensor, y: Tensor) -> Tensor:
+        def one(params: dict, buffers: dict, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
             with amp:  # (varexp's packable models tie no weights: no search for ties)
                 out = functional_call(self.base, (params, buffers), (x,), tie_weights=False)
-            return loss_fn(loss_input(out), y)
+            return loss_fn(loss_input(out), y), accuracy(out.detach(), y)
 
         return vmap(one, in_dims=(0, 0, None, None))(self.params, self.buffers, x, y)
 

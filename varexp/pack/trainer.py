@@ -47,7 +47,7 @@ from varexp.results.summary import (
     write_summary,
 )
 from varexp.stop import StopRequests
-from varexp.train import Stopped, Trainer, layer_stats
+from varexp.train import Pending, Stopped, Trainer, layer_stats
 
 log = logging.getLogger("varexp.pack")
 
@@ -91,7 +91,7 @@ class PackRun:
     summary: dict | None = None  # once it has ended: completed, diverged or failed
     error: BaseException | None = None
     joined: float = 0.0  # perf_counter when it joined the training (its clock)
-    pending: list[tuple[int, int, None, float]] = field(default_factory=list)
+    pending: list[Pending] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -192,7 +192,8 @@ class Pack:
         lines = self.verbose and (bar.disable or not cfg.progress)
         started = last_flush = last_line = time.perf_counter()
         first_step = self.step
-        pending_losses: list[tuple[list[PackRun], Tensor]] = []  # per step and stack
+        # per step and stack: its runs, their losses and accuracies
+        pending_losses: list[tuple[list[PackRun], Tensor, Tensor]] = []
         try:
             while self.step < cfg.steps:
                 if not self.active:  # every run left: go on from the next one's step
@@ -217,21 +218,27 @@ class Pack:
                     self.save_active()
                     raise PackInterrupted(s, len(self.active))
                 stats = None
-                if s % cfg.ratio_every == 0:
+                evaluated = [r for r in self.active if r.trainer.eval_due(s)]
+                if s % cfg.ratio_every == 0 or evaluated:
                     for stack in self.stacks:
                         stack.write_back(optimizer=False)
+                if s % cfg.ratio_every == 0:
                     stats = [
                         layer_stats(r.trainer.model, self.fixed_x, r.trainer.layers)
                         for r in self.active
                     ]
+                # each run's held-out numbers from its own module, as alone
+                tests = {id(r): r.trainer.evaluate(amp) for r in evaluated}
                 epoch = s * cfg.batch_size // len(self.stream.source)
                 x, y = next(batches)
                 if channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
-                losses = []
+                losses, accuracies = [], []
                 for stack in self.stacks:
                     stack.zero_grad()
-                    losses.append(stack.losses(x, y, loss_fn, amp))
+                    loss, hits = stack.losses(x, y, loss_fn, amp)
+                    losses.append(loss)
+                    accuracies.append(hits)
                 torch.stack([v.sum() for v in losses]).sum().backward()
                 now = time.perf_counter()
                 order = [r for stack in self.stacks for r in self.runs_of(stack)]
@@ -242,9 +249,11 @@ class Pack:
                             run.trainer.record_ratios(s, by_run[id(run)], stack.grad_rms(k))
                 for run in order:
                     run.trainer.stream.batch = s + 1
-                    run.pending.append((s, epoch, None, run.trainer.past_train + now - run.joined))
-                for stack, value in zip(self.stacks, losses, strict=True):
-                    pending_losses.append((self.runs_of(stack), value.detach()))
+                    seconds = run.trainer.past_train + now - run.joined
+                    test = tests.get(id(run), (math.nan, math.nan))
+                    run.pending.append(Pending(s, epoch, seconds, None, None, *test))
+                for stack, value, hits in zip(self.stacks, losses, accuracies, strict=True):
+                    pending_losses.append((self.runs_of(stack), value.detach(), hits))
                 checkpoint_due = (s + 1) % cfg.checkpoint_every == 0 and s + 1 < cfg.steps
                 flush_due = time.perf_counter() - last_flush > cfg.flush_seconds
                 line_due = lines and time.perf_counter() - last_line > cfg.log_seconds
@@ -306,28 +315,33 @@ class Pack:
             self.finish(run)
         self.active, self.stacks = [], []
 
-    def settle(self, pending: list[tuple[list[PackRun], Tensor]]) -> list[PackRun]:
-        """Read the pending losses of every run (one transfer) into its rows; the runs found
-        diverged (their rows end at the first non-finite loss, as alone)."""
+    def settle(self, pending: list[tuple[list[PackRun], Tensor, Tensor]]) -> list[PackRun]:
+        """Read the pending losses and accuracies of every run (one transfer) into its rows;
+        the runs found diverged (their rows end at the first non-finite loss, as alone)."""
         if not pending:
             return []
-        values = torch.cat([v for _, v in pending]).cpu().tolist()
+        # (a float32 loss is exact in float64)
+        values = torch.cat([torch.stack([v.double(), a]) for _, v, a in pending], dim=1)
+        losses, accuracies = values.cpu().tolist()
         per_run: dict[int, list[float]] = {}
+        per_run_hits: dict[int, list[float]] = {}
         position = 0
-        for runs, _ in pending:
+        for runs, _, _ in pending:
             for run in runs:
-                per_run.setdefault(id(run), []).append(values[position])
+                per_run.setdefault(id(run), []).append(losses[position])
+                per_run_hits.setdefault(id(run), []).append(accuracies[position])
                 position += 1
         pending.clear()
         ended = []
         for run in self.active:
             rows, run.pending = run.pending, []
             mine = per_run.get(id(run), [])
+            hits = per_run_hits.get(id(run), [])
             if run.trainer.status != Status.RUNNING or not rows:
                 continue
             trainer = run.trainer
             lr = trainer.optimizer.param_groups[0]["lr"]
-            if not trainer.record_losses(rows, mine[: len(rows)], lr):
+            if not trainer.record_losses(rows, mine[: len(rows)], hits[: len(rows)], lr):
                 ended.append(run)
         return ended
 

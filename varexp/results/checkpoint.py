@@ -18,6 +18,7 @@ import torch
 
 from varexp.errors import VarexpError
 from varexp.files import atomic_path
+from varexp.results.tables import MetricsRow
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -33,7 +34,7 @@ class Checkpoint:
     optimizer: dict
     stream: dict
     rng: dict  # every global generator (rng_state)
-    metrics: list  # the rows of metrics.csv and ratios.csv so far
+    metrics: list[MetricsRow]  # the rows of metrics.csv and ratios.csv so far
     ratios: list
     seconds: float  # wall time spent in the run, all sessions
     train_seconds: float  # of it in the training loop
@@ -68,6 +69,7 @@ def set_rng_state(state: dict) -> None:
 
 def save(checkpoint: Checkpoint, path: str | Path) -> None:
     state = {f.name: getattr(checkpoint, f.name) for f in fields(Checkpoint)}
+    state["metrics"] = [tuple(row) for row in checkpoint.metrics]  # plain: weights_only loads
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         torch.save(state, f)
 
@@ -87,4 +89,6 @@ def load(path: str | Path) -> Checkpoint:
             f"checkpoint {path} lacks {', '.join(missing)} (not a varexp training "
             "checkpoint, or a damaged one); move it away to start over"
         )
-    return Checkpoint(**{k: state[k] for k in keys})
+    saved = Checkpoint(**{k: state[k] for k in keys})
+    saved.metrics = [MetricsRow.from_saved(row) for row in saved.metrics]
+    return saved

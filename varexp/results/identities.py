@@ -33,7 +33,7 @@ NOT_IDENTITY = frozenset((
 ))  # fmt: skip
 # Keys added after runs were made, with the value that does what runs did before them: at that
 # value they are left out, so that those runs keep their identity.
-ADDED_LATER: dict[str, object] = {"arch.bias": False}
+ADDED_LATER: dict[str, object] = {"arch.bias": False, "train.eval_every": None}
 
 
 def flatten(tree: object, prefix: str = "") -> dict[str, object]:

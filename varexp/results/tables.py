@@ -5,9 +5,11 @@ reads, with the config of the run that made each."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -72,7 +74,29 @@ HELDOUT = Table(
     ),
     text=("name",),
 )
-METRICS = Table("metrics.csv", ("step", "epoch", "loss", "lr", "seconds"))
+
+
+class MetricsRow(NamedTuple):
+    """One row of metrics.csv: training minibatch `step` at the parameters reached after `step`
+    updates (varexp.train)."""
+
+    step: int
+    epoch: int  # passes over the training split begun before this minibatch
+    loss: float  # on this minibatch
+    lr: float
+    seconds: float  # in the training loop so far, all sessions
+    accuracy: float = math.nan  # on this minibatch (of pixels for segmentation)
+    test_loss: float = math.nan  # on the test split, every train.eval_every steps (else empty)
+    test_accuracy: float = math.nan
+
+    @classmethod
+    def from_saved(cls, values: Sequence) -> MetricsRow:
+        """A row as a checkpoint keeps it (a plain tuple); the rows of checkpoints made before a
+        column existed get it empty (NaN)."""
+        return cls(*values, *(math.nan,) * (len(cls._fields) - len(values)))
+
+
+METRICS = Table("metrics.csv", MetricsRow._fields, needed=5)
 # per layer on the fixed batch (varexp.stats), then the weight gradient's RMS
 RATIO_STATS = (
     "sample_mean_sq",
@@ -208,15 +232,16 @@ def read_run(run_dir: Path, table: Table, summary: dict | None = None) -> pd.Dat
                 f"{path}: {len(frame)} rows, but the run {status} after "
                 f"{summary['steps']} steps ({expected} rows)"
             )
-    values = frame[[c for c in METRICS.columns if c != "step"]].to_numpy(float)
+    # the later columns may be empty: accuracy in rows of older runs, the test columns but
+    # every train.eval_every steps
+    checked = [c for c in METRICS.required if c != "step"]
+    values = frame[checked].to_numpy(float)
     bad = ~np.isfinite(values)
     if diverged and len(frame):
-        bad[-1, list(METRICS.columns[1:]).index("loss")] = False
+        bad[-1, checked.index("loss")] = False
     if bad.any():
         row, col = np.argwhere(bad)[0]
-        raise VarexpError(
-            f"{path}: {METRICS.columns[1 + col]} is missing or not finite in row {row + 2}"
-        )
+        raise VarexpError(f"{path}: {checked[col]} is missing or not finite in row {row + 2}")
     return frame
 
 
