@@ -8,6 +8,7 @@ the results module and torch's thread settings are imported when a command runs.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import logging
 import os
@@ -73,7 +74,8 @@ def print_command_help(command: str, overrides: list[str]) -> None:
     if search.searching(cfg):
         print("\n" + search.describe(cfg))
     elif command in DESCRIBED:
-        print("\n" + command_module(command).describe(cfg))
+        module, function = DESCRIBED[command].split(":")
+        print("\n" + getattr(importlib.import_module(module), function)(cfg))
     body = OmegaConf.to_yaml({k: v for k, v in cfg.items() if k != "hydra"})
     print("\nconfig:\n" + "\n".join("  " + line for line in body.splitlines()))
 

@@ -24,9 +24,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-# the commands whose module adds to their --help (`describe(cfg)`: a sweep's grid and packs);
-# the others' --help needs no more than their config, without importing torch
-DESCRIBED = ("sweep",)
+# what adds to a command's --help beyond its config (module:function of the config): a sweep's
+# grid and packs (imports torch), what a training run writes (does not)
+DESCRIBED = {"sweep": "varexp.sweep:describe", "train": "varexp.options.sections:describe_train"}
 
 
 def command_module(command: str) -> ModuleType:

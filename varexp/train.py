@@ -176,20 +176,6 @@ def check_memory(cfg: DictConfig, info: DataInfo) -> None:
         memory.refuse_parts([data], [], torch.device("cpu"), "a training run's data")
 
 
-def describe(cfg: DictConfig) -> str:
-    """What the run writes, and whether it evaluates on the test split (for --help)."""
-    every = cfg.train.eval_every
-    held_out = (
-        f"every {every} steps (train.eval_every)"
-        if every is not None
-        else "off (train.eval_every=N: every N steps, a forward pass over the whole test split)"
-    )
-    return (
-        f"writes {METRICS.file} ({', '.join(METRICS.columns)}), {RATIOS.file}, summary.json and "
-        f"a checkpoint to hydra.run.dir; test_loss and test_accuracy: {held_out}"
-    )
-
-
 def timing_config(cfg: DictConfig, steps: int) -> DictConfig:
     """A copy of `cfg` for a short timing run (a sweep's estimate): `steps` steps, saved once at
     the end, no progress bar, no resume, and no logger (a timing run is nobody's result: no

@@ -80,6 +80,22 @@ class TrainOptions:
     eval_every: int | None = integer(None, none=True)
 
 
+def describe_train(cfg: object) -> str:
+    """What a training run writes, and whether it evaluates on the test split (train --help)."""
+    from varexp.rows import MetricsRow
+
+    every = cfg.train.eval_every
+    held_out = (
+        f"every {every} steps (train.eval_every)"
+        if every is not None
+        else "off (train.eval_every=N: every N steps, a forward pass over the whole test split)"
+    )
+    return (
+        f"writes metrics.csv ({', '.join(MetricsRow._fields)}), ratios.csv, summary.json and "
+        f"a checkpoint to hydra.run.dir; test_loss and test_accuracy: {held_out}"
+    )
+
+
 @dataclass
 class TrainRoot:
     """The key at the top of `varexp train`'s config (default in conf/_train.yaml)."""

@@ -5,11 +5,9 @@ reads, with the config of the run that made each."""
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -21,6 +19,7 @@ from varexp.figures import FIGURES
 from varexp.files import write_csv
 from varexp.results.finding import find_results, run_config
 from varexp.results.summary import FINISHED, Status
+from varexp.rows import MetricsRow
 from varexp.stats import STAT_NAMES
 
 log = logging.getLogger("varexp.results")
@@ -74,26 +73,6 @@ HELDOUT = Table(
     ),
     text=("name",),
 )
-
-
-class MetricsRow(NamedTuple):
-    """One row of metrics.csv: training minibatch `step` at the parameters reached after `step`
-    updates (varexp.train)."""
-
-    step: int
-    epoch: int  # passes over the training split begun before this minibatch
-    loss: float  # on this minibatch
-    lr: float
-    seconds: float  # in the training loop so far, all sessions
-    accuracy: float = math.nan  # on this minibatch (of pixels for segmentation)
-    test_loss: float = math.nan  # on the test split, every train.eval_every steps (else empty)
-    test_accuracy: float = math.nan
-
-    @classmethod
-    def from_saved(cls, values: Sequence) -> MetricsRow:
-        """A row as a checkpoint keeps it (a plain tuple); the rows of checkpoints made before a
-        column existed get it empty (NaN)."""
-        return cls(*values, *(math.nan,) * (len(cls._fields) - len(values)))
 
 
 METRICS = Table("metrics.csv", MetricsRow._fields, needed=5)
