@@ -16,11 +16,13 @@ over an index into the optimizer's grid, `sweep.lr_index`, and `optim.lr` select
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -166,8 +168,12 @@ def check_sweep(cfg: DictConfig) -> None:
 
 def check(cfg: DictConfig) -> None:
     """Every key a job reads: the sweep's own and those of `varexp train`."""
+    global _first_check
+    start = time.perf_counter()
     check_sweep(cfg)
     check_train(cfg)
+    if _first_check is None:  # a fresh process pays for it once (the estimate counts it)
+        _first_check = time.perf_counter() - start
 
 
 def grid_text(jobs: list[list[str]]) -> str:
@@ -241,55 +247,185 @@ def announce(line) -> None:
 
 
 def estimate(line, remaining: int, side_by_side: int) -> str:
-    """Wall time of the remaining runs from a few measured steps of each task's first run,
-    with the threads each job will have."""
+    """Wall time of the remaining runs: each task's first run timed for a few steps on this
+    machine now, with the threads each job will have, plus what every run costs around its
+    steps (its config composed, its data built, its model made, its files written) and what
+    each process that runs them costs to start (measured_start_up)."""
 
     cfg = line.cfg
     if launcher(cfg) == "submitit_slurm":
         return "not estimated here (the runs go to the cluster's nodes)"
     if remaining <= 0:
         return "nothing left to run"
+    seconds, told = estimate_seconds(line, remaining, side_by_side)
+    return f"about {duration(seconds)} for {remaining} runs ({told})"
+
+
+def estimate_seconds(line, remaining: int, side_by_side: int) -> tuple[float, str]:
+    """(seconds, how they were reckoned) for the remaining runs of `line` (see estimate)."""
+    cfg = line.cfg
     hydra_overrides = [o for o in line.overrides if o.lstrip("+~").startswith(("hydra.", "hydra/"))]
     tasks: dict[tuple, list[str]] = {}
-    for job in line.jobs:
-        job_cfg = job  # runs of one task (model, data, batch, steps) cost about the same
-        key = tuple(o for o in job_cfg if o.split("=", 1)[0].lstrip("+~") in TASK_KEYS)
-        tasks.setdefault(key, job_cfg)
+    for job in line.jobs:  # runs of one task (model, data, batch, steps) cost about the same
+        key = tuple(o for o in job if o.split("=", 1)[0].lstrip("+~") in TASK_KEYS)
+        tasks.setdefault(key, job)
     threads = cfg.get("threads", "auto")
     torch_threads = auto_threads(side_by_side) if threads == "auto" else int(threads)
-    per_run = []
+    steps = int(cfg.train.steps)
+    timed = []
     for job in tasks.values():
-        fixed, step = calibrate(compose_config("sweep", hydra_overrides + job), torch_threads)
-        steps = int(cfg.train.steps)
-        per_run.append((fixed + steps * step, fixed, step, job))
-    mean_run = sum(p[0] for p in per_run) / len(per_run)
-    total = mean_run * remaining / side_by_side
+        start = time.perf_counter()
+        job_cfg = compose_config("sweep", hydra_overrides + job)
+        timing = calibrate(job_cfg, torch_threads)
+        timed.append((time.perf_counter() - start - timing.wall, timing, job))
+    per_run = sum(compose + t.fixed + steps * t.step for compose, t, _ in timed) / len(timed)
+    first_run = max(t.first_run for _, t, _ in timed)
+    start_up = measured_start_up()
+    once, each = launch_costs(launcher(cfg), side_by_side, start_up.seconds + first_run, first_run)
+    total = once + math.ceil(remaining / side_by_side) * (per_run + each)
     detail = "; ".join(
-        f"{fixed:.1f} s + {int(cfg.train.steps)} x {step * 1e3:.1f} ms per run"
-        + (f" ({' '.join(o for o in job if o.startswith('task='))})" if len(per_run) > 1 else "")
-        for _, fixed, step, job in per_run
+        f"{compose + t.fixed:.1f} s + {steps} x {t.step * 1e3:.1f} ms per run"
+        + (f" ({' '.join(o for o in job if o.startswith('task='))})" if len(timed) > 1 else "")
+        + (f", timed on {t.stand_in}" if t.stand_in else "")
+        for compose, t, job in timed
     )
     device = resolve_device(str(cfg.device))
-    return (
-        f"about {duration(total)} for {remaining} runs ({detail}; measured just now on "
-        f"{device}, {torch_threads} thread(s) per run)"
+    return total, (
+        f"{detail}; start-up {once + each:.0f} s ({start_up.text}, first run "
+        f"{first_run:.1f} s more); measured just now on {device}, {torch_threads} thread(s) "
+        "per run"
     )
 
 
-def calibrate(cfg: DictConfig, threads: int, steps: int = 6) -> tuple[float, float]:
-    """(seconds outside the training loop, seconds per step) of a short run of `cfg`."""
+def launch_costs(
+    name: str, side_by_side: int, process: float, first_run: float
+) -> tuple[float, float]:
+    """(seconds once per launch, seconds more per job) of starting the processes that run the
+    jobs: joblib starts its workers side by side once, submitit_local a process per job; the
+    basic launcher (and joblib with one job at a time) runs them in this process, already
+    started."""
+    if name == "joblib" and side_by_side > 1:
+        return process, 0.0
+    if name.startswith("submitit"):
+        return 0.0, process
+    return first_run, 0.0
 
+
+@dataclass(frozen=True)
+class StartUp:
+    """What a fresh process costs before its first run can start, measured on this machine."""
+
+    imports: float  # the interpreter and varexp's imports (torch, Hydra, pandas)
+    first_check: float  # the first config check (its first use of the memory pre-check)
+    measured_how: str
+
+    @property
+    def seconds(self) -> float:
+        return self.imports + self.first_check
+
+    @property
+    def text(self) -> str:
+        return (
+            f"a process: {self.imports:.1f} s of imports ({self.measured_how}) and "
+            f"{self.first_check:.1f} s of its first check"
+        )
+
+
+def process_age() -> float | None:
+    """Seconds since this process started (from /proc; None where there is none)."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+# how long this process took to start and import everything a sweep's job needs (measured
+# when this module finished importing: a `varexp` command imports it before its first check)
+_IMPORTED_AFTER = process_age()
+_first_check: float | None = None  # seconds of this process's first check()
+
+
+def measured_start_up() -> StartUp:
+    """A fresh process's start-up, measured: in a `varexp` command, this very process's (its
+    age when this module had imported, and its first check); elsewhere (a library call, a
+    test) by starting an interpreter that imports the same modules."""
+    is_command = Path(sys.argv[0]).name in ("varexp", "__main__.py")
+    if is_command and _IMPORTED_AFTER is not None:
+        imports, how = _IMPORTED_AFTER, "this command's own"
+    else:
+        start = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-c", "import varexp.cli, varexp.sweep"], check=False, timeout=600
+        )
+        imports, how = time.perf_counter() - start, "a fresh interpreter's"
+    return StartUp(imports, _first_check or 0.0, how)
+
+
+@dataclass(frozen=True)
+class Timing:
+    """A short run timed: wall seconds of its steps (step each) and around them (fixed); the
+    extra of the first run in a process (first_run); on which data if not the run's own."""
+
+    fixed: float
+    step: float
+    first_run: float
+    wall: float
+    stand_in: str | None = None
+
+
+def calibrate(cfg: DictConfig, threads: int, steps: int = 6) -> Timing:
+    """Two short runs of `cfg` timed whole (its check, data, model, init, steps and files):
+    the second is what every run of a process costs, the first's excess is paid once per
+    process. Nothing is downloaded: a dataset whose files are not here (a dry run before a
+    download) is stood in for by an embedded one of the same shape, and the estimate says so."""
+
+    cfg = timing_config(cfg, steps)
+    with open_dict(cfg):
+        if "download" in cfg.dataset:
+            cfg.dataset.download = False
+    name = str(cfg.dataset.name)
+    try:
+        return _timed(cfg, threads, steps)
+    except VarexpError:
+        if name not in STAND_INS:
+            raise
+    stand_in = compose_config("train", [f"dataset={STAND_INS[name]}", "~task"]).dataset
+    with open_dict(cfg):
+        if "crop" in cfg.dataset and "crop" in stand_in:
+            stand_in.crop = cfg.dataset.crop
+        cfg.dataset = stand_in
+    told = f"{STAND_INS[name]} data of the same shape ({name}'s files are not here)"
+    return dataclasses.replace(_timed(cfg, threads, steps), stand_in=told)
+
+
+# embedded data sets of the same shape and task as those read from files: what a timing run
+# trains on while the files are not here (the model costs the same; reading the data differs)
+STAND_INS = {"cifar10": "shapes", "isbi2012": "membranes"}
+
+
+def _timed(cfg: DictConfig, threads: int, steps: int) -> Timing:
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
+    walls, seconds = [], np.zeros(0)
     try:
-        with tempfile.TemporaryDirectory() as tmp:
-            summary = train(timing_config(cfg, steps), Path(tmp), quiet=True)
-            seconds = METRICS.read_run(Path(tmp), summary)["seconds"].to_numpy()
+        for _ in range(2):
+            with tempfile.TemporaryDirectory() as tmp:
+                start = time.perf_counter()
+                summary = train(cfg, Path(tmp), quiet=True)
+                walls.append(time.perf_counter() - start)
+                seconds = METRICS.read_run(Path(tmp), summary)["seconds"].to_numpy()
     finally:
         torch.set_num_threads(saved)
     # the first steps warm up (allocations, cuDNN autotuning): time the steady ones
     step = float(np.median(np.diff(seconds[1:]))) if len(seconds) > 2 else seconds[-1] / steps
-    return max(0.0, summary["seconds"] - steps * step), step
+    return Timing(
+        fixed=max(0.0, walls[1] - steps * step),
+        step=step,
+        first_run=max(0.0, walls[0] - walls[1]),
+        wall=sum(walls),
+    )
 
 
 def duration(seconds: float) -> str:
