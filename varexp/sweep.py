@@ -16,15 +16,18 @@ over an index into the optimizer's grid, `sweep.lr_index`, and `optim.lr` select
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import json
 import logging
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +52,7 @@ from varexp.pack import job as pack_job
 from varexp.pack.plan import ALLOWED_TEXT as PACK_ALLOWED
 from varexp.pack.plan import PACK_KEY, key_of, sweep_plan
 from varexp.pack.plan import allowed as pack_allowed
+from varexp.progress import Count, LaunchDisplay
 from varexp.results import read_summary
 from varexp.results.aggregate import criterion
 from varexp.results.checkpoint import checkpoint_path
@@ -233,7 +237,8 @@ def announce(line) -> None:
     print(f"  grid: {grid_text(jobs)}", flush=True)
     print(f"  packs (sweep.pack={cfg.sweep.pack}): {packs.text()}", flush=True)
     if finished:
-        print(f"  {len(finished)} finished run(s) there already: skipped", flush=True)
+        complete = "all " * (len(finished) == len(jobs)) + f"{len(finished)} runs"
+        print(f"  {complete} already complete: skipped", flush=True)
     if cfg.sweep.estimate:
         told = (
             pack_job.estimate(line, packs, len(jobs) - len(finished), side_by_side)
@@ -257,7 +262,9 @@ def estimate(line, remaining: int, side_by_side: int) -> str:
         return "not estimated here (the runs go to the cluster's nodes)"
     if remaining <= 0:
         return "nothing left to run"
+    global _estimated
     seconds, told = estimate_seconds(line, remaining, side_by_side)
+    _estimated = seconds
     return f"about {duration(seconds)} for {remaining} runs ({told})"
 
 
@@ -345,6 +352,7 @@ def process_age() -> float | None:
 # when this module finished importing: a `varexp` command imports it before its first check)
 _IMPORTED_AFTER = process_age()
 _first_check: float | None = None  # seconds of this process's first check()
+_estimated: float | None = None  # the estimate announce() printed, in seconds (the display's ETA)
 
 
 def measured_start_up() -> StartUp:
@@ -509,6 +517,7 @@ def prepare(line) -> None:
         ]
     )
     shutil.rmtree(sweep_dir / OUTCOMES, ignore_errors=True)
+    (sweep_dir / OUTCOMES / RUNNING).mkdir(parents=True, exist_ok=True)
     write_json(
         {
             "launch": f"{time.time():.6f}-{os.getpid()}",
@@ -519,6 +528,77 @@ def prepare(line) -> None:
         },
         sweep_dir / PLAN,
     )
+    before = (
+        set()
+        if searched
+        else {i for i, f in enumerate(line.folders()) if nothing_left(f, int(line.cfg.train.steps))}
+    )
+    logging.getLogger("hydra_plugins.hydra_joblib_launcher._core").addFilter(_LaunchLines())
+    if len(before) < len(jobs) or searched:
+        show_progress(sweep_dir, before, launcher(line.cfg))
+
+
+# ---------------------------------------------------------------------------------------------
+# the launch's one progress display (in the launching process)
+
+RUNNING = "running"  # .launch/running/<job number>: a job in flight (holding its run count)
+_display: LaunchDisplay | None = None
+
+
+def launch_count(sweep_dir: Path, before: set[int]) -> Count:
+    """Runs of the launch done (ended now, or finished before it), running and failed."""
+    plan = read_plan(sweep_dir)
+    outcomes = read_outcomes(sweep_dir, plan) if plan else {}
+    running = 0
+    for marker in (sweep_dir / OUTCOMES / RUNNING).glob("*"):
+        try:
+            running += int(marker.read_text() or 1)
+        except (OSError, ValueError):
+            running += 1
+    failed = sum(o.get("status") not in FINISHED for o in outcomes.values())
+    return Count(len(set(outcomes) | before), running, failed)
+
+
+class _LaunchLines(logging.Filter):
+    """Drops the joblib launcher's line per job and its repr of joblib.Parallel: the display
+    counts the jobs, each run's folder logs its own."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        return not (message.startswith("\t#") or message.startswith("Joblib.Parallel("))
+
+
+def show_progress(sweep_dir: Path, before: set[int], launcher_name: str) -> None:
+    """One display for the launch's runs until close_progress(); the jobs log to their run
+    folders only (conf/sweep.yaml: warnings and errors still reach the terminal)."""
+    global _display
+    plan = read_plan(sweep_dir) or {}
+    runs = int(plan.get("runs", 0))
+    if launcher_name == "joblib":
+        # loky's resource tracker warns of "leaked semaphore objects" when Ctrl-C ends the
+        # workers: joblib's own bookkeeping, nothing of the user's; it reads -W from here
+        sys.warnoptions.append("ignore:resource_tracker:UserWarning")
+        os.environ["PYTHONWARNINGS"] = ",".join(
+            filter(None, [os.environ.get("PYTHONWARNINGS"), "ignore:resource_tracker:UserWarning"])
+        )
+    _display = LaunchDisplay(lambda: launch_count(sweep_dir, before), runs, _estimated)
+    _display.__enter__()
+    atexit.register(close_progress)
+    previous = signal.getsignal(signal.SIGINT)
+    if callable(previous) and threading.current_thread() is threading.main_thread():
+
+        def interrupted(signum, frame):  # the line ends before the command says what to do
+            close_progress()
+            previous(signum, frame)
+
+        signal.signal(signal.SIGINT, interrupted)
+
+
+def close_progress() -> None:
+    global _display
+    if _display is not None:
+        _display.close()
+        _display = None
 
 
 def relative(folder: Path, sweep_dir: Path) -> str:
@@ -575,6 +655,7 @@ def resumed(cfg: DictConfig) -> DictConfig:
     cfg = cfg.copy()
     with open_dict(cfg):
         cfg.resume = True
+        cfg.train.progress = False  # the launch's one display counts the runs
     return cfg
 
 
@@ -588,6 +669,18 @@ def run(cfg: DictConfig) -> dict | list[dict]:
 
     hydra_cfg = HydraConfig.get()
     sweep_dir, folder = Path(hydra_cfg.sweep.dir), Path(hydra_cfg.runtime.output_dir)
+    marker = sweep_dir / OUTCOMES / RUNNING / str(hydra_cfg.job.num)
+    try:
+        marker.write_text(str(len(cfg[PACK_KEY]) if PACK_KEY in cfg else 1))
+    except OSError:  # (a launch without a plan: nobody counts)
+        pass
+    try:
+        return run_one(cfg, hydra_cfg, sweep_dir, folder)
+    finally:
+        marker.unlink(missing_ok=True)
+
+
+def run_one(cfg: DictConfig, hydra_cfg, sweep_dir: Path, folder: Path) -> dict | list[dict]:
     if PACK_KEY in cfg:
         try:
             return pack_job.run(cfg)
@@ -872,6 +965,7 @@ class SweepTables(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
+        close_progress()
         try:
             self.report(config, sweep_dir)
         except BrokenPipeError:  # the tables are written; only saying so failed
