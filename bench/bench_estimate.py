@@ -56,6 +56,7 @@ def measure(args: list[str], smoke: bool) -> dict:
             if found and estimate is None:
                 estimate = float(found.group(1)) * UNITS[found.group(2)]
                 told_at = time.perf_counter()
+                print(f"  ({told_at - start:.0f} s) {line.strip()}", file=sys.stderr, flush=True)
         proc.wait()
         end = time.perf_counter()
     return dict(

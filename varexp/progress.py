@@ -6,11 +6,13 @@ with every launcher of this machine, whichever process runs the jobs."""
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from tqdm import tqdm
 
@@ -20,6 +22,16 @@ class Count:
     done: int  # ended this launch, or finished before it
     running: int
     failed: int
+
+
+def process_age() -> float | None:
+    """Seconds since this process started (from /proc; None where there is none)."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def clock(seconds: float) -> str:
@@ -53,7 +65,7 @@ class LaunchDisplay:
             file=self.file,
             dynamic_ncols=True,
             disable=None,  # a terminal only
-            bar_format="{desc}: {n}/{total} runs done |{bar}| {postfix}",
+            bar_format="{desc}: {n}/{total} runs done{postfix} |{bar}|",
         )
         self.last_line, self.last_done = 0.0, -1
         self.stopped = threading.Event()

@@ -52,7 +52,7 @@ from varexp.pack import job as pack_job
 from varexp.pack.plan import ALLOWED_TEXT as PACK_ALLOWED
 from varexp.pack.plan import PACK_KEY, key_of, sweep_plan
 from varexp.pack.plan import allowed as pack_allowed
-from varexp.progress import Count, LaunchDisplay
+from varexp.progress import Count, LaunchDisplay, process_age
 from varexp.results import read_summary
 from varexp.results.aggregate import criterion
 from varexp.results.checkpoint import checkpoint_path
@@ -338,16 +338,6 @@ class StartUp:
         )
 
 
-def process_age() -> float | None:
-    """Seconds since this process started (from /proc; None where there is none)."""
-    try:
-        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-        uptime = float(Path("/proc/uptime").read_text().split()[0])
-        return uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 # how long this process took to start and import everything a sweep's job needs (measured
 # when this module finished importing: a `varexp` command imports it before its first check)
 _IMPORTED_AFTER = process_age()
@@ -360,7 +350,14 @@ def measured_start_up() -> StartUp:
     age when this module had imported, and its first check); elsewhere (a library call, a
     test) by starting an interpreter that imports the same modules."""
     is_command = Path(sys.argv[0]).name in ("varexp", "__main__.py")
-    if is_command and _IMPORTED_AFTER is not None:
+    command = sys.argv[1] if is_command and len(sys.argv) > 1 else None
+    if command == "reproduce":  # measured as it started, before it checked its steps
+        from varexp import reproduce
+
+        if reproduce.IMPORTED_AFTER is not None:
+            first = reproduce.first_check or 0.0
+            return StartUp(reproduce.IMPORTED_AFTER, first, "this command's own")
+    if command == "sweep" and _IMPORTED_AFTER is not None:
         imports, how = _IMPORTED_AFTER, "this command's own"
     else:
         start = time.perf_counter()
@@ -414,24 +411,32 @@ STAND_INS = {"cifar10": "shapes", "isbi2012": "membranes"}
 
 
 def _timed(cfg: DictConfig, threads: int, steps: int) -> Timing:
+    """A first run of 3 steps; for a model whose steps are quick, a second of `steps` steps,
+    the steady cost of every later run of a process (a slow model's single run says enough,
+    and a dry run of a big model on a CPU must not take minutes)."""
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
-    walls, seconds = [], np.zeros(0)
+    walls, seconds, counts = [], np.zeros(0), []
     try:
-        for _ in range(2):
+        for count in (3, steps):
             with tempfile.TemporaryDirectory() as tmp:
                 start = time.perf_counter()
-                summary = train(cfg, Path(tmp), quiet=True)
+                summary = train(timing_config(cfg, count), Path(tmp), quiet=True)
                 walls.append(time.perf_counter() - start)
                 seconds = METRICS.read_run(Path(tmp), summary)["seconds"].to_numpy()
+                counts.append(count)
+            if seconds[-1] / count * steps > 2.0:
+                break
     finally:
         torch.set_num_threads(saved)
     # the first steps warm up (allocations, cuDNN autotuning): time the steady ones
-    step = float(np.median(np.diff(seconds[1:]))) if len(seconds) > 2 else seconds[-1] / steps
+    step = float(np.median(np.diff(seconds[1:]))) if len(seconds) > 2 else seconds[-1] / counts[-1]
     return Timing(
-        fixed=max(0.0, walls[1] - steps * step),
+        fixed=max(0.0, walls[-1] - counts[-1] * step),
         step=step,
-        first_run=max(0.0, walls[0] - walls[1]),
+        first_run=max(0.0, walls[0] - 3 * step - (walls[-1] - counts[-1] * step))
+        if len(walls) > 1
+        else 0.0,
         wall=sum(walls),
     )
 
@@ -588,7 +593,10 @@ def show_progress(sweep_dir: Path, before: set[int], launcher_name: str) -> None
     if callable(previous) and threading.current_thread() is threading.main_thread():
 
         def interrupted(signum, frame):  # the line ends before the command says what to do
-            close_progress()
+            try:
+                close_progress()
+            except Exception:  # (stderr closed): the interrupt still stops the sweep
+                pass
             previous(signum, frame)
 
         signal.signal(signal.SIGINT, interrupted)
