@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 # check of a step (what every step's own process pays again: the time estimate counts it)
 IMPORTED_AFTER = process_age()
 first_check: float | None = None
+estimated: Estimate | None = None  # announce()'s, for run()
 DONE = ".done"
 CHANGED = "made with another command or size: rerun"
 
@@ -114,9 +115,13 @@ def announce(line) -> None:
         try:
             start = time.perf_counter()
             parse(step.args[0], step.args[1:], command_module(step.args[0]).check)
-            first_check = max(first_check or 0.0, time.perf_counter() - start)
+            if first_check is None:  # (the later ones reuse what the first imported)
+                first_check = time.perf_counter() - start
         except VarexpError as error:
             raise VarexpError(f"step '{step.name}': {error}") from None
+    global estimated
+    # before Hydra runs the command: the steps' configs are composed as each step's would be
+    estimated = estimate(plan(cfg, Path(str(cfg.hydra.run.dir))))
 
 
 def plan(cfg: DictConfig, out: Path) -> list[Step]:
@@ -188,7 +193,7 @@ def run(cfg: DictConfig) -> None:
     check(cfg)
     if cfg.reproduce.dry_run:
         steps = plan(cfg, Path(HydraConfig.get().runtime.output_dir))
-        show(steps, estimate(steps))
+        show(steps, estimated or estimate(steps))
         return
     with claim("reproduce", cfg) as out:
         make(cfg, plan(cfg, out), out)
@@ -206,7 +211,7 @@ def show(steps: list[Step], times: Estimate) -> None:
 def make(cfg: DictConfig, steps: list[Step], out: Path) -> None:
     """Run the steps not done yet, then write REPORT.md."""
 
-    times = estimate(steps)
+    times = estimated or estimate(steps)
     print(f"varexp reproduce: {len(steps)} steps into {out}/", flush=True)
     print(f"  estimate: {times.text}", flush=True)
     started, start = now(), time.perf_counter()
@@ -283,8 +288,8 @@ def sweep_seconds(line) -> float:
 
 
 def probe_seconds(line) -> float:
-    """Each job of the probe run at 1 and 2 networks (after one run to warm up): the
-    difference is a network's, the rest the job's own; scaled to probe.networks."""
+    """Each job of the probe run at 1 and 2 networks: the difference is a network's, the
+    rest the job's own; scaled to probe.networks."""
     from omegaconf import open_dict
 
     from varexp.probing import probe
@@ -309,7 +314,6 @@ def probe_seconds(line) -> float:
                 {k: v for k, v in cfg.probe.items() if k != "networks"}
             )
             if key not in seen:
-                timed(cfg, 1)
                 one, two = timed(cfg, 1), timed(cfg, 2)
                 seen[key] = (one, max(0.0, two - one))
             one, per_network = seen[key]
