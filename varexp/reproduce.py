@@ -288,8 +288,8 @@ def sweep_seconds(line) -> float:
 
 
 def probe_seconds(line) -> float:
-    """Each job of the probe run at 1 and 2 networks: the difference is a network's, the
-    rest the job's own; scaled to probe.networks."""
+    """The probe's first job run at 1 and 2 networks: the difference is a network's, the
+    rest a job's own; every job of the step scaled to its probe.networks."""
     from omegaconf import open_dict
 
     from varexp.probing import probe
@@ -305,22 +305,14 @@ def probe_seconds(line) -> float:
             return time.perf_counter() - start
 
     logging.getLogger("varexp.probing").disabled = True
-    total = 0.0
-    seen: dict[str, tuple[float, float]] = {}
-    try:
-        for cfg in line.configs:
-            networks = int(cfg.probe.networks)
-            key = str({k: v for k, v in cfg.items() if k not in ("hydra", "probe")}) + str(
-                {k: v for k, v in cfg.probe.items() if k != "networks"}
-            )
-            if key not in seen:
-                one, two = timed(cfg, 1), timed(cfg, 2)
-                seen[key] = (one, max(0.0, two - one))
-            one, per_network = seen[key]
-            total += max(0.0, one - per_network) + networks * per_network
+    try:  # the first job stands for the step's others (a multirun's jobs differ in a size)
+        cfg = line.configs[0]
+        one, two = timed(cfg, 1), timed(cfg, 2)
     finally:
         logging.getLogger("varexp.probing").disabled = False
-    return total
+    per_network = max(0.0, two - one)
+    job = max(0.0, one - per_network)
+    return sum(job + int(c.probe.networks) * per_network for c in line.configs)
 
 
 def duration(seconds: float) -> str:
