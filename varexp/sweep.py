@@ -279,6 +279,9 @@ def estimate_seconds(line, remaining: int, side_by_side: int) -> tuple[float, st
     threads = cfg.get("threads", "auto")
     torch_threads = auto_threads(side_by_side) if threads == "auto" else int(threads)
     steps = int(cfg.train.steps)
+    # a fresh process starts as a worker would, beside the timing runs (as the jobs will run
+    # beside each other): interpreter, imports, Hydra's first compose, the first check
+    worker = start_up_probe([*hydra_overrides, *next(iter(tasks.values()))])
     timed = []
     for job in tasks.values():
         start = time.perf_counter()
@@ -287,9 +290,10 @@ def estimate_seconds(line, remaining: int, side_by_side: int) -> tuple[float, st
         timed.append((time.perf_counter() - start - timing.wall, timing, job))
     per_run = sum(compose + t.fixed + steps * t.step for compose, t, _ in timed) / len(timed)
     first_run = max(t.first_run for _, t, _ in timed)
-    start_up = measured_start_up()
+    start_up = start_up_measured(worker)
     once, each = launch_costs(launcher(cfg), side_by_side, start_up.seconds + first_run, first_run)
-    total = once + math.ceil(remaining / side_by_side) * (per_run + each)
+    launch = min(compose for compose, _, _ in timed)  # Hydra composes the command again
+    total = launch + once + math.ceil(remaining / side_by_side) * (per_run + each)
     detail = "; ".join(
         f"{compose + t.fixed:.1f} s + {steps} x {t.step * 1e3:.1f} ms per run"
         + (f" ({' '.join(o for o in job if o.startswith('task='))})" if len(timed) > 1 else "")
@@ -334,7 +338,7 @@ class StartUp:
     def text(self) -> str:
         return (
             f"a process: {self.imports:.1f} s of imports ({self.measured_how}) and "
-            f"{self.first_check:.1f} s of its first check"
+            f"{self.first_check:.1f} s to its first check"
         )
 
 
@@ -343,6 +347,42 @@ class StartUp:
 _IMPORTED_AFTER = process_age()
 _first_check: float | None = None  # seconds of this process's first check()
 _estimated: float | None = None  # the estimate announce() printed, in seconds (the display's ETA)
+
+
+_PROBE = (
+    "import sys\n"
+    "from varexp import sweep\n"
+    "from varexp.compose import compose_config\n"
+    "imported = sweep.process_age()\n"
+    "sweep.check(compose_config('sweep', sys.argv[1:]))\n"
+    "print(imported, sweep.process_age())\n"
+)
+
+
+def start_up_probe(overrides: list[str]) -> subprocess.Popen | None:
+    """A fresh interpreter that starts as a sweep's worker does, up to its first run."""
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-c", _PROBE, *overrides],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+    except OSError:
+        return None
+
+
+def start_up_measured(probe: subprocess.Popen | None) -> StartUp:
+    """The probe's start-up (its imports, then its compose and check); this process's where
+    the probe could not say (measured_start_up)."""
+    if probe is not None:
+        try:
+            out, _ = probe.communicate(timeout=600)
+            imported, ready = (float(v) for v in out.split())
+            return StartUp(imported, ready - imported, "a fresh worker's, just now")
+        except (subprocess.TimeoutExpired, ValueError):
+            probe.kill()
+    return measured_start_up()
 
 
 def measured_start_up() -> StartUp:
