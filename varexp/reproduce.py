@@ -243,26 +243,22 @@ def estimate(steps: list[Step]) -> Estimate:
     """Seconds of each step left to run, measured on this machine now: every step is a fresh
     `varexp` process (its start-up: imports and first check, measured as for a sweep); a
     sweep's runs as the sweep itself estimates them (its timing runs included, which it
-    repeats); each job of a probe timed at 1 and 2 networks, then scaled to its networks;
+    repeats); a probe step as its first job times at 1 and 2 networks, scaled to each job;
     theory and plots: their start-up only (a few seconds of work each)."""
-    from varexp.sweep import measured_start_up
+    from varexp.sweep import start_up_measured, start_up_probe
 
-    start_up = measured_start_up()
+    worker = start_up_probe([])  # a fresh `varexp` process, beside the timings below
     began = time.perf_counter()
-    seconds = []
+    works = []
     for step in steps:
-        if step.done:
-            seconds.append(0.0)
-            continue
         work = 0.0
-        if step.args[0] in ("sweep", "probe"):
-            line = parse(
-                step.args[0],
-                complete(step.args[0], step.args[1:]),
-                command_module(step.args[0]).check,
-            )
-            work = sweep_seconds(line) if step.args[0] == "sweep" else probe_seconds(line)
-        seconds.append(start_up.seconds + work)
+        if not step.done and step.args[0] in ("sweep", "probe"):
+            command = step.args[0]
+            line = parse(command, complete(command, step.args[1:]), command_module(command).check)
+            work = sweep_seconds(line) if command == "sweep" else probe_seconds(line)
+        works.append(work)
+    start_up = start_up_measured(worker)
+    seconds = [0.0 if s.done else start_up.seconds + w for s, w in zip(steps, works, strict=True)]
     total = sum(seconds)
     return Estimate(
         seconds,
