@@ -1,6 +1,7 @@
 """`varexp reproduce`: the plan of steps, reuse of finished steps, and REPORT.md's numbers."""
 
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -64,7 +65,7 @@ def test_a_step_made_at_the_smoke_size_is_rerun_at_full_size(tmp_path, monkeypat
     monkeypatch.setattr(
         varexp.reproduce.subprocess,
         "run",
-        lambda command: ran.append(command) or subprocess.CompletedProcess(command, 0),
+        lambda command, **_: ran.append(command) or subprocess.CompletedProcess(command, 0),
     )
     monkeypatch.setenv("VAREXP_SMOKE", "1")
     for step in plan(QUICK, tmp_path):
@@ -184,6 +185,8 @@ def test_dry_run_says_which_steps_would_rerun_after_the_command_changed(tmp_path
     same = subprocess.run([*args, 'reproduce.extra=["device=cpu"]'], capture_output=True, text=True)
     assert same.returncode == 0, same.stderr
     assert same.stdout.count("(done, reused)") == 7
+    # the steps left (plots, probes of no preset above) with their time, measured here
+    assert re.search(r"estimate: about \d+ (s|min) for \d+ steps", same.stdout), same.stdout
     changed = subprocess.run(
         [*args, 'reproduce.extra=["device=cpu","seed=7"]'], capture_output=True, text=True
     )

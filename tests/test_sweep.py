@@ -664,3 +664,96 @@ def test_an_error_in_the_end_of_sweep_tables_is_one_line_and_exit_1(tmp_path, ca
         f"varexp sweep: the tables in {tmp_path} could not be made: {tmp_path / 'run.json'} "
         "is damaged (not a run record); move it away"
     ]
+
+
+def test_the_estimate_counts_each_process_start_up_and_each_runs_own_cost(monkeypatch):
+    """The sweep's estimate: the workers' start-up once (joblib, side by side), each run's
+    config, data, model and files, and its steps, in waves of the jobs side by side."""
+    import varexp.sweep as sweep
+    from varexp.compose import complete, parse
+
+    tiny = [o for o in TINY if not o.startswith("train.steps=")] + ["train.steps=100"]
+    monkeypatch.setattr(sweep, "measured_start_up", lambda: sweep.StartUp(5.0, 2.0, "test"))
+    monkeypatch.setattr(sweep, "start_up_probe", lambda overrides: None)
+    timing = sweep.Timing(fixed=1.0, step=0.01, first_run=0.5, wall=0.0)
+    monkeypatch.setattr(sweep, "calibrate", lambda cfg, threads: timing)
+    line = parse("sweep", complete("sweep", [*tiny, "hydra/launcher=joblib"]), sweep.check)
+    assert len(line.jobs) == 8
+    seconds, told = sweep.estimate_seconds(line, 8, 2)
+    compose = seconds - (5.0 + 2.0 + 0.5) - 4 * (1.0 + 100 * 0.01)
+    assert 0 <= compose < 5 * 3.0  # each run's config, composed in its worker, and the launch's
+    assert "start-up 8 s" in told and "2 thread" not in told
+    basic = parse("sweep", complete("sweep", [*tiny, "hydra/launcher=basic"]), sweep.check)
+    in_process, _ = sweep.estimate_seconds(basic, 8, 1)  # no process to start: the first run's
+    assert in_process - 0.5 - 8 * (1.0 + 100 * 0.01) < 9 * 3.0
+    assert sweep.launch_costs("submitit_local", 2, 7.5, 0.5) == (0.0, 7.5)  # a process per job
+
+
+def test_a_timing_run_never_downloads_and_stands_in_for_missing_files(tmp_path):
+    """A dry run before CIFAR10 is downloaded is timed on the embedded shapes, of its shape."""
+    import varexp.sweep as sweep
+    from varexp.compose import compose_config
+
+    cfg = compose_config(
+        "sweep",
+        ["task=cifar10", "arch.channels=0.125", "train.batch_size=4", f"dataset.root={tmp_path}"],
+    )
+    timing = sweep.calibrate(cfg, 1)
+    assert timing.stand_in and "shapes" in timing.stand_in and "cifar10" in timing.stand_in
+    assert timing.step > 0 and timing.fixed > 0
+    assert not any(tmp_path.iterdir())  # nothing fetched
+
+
+def test_a_finished_sweep_says_so_once_and_its_runs_log_to_their_folders(
+    tmp_path, monkeypatch, capsys
+):
+    """Run again after it finished: one line says every run is already complete; the jobs'
+    own lines (skips, progress) are in their run folders, not on the terminal."""
+    assert sweep_here(monkeypatch, tmp_path, "init=scale,scale+bias", "seed=0,1") == 0
+    first = capsys.readouterr()
+    assert "train from scratch" not in first.out + first.err
+    assert "train from scratch" in job_logs(tmp_path / "sweep")
+    assert sweep_here(monkeypatch, tmp_path, "init=scale,scale+bias", "seed=0,1") == 0
+    again = capsys.readouterr()
+    assert again.out.count("all 4 runs already complete") == 1
+    assert "skip " not in again.out + again.err and "runs done" not in again.out + again.err
+    assert job_logs(tmp_path / "sweep").count("skip ") == 4
+
+
+def test_one_display_counts_the_launch(tmp_path):
+    """The display, off a terminal: a line when runs end (at most every `every` seconds, and
+    the last), with what runs and failed."""
+    import io
+
+    from varexp.progress import Count, LaunchDisplay
+
+    counts = iter([Count(1, 0, 0), Count(1, 2, 0), Count(3, 1, 1), Count(4, 0, 1)])
+    current = [next(counts)]
+    out = io.StringIO()
+    display = LaunchDisplay(lambda: current[0], 4, estimate=60.0, every=0.0, file=out)
+    for count in counts:
+        current[0] = count
+        display.update()
+    display.close()
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("sweep: 1/4 runs done, 2 running, 0:00 elapsed, about 1:00 left")
+    assert lines[1].startswith("sweep: 3/4 runs done, 1 running, 1 failed")
+    assert lines[2].startswith("sweep: 4/4 runs done, 0 running, 1 failed")
+    assert len(lines) == 3
+
+
+@pytest.mark.slow
+def test_a_joblib_sweep_shows_one_display_and_no_run_output(tmp_path):
+    """Two runs at a time through joblib: no run's banner, bar or skip line on the terminal,
+    no launch line per job; the display's lines only."""
+    out = run_varexp(
+        *sweep_args(tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"),
+        cwd=tmp_path,
+        check=True,
+    )
+    shown = out.stdout + out.stderr
+    assert "train from scratch" not in shown and "#0 :" not in shown and "train:" not in shown
+    assert re.search(r"sweep: \d+/\d+ runs done", shown)
+    assert "leaked semaphore" not in shown
+    again = run_varexp(*sweep_args(tmp_path, "hydra/launcher=joblib"), cwd=tmp_path, check=True)
+    assert (again.stdout + again.stderr).count("already complete") == 1

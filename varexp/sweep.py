@@ -16,13 +16,20 @@ over an index into the optimizer's grid, `sweep.lr_index`, and `optim.lr` select
 
 from __future__ import annotations
 
+import atexit
+import dataclasses
 import json
 import logging
+import math
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +51,7 @@ from varexp.files import write_json
 from varexp.options.sections import learning_rates
 from varexp.pack import job as pack_job
 from varexp.pack.plan import PACK_KEY, key_of, sweep_plan
+from varexp.progress import Count, LaunchDisplay, process_age
 from varexp.results.aggregate import criterion
 from varexp.results.checkpoint import checkpoint_path
 from varexp.results.locks import LOCK
@@ -123,8 +131,12 @@ def check_sweep(cfg: DictConfig) -> None:
 
 def check(cfg: DictConfig) -> None:
     """Every key a job reads: the sweep's own and those of `varexp train`."""
+    global _first_check
+    start = time.perf_counter()
     check_sweep(cfg)
     check_train(cfg)
+    if _first_check is None:  # a fresh process pays for it once (the estimate counts it)
+        _first_check = time.perf_counter() - start
 
 
 def grid_text(jobs: list[list[str]]) -> str:
@@ -181,7 +193,8 @@ def announce(line) -> None:
     print(f"  grid: {grid_text(jobs)}", flush=True)
     print(f"  packs (sweep.pack={cfg.sweep.pack}): {packs.text()}", flush=True)
     if finished:
-        print(f"  {len(finished)} finished run(s) there already: skipped", flush=True)
+        complete = "all " * (len(finished) == len(jobs)) + f"{len(finished)} runs"
+        print(f"  {complete} already complete: skipped", flush=True)
     if cfg.sweep.estimate:
         told = (
             pack_job.estimate(line, packs, len(jobs) - len(finished), side_by_side)
@@ -195,55 +208,233 @@ def announce(line) -> None:
 
 
 def estimate(line, remaining: int, side_by_side: int) -> str:
-    """Wall time of the remaining runs from a few measured steps of each task's first run,
-    with the threads each job will have."""
+    """Wall time of the remaining runs: each task's first run timed for a few steps on this
+    machine now, with the threads each job will have, plus what every run costs around its
+    steps (its config composed, its data built, its model made, its files written) and what
+    each process that runs them costs to start (measured_start_up)."""
 
     cfg = line.cfg
     if launcher(cfg) == "submitit_slurm":
         return "not estimated here (the runs go to the cluster's nodes)"
     if remaining <= 0:
         return "nothing left to run"
+    global _estimated
+    seconds, told = estimate_seconds(line, remaining, side_by_side)
+    _estimated = seconds
+    return f"about {duration(seconds)} for {remaining} runs ({told})"
+
+
+def estimate_seconds(line, remaining: int, side_by_side: int) -> tuple[float, str]:
+    """(seconds, how they were reckoned) for the remaining runs of `line` (see estimate)."""
+    cfg = line.cfg
     hydra_overrides = [o for o in line.overrides if o.lstrip("+~").startswith(("hydra.", "hydra/"))]
     tasks: dict[tuple, list[str]] = {}
-    for job in line.jobs:
-        job_cfg = job  # runs of one task (model, data, batch, steps) cost about the same
-        key = tuple(o for o in job_cfg if o.split("=", 1)[0].lstrip("+~") in TASK_KEYS)
-        tasks.setdefault(key, job_cfg)
+    for job in line.jobs:  # runs of one task (model, data, batch, steps) cost about the same
+        key = tuple(o for o in job if o.split("=", 1)[0].lstrip("+~") in TASK_KEYS)
+        tasks.setdefault(key, job)
     threads = cfg.get("threads", "auto")
     torch_threads = auto_threads(side_by_side) if threads == "auto" else int(threads)
-    per_run = []
+    steps = int(cfg.train.steps)
+    # a fresh process starts as a worker would, beside the timing runs (as the jobs will run
+    # beside each other): interpreter, imports, Hydra's first compose, the first check
+    worker = start_up_probe([*hydra_overrides, *next(iter(tasks.values()))])
+    timed = []
     for job in tasks.values():
-        fixed, step = calibrate(compose_config("sweep", hydra_overrides + job), torch_threads)
-        steps = int(cfg.train.steps)
-        per_run.append((fixed + steps * step, fixed, step, job))
-    mean_run = sum(p[0] for p in per_run) / len(per_run)
-    total = mean_run * remaining / side_by_side
+        start = time.perf_counter()
+        job_cfg = compose_config("sweep", hydra_overrides + job)
+        timing = calibrate(job_cfg, torch_threads)
+        timed.append((time.perf_counter() - start - timing.wall, timing, job))
+    per_run = sum(compose + t.fixed + steps * t.step for compose, t, _ in timed) / len(timed)
+    first_run = max(t.first_run for _, t, _ in timed)
+    start_up = start_up_measured(worker)
+    once, each = launch_costs(launcher(cfg), side_by_side, start_up.seconds + first_run, first_run)
+    launch = min(compose for compose, _, _ in timed)  # Hydra composes the command again
+    total = launch + once + math.ceil(remaining / side_by_side) * (per_run + each)
     detail = "; ".join(
-        f"{fixed:.1f} s + {int(cfg.train.steps)} x {step * 1e3:.1f} ms per run"
-        + (f" ({' '.join(o for o in job if o.startswith('task='))})" if len(per_run) > 1 else "")
-        for _, fixed, step, job in per_run
+        f"{compose + t.fixed:.1f} s + {steps} x {t.step * 1e3:.1f} ms per run"
+        + (f" ({' '.join(o for o in job if o.startswith('task='))})" if len(timed) > 1 else "")
+        + (f", timed on {t.stand_in}" if t.stand_in else "")
+        for compose, t, job in timed
     )
     device = resolve_device(str(cfg.device))
-    return (
-        f"about {duration(total)} for {remaining} runs ({detail}; measured just now on "
-        f"{device}, {torch_threads} thread(s) per run)"
+    return total, (
+        f"{detail}; start-up {once + each:.0f} s ({start_up.text}, first run "
+        f"{first_run:.1f} s more); measured just now on {device}, {torch_threads} thread(s) "
+        "per run"
     )
 
 
-def calibrate(cfg: DictConfig, threads: int, steps: int = 6) -> tuple[float, float]:
-    """(seconds outside the training loop, seconds per step) of a short run of `cfg`."""
+def launch_costs(
+    name: str, side_by_side: int, process: float, first_run: float
+) -> tuple[float, float]:
+    """(seconds once per launch, seconds more per job) of starting the processes that run the
+    jobs: joblib starts its workers side by side once, submitit_local a process per job; the
+    basic launcher (and joblib with one job at a time) runs them in this process, already
+    started."""
+    if name == "joblib" and side_by_side > 1:
+        return process, 0.0
+    if name.startswith("submitit"):
+        return 0.0, process
+    return first_run, 0.0
 
+
+@dataclass(frozen=True)
+class StartUp:
+    """What a fresh process costs before its first run can start, measured on this machine."""
+
+    imports: float  # the interpreter and varexp's imports (torch, Hydra, pandas)
+    first_check: float  # the first config check (its first use of the memory pre-check)
+    measured_how: str
+
+    @property
+    def seconds(self) -> float:
+        return self.imports + self.first_check
+
+    @property
+    def text(self) -> str:
+        return (
+            f"a process: {self.imports:.1f} s of imports ({self.measured_how}) and "
+            f"{self.first_check:.1f} s to its first check"
+        )
+
+
+# how long this process took to start and import everything a sweep's job needs (measured
+# when this module finished importing: a `varexp` command imports it before its first check)
+_IMPORTED_AFTER = process_age()
+_first_check: float | None = None  # seconds of this process's first check()
+_estimated: float | None = None  # the estimate announce() printed, in seconds (the display's ETA)
+
+
+_PROBE = (
+    "import sys\n"
+    "from varexp import sweep\n"
+    "from varexp.compose import compose_config\n"
+    "imported = sweep.process_age()\n"
+    "sweep.check(compose_config('sweep', sys.argv[1:]))\n"
+    "print(imported, sweep.process_age())\n"
+)
+
+
+def start_up_probe(overrides: list[str]) -> subprocess.Popen | None:
+    """A fresh interpreter that starts as a sweep's worker does, up to its first run."""
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-c", _PROBE, *overrides],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+    except OSError:
+        return None
+
+
+def start_up_measured(probe: subprocess.Popen | None) -> StartUp:
+    """The probe's start-up (its imports, then its compose and check); this process's where
+    the probe could not say (measured_start_up)."""
+    if probe is not None:
+        try:
+            out, _ = probe.communicate(timeout=600)
+            imported, ready = (float(v) for v in out.split())
+            return StartUp(imported, ready - imported, "a fresh worker's, just now")
+        except (subprocess.TimeoutExpired, ValueError):
+            probe.kill()
+    return measured_start_up()
+
+
+def measured_start_up() -> StartUp:
+    """A fresh process's start-up, measured: in a `varexp` command, this very process's (its
+    age when this module had imported, and its first check); elsewhere (a library call, a
+    test) by starting an interpreter that imports the same modules."""
+    is_command = Path(sys.argv[0]).name in ("varexp", "__main__.py")
+    command = sys.argv[1] if is_command and len(sys.argv) > 1 else None
+    if command == "reproduce":  # measured as it started, before it checked its steps
+        from varexp import reproduce
+
+        if reproduce.IMPORTED_AFTER is not None:
+            first = reproduce.first_check or 0.0
+            return StartUp(reproduce.IMPORTED_AFTER, first, "this command's own")
+    if command == "sweep" and _IMPORTED_AFTER is not None:
+        imports, how = _IMPORTED_AFTER, "this command's own"
+    else:
+        start = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-c", "import varexp.cli, varexp.sweep"], check=False, timeout=600
+        )
+        imports, how = time.perf_counter() - start, "a fresh interpreter's"
+    return StartUp(imports, _first_check or 0.0, how)
+
+
+@dataclass(frozen=True)
+class Timing:
+    """A short run timed: wall seconds of its steps (step each) and around them (fixed); the
+    extra of the first run in a process (first_run); on which data if not the run's own."""
+
+    fixed: float
+    step: float
+    first_run: float
+    wall: float
+    stand_in: str | None = None
+
+
+def calibrate(cfg: DictConfig, threads: int, steps: int = 6) -> Timing:
+    """Two short runs of `cfg` timed whole (its check, data, model, init, steps and files):
+    the second is what every run of a process costs, the first's excess is paid once per
+    process. Nothing is downloaded: a dataset whose files are not here (a dry run before a
+    download) is stood in for by an embedded one of the same shape, and the estimate says so."""
+
+    cfg = timing_config(cfg, steps)
+    with open_dict(cfg):
+        if "download" in cfg.dataset:
+            cfg.dataset.download = False
+    name = str(cfg.dataset.name)
+    try:
+        return _timed(cfg, threads, steps)
+    except VarexpError:
+        if name not in STAND_INS:
+            raise
+    stand_in = compose_config("train", [f"dataset={STAND_INS[name]}", "~task"]).dataset
+    with open_dict(cfg):
+        if "crop" in cfg.dataset and "crop" in stand_in:
+            stand_in.crop = cfg.dataset.crop
+        cfg.dataset = stand_in
+    told = f"{STAND_INS[name]} data of the same shape ({name}'s files are not here)"
+    return dataclasses.replace(_timed(cfg, threads, steps), stand_in=told)
+
+
+# embedded data sets of the same shape and task as those read from files: what a timing run
+# trains on while the files are not here (the model costs the same; reading the data differs)
+STAND_INS = {"cifar10": "shapes", "isbi2012": "membranes"}
+
+
+def _timed(cfg: DictConfig, threads: int, steps: int) -> Timing:
+    """A first run of 3 steps; for a model whose steps are quick, a second of `steps` steps,
+    the steady cost of every later run of a process (a slow model's single run says enough,
+    and a dry run of a big model on a CPU must not take minutes)."""
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
+    walls, seconds, counts = [], np.zeros(0), []
     try:
-        with tempfile.TemporaryDirectory() as tmp:
-            summary = train(timing_config(cfg, steps), Path(tmp), quiet=True)
-            seconds = METRICS.read_run(Path(tmp), summary)["seconds"].to_numpy()
+        for count in (3, steps):
+            with tempfile.TemporaryDirectory() as tmp:
+                start = time.perf_counter()
+                summary = train(timing_config(cfg, count), Path(tmp), quiet=True)
+                walls.append(time.perf_counter() - start)
+                seconds = METRICS.read_run(Path(tmp), summary)["seconds"].to_numpy()
+                counts.append(count)
+            if seconds[-1] / count * steps > 2.0:
+                break
     finally:
         torch.set_num_threads(saved)
     # the first steps warm up (allocations, cuDNN autotuning): time the steady ones
-    step = float(np.median(np.diff(seconds[1:]))) if len(seconds) > 2 else seconds[-1] / steps
-    return max(0.0, summary["seconds"] - steps * step), step
+    step = float(np.median(np.diff(seconds[1:]))) if len(seconds) > 2 else seconds[-1] / counts[-1]
+    return Timing(
+        fixed=max(0.0, walls[-1] - counts[-1] * step),
+        step=step,
+        first_run=max(0.0, walls[0] - 3 * step - (walls[-1] - counts[-1] * step))
+        if len(walls) > 1
+        else 0.0,
+        wall=sum(walls),
+    )
 
 
 def duration(seconds: float) -> str:
@@ -324,6 +515,7 @@ def prepare(line) -> None:
         ]
     )
     shutil.rmtree(sweep_dir / OUTCOMES, ignore_errors=True)
+    (sweep_dir / OUTCOMES / RUNNING).mkdir(parents=True, exist_ok=True)
     write_json(
         {
             "launch": f"{time.time():.6f}-{os.getpid()}",
@@ -334,6 +526,80 @@ def prepare(line) -> None:
         },
         sweep_dir / PLAN,
     )
+    before = (
+        set()
+        if searched
+        else {i for i, f in enumerate(line.folders()) if nothing_left(f, int(line.cfg.train.steps))}
+    )
+    logging.getLogger("hydra_plugins.hydra_joblib_launcher._core").addFilter(_LaunchLines())
+    if len(before) < len(jobs) or searched:
+        show_progress(sweep_dir, before, launcher(line.cfg))
+
+
+# ---------------------------------------------------------------------------------------------
+# the launch's one progress display (in the launching process)
+
+RUNNING = "running"  # .launch/running/<job number>: a job in flight (holding its run count)
+_display: LaunchDisplay | None = None
+
+
+def launch_count(sweep_dir: Path, before: set[int]) -> Count:
+    """Runs of the launch done (ended now, or finished before it), running and failed."""
+    plan = read_plan(sweep_dir)
+    outcomes = read_outcomes(sweep_dir, plan) if plan else {}
+    running = 0
+    for marker in (sweep_dir / OUTCOMES / RUNNING).glob("*"):
+        try:
+            running += int(marker.read_text() or 1)
+        except (OSError, ValueError):
+            running += 1
+    failed = sum(o.get("status") not in FINISHED for o in outcomes.values())
+    return Count(len(set(outcomes) | before), running, failed)
+
+
+class _LaunchLines(logging.Filter):
+    """Drops the joblib launcher's line per job and its repr of joblib.Parallel: the display
+    counts the jobs, each run's folder logs its own."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        return not (message.startswith("\t#") or message.startswith("Joblib.Parallel("))
+
+
+def show_progress(sweep_dir: Path, before: set[int], launcher_name: str) -> None:
+    """One display for the launch's runs until close_progress(); the jobs log to their run
+    folders only (conf/sweep.yaml: warnings and errors still reach the terminal)."""
+    global _display
+    plan = read_plan(sweep_dir) or {}
+    runs = int(plan.get("runs", 0))
+    if launcher_name == "joblib":
+        # loky's resource tracker warns of "leaked semaphore objects" when Ctrl-C ends the
+        # workers: joblib's own bookkeeping, nothing of the user's; it reads -W from here
+        sys.warnoptions.append("ignore:resource_tracker:UserWarning")
+        os.environ["PYTHONWARNINGS"] = ",".join(
+            filter(None, [os.environ.get("PYTHONWARNINGS"), "ignore:resource_tracker:UserWarning"])
+        )
+    _display = LaunchDisplay(lambda: launch_count(sweep_dir, before), runs, _estimated)
+    _display.__enter__()
+    atexit.register(close_progress)
+    previous = signal.getsignal(signal.SIGINT)
+    if callable(previous) and threading.current_thread() is threading.main_thread():
+
+        def interrupted(signum, frame):  # the line ends before the command says what to do
+            try:
+                close_progress()
+            except Exception:  # (stderr closed): the interrupt still stops the sweep
+                pass
+            previous(signum, frame)
+
+        signal.signal(signal.SIGINT, interrupted)
+
+
+def close_progress() -> None:
+    global _display
+    if _display is not None:
+        _display.close()
+        _display = None
 
 
 def relative(folder: Path, sweep_dir: Path) -> str:
@@ -389,6 +655,7 @@ def resumed(cfg: DictConfig) -> DictConfig:
     cfg = cfg.copy()
     with open_dict(cfg):
         cfg.resume = True
+        cfg.train.progress = False  # the launch's one display counts the runs
     return cfg
 
 
@@ -402,6 +669,18 @@ def run(cfg: DictConfig) -> dict | list[dict]:
 
     hydra_cfg = HydraConfig.get()
     sweep_dir, folder = Path(hydra_cfg.sweep.dir), Path(hydra_cfg.runtime.output_dir)
+    marker = sweep_dir / OUTCOMES / RUNNING / str(hydra_cfg.job.num)
+    try:
+        marker.write_text(str(len(cfg[PACK_KEY]) if PACK_KEY in cfg else 1))
+    except OSError:  # (a launch without a plan: nobody counts)
+        pass
+    try:
+        return run_one(cfg, hydra_cfg, sweep_dir, folder)
+    finally:
+        marker.unlink(missing_ok=True)
+
+
+def run_one(cfg: DictConfig, hydra_cfg, sweep_dir: Path, folder: Path) -> dict | list[dict]:
     if PACK_KEY in cfg:
         try:
             return pack_job.run(cfg)
@@ -688,6 +967,7 @@ class SweepTables(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
+        close_progress()
         try:
             self.report(config, sweep_dir)
         except BrokenPipeError:  # the tables are written; only saying so failed

@@ -292,7 +292,7 @@ def estimate(line, packs: Plan, remaining: int, side_by_side: int) -> str:
     """Wall time of the remaining runs: a pack of each task and size timed for a few steps on
     this machine, with the threads each job will have (varexp.sweep.estimate for packs)."""
     from varexp.compose import launcher
-    from varexp.sweep import TASK_KEYS, duration
+    from varexp.sweep import TASK_KEYS, duration, launch_costs, measured_start_up
 
     cfg = line.cfg
     if launcher(cfg) == "submitit_slurm":
@@ -315,15 +315,19 @@ def estimate(line, packs: Plan, remaining: int, side_by_side: int) -> str:
         task = tuple(o for o in line.jobs[pack[0]] if key_of(o) in TASK_KEYS)
         fixed, step = timed[(task, len(pack))]
         total += fixed + steps * step
-    total *= remaining / packs.runs / side_by_side
+    jobs = len(packs.packs) * remaining / packs.runs
+    start_up = measured_start_up()
+    once, each = launch_costs(launcher(cfg), side_by_side, start_up.seconds, 0.0)
+    total = (total * remaining / packs.runs + jobs * each) / side_by_side + once
     detail = "; ".join(
         f"{fixed:.1f} s + {steps} x {step * 1e3:.1f} ms per pack of {size}"
         for (_, size), (fixed, step) in timed.items()
     )
     device = resolve_device(str(cfg.device))
     return (
-        f"about {duration(total)} for {remaining} runs ({detail}; measured just now on "
-        f"{device}, {torch_threads} thread(s) per pack)"
+        f"about {duration(total)} for {remaining} runs ({detail}; start-up "
+        f"{once + each:.0f} s ({start_up.text}); measured just now on {device}, "
+        f"{torch_threads} thread(s) per pack)"
     )
 
 
