@@ -413,7 +413,7 @@ def test_packs_and_runs_alone_report_under_the_plans_job_numbers(tmp_path, monke
     assert "6 runs in 4 jobs: 2 packs of 2, 2 runs alone" in out
     assert "sweep: 6 runs (6 completed)" in out
     plan = json.loads((sweep / ".plan.json").read_text())
-    outcomes = {int(p.stem): json.loads(p.read_text()) for p in (sweep / ".launch").iterdir()}
+    outcomes = {int(p.stem): json.loads(p.read_text()) for p in (sweep / ".launch").glob("*.json")}
     assert sorted(outcomes) == list(range(6))
     assert [outcomes[i]["run_dir"] for i in range(6)] == [j["run_dir"] for j in plan["jobs"]]
 

@@ -190,7 +190,7 @@ def test_dry_run_says_which_steps_would_rerun_after_the_command_changed(tmp_path
     changed = subprocess.run(
         [*args, 'reproduce.extra=["device=cpu","seed=7"]'], capture_output=True, text=True
     )
-    assert changed.stdout.count("(made with another command or size: rerun)") == 7
+    assert changed.stdout.count("(made with another command or size: rerun") == 7
     assert "varexp sweep experiment=figure4_quick" in changed.stdout
     assert (
         not (tmp_path / "REPORT.md").exists() and not (tmp_path / "theory" / "theory.csv").exists()
