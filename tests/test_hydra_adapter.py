@@ -62,7 +62,10 @@ def test_a_jobs_config_equals_hydras_composition_of_that_job():
 
 def test_hydras_refusal_of_a_value_carries_omegaconfs_error():
     cfg = config("train", "arch=mlp")
-    for line, cause in (("arch.widht=3", ConfigAttributeError), ("arch.width=abc", ValidationError)):
+    for line, cause in (
+        ("arch.widht=3", ConfigAttributeError),
+        ("arch.width=abc", ValidationError),
+    ):
         with pytest.raises(hydra_adapter.ConfigCompositionException) as refused:
             hydra_adapter.apply_overrides(cfg, hydra_adapter.parse([line]))
         assert isinstance(hydra_adapter.composition_cause(refused.value), cause)
