@@ -87,4 +87,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("bench_compose: interrupted; the rows printed above are complete", file=sys.stderr)
+        sys.exit(130)

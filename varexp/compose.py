@@ -4,9 +4,11 @@ Hydra makes the run folder before the job starts, so everything a user can get w
 here first: composition errors (a key the config does not have, a group the command does not use,
 an option that does not exist, a preset written for another command) and the command's own
 checks become one line naming the key, the value and what is allowed, and no folder is left
-behind. A multirun is expanded into its jobs exactly as Hydra's basic sweeper will expand it
-(its own `split_arguments`), so every swept value is checked, with its position, before any job
-starts.
+behind. The config is composed by Hydra's compose API; a multirun is expanded into its jobs by
+Hydra's basic sweeper, and each job's values are applied to the composition of its group choices
+as Hydra applies them (varexp.hydra_adapter), so every job's config is checked, with the swept
+value that fails named by its position, before any job starts. A job that runs in this process
+takes that check's result (check_once) instead of checking again.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from hydra import compose, initialize_config_module
 from hydra.errors import MissingConfigException
 from hydra.types import RunMode
 from hydra.utils import get_class
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import Container, DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 import varexp.options  # noqa: F401  (fills Hydra's ConfigStore with every option)
@@ -238,7 +240,7 @@ def _check_added_keys(command: str, parsed: list[Override], cfg: DictConfig) -> 
         o
         for o in parsed
         if (o.is_add() or o.is_force_add())
-        and not o.key_or_group.startswith(("hydra.", "hydra/", "hydra@"))
+        and not _is_hydras(o.key_or_group)
         and not is_group(o.key_or_group)
     ]
     if not added:
@@ -362,8 +364,12 @@ _checked: dict[tuple[str, str], object] = {}
 
 def _text(cfg: DictConfig) -> str:
     """A config without its `hydra` node, as text (interpolations as written)."""
-    keys = [k for k in cfg if k != "hydra"]
-    return json.dumps(OmegaConf.to_container(OmegaConf.masked_copy(cfg, keys)), sort_keys=True)
+    nodes = {k: cfg._get_node(k) for k in cfg if k != "hydra"}
+    plain = {
+        k: OmegaConf.to_container(node) if isinstance(node, Container) else node._value()
+        for k, node in nodes.items()
+    }
+    return json.dumps(plain, sort_keys=True, default=str)
 
 
 def check_once(check: Callable[[DictConfig], object], cfg: DictConfig) -> object:
