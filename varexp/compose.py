@@ -4,36 +4,36 @@ Hydra makes the run folder before the job starts, so everything a user can get w
 here first: composition errors (a key the config does not have, a group the command does not use,
 an option that does not exist, a preset written for another command) and the command's own
 checks become one line naming the key, the value and what is allowed, and no folder is left
-behind. A multirun is expanded into its jobs exactly as Hydra's basic sweeper will expand it
-(its own `split_arguments`), so every swept value is checked, with its position, before any job
-starts.
+behind. The config is composed by Hydra's compose API; a multirun is expanded into its jobs by
+Hydra's basic sweeper, and each job's values are applied to the composition of its group choices
+as Hydra applies them (varexp.hydra_adapter), so every job's config is checked, with the swept
+value that fails named by its position, before any job starts. A job that runs in this process
+takes that check's result (check_once) instead of checking again.
 """
 
 from __future__ import annotations
 
-import copy
+import json
 import os
 import shutil
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import cache
-from importlib import resources
+from functools import cache, cached_property
 from pathlib import Path
 
 from hydra import compose, initialize_config_module
-from hydra._internal.config_loader_impl import get_overrides_dirname
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import HydraException, MissingConfigException
+from hydra.errors import MissingConfigException
 from hydra.types import RunMode
 from hydra.utils import get_class
-from omegaconf import DictConfig, OmegaConf, open_dict
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import Container, DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 import varexp.options  # noqa: F401  (fills Hydra's ConfigStore with every option and section)
+from varexp import hydra_adapter
 from varexp.errors import ConfigError, VarexpError, bad_value, did_you_mean
+from varexp.hydra_adapter import HydraException, Override
 from varexp.presets import commands_for
 from varexp.schema import allowed_of
 
@@ -91,9 +91,13 @@ class CommandLine:
 
     def folders(self) -> list[Path]:
         """Each job's run folder (for a multirun: the sweep folder / its subdir)."""
+        return list(self._folders)
+
+    @cached_property
+    def _folders(self) -> tuple[Path, ...]:  # resolving a folder's interpolations takes a while
         if not self.multirun:
-            return [Path(self.output_dir)]
-        return [Path(str(c.hydra.sweep.dir)) / str(c.hydra.sweep.subdir) for c in self.configs]
+            return (Path(self.output_dir),)
+        return tuple(Path(str(c.hydra.sweep.dir)) / str(c.hydra.sweep.subdir) for c in self.configs)
 
 
 def complete(command: str, args: list[str]) -> list[str]:
@@ -126,33 +130,38 @@ def smoke(command: str, args: list[str]) -> list[str]:
 
 
 def _preset_picks_task(preset: str | None) -> bool:
-    """Whether the experiment preset chooses a task (then the preset's task stays)."""
+    """Whether the experiment preset chooses a task (then the preset's task stays): its
+    defaults list overrides the task group, or its sweeper sweeps it."""
     if not preset:
         return False
-    path = resources.files(CONFIG_MODULE) / "experiment" / f"{preset}.yaml"
-    if not path.is_file():
+    with _hydra():
+        groups, preset_cfg = hydra_adapter.preset_overrides(f"experiment/{preset}")
+    if preset_cfg is None:
         return False  # an unknown preset: composing it says so
-    preset_cfg = OmegaConf.load(str(path))
-    defaults = preset_cfg.get("defaults") or []
     swept = OmegaConf.select(preset_cfg, "hydra.sweeper.params", default=None) or {}
-    return "task" in swept or any(
-        "override /task" in (d if isinstance(d, str) else next(iter(d), "")) for d in defaults
-    )
+    return "task" in groups or "task" in swept
 
 
 def inspects_only(args: list[str]) -> bool:
     return any(a in INSPECT_FLAGS or a.startswith(("--cfg=", "--info=")) for a in args)
 
 
+@contextmanager
+def _hydra():
+    """Hydra initialized with varexp's configs for the block (GlobalHydra as it was after)."""
+    with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+        yield
+
+
 def compose_config(command: str, overrides: list[str]) -> DictConfig:
     """The config `varexp COMMAND OVERRIDES` runs with, or a one-line VarexpError."""
     try:
-        with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+        with _hydra():
             return compose(command, overrides=list(overrides), return_hydra_config=True)
     except MissingConfigException as error:
         raise _missing_option(command, error) from None
     except (HydraException, OmegaConfBaseException) as error:
-        raise _one_line(command, overrides, error) from None
+        raise _refused(command, overrides, error) from None
 
 
 GROUP_ORDER = ("arch", "dataset", "init", "optim", "task", "experiment")
@@ -174,8 +183,17 @@ def command_groups(command: str) -> dict[str, str | None]:
 
 def group_options(group: str) -> list[str]:
     """The options of a config group, from the package's YAML files and the ConfigStore."""
-    with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
-        return sorted(GlobalHydra.instance().config_loader().get_group_options(group))
+    with _hydra():
+        return hydra_adapter.group_options(group)
+
+
+@cache
+def is_group(key: str) -> bool:
+    """Whether an override's key names a config group (arch, hydra/launcher), not a value."""
+    if "/" in key or "@" in key:
+        return True
+    with _hydra():
+        return hydra_adapter.group_exists(key)
 
 
 def presets_for(command: str) -> list[str]:
@@ -183,7 +201,10 @@ def presets_for(command: str) -> list[str]:
 
 
 def parse(command: str, args: list[str], check: Callable[[DictConfig], object]) -> CommandLine:
-    """Compose and check `varexp COMMAND ARGS` (Hydra overrides and -m) without running it."""
+    """Compose and check `varexp COMMAND ARGS` (Hydra overrides and -m) without running it:
+    the base config through Hydra's compose API, a grid's jobs as Hydra's sweeper expands it,
+    every job's config checked once (check_once: a job run in this process is not checked
+    again)."""
     flags = [a for a in args if a in MULTIRUN_FLAGS]
     overrides = [a for a in args if a not in MULTIRUN_FLAGS]
     parsed = _parse_overrides(overrides)
@@ -208,19 +229,17 @@ def parse(command: str, args: list[str], check: Callable[[DictConfig], object]) 
     return line
 
 
-def _check_added_keys(command: str, parsed: list, cfg: DictConfig) -> None:
+def _check_added_keys(command: str, parsed: list[Override], cfg: DictConfig) -> None:
     """`+key=value` (and `++key=value`) adds a key Hydra's config does not have: refuse one the
     command's schema does not know either, as a plain misspelled key is refused, instead of
     letting the typo run and join the run's identity. Hydra's own keys and `+group=option` are
     Hydra's business."""
-    groups = set(cfg.hydra.runtime.choices)
     added = [
         o
         for o in parsed
         if (o.is_add() or o.is_force_add())
-        and not o.key_or_group.startswith(("hydra.", "hydra/", "hydra@"))
-        and o.key_or_group not in groups
-        and "@" not in o.key_or_group
+        and not _is_hydras(o.key_or_group)
+        and not is_group(o.key_or_group)
     ]
     if not added:
         return
@@ -229,15 +248,14 @@ def _check_added_keys(command: str, parsed: list, cfg: DictConfig) -> None:
     missing = object()
     for o in added:
         if OmegaConf.select(plain, o.key_or_group, default=missing) is missing:
-            raise VarexpError(_unknown_key(command, rest, o.key_or_group))
+            raise VarexpError(_unknown_key(command, plain, o.key_or_group))
 
 
-def _parse_overrides(overrides: list[str]) -> list:
-    parser = OverridesParser.create()
+def _parse_overrides(overrides: list[str]) -> list[Override]:
     out = []
     for override in overrides:
         try:
-            out.extend(parser.parse_overrides([override]))
+            out.extend(hydra_adapter.parse([override]))
         except HydraException as error:
             reason = str(error).splitlines()[0]
             raise VarexpError(
@@ -247,36 +265,38 @@ def _parse_overrides(overrides: list[str]) -> list:
     return out
 
 
+def _is_hydras(key: str) -> bool:
+    return key.startswith(("hydra.", "hydra/", "hydra@"))
+
+
 def _expand(command: str, overrides: list[str], cfg: DictConfig, check) -> CommandLine:
-    """A multirun's jobs as Hydra's basic sweeper expands them, every job's config composed and
-    checked (configs that differ only in values share one composition)."""
-    is_hydra = [o.split("=", 1)[0].lstrip("+~").startswith(("hydra.", "hydra/"))
-                for o in overrides]  # fmt: skip
-    hydra_overrides = [o for o, h in zip(overrides, is_hydra, strict=True) if h]
-    task = [o for o, h in zip(overrides, is_hydra, strict=True) if not h]
+    """A multirun's jobs as Hydra's basic sweeper expands them. Jobs that choose the same
+    group options share one composition, to which each job's values are applied as Hydra
+    applies them; every job's config is checked."""
+    parsed = _parse_overrides(overrides)
+    hydra_lines = [o.input_line for o in parsed if _is_hydras(o.key_or_group)]
+    task = [o for o in parsed if not _is_hydras(o.key_or_group)]
     if not _grid_sweeper(cfg):
         # another sweeper (e.g. an optimiser) picks its jobs as it goes: check the base config
         _check(check, cfg)
         searched = [str(k) for k in (cfg.hydra.sweeper.get("params") or {})]
-        searched += [
-            o.key_or_group.lstrip("+~") for o in _parse_overrides(task) if o.is_sweep_override()
-        ]
-        return CommandLine(command, overrides, cfg, [task], True, [cfg], tuple(searched))
+        searched += [o.key_or_group.lstrip("+~") for o in task if o.is_sweep_override()]
+        job = [o.input_line for o in task]
+        return CommandLine(command, overrides, cfg, [job], True, [cfg], tuple(searched))
     params = [f"{k}={v}" for k, v in (cfg.hydra.sweeper.get("params") or {}).items()]
-    jobs = [list(j) for j in BasicSweeper.split_arguments(_parse_overrides(params + task), None)[0]]
-    groups = set(cfg.hydra.runtime.choices)
+    try:
+        jobs = hydra_adapter.expand(_parse_overrides(params) + task)
+    except HydraException as error:  # e.g. a range of floats, which a grid cannot list
+        raise VarexpError(str(error).splitlines()[0]) from None
     composed: dict[tuple[str, ...], DictConfig] = {}
     configs = []
     for number, job in enumerate(jobs):
-        parsed = _parse_overrides(job)
-        key = tuple(o.input_line for o in parsed if o.key_or_group.lstrip("+~") in groups)
-        if key not in composed:
-            composed[key] = compose_config(command, hydra_overrides + job)
-        job_cfg = with_values(
-            composed[key], [o for o in parsed if o.key_or_group.lstrip("+~") not in groups]
-        )
-        set_job(job_cfg, number, parsed)
+        job_overrides = hydra_adapter.parse(job)
+        groups = tuple(o.input_line for o in job_overrides if is_group(o.key_or_group))
+        if groups not in composed:
+            composed[groups] = compose_config(command, hydra_lines + list(groups))
         try:
+            job_cfg = _job_config(command, composed[groups], job_overrides, number, hydra_lines)
             _check(check, job_cfg)
         except VarexpError as error:
             culprit = _culprit(jobs, number, str(error))
@@ -285,6 +305,18 @@ def _expand(command: str, overrides: list[str], cfg: DictConfig, check) -> Comma
             raise VarexpError(f"in the sweep, {culprit}: {error}") from None
         configs.append(job_cfg)
     return CommandLine(command, overrides, configs[0], jobs, True, configs)
+
+
+def _job_config(
+    command: str, base: DictConfig, job: list[Override], number: int, hydra_lines: list[str]
+) -> DictConfig:
+    """Job `number`'s config: its values applied to the composition of its group choices."""
+    values = [o for o in job if not is_group(o.key_or_group)]
+    try:
+        return hydra_adapter.job_config(base, values, job, number)
+    except (HydraException, OmegaConfBaseException) as error:
+        # a value the config refuses: the one line that composing this job would give
+        raise _refused(command, hydra_lines + [o.input_line for o in job], error) from None
 
 
 def _grid_sweeper(cfg: DictConfig) -> bool:
@@ -297,35 +329,6 @@ def _grid_sweeper(cfg: DictConfig) -> bool:
         return bool(getattr(get_class(target), "expands_basic_grid", False))
     except Exception:  # a sweeper that does not import here: Hydra says why when it runs
         return False
-
-
-def with_values(cfg: DictConfig, overrides: list) -> DictConfig:
-    """A copy of a composed config with value overrides (key=value) applied as Hydra does."""
-    out = copy.deepcopy(cfg)
-    with open_dict(out):
-        for o in overrides:
-            key = o.key_or_group
-            if o.is_delete():
-                parent, _, leaf = key.rpartition(".")
-                node = OmegaConf.select(out, parent) if parent else out
-                node.pop(leaf, None)
-            else:
-                OmegaConf.update(out, key, o.value(), merge=False, force_add=True)
-    return out
-
-
-def set_job(cfg: DictConfig, number: int, parsed: list) -> None:
-    """What Hydra sets per job and a job's folder name may use: its number and override_dirname."""
-
-    naming = cfg.hydra.job.config.override_dirname
-    with open_dict(cfg):
-        cfg.hydra.job.num = number
-        cfg.hydra.job.override_dirname = get_overrides_dirname(
-            overrides=parsed,
-            exclude_keys=list(naming.exclude_keys),
-            item_sep=naming.item_sep,
-            kv_sep=naming.kv_sep,
-        )
 
 
 def _culprit(jobs: list[list[str]], number: int, message: str) -> str | None:
@@ -352,11 +355,37 @@ def _swept(jobs: list[list[str]]) -> list[tuple[int, str, list[str]]]:
     return out
 
 
+# what each config checked in this process was found to be, by its check and its text: a job
+# that runs in the process that launched it (Hydra's basic launcher) is not checked again
+_checked: dict[tuple[str, str], object] = {}
+
+
+def _text(cfg: DictConfig) -> str:
+    """A config without its `hydra` node, as text (interpolations as written)."""
+    nodes = {k: cfg._get_node(k) for k in cfg if k != "hydra"}
+    plain = {
+        k: OmegaConf.to_container(node) if isinstance(node, Container) else node._value()
+        for k, node in nodes.items()
+    }
+    return json.dumps(plain, sort_keys=True, default=str)
+
+
+def check_once(check: Callable[[DictConfig], object], cfg: DictConfig) -> object:
+    """`check(cfg)`'s result, checked once in this process: the launch checks each job's
+    config before Hydra runs it, and the job (`varexp train`, a sweep's run) takes that result
+    instead of checking again. A job in another process (joblib's workers, a SLURM node, with
+    its own devices and memory) checks its config there, once."""
+    key = (f"{check.__module__}.{check.__qualname__}", _text(cfg))
+    if key not in _checked:
+        _checked[key] = check(cfg)
+    return _checked[key]
+
+
 def _check(
     check: Callable[[DictConfig], object], cfg: DictConfig, overrides: list[str] = ()
 ) -> None:
     try:
-        check(cfg)
+        check_once(check, cfg)
     except OmegaConfBaseException as error:  # e.g. an interpolation that cannot resolve
         raise VarexpError(str(error).splitlines()[0]) from None
     except ConfigError as error:
@@ -443,40 +472,49 @@ def _missing_option(command: str, error: MissingConfigException) -> VarexpError:
     )
 
 
-def _one_line(command: str, overrides: list[str], error: Exception) -> VarexpError:
-    message = str(error)
-    first = message.splitlines()[0] if message else type(error).__name__
-    if first.startswith("Could not override '"):
-        key = first.split("'")[1]
-        rest = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != key]
-        if "No match in the defaults list" in message:
-            groups = command_groups(command)
+def _refused(command: str, overrides: list[str], error: Exception) -> VarexpError:
+    """The one line for a command line Hydra refused to compose: replay its group choices,
+    then its values one by one as Hydra applies them, to find the override it refused and
+    why: a group the command does not use, a key the config does not have, a value its type
+    refuses. Anything else: the first line of Hydra's message."""
+    first = (str(error).splitlines() or [type(error).__name__])[0]
+    parsed = _parse_overrides(overrides)
+    used = command_groups(command)
+    for o in parsed:
+        key = o.key_or_group
+        if (
+            is_group(key)
+            and not o.is_add()
+            and not o.is_force_add()
+            and not key.startswith("hydra")
+            and key not in used
+        ):
             return VarexpError(
                 f"there is no config group {key!r} in varexp {command}; "
-                f"{did_you_mean(key, groups)}its groups: {', '.join(groups)}"
+                f"{did_you_mean(key, used)}its groups: {', '.join(used)}"
             )
-        return VarexpError(_unknown_key(command, rest, key))
-    if first.startswith("Error merging override "):  # a value of the wrong type for its key
-        override = first[len("Error merging override ") :]
-        key, _, value = override.partition("=")
-        key = key.lstrip("+~")
-        rest = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != key]
-        allowed = allowed_of(key, compose_config(command, rest))
-        if allowed is not None:
-            return bad_value(key, _parsed(value), str(allowed))
+    groups = [o.input_line for o in parsed if is_group(o.key_or_group)]
+    values = [o for o in parsed if not is_group(o.key_or_group)]
+    if not values:
+        return VarexpError(first)
+    cfg = compose_config(command, groups)
+    for o in values:
+        key = o.key_or_group
+        try:
+            hydra_adapter.apply_overrides(cfg, [o])
+        except (HydraException, OmegaConfBaseException) as refusal:
+            cause = hydra_adapter.composition_cause(refusal)
+            if isinstance(cause, ConfigAttributeError | ConfigKeyError):
+                return VarexpError(_unknown_key(command, cfg, key))
+            allowed = allowed_of(key, cfg) if cause is not None else None
+            if allowed is not None:
+                return bad_value(key, o.value(), str(allowed))
+            return VarexpError((str(refusal).splitlines() or [first])[0])
     return VarexpError(first)
 
 
-def _parsed(value: str) -> object:
-    """An override's value as Hydra reads it (for the one-line error)."""
-    try:
-        return OverridesParser.create().parse_overrides([f"k={value}"])[0].value()
-    except HydraException:
-        return value
-
-
-def _unknown_key(command: str, overrides: list[str], key: str) -> str:
-    cfg = compose_config(command, overrides)
+def _unknown_key(command: str, cfg: DictConfig, key: str) -> str:
+    """`key` is not in `cfg`: the one line naming the keys there are, and the closest."""
     parent, _, _ = key.rpartition(".")
     node = OmegaConf.select(cfg, parent, default=None) if parent else cfg
     choices = cfg.hydra.runtime.choices

@@ -35,16 +35,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-from varexp import provenance, results
+from varexp import hydra_adapter, provenance, results
 from varexp.commands import typed_override
 from varexp.compose import _swept as swept  # the keys a multirun varies, in order
-from varexp.compose import compose_config, launcher
+from varexp.compose import check_once, compose_config, launcher
+from varexp.data import DataInfo
 from varexp.devices import resolve as resolve_device
 from varexp.errors import VarexpError, bad_value
 from varexp.files import write_json
@@ -77,7 +76,7 @@ from varexp.schema import validate
 from varexp.search import Scored, searching, trials_to_run
 from varexp.stop import output_closed
 from varexp.threads import auto_threads, available_cores
-from varexp.train import Stopped, existing_run, timing_config, train
+from varexp.train import Checked, Stopped, existing_run, timing_config, train
 from varexp.train import check as check_train
 
 log = logging.getLogger("varexp.sweep")
@@ -129,14 +128,16 @@ def check_sweep(cfg: DictConfig) -> None:
         )
 
 
-def check(cfg: DictConfig) -> None:
-    """Every key a job reads: the sweep's own and those of `varexp train`."""
+def check(cfg: DictConfig) -> DataInfo:
+    """Every key a job reads: the sweep's own and those of `varexp train` (what the data looks
+    like, as varexp.train.check)."""
     global _first_check
     start = time.perf_counter()
     check_sweep(cfg)
-    check_train(cfg)
+    info = check_train(cfg)
     if _first_check is None:  # a fresh process pays for it once (the estimate counts it)
         _first_check = time.perf_counter() - start
+    return info
 
 
 def grid_text(jobs: list[list[str]]) -> str:
@@ -151,7 +152,7 @@ def describe(cfg: DictConfig) -> str:
     """The grid `varexp sweep` would run with this config (for --help)."""
 
     params = [f"{k}={v}" for k, v in (cfg.hydra.sweeper.get("params") or {}).items()]
-    jobs = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(params), None)[0]
+    jobs = hydra_adapter.expand(hydra_adapter.parse(params))
     typed = [*cfg.hydra.overrides.hydra, *cfg.hydra.overrides.task]  # the --help line's
 
     def config_of(i: int) -> DictConfig:
@@ -417,7 +418,9 @@ def _timed(cfg: DictConfig, threads: int, steps: int) -> Timing:
         for count in (3, steps):
             with tempfile.TemporaryDirectory() as tmp:
                 start = time.perf_counter()
-                summary = train(timing_config(cfg, count), Path(tmp), quiet=True)
+                # the sweep's check of cfg holds for its shorter timing run
+                timing = Checked(timing_config(cfg, count), check_once(check, cfg))
+                summary = train(timing, Path(tmp), quiet=True)
                 walls.append(time.perf_counter() - start)
                 seconds = METRICS.read_run(Path(tmp), summary)["seconds"].to_numpy()
                 counts.append(count)
@@ -758,15 +761,16 @@ def failed(run_dir: Path, error: Exception) -> dict:
 
 
 def run_job(cfg: DictConfig, run_dir: Path) -> dict:
-
-    check(cfg)
+    """One run of the sweep: checked once (at the launch when it runs in the launching
+    process), then trained from that check."""
+    info = check_once(check, cfg)
     summary = finished_intact(cfg, run_dir)
     if summary is not None:
         return summary
     if checkpoint_path(run_dir).exists():
         log.info("continue %s from its checkpoint", run_dir)
     try:
-        summary = train(resumed(cfg), run_dir)
+        summary = train(Checked(resumed(cfg), info), run_dir)
         log.info("%s: %s after %d steps", run_dir, summary["status"], summary["steps"])
         return summary
     except Stopped:  # train.stop_after or Ctrl-C: the run saved its checkpoint; stop the sweep

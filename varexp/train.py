@@ -49,6 +49,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from varexp import devices, loggers, memory, provenance, results, search
+from varexp.compose import check_once
 from varexp.data import DataInfo, Stream, data_info, fixed_batch
 from varexp.data.catalog import load_source
 from varexp.data.sources import Source
@@ -102,6 +103,14 @@ class Interrupted(Stopped):
 
 # ---------------------------------------------------------------------------------------------
 # config
+
+
+class Checked(NamedTuple):
+    """A config that passed `check` (or the sweep's), with what the check found its data to
+    be: what train() takes without checking again."""
+
+    cfg: DictConfig
+    info: DataInfo
 
 
 def check(cfg: DictConfig) -> DataInfo:
@@ -745,11 +754,12 @@ def _take(stream: Stream, k: int) -> list[tuple[Tensor, Tensor]]:
     return [next(batches) for _ in range(k)]
 
 
-def train(cfg: DictConfig, run_dir: str | Path, quiet: bool = False) -> dict:
+def train(cfg: Checked | DictConfig, run_dir: str | Path, quiet: bool = False) -> dict:
     """Train (or continue, with resume=true) the run `cfg` describes in run_dir; returns the
     summary also written to run_dir/summary.json. Ctrl-C or SIGTERM stop it at the next step
-    with a checkpoint (Interrupted); `quiet` drops the banner and the progress lines."""
-    info = check(cfg)
+    with a checkpoint (Interrupted); `quiet` drops the banner and the progress lines. A config
+    the command line checked comes as Checked; a plain one (a library call) is checked here."""
+    cfg, info = cfg if isinstance(cfg, Checked) else Checked(cfg, check(cfg))
     run_dir = Path(run_dir)
     check_writable(run_dir)
     saved = existing_run(cfg, run_dir)
@@ -840,13 +850,14 @@ def hydra_quoted(value: str) -> str:
 
 
 def run(cfg: DictConfig) -> float:
-
-    check(cfg)
+    """`varexp train`'s job: its config checked once (at the launch when it runs in the
+    launching process), then trained from that check."""
+    checked = Checked(cfg, check_once(check, cfg))
     try:
         with results.claim(
             "train", cfg, accept=lambda folder: existing_run(cfg, folder)
         ) as run_dir:
-            summary = train(cfg, run_dir)
+            summary = train(checked, run_dir)
     except Interrupted as stop:
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         hint = (

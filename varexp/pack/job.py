@@ -26,11 +26,10 @@ import numpy as np
 import torch
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from varexp import results
-from varexp.compose import set_job, with_values
+from varexp import hydra_adapter, results
+from varexp.compose import check_once, is_group
 from varexp.data import data_info
 from varexp.devices import resolve as resolve_device
 from varexp.errors import VarexpError
@@ -83,22 +82,18 @@ def job_configs(cfg: DictConfig) -> list[tuple[int, DictConfig]]:
         }
     )
     loader = GlobalHydra.instance().config_loader()
-    groups = set(hydra_cfg.runtime.choices)
-    parser = OverridesParser.create()
     composed: dict[tuple[str, ...], DictConfig] = {}
     out = []
     for number, differing in decode(list(cfg[PACK_KEY])):
         overrides = member_overrides(lead, differing)
-        parsed = parser.parse_overrides(overrides)
-        # runs that differ only in values (the lr index) share one composition, as in
-        # varexp.compose: a composition is most of a run's start-up
-        key = tuple(o.input_line for o in parsed if o.key_or_group.lstrip("+~") in groups)
-        if key not in composed:
-            composed[key] = loader.load_sweep_config(master, overrides)
-        job_cfg = with_values(
-            composed[key], [o for o in parsed if o.key_or_group.lstrip("+~") not in groups]
-        )
-        set_job(job_cfg, number, parsed)
+        parsed = hydra_adapter.parse(overrides)
+        # runs that choose the same group options share one composition, as in varexp.compose:
+        # a composition is most of a run's start-up
+        groups = tuple(o.input_line for o in parsed if is_group(o.key_or_group))
+        if groups not in composed:
+            composed[groups] = loader.load_sweep_config(master, list(groups))
+        values = [o for o in parsed if not is_group(o.key_or_group)]
+        job_cfg = hydra_adapter.job_config(composed[groups], values, parsed, number)
         with open_dict(job_cfg):
             job_cfg.hydra.overrides.task = overrides
             # the job that trains it: its number decides the GPU (varexp.devices.resolve)
@@ -213,7 +208,7 @@ def _prepare(cfg: DictConfig, run_dir: Path) -> PackRun | dict:
     from varexp.sweep import check, failed, finished_intact, resumed
 
     try:
-        check(cfg)
+        info = check_once(check, cfg)
     except VarexpError as error:
         log.error("run %s not started: %s", run_dir, error)
         return failed_summary(str(error))
@@ -223,7 +218,6 @@ def _prepare(cfg: DictConfig, run_dir: Path) -> PackRun | dict:
     cfg = resumed(cfg)
     try:
         check_writable(run_dir)
-        info = data_info(cfg.dataset, cfg.arch)
         saved = existing_run(cfg, run_dir)
         summary = already_done(cfg, run_dir, saved)
     except Exception as error:  # one broken run must not stop the rest of its pack
