@@ -266,5 +266,5 @@ def test_a_sweeps_timing_run_logs_nowhere(tmp_path):
     """The few steps `varexp sweep` times before its first job are nobody's result."""
     pytest.importorskip("mlflow")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    calibrate(config("train", *MLP, "logger=mlflow", f"logger.tracking_uri={uri}"), 1)
+    calibrate(config("sweep", *MLP, "logger=mlflow", f"logger.tracking_uri={uri}"), 1)
     assert not (tmp_path / "mlflow.db").exists()

@@ -86,7 +86,10 @@ def varexp_blocks() -> list[tuple[str, list[str]]]:
 
 
 def needs(command: str) -> str | None:
-    """What the one-line error of a command that cannot run here must name, or None."""
+    """What the one-line error of a command that cannot run here must name, or None (a dry run
+    needs no data)."""
+    if re.search(r"\.dry_run=true\b", command):
+        return None
     reasons = [why for pattern, why in NEEDS.items() if re.search(pattern, command)]
     return "|".join(reasons) or None
 

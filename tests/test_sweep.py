@@ -436,7 +436,10 @@ def test_crashed_runs_are_failed_and_the_sweep_exits_non_zero(tmp_path, monkeypa
     assert (failed["status"] == "failed").all() and len(failed) == 4
     assert (table[table["init"] == "scale"]["status"] != "failed").all()
     assert "sweep: 8 runs (2 completed, 2 diverged, 4 failed)" in err.out
-    assert err.err.strip().startswith("varexp sweep: 4 of 8 runs did not finish; see ")
+    # one line says what went wrong, after the progress display's (stderr, as tqdm's)
+    last = err.err.strip().splitlines()
+    assert last[-1].startswith("varexp sweep: 4 of 8 runs did not finish; see ")
+    assert all(line.startswith("sweep: ") for line in last[:-1]), err.err
     assert "scale+bias/sgd/lr=0.001/seed=0/sweep.log" in err.err
 
 

@@ -53,10 +53,7 @@ class LaunchDisplay:
         file=None,
     ):
         self.count, self.total, self.estimate, self.every = count, total, estimate, every
-        self.file = file or sys.stderr  # the bar, on a terminal
-        # without one, the count is a log line beside the sweep's others (on stdout: stderr
-        # holds only what went wrong)
-        self.lines = file or sys.stdout
+        self.file = file or sys.stderr
         self.start = time.monotonic()
         self.first: tuple[float, int] | None = None  # when this launch's first run ended
         self.initial = count().done
@@ -124,9 +121,7 @@ class LaunchDisplay:
         if count.done != self.last_done and (
             now - self.last_line >= self.every or count.done == self.total
         ):
-            print(
-                f"sweep: {count.done}/{self.total} runs done, {text}", file=self.lines, flush=True
-            )
+            print(f"sweep: {count.done}/{self.total} runs done, {text}", file=self.file, flush=True)
             self.last_line, self.last_done = now, count.done
 
     def _poll(self) -> None:

@@ -220,17 +220,17 @@ def estimate(steps: list[Step]) -> Estimate:
     theory and plots: their start-up only (a few seconds of work each)."""
     from varexp.sweep import start_up_measured, start_up_probe
 
-    worker = start_up_probe([])  # a fresh `varexp` process, beside the timings below
     began = time.perf_counter()
+    # a fresh `varexp` process, once: each step's, and a sweep's workers'
+    start_up = start_up_measured(start_up_probe([]))
     works = []
     for step in steps:
         work = 0.0
         if not step.done and step.args[0] in ("sweep", "probe"):
             command = step.args[0]
             line = parse(command, complete(command, step.args[1:]), command_module(command).check)
-            work = sweep_seconds(line) if command == "sweep" else probe_seconds(line)
+            work = sweep_seconds(line, start_up) if command == "sweep" else probe_seconds(line)
         works.append(work)
-    start_up = start_up_measured(worker)
     seconds = [0.0 if s.done else start_up.seconds + w for s, w in zip(steps, works, strict=True)]
     total = sum(seconds)
     return Estimate(
@@ -241,7 +241,7 @@ def estimate(steps: list[Step]) -> Estimate:
     )
 
 
-def sweep_seconds(line) -> float:
+def sweep_seconds(line, start_up) -> float:
     from varexp import sweep
     from varexp.pack.plan import sweep_plan
 
@@ -252,7 +252,7 @@ def sweep_seconds(line) -> float:
     packs = sweep_plan(line.cfg, line.jobs, lambda i: line.configs[i])
     side_by_side = sweep.parallel(line.cfg, len(packs.packs))
     start = time.perf_counter()
-    seconds, _ = sweep.estimate_seconds(line, remaining, side_by_side)
+    seconds, _ = sweep.estimate_seconds(line, remaining, side_by_side, start_up)
     return seconds + (time.perf_counter() - start)  # the sweep times its runs again
 
 

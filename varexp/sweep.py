@@ -225,8 +225,12 @@ def estimate(line, remaining: int, side_by_side: int) -> str:
     return f"about {duration(seconds)} for {remaining} runs ({told})"
 
 
-def estimate_seconds(line, remaining: int, side_by_side: int) -> tuple[float, str]:
-    """(seconds, how they were reckoned) for the remaining runs of `line` (see estimate)."""
+def estimate_seconds(
+    line, remaining: int, side_by_side: int, start_up: StartUp | None = None
+) -> tuple[float, str]:
+    """(seconds, how they were reckoned) for the remaining runs of `line` (see estimate);
+    `start_up`: a fresh process's, measured already (reproduce measures it once for all its
+    steps)."""
     cfg = line.cfg
     hydra_overrides = [o for o in line.overrides if o.lstrip("+~").startswith(("hydra.", "hydra/"))]
     tasks: dict[tuple, list[str]] = {}
@@ -237,8 +241,10 @@ def estimate_seconds(line, remaining: int, side_by_side: int) -> tuple[float, st
     torch_threads = auto_threads(side_by_side) if threads == "auto" else int(threads)
     steps = int(cfg.train.steps)
     # a fresh process starts as a worker would, beside the timing runs (as the jobs will run
-    # beside each other): interpreter, imports, Hydra's first compose, the first check
-    worker = start_up_probe([*hydra_overrides, *next(iter(tasks.values()))])
+    # beside each other): interpreter, imports, Hydra's first compose, the first check; only
+    # where the launcher starts processes (the basic one runs the jobs in this one)
+    fresh = start_up is None and starts_processes(launcher(cfg), side_by_side)
+    worker = start_up_probe([*hydra_overrides, *next(iter(tasks.values()))]) if fresh else None
     timed = []
     for job in tasks.values():
         start = time.perf_counter()
@@ -247,7 +253,8 @@ def estimate_seconds(line, remaining: int, side_by_side: int) -> tuple[float, st
         timed.append((time.perf_counter() - start - timing.wall, timing, job))
     per_run = sum(compose + t.fixed + steps * t.step for compose, t, _ in timed) / len(timed)
     first_run = max(t.first_run for _, t, _ in timed)
-    start_up = start_up_measured(worker)
+    if start_up is None:
+        start_up = start_up_measured(worker) if fresh else measured_start_up()
     once, each = launch_costs(launcher(cfg), side_by_side, start_up.seconds + first_run, first_run)
     launch = min(compose for compose, _, _ in timed)  # Hydra composes the command again
     total = launch + once + math.ceil(remaining / side_by_side) * (per_run + each)
@@ -272,11 +279,15 @@ def launch_costs(
     jobs: joblib starts its workers side by side once, submitit_local a process per job; the
     basic launcher (and joblib with one job at a time) runs them in this process, already
     started."""
-    if name == "joblib" and side_by_side > 1:
-        return process, 0.0
-    if name.startswith("submitit"):
-        return 0.0, process
-    return first_run, 0.0
+    if not starts_processes(name, side_by_side):
+        return first_run, 0.0
+    return (process, 0.0) if name == "joblib" else (0.0, process)
+
+
+def starts_processes(name: str, side_by_side: int) -> bool:
+    """Whether the launcher runs the jobs in processes of their own: joblib side by side,
+    submitit one per job."""
+    return (name == "joblib" and side_by_side > 1) or name.startswith("submitit")
 
 
 @dataclass(frozen=True)
