@@ -121,7 +121,7 @@ def worker_started() -> None:
     watch_parent()
 
 
-def _running(pid: int) -> bool:
+def running(pid: int) -> bool:
     """Whether process `pid` exists and has not exited (a zombie waiting for its parent to
     reap it has exited)."""
     try:
@@ -165,7 +165,7 @@ def watch_parent() -> None:
     def gone() -> bool:
         if child:  # reparented the moment the launcher exits, before anyone reaps it
             return os.getppid() != launcher
-        return not _running(launcher)
+        return not running(launcher)
 
     def watch() -> None:
         while not gone():

@@ -14,20 +14,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from varexp.errors import VarexpError
+from varexp.stop import running  # a holder that exited, even unreaped, holds nothing
 
 log = logging.getLogger("varexp.results")
 
 LOCK = ".lock"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def holder(folder: Path) -> dict | None:
@@ -36,7 +27,7 @@ def holder(folder: Path) -> dict | None:
     found = _read_lock(folder / LOCK)
     if found is None or found["host"] != socket.gethostname():
         return found
-    if found["pid"] == os.getpid() or not _alive(found["pid"]):
+    if found["pid"] == os.getpid() or not running(found["pid"]):
         return None
     return found
 
@@ -68,7 +59,7 @@ def lock(folder: Path, what: str = "varexp") -> Iterator[None]:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             found = _read_lock(path)
-            if found is None or (found["host"] == me["host"] and not _alive(found["pid"])):
+            if found is None or (found["host"] == me["host"] and not running(found["pid"])):
                 path.unlink(missing_ok=True)  # its process is gone: take it over
                 continue
             if found["host"] == me["host"] and found["pid"] == me["pid"]:
