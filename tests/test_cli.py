@@ -204,6 +204,8 @@ def test_command_help_lists_only_its_own_groups_and_presets():
     sweep = run_varexp("sweep", "experiment=figure4_quick", "--help")
     assert "grid (252 runs into outputs/sweep/figure4_quick/)" in sweep.stdout
     assert "task=shapes,membranes" in sweep.stdout
+    narrowed = run_varexp("sweep", "experiment=figure4_quick", "seed=0", "--help")
+    assert "grid (84 runs into outputs/sweep/figure4_quick/)" in narrowed.stdout, narrowed.stdout
 
 
 def test_train_uses_a_cpu_sized_task_unless_the_user_names_arch_or_dataset():
@@ -240,6 +242,9 @@ print("\\nimported:", *sorted(m for m in ("torch", "pandas", "matplotlib") if m 
         (["--help"], None),
         (["train", "--help"], None),
         (["probe", "--help"], None),
+        (["sweep", "--help"], None),
+        (["sweep", "seed=0", "experiment=figure4_quick", "--help"], None),
+        (["sweep", "experiment=optuna_lr", "--help"], None),
         (["theory", "--help"], None),
         (["reproduce", "--help"], None),
         (["plot", "--help"], None),

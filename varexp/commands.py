@@ -24,9 +24,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-# what adds to a command's --help beyond its config (module:function of the config): a sweep's
-# grid and packs (imports torch), what a training run writes (does not)
-DESCRIBED = {"sweep": "varexp.sweep:describe", "train": "varexp.options.sections:describe_train"}
+# what adds to a command's --help beyond its config (module:function of the config, each
+# torch-free): a sweep's grid, what a training run writes
+DESCRIBED = {"sweep": "varexp.grid:describe", "train": "varexp.options.sections:describe_train"}
 
 
 def command_module(command: str) -> ModuleType:

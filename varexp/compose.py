@@ -31,7 +31,7 @@ from omegaconf import Container, DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 import varexp.options  # noqa: F401  (fills Hydra's ConfigStore with every option and section)
-from varexp import hydra_adapter
+from varexp import grid, hydra_adapter
 from varexp.errors import ConfigError, VarexpError, bad_value, did_you_mean
 from varexp.hydra_adapter import HydraException, Override
 from varexp.presets import commands_for
@@ -334,7 +334,7 @@ def _grid_sweeper(cfg: DictConfig) -> bool:
 def _culprit(jobs: list[list[str]], number: int, message: str) -> str | None:
     """Which swept value (and where in its list) made job `number` fail; None if the message
     names no swept key (then every job fails alike)."""
-    swept = _swept(jobs)
+    swept = grid.swept(jobs)
     for position, key, values in swept:
         value = jobs[number][position]
         if value in message or f"{key}=" in message:
@@ -343,16 +343,6 @@ def _culprit(jobs: list[list[str]], number: int, message: str) -> str | None:
     if number == 0:
         return None
     return "the job " + " ".join(jobs[number][p] for p, _, _ in swept)
-
-
-def _swept(jobs: list[list[str]]) -> list[tuple[int, str, list[str]]]:
-    """(position, key, distinct values in order) of every override that varies across jobs."""
-    out = []
-    for position in range(len(jobs[0])):
-        values = list(dict.fromkeys(job[position] for job in jobs))
-        if len(values) > 1:
-            out.append((position, values[0].split("=", 1)[0], values))
-    return out
 
 
 # what each config checked in this process was found to be, by its check and its text: a job

@@ -39,17 +39,17 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-from varexp import hydra_adapter, provenance, results
+from varexp import provenance, results
 from varexp.commands import typed_override
-from varexp.compose import _swept as swept  # the keys a multirun varies, in order
 from varexp.compose import check_once, compose_config, launcher
 from varexp.data import DataInfo
 from varexp.devices import resolve as resolve_device
 from varexp.errors import VarexpError, bad_value
 from varexp.files import write_json
+from varexp.grid import grid_text
 from varexp.options.sections import learning_rates
 from varexp.pack import job as pack_job
-from varexp.pack.plan import PACK_KEY, key_of, sweep_plan
+from varexp.pack.plan import PACK_KEY, sweep_plan
 from varexp.progress import Count, LaunchDisplay, process_age
 from varexp.results.aggregate import criterion
 from varexp.results.checkpoint import checkpoint_path
@@ -138,34 +138,6 @@ def check(cfg: DictConfig) -> DataInfo:
     if _first_check is None:  # a fresh process pays for it once (the estimate counts it)
         _first_check = time.perf_counter() - start
     return info
-
-
-def grid_text(jobs: list[list[str]]) -> str:
-    """The swept keys and their values, e.g. init=scale,scale+bias x optim=sgd,adam."""
-    parts = [
-        f"{key}=" + ",".join(v.split("=", 1)[1] for v in values) for _, key, values in swept(jobs)
-    ]
-    return " x ".join(parts) or "a single run"
-
-
-def describe(cfg: DictConfig) -> str:
-    """The grid `varexp sweep` would run with this config (for --help)."""
-
-    params = [f"{k}={v}" for k, v in (cfg.hydra.sweeper.get("params") or {}).items()]
-    jobs = hydra_adapter.expand(hydra_adapter.parse(params))
-    typed = [*cfg.hydra.overrides.hydra, *cfg.hydra.overrides.task]  # the --help line's
-
-    def config_of(i: int) -> DictConfig:
-        keys = {key_of(o) for o in jobs[i]}
-        return compose_config("sweep", [o for o in typed if key_of(o) not in keys] + jobs[i])
-
-    packs = sweep_plan(cfg, jobs, config_of)
-    return (
-        f"grid ({len(jobs)} runs into {cfg.hydra.sweep.dir}/): {grid_text(jobs)}\n"
-        f"packs (sweep.pack={cfg.sweep.pack}): {packs.text()}\n"
-        "narrow it with e.g. seed=0 optim=adam; sweep.dry_run=true prints the plan and a "
-        "time estimate and runs nothing"
-    )
 
 
 def parallel(cfg: DictConfig, runs: int) -> int:
