@@ -3,7 +3,7 @@ and a job run in the launching process (Hydra's basic launcher) trains from that
 
 from conftest import run_in_process
 
-from varexp import sweep, train
+from varexp import checks, train
 
 MLP = ["arch=mlp", "arch.width=16", "arch.depth=2", "dataset=gaussian", "train.steps=2"]
 
@@ -13,9 +13,9 @@ def counting(monkeypatch, module, name: str) -> list:
     calls = []
     real = getattr(module, name)
 
-    def check(cfg):
+    def check(cfg, *args):
         calls.append(cfg)
-        return real(cfg)
+        return real(cfg, *args)
 
     monkeypatch.setattr(module, name, check)
     return calls
@@ -30,7 +30,10 @@ def test_a_training_run_is_checked_once(tmp_path, monkeypatch, capsys):
 
 
 def test_each_job_of_a_sweep_is_checked_once(tmp_path, monkeypatch, capsys):
-    calls = counting(monkeypatch, sweep, "check_train")
+    """The first job whole, the second (another lr index) key by key, and neither again when
+    the basic launcher runs them in this process."""
+    whole = counting(monkeypatch, checks, "validate")
+    by_key = counting(monkeypatch, checks, "validate_keys")
     code, err = run_in_process(
         capsys,
         "sweep",
@@ -46,4 +49,5 @@ def test_each_job_of_a_sweep_is_checked_once(tmp_path, monkeypatch, capsys):
     )
     assert code == 0, err
     assert len(list(tmp_path.rglob("metrics.csv"))) == 2
-    assert sorted(c.sweep.lr_index for c in calls) == [0, 1]
+    assert [c.sweep.lr_index for c in whole] == [0]
+    assert [c.sweep.lr_index for c in by_key] == [1]

@@ -805,15 +805,20 @@ def test_bad_pack_values_are_one_line_exit_2(tmp_path, capsys, value, shown):
     assert not (tmp_path / "s").exists()
 
 
-def test_help_says_how_runs_are_packed(monkeypatch, capsys):
+def test_the_dry_run_says_how_runs_are_packed(monkeypatch, capsys, tmp_path):
     from varexp.cli import main
 
     monkeypatch.setattr(sys, "argv", sys.argv[:1])
-    main(["sweep", "--help", *SIZES])
-    out = capsys.readouterr().out
-    assert "packs (sweep.pack=auto): 72 runs in 3 jobs: 3 packs of 24" in out
-    main(["sweep", "--help"])  # the default task: ALL-CNN-C, not packed on the CPU
+    monkeypatch.chdir(tmp_path)
+    dry = ["sweep.dry_run=true", "sweep.estimate=false"]
+    with pytest.raises(SystemExit) as done:
+        main(["sweep", *dry, *SIZES])
+    assert done.value.code == 0
+    assert "packs (sweep.pack=auto): 72 runs in 3 jobs: 3 packs of 24" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["sweep", *dry])  # the default task: ALL-CNN-C, not packed on the CPU
     assert (
         "72 runs, each its own job (not packed); sweep.pack=auto: ALL-CNN-C runs not "
         "packed on the CPU"
     ) in capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == []  # a dry run leaves nothing

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import cache, cached_property
+from functools import cache, cached_property, partial
 from pathlib import Path
 
 from hydra import compose, initialize_config_module
@@ -32,6 +32,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 import varexp.options  # noqa: F401  (fills Hydra's ConfigStore with every option and section)
 from varexp import grid, hydra_adapter
+from varexp.checks import Check
 from varexp.errors import ConfigError, VarexpError, bad_value, did_you_mean
 from varexp.hydra_adapter import HydraException, Override
 from varexp.presets import commands_for
@@ -288,16 +289,31 @@ def _expand(command: str, overrides: list[str], cfg: DictConfig, check) -> Comma
         jobs = hydra_adapter.expand(_parse_overrides(params) + task)
     except HydraException as error:  # e.g. a range of floats, which a grid cannot list
         raise VarexpError(str(error).splitlines()[0]) from None
-    composed: dict[tuple[str, ...], DictConfig] = {}
+    # each composition of group options is checked whole at its first job; a further job
+    # differs from that one only in values, which a Check checks key by key (varexp.checks)
+    composed: dict[tuple[str, ...], tuple[DictConfig, dict[str, str]]] = {}
+    outcomes: dict = {}
     configs = []
     for number, job in enumerate(jobs):
         job_overrides = hydra_adapter.parse(job)
         groups = tuple(o.input_line for o in job_overrides if is_group(o.key_or_group))
-        if groups not in composed:
-            composed[groups] = compose_config(command, hydra_lines + list(groups))
+        values = {
+            o.key_or_group: o.input_line for o in job_overrides if not is_group(o.key_or_group)
+        }
+        first = groups not in composed
+        if first:
+            composed[groups] = compose_config(command, hydra_lines + list(groups)), values
+        base, first_values = composed[groups]
+        how = None
+        if isinstance(check, Check):
+            changed = [k for k, line in values.items() if first_values.get(k) != line]
+            if first or values.keys() != first_values.keys():
+                how = partial(check, outcomes=outcomes)
+            else:
+                how = partial(check.job, keys=changed, outcomes=outcomes)
         try:
-            job_cfg = _job_config(command, composed[groups], job_overrides, number, hydra_lines)
-            _check(check, job_cfg)
+            job_cfg = _job_config(command, base, job_overrides, number, hydra_lines)
+            _check(check, job_cfg, how=how)
         except VarexpError as error:
             culprit = _culprit(jobs, number, str(error))
             if culprit is None:  # a value every job has: the plain one line
@@ -360,22 +376,31 @@ def _text(cfg: DictConfig) -> str:
     return json.dumps(plain, sort_keys=True, default=str)
 
 
-def check_once(check: Callable[[DictConfig], object], cfg: DictConfig) -> object:
+def check_once(
+    check: Callable[[DictConfig], object],
+    cfg: DictConfig,
+    how: Callable[[DictConfig], object] | None = None,
+) -> object:
     """`check(cfg)`'s result, checked once in this process: the launch checks each job's
     config before Hydra runs it, and the job (`varexp train`, a sweep's run) takes that result
     instead of checking again. A job in another process (joblib's workers, a SLURM node, with
-    its own devices and memory) checks its config there, once."""
-    key = (f"{check.__module__}.{check.__qualname__}", _text(cfg))
+    its own devices and memory) checks its config there, once. `how` checks it in place of
+    `check` (a sweep's further job: only what differs from a job checked whole)."""
+    name = getattr(check, "name", None) or f"{check.__module__}.{check.__qualname__}"
+    key = (name, _text(cfg))
     if key not in _checked:
-        _checked[key] = check(cfg)
+        _checked[key] = (how or check)(cfg)
     return _checked[key]
 
 
 def _check(
-    check: Callable[[DictConfig], object], cfg: DictConfig, overrides: list[str] = ()
+    check: Callable[[DictConfig], object],
+    cfg: DictConfig,
+    overrides: list[str] = (),
+    how: Callable[[DictConfig], object] | None = None,
 ) -> None:
     try:
-        check_once(check, cfg)
+        check_once(check, cfg, how)
     except OmegaConfBaseException as error:  # e.g. an interpolation that cannot resolve
         raise VarexpError(str(error).splitlines()[0]) from None
     except ConfigError as error:

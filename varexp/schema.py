@@ -196,6 +196,24 @@ def validate(cfg: DictConfig, *roots: type, prefix: str = "") -> None:
             validate(child, prefix=f"{prefix}{key}.")
 
 
+def validate_keys(cfg: DictConfig, keys: list[str], *roots: type) -> None:
+    """`validate` for the named keys only (a section: all of it): what a value changed in an
+    already validated config needs."""
+    for key in dict.fromkeys(keys):
+        value = OmegaConf.select(cfg, key, throw_on_missing=True)
+        if isinstance(value, DictConfig):
+            validate(value, prefix=f"{key}.")
+            continue
+        allowed = allowed_of(key, cfg)
+        if allowed is None and "." not in key:
+            fields = (f for root in roots for f in dataclasses.fields(root) if f.name == key)
+            allowed = next((f.metadata.get("allowed") for f in fields), None)
+        if isinstance(value, ListConfig):
+            value = OmegaConf.to_container(value, resolve=True)
+        if allowed is not None and not allowed.holds(value):
+            raise bad_value(key, value, allowed.explain(value))
+
+
 def to_spec(node: DictConfig) -> object:
     """The typed spec a config node describes (its dataclass, resolved)."""
     return OmegaConf.to_object(node)

@@ -40,13 +40,13 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from varexp import provenance, results
+from varexp.checks import Check, Rule, values_of
 from varexp.commands import typed_override
 from varexp.compose import check_once, compose_config, launcher
-from varexp.data import DataInfo
 from varexp.devices import resolve as resolve_device
 from varexp.errors import VarexpError, bad_value
 from varexp.files import write_json
-from varexp.grid import grid_text
+from varexp.grid import grid_text, swept
 from varexp.options.sections import learning_rates
 from varexp.pack import job as pack_job
 from varexp.pack.plan import PACK_KEY, sweep_plan
@@ -77,24 +77,20 @@ from varexp.search import Scored, searching, trials_to_run
 from varexp.stop import output_closed
 from varexp.threads import auto_threads, available_cores
 from varexp.train import Checked, Stopped, existing_run, timing_config, train
-from varexp.train import check as check_train
+from varexp.train import check as train_check
 
 log = logging.getLogger("varexp.sweep")
 
 PLAN = ".plan.json"  # the launch: its id, start time and jobs (folder and config of each)
 OUTCOMES = ".launch"  # <job number>.json: how each job of the launch ended
-# overrides that change what one training step costs; the rest (init, optim, lr, seed) barely do
-TASK_KEYS = (
-    "task",
-    "arch",
-    "dataset",
-    "train.batch_size",
-    "arch.channels",
-    "arch.width",
-    "arch.depth",
-    "dataset.crop",
-    "device",
-)
+# what one training step costs depends on: the model (with any units its init adds, e.g.
+# init=batchnorm's), the data, the batch and the device; init, optimizer, lr and seed barely
+COST_KEYS = ("arch", "dataset", "train.batch_size", "device")
+
+
+def task_of(cfg: DictConfig) -> str:
+    """What a run's cost depends on (COST_KEYS), as text: runs alike cost about the same."""
+    return values_of(cfg, COST_KEYS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,16 +124,15 @@ def check_sweep(cfg: DictConfig) -> None:
         )
 
 
-def check(cfg: DictConfig) -> DataInfo:
-    """Every key a job reads: the sweep's own and those of `varexp train` (what the data looks
-    like, as varexp.train.check)."""
-    global _first_check
-    start = time.perf_counter()
-    check_sweep(cfg)
-    info = check_train(cfg)
-    if _first_check is None:  # a fresh process pays for it once (the estimate counts it)
-        _first_check = time.perf_counter() - start
-    return info
+# every key a job reads: the sweep's own and those of `varexp train` (what the data looks like,
+# as varexp.train.check)
+check = Check(
+    "varexp.sweep.check",
+    train_check.roots,
+    train_check.rules,
+    train_check.result,
+    before=(Rule(("sweep", "optim.name"), check_sweep),),
+)
 
 
 def parallel(cfg: DictConfig, runs: int) -> int:
@@ -205,10 +200,9 @@ def estimate_seconds(
     steps)."""
     cfg = line.cfg
     hydra_overrides = [o for o in line.overrides if o.lstrip("+~").startswith(("hydra.", "hydra/"))]
-    tasks: dict[tuple, list[str]] = {}
-    for job in line.jobs:  # runs of one task (model, data, batch, steps) cost about the same
-        key = tuple(o for o in job if o.split("=", 1)[0].lstrip("+~") in TASK_KEYS)
-        tasks.setdefault(key, job)
+    tasks: dict[str, list[int]] = {}  # each task's jobs: one timed for all of them
+    for number, job_cfg in enumerate(line.configs):
+        tasks.setdefault(task_of(job_cfg), []).append(number)
     threads = cfg.get("threads", "auto")
     torch_threads = auto_threads(side_by_side) if threads == "auto" else int(threads)
     steps = int(cfg.train.steps)
@@ -216,25 +210,34 @@ def estimate_seconds(
     # beside each other): interpreter, imports, Hydra's first compose, the first check; only
     # where the launcher starts processes (the basic one runs the jobs in this one)
     fresh = start_up is None and starts_processes(launcher(cfg), side_by_side)
-    worker = start_up_probe([*hydra_overrides, *next(iter(tasks.values()))]) if fresh else None
+    first_job = line.jobs[next(iter(tasks.values()))[0]]
+    worker = start_up_probe([*hydra_overrides, *first_job]) if fresh else None
     timed = []
-    for job in tasks.values():
+    for numbers in tasks.values():
         start = time.perf_counter()
-        job_cfg = compose_config("sweep", hydra_overrides + job)
+        job_cfg = compose_config("sweep", hydra_overrides + line.jobs[numbers[0]])
         timing = calibrate(job_cfg, torch_threads)
-        timed.append((time.perf_counter() - start - timing.wall, timing, job))
-    per_run = sum(compose + t.fixed + steps * t.step for compose, t, _ in timed) / len(timed)
+        timed.append((time.perf_counter() - start - timing.wall, timing, numbers))
+    runs = sum(len(numbers) for *_, numbers in timed)
+    per_run = sum(len(n) * (compose + t.fixed + steps * t.step) for compose, t, n in timed) / runs
     first_run = max(t.first_run for _, t, _ in timed)
     if start_up is None:
         start_up = start_up_measured(worker) if fresh else measured_start_up()
     once, each = launch_costs(launcher(cfg), side_by_side, start_up.seconds + first_run, first_run)
     launch = min(compose for compose, _, _ in timed)  # Hydra composes the command again
     total = launch + once + math.ceil(remaining / side_by_side) * (per_run + each)
+    # several tasks: each named by what its timed job sets that the others' do not
+    timed_jobs = [line.jobs[numbers[0]] for *_, numbers in timed]
+    differing = [position for position, _, _ in swept(timed_jobs)] if len(timed) > 1 else []
     detail = "; ".join(
         f"{compose + t.fixed:.1f} s + {steps} x {t.step * 1e3:.1f} ms per run"
-        + (f" ({' '.join(o for o in job if o.startswith('task='))})" if len(timed) > 1 else "")
+        + (
+            f" ({len(numbers)} like {' '.join(line.jobs[numbers[0]][p] for p in differing)})"
+            if differing
+            else ""
+        )
         + (f", timed on {t.stand_in}" if t.stand_in else "")
-        for compose, t, job in timed
+        for compose, t, numbers in timed
     )
     device = resolve_device(str(cfg.device))
     return total, (
@@ -285,7 +288,6 @@ class StartUp:
 # how long this process took to start and import everything a sweep's job needs (measured
 # when this module finished importing: a `varexp` command imports it before its first check)
 _IMPORTED_AFTER = process_age()
-_first_check: float | None = None  # seconds of this process's first check()
 _estimated: float | None = None  # the estimate announce() printed, in seconds (the display's ETA)
 
 
@@ -345,7 +347,7 @@ def measured_start_up() -> StartUp:
             [sys.executable, "-c", "import varexp.cli, varexp.sweep"], check=False, timeout=600
         )
         imports, how = time.perf_counter() - start, "a fresh interpreter's"
-    return StartUp(imports, _first_check or 0.0, how)
+    return StartUp(imports, check.first_seconds or 0.0, how)
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from varexp import devices, loggers, memory, provenance, results, search
+from varexp.checks import Check, Rule
 from varexp.compose import check_once
 from varexp.data import DataInfo, Stream, data_info, fixed_batch
 from varexp.data.catalog import load_source
@@ -80,7 +81,7 @@ from varexp.results.summary import (
     write_summary,
 )
 from varexp.results.tables import METRICS, RATIO_STATS, RATIOS, MetricsRow, arch_label
-from varexp.schema import Common, validate
+from varexp.schema import Common
 from varexp.stats import Recorder
 from varexp.stop import StopRequests
 
@@ -113,22 +114,28 @@ class Checked(NamedTuple):
     info: DataInfo
 
 
-def check(cfg: DictConfig) -> DataInfo:
-    """Every key `varexp train` reads, that the data fits the model and that a training step
-    fits in memory, before any work; returns what the data looks like."""
-    validate(cfg, Common, TrainRoot)
-    devices.check(cfg.device)
-    if "logger" in cfg:
-        loggers.check(cfg.logger)
-    info = data_info(cfg.dataset, cfg.arch)
+def check_eval(cfg: DictConfig) -> None:
     if cfg.train.eval_every is not None and cfg.dataset.get("val_slices") == 0:
         raise ConfigError(
             f"train.eval_every={cfg.train.eval_every} evaluates on the test split, but "
             f"dataset.val_slices=0 holds out no slices of {cfg.dataset.name}; set "
             "dataset.val_slices=5 (say), or train.eval_every=null"
         )
-    check_memory(cfg, info)
-    return info
+
+
+# what the check reads across keys (each rule also run where a value it reads changes)
+MEMORY_READS = ("arch", "dataset", "train.batch_size", "train.probe_samples", "init", "optim.name",
+                "device")  # fmt: skip
+DATA = Rule(("dataset", "arch"), lambda cfg: data_info(cfg.dataset, cfg.arch))
+RULES = (
+    Rule(("device",), lambda cfg: devices.check(cfg.device)),
+    Rule(("logger",), lambda cfg: loggers.check(cfg.logger) if "logger" in cfg else None),
+    Rule(("train.eval_every", "dataset"), check_eval),
+    Rule(MEMORY_READS, lambda cfg: check_memory(cfg, data_info(cfg.dataset, cfg.arch))),
+)
+# every key `varexp train` reads, that the data fits the model and that a training step fits
+# in memory, before any work; returns what the data looks like (a DataInfo)
+check = Check("varexp.train.check", (Common, TrainRoot), RULES, DATA)
 
 
 def check_memory(cfg: DictConfig, info: DataInfo) -> None:

@@ -286,7 +286,7 @@ def estimate(line, packs: Plan, remaining: int, side_by_side: int) -> str:
     """Wall time of the remaining runs: a pack of each task and size timed for a few steps on
     this machine, with the threads each job will have (varexp.sweep.estimate for packs)."""
     from varexp.compose import launcher
-    from varexp.sweep import TASK_KEYS, duration, launch_costs, measured_start_up
+    from varexp.sweep import duration, launch_costs, measured_start_up, task_of
 
     cfg = line.cfg
     if launcher(cfg) == "submitit_slurm":
@@ -297,7 +297,7 @@ def estimate(line, packs: Plan, remaining: int, side_by_side: int) -> str:
     torch_threads = auto_threads(side_by_side) if threads == "auto" else int(threads)
     kinds: dict[tuple, list[int]] = {}
     for pack in packs.packs:
-        task = tuple(o for o in line.jobs[pack[0]] if key_of(o) in TASK_KEYS)
+        task = task_of(line.configs[pack[0]])
         kinds.setdefault((task, len(pack)), pack)
     timed = {
         kind: calibrate([line.configs[i] for i in pack], torch_threads)
@@ -306,7 +306,7 @@ def estimate(line, packs: Plan, remaining: int, side_by_side: int) -> str:
     steps = int(cfg.train.steps)
     total = 0.0
     for pack in packs.packs:
-        task = tuple(o for o in line.jobs[pack[0]] if key_of(o) in TASK_KEYS)
+        task = task_of(line.configs[pack[0]])
         fixed, step = timed[(task, len(pack))]
         total += fixed + steps * step
     jobs = len(packs.packs) * remaining / packs.runs
