@@ -35,6 +35,7 @@ CASES = {
     "import hydra": [PYTHON, "-c", "import hydra"],
     "varexp --help": [PYTHON, "-m", "varexp", "--help"],
     "varexp train --help": [PYTHON, "-m", "varexp", "train", "--help"],
+    "varexp sweep --help": [PYTHON, "-m", "varexp", "sweep", "--help"],
     "one TAB (train arch=)": [PYTHON, "-m", "varexp", "-sc", "query=bash"],
     "one TAB (train experiment=)": [PYTHON, "-m", "varexp", "-sc", "query=bash"],
     "varexp train train.steps=1": [

@@ -158,19 +158,22 @@ def compose_config(command: str, overrides: list[str]) -> DictConfig:
     """The config `varexp COMMAND OVERRIDES` runs with, or a one-line VarexpError."""
     try:
         with _hydra():
-            return compose(command, overrides=list(overrides), return_hydra_config=True)
+            cfg = compose(command, overrides=list(overrides), return_hydra_config=True)
     except MissingConfigException as error:
         raise _missing_option(command, error) from None
     except (HydraException, OmegaConfBaseException) as error:
         raise _refused(command, overrides, error) from None
+    if not overrides:  # the command's defaults: its groups are known without composing again
+        _default_choices.setdefault(command, _groups_of(cfg.hydra.runtime.choices))
+    return cfg
 
 
 GROUP_ORDER = ("arch", "dataset", "init", "optim", "task", "experiment")
+# each command's groups and their default options, from its first composition without overrides
+_default_choices: dict[str, tuple[tuple[str, str | None], ...]] = {}
 
 
-@cache
-def _default_choices(command: str) -> tuple[tuple[str, str | None], ...]:
-    choices = compose_config(command, []).hydra.runtime.choices
+def _groups_of(choices: DictConfig) -> tuple[tuple[str, str | None], ...]:
     # a command's own section (section@probe) is no group a user picks
     groups = [g for g in choices if not g.startswith(("hydra/", "section"))]
     groups.sort(key=lambda g: GROUP_ORDER.index(g) if g in GROUP_ORDER else len(GROUP_ORDER))
@@ -179,7 +182,9 @@ def _default_choices(command: str) -> tuple[tuple[str, str | None], ...]:
 
 def command_groups(command: str) -> dict[str, str | None]:
     """The config groups `varexp COMMAND` composes, with their default options."""
-    return dict(_default_choices(command))
+    if command not in _default_choices:
+        compose_config(command, [])
+    return dict(_default_choices[command])
 
 
 def group_options(group: str) -> list[str]:
