@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from varexp.errors import bad_value
 from varexp.options.optim import OPTIM_SPECS, SGD, Adam
-from varexp.schema import spec_from, store
+from varexp.schema import register_option, spec_from
 
 if TYPE_CHECKING:  # the records are read by the torch-free options (sweep.lr_grid's default)
     import torch
@@ -39,11 +39,7 @@ def _torch():
 
 def register(record: Optimizer) -> Optimizer:
     """Make optim=<record.name> known to make_optimizer, the memory checks, figures and Hydra."""
-    OPTIMIZERS[record.name] = record
-    if OPTIM_SPECS.get(record.name) is not record.spec:  # an optimizer from outside varexp.options
-        OPTIM_SPECS[record.name] = record.spec
-        store("optim", record.name, record.spec)
-    return record
+    return register_option("optim", record, OPTIMIZERS, OPTIM_SPECS)
 
 
 register(

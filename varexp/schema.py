@@ -157,6 +157,17 @@ def store(group: str | None, name: str, node: object, package: str | None = None
     ConfigStore.instance().store(group=group, name=name, node=node, package=package)
 
 
+def register_option(group: str, record: Any, records: dict, specs: dict) -> Any:
+    """Make `group=<record.name>` known: its record (e.g. an Architecture) in `records`, and
+    its options dataclass (`record.spec`) in `specs` and Hydra's ConfigStore, where it is not
+    one of varexp.options' already."""
+    records[record.name] = record
+    if specs.get(record.name) is not record.spec:
+        specs[record.name] = record.spec
+        store(group, record.name, record.spec)
+    return record
+
+
 def spec_of(node: DictConfig) -> type | None:
     """The dataclass a composed config node was made from, if any."""
     kind = OmegaConf.get_type(node)

@@ -27,7 +27,7 @@ from varexp.options.arch import (
     TorchvisionArch,
     UNetArch,
 )
-from varexp.schema import spec_from, store
+from varexp.schema import register_option, spec_from
 
 __all__ = [
     "ARCHITECTURES",
@@ -76,11 +76,7 @@ ARCHITECTURES: dict[str, Architecture] = {}
 
 def register(record: Architecture) -> Architecture:
     """Make arch=<record.name> known to build_model, the data, the figures and Hydra."""
-    ARCHITECTURES[record.name] = record
-    if ARCHS.get(record.name) is not record.spec:  # a model from outside varexp.options
-        ARCHS[record.name] = record.spec
-        store("arch", record.name, record.spec)
-    return record
+    return register_option("arch", record, ARCHITECTURES, ARCHS)
 
 
 def architecture(name: str) -> Architecture:
