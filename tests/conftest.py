@@ -14,6 +14,9 @@ from omegaconf import DictConfig, open_dict
 from varexp.cli import main
 from varexp.compose import complete, compose_config
 
+# an MLP of 3 layers of 16 units on 64 Gaussian inputs: a training run in about a second
+TINY_MLP = ["arch=mlp", "arch.width=16", "arch.depth=3", "dataset=gaussian", "dataset.size=64"]
+
 
 def config(command: str, *overrides: str) -> DictConfig:
     """The config a job of `varexp COMMAND OVERRIDES` receives (no `hydra` node)."""

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import config, hide_package, run_in_process
+from conftest import TINY_MLP, config, hide_package, run_in_process
 
 import varexp
 from varexp.data import data_info, fixed_batch
@@ -21,11 +21,7 @@ from varexp.sweep import calibrate
 from varexp.train import Stopped, check, train
 
 MLP = [
-    "arch=mlp",
-    "arch.width=16",
-    "arch.depth=3",
-    "dataset=gaussian",
-    "dataset.size=64",
+    *TINY_MLP,
     "device=cpu",
     "train.progress=false",
     "train.batch_size=4",

@@ -10,18 +10,14 @@ import math
 import pandas as pd
 import pytest
 import yaml
-from conftest import run_varexp
+from conftest import TINY_MLP, run_varexp
 
 import varexp
 from varexp.results.aggregate import criterion
 from varexp.train import objective
 
 TINY = [
-    "arch=mlp",
-    "arch.width=16",
-    "arch.depth=3",
-    "dataset=gaussian",
-    "dataset.size=64",
+    *TINY_MLP,
     "train.steps=6",
     "train.ratio_every=3",
     "train.batch_size=8",

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import config, run_in_process, run_varexp
+from conftest import TINY_MLP, config, run_in_process, run_varexp
 from test_sweep import job_logs, launch_here
 
 import varexp.train
@@ -35,11 +35,7 @@ from varexp.train import train
 
 # small versions of the paper's three models, sized so that 100 steps in float64 take seconds
 MLP = [
-    "arch=mlp",
-    "arch.width=16",
-    "arch.depth=3",
-    "dataset=gaussian",
-    "dataset.size=64",
+    *TINY_MLP,
     "train.batch_size=8",
 ]
 ALLCNNC = [

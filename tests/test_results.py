@@ -16,7 +16,7 @@ import time
 import pandas as pd
 import pytest
 import torch
-from conftest import config, run_in_process, run_varexp
+from conftest import TINY_MLP, config, run_in_process, run_varexp
 
 from varexp import results
 from varexp.results.checkpoint import checkpoint_path
@@ -31,11 +31,7 @@ from varexp.results.summary import (
 )
 
 MLP = [
-    "arch=mlp",
-    "arch.width=16",
-    "arch.depth=3",
-    "dataset=gaussian",
-    "dataset.size=64",
+    *TINY_MLP,
     "device=cpu",
     "train.batch_size=4",
     "train.probe_samples=8",

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import pandas as pd
 import pytest
-from conftest import run_in_process, run_varexp
+from conftest import TINY_MLP, run_in_process, run_varexp
 
 from varexp.compose import compose_config
 from varexp.results.aggregate import criterion
@@ -25,11 +25,7 @@ optuna = pytest.importorskip("optuna", reason="pip install -e '.[optuna]'")
 pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="pip install -e '.[optuna]'")
 
 TINY = [
-    "arch=mlp",
-    "arch.width=16",
-    "arch.depth=3",
-    "dataset=gaussian",
-    "dataset.size=64",
+    *TINY_MLP,
     "train.steps=6",
     "train.ratio_every=3",
     "train.checkpoint_every=3",

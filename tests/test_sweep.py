@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import config, run_varexp
+from conftest import TINY_MLP, config, run_varexp
 from test_figure4 import fake_run
 
 from varexp.cli import main
@@ -201,11 +201,7 @@ def test_tables_from_run_directories(tmp_path):
 # 2 inits x 2 lrs (one forced to diverge) x 2 seeds of a tiny MLP on 64 gaussian inputs
 HUGE_LR = 1e10
 SIZES = [
-    "arch=mlp",
-    "arch.width=16",
-    "arch.depth=3",
-    "dataset=gaussian",
-    "dataset.size=64",
+    *TINY_MLP,
     "train.steps=6",
     "train.batch_size=8",
     "train.ratio_every=3",
@@ -325,23 +321,17 @@ def test_tiny_sweep_through_launcher(tmp_path, launcher):
     assert job_logs(tmp_path / "sweep").count("skip ") == 8
 
 
+# one run of the grid, in this process
+ONE_RUN = ["init=scale", "optim=sgd", "sweep.lr_index=0", "seed=0", "sweep.estimate=false",
+           "hydra/launcher=basic"]  # fmt: skip
+
+
 def test_plot_figure4_draws_the_default_sweep(tmp_path, monkeypatch, capsys):
     """`varexp sweep` then `varexp plot figure4`, as written: the sweep's own grid (no preset)
     is what figure4 draws when no preset made results."""
     outputs = tmp_path / "outputs"
     capsys.readouterr()
-    launch_here(
-        monkeypatch,
-        tmp_path,
-        "sweep",
-        *SIZES,
-        "init=scale",
-        "optim=sgd",
-        "sweep.lr_index=0",
-        "seed=0",
-        "sweep.estimate=false",
-        "hydra/launcher=basic",
-    )
+    launch_here(monkeypatch, tmp_path, "sweep", *SIZES, *ONE_RUN)
     assert find_results(FIGURES["figure4"], None, outputs) == [
         outputs / "sweep" / "default" / "selected.csv"
     ]
@@ -357,17 +347,7 @@ def test_the_next_command_after_a_sweep_draws_it_as_printed(tmp_path, monkeypatc
     """A sweep folder that needs quoting, for Hydra (a space, an '=') and for the shell."""
     capsys.readouterr()
     launch_here(
-        monkeypatch,
-        tmp_path,
-        "sweep",
-        *SIZES,
-        "init=scale",
-        "optim=sgd",
-        "sweep.lr_index=0",
-        "seed=0",
-        "sweep.estimate=false",
-        "hydra/launcher=basic",
-        'hydra.sweep.dir="my sweeps/lr=any"',
+        monkeypatch, tmp_path, "sweep", *SIZES, *ONE_RUN, 'hydra.sweep.dir="my sweeps/lr=any"'
     )
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last == """next: varexp plot figure4 'results="my sweeps/lr=any"'""", last
