@@ -126,7 +126,10 @@ class LaunchDisplay:
 
     def _poll(self) -> None:
         while not self.stopped.wait(0.5):
-            self.update()
+            try:
+                self.update()
+            except (ValueError, OSError):  # its stream was closed under it: nobody reads on
+                return
 
     def close(self) -> None:
         """The last count, and the terminal's line ended (before anything else is printed)."""
